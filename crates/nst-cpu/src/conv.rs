@@ -1,0 +1,300 @@
+//! 2-D convolution (cross-correlation, as in every DL framework) on NCHW tensors:
+//! forward, and the gradients with respect to the input, the weights and the bias.
+//!
+//! Method: im2col + GEMM. For output rows `[oy0, oy1)` the input patches are unrolled into a
+//! column matrix `cols[K × band]` with `K = C_in·kh·kw`, then `y[C_out × band] = W[C_out × K]
+//! · cols`. The output is processed in bands of rows so the column buffer never exceeds
+//! [`MAX_COLS_ELEMS`] floats, whatever the image size (a whole 2048² conv1_2 would need 9 GB).
+//!
+//! Shapes: `x[N, C_in, H, W]`, `w[C_out, C_in, kh, kw]`, `b[C_out]`, `y[N, C_out, OH, OW]`
+//! with `OH = (H + 2·pad − kh)/stride + 1` (floor).
+
+use crate::gemm::{gemm_strided, MatLayout};
+use crate::scratch::with_scratch;
+use rayon::prelude::*;
+
+/// Upper bound on the im2col buffer, in f32 elements (64 MiB).
+pub const MAX_COLS_ELEMS: usize = 16 << 20;
+
+/// The shape of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Batch size N.
+    pub batch: usize,
+    /// Input channels C_in.
+    pub in_channels: usize,
+    /// Input height H.
+    pub in_h: usize,
+    /// Input width W.
+    pub in_w: usize,
+    /// Output channels C_out.
+    pub out_channels: usize,
+    /// Kernel height kh.
+    pub kernel_h: usize,
+    /// Kernel width kw.
+    pub kernel_w: usize,
+    /// Stride (same along both axes).
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+}
+
+impl Conv2dParams {
+    /// Output height (floor mode). Zero when the kernel does not fit.
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.pad)
+            .checked_sub(self.kernel_h)
+            .map_or(0, |d| d / self.stride + 1)
+    }
+    /// Output width (floor mode). Zero when the kernel does not fit.
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.pad)
+            .checked_sub(self.kernel_w)
+            .map_or(0, |d| d / self.stride + 1)
+    }
+    /// Rows of the column matrix: C_in·kh·kw.
+    pub fn patch_len(&self) -> usize {
+        self.in_channels * self.kernel_h * self.kernel_w
+    }
+    /// Elements of x.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_channels * self.in_h * self.in_w
+    }
+    /// Elements of w.
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * self.patch_len()
+    }
+    /// Elements of y.
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_channels * self.out_h() * self.out_w()
+    }
+    /// Multiply-adds ×2 of the forward pass (the input gradient costs the same).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.out_channels * self.out_h() * self.out_w()) as f64
+            * self.patch_len() as f64
+    }
+    /// Output rows per band so the column buffer stays under [`MAX_COLS_ELEMS`].
+    fn band_rows(&self) -> usize {
+        let per_row = self.patch_len() * self.out_w();
+        (MAX_COLS_ELEMS / per_row.max(1)).clamp(1, self.out_h().max(1))
+    }
+    fn check(&self, x: usize, w: usize, y: usize) {
+        assert!(self.stride >= 1, "conv2d: stride must be at least 1");
+        assert_eq!(x, self.input_len(), "conv2d: input length");
+        assert_eq!(w, self.weight_len(), "conv2d: weight length");
+        assert_eq!(y, self.output_len(), "conv2d: output length");
+    }
+}
+
+/// The output rows `[oy0, oy1)` of every band.
+fn bands(p: &Conv2dParams) -> impl Iterator<Item = (usize, usize)> {
+    let (oh, step) = (p.out_h(), p.band_rows());
+    (0..oh)
+        .step_by(step)
+        .map(move |oy0| (oy0, (oy0 + step).min(oh)))
+}
+
+/// Unrolls the patches of output rows `[oy0, oy1)` of one image into `cols[K × band]`.
+fn im2col(p: &Conv2dParams, x: &[f32], oy0: usize, oy1: usize, cols: &mut [f32]) {
+    let (ow, band) = (p.out_w(), (oy1 - oy0) * p.out_w());
+    let (kh, kw) = (p.kernel_h, p.kernel_w);
+    cols.par_chunks_mut(band)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (ci, ky, kx) = (row / (kh * kw), (row / kw) % kh, row % kw);
+            let plane = &x[ci * p.in_h * p.in_w..(ci + 1) * p.in_h * p.in_w];
+            for (r, oy) in (oy0..oy1).enumerate() {
+                let dst = &mut out[r * ow..(r + 1) * ow];
+                let iy = (oy * p.stride + ky) as isize - p.pad as isize;
+                if iy < 0 || iy >= p.in_h as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = &plane[iy as usize * p.in_w..(iy as usize + 1) * p.in_w];
+                for (ox, d) in dst.iter_mut().enumerate() {
+                    let ix = (ox * p.stride + kx) as isize - p.pad as isize;
+                    *d = if ix >= 0 && ix < p.in_w as isize {
+                        src[ix as usize]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        });
+}
+
+/// Adds `cols[K × band]` back onto the input-shaped `dx` of one image (the adjoint of im2col).
+fn col2im_add(p: &Conv2dParams, cols: &[f32], oy0: usize, oy1: usize, dx: &mut [f32]) {
+    let (ow, band) = (p.out_w(), (oy1 - oy0) * p.out_w());
+    let (kh, kw) = (p.kernel_h, p.kernel_w);
+    // Each task owns one input channel plane, so the scatter has no races.
+    dx.par_chunks_mut(p.in_h * p.in_w)
+        .enumerate()
+        .for_each(|(ci, plane)| {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let row = (ci * kh + ky) * kw + kx;
+                    let src = &cols[row * band..(row + 1) * band];
+                    for (r, oy) in (oy0..oy1).enumerate() {
+                        let iy = (oy * p.stride + ky) as isize - p.pad as isize;
+                        if iy < 0 || iy >= p.in_h as isize {
+                            continue;
+                        }
+                        let dst = &mut plane[iy as usize * p.in_w..(iy as usize + 1) * p.in_w];
+                        for (ox, &v) in src[r * ow..(r + 1) * ow].iter().enumerate() {
+                            let ix = (ox * p.stride + kx) as isize - p.pad as isize;
+                            if ix >= 0 && ix < p.in_w as isize {
+                                dst[ix as usize] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// `y = conv(x, w) + b`.
+pub fn conv2d_forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
+    p.check(x.len(), w.len(), y.len());
+    let (k, ohw) = (p.patch_len(), p.out_h() * p.out_w());
+    let in_img = p.in_channels * p.in_h * p.in_w;
+    let out_img = p.out_channels * ohw;
+    if out_img == 0 {
+        return;
+    }
+    with_scratch(k * p.band_rows() * p.out_w(), |scratch| {
+        for n in 0..p.batch {
+            let (xn, yn) = (&x[n * in_img..][..in_img], &mut y[n * out_img..][..out_img]);
+            for (oy0, oy1) in bands(p) {
+                let band = (oy1 - oy0) * p.out_w();
+                let cols = &mut scratch[..k * band];
+                im2col(p, xn, oy0, oy1, cols);
+                // y[:, band] is a C_out × band block of the C_out × OHW output.
+                let lc = MatLayout {
+                    rows: p.out_channels,
+                    cols: band,
+                    row_stride: ohw,
+                    col_stride: 1,
+                };
+                gemm_strided(
+                    1.0,
+                    w,
+                    MatLayout::row_major(p.out_channels, k),
+                    cols,
+                    MatLayout::row_major(k, band),
+                    0.0,
+                    &mut yn[oy0 * p.out_w()..],
+                    lc,
+                );
+            }
+            if let Some(b) = b {
+                add_channel_bias(yn, b, ohw);
+            }
+        }
+    });
+}
+
+fn add_channel_bias(y: &mut [f32], b: &[f32], plane: usize) {
+    assert_eq!(y.len(), b.len() * plane, "conv2d: bias length");
+    y.par_chunks_mut(plane)
+        .zip(b.par_iter())
+        .for_each(|(ch, &bias)| {
+            ch.iter_mut().for_each(|v| *v += bias);
+        });
+}
+
+/// `dx = ∂L/∂x` given `dy = ∂L/∂y` (overwrites `dx`).
+pub fn conv2d_backward_input(p: &Conv2dParams, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    p.check(dx.len(), w.len(), dy.len());
+    dx.fill(0.0);
+    let (k, ohw) = (p.patch_len(), p.out_h() * p.out_w());
+    let in_img = p.in_channels * p.in_h * p.in_w;
+    let out_img = p.out_channels * ohw;
+    if out_img == 0 {
+        return;
+    }
+    with_scratch(k * p.band_rows() * p.out_w(), |scratch| {
+        for n in 0..p.batch {
+            let (dyn_, dxn) = (
+                &dy[n * out_img..][..out_img],
+                &mut dx[n * in_img..][..in_img],
+            );
+            for (oy0, oy1) in bands(p) {
+                let band = (oy1 - oy0) * p.out_w();
+                let dcols = &mut scratch[..k * band];
+                // dcols[K × band] = Wᵀ[K × C_out] · dy[:, band]
+                let lb = MatLayout {
+                    rows: p.out_channels,
+                    cols: band,
+                    row_stride: ohw,
+                    col_stride: 1,
+                };
+                gemm_strided(
+                    1.0,
+                    w,
+                    MatLayout::row_major(p.out_channels, k).t(),
+                    &dyn_[oy0 * p.out_w()..],
+                    lb,
+                    0.0,
+                    dcols,
+                    MatLayout::row_major(k, band),
+                );
+                col2im_add(p, dcols, oy0, oy1, dxn);
+            }
+        }
+    });
+}
+
+/// `dw += ∂L/∂w` and, when given, `db += ∂L/∂b` (both accumulate, so zero them first).
+pub fn conv2d_backward_weight(
+    p: &Conv2dParams,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+) {
+    p.check(x.len(), dw.len(), dy.len());
+    let (k, ohw) = (p.patch_len(), p.out_h() * p.out_w());
+    let in_img = p.in_channels * p.in_h * p.in_w;
+    let out_img = p.out_channels * ohw;
+    if out_img == 0 {
+        return;
+    }
+    with_scratch(k * p.band_rows() * p.out_w(), |scratch| {
+        for n in 0..p.batch {
+            let (xn, dyn_) = (&x[n * in_img..][..in_img], &dy[n * out_img..][..out_img]);
+            for (oy0, oy1) in bands(p) {
+                let band = (oy1 - oy0) * p.out_w();
+                let cols = &mut scratch[..k * band];
+                im2col(p, xn, oy0, oy1, cols);
+                // dw[C_out × K] += dy[:, band] · colsᵀ
+                let la = MatLayout {
+                    rows: p.out_channels,
+                    cols: band,
+                    row_stride: ohw,
+                    col_stride: 1,
+                };
+                gemm_strided(
+                    1.0,
+                    &dyn_[oy0 * p.out_w()..],
+                    la,
+                    cols,
+                    MatLayout::row_major(k, band).t(),
+                    1.0,
+                    dw,
+                    MatLayout::row_major(p.out_channels, k),
+                );
+            }
+        }
+    });
+    if let Some(db) = db {
+        assert_eq!(db.len(), p.out_channels, "conv2d: bias gradient length");
+        db.par_iter_mut().enumerate().for_each(|(co, d)| {
+            let s: f64 = (0..p.batch)
+                .flat_map(|n| dy[n * out_img + co * ohw..][..ohw].iter())
+                .map(|&v| v as f64)
+                .sum();
+            *d += s as f32;
+        });
+    }
+}

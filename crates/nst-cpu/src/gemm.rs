@@ -1,0 +1,206 @@
+//! General matrix multiply, `C = β·C + α·op(A)·op(B)`, on row-major slices.
+//!
+//! The default backend is the `gemm` crate (runtime-dispatched AVX2/AVX-512 kernels, rayon
+//! threads); with the `openblas` feature it is ndarray's `general_mat_mul` on the system
+//! OpenBLAS. Both take arbitrary strides, which convolution uses to multiply bands of a
+//! larger matrix in place.
+
+/// How a matrix sits in memory: element (r, c) is at `offset + r·row_stride + c·col_stride`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatLayout {
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Distance between consecutive rows, in elements.
+    pub row_stride: usize,
+    /// Distance between consecutive columns, in elements.
+    pub col_stride: usize,
+}
+
+impl MatLayout {
+    /// A contiguous row-major `rows × cols` matrix.
+    pub fn row_major(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of this layout (same memory, rows and columns swapped).
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    /// One past the largest element index this layout touches (0 for an empty matrix).
+    fn extent(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+        }
+    }
+}
+
+/// `c = beta·c + alpha·a·b` for the given layouts. With `beta == 0` the old contents of `c`
+/// are ignored (they may be garbage or NaN).
+///
+/// # Panics
+/// If the shapes do not chain (`a.cols != b.rows`, `c` not `a.rows × b.cols`) or a slice is
+/// shorter than its layout.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
+    alpha: f32,
+    a: &[f32],
+    la: MatLayout,
+    b: &[f32],
+    lb: MatLayout,
+    beta: f32,
+    c: &mut [f32],
+    lc: MatLayout,
+) {
+    assert_eq!(la.cols, lb.rows, "gemm: inner dimensions differ");
+    assert_eq!((lc.rows, lc.cols), (la.rows, lb.cols), "gemm: output shape");
+    assert!(a.len() >= la.extent() && b.len() >= lb.extent() && c.len() >= lc.extent());
+    let (m, n, k) = (lc.rows, lc.cols, la.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        scale_in_place(c, lc, beta);
+        return;
+    }
+    backend::gemm(alpha, a, la, b, lb, beta, c, lc);
+}
+
+fn scale_in_place(c: &mut [f32], lc: MatLayout, beta: f32) {
+    for r in 0..lc.rows {
+        for col in 0..lc.cols {
+            let v = &mut c[r * lc.row_stride + col * lc.col_stride];
+            *v = if beta == 0.0 { 0.0 } else { *v * beta };
+        }
+    }
+}
+
+/// `c[m×n] = a[m×k]·b[k×n]` (or with `a`/`b` transposed) on contiguous row-major slices;
+/// with `accumulate` the product is added to `c`.
+///
+/// `trans_a` means `a` is stored as `k×m` and used transposed, likewise `trans_b`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+) {
+    let la = if trans_a {
+        MatLayout::row_major(k, m).t()
+    } else {
+        MatLayout::row_major(m, k)
+    };
+    let lb = if trans_b {
+        MatLayout::row_major(n, k).t()
+    } else {
+        MatLayout::row_major(k, n)
+    };
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    gemm_strided(1.0, a, la, b, lb, beta, c, MatLayout::row_major(m, n));
+}
+
+#[cfg(not(feature = "openblas"))]
+mod backend {
+    use super::MatLayout;
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm(
+        alpha: f32,
+        a: &[f32],
+        la: MatLayout,
+        b: &[f32],
+        lb: MatLayout,
+        beta: f32,
+        c: &mut [f32],
+        lc: MatLayout,
+    ) {
+        // The gemm crate computes dst := α_g·dst + β_g·lhs·rhs (its names are swapped
+        // relative to BLAS): our beta scales the old C, our alpha the product.
+        let read_dst = beta != 0.0;
+        let parallelism = if lc.rows * lc.cols * la.cols >= 64 * 64 * 64 {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: the asserts in `gemm_strided` guarantee every index the layouts describe
+        // lies inside the slices, and `c` is borrowed mutably so it cannot alias `a` or `b`.
+        unsafe {
+            gemm::gemm(
+                lc.rows,
+                lc.cols,
+                la.cols,
+                c.as_mut_ptr(),
+                lc.col_stride as isize,
+                lc.row_stride as isize,
+                read_dst,
+                a.as_ptr(),
+                la.col_stride as isize,
+                la.row_stride as isize,
+                b.as_ptr(),
+                lb.col_stride as isize,
+                lb.row_stride as isize,
+                beta,
+                alpha,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+}
+
+#[cfg(feature = "openblas")]
+mod backend {
+    use super::MatLayout;
+    use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gemm(
+        alpha: f32,
+        a: &[f32],
+        la: MatLayout,
+        b: &[f32],
+        lb: MatLayout,
+        beta: f32,
+        c: &mut [f32],
+        lc: MatLayout,
+    ) {
+        let view = |s: &'_ [f32], l: MatLayout| {
+            ArrayView2::from_shape((l.rows, l.cols).strides((l.row_stride, l.col_stride)), s)
+                .expect("layout fits the slice")
+        };
+        let (av, bv) = (view(&a[..la.extent()], la), view(&b[..lb.extent()], lb));
+        let ext = lc.extent();
+        let mut cv = ArrayViewMut2::from_shape(
+            (lc.rows, lc.cols).strides((lc.row_stride, lc.col_stride)),
+            &mut c[..ext],
+        )
+        .expect("layout fits the slice");
+        if beta == 0.0 {
+            // BLAS reads C even when beta is 0 in some paths; make NaN garbage harmless.
+            cv.fill(0.0);
+        }
+        ndarray::linalg::general_mat_mul(alpha, &av, &bv, beta, &mut cv);
+    }
+}

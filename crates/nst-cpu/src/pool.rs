@@ -1,0 +1,134 @@
+//! 2×2 pooling with stride 2 in floor mode (a trailing odd row or column is dropped), max and
+//! average, forward and backward. Shapes: `x[N, C, H, W]` → `y[N, C, H/2, W/2]`.
+
+use rayon::prelude::*;
+
+/// The shape of a pooling layer's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dParams {
+    /// Batch size times channels: pooling treats every plane alike.
+    pub planes: usize,
+    /// Input height.
+    pub in_h: usize,
+    /// Input width.
+    pub in_w: usize,
+}
+
+impl Pool2dParams {
+    /// Output height, `H / 2` rounded down.
+    pub fn out_h(&self) -> usize {
+        self.in_h / 2
+    }
+    /// Output width, `W / 2` rounded down.
+    pub fn out_w(&self) -> usize {
+        self.in_w / 2
+    }
+    /// Elements of the input.
+    pub fn input_len(&self) -> usize {
+        self.planes * self.in_h * self.in_w
+    }
+    /// Elements of the output.
+    pub fn output_len(&self) -> usize {
+        self.planes * self.out_h() * self.out_w()
+    }
+}
+
+/// Max pooling; `argmax[i]` receives the index (within its input plane) of the maximum that
+/// produced `y[i]`. Ties go to the first element in row-major order, as in PyTorch.
+pub fn max_pool_forward(p: &Pool2dParams, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    assert_eq!(x.len(), p.input_len(), "max_pool: input length");
+    assert!(
+        y.len() == p.output_len() && argmax.len() == y.len(),
+        "max_pool: output length"
+    );
+    let (iplane, oplane) = (p.in_h * p.in_w, p.out_h() * p.out_w());
+    if oplane == 0 {
+        return;
+    }
+    y.par_chunks_mut(oplane)
+        .zip(argmax.par_chunks_mut(oplane))
+        .zip(x.par_chunks(iplane))
+        .for_each(|((y, am), x)| {
+            for oy in 0..p.out_h() {
+                for ox in 0..p.out_w() {
+                    let base = 2 * oy * p.in_w + 2 * ox;
+                    let mut best = base;
+                    for idx in [base + 1, base + p.in_w, base + p.in_w + 1] {
+                        // `>` keeps the first maximum; NaN propagates like PyTorch's.
+                        if x[idx] > x[best] || x[idx].is_nan() && !x[best].is_nan() {
+                            best = idx;
+                        }
+                    }
+                    y[oy * p.out_w() + ox] = x[best];
+                    am[oy * p.out_w() + ox] = best as u32;
+                }
+            }
+        });
+}
+
+/// `dx` (overwritten) from `dy` and the forward's `argmax`.
+pub fn max_pool_backward(p: &Pool2dParams, dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
+    assert_eq!(dx.len(), p.input_len(), "max_pool: input length");
+    assert!(
+        dy.len() == p.output_len() && argmax.len() == dy.len(),
+        "max_pool: output length"
+    );
+    let (iplane, oplane) = (p.in_h * p.in_w, p.out_h() * p.out_w());
+    dx.fill(0.0);
+    if oplane == 0 {
+        return;
+    }
+    dx.par_chunks_mut(iplane)
+        .zip(dy.par_chunks(oplane).zip(argmax.par_chunks(oplane)))
+        .for_each(|(dx, (dy, am))| {
+            // Windows do not overlap, so each input element receives at most one gradient.
+            for (&g, &i) in dy.iter().zip(am) {
+                dx[i as usize] += g;
+            }
+        });
+}
+
+/// Average pooling over each 2×2 window.
+pub fn avg_pool_forward(p: &Pool2dParams, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), p.input_len(), "avg_pool: input length");
+    assert_eq!(y.len(), p.output_len(), "avg_pool: output length");
+    let (iplane, oplane) = (p.in_h * p.in_w, p.out_h() * p.out_w());
+    if oplane == 0 {
+        return;
+    }
+    y.par_chunks_mut(oplane)
+        .zip(x.par_chunks(iplane))
+        .for_each(|(y, x)| {
+            for oy in 0..p.out_h() {
+                for ox in 0..p.out_w() {
+                    let b = 2 * oy * p.in_w + 2 * ox;
+                    y[oy * p.out_w() + ox] =
+                        0.25 * (x[b] + x[b + 1] + x[b + p.in_w] + x[b + p.in_w + 1]);
+                }
+            }
+        });
+}
+
+/// `dx` (overwritten) for average pooling: each window shares its gradient equally.
+pub fn avg_pool_backward(p: &Pool2dParams, dy: &[f32], dx: &mut [f32]) {
+    assert_eq!(dx.len(), p.input_len(), "avg_pool: input length");
+    assert_eq!(dy.len(), p.output_len(), "avg_pool: output length");
+    let (iplane, oplane) = (p.in_h * p.in_w, p.out_h() * p.out_w());
+    dx.fill(0.0);
+    if oplane == 0 {
+        return;
+    }
+    dx.par_chunks_mut(iplane)
+        .zip(dy.par_chunks(oplane))
+        .for_each(|(dx, dy)| {
+            for oy in 0..p.out_h() {
+                for ox in 0..p.out_w() {
+                    let g = 0.25 * dy[oy * p.out_w() + ox];
+                    let b = 2 * oy * p.in_w + 2 * ox;
+                    for i in [b, b + 1, b + p.in_w, b + p.in_w + 1] {
+                        dx[i] = g;
+                    }
+                }
+            }
+        });
+}

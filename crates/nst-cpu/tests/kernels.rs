@@ -1,0 +1,480 @@
+//! Every kernel against a naive loop implementation on random inputs with awkward shapes.
+
+use nst_cpu::{conv::*, elementwise, gemm::matmul, gram::*, linalg::*, pool::*, relu::*};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let err: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = want.iter().map(|w| w * w).sum::<f64>().sqrt().max(1e-12);
+    assert!(
+        err / norm <= tol,
+        "{what}: relative error {:.3e} > {tol:.0e}",
+        err / norm
+    );
+}
+
+/// Naive convolution, f64.
+fn conv_naive(p: &Conv2dParams, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f64> {
+    let (oh, ow) = (p.out_h(), p.out_w());
+    let mut y = vec![0.0; p.output_len()];
+    for n in 0..p.batch {
+        for co in 0..p.out_channels {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut s = b[co] as f64;
+                    for ci in 0..p.in_channels {
+                        for ky in 0..p.kernel_h {
+                            for kx in 0..p.kernel_w {
+                                let iy = (oy * p.stride + ky) as isize - p.pad as isize;
+                                let ix = (ox * p.stride + kx) as isize - p.pad as isize;
+                                if iy < 0
+                                    || ix < 0
+                                    || iy >= p.in_h as isize
+                                    || ix >= p.in_w as isize
+                                {
+                                    continue;
+                                }
+                                let xv = x[((n * p.in_channels + ci) * p.in_h + iy as usize)
+                                    * p.in_w
+                                    + ix as usize];
+                                let wv = w[((co * p.in_channels + ci) * p.kernel_h + ky)
+                                    * p.kernel_w
+                                    + kx];
+                                s += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    y[((n * p.out_channels + co) * oh + oy) * ow + ox] = s;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// The gradients by the adjoint definition: for L = Σ dy·y, dL/dx and dL/dw from naive loops.
+fn conv_grads_naive(
+    p: &Conv2dParams,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (oh, ow) = (p.out_h(), p.out_w());
+    let (mut dx, mut dw, mut db) = (
+        vec![0.0; x.len()],
+        vec![0.0; w.len()],
+        vec![0.0; p.out_channels],
+    );
+    for n in 0..p.batch {
+        for co in 0..p.out_channels {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let g = dy[((n * p.out_channels + co) * oh + oy) * ow + ox] as f64;
+                    db[co] += g;
+                    for ci in 0..p.in_channels {
+                        for ky in 0..p.kernel_h {
+                            for kx in 0..p.kernel_w {
+                                let iy = (oy * p.stride + ky) as isize - p.pad as isize;
+                                let ix = (ox * p.stride + kx) as isize - p.pad as isize;
+                                if iy < 0
+                                    || ix < 0
+                                    || iy >= p.in_h as isize
+                                    || ix >= p.in_w as isize
+                                {
+                                    continue;
+                                }
+                                let xi = ((n * p.in_channels + ci) * p.in_h + iy as usize) * p.in_w
+                                    + ix as usize;
+                                let wi =
+                                    ((co * p.in_channels + ci) * p.kernel_h + ky) * p.kernel_w + kx;
+                                dx[xi] += g * w[wi] as f64;
+                                dw[wi] += g * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dx, dw, db)
+}
+
+fn conv_shapes() -> Vec<Conv2dParams> {
+    let p = |batch, cin, h, w, cout, k, stride, pad| Conv2dParams {
+        batch,
+        in_channels: cin,
+        in_h: h,
+        in_w: w,
+        out_channels: cout,
+        kernel_h: k,
+        kernel_w: k,
+        stride,
+        pad,
+    };
+    vec![
+        p(1, 3, 7, 9, 8, 3, 1, 1),   // 3 input channels, odd H and W
+        p(2, 5, 6, 5, 4, 3, 1, 1),   // batch 2
+        p(1, 4, 1, 1, 6, 3, 1, 1),   // 1×1 spatial
+        p(2, 3, 9, 8, 5, 3, 2, 0),   // stride 2, no padding
+        p(1, 6, 5, 7, 3, 1, 1, 0),   // 1×1 kernel
+        p(1, 2, 11, 10, 4, 5, 3, 2), // 5×5 kernel, stride 3
+        p(1, 16, 33, 31, 32, 3, 1, 1),
+        Conv2dParams {
+            kernel_h: 1,
+            kernel_w: 2,
+            ..p(1, 3, 6, 7, 3, 1, 1, 0)
+        }, // non-square kernel
+    ]
+}
+
+#[test]
+fn conv_forward_matches_naive() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for p in conv_shapes() {
+        let (x, w, b) = (
+            rand_vec(&mut rng, p.input_len()),
+            rand_vec(&mut rng, p.weight_len()),
+            rand_vec(&mut rng, p.out_channels),
+        );
+        let mut y = vec![f32::NAN; p.output_len()];
+        conv2d_forward(&p, &x, &w, Some(&b), &mut y);
+        assert_close(
+            &y,
+            &conv_naive(&p, &x, &w, &b),
+            1e-5,
+            &format!("conv forward {p:?}"),
+        );
+    }
+}
+
+#[test]
+fn conv_backward_matches_naive() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for p in conv_shapes() {
+        let (x, w, dy) = (
+            rand_vec(&mut rng, p.input_len()),
+            rand_vec(&mut rng, p.weight_len()),
+            rand_vec(&mut rng, p.output_len()),
+        );
+        let (dx_ref, dw_ref, db_ref) = conv_grads_naive(&p, &x, &w, &dy);
+        let mut dx = vec![f32::NAN; x.len()];
+        conv2d_backward_input(&p, &dy, &w, &mut dx);
+        assert_close(&dx, &dx_ref, 1e-5, &format!("conv dx {p:?}"));
+        let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; p.out_channels]);
+        conv2d_backward_weight(&p, &x, &dy, &mut dw, Some(&mut db));
+        assert_close(&dw, &dw_ref, 1e-5, &format!("conv dw {p:?}"));
+        assert_close(&db, &db_ref, 1e-5, &format!("conv db {p:?}"));
+    }
+}
+
+#[test]
+fn conv_banding_matches_single_band() {
+    // Enough columns that the im2col buffer must be split into several bands of rows.
+    let p = Conv2dParams {
+        batch: 1,
+        in_channels: 64,
+        in_h: 530,
+        in_w: 517,
+        out_channels: 2,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 1,
+        pad: 1,
+    };
+    assert!(
+        p.patch_len() * p.out_h() * p.out_w() > MAX_COLS_ELEMS,
+        "test must exercise banding"
+    );
+    let mut rng = StdRng::seed_from_u64(3);
+    let (x, w) = (
+        rand_vec(&mut rng, p.input_len()),
+        rand_vec(&mut rng, p.weight_len()),
+    );
+    let mut y = vec![0.0; p.output_len()];
+    conv2d_forward(&p, &x, &w, None, &mut y);
+    // Spot-check rows on both sides of every band boundary against the naive sum.
+    let (oh, ow) = (p.out_h(), p.out_w());
+    for &(co, oy, ox) in &[
+        (0, 0, 0),
+        (1, oh / 2, ow - 1),
+        (0, oh - 1, 3),
+        (1, 60, 1),
+        (0, 61, 200),
+        (1, 62, 516),
+        (0, 121, 7),
+    ] {
+        let mut s = 0.0f64;
+        for ci in 0..p.in_channels {
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let (iy, ix) = (oy as isize + ky as isize - 1, ox as isize + kx as isize - 1);
+                    if iy < 0 || ix < 0 || iy >= p.in_h as isize || ix >= p.in_w as isize {
+                        continue;
+                    }
+                    s += x[(ci * p.in_h + iy as usize) * p.in_w + ix as usize] as f64
+                        * w[(co * 64 + ci) * 9 + ky * 3 + kx] as f64;
+                }
+            }
+        }
+        let got = y[(co * oh + oy) * ow + ox] as f64;
+        assert!(
+            (got - s).abs() <= 1e-4 * (1.0 + s.abs()),
+            "({co},{oy},{ox}): {got} vs {s}"
+        );
+    }
+}
+
+#[test]
+fn matmul_all_transposes() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for &(m, k, n) in &[(1, 1, 1), (3, 5, 7), (17, 33, 9), (64, 130, 65)] {
+        let (a, b) = (rand_vec(&mut rng, m * k), rand_vec(&mut rng, k * n));
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let at = |i: usize, l: usize| if ta { a[l * m + i] } else { a[i * k + l] } as f64;
+                let bt = |l: usize, j: usize| if tb { b[j * k + l] } else { b[l * n + j] } as f64;
+                let init = rand_vec(&mut rng, m * n);
+                let want: Vec<f64> = (0..m * n)
+                    .map(|ij| {
+                        init[ij] as f64 + (0..k).map(|l| at(ij / n, l) * bt(l, ij % n)).sum::<f64>()
+                    })
+                    .collect();
+                let mut c = init.clone();
+                matmul(&a, &b, &mut c, m, k, n, ta, tb, true);
+                assert_close(
+                    &c,
+                    &want,
+                    1e-5,
+                    &format!("matmul {m}x{k}x{n} ta={ta} tb={tb}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gram_forward_and_backward() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for &(c, n) in &[(1, 1), (3, 7), (16, 49), (64, 5)] {
+        let (f, dg) = (rand_vec(&mut rng, c * n), rand_vec(&mut rng, c * c));
+        let s = 0.37;
+        let mut g = vec![0.0; c * c];
+        gram_forward(&f, c, n, s, &mut g);
+        let want: Vec<f64> = (0..c * c)
+            .map(|ij| {
+                s as f64
+                    * (0..n)
+                        .map(|l| f[ij / c * n + l] as f64 * f[ij % c * n + l] as f64)
+                        .sum::<f64>()
+            })
+            .collect();
+        assert_close(&g, &want, 1e-5, "gram forward");
+        let mut df = vec![0.0; c * n];
+        gram_backward(&f, &dg, c, n, s, &mut df);
+        // d/dF_il Σ_jk dG_jk·s·Σ_m F_jm F_km = s·Σ_k (dG_ik + dG_ki)·F_kl
+        let want: Vec<f64> = (0..c * n)
+            .map(|il| {
+                let (i, l) = (il / n, il % n);
+                s as f64
+                    * (0..c)
+                        .map(|k| (dg[i * c + k] + dg[k * c + i]) as f64 * f[k * n + l] as f64)
+                        .sum::<f64>()
+            })
+            .collect();
+        assert_close(&df, &want, 1e-5, "gram backward");
+    }
+}
+
+#[test]
+fn pooling_forward_and_backward() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for &(planes, h, w) in &[(1, 1, 1), (3, 5, 7), (2, 2, 2), (6, 9, 4), (4, 16, 17)] {
+        let p = Pool2dParams {
+            planes,
+            in_h: h,
+            in_w: w,
+        };
+        let (x, dy) = (
+            rand_vec(&mut rng, p.input_len()),
+            rand_vec(&mut rng, p.output_len()),
+        );
+        let (oh, ow) = (p.out_h(), p.out_w());
+        let (mut ymax, mut yavg, mut am) = (
+            vec![0.0; p.output_len()],
+            vec![0.0; p.output_len()],
+            vec![0u32; p.output_len()],
+        );
+        max_pool_forward(&p, &x, &mut ymax, &mut am);
+        avg_pool_forward(&p, &x, &mut yavg);
+        let (mut want_max, mut want_avg) = (vec![0.0; p.output_len()], vec![0.0; p.output_len()]);
+        let (mut dmax, mut davg) = (vec![0.0f64; x.len()], vec![0.0f64; x.len()]);
+        for c in 0..planes {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = (c * oh + oy) * ow + ox;
+                    let idx: Vec<usize> = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                        .iter()
+                        .map(|&(dy_, dx_)| (c * h + 2 * oy + dy_) * w + 2 * ox + dx_)
+                        .collect();
+                    let best = *idx.iter().max_by(|&&a, &&b| x[a].total_cmp(&x[b])).unwrap();
+                    want_max[o] = x[best] as f64;
+                    dmax[best] += dy[o] as f64;
+                    want_avg[o] = idx.iter().map(|&i| x[i] as f64).sum::<f64>() / 4.0;
+                    idx.iter().for_each(|&i| davg[i] += dy[o] as f64 / 4.0);
+                }
+            }
+        }
+        if p.output_len() == 0 {
+            continue;
+        }
+        assert_close(&ymax, &want_max, 1e-7, "max pool");
+        assert_close(&yavg, &want_avg, 1e-6, "avg pool");
+        let (mut dx1, mut dx2) = (vec![f32::NAN; x.len()], vec![f32::NAN; x.len()]);
+        max_pool_backward(&p, &dy, &am, &mut dx1);
+        avg_pool_backward(&p, &dy, &mut dx2);
+        assert_close(&dx1, &dmax, 1e-7, "max pool backward");
+        assert_close(&dx2, &davg, 1e-6, "avg pool backward");
+    }
+}
+
+#[test]
+fn relu_and_elementwise() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let n = 100_003; // spans several parallel chunks, odd length
+    let (a, b) = (rand_vec(&mut rng, n), rand_vec(&mut rng, n));
+    let mut out = vec![0.0; n];
+    relu_forward(&a, &mut out);
+    assert_close(
+        &out,
+        &a.iter().map(|&v| v.max(0.0) as f64).collect::<Vec<_>>(),
+        0.0,
+        "relu",
+    );
+    let y = out.clone();
+    relu_backward(&y, &b, &mut out);
+    assert_close(
+        &out,
+        &a.iter()
+            .zip(&b)
+            .map(|(&x, &g)| if x > 0.0 { g as f64 } else { 0.0 })
+            .collect::<Vec<_>>(),
+        0.0,
+        "relu backward",
+    );
+    elementwise::axpby(2.0, &a, -3.0, &b, &mut out);
+    assert_close(
+        &out,
+        &a.iter()
+            .zip(&b)
+            .map(|(&x, &y)| 2.0 * x as f64 - 3.0 * y as f64)
+            .collect::<Vec<_>>(),
+        1e-7,
+        "axpby",
+    );
+    elementwise::mul(&a, &b, &mut out);
+    assert_close(
+        &out,
+        &a.iter()
+            .zip(&b)
+            .map(|(&x, &y)| x as f64 * y as f64)
+            .collect::<Vec<_>>(),
+        1e-7,
+        "mul",
+    );
+    let dot: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    assert!((elementwise::dot(&a, &b) - dot).abs() < 1e-9 * dot.abs().max(1.0));
+    let s: f64 = a.iter().map(|&v| v as f64).sum();
+    assert!((elementwise::sum(&a) - s).abs() < 1e-9);
+    assert_eq!(
+        elementwise::abs_max(&a),
+        a.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+    );
+    assert!(
+        (elementwise::abs_sum(&a) - a.iter().map(|v| v.abs() as f64).sum::<f64>()).abs() < 1e-6
+    );
+}
+
+#[test]
+fn adam_update_matches_formula() {
+    let (mut x, g) = (vec![1.0f32, -2.0], vec![0.5f32, -0.25]);
+    let (mut m, mut v) = (vec![0.0; 2], vec![0.0; 2]);
+    elementwise::adam_update(&mut x, &g, &mut m, &mut v, 0.1, 0.9, 0.999, 1e-8, 1);
+    // First step: m̂ = g, v̂ = g², so x moves by lr·sign(g) (up to ε).
+    assert!(
+        (x[0] - 0.9).abs() < 1e-6 && (x[1] + 1.9).abs() < 1e-6,
+        "{x:?}"
+    );
+}
+
+fn reconstruct(vals: [f64; 3], v: Mat3) -> Mat3 {
+    let mut out = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            out[i][j] = (0..3).map(|k| v[i][k] * vals[k] * v[j][k]).sum();
+        }
+    }
+    out
+}
+
+#[test]
+fn sym3_eigen_reconstructs_and_sqrt_squares_back() {
+    let cases: [Mat3; 4] = [
+        [[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]],
+        [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], // grayscale covariance: rank 1
+        [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]],
+        [
+            [900.0, 850.0, 700.0],
+            [850.0, 820.0, 690.0],
+            [700.0, 690.0, 640.0],
+        ],
+    ];
+    for a in cases {
+        let (vals, v) = sym3_eigen(&a);
+        assert!(vals[0] <= vals[1] && vals[1] <= vals[2]);
+        let r = reconstruct(vals, v);
+        let s = sym3_sqrt(&a);
+        let s2 = mat3_mul(&s, &s);
+        for i in 0..3 {
+            for j in 0..3 {
+                assert!(
+                    (r[i][j] - a[i][j]).abs() < 1e-9 * (1.0 + a[i][j].abs()),
+                    "eigen {a:?}"
+                );
+                assert!(
+                    (s2[i][j] - a[i][j]).abs() < 1e-7 * (1.0 + a[i][j].abs()),
+                    "sqrt {a:?}"
+                );
+            }
+        }
+        let is = sym3_inv_sqrt(&a, 1e-12);
+        assert!(is.iter().flatten().all(|v| v.is_finite()));
+    }
+}
+
+#[cfg(feature = "openblas")]
+#[test]
+fn sym3_eigen_agrees_with_lapack() {
+    let a: Mat3 = [[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]];
+    let (v1, _) = sym3_eigen(&a);
+    let (v2, vec2) = sym3_eigen_lapack(&a);
+    for k in 0..3 {
+        assert!((v1[k] - v2[k]).abs() < 1e-10);
+    }
+    let s1 = sym3_sqrt(&a);
+    let s2 = reconstruct(v2.map(f64::sqrt), vec2);
+    for i in 0..3 {
+        for j in 0..3 {
+            assert!((s1[i][j] - s2[i][j]).abs() < 1e-10);
+        }
+    }
+}
