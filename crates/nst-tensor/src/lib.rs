@@ -1,1 +1,55 @@
-//! stub
+//! # nst-tensor
+//!
+//! A small f32 tensor library with tape-based reverse-mode automatic differentiation, built
+//! for neural style transfer but general enough for other small networks.
+//!
+//! - [`Tensor`]: a contiguous row-major (NCHW for images) array on a [`Device`]. Cloning is
+//!   cheap (shared storage); tensors are immutable, every op returns a new one.
+//! - Autodiff: a leaf made with [`Tensor::variable`] requires a gradient. Every op whose input
+//!   requires one records itself on the *tape*; [`Tensor::backward`] walks the tape in reverse
+//!   creation order and returns [`Grads`] for every variable. Inside [`no_grad`] nothing is
+//!   recorded, so frozen weights and fixed targets cost nothing extra.
+//! - Ops: `conv2d`, `relu`, `max_pool2d`, `avg_pool2d`, `matmul`, `gram`, `reshape`,
+//!   `transpose`, `add`, `sub`, `mul`, `scale`, `square`, `sum`, `mean`, plus untracked vector
+//!   helpers for optimizers (`dot`, `axpby`, `abs_sum`, …).
+//!
+//! ```
+//! use nst_tensor::{Device, Tensor};
+//! # fn main() -> Result<(), nst_tensor::TensorError> {
+//! let dev = Device::Cpu;
+//! // A tiny convolutional regressor: conv → ReLU → max-pool → flatten → linear.
+//! let x = Tensor::from_vec((0..2 * 1 * 4 * 4).map(|i| i as f32 / 32.0).collect(), &[2, 1, 4, 4], &dev)?;
+//! let w1 = Tensor::variable(vec![0.1; 3 * 1 * 3 * 3], &[3, 1, 3, 3], &dev)?;
+//! let b1 = Tensor::variable(vec![0.0; 3], &[3], &dev)?;
+//! let w2 = Tensor::variable(vec![0.05; 3 * 2 * 2], &[12, 1], &dev)?;
+//! let target = Tensor::from_vec(vec![1.0, -1.0], &[2, 1], &dev)?;
+//!
+//! let hidden = x.conv2d(&w1, Some(&b1), 1, 1)?.relu()?.max_pool2d()?; // [2, 3, 2, 2]
+//! let pred = hidden.reshape(&[2, 12])?.matmul(&w2)?;                    // [2, 1]
+//! let loss = pred.sub(&target)?.square()?.mean()?;
+//! let grads = loss.backward()?;
+//!
+//! // One step of gradient descent on the first layer's weights.
+//! let g = grads.get(&w1).expect("w1 requires a gradient");
+//! let w1_next = w1.axpby(1.0, g, -0.1)?;
+//! assert_eq!(w1_next.dims(), &[3, 1, 3, 3]);
+//! # Ok(()) }
+//! ```
+
+mod backward;
+mod device;
+mod error;
+mod grad_mode;
+mod op;
+mod ops;
+mod storage;
+mod tensor;
+
+pub use backward::Grads;
+pub use device::Device;
+pub use error::TensorError;
+pub use grad_mode::{is_grad_enabled, no_grad};
+pub use tensor::Tensor;
+
+/// `Result` with a [`TensorError`].
+pub type Result<T> = std::result::Result<T, TensorError>;

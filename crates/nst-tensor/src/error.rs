@@ -1,0 +1,45 @@
+//! Errors from tensor operations.
+
+use thiserror::Error;
+
+/// Why a tensor operation failed. Every message is one line.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum TensorError {
+    /// The operands' shapes do not fit the operation.
+    #[error("{op}: shape mismatch between {lhs:?} and {rhs:?}")]
+    ShapeMismatch {
+        /// The operation.
+        op: &'static str,
+        /// The first operand's shape.
+        lhs: Vec<usize>,
+        /// The second operand's (or the expected) shape.
+        rhs: Vec<usize>,
+    },
+    /// A data buffer does not have as many elements as its shape.
+    #[error("data has {got} elements but shape {shape:?} needs {want}")]
+    DataLength {
+        /// The shape asked for.
+        shape: Vec<usize>,
+        /// Elements given.
+        got: usize,
+        /// Elements needed.
+        want: usize,
+    },
+    /// The operands live on different devices.
+    #[error("{op}: operands are on different devices")]
+    DeviceMismatch {
+        /// The operation.
+        op: &'static str,
+    },
+    /// An operation that needs a single-element tensor got a larger one.
+    #[error("{op}: expected a scalar, got shape {shape:?}")]
+    NotScalar {
+        /// The operation.
+        op: &'static str,
+        /// The shape it got.
+        shape: Vec<usize>,
+    },
+    /// `backward` was called on a tensor that does not depend on any variable.
+    #[error("backward: the tensor does not depend on any variable")]
+    NoGraph,
+}

@@ -1,0 +1,27 @@
+//! Rectified linear unit.
+
+use crate::op::{InputGrad, Op};
+use crate::{Result, Tensor};
+use nst_cpu::relu::{relu_backward, relu_forward};
+
+impl Tensor {
+    /// `max(self, 0)` elementwise.
+    pub fn relu(&self) -> Result<Tensor> {
+        let mut y = vec![0.0; self.elem_count()];
+        relu_forward(self.data(), &mut y);
+        Ok(Tensor::from_op(
+            y,
+            self.dims(),
+            self.device(),
+            &[self],
+            || Op::Relu { x: self.clone() },
+        ))
+    }
+}
+
+/// Uses the output (`out > 0` ⇔ `x > 0`), matching PyTorch's gradient of 0 at x = 0.
+pub(crate) fn backward(x: &Tensor, out: &Tensor, dy: &[f32]) -> Vec<InputGrad> {
+    let mut dx = vec![0.0; dy.len()];
+    relu_backward(out.data(), dy, &mut dx);
+    vec![(x.clone(), dx)]
+}

@@ -1,0 +1,228 @@
+//! The `Tensor` type: shape, device, shared storage, and the op that produced it.
+
+use crate::device::Device;
+use crate::error::TensorError;
+use crate::grad_mode::is_grad_enabled;
+use crate::op::Op;
+use crate::storage::Storage;
+use crate::Result;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Creation order of tensors. The autodiff tape is the set of recorded tensors ordered by
+/// this id: an op's output is always newer than its inputs, so walking ids downwards is a
+/// valid reverse topological order.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// An f32 array on a [`Device`], contiguous and row-major. Cheap to clone.
+#[derive(Clone)]
+pub struct Tensor(pub(crate) Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub(crate) id: u64,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) device: Device,
+    pub(crate) storage: Arc<Storage>,
+    /// A leaf whose gradient `backward` reports.
+    pub(crate) is_variable: bool,
+    /// How this tensor was computed, when that was recorded for autodiff.
+    pub(crate) op: Option<Op>,
+}
+
+impl Tensor {
+    fn build(
+        storage: Arc<Storage>,
+        shape: &[usize],
+        device: &Device,
+        is_variable: bool,
+        op: Option<Op>,
+    ) -> Self {
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            shape: shape.to_vec(),
+            device: device.clone(),
+            storage,
+            is_variable,
+            op,
+        }))
+    }
+
+    fn checked(
+        data: Vec<f32>,
+        shape: &[usize],
+        device: &Device,
+        is_variable: bool,
+    ) -> Result<Self> {
+        let want: usize = shape.iter().product();
+        if data.len() != want {
+            return Err(TensorError::DataLength {
+                shape: shape.to_vec(),
+                got: data.len(),
+                want,
+            });
+        }
+        Ok(Self::build(
+            Arc::new(Storage::Cpu(data)),
+            shape,
+            device,
+            is_variable,
+            None,
+        ))
+    }
+
+    /// A constant tensor (no gradient) holding `data` in row-major order.
+    pub fn from_vec(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Self> {
+        Self::checked(data, shape, device, false)
+    }
+
+    /// A leaf that requires a gradient: [`Tensor::backward`] reports ∂loss/∂self.
+    pub fn variable(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Self> {
+        Self::checked(data, shape, device, true)
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize], device: &Device) -> Self {
+        Self::full(0.0, shape, device)
+    }
+
+    /// A tensor filled with `value`.
+    pub fn full(value: f32, shape: &[usize], device: &Device) -> Self {
+        let n = shape.iter().product();
+        Self::build(
+            Arc::new(Storage::Cpu(vec![value; n])),
+            shape,
+            device,
+            false,
+            None,
+        )
+    }
+
+    /// A scalar (shape `[]`).
+    pub fn scalar(value: f32, device: &Device) -> Self {
+        Self::full(value, &[], device)
+    }
+
+    /// The same data as a fresh leaf that requires a gradient (shares storage).
+    pub fn to_variable(&self) -> Self {
+        Self::build(
+            self.0.storage.clone(),
+            &self.0.shape,
+            &self.0.device,
+            true,
+            None,
+        )
+    }
+
+    /// The same data cut off from the graph: a constant (shares storage).
+    pub fn detach(&self) -> Self {
+        Self::build(
+            self.0.storage.clone(),
+            &self.0.shape,
+            &self.0.device,
+            false,
+            None,
+        )
+    }
+
+    /// The output of an op: records `op` on the tape when gradients are enabled and any of
+    /// `inputs` requires a gradient.
+    pub(crate) fn from_op(
+        data: Vec<f32>,
+        shape: &[usize],
+        device: &Device,
+        inputs: &[&Tensor],
+        op: impl FnOnce() -> Op,
+    ) -> Self {
+        Self::from_storage_op(Arc::new(Storage::Cpu(data)), shape, device, inputs, op)
+    }
+
+    pub(crate) fn from_storage_op(
+        storage: Arc<Storage>,
+        shape: &[usize],
+        device: &Device,
+        inputs: &[&Tensor],
+        op: impl FnOnce() -> Op,
+    ) -> Self {
+        debug_assert_eq!(storage.len(), shape.iter().product::<usize>());
+        let record = is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
+        Self::build(storage, shape, device, false, record.then(op))
+    }
+
+    /// Dimensions, outermost first.
+    pub fn dims(&self) -> &[usize] {
+        &self.0.shape
+    }
+
+    /// Number of elements.
+    pub fn elem_count(&self) -> usize {
+        self.0.shape.iter().product()
+    }
+
+    /// The device holding the data.
+    pub fn device(&self) -> &Device {
+        &self.0.device
+    }
+
+    /// True for a variable, or for a result that depends on one through recorded ops.
+    pub fn requires_grad(&self) -> bool {
+        self.0.is_variable || self.0.op.is_some()
+    }
+
+    /// A unique id (creation order); [`crate::Grads`] is keyed by it.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The data as a host vector.
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.0.storage.as_slice().to_vec()
+    }
+
+    /// The value of a one-element tensor.
+    pub fn to_scalar(&self) -> Result<f32> {
+        if self.elem_count() != 1 {
+            return Err(TensorError::NotScalar {
+                op: "to_scalar",
+                shape: self.dims().to_vec(),
+            });
+        }
+        Ok(self.0.storage.as_slice()[0])
+    }
+
+    /// Host view of the data (CPU storage).
+    pub(crate) fn data(&self) -> &[f32] {
+        self.0.storage.as_slice()
+    }
+
+    pub(crate) fn same_device(&self, other: &Tensor, op: &'static str) -> Result<()> {
+        if self.0.device != other.0.device {
+            return Err(TensorError::DeviceMismatch { op });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn same_shape(&self, other: &Tensor, op: &'static str) -> Result<()> {
+        self.same_device(other, op)?;
+        if self.dims() != other.dims() {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                lhs: self.dims().to_vec(),
+                rhs: other.dims().to_vec(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Tensor({:?}, {:?}, requires_grad={})",
+            self.dims(),
+            self.device(),
+            self.requires_grad()
+        )
+    }
+}

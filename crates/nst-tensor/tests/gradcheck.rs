@@ -1,0 +1,275 @@
+//! Central finite-difference checks of every differentiable op and of a small composed network.
+//!
+//! Each check projects the op's output onto a fixed random direction r (L = Σ r ⊙ out), so all
+//! output elements contribute, then compares ∂L/∂input from `backward` with
+//! (L(x + h·eᵢ) − L(x − h·eᵢ)) / 2h, where L is accumulated in f64 from the f32 outputs.
+
+use nst_tensor::{no_grad, Device, Tensor};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+
+const DEV: Device = Device::Cpu;
+
+struct Input {
+    data: Vec<f32>,
+    shape: Vec<usize>,
+}
+
+fn uniform(rng: &mut StdRng, shape: &[usize]) -> Input {
+    let n = shape.iter().product();
+    Input {
+        data: (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+        shape: shape.to_vec(),
+    }
+}
+
+/// Values with |x| ≥ 0.1, so a step of 1e-2 never crosses ReLU's kink.
+fn away_from_zero(rng: &mut StdRng, shape: &[usize]) -> Input {
+    let mut i = uniform(rng, shape);
+    i.data
+        .iter_mut()
+        .for_each(|v| *v = v.signum() * (0.1 + 0.9 * v.abs()));
+    i
+}
+
+/// Distinct values spaced 2/n apart, shuffled, so a small step never changes a max.
+fn distinct(rng: &mut StdRng, shape: &[usize]) -> Input {
+    let n: usize = shape.iter().product();
+    let mut data: Vec<f32> = (0..n).map(|i| -1.0 + 2.0 * i as f32 / n as f32).collect();
+    data.shuffle(rng);
+    Input {
+        data,
+        shape: shape.to_vec(),
+    }
+}
+
+fn gradcheck(name: &str, inputs: &[Input], h: f32, f: impl Fn(&[Tensor]) -> Tensor) {
+    let vars: Vec<Tensor> = inputs
+        .iter()
+        .map(|i| Tensor::variable(i.data.clone(), &i.shape, &DEV).unwrap())
+        .collect();
+    let out = f(&vars);
+    let mut rng = StdRng::seed_from_u64(99);
+    let r: Vec<f32> = (0..out.elem_count())
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let r_t = Tensor::from_vec(r.clone(), out.dims(), &DEV).unwrap();
+    let grads = out.mul(&r_t).unwrap().sum().unwrap().backward().unwrap();
+
+    let loss_at = |k: usize, data: Vec<f32>| -> f64 {
+        no_grad(|| {
+            let ts: Vec<Tensor> = inputs
+                .iter()
+                .enumerate()
+                .map(|(j, inp)| {
+                    Tensor::from_vec(
+                        if j == k {
+                            data.clone()
+                        } else {
+                            inp.data.clone()
+                        },
+                        &inp.shape,
+                        &DEV,
+                    )
+                    .unwrap()
+                })
+                .collect();
+            f(&ts)
+                .to_vec()
+                .iter()
+                .zip(&r)
+                .map(|(&o, &r)| o as f64 * r as f64)
+                .sum()
+        })
+    };
+    for (k, (inp, var)) in inputs.iter().zip(&vars).enumerate() {
+        let analytic = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("{name}: no gradient for input {k}"))
+            .to_vec();
+        let mut numeric = vec![0.0f64; inp.data.len()];
+        for i in 0..inp.data.len() {
+            let (mut plus, mut minus) = (inp.data.clone(), inp.data.clone());
+            plus[i] += h;
+            minus[i] -= h;
+            numeric[i] = (loss_at(k, plus) - loss_at(k, minus)) / (2.0 * h as f64);
+        }
+        let err: f64 = analytic
+            .iter()
+            .zip(&numeric)
+            .map(|(&a, &n)| (a as f64 - n).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = numeric.iter().map(|n| n * n).sum::<f64>().sqrt();
+        assert!(
+            norm > 1e-6,
+            "{name}: input {k} has a zero gradient; the check would be vacuous"
+        );
+        assert!(
+            err / norm <= 1e-3,
+            "{name}: input {k} relative error {:.2e}",
+            err / norm
+        );
+    }
+}
+
+#[test]
+fn conv2d_gradients() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for (x, w, stride, pad) in [
+        ([1, 3, 5, 6], [4, 3, 3, 3], 1, 1),
+        ([2, 2, 4, 3], [3, 2, 3, 3], 2, 1),
+        ([1, 3, 1, 1], [2, 3, 3, 3], 1, 1),
+        ([1, 2, 4, 4], [2, 2, 1, 2], 1, 0),
+    ] {
+        let inputs = [
+            uniform(&mut rng, &x),
+            uniform(&mut rng, &w),
+            uniform(&mut rng, &[w[0]]),
+        ];
+        gradcheck("conv2d", &inputs, 1e-2, |t| {
+            t[0].conv2d(&t[1], Some(&t[2]), stride, pad).unwrap()
+        });
+    }
+}
+
+#[test]
+fn relu_gradient() {
+    let mut rng = StdRng::seed_from_u64(2);
+    gradcheck(
+        "relu",
+        &[away_from_zero(&mut rng, &[2, 3, 4, 5])],
+        1e-2,
+        |t| t[0].relu().unwrap(),
+    );
+}
+
+#[test]
+fn pooling_gradients() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for shape in [[1, 3, 4, 4], [2, 2, 5, 7], [1, 1, 2, 3]] {
+        gradcheck("max_pool2d", &[distinct(&mut rng, &shape)], 1e-3, |t| {
+            t[0].max_pool2d().unwrap()
+        });
+        gradcheck("avg_pool2d", &[uniform(&mut rng, &shape)], 1e-2, |t| {
+            t[0].avg_pool2d().unwrap()
+        });
+    }
+}
+
+#[test]
+fn matmul_transpose_reshape_gradients() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let inputs = [uniform(&mut rng, &[3, 5]), uniform(&mut rng, &[5, 4])];
+    gradcheck("matmul", &inputs, 1e-2, |t| t[0].matmul(&t[1]).unwrap());
+    gradcheck("transpose", &[uniform(&mut rng, &[3, 7])], 1e-2, |t| {
+        t[0].transpose().unwrap()
+    });
+    gradcheck("reshape", &[uniform(&mut rng, &[2, 3, 4])], 1e-2, |t| {
+        t[0].reshape(&[6, 4]).unwrap().transpose().unwrap()
+    });
+}
+
+#[test]
+fn gram_gradient() {
+    let mut rng = StdRng::seed_from_u64(5);
+    gradcheck("gram 4-D", &[uniform(&mut rng, &[2, 3, 4, 5])], 1e-2, |t| {
+        t[0].gram(1.0 / 20.0).unwrap()
+    });
+    gradcheck("gram 2-D", &[uniform(&mut rng, &[4, 9])], 1e-2, |t| {
+        t[0].gram(0.5).unwrap()
+    });
+}
+
+#[test]
+fn elementwise_and_reduction_gradients() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let pair = [uniform(&mut rng, &[3, 4]), uniform(&mut rng, &[3, 4])];
+    gradcheck("add", &pair, 1e-2, |t| t[0].add(&t[1]).unwrap());
+    gradcheck("sub", &pair, 1e-2, |t| t[0].sub(&t[1]).unwrap());
+    gradcheck("mul", &pair, 1e-2, |t| t[0].mul(&t[1]).unwrap());
+    gradcheck("scale", &pair[..1], 1e-2, |t| t[0].scale(-2.5).unwrap());
+    gradcheck("square", &pair[..1], 1e-2, |t| t[0].square().unwrap());
+    gradcheck("sum", &pair[..1], 1e-2, |t| t[0].sum().unwrap());
+    gradcheck("mean", &pair[..1], 1e-2, |t| t[0].mean().unwrap());
+    // The same tensor used twice: gradients from both uses must accumulate.
+    gradcheck("reuse", &pair[..1], 1e-2, |t| {
+        t[0].mul(&t[0]).unwrap().add(&t[0]).unwrap()
+    });
+}
+
+#[test]
+fn composed_network_gradient() {
+    // conv → ReLU → max-pool → conv → Gram → squared distance to a target (a style loss).
+    let mut rng = StdRng::seed_from_u64(7);
+    let inputs = [
+        uniform(&mut rng, &[1, 3, 8, 7]),
+        uniform(&mut rng, &[6, 3, 3, 3]),
+        uniform(&mut rng, &[6]),
+        uniform(&mut rng, &[5, 6, 3, 3]),
+    ];
+    let target = Tensor::from_vec(
+        (0..25).map(|i| (i as f32).sin()).collect(),
+        &[1, 5, 5],
+        &DEV,
+    )
+    .unwrap();
+    gradcheck("network", &inputs, 1e-3, |t| {
+        let h = t[0]
+            .conv2d(&t[1], Some(&t[2]), 1, 1)
+            .unwrap()
+            .relu()
+            .unwrap()
+            .max_pool2d()
+            .unwrap();
+        let f = h.conv2d(&t[3], None, 1, 1).unwrap();
+        let n = (f.dims()[2] * f.dims()[3]) as f32;
+        f.gram(1.0 / n)
+            .unwrap()
+            .sub(&target)
+            .unwrap()
+            .square()
+            .unwrap()
+            .sum()
+            .unwrap()
+    });
+}
+
+#[test]
+fn constants_and_no_grad_record_nothing() {
+    let x = Tensor::variable(vec![1.0, 2.0], &[2], &DEV).unwrap();
+    let c = Tensor::from_vec(vec![3.0, 4.0], &[2], &DEV).unwrap();
+    let y = no_grad(|| x.mul(&c).unwrap());
+    assert!(!y.requires_grad(), "no_grad output must not track");
+    assert!(
+        y.sum().unwrap().backward().is_err(),
+        "backward without a graph is an error"
+    );
+    let loss = x.mul(&c).unwrap().sum().unwrap();
+    let grads = loss.backward().unwrap();
+    assert_eq!(grads.get(&x).unwrap().to_vec(), vec![3.0, 4.0]);
+    assert!(grads.get(&c).is_none(), "a constant gets no gradient");
+    assert!(
+        x.mul(&c).unwrap().backward().is_err(),
+        "backward needs a scalar"
+    );
+}
+
+#[test]
+fn shape_errors_are_reported() {
+    let a = Tensor::zeros(&[2, 3], &DEV);
+    let b = Tensor::zeros(&[2, 3], &DEV);
+    assert!(a.matmul(&b).unwrap_err().to_string().contains("matmul"));
+    assert!(a.add(&Tensor::zeros(&[3, 2], &DEV)).is_err());
+    assert!(Tensor::from_vec(vec![1.0; 5], &[2, 3], &DEV).is_err());
+    let x = Tensor::zeros(&[1, 3, 4, 4], &DEV);
+    assert!(
+        x.conv2d(&Tensor::zeros(&[2, 4, 3, 3], &DEV), None, 1, 1)
+            .is_err(),
+        "channel mismatch"
+    );
+    assert!(
+        x.conv2d(&Tensor::zeros(&[2, 3, 5, 5], &DEV), None, 1, 0)
+            .is_err(),
+        "kernel larger than input"
+    );
+}
