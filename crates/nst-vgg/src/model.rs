@@ -1,0 +1,130 @@
+//! The network: preprocessing, then convolutions, ReLUs and pooling up to a requested depth.
+
+use crate::layer::{Layer, LayerKind};
+use crate::weights::{self, EMBEDDED};
+use crate::VggError;
+use nst_tensor::{Device, Tensor};
+use std::str::FromStr;
+
+/// The Caffe ImageNet mean pixel in B, G, R order (0..255 scale).
+pub const CAFFE_MEAN_BGR: [f32; 3] = [103.939, 116.779, 123.68];
+
+/// The pooling layers' operation. Gatys et al. found average pooling gives slightly smoother
+/// results; max pooling is what the network was trained with and the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Pooling {
+    /// 2×2 max pooling (as trained).
+    #[default]
+    Max,
+    /// 2×2 average pooling.
+    Avg,
+}
+
+impl FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "max" => Ok(Pooling::Max),
+            "avg" => Ok(Pooling::Avg),
+            _ => Err(format!("unknown pooling '{s}' (expected max or avg)")),
+        }
+    }
+}
+
+/// VGG-19's feature layers with frozen weights.
+pub struct Vgg19 {
+    /// (weight, bias) of the 16 convolutions.
+    convs: Vec<(Tensor, Tensor)>,
+    /// 1×1 convolution doing RGB → BGR and mean subtraction (exact, and differentiable).
+    preprocess: (Tensor, Tensor),
+    pooling: Pooling,
+}
+
+impl Vgg19 {
+    /// The embedded original Caffe weights.
+    pub fn embedded(device: &Device, pooling: Pooling) -> Result<Self, VggError> {
+        Self::from_safetensors(EMBEDDED, device, pooling)
+    }
+
+    /// Weights from a safetensors file on disk (see [`crate::weights`] for the format).
+    pub fn from_file(
+        path: &std::path::Path,
+        device: &Device,
+        pooling: Pooling,
+    ) -> Result<Self, VggError> {
+        let bytes = std::fs::read(path).map_err(|e| VggError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_safetensors(&bytes, device, pooling)
+    }
+
+    /// Weights from safetensors bytes.
+    pub fn from_safetensors(
+        bytes: &[u8],
+        device: &Device,
+        pooling: Pooling,
+    ) -> Result<Self, VggError> {
+        let convs = weights::load(bytes)?
+            .into_iter()
+            .map(|c| {
+                let w = Tensor::from_vec(c.weight, &[c.out_channels, c.in_channels, 3, 3], device)?;
+                let b = Tensor::from_vec(c.bias, &[c.out_channels], device)?;
+                Ok((w, b))
+            })
+            .collect::<Result<_, VggError>>()?;
+        // out[c] = in[2 − c] − mean[c]: output channel c (B, G, R) takes input channel 2 − c.
+        let mut perm = vec![0.0; 9];
+        for c in 0..3 {
+            perm[c * 3 + (2 - c)] = 1.0;
+        }
+        let preprocess = (
+            Tensor::from_vec(perm, &[3, 3, 1, 1], device)?,
+            Tensor::from_vec(CAFFE_MEAN_BGR.iter().map(|m| -m).collect(), &[3], device)?,
+        );
+        Ok(Self {
+            convs,
+            preprocess,
+            pooling,
+        })
+    }
+
+    /// The pooling in use.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// Caffe preprocessing of an RGB image in 0..255: BGR order, minus [`CAFFE_MEAN_BGR`].
+    pub fn preprocess(&self, rgb: &Tensor) -> Result<Tensor, VggError> {
+        Ok(rgb.conv2d(&self.preprocess.0, Some(&self.preprocess.1), 1, 0)?)
+    }
+
+    /// The activations at `layers` (returned in the same order) for an RGB image in 0..255,
+    /// `[N, 3, H, W]`. Runs the network only up to the deepest requested layer.
+    pub fn features(&self, rgb: &Tensor, layers: &[Layer]) -> Result<Vec<Tensor>, VggError> {
+        let Some(deepest) = layers.iter().max() else {
+            return Ok(vec![]);
+        };
+        let mut out: Vec<Option<Tensor>> = vec![None; layers.len()];
+        let mut x = self.preprocess(rgb)?;
+        for layer in Layer::all().take(deepest.index() + 1) {
+            x = match layer.kind() {
+                LayerKind::Conv(i) => x.conv2d(&self.convs[i].0, Some(&self.convs[i].1), 1, 1)?,
+                LayerKind::Relu => x.relu()?,
+                LayerKind::Pool => match self.pooling {
+                    Pooling::Max => x.max_pool2d()?,
+                    Pooling::Avg => x.avg_pool2d()?,
+                },
+            };
+            for (slot, want) in out.iter_mut().zip(layers) {
+                if *want == layer {
+                    *slot = Some(x.clone());
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|t| t.expect("every requested layer is at most the deepest"))
+            .collect())
+    }
+}
