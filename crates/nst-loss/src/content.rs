@@ -1,0 +1,15 @@
+//! Content loss.
+
+use nst_tensor::{Result, Tensor};
+
+/// `J_c = 1/(4·C·H·W) · Σ (F_C − F_G)²` for features `[1, C, H, W]` of the generated image
+/// (`generated`, differentiable) and the content image (`target`, usually a constant).
+/// For a batch the normaliser is the element count N·C·H·W.
+pub fn content_loss(generated: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let n = generated.elem_count() as f32;
+    generated
+        .sub(target)?
+        .square()?
+        .sum()?
+        .scale(1.0 / (4.0 * n))
+}
