@@ -37,9 +37,11 @@ fn style_grams_losses_and_gradients_match_reference() {
             loss.to_scalar().unwrap() as f64,
             r.scalar(&format!("loss.style.{name}")),
         );
+        eprintln!("J_s {name}: {e:.3e}");
         assert!(e <= 1e-4, "J_s {name}: {e:.2e}");
         let grad = loss.backward().unwrap().get(&g).unwrap().to_vec();
         let e = rel_err(&grad, &r.tensor(&format!("grad.style.{name}")).to_vec());
+        eprintln!("grad style {name}: {e:.3e}");
         assert!(e <= 1e-3, "∂J_s/∂x {name}: {e:.2e}");
     }
 }
@@ -59,6 +61,7 @@ fn content_loss_and_gradient_match_reference() {
     assert!(e <= 1e-4, "J_c: {e:.2e}");
     let grad = loss.backward().unwrap().get(&g).unwrap().to_vec();
     let e = rel_err(&grad, &r.tensor("grad.content").to_vec());
+    eprintln!("grad content: {e:.3e}");
     assert!(e <= 1e-3, "∂J_c/∂x: {e:.2e}");
 }
 

@@ -1,0 +1,171 @@
+//! Limited-memory BFGS, following torch.optim.LBFGS step for step so that results can be
+//! compared with PyTorch implementations.
+//!
+//! Iteration k at x_k with gradient g_k:
+//! 1. k = 0: d = −g. Otherwise form s = t_{k−1}·d_{k−1}, y = g_k − g_{k−1}; keep the pair if
+//!    sᵀy > 1e-10 (dropping the oldest beyond `history`) and set H₀ = sᵀy / yᵀy; then
+//!    d = −H·g by the two-loop recursion.
+//! 2. Step length t = min(1, 1/‖g‖₁)·lr at k = 0, else lr; or a strong-Wolfe line search.
+//! 3. x_{k+1} = x_k + t·d.
+//!
+//! Stops (returns [`Step::Converged`]) when max|g| ≤ `tolerance_grad`, when gᵀd >
+//! −`tolerance_change`, or when the last step or loss change was below `tolerance_change`.
+
+use crate::line_search::strong_wolfe;
+use crate::{Evaluation, Step};
+use nst_tensor::{Tensor, TensorError};
+use std::collections::VecDeque;
+
+/// How the step length is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LineSearch {
+    /// A fixed step `lr` (torch's `line_search_fn=None`): one evaluation per iteration.
+    #[default]
+    None,
+    /// A strong-Wolfe line search (c₁ = 1e-4, c₂ = 0.9): more evaluations, guaranteed descent.
+    StrongWolfe,
+}
+
+/// L-BFGS settings; the defaults are torch.optim.LBFGS's.
+#[derive(Clone, Copy, Debug)]
+pub struct LbfgsConfig {
+    /// Step length multiplier.
+    pub lr: f32,
+    /// Number of (s, y) pairs kept.
+    pub history: usize,
+    /// Step length rule.
+    pub line_search: LineSearch,
+    /// Converged when max|g| falls to this.
+    pub tolerance_grad: f64,
+    /// Converged when the step, loss change or directional derivative falls below this.
+    pub tolerance_change: f64,
+}
+
+impl Default for LbfgsConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1.0,
+            history: 100,
+            line_search: LineSearch::None,
+            tolerance_grad: 1e-7,
+            tolerance_change: 1e-9,
+        }
+    }
+}
+
+/// What the previous iteration left for the next one.
+struct Previous {
+    grad: Tensor,
+    /// The step actually taken, t·d.
+    step: Tensor,
+    loss: f64,
+    step_max: f64,
+}
+
+/// L-BFGS state.
+pub struct Lbfgs {
+    cfg: LbfgsConfig,
+    /// (s, y, ρ = 1/sᵀy), oldest first.
+    pairs: VecDeque<(Tensor, Tensor, f64)>,
+    h_diag: f64,
+    prev: Option<Previous>,
+}
+
+impl Lbfgs {
+    /// A fresh optimizer.
+    pub fn new(cfg: LbfgsConfig) -> Self {
+        Self {
+            cfg,
+            pairs: VecDeque::new(),
+            h_diag: 1.0,
+            prev: None,
+        }
+    }
+
+    /// Forgets the curvature pairs; the next step is a scaled gradient step again.
+    pub fn reset(&mut self) {
+        self.pairs.clear();
+        self.h_diag = 1.0;
+        self.prev = None;
+    }
+
+    /// The search direction −H·g by the two-loop recursion.
+    fn direction(&self, g: &Tensor) -> Result<Tensor, TensorError> {
+        let mut q = g.scale(-1.0)?;
+        let mut alphas = vec![0.0; self.pairs.len()];
+        for (i, (s, y, rho)) in self.pairs.iter().enumerate().rev() {
+            alphas[i] = s.dot(&q)? * rho;
+            q = q.axpby(1.0, y, -alphas[i] as f32)?;
+        }
+        let mut r = q.scale(self.h_diag as f32)?;
+        for (i, (s, y, rho)) in self.pairs.iter().enumerate() {
+            let beta = y.dot(&r)? * rho;
+            r = r.axpby(1.0, s, (alphas[i] - beta) as f32)?;
+        }
+        Ok(r)
+    }
+
+    /// One iteration; see the module documentation.
+    pub fn step<E: From<TensorError>>(
+        &mut self,
+        x: &Tensor,
+        at_x: &Evaluation,
+        f: &mut dyn FnMut(&Tensor) -> Result<Evaluation, E>,
+    ) -> Result<Step, E> {
+        let g = &at_x.grad;
+        if (g.abs_max() as f64) <= self.cfg.tolerance_grad {
+            return Ok(Step::Converged);
+        }
+        let first = match &self.prev {
+            None => true,
+            Some(p) => {
+                if p.step_max <= self.cfg.tolerance_change
+                    || (at_x.loss - p.loss).abs() < self.cfg.tolerance_change
+                {
+                    return Ok(Step::Converged);
+                }
+                let y = g.axpby(1.0, &p.grad, -1.0)?;
+                let ys = y.dot(&p.step)?;
+                if ys > 1e-10 {
+                    if self.pairs.len() == self.cfg.history {
+                        self.pairs.pop_front();
+                    }
+                    self.h_diag = ys / y.dot(&y)?;
+                    self.pairs.push_back((p.step.clone(), y, 1.0 / ys));
+                }
+                false
+            }
+        };
+        let d = if first {
+            g.scale(-1.0)?
+        } else {
+            self.direction(g)?
+        };
+        let lr = self.cfg.lr as f64;
+        let t0 = if first {
+            (1.0 / g.abs_sum()).min(1.0) * lr
+        } else {
+            lr
+        };
+        let gtd = g.dot(&d)?;
+        if gtd > -self.cfg.tolerance_change {
+            return Ok(Step::Converged);
+        }
+        let (t, eval) = match self.cfg.line_search {
+            LineSearch::None => (t0, None),
+            LineSearch::StrongWolfe => {
+                let (t, e) = strong_wolfe(x, at_x.loss, gtd, &d, t0, f)?;
+                (t, Some(e))
+            }
+        };
+        let step = d.scale(t as f32)?;
+        let x_next = x.axpby(1.0, &step, 1.0)?;
+        self.prev = Some(Previous {
+            grad: g.clone(),
+            step_max: step.abs_max() as f64,
+            step,
+            loss: at_x.loss,
+        });
+        Ok(Step::Moved { x: x_next, eval })
+    }
+}
