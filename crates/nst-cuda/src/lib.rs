@@ -1,1 +1,83 @@
-//! stub
+//! # nst-cuda
+//!
+//! The CUDA backend of nst, on cudarc with *dynamic loading*: the crate builds and its tests
+//! run on machines with no CUDA toolkit, driver or GPU, and a missing piece becomes a
+//! run-time answer instead of a link error.
+//!
+//! Status: device discovery ([`probe`]). The NVRTC kernels and cuBLAS products that will let
+//! `nst-tensor` run on the GPU are not written yet, so [`probe`] reports a present GPU as
+//! usable hardware but [`BACKEND_READY`] is false and callers fall back to the CPU.
+//!
+//! cudarc panics when a call needs a library it cannot load, so every entry point checks
+//! `is_culib_present()` for the driver, NVRTC and cuBLAS before touching anything else.
+
+use std::fmt;
+
+/// Whether the compute kernels exist in this build (they do not yet).
+pub const BACKEND_READY: bool = false;
+
+/// What a probe found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A CUDA device is present and its libraries load.
+    Available {
+        /// The device's name as the driver reports it.
+        name: String,
+    },
+    /// CUDA cannot be used; the reason is one line for the user.
+    Unavailable(String),
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Probe::Available { name } => write!(f, "CUDA device 0: {name}"),
+            Probe::Unavailable(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Looks for CUDA device 0 without panicking when libraries are missing.
+pub fn probe() -> Probe {
+    // SAFETY: these only try to dlopen the library and report whether that worked.
+    let (driver, nvrtc, cublas) = unsafe {
+        (
+            cudarc::driver::sys::is_culib_present(),
+            cudarc::nvrtc::sys::is_culib_present(),
+            cudarc::cublas::sys::is_culib_present(),
+        )
+    };
+    if !driver {
+        return Probe::Unavailable(
+            "no NVIDIA driver found (libcuda.so could not be loaded)".into(),
+        );
+    }
+    if !nvrtc {
+        return Probe::Unavailable(
+            "the CUDA runtime compiler NVRTC (libnvrtc.so.13) could not be loaded".into(),
+        );
+    }
+    if !cublas {
+        return Probe::Unavailable("cuBLAS (libcublas.so.13) could not be loaded".into());
+    }
+    match cudarc::driver::CudaContext::new(0) {
+        Ok(ctx) => Probe::Available {
+            name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
+        },
+        Err(e) => Probe::Unavailable(format!("no usable CUDA device: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn probe_never_panics_and_explains_itself() {
+        match super::probe() {
+            super::Probe::Available { name } => assert!(!name.is_empty()),
+            super::Probe::Unavailable(why) => {
+                eprintln!("skipped GPU checks: {why}");
+                assert!(!why.is_empty() && !why.contains('\n'));
+            }
+        }
+    }
+}

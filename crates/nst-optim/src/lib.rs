@@ -17,7 +17,7 @@
 //! // Minimise f(x) = Σ (x − 3)².
 //! let f = |x: &Tensor| -> Result<Evaluation, TensorError> {
 //!     let d = x.axpby(1.0, &Tensor::full(3.0, x.dims(), x.device()), -1.0)?;
-//!     Ok(Evaluation { loss: d.dot(&d)?, grad: d.scale(2.0)? })
+//!     Ok(Evaluation::new(d.dot(&d)?, d.scale(2.0)?))
 //! };
 //! let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
 //! let mut x = Tensor::zeros(&[4], &Device::Cpu);
@@ -48,6 +48,20 @@ pub struct Evaluation {
     pub loss: f64,
     /// ∇f(x), same shape as x.
     pub grad: Tensor,
+    /// Components of the loss for reporting (e.g. content, style, TV); optimizers carry them
+    /// along unchanged.
+    pub parts: Vec<f64>,
+}
+
+impl Evaluation {
+    /// An evaluation with no separately reported components.
+    pub fn new(loss: f64, grad: Tensor) -> Self {
+        Self {
+            loss,
+            grad,
+            parts: Vec::new(),
+        }
+    }
 }
 
 /// The result of one iteration.

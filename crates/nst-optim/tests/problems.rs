@@ -40,6 +40,7 @@ fn rosenbrock(x: &Tensor) -> Result<Evaluation, TensorError> {
         (200.0 * (b - a * a)) as f32,
     ];
     Ok(Evaluation {
+        parts: vec![],
         loss,
         grad: Tensor::from_vec(grad, &[2], x.device())?,
     })
@@ -61,6 +62,7 @@ fn ill_conditioned(x: &Tensor) -> Result<Evaluation, TensorError> {
         .map(|(i, &x)| (lam(i) * x as f64 - 1.0) as f32)
         .collect();
     Ok(Evaluation {
+        parts: vec![],
         loss,
         grad: Tensor::from_vec(grad, &[n], x.device())?,
     })
@@ -137,6 +139,7 @@ fn adam_converges_on_quadratic() {
             .map(|(i, &x)| (2.0 * (i as f64 + 1.0) * (x as f64 - 2.0)) as f32)
             .collect();
         Ok(Evaluation {
+            parts: vec![],
             loss,
             grad: Tensor::from_vec(g, &[v.len()], x.device())?,
         })
@@ -152,6 +155,7 @@ fn converged_at_a_stationary_point() {
     let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
     let f = |x: &Tensor| -> Result<Evaluation, TensorError> {
         Ok(Evaluation {
+            parts: vec![],
             loss: 0.0,
             grad: Tensor::zeros(x.dims(), x.device()),
         })

@@ -47,6 +47,7 @@ fn lbfgs_trace_matches_reference() {
         let total = jc.scale(alpha)?.add(&js.scale(beta)?)?;
         let grad = total.backward()?.remove(&x).unwrap();
         Ok(Evaluation {
+            parts: vec![],
             loss: total.to_scalar()? as f64,
             grad,
         })
