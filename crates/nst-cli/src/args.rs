@@ -1,0 +1,318 @@
+//! Command-line arguments and their validation.
+
+use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind};
+use crate::image_io::OutputFormat;
+use anyhow::{bail, ensure, Result};
+use clap::Parser;
+use nst_vgg::{Layer, Pooling};
+use std::path::PathBuf;
+
+/// Defaults, chosen by comparing results on the shared photos and paintings (see README).
+pub mod defaults {
+    /// Longest side of the output.
+    pub const SIZE: u32 = 512;
+    /// Iterations per scale.
+    pub const ITERS: u32 = 100;
+    /// α.
+    pub const CONTENT_WEIGHT: f32 = 1.0;
+    /// β.
+    pub const STYLE_WEIGHT: f32 = 1e-3;
+    /// γ.
+    pub const TV_WEIGHT: f32 = 0.0;
+    /// Content layer.
+    pub const CONTENT_LAYERS: &str = "relu4_2";
+    /// Style layers.
+    pub const STYLE_LAYERS: &str = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1";
+    /// w_l for the default style layers: the middle layers weigh most.
+    pub const STYLE_LAYER_WEIGHTS: [f32; 5] = [0.1, 0.2, 0.4, 0.2, 0.1];
+    /// Coarsest scale's longest side when `--scales` is not given.
+    pub const COARSEST_SIDE: u32 = 128;
+    /// Adam's step in pixel units (0..255).
+    pub const ADAM_LR: f32 = 4.0;
+}
+
+/// Largest output side accepted.
+pub const MAX_SIZE: u32 = 16384;
+
+/// nst: repaint a photo in the style of a painting (Gatys et al., neural style transfer).
+///
+/// Example: nst -c photo.jpg -s painting.jpg -o out.png
+#[derive(Parser, Debug)]
+#[command(name = "nst", version, about, long_about = None, max_term_width = 100)]
+pub struct Args {
+    /// Content photo (PNG, JPEG or WebP).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub content: PathBuf,
+
+    /// Style image; repeat to blend several styles (see --style-blend).
+    #[arg(short = 's', long = "style", value_name = "FILE", required = true)]
+    pub style: Vec<PathBuf>,
+
+    /// Output image; the format follows the extension: .png, .jpg/.jpeg or .webp.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// Longest side of the output in pixels. An input whose longest side is already N is used
+    /// without resampling.
+    #[arg(long, value_name = "N", default_value_t = defaults::SIZE, value_parser = clap::value_parser!(u32).range(1..))]
+    pub size: u32,
+
+    /// Longest side of the style image(s) at the final scale [default: same as --size].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub style_size: Option<u32>,
+
+    /// Iterations at each scale (the final scale included).
+    #[arg(long, value_name = "N", default_value_t = defaults::ITERS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iters: u32,
+
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Lbfgs)]
+    pub optimizer: OptimizerKind,
+
+    /// Learning rate: L-BFGS step multiplier [default: 1], Adam step in 0..255 pixel units
+    /// [default: 4].
+    #[arg(long, value_name = "X")]
+    pub lr: Option<f32>,
+
+    /// Content weight α.
+    #[arg(long, value_name = "X", default_value_t = defaults::CONTENT_WEIGHT)]
+    pub content_weight: f32,
+
+    /// Style weight β: larger means more painterly.
+    #[arg(long, value_name = "X", default_value_t = defaults::STYLE_WEIGHT)]
+    pub style_weight: f32,
+
+    /// Weights w_l of the style layers, comma-separated, one per style layer
+    /// [default: 0.1,0.2,0.4,0.2,0.1 for the default layers, else all 1].
+    #[arg(long, value_name = "a,b,c,d,e", value_delimiter = ',')]
+    pub style_layer_weights: Option<Vec<f32>>,
+
+    /// Content layers, comma-separated VGG-19 layer names.
+    #[arg(long, value_name = "L,..", value_delimiter = ',', default_value = defaults::CONTENT_LAYERS)]
+    pub content_layers: Vec<String>,
+
+    /// Style layers, comma-separated VGG-19 layer names.
+    #[arg(long, value_name = "L,..", value_delimiter = ',', default_value = defaults::STYLE_LAYERS)]
+    pub style_layers: Vec<String>,
+
+    /// Total-variation weight γ (smooths high-frequency noise).
+    #[arg(long, value_name = "X", default_value_t = defaults::TV_WEIGHT)]
+    pub tv_weight: f32,
+
+    /// Initial image: content, noise, or an image file.
+    #[arg(long, value_name = "content|noise|FILE", default_value = "content")]
+    pub init: String,
+
+    /// Random seed for --init noise.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+
+    /// Compute device: auto uses CUDA when present, else the CPU.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+
+    /// Pooling in VGG-19.
+    #[arg(long, value_name = "max|avg", default_value = "max")]
+    pub pooling: String,
+
+    /// Number of scales, coarse to fine in steps of √2 (1 = a single scale)
+    /// [default: from 128 px up to --size].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub scales: Option<u32>,
+
+    /// Blend weights of the style images, comma-separated, one per --style [default: equal].
+    #[arg(long, value_name = "w1,w2,..", value_delimiter = ',')]
+    pub style_blend: Option<Vec<f32>>,
+
+    /// Keep the content's colours: luminance-only transfer, or match the style's colours to the
+    /// content's first.
+    #[arg(long, value_enum, default_value_t = ColorMode::None)]
+    pub preserve_colors: ColorMode,
+
+    /// Also write the image every N iterations, beside the output (name_s<scale>_<iter>.ext).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub save_every: Option<u32>,
+
+    /// Write a JSON report (loss trace, timing, settings) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// VGG-19 weights in safetensors [default: the original Caffe weights built into nst].
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+
+    /// Print nothing but errors.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+fn finite_non_negative(name: &str, v: f32) -> Result<f32> {
+    ensure!(
+        v.is_finite() && v >= 0.0,
+        "{name} must be a finite number ≥ 0 (got {v})"
+    );
+    Ok(v)
+}
+
+fn parse_layers(flag: &str, names: &[String]) -> Result<Vec<Layer>> {
+    ensure!(
+        !names.is_empty() && names.iter().all(|n| !n.trim().is_empty()),
+        "{flag} needs at least one layer name"
+    );
+    names
+        .iter()
+        .map(|n| {
+            n.parse::<Layer>()
+                .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        })
+        .collect()
+}
+
+/// Longest sides of the scales, coarse to fine, ending at `size`; √2 apart.
+pub fn scale_sides(size: u32, scales: Option<u32>) -> Vec<u32> {
+    let n = scales.unwrap_or_else(|| {
+        let steps = (2.0 * (size as f64 / defaults::COARSEST_SIDE as f64).log2()).floor();
+        1 + steps.max(0.0) as u32
+    });
+    let mut sides: Vec<u32> = (0..n)
+        .map(|i| (size as f64 / 2f64.sqrt().powi((n - 1 - i) as i32)).round() as u32)
+        .collect();
+    sides.dedup();
+    sides
+}
+
+impl Args {
+    /// Checks every argument and resolves defaults; errors are one line and name the flag.
+    pub fn into_config(self) -> Result<Config> {
+        OutputFormat::from_path(&self.output)?;
+        if let Some(parent) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+            ensure!(
+                parent.is_dir(),
+                "output folder {} does not exist",
+                parent.display()
+            );
+        }
+        ensure!(
+            !self.output.is_dir(),
+            "output {} is a folder, not a file",
+            self.output.display()
+        );
+        ensure!(
+            self.size <= MAX_SIZE,
+            "--size {} is too large (at most {MAX_SIZE})",
+            self.size
+        );
+        if let Some(s) = self.style_size {
+            ensure!(
+                s <= MAX_SIZE,
+                "--style-size {s} is too large (at most {MAX_SIZE})"
+            );
+        }
+        let content_weight = finite_non_negative("--content-weight", self.content_weight)?;
+        let style_weight = finite_non_negative("--style-weight", self.style_weight)?;
+        let tv_weight = finite_non_negative("--tv-weight", self.tv_weight)?;
+        ensure!(
+            content_weight + style_weight + tv_weight > 0.0,
+            "all loss weights are zero: nothing to optimise"
+        );
+        let lr = match self.lr {
+            Some(lr) => {
+                ensure!(
+                    lr.is_finite() && lr > 0.0,
+                    "--lr must be a finite number > 0 (got {lr})"
+                );
+                lr
+            }
+            None if self.optimizer == OptimizerKind::Adam => defaults::ADAM_LR,
+            None => 1.0,
+        };
+        let content_layers = parse_layers("--content-layers", &self.content_layers)?;
+        let style_layers = parse_layers("--style-layers", &self.style_layers)?;
+        let style_layer_weights = match self.style_layer_weights {
+            Some(w) => {
+                ensure!(
+                    w.len() == style_layers.len(),
+                    "--style-layer-weights has {} values but there are {} style layers",
+                    w.len(),
+                    style_layers.len()
+                );
+                w.iter()
+                    .map(|&v| finite_non_negative("--style-layer-weights", v))
+                    .collect::<Result<_>>()?
+            }
+            None if self.style_layers.join(",") == defaults::STYLE_LAYERS => {
+                defaults::STYLE_LAYER_WEIGHTS.to_vec()
+            }
+            None => vec![1.0; style_layers.len()],
+        };
+        let style_blend = match self.style_blend {
+            Some(b) => {
+                ensure!(
+                    b.len() == self.style.len(),
+                    "--style-blend has {} weights but {} --style images were given",
+                    b.len(),
+                    self.style.len()
+                );
+                let b: Vec<f32> = b
+                    .iter()
+                    .map(|&v| finite_non_negative("--style-blend", v))
+                    .collect::<Result<_>>()?;
+                let sum: f32 = b.iter().sum();
+                ensure!(sum > 0.0, "--style-blend weights must not all be zero");
+                b.iter().map(|v| v / sum).collect()
+            }
+            None => vec![1.0 / self.style.len() as f32; self.style.len()],
+        };
+        let init = match self.init.as_str() {
+            "content" => Init::Content,
+            "noise" => Init::Noise,
+            path => Init::File(PathBuf::from(path)),
+        };
+        let pooling: Pooling = self
+            .pooling
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--pooling: {e}"))?;
+        if self.optimizer == OptimizerKind::Lbfgs && lr > 10.0 {
+            bail!("--lr {lr} is too large for L-BFGS, whose step is already scaled (use 0.1–2)");
+        }
+        Ok(Config {
+            content: self.content,
+            styles: self.style,
+            style_blend,
+            output: self.output,
+            size: self.size,
+            style_size: self.style_size,
+            iters: self.iters,
+            scale_sides: scale_sides(self.size, self.scales),
+            optimizer: self.optimizer,
+            lr,
+            content_weight,
+            style_weight,
+            tv_weight,
+            content_layers,
+            style_layers,
+            style_layer_weights,
+            init,
+            seed: self.seed,
+            device: self.device,
+            pooling,
+            preserve_colors: self.preserve_colors,
+            save_every: self.save_every,
+            report: self.report,
+            weights: self.weights,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scales_step_by_root_two_from_128() {
+        assert_eq!(scale_sides(512, None), vec![128, 181, 256, 362, 512]);
+        assert_eq!(scale_sides(64, None), vec![64]);
+        assert_eq!(scale_sides(300, Some(1)), vec![300]);
+        assert_eq!(scale_sides(256, Some(3)), vec![128, 181, 256]);
+    }
+}

@@ -1,0 +1,324 @@
+//! Reading, resampling and writing images.
+//!
+//! Images travel through the pipeline as planar f32 RGB in 0..255 ("planes": `[C, H, W]`
+//! row-major, the layout of a `[1, C, H, W]` tensor).
+
+use anyhow::{anyhow, bail, Context, Result};
+use image::{ImageFormat, ImageReader, Limits, RgbImage};
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+/// Largest width or height accepted from an input file.
+pub const MAX_INPUT_SIDE: u32 = 20_000;
+/// Largest decoded allocation accepted (guards against decompression bombs).
+pub const MAX_INPUT_BYTES: u64 = 1 << 30;
+
+/// An image as planar f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planes {
+    /// Channels (1 or 3).
+    pub channels: usize,
+    /// Height.
+    pub height: usize,
+    /// Width.
+    pub width: usize,
+    /// `[C, H, W]` values, nominally 0..255.
+    pub data: Vec<f32>,
+}
+
+impl Planes {
+    /// From an 8-bit RGB image.
+    pub fn from_rgb(img: &RgbImage) -> Self {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let mut data = vec![0.0; 3 * w * h];
+        for (i, p) in img.pixels().enumerate() {
+            for c in 0..3 {
+                data[c * w * h + i] = p.0[c] as f32;
+            }
+        }
+        Self {
+            channels: 3,
+            height: h,
+            width: w,
+            data,
+        }
+    }
+
+    /// To an 8-bit RGB image (values clamped and rounded; one channel is shown as gray).
+    pub fn to_rgb(&self) -> RgbImage {
+        let (w, h, plane) = (self.width, self.height, self.width * self.height);
+        let px = |c: usize, i: usize| {
+            self.data[c.min(self.channels - 1) * plane + i]
+                .clamp(0.0, 255.0)
+                .round() as u8
+        };
+        RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            let i = y as usize * w + x as usize;
+            image::Rgb([px(0, i), px(1, i), px(2, i)])
+        })
+    }
+
+    /// One channel plane.
+    pub fn plane(&self, c: usize) -> &[f32] {
+        &self.data[c * self.width * self.height..(c + 1) * self.width * self.height]
+    }
+
+    /// Resampled to `width × height` with a separable Lanczos-3 filter (widened when
+    /// shrinking, so it also antialiases). Values are neither rounded nor clamped: the
+    /// optimised image may leave 0..255 between scales. A copy when the size is unchanged.
+    pub fn resized(&self, width: usize, height: usize) -> Self {
+        if (width, height) == (self.width, self.height) {
+            return self.clone();
+        }
+        let (horizontal, vertical) = (Taps::new(self.width, width), Taps::new(self.height, height));
+        let mut data = Vec::with_capacity(self.channels * width * height);
+        for c in 0..self.channels {
+            let src = self.plane(c);
+            let mut rows = vec![0.0f32; self.height * width];
+            for y in 0..self.height {
+                horizontal.apply(
+                    &src[y * self.width..(y + 1) * self.width],
+                    1,
+                    &mut rows[y * width..(y + 1) * width],
+                    1,
+                );
+            }
+            let mut out = vec![0.0f32; height * width];
+            for x in 0..width {
+                vertical.apply(&rows[x..], width, &mut out[x..], width);
+            }
+            data.extend_from_slice(&out);
+        }
+        Self {
+            channels: self.channels,
+            height,
+            width,
+            data,
+        }
+    }
+}
+
+/// Lanczos-3 weights for resampling a line of `n_in` samples to `n_out`.
+struct Taps {
+    /// For each output sample: first input index and the normalised weights from there.
+    taps: Vec<(usize, Vec<f32>)>,
+}
+
+impl Taps {
+    fn new(n_in: usize, n_out: usize) -> Self {
+        let lanczos3 = |x: f64| {
+            if x.abs() < 1e-9 {
+                1.0
+            } else if x.abs() >= 3.0 {
+                0.0
+            } else {
+                let px = std::f64::consts::PI * x;
+                3.0 * px.sin() * (px / 3.0).sin() / (px * px)
+            }
+        };
+        let scale = n_in as f64 / n_out as f64;
+        let widen = scale.max(1.0);
+        let taps = (0..n_out)
+            .map(|o| {
+                let center = (o as f64 + 0.5) * scale;
+                let lo = ((center - 3.0 * widen).floor().max(0.0)) as usize;
+                let hi = ((center + 3.0 * widen).ceil() as usize).min(n_in);
+                let w: Vec<f64> = (lo..hi)
+                    .map(|i| lanczos3((i as f64 + 0.5 - center) / widen))
+                    .collect();
+                let sum: f64 = w.iter().sum();
+                (lo, w.iter().map(|v| (v / sum) as f32).collect())
+            })
+            .collect();
+        Self { taps }
+    }
+
+    /// `dst[o·dst_stride] = Σ w·src[(lo + i)·src_stride]`.
+    fn apply(&self, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+        for (o, (lo, w)) in self.taps.iter().enumerate() {
+            dst[o * dst_stride] = w
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| w * src[(lo + i) * src_stride])
+                .sum();
+        }
+    }
+}
+
+/// `(width, height)` with the longest side equal to `side`, keeping the aspect ratio.
+pub fn fit_longest_side(width: usize, height: usize, side: u32) -> (usize, usize) {
+    let side = side as f64;
+    let scale = side / width.max(height) as f64;
+    let w = ((width as f64 * scale).round() as usize).max(1);
+    let h = ((height as f64 * scale).round() as usize).max(1);
+    (w, h)
+}
+
+/// Reads an image file as 8-bit RGB (gray and alpha are converted), with size limits.
+/// `what` names the role ("content image") in error messages.
+pub fn load_rgb(path: &Path, what: &str) -> Result<RgbImage> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read {what} {shown}: {e}"))?;
+    if bytes.is_empty() {
+        bail!("{what} {shown} is an empty file");
+    }
+    let mut reader = ImageReader::new(Cursor::new(&bytes))
+        .with_guessed_format()
+        .context("reading the header")?;
+    let format = reader
+        .format()
+        .ok_or_else(|| anyhow!("{what} {shown} is not a PNG, JPEG or WebP image"))?;
+    // zune-jpeg fills in a truncated JPEG silently; a complete one ends with the EOI marker.
+    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(&bytes) {
+        bail!("{what} {shown} is a truncated JPEG (no end-of-image marker)");
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_INPUT_SIDE);
+    limits.max_image_height = Some(MAX_INPUT_SIDE);
+    limits.max_alloc = Some(MAX_INPUT_BYTES);
+    reader.limits(limits);
+    let img = reader
+        .decode()
+        .map_err(|e| anyhow!("cannot decode {what} {shown}: {}", one_line(&e.to_string())))?;
+    Ok(img.to_rgb8())
+}
+
+fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+    let trimmed = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(&bytes[..0], |i| &bytes[..=i]);
+    trimmed.ends_with(&[0xFF, 0xD9])
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Output encodings, chosen by the file extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Lossless PNG.
+    Png,
+    /// JPEG, quality 95.
+    Jpeg,
+    /// Lossless WebP.
+    WebP,
+}
+
+impl OutputFormat {
+    /// The format for `path`'s extension, or an error naming the supported ones.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("png") => Ok(Self::Png),
+            Some("jpg" | "jpeg") => Ok(Self::Jpeg),
+            Some("webp") => Ok(Self::WebP),
+            Some(other) => bail!("cannot write .{other} files: use an output ending in .png, .jpg, .jpeg or .webp ({})", path.display()),
+            None => bail!("output {} has no extension: use .png, .jpg, .jpeg or .webp", path.display()),
+        }
+    }
+}
+
+/// Writes `img` to `path` atomically: encode into a temporary file in the same folder, then
+/// rename over the target, so a reader never sees a partial file and a failure leaves none.
+pub fn save_atomic(img: &RgbImage, path: &Path) -> Result<()> {
+    let format = OutputFormat::from_path(path)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("output has no file name")?
+        .to_string_lossy();
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| -> Result<()> {
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        match format {
+            OutputFormat::Png => img.write_to(&mut w, ImageFormat::Png)?,
+            OutputFormat::Jpeg => {
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, 95).encode_image(img)?
+            }
+            OutputFormat::WebP => img.write_to(&mut w, ImageFormat::WebP)?,
+        }
+        let file = w
+            .into_inner()
+            .map_err(|e| anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_keeps_aspect_and_exact_side() {
+        assert_eq!(fit_longest_side(512, 341, 256), (256, 171));
+        assert_eq!(fit_longest_side(300, 451, 64), (43, 64));
+        assert_eq!(fit_longest_side(512, 512, 512), (512, 512));
+    }
+
+    #[test]
+    fn planes_round_trip_and_resize_identity() {
+        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 80, 7]));
+        let p = Planes::from_rgb(&img);
+        assert_eq!(p.to_rgb(), img);
+        assert_eq!(p.resized(5, 3), p);
+        let up = p.resized(10, 6);
+        assert_eq!((up.width, up.height, up.data.len()), (10, 6, 180));
+        // Values outside 0..1 survive (the image crate's f32 resize clamps them), and a
+        // constant image stays constant.
+        let flat = Planes {
+            channels: 1,
+            height: 9,
+            width: 13,
+            data: vec![200.0; 117],
+        };
+        for (w, h) in [(5, 4), (26, 18), (13, 3)] {
+            assert!(flat
+                .resized(w, h)
+                .data
+                .iter()
+                .all(|&v| (v - 200.0).abs() < 1e-3));
+        }
+        // A linear ramp stays close to linear in the interior when upsampled.
+        let ramp = Planes {
+            channels: 1,
+            height: 1,
+            width: 16,
+            data: (0..16).map(|i| 10.0 * i as f32).collect(),
+        };
+        let up = ramp.resized(32, 1);
+        for i in 8..24 {
+            let want = 10.0 * ((i as f32 + 0.5) / 2.0 - 0.5);
+            assert!(
+                (up.data[i] - want).abs() < 0.5,
+                "{i}: {} vs {want}",
+                up.data[i]
+            );
+        }
+    }
+
+    #[test]
+    fn formats_by_extension() {
+        assert_eq!(
+            OutputFormat::from_path(Path::new("a/b.JPG")).unwrap(),
+            OutputFormat::Jpeg
+        );
+        assert!(OutputFormat::from_path(Path::new("out.gif")).is_err());
+        assert!(OutputFormat::from_path(Path::new("out")).is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! What the user sees while a run goes on.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::{Duration, Instant};
+
+/// One iteration's figures.
+#[derive(Clone, Debug)]
+pub struct IterationInfo {
+    /// 1-based scale number.
+    pub scale: usize,
+    /// Number of scales.
+    pub scales: usize,
+    /// Iterations done at this scale.
+    pub iter: u32,
+    /// Iterations planned at this scale.
+    pub iters: u32,
+    /// Total loss at the current iterate.
+    pub total: f64,
+    /// Iterations per second at this scale so far.
+    pub it_per_s: f64,
+}
+
+/// Receives progress events from the pipeline.
+pub trait Progress {
+    /// A scale begins.
+    fn scale_started(
+        &mut self,
+        scale: usize,
+        scales: usize,
+        width: usize,
+        height: usize,
+        iters: u32,
+    );
+    /// An iteration finished.
+    fn iteration(&mut self, info: &IterationInfo);
+    /// A scale ended.
+    fn scale_finished(&mut self);
+    /// A one-line note (device in use, files written).
+    fn note(&mut self, msg: &str);
+}
+
+/// Prints nothing.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn scale_started(&mut self, _: usize, _: usize, _: usize, _: usize, _: u32) {}
+    fn iteration(&mut self, _: &IterationInfo) {}
+    fn scale_finished(&mut self) {}
+    fn note(&mut self, _: &str) {}
+}
+
+/// An indicatif bar on a terminal: scale, iteration, loss, it/s, ETA.
+pub struct Bar {
+    bar: Option<ProgressBar>,
+}
+
+impl Bar {
+    /// A bar drawn on stderr.
+    pub fn new() -> Self {
+        Self { bar: None }
+    }
+}
+
+impl Default for Bar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress for Bar {
+    fn scale_started(
+        &mut self,
+        scale: usize,
+        scales: usize,
+        width: usize,
+        height: usize,
+        iters: u32,
+    ) {
+        let bar = ProgressBar::new(iters as u64);
+        let style = ProgressStyle::with_template(
+            "scale {prefix} {bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("valid template")
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("{scale}/{scales} {width}×{height}"));
+        self.bar = Some(bar);
+    }
+    fn iteration(&mut self, info: &IterationInfo) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(info.iter as u64);
+            bar.set_message(format!("loss {:.4e} {:.2} it/s", info.total, info.it_per_s));
+        }
+    }
+    fn scale_finished(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
+    fn note(&mut self, msg: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+}
+
+/// Plain lines on stderr (for logs and pipes): the start of each scale, then at most one
+/// line every few seconds and the last iteration.
+pub struct Lines {
+    last: Option<Instant>,
+    every: Duration,
+}
+
+impl Lines {
+    /// Lines at most every `every`.
+    pub fn new(every: Duration) -> Self {
+        Self { last: None, every }
+    }
+}
+
+impl Progress for Lines {
+    fn scale_started(
+        &mut self,
+        scale: usize,
+        scales: usize,
+        width: usize,
+        height: usize,
+        iters: u32,
+    ) {
+        eprintln!("scale {scale}/{scales}: {width}×{height}, {iters} iterations");
+        self.last = Some(Instant::now());
+    }
+    fn iteration(&mut self, info: &IterationInfo) {
+        let due = self.last.is_none_or(|t| t.elapsed() >= self.every);
+        if due || info.iter == info.iters {
+            eprintln!(
+                "scale {}/{} iter {}/{} loss {:.4e} ({:.2} it/s)",
+                info.scale, info.scales, info.iter, info.iters, info.total, info.it_per_s
+            );
+            self.last = Some(Instant::now());
+        }
+    }
+    fn scale_finished(&mut self) {}
+    fn note(&mut self, msg: &str) {
+        eprintln!("{msg}");
+    }
+}
