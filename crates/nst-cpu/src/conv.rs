@@ -1,10 +1,17 @@
 //! 2-D convolution (cross-correlation, as in every DL framework) on NCHW tensors:
 //! forward, and the gradients with respect to the input, the weights and the bias.
 //!
-//! Method: im2col + GEMM. For output rows `[oy0, oy1)` the input patches are unrolled into a
-//! column matrix `cols[K × band]` with `K = C_in·kh·kw`, then `y[C_out × band] = W[C_out × K]
-//! · cols`. The output is processed in bands of rows so the column buffer never exceeds
-//! [`MAX_COLS_ELEMS`] floats, whatever the image size (a whole 2048² conv1_2 would need 9 GB).
+//! Method: im2col + GEMM, `y[C_out × P] = W[C_out × K] · cols[K × P]` with `K = C_in·kh·kw`
+//! and P the output positions.
+//! - Forward: the P columns are split into blocks of [`BLOCK_COLS`]; each rayon task unrolls
+//!   its block (a cache-sized `K × 256` buffer) and multiplies it with a single-threaded GEMM.
+//!   This keeps both cores busy on every layer, including the tall-skinny products of the
+//!   first layers where a threaded GEMM stalls, and memory stays O(threads·K·256).
+//! - Input gradient, stride 1: `dx = conv(dy, W̃)` with `W̃[ci, co, y, x] = W[co, ci, kh−1−y,
+//!   kw−1−x]` and padding `k−1−pad`, the same fast forward path.
+//! - Otherwise (other strides, and the weight gradient) the column matrix is built for bands
+//!   of output rows, bounded by [`MAX_COLS_ELEMS`] floats at any image size (a whole 2048²
+//!   conv1_2 would need 9 GB), and multiplied by a threaded GEMM.
 //!
 //! Shapes: `x[N, C_in, H, W]`, `w[C_out, C_in, kh, kw]`, `b[C_out]`, `y[N, C_out, OH, OW]`
 //! with `OH = (H + 2·pad − kh)/stride + 1` (floor).
@@ -13,8 +20,11 @@ use crate::gemm::{gemm_strided, MatLayout};
 use crate::scratch::with_scratch;
 use rayon::prelude::*;
 
-/// Upper bound on the im2col buffer, in f32 elements (64 MiB).
+/// Upper bound on the banded im2col buffer, in f32 elements (64 MiB).
 pub const MAX_COLS_ELEMS: usize = 16 << 20;
+
+/// Output positions per task in the block-parallel forward path.
+pub const BLOCK_COLS: usize = 256;
 
 /// The shape of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,36 +172,122 @@ pub fn conv2d_forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>,
     if out_img == 0 {
         return;
     }
-    with_scratch(k * p.band_rows() * p.out_w(), |scratch| {
-        for n in 0..p.batch {
-            let (xn, yn) = (&x[n * in_img..][..in_img], &mut y[n * out_img..][..out_img]);
-            for (oy0, oy1) in bands(p) {
-                let band = (oy1 - oy0) * p.out_w();
-                let cols = &mut scratch[..k * band];
-                im2col(p, xn, oy0, oy1, cols);
-                // y[:, band] is a C_out × band block of the C_out × OHW output.
-                let lc = MatLayout {
-                    rows: p.out_channels,
-                    cols: band,
-                    row_stride: ohw,
-                    col_stride: 1,
-                };
-                gemm_strided(
-                    1.0,
-                    w,
-                    MatLayout::row_major(p.out_channels, k),
-                    cols,
-                    MatLayout::row_major(k, band),
-                    0.0,
-                    &mut yn[oy0 * p.out_w()..],
-                    lc,
-                );
+    if let Some(b) = b {
+        assert_eq!(b.len(), p.out_channels, "conv2d: bias length");
+    }
+    for n in 0..p.batch {
+        let xn = &x[n * in_img..][..in_img];
+        let yn = SharedOut(y[n * out_img..][..out_img].as_mut_ptr());
+        (0..ohw.div_ceil(BLOCK_COLS))
+            .into_par_iter()
+            .for_each(|blk| {
+                let (p0, p1) = (blk * BLOCK_COLS, ((blk + 1) * BLOCK_COLS).min(ohw));
+                let cols_n = p1 - p0;
+                BLOCK_SCRATCH.with(|cell| {
+                    let mut cols = cell.borrow_mut();
+                    if cols.len() < k * cols_n {
+                        cols.resize(k * cols_n, 0.0);
+                    }
+                    im2col_positions(p, xn, p0, p1, &mut cols[..k * cols_n]);
+                    // SAFETY: blocks cover disjoint column ranges [p0, p1) of every output row,
+                    // so no two tasks write the same element; the layout stays inside y[n].
+                    unsafe {
+                        let dst = yn.ptr().add(p0);
+                        gemm_serial(
+                            p.out_channels,
+                            cols_n,
+                            k,
+                            dst,
+                            ohw,
+                            w,
+                            k,
+                            &cols[..k * cols_n],
+                            cols_n,
+                        );
+                        if let Some(b) = b {
+                            for (co, &bias) in b.iter().enumerate() {
+                                let row = std::slice::from_raw_parts_mut(dst.add(co * ohw), cols_n);
+                                row.iter_mut().for_each(|v| *v += bias);
+                            }
+                        }
+                    }
+                });
+            });
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: only used for disjoint writes (see conv2d_forward).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    // A method (not field access) so closures capture the whole Send + Sync wrapper.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    /// Per-thread im2col block buffer: tasks on one thread run one at a time, and nothing
+    /// inside a task re-enters this code.
+    static BLOCK_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `cols[K × (p1−p0)]` for output positions `[p0, p1)` (row-major over (oy, ox)).
+fn im2col_positions(p: &Conv2dParams, x: &[f32], p0: usize, p1: usize, cols: &mut [f32]) {
+    let (ow, n) = (p.out_w(), p1 - p0);
+    let (kh, kw) = (p.kernel_h, p.kernel_w);
+    for (row, out) in cols.chunks_mut(n).enumerate() {
+        let (ci, ky, kx) = (row / (kh * kw), (row / kw) % kh, row % kw);
+        let plane = &x[ci * p.in_h * p.in_w..(ci + 1) * p.in_h * p.in_w];
+        let mut pos = p0;
+        while pos < p1 {
+            let (oy, ox0) = (pos / ow, pos % ow);
+            let run = (ow - ox0).min(p1 - pos);
+            let dst = &mut out[pos - p0..pos - p0 + run];
+            let iy = (oy * p.stride + ky) as isize - p.pad as isize;
+            if iy < 0 || iy >= p.in_h as isize {
+                dst.fill(0.0);
+            } else {
+                let src = &plane[iy as usize * p.in_w..(iy as usize + 1) * p.in_w];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    let ix = ((ox0 + i) * p.stride + kx) as isize - p.pad as isize;
+                    *d = if ix >= 0 && ix < p.in_w as isize {
+                        src[ix as usize]
+                    } else {
+                        0.0
+                    };
+                }
             }
-            if let Some(b) = b {
-                add_channel_bias(yn, b, ohw);
-            }
+            pos += run;
         }
-    });
+    }
+}
+
+/// Single-threaded `dst[m × n] (row stride dst_rs) = a[m × k] · b[k × n]`, row-major inputs.
+///
+/// # Safety
+/// `dst` must be valid for writes of m rows of n elements spaced `dst_rs` apart.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+) {
+    assert!(a.len() >= (m - 1) * a_rs + k && b.len() >= (k - 1) * b_rs + n);
+    // SAFETY: bounds asserted above; the caller guarantees dst.
+    unsafe {
+        crate::gemm::gemm_raw_serial(m, n, k, dst, dst_rs, a.as_ptr(), a_rs, b.as_ptr(), b_rs)
+    }
 }
 
 fn add_channel_bias(y: &mut [f32], b: &[f32], plane: usize) {
@@ -206,6 +302,35 @@ fn add_channel_bias(y: &mut [f32], b: &[f32], plane: usize) {
 /// `dx = ∂L/∂x` given `dy = ∂L/∂y` (overwrites `dx`).
 pub fn conv2d_backward_input(p: &Conv2dParams, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     p.check(dx.len(), w.len(), dy.len());
+    if p.stride == 1 && p.pad < p.kernel_h && p.pad < p.kernel_w && p.kernel_h == p.kernel_w {
+        // dx = conv(dy, W̃) with the kernel flipped and its channel axes swapped.
+        let (kh, kw, cin, cout) = (p.kernel_h, p.kernel_w, p.in_channels, p.out_channels);
+        let mut flipped = vec![0.0f32; w.len()];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        flipped[((ci * cout + co) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)] =
+                            w[((co * cin + ci) * kh + ky) * kw + kx];
+                    }
+                }
+            }
+        }
+        let q = Conv2dParams {
+            batch: p.batch,
+            in_channels: cout,
+            in_h: p.out_h(),
+            in_w: p.out_w(),
+            out_channels: cin,
+            kernel_h: kh,
+            kernel_w: kw,
+            stride: 1,
+            pad: kh - 1 - p.pad,
+        };
+        debug_assert_eq!((q.out_h(), q.out_w()), (p.in_h, p.in_w));
+        conv2d_forward(&q, dy, &flipped, None, dx);
+        return;
+    }
     dx.fill(0.0);
     let (k, ohw) = (p.patch_len(), p.out_h() * p.out_w());
     let in_img = p.in_channels * p.in_h * p.in_w;

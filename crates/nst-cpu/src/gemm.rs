@@ -119,6 +119,50 @@ pub fn matmul(
     gemm_strided(1.0, a, la, b, lb, beta, c, MatLayout::row_major(m, n));
 }
 
+/// Single-threaded row-major GEMM `dst[m×n] (row stride dst_rs) = a[m×k] · b[k×n]`, for
+/// callers that parallelise over blocks themselves.
+///
+/// # Safety
+/// The pointers must be valid for the extents the sizes and strides describe, and `dst` must
+/// not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw_serial(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    a: *const f32,
+    a_rs: usize,
+    b: *const f32,
+    b_rs: usize,
+) {
+    // SAFETY: forwarded from the caller; see the gemm crate's contract in `backend`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            a,
+            1,
+            a_rs as isize,
+            b,
+            1,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 #[cfg(not(feature = "openblas"))]
 mod backend {
     use super::MatLayout;

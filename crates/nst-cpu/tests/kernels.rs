@@ -178,8 +178,9 @@ fn conv_backward_matches_naive() {
 }
 
 #[test]
-fn conv_banding_matches_single_band() {
-    // Enough columns that the im2col buffer must be split into several bands of rows.
+fn conv_large_image_forward_and_banded_weight_gradient() {
+    // Enough columns that the banded im2col (weight gradient) needs several bands of rows,
+    // and the block-parallel forward path runs thousands of blocks.
     let p = Conv2dParams {
         batch: 1,
         in_channels: 64,
