@@ -16,7 +16,7 @@ use crate::objective::{to_tensor, Objective, Weights, PART_CONTENT, PART_STYLE, 
 use crate::progress::{IterationInfo, Progress};
 use crate::report::{median, Report, Timing, TracePoint};
 use anyhow::{bail, Context, Result};
-use nst_optim::{Adam, AdamConfig, Lbfgs, LbfgsConfig, Optimizer, Step};
+use nst_optim::{Adam, AdamConfig, Evaluation, Lbfgs, LbfgsConfig, Optimizer, Step};
 use nst_tensor::{Device, Tensor};
 use nst_vgg::{Layer, LayerKind, Vgg19};
 use rand::{Rng, SeedableRng};
@@ -302,92 +302,70 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
             None => starting_image(cfg, &content_s, init_file.as_ref(), luminance),
         };
         optimizer.reset();
-        let mut x = to_tensor(&start, &device)?;
-        let mut eval = objective.evaluate(&x)?;
-        let mut best: Option<(f64, Tensor)> = None;
         progress.scale_started(scale, scales.len(), w, h, cfg.iters);
         let scale_started = Instant::now();
-        let mut k = 0u32;
-        loop {
-            if !eval.loss.is_finite() || !eval.grad.all_finite() {
-                let saved = match &best {
-                    Some((_, bx)) => {
-                        save_atomic(&to_output(&planes_of(bx)), &cfg.output)?;
-                        Some(cfg.output.clone())
+        let mut on_iterate =
+            |k: u32, x: &Tensor, eval: &Evaluation, step_ms: Option<f64>| -> Result<()> {
+                if final_scale {
+                    let p = &eval.parts;
+                    trace.push(TracePoint {
+                        iter: k,
+                        total: eval.loss,
+                        content: p[PART_CONTENT],
+                        style: p[PART_STYLE],
+                        tv: p[PART_TV],
+                    });
+                    iter_ms.extend(step_ms);
+                }
+                if k > 0 {
+                    let it_per_s = k as f64 / scale_started.elapsed().as_secs_f64();
+                    progress.iteration(&IterationInfo {
+                        scale,
+                        scales: scales.len(),
+                        iter: k,
+                        iters: cfg.iters,
+                        total: eval.loss,
+                        it_per_s,
+                    });
+                    if cfg.save_every.is_some_and(|n| k % n == 0) {
+                        let path = intermediate_path(&cfg.output, scale, k);
+                        save_atomic(&to_output(&planes_of(x)), &path)
+                            .with_context(|| format!("writing {}", path.display()))?;
                     }
-                    None => None,
-                };
-                progress.scale_finished();
-                return Err(NonFiniteLoss {
-                    scale,
-                    iter: k,
-                    saved,
                 }
-                .into());
-            }
-            if best.as_ref().is_none_or(|(l, _)| eval.loss < *l) {
-                best = Some((eval.loss, x.clone()));
-            }
-            if final_scale {
-                let p = &eval.parts;
-                trace.push(TracePoint {
-                    iter: k,
-                    total: eval.loss,
-                    content: p[PART_CONTENT],
-                    style: p[PART_STYLE],
-                    tv: p[PART_TV],
-                });
-            }
-            if k > 0 {
-                let secs = scale_started.elapsed().as_secs_f64();
-                progress.iteration(&IterationInfo {
-                    scale,
-                    scales: scales.len(),
-                    iter: k,
-                    iters: cfg.iters,
-                    total: eval.loss,
-                    it_per_s: k as f64 / secs,
-                });
-                if cfg.save_every.is_some_and(|n| k % n == 0) {
-                    let path = intermediate_path(&cfg.output, scale, k);
-                    save_atomic(&to_output(&planes_of(&x)), &path)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
-            }
-            if k == cfg.iters {
-                break;
-            }
-            if interrupt.load(Ordering::Relaxed) {
-                progress.scale_finished();
-                let (_, bx) = best.as_ref().expect("set above");
-                save_atomic(&to_output(&planes_of(bx)), &cfg.output)?;
+                Ok(())
+            };
+        let evaluate = |x: &Tensor| objective.evaluate(x);
+        let (best, end) = optimise_scale(
+            to_tensor(&start, &device)?,
+            &evaluate,
+            &mut optimizer,
+            cfg.iters,
+            interrupt,
+            &mut on_iterate,
+        )?;
+        progress.scale_finished();
+        match (end, best) {
+            (ScaleEnd::Finished, Some(best)) => image = Some(planes_of(&best)),
+            (ScaleEnd::Interrupted, Some(best)) => {
+                save_atomic(&to_output(&planes_of(&best)), &cfg.output)?;
                 return Err(Interrupted {
                     saved: cfg.output.clone(),
                 }
                 .into());
             }
-            let t0 = Instant::now();
-            match optimizer.step(&x, &eval, &mut |x: &Tensor| objective.evaluate(x))? {
-                Step::Moved {
-                    x: next,
-                    eval: known,
-                } => {
-                    x = next;
-                    eval = match known {
-                        Some(e) => e,
-                        None => objective.evaluate(&x)?,
-                    };
-                }
-                Step::Converged => break,
+            (ScaleEnd::NonFinite { iter }, best) => {
+                let saved = match best {
+                    Some(b) => {
+                        save_atomic(&to_output(&planes_of(&b)), &cfg.output)?;
+                        Some(cfg.output.clone())
+                    }
+                    None => None,
+                };
+                return Err(NonFiniteLoss { scale, iter, saved }.into());
             }
-            if final_scale {
-                iter_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-            k += 1;
+            (_, None) => unreachable!("a finished or interrupted scale has a finite iterate"),
         }
-        progress.scale_finished();
-        let (_, bx) = best.expect("at least one evaluation");
-        image = Some(planes_of(&bx));
         nst_cpu::release_scratch();
     }
 
@@ -419,6 +397,71 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     Ok(outcome)
 }
 
+/// How the optimisation of one scale ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScaleEnd {
+    /// All iterations ran, or the optimizer converged.
+    Finished,
+    /// The interrupt flag was raised.
+    Interrupted,
+    /// The loss or its gradient became NaN or infinite at this iterate.
+    NonFinite {
+        /// The iterate number.
+        iter: u32,
+    },
+}
+
+/// Optimises one scale from `start` for up to `iters` iterations and returns the best
+/// iterate (lowest finite loss; `None` if even the start was non-finite) and how it ended.
+/// `on_iterate(k, x_k, f(x_k), ms of the step that produced x_k)` sees every finite iterate,
+/// k = 0 (the start) to `iters`.
+pub fn optimise_scale(
+    start: Tensor,
+    evaluate: &dyn Fn(&Tensor) -> Result<Evaluation>,
+    optimizer: &mut Optimizer,
+    iters: u32,
+    interrupt: &AtomicBool,
+    on_iterate: &mut dyn FnMut(u32, &Tensor, &Evaluation, Option<f64>) -> Result<()>,
+) -> Result<(Option<Tensor>, ScaleEnd)> {
+    let mut x = start;
+    let mut eval = evaluate(&x)?;
+    let mut best: Option<(f64, Tensor)> = None;
+    let mut step_ms = None;
+    let mut k = 0u32;
+    let end = loop {
+        if !eval.loss.is_finite() || !eval.grad.all_finite() {
+            break ScaleEnd::NonFinite { iter: k };
+        }
+        if best.as_ref().is_none_or(|(l, _)| eval.loss < *l) {
+            best = Some((eval.loss, x.clone()));
+        }
+        on_iterate(k, &x, &eval, step_ms)?;
+        if k == iters {
+            break ScaleEnd::Finished;
+        }
+        if interrupt.load(Ordering::Relaxed) {
+            break ScaleEnd::Interrupted;
+        }
+        let t0 = Instant::now();
+        match optimizer.step(&x, &eval, &mut |x: &Tensor| evaluate(x))? {
+            Step::Moved {
+                x: next,
+                eval: known,
+            } => {
+                x = next;
+                eval = match known {
+                    Some(e) => e,
+                    None => evaluate(&x)?,
+                };
+            }
+            Step::Converged => break ScaleEnd::Finished,
+        }
+        step_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+        k += 1;
+    };
+    Ok((best.map(|(_, x)| x), end))
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
@@ -432,4 +475,80 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// f(x) = Σ x², which turns NaN once any |x| drops below 0.3: the run must stop there and
+    /// return the last finite iterate, which is also the best one.
+    #[test]
+    fn non_finite_stops_and_keeps_the_best_finite_iterate() {
+        let evaluate = |x: &Tensor| -> Result<Evaluation> {
+            let v = x.to_vec();
+            let loss: f64 = v.iter().map(|&a| (a as f64).powi(2)).sum();
+            let loss = if v.iter().any(|a| a.abs() < 0.3) {
+                f64::NAN
+            } else {
+                loss
+            };
+            Ok(Evaluation::new(loss, x.scale(2.0)?))
+        };
+        let mut opt = Optimizer::Adam(Adam::new(AdamConfig {
+            lr: 0.25,
+            ..Default::default()
+        }));
+        let start = Tensor::from_vec(vec![1.0, -1.5], &[2], &Device::Cpu).unwrap();
+        let mut seen = Vec::new();
+        let mut on_iterate = |k: u32, x: &Tensor, e: &Evaluation, _: Option<f64>| -> Result<()> {
+            seen.push((k, x.to_vec(), e.loss));
+            Ok(())
+        };
+        let (best, end) = optimise_scale(
+            start,
+            &evaluate,
+            &mut opt,
+            50,
+            &AtomicBool::new(false),
+            &mut on_iterate,
+        )
+        .unwrap();
+        let ScaleEnd::NonFinite { iter } = end else {
+            panic!("expected a non-finite stop, got {end:?}")
+        };
+        assert_eq!(
+            iter as usize,
+            seen.len(),
+            "stops at the first non-finite iterate"
+        );
+        let (_, last_x, last_loss) = seen.last().unwrap();
+        assert!(seen
+            .iter()
+            .all(|(_, _, l)| l.is_finite() && *l >= *last_loss));
+        assert_eq!(&best.unwrap().to_vec(), last_x);
+    }
+
+    #[test]
+    fn interrupt_stops_before_the_next_step() {
+        let evaluate =
+            |x: &Tensor| -> Result<Evaluation> { Ok(Evaluation::new(x.dot(x)?, x.scale(2.0)?)) };
+        let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
+        let start = Tensor::from_vec(vec![3.0], &[1], &Device::Cpu).unwrap();
+        let mut count = 0;
+        let (best, end) = optimise_scale(
+            start,
+            &evaluate,
+            &mut opt,
+            10,
+            &AtomicBool::new(true),
+            &mut |_, _, _, _| {
+                count += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!((end, count), (ScaleEnd::Interrupted, 1));
+        assert_eq!(best.unwrap().to_vec(), vec![3.0]);
+    }
 }

@@ -290,15 +290,6 @@ unsafe fn gemm_serial(
     }
 }
 
-fn add_channel_bias(y: &mut [f32], b: &[f32], plane: usize) {
-    assert_eq!(y.len(), b.len() * plane, "conv2d: bias length");
-    y.par_chunks_mut(plane)
-        .zip(b.par_iter())
-        .for_each(|(ch, &bias)| {
-            ch.iter_mut().for_each(|v| *v += bias);
-        });
-}
-
 /// `dx = ∂L/∂x` given `dy = ∂L/∂y` (overwrites `dx`).
 pub fn conv2d_backward_input(p: &Conv2dParams, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     p.check(dx.len(), w.len(), dy.len());

@@ -1,0 +1,551 @@
+//! End-to-end tests of the `nst` binary at tiny sizes: outputs, the JSON report, colour
+//! modes, and every kind of bad input (one-line error, non-zero exit, no output file).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const NST: &str = env!("CARGO_BIN_EXE_nst");
+const CONTENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/content_chelsea.png"
+);
+const STYLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/style_vangogh_starry_night.jpg"
+);
+
+fn nst(args: &[&str]) -> Output {
+    Command::new(NST)
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run nst")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Runs nst with bad input and checks the failure contract; returns the error line.
+fn expect_failure(args: &[&str], out: &Path, needle: &str) -> String {
+    let o = nst(args);
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        !o.status.success(),
+        "expected failure for {args:?}, got success"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
+        "panic for {args:?}: {stderr}"
+    );
+    assert!(!out.exists(), "a failed run left {} behind", out.display());
+    let first = stderr.lines().next().unwrap_or_default().to_string();
+    assert!(
+        first.to_lowercase().contains(&needle.to_lowercase()),
+        "error for {args:?} should mention '{needle}': {stderr}"
+    );
+    if o.status.code() == Some(1) {
+        // Our own errors are exactly one line; clap's usage errors (exit 2) add usage hints.
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "not one line: {stderr}"
+        );
+        assert!(first.starts_with("error: "), "{first}");
+    }
+    first
+}
+
+fn tiny(out: &Path) -> Vec<String> {
+    [
+        "-c",
+        CONTENT,
+        "-s",
+        STYLE,
+        "-o",
+        path_str(out),
+        "--size",
+        "64",
+        "--iters",
+        "6",
+        "-q",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `args` with `extra` flag/value pairs replacing earlier values of the same flag (clap
+/// rejects repeats), except `-s`, which is repeatable and appends.
+fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
+    let mut i = 0;
+    while i < extra.len() {
+        let flag = extra[i];
+        let name = flag.split('=').next().unwrap();
+        let value = if flag.contains('=') {
+            None
+        } else {
+            extra
+                .get(i + 1)
+                .filter(|v| !v.starts_with("--") || v.parse::<f64>().is_ok())
+        };
+        if name != "-s" {
+            if let Some(pos) = args.iter().position(|a| a == name) {
+                let had_value = args
+                    .get(pos + 1)
+                    .is_some_and(|v| !v.starts_with('-') || v.parse::<f64>().is_ok());
+                args.drain(pos..pos + 1 + usize::from(had_value));
+            }
+        }
+        args.push(flag.to_string());
+        if let Some(v) = value {
+            args.push(v.to_string());
+            i += 1;
+        }
+        i += 1;
+    }
+    args
+}
+
+fn run_ok(args: &[String]) -> Output {
+    let o = Command::new(NST).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "nst {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn mean_and_finite(path: &Path) -> f64 {
+    let img = image::open(path).unwrap().to_rgb8();
+    img.as_raw().iter().map(|&v| v as f64).sum::<f64>() / img.as_raw().len() as f64
+}
+
+#[test]
+fn transfers_style_and_writes_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = (dir.path().join("out.png"), dir.path().join("report.json"));
+    run_ok(&with(
+        tiny(&out),
+        &[
+            "--iters",
+            "8",
+            "--report",
+            path_str(&report),
+            "--tv-weight",
+            "0.5",
+        ],
+    ));
+    let img = image::open(&out).unwrap();
+    // 451×300 with the longest side 64 → 64×43.
+    assert_eq!((img.width(), img.height()), (64, 43));
+    let mean = mean_and_finite(&out);
+    assert!(mean > 20.0 && mean < 235.0, "suspicious image mean {mean}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let trace = r["trace"].as_array().unwrap();
+    assert_eq!(trace.len(), 9, "trace[0..=iters]");
+    let s = &r["settings"];
+    let (a, b, g) = (
+        s["content_weight"].as_f64().unwrap(),
+        s["style_weight"].as_f64().unwrap(),
+        s["tv_weight"].as_f64().unwrap(),
+    );
+    for (k, t) in trace.iter().enumerate() {
+        assert_eq!(t["iter"].as_u64().unwrap() as usize, k);
+        let (total, c, st, tv) = (
+            t["total"].as_f64().unwrap(),
+            t["content"].as_f64().unwrap(),
+            t["style"].as_f64().unwrap(),
+            t["tv"].as_f64().unwrap(),
+        );
+        let want = a * c + b * st + g * tv;
+        assert!(
+            (total - want).abs() <= 1e-4 * want.abs(),
+            "total {total} vs α·c + β·s + γ·tv = {want}"
+        );
+    }
+    let (first, last) = (
+        trace[0]["total"].as_f64().unwrap(),
+        trace[8]["total"].as_f64().unwrap(),
+    );
+    assert!(last < 0.8 * first, "loss did not fall: {first} → {last}");
+    assert!(r["timing"]["ms_per_iter_median"].as_f64().unwrap() > 0.0);
+    assert!(r["timing"]["total_s"].as_f64().unwrap() > 0.0);
+    assert!(r["device"].as_str().unwrap().starts_with("cpu"));
+    assert_eq!(r["output"], serde_json::json!([64, 43]));
+    assert_eq!(s["style_layers"][2], "relu3_1");
+    // No temporary files are left beside the output.
+    assert_eq!(files_in(dir.path()), vec![out, report]);
+}
+
+#[test]
+fn output_formats_save_every_and_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    for ext in ["jpg", "jpeg", "webp"] {
+        let out = dir.path().join(format!("out.{ext}"));
+        run_ok(&tiny(&out));
+        let img = image::open(&out).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 43), "{ext}");
+    }
+    let sub = dir.path().join("every");
+    std::fs::create_dir(&sub).unwrap();
+    let out = sub.join("o.png");
+    run_ok(&with(
+        tiny(&out),
+        &[
+            "--size",
+            "96",
+            "--scales",
+            "2",
+            "--iters",
+            "4",
+            "--save-every",
+            "2",
+        ],
+    ));
+    let names: Vec<String> = files_in(&sub)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "o.png",
+            "o_s1_0002.png",
+            "o_s1_0004.png",
+            "o_s2_0002.png",
+            "o_s2_0004.png"
+        ]
+    );
+    for n in &names {
+        let img = image::open(sub.join(n)).unwrap();
+        assert_eq!(
+            (img.width(), img.height()),
+            (96, 64),
+            "{n}: intermediates are written at the output size"
+        );
+    }
+}
+
+#[test]
+fn input_already_at_size_is_used_unresampled() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    run_ok(
+        &[
+            "-c",
+            CONTENT,
+            "-s",
+            STYLE,
+            "-o",
+            path_str(&out),
+            "--size",
+            "451",
+            "--scales",
+            "1",
+            "--iters",
+            "1",
+            "--content-weight",
+            "1",
+            "--style-weight",
+            "0",
+            "-q",
+        ]
+        .map(String::from),
+    );
+    // With no style weight and the content as the start, one step barely moves the image:
+    // the output must equal the original pixels almost exactly (no resampling blur).
+    let (a, b) = (
+        image::open(&out).unwrap().to_rgb8(),
+        image::open(CONTENT).unwrap().to_rgb8(),
+    );
+    assert_eq!(a.dimensions(), b.dimensions());
+    let diff: f64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| (x as f64 - y as f64).abs())
+        .sum::<f64>()
+        / a.as_raw().len() as f64;
+    assert!(diff < 0.5, "mean abs difference {diff}");
+}
+
+#[test]
+fn colour_modes_blending_inits_and_grayscale_stay_finite() {
+    let dir = tempfile::tempdir().unwrap();
+    let gray = dir.path().join("gray.png");
+    image::open(CONTENT)
+        .unwrap()
+        .to_luma8()
+        .save(&gray)
+        .unwrap();
+    let gray_style = dir.path().join("gray_style.png");
+    image::open(STYLE)
+        .unwrap()
+        .to_luma8()
+        .save(&gray_style)
+        .unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["--preserve-colors", "luminance"],
+        vec!["--preserve-colors", "match"],
+        vec!["--preserve-colors", "match", "-c", path_str(&gray)],
+        vec![
+            "--preserve-colors",
+            "luminance",
+            "-c",
+            path_str(&gray),
+            "-s",
+            path_str(&gray_style),
+        ],
+        vec!["--preserve-colors", "match", "-s", path_str(&gray_style)],
+        vec!["-s", path_str(&gray_style), "--style-blend", "3,1"],
+        vec!["--init", "noise", "--seed", "7"],
+        vec!["--init", STYLE],
+        vec!["--optimizer", "adam"],
+        vec![
+            "--pooling",
+            "avg",
+            "--style-layers",
+            "relu1_1,relu2_1",
+            "--content-layers",
+            "relu2_2,relu3_1",
+        ],
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        let out = dir.path().join(format!("o{i}.png"));
+        let report = dir.path().join(format!("r{i}.json"));
+        run_ok(&with(
+            tiny(&out),
+            &[extra.as_slice(), &["--report", path_str(&report)]].concat(),
+        ));
+        let mean = mean_and_finite(&out);
+        assert!(mean > 10.0 && mean < 245.0, "{extra:?}: image mean {mean}");
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let t = r["trace"].as_array().unwrap();
+        let (first, last) = (
+            t[0]["total"].as_f64().unwrap(),
+            t.last().unwrap()["total"].as_f64().unwrap(),
+        );
+        assert!(
+            last.is_finite() && last < first,
+            "{extra:?}: loss {first} → {last}"
+        );
+    }
+    // Luminance mode keeps the content's colours: its chroma matches the content's closely.
+    let lum = image::open(dir.path().join("o0.png")).unwrap().to_rgb8();
+    let content = image::imageops::resize(
+        &image::open(CONTENT).unwrap().to_rgb8(),
+        64,
+        43,
+        image::imageops::FilterType::Lanczos3,
+    );
+    let chroma = |img: &image::RgbImage| -> f64 {
+        img.pixels().map(|p| p[0] as f64 - p[2] as f64).sum::<f64>() / img.pixels().len() as f64
+    };
+    assert!(
+        (chroma(&lum) - chroma(&content)).abs() < 8.0,
+        "R−B balance {} vs content {}",
+        chroma(&lum),
+        chroma(&content)
+    );
+}
+
+/// Non-finite from the first evaluation: a clear error and no file. (Stopping later, with the
+/// last finite image kept, is tested on `pipeline::optimise_scale` directly.)
+#[test]
+fn non_finite_loss_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    let o = Command::new(NST)
+        .args(with(tiny(&out), &["--style-weight", "3e38"]))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: the loss became non-finite") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn ctrl_c_writes_the_best_image_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    let mut child = Command::new(NST)
+        .args([
+            "-c",
+            CONTENT,
+            "-s",
+            STYLE,
+            "-o",
+            path_str(&out),
+            "--size",
+            "128",
+            "--iters",
+            "100000",
+            "--scales",
+            "1",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Plain progress lines (stderr is a pipe): wait until the optimisation is running.
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("scale 1/1") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+    let img = image::open(&out).expect("best image written on interrupt");
+    assert_eq!((img.width(), img.height()), (128, 85));
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("never.png");
+    let o = path_str(&out);
+    let write = |name: &str, bytes: &[u8]| -> String {
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        path_str(&p).to_string()
+    };
+    let empty = write("empty.png", b"");
+    let corrupt = write(
+        "corrupt.png",
+        b"\x89PNG\r\n\x1a\nthis is not really a png file at all",
+    );
+    let png = std::fs::read(CONTENT).unwrap();
+    let truncated_png = write("trunc.png", &png[..png.len() / 3]);
+    let jpg = std::fs::read(STYLE).unwrap();
+    let truncated_jpg = write("trunc.jpg", &jpg[..jpg.len() / 2]);
+    let text = write("notes.txt", b"hello");
+    let bomb = write("bomb.png", &png_with_size(100_000, 100_000));
+    let bad_weights = write("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":");
+
+    let base = |c: &str| {
+        vec![
+            "-c".to_string(),
+            c.to_string(),
+            "-s".into(),
+            STYLE.into(),
+            "-o".into(),
+            o.into(),
+            "--size".into(),
+            "64".into(),
+            "--iters".into(),
+            "2".into(),
+            "-q".into(),
+        ]
+    };
+    let opt = |extra: &[&str]| with(base(CONTENT), extra);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (base("/nonexistent/photo.jpg"), "/nonexistent/photo.jpg"),
+        (base(&empty), "empty"),
+        (base(&corrupt), "corrupt.png"),
+        (base(&truncated_png), "trunc.png"),
+        (base(&truncated_jpg), "truncated"),
+        (base(&text), "not a PNG, JPEG or WebP"),
+        (base(&bomb), "bomb.png"),
+        (
+            opt(&["--weights", "/nonexistent/w.safetensors"]),
+            "/nonexistent/w.safetensors",
+        ),
+        (opt(&["--weights", bad_weights.as_str()]), "safetensors"),
+        (opt(&["--style-layers", "relu1_1,relu9_9"]), "relu9_9"),
+        (opt(&["--content-layers", "fc7"]), "fc7"),
+        (opt(&["--size", "0"]), "--size"),
+        (opt(&["--iters", "0"]), "--iters"),
+        (opt(&["--size=-5"]), "--size"),
+        (opt(&["--size", "100000"]), "too large"),
+        (opt(&["--size", "8"]), "too small"),
+        (opt(&["--style-weight", "nan"]), "--style-weight"),
+        (opt(&["--content-weight", "inf"]), "--content-weight"),
+        (opt(&["--tv-weight=-1"]), "--tv-weight"),
+        (opt(&["--lr", "NaN"]), "--lr"),
+        (
+            opt(&["--style-layer-weights", "1,2"]),
+            "--style-layer-weights",
+        ),
+        (opt(&["--style-blend", "1,2"]), "--style-blend"),
+        (opt(&["--init", "/nonexistent/init.png"]), "init"),
+        (opt(&["--device", "cuda"]), "cuda"),
+        (opt(&["--pooling", "min"]), "pooling"),
+        (
+            opt(&["-o", path_str(&d.join("missing_dir/out.png"))]),
+            "does not exist",
+        ),
+        (opt(&["-o", path_str(&d.join("out.gif"))]), ".gif"),
+    ];
+    for (args, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        expect_failure(&args, &out, needle);
+    }
+    assert!(!d.join("out.gif").exists() && !d.join("missing_dir").exists());
+}
+
+/// A PNG whose header claims `w × h` pixels (a decompression bomb): valid signature and
+/// IHDR with a correct CRC, then a tiny IDAT and IEND.
+fn png_with_size(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(data);
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
