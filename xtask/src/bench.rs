@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context, Result};
 use nst_cli::image_io::{load_rgb, Planes};
-use nst_cli::objective::{to_tensor, Objective, Weights};
+use nst_cli::objective::{to_tensor, LossSpec, Objective, Weights};
 use nst_optim::{Lbfgs, LbfgsConfig, Optimizer, Step};
 use nst_tensor::Device;
 use nst_vgg::{Layer, LayerKind, Pooling, Vgg19};
@@ -43,12 +43,12 @@ fn time_cpu(size: usize, iters: usize) -> Result<(f64, f64)> {
     let dev = Device::Cpu;
     let vgg = Vgg19::embedded(&dev, Pooling::Max)?;
     let content = Planes::from_rgb(&load_rgb(
-        &format!("{ROOT}/examples/content_chelsea.png").as_ref(),
+        format!("{ROOT}/examples/content_chelsea.png").as_ref(),
         "content",
     )?)
     .resized(size, size);
     let style = Planes::from_rgb(&load_rgb(
-        &format!("{ROOT}/examples/style_vangogh_starry_night.jpg").as_ref(),
+        format!("{ROOT}/examples/style_vangogh_starry_night.jpg").as_ref(),
         "style",
     )?)
     .resized(size, size);
@@ -63,17 +63,13 @@ fn time_cpu(size: usize, iters: usize) -> Result<(f64, f64)> {
         tv: 0.0,
         style_layers: vec![0.1, 0.2, 0.4, 0.2, 0.1],
     };
-    let objective = Objective::new(
-        &vgg,
-        &content,
-        &[style],
-        &[1.0],
-        &content_layers,
-        &style_layers,
+    let spec = LossSpec {
+        content_layers: &content_layers,
+        style_layers: &style_layers,
         weights,
-        false,
-        &dev,
-    )?;
+        luminance_only: false,
+    };
+    let objective = Objective::new(&vgg, &content, &[style], &[1.0], spec, &dev)?;
     let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
     let mut x = to_tensor(&content, &dev)?;
     let mut eval = objective.evaluate(&x)?;

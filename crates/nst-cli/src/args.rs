@@ -16,7 +16,7 @@ pub mod defaults {
     /// α.
     pub const CONTENT_WEIGHT: f32 = 1.0;
     /// β.
-    pub const STYLE_WEIGHT: f32 = 1e-3;
+    pub const STYLE_WEIGHT: f32 = 3e-4;
     /// γ.
     pub const TV_WEIGHT: f32 = 0.0;
     /// Content layer.

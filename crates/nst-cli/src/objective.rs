@@ -29,6 +29,19 @@ pub struct Weights {
     pub style_layers: Vec<f32>,
 }
 
+/// Which layers and weights make up the loss.
+#[derive(Clone, Debug)]
+pub struct LossSpec<'a> {
+    /// Layers whose content losses add up.
+    pub content_layers: &'a [Layer],
+    /// Style layers, one weight each in `weights.style_layers`.
+    pub style_layers: &'a [Layer],
+    /// α, β, γ and w_l.
+    pub weights: Weights,
+    /// Images are single-channel luminance (replicated to RGB for VGG).
+    pub luminance_only: bool,
+}
+
 /// The objective at one scale: fixed targets plus the network.
 pub struct Objective<'a> {
     vgg: &'a Vgg19,
@@ -53,18 +66,21 @@ fn vgg_err(e: VggError) -> anyhow::Error {
 
 impl<'a> Objective<'a> {
     /// Computes the fixed targets: content features, and Ĝ of every style image blended by
-    /// `blend`. Images are single-channel when `luminance_only`.
+    /// `blend`. Images are single-channel when `spec.luminance_only`.
     pub fn new(
         vgg: &'a Vgg19,
         content: &Planes,
         styles: &[Planes],
         blend: &[f32],
-        content_layers: &[Layer],
-        style_layers: &[Layer],
-        weights: Weights,
-        luminance_only: bool,
+        spec: LossSpec<'_>,
         device: &Device,
     ) -> Result<Self> {
+        let LossSpec {
+            content_layers,
+            style_layers,
+            weights,
+            luminance_only,
+        } = spec;
         let gray_to_rgb = luminance_only.then(|| Tensor::full(1.0, &[3, 1, 1, 1], device));
         let rgb = |t: Tensor| -> Result<Tensor> {
             Ok(match &gray_to_rgb {

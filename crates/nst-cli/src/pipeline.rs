@@ -12,7 +12,9 @@
 use crate::color::{join_luminance, match_colors, match_luminance, split_luminance};
 use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind};
 use crate::image_io::{fit_longest_side, load_rgb, save_atomic, Planes};
-use crate::objective::{to_tensor, Objective, Weights, PART_CONTENT, PART_STYLE, PART_TV};
+use crate::objective::{
+    to_tensor, LossSpec, Objective, Weights, PART_CONTENT, PART_STYLE, PART_TV,
+};
 use crate::progress::{IterationInfo, Progress};
 use crate::report::{median, Report, Timing, TracePoint};
 use anyhow::{bail, Context, Result};
@@ -286,17 +288,14 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
             }
             style_s.push(s.resized(sw, sh));
         }
-        let objective = Objective::new(
-            &vgg,
-            &content_s,
-            &style_s,
-            &cfg.style_blend,
-            &cfg.content_layers,
-            &cfg.style_layers,
-            weights.clone(),
-            luminance,
-            &device,
-        )?;
+        let spec = LossSpec {
+            content_layers: &cfg.content_layers,
+            style_layers: &cfg.style_layers,
+            weights: weights.clone(),
+            luminance_only: luminance,
+        };
+        let objective =
+            Objective::new(&vgg, &content_s, &style_s, &cfg.style_blend, spec, &device)?;
         let start = match image.take() {
             Some(prev) => prev.resized(w, h),
             None => starting_image(cfg, &content_s, init_file.as_ref(), luminance),
@@ -327,7 +326,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
                         total: eval.loss,
                         it_per_s,
                     });
-                    if cfg.save_every.is_some_and(|n| k % n == 0) {
+                    if cfg.save_every.is_some_and(|n| k.is_multiple_of(n)) {
                         let path = intermediate_path(&cfg.output, scale, k);
                         save_atomic(&to_output(&planes_of(x)), &path)
                             .with_context(|| format!("writing {}", path.display()))?;
@@ -397,6 +396,9 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     Ok(outcome)
 }
 
+/// Called with (k, x_k, f(x_k), ms of the step that produced x_k) for every finite iterate.
+pub type IterateCallback<'a> = dyn FnMut(u32, &Tensor, &Evaluation, Option<f64>) -> Result<()> + 'a;
+
 /// How the optimisation of one scale ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ScaleEnd {
@@ -421,7 +423,7 @@ pub fn optimise_scale(
     optimizer: &mut Optimizer,
     iters: u32,
     interrupt: &AtomicBool,
-    on_iterate: &mut dyn FnMut(u32, &Tensor, &Evaluation, Option<f64>) -> Result<()>,
+    on_iterate: &mut IterateCallback<'_>,
 ) -> Result<(Option<Tensor>, ScaleEnd)> {
     let mut x = start;
     let mut eval = evaluate(&x)?;

@@ -7,6 +7,9 @@
 //! (covariance ∝ 𝟙𝟙ᵀ, eigenvalues `(3v, 0, 0)`). With the `openblas` feature,
 //! [`sym3_eigen_lapack`] gives LAPACK's answer for the tests to compare against.
 
+// Index loops mirror the textbook formulas of these 3×3 algorithms.
+#![allow(clippy::needless_range_loop)]
+
 /// A symmetric 3×3 matrix, row-major.
 pub type Mat3 = [[f64; 3]; 3];
 

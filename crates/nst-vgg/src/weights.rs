@@ -90,7 +90,7 @@ pub fn load(bytes: &[u8]) -> Result<Vec<ConvWeights>, VggError> {
 }
 
 fn has(st: &SafeTensors, name: &str) -> bool {
-    st.names().iter().any(|n| *n == name)
+    st.names().contains(&name)
 }
 
 fn tensor<'a>(
