@@ -34,11 +34,15 @@ pub mod defaults {
 /// Largest output side accepted.
 pub const MAX_SIZE: u32 = 16384;
 
-/// nst: repaint a photo in the style of a painting (Gatys et al., neural style transfer).
-///
-/// Example: nst -c photo.jpg -s painting.jpg -o out.png
+/// Command-line arguments of `nst`.
 #[derive(Parser, Debug)]
-#[command(name = "nst", version, about, long_about = None, max_term_width = 100)]
+#[command(
+    name = "nst",
+    version,
+    about = "Repaint a photo in the style of a painting (neural style transfer, Gatys et al.)",
+    after_help = "Example: nst -c photo.jpg -s painting.jpg -o out.png\nCtrl-C writes the best image so far and exits with code 130.",
+    max_term_width = 100
+)]
 pub struct Args {
     /// Content photo (PNG, JPEG or WebP).
     #[arg(short = 'c', long, value_name = "FILE")]

@@ -242,28 +242,19 @@ fn output_formats_save_every_and_scales() {
 fn input_already_at_size_is_used_unresampled() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.png");
-    run_ok(
+    run_ok(&with(
+        tiny(&out),
         &[
-            "-c",
-            CONTENT,
-            "-s",
-            STYLE,
-            "-o",
-            path_str(&out),
             "--size",
             "451",
             "--scales",
             "1",
             "--iters",
             "1",
-            "--content-weight",
-            "1",
             "--style-weight",
             "0",
-            "-q",
-        ]
-        .map(String::from),
-    );
+        ],
+    ));
     // With no style weight and the content as the start, one step barely moves the image:
     // the output must equal the original pixels almost exactly (no resampling blur).
     let (a, b) = (
@@ -387,21 +378,16 @@ fn ctrl_c_writes_the_best_image_and_exits_130() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.png");
+    // Not quiet: the plain progress lines tell when optimisation has started.
+    let args: Vec<String> = with(
+        tiny(&out),
+        &["--size", "128", "--iters", "100000", "--scales", "1"],
+    )
+    .into_iter()
+    .filter(|a| a != "-q")
+    .collect();
     let mut child = Command::new(NST)
-        .args([
-            "-c",
-            CONTENT,
-            "-s",
-            STYLE,
-            "-o",
-            path_str(&out),
-            "--size",
-            "128",
-            "--iters",
-            "100000",
-            "--scales",
-            "1",
-        ])
+        .args(&args)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
