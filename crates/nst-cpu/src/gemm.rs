@@ -230,10 +230,10 @@ mod backend {
         c: &mut [f32],
         lc: MatLayout,
     ) {
-        let view = |s: &'_ [f32], l: MatLayout| {
+        fn view(s: &[f32], l: MatLayout) -> ArrayView2<'_, f32> {
             ArrayView2::from_shape((l.rows, l.cols).strides((l.row_stride, l.col_stride)), s)
                 .expect("layout fits the slice")
-        };
+        }
         let (av, bv) = (view(&a[..la.extent()], la), view(&b[..lb.extent()], lb));
         let ext = lc.extent();
         let mut cv = ArrayViewMut2::from_shape(
