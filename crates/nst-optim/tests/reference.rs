@@ -81,12 +81,14 @@ fn lbfgs_trace_matches_reference() {
     // (t = 1/‖g‖₁ moves pixels by ~5e-5 around values ~100, a few ulps), so the first (s, y)
     // pair is dominated by f32 rounding in any f32 implementation, and the error grows about
     // 2× per iteration from there. Measured: flipping the last bit of a third of the starting
-    // pixels changes trace[7..10] by 1e-3 to 4e-3 relative. So iterates 0–6 are held to 1e-3
-    // and 7–9 to 1e-2 (the f32 noise floor, with margin); later ones only to 5e-2.
+    // pixels changes trace[7..10] by 1e-3 to 4e-3; the OpenBLAS build (another summation
+    // order in the GEMMs) is 1.7e-3 off at trace[6] where the default build is 6.5e-4 off.
+    // So iterates 0–5 are held to 1e-3 (both builds measure ≤ 4.3e-4), 6–9 to 1e-2 (the f32
+    // noise floor, with margin), later ones to 5e-2.
     for (k, (&ours, &want)) in trace.iter().zip(&expected).enumerate() {
         let tol = match k {
-            0..=6 => 1e-3,
-            7..=9 => 1e-2,
+            0..=5 => 1e-3,
+            6..=9 => 1e-2,
             _ => 5e-2,
         };
         let e = rel_err_scalar(ours, want);
