@@ -5,7 +5,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use image::{ImageFormat, ImageReader, Limits, RgbImage};
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{BufWriter, Cursor};
 use std::path::{Path, PathBuf};
 
 /// Largest width or height accepted from an input file.
@@ -223,10 +224,28 @@ impl OutputFormat {
     }
 }
 
-/// Writes `img` to `path` atomically: encode into a temporary file in the same folder, then
-/// rename over the target, so a reader never sees a partial file and a failure leaves none.
+/// Writes `img` to `path` atomically, in the format its extension names (see [`write_atomic`]).
 pub fn save_atomic(img: &RgbImage, path: &Path) -> Result<()> {
     let format = OutputFormat::from_path(path)?;
+    write_atomic(path, |w| {
+        match format {
+            OutputFormat::Png => img.write_to(w, ImageFormat::Png)?,
+            OutputFormat::Jpeg => {
+                image::codecs::jpeg::JpegEncoder::new_with_quality(w, 95).encode_image(img)?
+            }
+            OutputFormat::WebP => img.write_to(w, ImageFormat::WebP)?,
+        }
+        Ok(())
+    })
+}
+
+/// Writes a file atomically: `write` fills a temporary file in the same folder, which is
+/// synced and then renamed over `path`, so a reader never sees a partial file and a failure
+/// leaves none behind.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -237,16 +256,10 @@ pub fn save_atomic(img: &RgbImage, path: &Path) -> Result<()> {
         .to_string_lossy();
     let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp)
-            .map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
-        let mut w = std::io::BufWriter::new(file);
-        match format {
-            OutputFormat::Png => img.write_to(&mut w, ImageFormat::Png)?,
-            OutputFormat::Jpeg => {
-                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, 95).encode_image(img)?
-            }
-            OutputFormat::WebP => img.write_to(&mut w, ImageFormat::WebP)?,
-        }
+        let file =
+            File::create(&tmp).map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
+        let mut w = BufWriter::new(file);
+        write(&mut w)?;
         let file = w
             .into_inner()
             .map_err(|e| anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;

@@ -11,7 +11,7 @@
 
 use crate::color::{join_luminance, match_colors, match_luminance, split_luminance};
 use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind};
-use crate::image_io::{fit_longest_side, load_rgb, save_atomic, Planes};
+use crate::image_io::{fit_longest_side, load_rgb, save_atomic, write_atomic, Planes};
 use crate::objective::{
     to_tensor, LossSpec, Objective, Weights, PART_CONTENT, PART_STYLE, PART_TV,
 };
@@ -390,7 +390,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
             settings: cfg,
         };
         let json = serde_json::to_string_pretty(&report)?;
-        write_atomic(path, json.as_bytes())
+        write_atomic(path, |w| Ok(std::io::Write::write_all(w, json.as_bytes())?))
             .with_context(|| format!("writing report {}", path.display()))?;
     }
     Ok(outcome)
@@ -462,21 +462,6 @@ pub fn optimise_scale(
         k += 1;
     };
     Ok((best.map(|(_, x)| x), end))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
-    Ok(())
 }
 
 #[cfg(test)]
