@@ -163,8 +163,41 @@ fn col2im_add(p: &Conv2dParams, cols: &[f32], oy0: usize, oy1: usize, dx: &mut [
         });
 }
 
-/// `y = conv(x, w) + b`.
+/// `y = conv(x, w) + b`: Winograd F(4×4, 3×3) where it applies (see [`use_winograd`]),
+/// otherwise [`conv2d_forward_direct`].
 pub fn conv2d_forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
+    if use_winograd(p) {
+        p.check(x.len(), w.len(), y.len());
+        crate::winograd::conv3x3_forward(p, x, w, b, y);
+    } else {
+        conv2d_forward_direct(p, x, w, b, y);
+    }
+}
+
+/// Whether [`conv2d_forward`] takes the Winograd path: 3×3, stride 1, padding 1, at least
+/// [`WINOGRAD_MIN_CHANNELS`] channels on each side, unless the environment variable
+/// `NST_CONV=direct` asks for im2col everywhere (to compare the two).
+pub fn use_winograd(p: &Conv2dParams) -> bool {
+    static DIRECT_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let direct_only =
+        *DIRECT_ONLY.get_or_init(|| std::env::var("NST_CONV").as_deref() == Ok("direct"));
+    !direct_only
+        && crate::winograd::applies(p)
+        && p.in_channels.min(p.out_channels) >= WINOGRAD_MIN_CHANNELS
+}
+
+/// With fewer channels (conv1_1 and its input gradient, 3 colour channels) the 36 products
+/// are too thin to beat im2col, whose K = 27 is already small.
+pub const WINOGRAD_MIN_CHANNELS: usize = 16;
+
+/// `y = conv(x, w) + b` by im2col + GEMM, for any kernel, stride and padding.
+pub fn conv2d_forward_direct(
+    p: &Conv2dParams,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut [f32],
+) {
     p.check(x.len(), w.len(), y.len());
     let (k, ohw) = (p.patch_len(), p.out_h() * p.out_w());
     let in_img = p.in_channels * p.in_h * p.in_w;

@@ -25,6 +25,7 @@ pub mod linalg;
 pub mod pool;
 pub mod relu;
 mod scratch;
+pub mod winograd;
 pub use scratch::release_scratch;
 
 pub use conv::Conv2dParams;

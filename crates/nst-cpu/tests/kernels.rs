@@ -479,3 +479,102 @@ fn sym3_eigen_agrees_with_lapack() {
         }
     }
 }
+
+#[test]
+fn winograd_matches_naive_on_awkward_shapes() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let p = |batch, cin, h, w, cout| Conv2dParams {
+        batch,
+        in_channels: cin,
+        in_h: h,
+        in_w: w,
+        out_channels: cout,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 1,
+        pad: 1,
+    };
+    // 1×1, sizes that are not multiples of the 4×4 output block, batch 2, 3 channels, and
+    // enough tiles (60×61 → 240) to span several 8-tile lane groups with a partial last one.
+    for p in [
+        p(1, 4, 1, 1, 6),
+        p(1, 3, 5, 7, 8),
+        p(2, 5, 9, 6, 4),
+        p(1, 16, 60, 61, 16),
+        p(1, 2, 4, 4, 3),
+    ] {
+        let (x, w, b) = (
+            rand_vec(&mut rng, p.input_len()),
+            rand_vec(&mut rng, p.weight_len()),
+            rand_vec(&mut rng, p.out_channels),
+        );
+        let mut y = vec![f32::NAN; p.output_len()];
+        nst_cpu::winograd::conv3x3_forward(&p, &x, &w, Some(&b), &mut y);
+        assert_close(
+            &y,
+            &conv_naive(&p, &x, &w, &b),
+            1e-5,
+            &format!("winograd {p:?}"),
+        );
+    }
+}
+
+/// The acceptance bound: on every VGG-19 layer shape (forward, and the swapped channel counts
+/// of each input gradient), Winograd within 1e-4 of im2col, relative to the largest output.
+#[test]
+fn winograd_within_1e4_of_direct_on_vgg19_shapes() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let pairs = [
+        (3, 64),
+        (64, 64),
+        (64, 128),
+        (128, 128),
+        (128, 256),
+        (256, 256),
+        (256, 512),
+        (512, 512),
+        (64, 3),
+        (128, 64),
+        (256, 128),
+        (512, 256),
+    ];
+    for (cin, cout) in pairs {
+        let p = Conv2dParams {
+            batch: 1,
+            in_channels: cin,
+            in_h: 30,
+            in_w: 27,
+            out_channels: cout,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+            pad: 1,
+        };
+        // Post-ReLU-like activations and He-scaled weights, as in VGG-19.
+        let x: Vec<f32> = (0..p.input_len())
+            .map(|_| rng.random_range(0.0f32..1.0))
+            .collect();
+        let scale = (6.0 / (9 * cin) as f32).sqrt();
+        let w: Vec<f32> = (0..p.weight_len())
+            .map(|_| rng.random_range(-scale..scale))
+            .collect();
+        let b = rand_vec(&mut rng, cout);
+        let (mut fast, mut direct) = (vec![0.0; p.output_len()], vec![0.0; p.output_len()]);
+        nst_cpu::winograd::conv3x3_forward(&p, &x, &w, Some(&b), &mut fast);
+        conv2d_forward_direct(&p, &x, &w, Some(&b), &mut direct);
+        let peak = direct.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = fast
+            .iter()
+            .zip(&direct)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!(
+            "winograd {cin}→{cout}: relative max error {:.2e}",
+            worst / peak
+        );
+        assert!(
+            worst / peak <= 1e-4,
+            "{cin}→{cout}: max |winograd − direct| / max |direct| = {:.2e}",
+            worst / peak
+        );
+    }
+}
