@@ -9,7 +9,11 @@
 //! 3. x_{k+1} = x_k + t·d.
 //!
 //! Stops (returns [`Step::Converged`]) when max|g| ≤ `tolerance_grad`, when gᵀd >
-//! −`tolerance_change`, or when the last step or loss change was below `tolerance_change`.
+//! −`tolerance_change`, or when the last step or loss change was below `tolerance_change` —
+//! except right after the first step: that one is deliberately short (1/‖g‖₁), and on a large
+//! image its loss change falls below the resolution of an f32 loss (at 1024² the loss did not
+//! change at all and runs stopped after one iteration). torch.optim.LBFGS only ends the
+//! current `step()` call on these tests, so a caller looping over `step()` never stops there.
 
 use crate::line_search::strong_wolfe;
 use crate::{Evaluation, Step};
@@ -60,6 +64,8 @@ struct Previous {
     step: Tensor,
     loss: f64,
     step_max: f64,
+    /// Whether this was the short first step (no lack-of-progress test after it).
+    first: bool,
 }
 
 /// L-BFGS state.
@@ -119,8 +125,9 @@ impl Lbfgs {
         let first = match &self.prev {
             None => true,
             Some(p) => {
-                if p.step_max <= self.cfg.tolerance_change
-                    || (at_x.loss - p.loss).abs() < self.cfg.tolerance_change
+                if !p.first
+                    && (p.step_max <= self.cfg.tolerance_change
+                        || (at_x.loss - p.loss).abs() < self.cfg.tolerance_change)
                 {
                     return Ok(Step::Converged);
                 }
@@ -165,6 +172,7 @@ impl Lbfgs {
             step_max: step.abs_max() as f64,
             step,
             loss: at_x.loss,
+            first,
         });
         Ok(Step::Moved { x: x_next, eval })
     }

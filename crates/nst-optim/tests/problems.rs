@@ -163,3 +163,24 @@ fn converged_at_a_stationary_point() {
     let (_, iters, _) = run(&mut opt, &f, vec![1.0; 3], 10);
     assert_eq!(iters, 1);
 }
+
+/// f(x) = 1e7 + ½ Σ xᵢ², its loss rounded to f32 like a real objective's. The first step
+/// (length 1/‖g‖₁) lowers the loss by ‖g‖²/‖g‖₁ ≈ 0.04, below the f32 spacing at 1e7 (1.0),
+/// so the reported loss does not change: L-BFGS must go on, not call that convergence.
+#[test]
+fn lbfgs_continues_when_the_first_step_is_below_loss_resolution() {
+    let f = |x: &Tensor| -> Result<Evaluation, TensorError> {
+        let v = x.to_vec();
+        let loss = 1e7 + 0.5 * v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
+        Ok(Evaluation {
+            parts: vec![],
+            loss: loss as f32 as f64,
+            grad: x.clone(),
+        })
+    };
+    let x0: Vec<f32> = (0..1000).map(|i| 0.01 * (i % 7 + 1) as f32).collect();
+    let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
+    let (x, iters, _) = run(&mut opt, &f, x0, 10);
+    assert!(iters >= 2, "stopped after {iters} iteration(s)");
+    assert!(x.abs_max() < 1e-4, "max |x| = {} after {iters} iterations", x.abs_max());
+}
