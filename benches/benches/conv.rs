@@ -1,4 +1,5 @@
-//! Convolution forward and input-gradient for the VGG-19 layer shapes at 256² and 512².
+//! Convolution forward (Winograd where it applies, and im2col for comparison) and
+//! input-gradient for the VGG-19 layer shapes at 256² and 512².
 //! Throughput is reported in elements/s where one element is one FLOP, so criterion's
 //! "Gelem/s" reads as GFLOP/s.
 //!
@@ -6,7 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nst_benches::{vgg_conv, VGG19_CONVS};
-use nst_cpu::conv::{conv2d_backward_input, conv2d_forward};
+use nst_cpu::conv::{conv2d_backward_input, conv2d_forward, conv2d_forward_direct};
 use std::time::Duration;
 
 fn conv(c: &mut Criterion) {
@@ -25,6 +26,10 @@ fn conv(c: &mut Criterion) {
             group.throughput(Throughput::Elements(p.flops() as u64));
             group.bench_function(BenchmarkId::new("forward", name), |b| {
                 b.iter(|| conv2d_forward(&p, &x, &w, None, &mut y))
+            });
+            // im2col + GEMM, to compare with the Winograd path that `forward` takes.
+            group.bench_function(BenchmarkId::new("forward_im2col", name), |b| {
+                b.iter(|| conv2d_forward_direct(&p, &x, &w, None, &mut y))
             });
             group.bench_function(BenchmarkId::new("input_grad", name), |b| {
                 b.iter(|| conv2d_backward_input(&p, &y, &w, &mut dx))

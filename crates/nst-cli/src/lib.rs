@@ -18,6 +18,7 @@
 //! - [`image_io`]: decoding with limits, resampling, atomic encoding.
 //! - [`progress`], [`report`]: what the user sees while it runs and the JSON report.
 
+pub mod allocator;
 pub mod args;
 pub mod color;
 pub mod config;

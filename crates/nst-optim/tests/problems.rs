@@ -182,5 +182,9 @@ fn lbfgs_continues_when_the_first_step_is_below_loss_resolution() {
     let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
     let (x, iters, _) = run(&mut opt, &f, x0, 10);
     assert!(iters >= 2, "stopped after {iters} iteration(s)");
-    assert!(x.abs_max() < 1e-4, "max |x| = {} after {iters} iterations", x.abs_max());
+    assert!(
+        x.abs_max() < 1e-4,
+        "max |x| = {} after {iters} iterations",
+        x.abs_max()
+    );
 }
