@@ -10,6 +10,10 @@ Prints one JSON line: ms_per_iter (median, first iteration dropped as warm-up), 
 loss at the start, to check both sides computed the same thing) and peak_rss_bytes.
 
     python3 torch_nst.py --weights W --content C.f32 --style S.f32 --size N --iters K --threads T
+        [--device cpu|cuda]
+
+With --device cuda (scripts/device-check.sh) it synchronises before reading the clock, allows
+TF32 as PyTorch does by default for cuDNN convolutions, and adds peak_gpu_bytes.
 """
 
 import argparse
@@ -59,7 +63,7 @@ def load_vgg(path):
 
 def features(vgg, rgb, wanted):
     """Activations at `wanted` for an RGB 0..255 image, stopping at the deepest one."""
-    x = rgb[:, [2, 1, 0]] - CAFFE_MEAN_BGR
+    x = rgb[:, [2, 1, 0]] - CAFFE_MEAN_BGR.to(rgb.device)
     out = {}
     for name, w, b in vgg:
         x = F.relu(F.conv2d(x, w, b, padding=1), inplace=True)
@@ -86,14 +90,17 @@ def main():
     ap.add_argument("--size", type=int, required=True)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
-    vgg = load_vgg(args.weights)
+    vgg = [(n, w.to(dev), b.to(dev)) for n, w, b in load_vgg(args.weights)]
     s = args.size
 
     def image(path):
-        return torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(1, 3, s, s))
+        return torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(1, 3, s, s)).to(dev)
 
     content, style = image(args.content), image(args.style)
     wanted = set(STYLE_LAYERS) | {CONTENT_LAYER}
@@ -119,14 +126,20 @@ def main():
 
     times, loss0 = [], None
     for _ in range(args.iters + 1):
+        sync()
         t = time.perf_counter()
         loss = opt.step(closure)
+        sync()
         times.append((time.perf_counter() - t) * 1e3)
         if loss0 is None:
             loss0 = float(loss)
     times.pop(0)  # warm-up
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"ms_per_iter": statistics.median(times), "loss0": loss0, "peak_rss_bytes": peak}))
+    result = {"ms_per_iter": statistics.median(times), "loss0": loss0, "peak_rss_bytes": peak}
+    if args.device == "cuda":
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+        result["gpu"] = torch.cuda.get_device_name()
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

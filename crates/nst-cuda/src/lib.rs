@@ -4,16 +4,25 @@
 //! run on machines with no CUDA toolkit, driver or GPU, and a missing piece becomes a
 //! run-time answer instead of a link error.
 //!
-//! Status: device discovery ([`probe`]). The NVRTC kernels and cuBLAS products that will let
-//! `nst-tensor` run on the GPU are not written yet, so [`probe`] reports a present GPU as
-//! usable hardware but [`BACKEND_READY`] is false and callers fall back to the CPU.
+//! - [`probe`]: finds device 0 (or says in one line why not).
+//! - [`kernels`]: the CUDA C source of every kernel nst-cpu has (im2col, bias, kernel flip,
+//!   ReLU, max/avg pooling forward and backward, elementwise, f64 reductions, Adam), compiled
+//!   to PTX by NVRTC at run time; CI compiles it with no GPU.
+//! - [`gpu::Gpu`]: device, stream, loaded kernels and a cuBLAS handle, with the operations
+//!   the parity tests check against nst-cpu (convolution as im2col + SGEMM among them).
+//!
+//! Status: `nst-tensor` has no `Device::Cuda` storage yet, so [`BACKEND_READY`] is false and
+//! `nst` runs on the CPU; the kernels and their parity tests are ready for that step.
 //!
 //! cudarc panics when a call needs a library it cannot load, so every entry point checks
 //! `is_culib_present()` for the driver, NVRTC and cuBLAS before touching anything else.
 
+pub mod gpu;
+pub mod kernels;
+
 use std::fmt;
 
-/// Whether the compute kernels exist in this build (they do not yet).
+/// Whether nst-tensor can run a whole iteration on the GPU in this build (not yet).
 pub const BACKEND_READY: bool = false;
 
 /// What a probe found.

@@ -1,0 +1,161 @@
+// nst CUDA kernels, compiled at run time by NVRTC (no CUDA toolkit needed at build time).
+// The f32 counterparts of nst-cpu's kernels, same NCHW layouts; products go to cuBLAS.
+// Every kernel uses a grid-stride loop, so any grid size covers any n.
+
+#define GRID_STRIDE(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)blockDim.x * gridDim.x)
+
+extern "C" {
+
+// cols[k][p] for one image, k = (ci·kh + ky)·kw + kx, p = oy·ow + ox (zero outside the image).
+__global__ void im2col(const float* x, float* cols, int cin, int h, int w, int kh, int kw,
+                       int stride, int pad, int oh, int ow) {
+    long long n = (long long)cin * kh * kw * oh * ow;
+    GRID_STRIDE(i, n) {
+        int p = (int)(i % ((long long)oh * ow));
+        int k = (int)(i / ((long long)oh * ow));
+        int kx = k % kw, ky = (k / kw) % kh, ci = k / (kw * kh);
+        int oy = p / ow, ox = p % ow;
+        int iy = oy * stride + ky - pad, ix = ox * stride + kx - pad;
+        cols[i] = (iy >= 0 && iy < h && ix >= 0 && ix < w)
+                      ? x[((long long)ci * h + iy) * w + ix] : 0.0f;
+    }
+}
+
+// y[c][p] += b[c] over `planes` = batch·channels planes of `hw` values.
+__global__ void add_bias(float* y, const float* b, int channels, long long planes, int hw) {
+    GRID_STRIDE(i, planes * hw) { y[i] += b[(i / hw) % channels]; }
+}
+
+// wf[ci][co][kh−1−ky][kw−1−kx] = w[co][ci][ky][kx]: the input gradient of a stride-1
+// convolution is a forward convolution of dy with this kernel.
+__global__ void flip_kernel(const float* w, float* wf, int cout, int cin, int kh, int kw) {
+    GRID_STRIDE(i, (long long)cout * cin * kh * kw) {
+        int kx = (int)(i % kw), ky = (int)((i / kw) % kh);
+        int ci = (int)((i / (kw * kh)) % cin), co = (int)(i / ((long long)kw * kh * cin));
+        wf[(((long long)ci * cout + co) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)] = w[i];
+    }
+}
+
+__global__ void relu_forward(const float* x, float* y, long long n) {
+    GRID_STRIDE(i, n) { y[i] = x[i] > 0.0f ? x[i] : 0.0f; }
+}
+
+// dx = dy where the ReLU output was positive (the CPU rule: gradient 0 at 0).
+__global__ void relu_backward(const float* y, const float* dy, float* dx, long long n) {
+    GRID_STRIDE(i, n) { dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; }
+}
+
+// 2×2, stride 2, floor mode; argmax is the flat index in the input plane (first maximum
+// in row-major order wins ties, as in PyTorch).
+__global__ void max_pool2x2_forward(const float* x, float* y, int* argmax, long long planes,
+                                    int h, int w, int oh, int ow) {
+    GRID_STRIDE(i, planes * oh * ow) {
+        long long plane = i / ((long long)oh * ow);
+        int p = (int)(i % ((long long)oh * ow));
+        int oy = p / ow, ox = p % ow;
+        const float* src = x + plane * h * w;
+        int best = (2 * oy) * w + 2 * ox;
+        float v = src[best];
+        for (int dy = 0; dy < 2; dy++)
+            for (int dx = 0; dx < 2; dx++) {
+                int j = (2 * oy + dy) * w + 2 * ox + dx;
+                if (src[j] > v || (src[j] != src[j] && v == v)) { v = src[j]; best = j; }
+            }
+        y[i] = v;
+        argmax[i] = best;
+    }
+}
+
+// dx must be zeroed first; windows do not overlap, so each input gets at most one write.
+__global__ void max_pool2x2_backward(const float* dy, const int* argmax, float* dx,
+                                     long long planes, int h, int w, int oh, int ow) {
+    GRID_STRIDE(i, planes * oh * ow) {
+        long long plane = i / ((long long)oh * ow);
+        dx[plane * h * w + argmax[i]] = dy[i];
+    }
+}
+
+__global__ void avg_pool2x2_forward(const float* x, float* y, long long planes, int h, int w,
+                                    int oh, int ow) {
+    GRID_STRIDE(i, planes * oh * ow) {
+        long long plane = i / ((long long)oh * ow);
+        int p = (int)(i % ((long long)oh * ow));
+        const float* s = x + plane * h * w + (2 * (p / ow)) * w + 2 * (p % ow);
+        y[i] = 0.25f * (s[0] + s[1] + s[w] + s[w + 1]);
+    }
+}
+
+// dx must be zeroed first (rows/columns beyond the floor keep zero gradient).
+__global__ void avg_pool2x2_backward(const float* dy, float* dx, long long planes, int h, int w,
+                                     int oh, int ow) {
+    GRID_STRIDE(i, planes * oh * ow) {
+        long long plane = i / ((long long)oh * ow);
+        int p = (int)(i % ((long long)oh * ow));
+        float* d = dx + plane * h * w + (2 * (p / ow)) * w + 2 * (p % ow);
+        float g = 0.25f * dy[i];
+        d[0] = g; d[1] = g; d[w] = g; d[w + 1] = g;
+    }
+}
+
+// out = a·x + b·y
+__global__ void axpby(float a, const float* x, float b, const float* y, float* out, long long n) {
+    GRID_STRIDE(i, n) { out[i] = a * x[i] + b * y[i]; }
+}
+
+__global__ void scale(float a, const float* x, float* out, long long n) {
+    GRID_STRIDE(i, n) { out[i] = a * x[i]; }
+}
+
+__global__ void mul(const float* x, const float* y, float* out, long long n) {
+    GRID_STRIDE(i, n) { out[i] = x[i] * y[i]; }
+}
+
+// Reductions accumulate in double, like nst-cpu: one partial per block, added atomically to
+// *out (which the caller zeroes). op: 0 Σ(a−b)², 1 Σa·b, 2 Σ|a|, 3 Σa.
+__global__ void reduce_sum(const float* a, const float* b, double* out, long long n, int op) {
+    __shared__ double part[256];
+    double acc = 0.0;
+    GRID_STRIDE(i, n) {
+        double x = a[i];
+        if (op == 0) { double d = x - (double)b[i]; acc += d * d; }
+        else if (op == 1) acc += x * (double)b[i];
+        else if (op == 2) acc += fabs(x);
+        else acc += x;
+    }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(out, part[0]);
+}
+
+// max |a|; *out starts at 0. Non-negative floats order like their bit patterns as ints.
+__global__ void abs_max(const float* a, int* out, long long n) {
+    __shared__ float part[256];
+    float m = 0.0f;
+    GRID_STRIDE(i, n) { m = fmaxf(m, fabsf(a[i])); }
+    part[threadIdx.x] = m;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] = fmaxf(part[threadIdx.x], part[threadIdx.x + s]);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicMax(out, __float_as_int(part[0]));
+}
+
+// Adam (Kingma & Ba), the update nst-cpu's adam_update makes; t is the 1-based step.
+__global__ void adam_update(float* x, const float* g, float* m, float* v, float lr, float beta1,
+                            float beta2, float eps, int t, long long n) {
+    float c1 = 1.0f - powf(beta1, (float)t), c2 = 1.0f - powf(beta2, (float)t);
+    GRID_STRIDE(i, n) {
+        m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
+        v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
+        x[i] -= lr * (m[i] / c1) / (sqrtf(v[i] / c2) + eps);
+    }
+}
+
+}  // extern "C"
