@@ -174,6 +174,27 @@ pub fn conv2d_forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>,
     }
 }
 
+/// `y = max(conv(x, w) + b, 0)`, the convolution and its ReLU in one pass over the output
+/// (fused into Winograd's output transform; after the product otherwise).
+pub fn conv2d_relu_forward(
+    p: &Conv2dParams,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    if use_winograd(p) {
+        p.check(x.len(), w.len(), y.len());
+        crate::winograd::conv3x3_relu_forward(p, x, w, b, y);
+    } else {
+        conv2d_forward_direct(p, x, w, b, y);
+        y.par_chunks_mut(1 << 16).for_each(|c| {
+            c.iter_mut()
+                .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 })
+        });
+    }
+}
+
 /// Whether [`conv2d_forward`] takes the Winograd path: 3×3, stride 1, padding 1, at least
 /// [`WINOGRAD_MIN_IN_CHANNELS`] input channels, unless the environment variable
 /// `NST_CONV=direct` asks for im2col everywhere (to compare the two).

@@ -180,11 +180,14 @@ fn transform_inputs(p: &Conv2dParams, x: &[f32], t0: usize, t1: usize, v: &mut [
         });
 }
 
-/// Writes `y = Aᵀ M A (+ bias)` for tiles `[t0, t1)` into the single-image output `y`.
+/// Writes `y = Aᵀ M A (+ bias)`, through a ReLU when `relu`, for tiles `[t0, t1)` into the
+/// single-image output `y`.
+#[allow(clippy::too_many_arguments)]
 fn transform_outputs(
     p: &Conv2dParams,
     m: &[f32],
     b: Option<&[f32]>,
+    relu: bool,
     t0: usize,
     t1: usize,
     y: &mut [f32],
@@ -220,7 +223,9 @@ fn transform_outputs(
                     for (i, out_row) in out.iter().enumerate().take(oh - y0.min(oh)) {
                         let dst = &mut plane[(y0 + i) * ow..][..ow];
                         for (j, o) in out_row.iter().enumerate().take(ow - x0) {
-                            dst[x0 + j] = o[l] + bias;
+                            let v = o[l] + bias;
+                            // Same rule as relu_forward: anything not > 0 (NaN too) becomes 0.
+                            dst[x0 + j] = if !relu || v > 0.0 { v } else { 0.0 };
                         }
                     }
                 }
@@ -236,6 +241,22 @@ fn chunk_tiles(p: &Conv2dParams) -> usize {
 
 /// `y = conv(x, w) + b` for a 3×3, stride-1, padding-1 convolution (see [`applies`]).
 pub fn conv3x3_forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
+    conv3x3(p, x, w, b, false, y)
+}
+
+/// `y = max(conv(x, w) + b, 0)`: [`conv3x3_forward`] with the ReLU applied as each output
+/// is written, so the pre-activation never exists.
+pub fn conv3x3_relu_forward(
+    p: &Conv2dParams,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    conv3x3(p, x, w, b, true, y)
+}
+
+fn conv3x3(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, relu: bool, y: &mut [f32]) {
     assert!(
         applies(p),
         "winograd: needs a 3×3 kernel, stride 1, padding 1"
@@ -263,7 +284,7 @@ pub fn conv3x3_forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>
                     let (v, m) = (&mut v_buf[..XI * cin * tc], &mut m_buf[..XI * cout * tc]);
                     transform_inputs(p, xn, t0, t1, v);
                     multiply_transformed(cin, cout, tc, u, v, m);
-                    transform_outputs(p, m, b, t0, t1, yn);
+                    transform_outputs(p, m, b, relu, t0, t1, yn);
                 }
             }
         })

@@ -12,6 +12,8 @@ pub(crate) enum Op {
         w: Tensor,
         b: Option<Tensor>,
         p: Conv2dParams,
+        /// Fused ReLU: the output is max(conv + b, 0).
+        relu: bool,
     },
     Relu {
         x: Tensor,
@@ -71,7 +73,9 @@ impl Op {
     /// `grad` = ∂L/∂out.
     pub(crate) fn backward(&self, out: &Tensor, grad: &[f32]) -> Result<Vec<InputGrad>> {
         Ok(match self {
-            Op::Conv2d { x, w, b, p } => ops::conv::backward(x, w, b.as_ref(), p, grad),
+            Op::Conv2d { x, w, b, p, relu } => {
+                ops::conv::backward(x, w, b.as_ref(), p, *relu, out, grad)
+            }
             Op::Relu { x } => ops::relu::backward(x, out, grad),
             Op::MaxPool { x, p, argmax } => ops::pool::max_backward(x, p, argmax, grad),
             Op::AvgPool { x, p } => ops::pool::avg_backward(x, p, grad),

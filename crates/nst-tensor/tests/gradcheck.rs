@@ -132,6 +132,46 @@ fn conv2d_gradients() {
     }
 }
 
+/// The fused conv + ReLU against conv followed by ReLU (itself checked by finite differences
+/// above): same output and same gradients for x, w and b, on the im2col path (3 input
+/// channels) and the Winograd path (16).
+#[test]
+fn fused_conv_relu_matches_conv_then_relu() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for (x, w) in [([1, 3, 6, 7], [5, 3, 3, 3]), ([1, 16, 9, 10], [8, 16, 3, 3])] {
+        let inputs = [
+            uniform(&mut rng, &x),
+            uniform(&mut rng, &w),
+            uniform(&mut rng, &[w[0]]),
+        ];
+        let run = |fused: bool| {
+            let t: Vec<Tensor> = inputs
+                .iter()
+                .map(|i| Tensor::variable(i.data.clone(), &i.shape, &DEV).unwrap())
+                .collect();
+            let y = if fused {
+                t[0].conv2d_relu(&t[1], Some(&t[2]), 1, 1).unwrap()
+            } else {
+                t[0].conv2d(&t[1], Some(&t[2]), 1, 1).unwrap().relu().unwrap()
+            };
+            let g = y.square().unwrap().sum().unwrap().backward().unwrap();
+            let mut v = vec![y.to_vec()];
+            v.extend(t.iter().map(|t| g.get(t).unwrap().to_vec()));
+            v
+        };
+        let (fused, plain) = (run(true), run(false));
+        assert!(fused[0].iter().any(|&v| v == 0.0) && fused[0].iter().any(|&v| v > 0.0));
+        for (k, (a, b)) in fused.iter().zip(&plain).enumerate() {
+            let err = a
+                .iter()
+                .zip(b)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(err <= 1e-5 * scale, "{x:?}: part {k} differs by {err:e}");
+        }
+    }
+}
+
 #[test]
 fn relu_gradient() {
     let mut rng = StdRng::seed_from_u64(2);

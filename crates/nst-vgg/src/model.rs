@@ -107,9 +107,17 @@ impl Vgg19 {
         };
         let mut out: Vec<Option<Tensor>> = vec![None; layers.len()];
         let mut x = self.preprocess(rgb)?;
+        let mut relu_done = false;
         for layer in Layer::all().take(deepest.index() + 1) {
             x = match layer.kind() {
+                // A conv whose own output nobody asked for runs with its ReLU fused: the
+                // pre-activation is never stored.
+                LayerKind::Conv(i) if !layers.contains(&layer) => {
+                    relu_done = true;
+                    x.conv2d_relu(&self.convs[i].0, Some(&self.convs[i].1), 1, 1)?
+                }
                 LayerKind::Conv(i) => x.conv2d(&self.convs[i].0, Some(&self.convs[i].1), 1, 1)?,
+                LayerKind::Relu if std::mem::take(&mut relu_done) => x,
                 LayerKind::Relu => x.relu()?,
                 LayerKind::Pool => match self.pooling {
                     Pooling::Max => x.max_pool2d()?,
