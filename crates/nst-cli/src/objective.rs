@@ -136,6 +136,8 @@ impl<'a> Objective<'a> {
             jc = jc.add(&content_loss(f, t)?)?;
         }
         let js = style_loss(style_feats, &self.style_targets, &self.weights.style_layers)?;
+        // Let backward free each activation once its gradient is through (see Tensor::backward).
+        drop(feats);
         let w = &self.weights;
         let mut total = jc.scale(w.content)?.add(&js.scale(w.style)?)?;
         let tv = if w.tv > 0.0 {

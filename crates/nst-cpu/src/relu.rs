@@ -31,3 +31,17 @@ pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
             }
         });
 }
+
+/// `dy[i] = 0` wherever `y[i]` is not positive: [`relu_backward`] in place.
+pub fn relu_mask_in_place(y: &[f32], dy: &mut [f32]) {
+    assert_eq!(y.len(), dy.len(), "relu: lengths");
+    dy.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK))
+        .for_each(|(dy, y)| {
+            for (d, &y) in dy.iter_mut().zip(y) {
+                if y <= 0.0 || y.is_nan() {
+                    *d = 0.0;
+                }
+            }
+        });
+}

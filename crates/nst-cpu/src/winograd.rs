@@ -12,7 +12,8 @@
 //! (the input transform, per input channel and tile). The transforms run 8 tiles at a time
 //! (lanes) so the compiler can vectorise them across tiles.
 //!
-//! Memory: tiles are processed in chunks whose V and M buffers fit in [`CHUNK_FLOATS`], so no
+//! Memory: tiles are processed in chunks of about [`CHUNK_FLOATS`] of V and M (at least 64
+//! tiles, 9.4 MiB for the 512-channel layers), so no
 //! layer at any image size needs more than that beyond its input and output.
 //!
 //! Accuracy: the transforms use the points 0, ±1, ±2 (and ∞), whose constants are exact in
@@ -32,8 +33,13 @@ const A: usize = 6;
 const XI: usize = A * A;
 /// Tiles transformed together (SIMD lanes).
 const LANES: usize = 8;
-/// Upper bound on the V and M chunk buffers together, in f32 elements (16 MiB).
-pub const CHUNK_FLOATS: usize = 4 << 20;
+/// Target size of the V and M chunk buffers together, in f32 elements (4 MiB). Smaller
+/// chunks stay in cache between the transforms and the products: at 16 MiB conv1_2 at 512²
+/// took 209 ms, at 4 MiB 115 ms (conv4_x 88 → 80 ms); chunks of under [`MIN_CHUNK_TILES`]
+/// make the products too thin.
+pub const CHUNK_FLOATS: usize = 1 << 20;
+/// The fewest tiles per chunk (the 512-channel layers would otherwise get 28).
+const MIN_CHUNK_TILES: usize = 64;
 
 /// Whether [`conv3x3_forward`] computes this convolution: 3×3 kernel, stride 1, padding 1.
 pub fn applies(p: &Conv2dParams) -> bool {
@@ -105,23 +111,35 @@ fn kernel_1d(g: [f64; 3]) -> [f64; A] {
     ]
 }
 
+/// Input channels transformed together: one 64-byte cache line of each U row per write.
+/// (Writing one value per row at a time, rows 2 KiB apart at 512 channels, all fell in two L1
+/// sets and thrashed: 4% of an iteration.)
+const KERNEL_BLOCK: usize = 16;
+
 /// `U[co][ξ][ci] = (G g Gᵀ)[ξ]` for every output/input channel pair.
 fn transform_kernels(p: &Conv2dParams, w: &[f32], u: &mut [f32]) {
     let cin = p.in_channels;
     u.par_chunks_mut(XI * cin)
         .zip(w.par_chunks(cin * 9))
         .for_each(|(u_co, w_co)| {
-            for ci in 0..cin {
-                let g = &w_co[ci * 9..ci * 9 + 9];
-                // Columns first: t[i][x] = (G g)[i][x], then rows: U[i][j] = (t Gᵀ)[i][j].
-                let cols: [[f64; A]; 3] = std::array::from_fn(|x| {
-                    kernel_1d([g[x] as f64, g[3 + x] as f64, g[6 + x] as f64])
-                });
-                for i in 0..A {
-                    let row = kernel_1d([cols[0][i], cols[1][i], cols[2][i]]);
-                    for (j, v) in row.into_iter().enumerate() {
-                        u_co[(i * A + j) * cin + ci] = v as f32;
+            for c0 in (0..cin).step_by(KERNEL_BLOCK) {
+                let cn = KERNEL_BLOCK.min(cin - c0);
+                let mut block = [[0.0f32; KERNEL_BLOCK]; XI];
+                for c in 0..cn {
+                    let g = &w_co[(c0 + c) * 9..][..9];
+                    // Columns first: t[i][x] = (G g)[i][x], then rows: U[i][j] = (t Gᵀ)[i][j].
+                    let cols: [[f64; A]; 3] = std::array::from_fn(|x| {
+                        kernel_1d([g[x] as f64, g[3 + x] as f64, g[6 + x] as f64])
+                    });
+                    for i in 0..A {
+                        let row = kernel_1d([cols[0][i], cols[1][i], cols[2][i]]);
+                        for (j, v) in row.into_iter().enumerate() {
+                            block[i * A + j][c] = v as f32;
+                        }
                     }
+                }
+                for (xi, b) in block.iter().enumerate() {
+                    u_co[xi * cin + c0..][..cn].copy_from_slice(&b[..cn]);
                 }
             }
         });
@@ -217,15 +235,15 @@ fn transform_outputs(
                     }
                 }
                 let out: [[[f32; LANES]; M]; M] = std::array::from_fn(|i| output_1d(t[i]));
+                let activate = |v: f32| if !relu || v > 0.0 { v } else { 0.0 };
                 for l in 0..lanes {
                     let (ty, tx) = ((g0 + l) / tw, (g0 + l) % tw);
                     let (y0, x0) = (ty * M, tx * M);
                     for (i, out_row) in out.iter().enumerate().take(oh - y0.min(oh)) {
                         let dst = &mut plane[(y0 + i) * ow..][..ow];
                         for (j, o) in out_row.iter().enumerate().take(ow - x0) {
-                            let v = o[l] + bias;
                             // Same rule as relu_forward: anything not > 0 (NaN too) becomes 0.
-                            dst[x0 + j] = if !relu || v > 0.0 { v } else { 0.0 };
+                            dst[x0 + j] = activate(o[l] + bias);
                         }
                     }
                 }
@@ -233,10 +251,11 @@ fn transform_outputs(
         });
 }
 
-/// Tiles per chunk so that V (C_in planes) and M (C_out planes) fit in [`CHUNK_FLOATS`].
+/// Tiles per chunk so that V (C_in planes) and M (C_out planes) fit in [`CHUNK_FLOATS`],
+/// but at least [`MIN_CHUNK_TILES`].
 fn chunk_tiles(p: &Conv2dParams) -> usize {
     let per_tile = XI * (p.in_channels + p.out_channels);
-    (CHUNK_FLOATS / per_tile).max(LANES) / LANES * LANES
+    (CHUNK_FLOATS / per_tile).max(MIN_CHUNK_TILES) / LANES * LANES
 }
 
 /// `y = conv(x, w) + b` for a 3×3, stride-1, padding-1 convolution (see [`applies`]).

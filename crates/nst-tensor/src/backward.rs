@@ -23,12 +23,23 @@ impl Grads {
     }
 }
 
+/// The op slot of a node (a poisoned lock only means another backward panicked mid-way).
+fn lock(t: &Tensor) -> std::sync::MutexGuard<'_, Option<crate::op::Op>> {
+    t.0.op.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Tensor {
     /// ∂self/∂v for every variable `v` that `self` (a one-element tensor) depends on.
     ///
     /// The sweep visits recorded tensors newest first (the tape in reverse), so each node's
     /// gradient is complete before it is propagated; intermediate gradients are freed as soon
     /// as they have been used.
+    ///
+    /// Like PyTorch's default (`retain_graph=False`), the sweep frees the graph as it goes:
+    /// each op's record, and with it the activations it saved, is dropped once its gradients
+    /// are computed, so the deep layers' activations are gone before the shallow, large
+    /// gradients are formed (at 2048² this is gigabytes). Activations the caller still holds
+    /// stay alive. A second `backward` through the same ops is an error.
     pub fn backward(&self) -> Result<Grads> {
         if self.elem_count() != 1 {
             return Err(TensorError::NotScalar {
@@ -46,7 +57,7 @@ impl Tensor {
             if !t.requires_grad() || tape.contains_key(&t.id()) {
                 continue;
             }
-            if let Some(op) = &t.0.op {
+            if let Some(op) = &*lock(&t) {
                 stack.extend(op.inputs().into_iter().cloned());
             }
             tape.insert(t.id(), t);
@@ -59,9 +70,10 @@ impl Tensor {
             let Some(grad) = pending.remove(&id) else {
                 continue;
             };
-            match &node.0.op {
+            let op = lock(&node).take();
+            match op {
                 Some(op) => {
-                    for (input, g) in op.backward(&node, &grad)? {
+                    for (input, g) in op.backward(&node, grad)? {
                         match pending.get_mut(&input.id()) {
                             Some(acc) => nst_cpu::elementwise::add_assign(acc, &g),
                             None => {
@@ -70,6 +82,7 @@ impl Tensor {
                         }
                     }
                 }
+                None if node.0.recorded => return Err(TensorError::GraphFreed),
                 None => {
                     let g = Tensor::from_vec(grad, node.dims(), node.device())?;
                     grads.by_id.insert(id, g);
@@ -77,5 +90,29 @@ impl Tensor {
             }
         }
         Ok(grads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Device, Tensor, TensorError};
+    use std::sync::Arc;
+
+    #[test]
+    fn backward_frees_saved_activations_and_refuses_a_second_pass() {
+        let x = Tensor::variable(vec![1.0, -2.0, 3.0], &[3], &Device::Cpu).unwrap();
+        let a = x.scale(2.0).unwrap();
+        let loss = a.square().unwrap().sum().unwrap();
+        let a_weak = Arc::downgrade(&a.0);
+        drop(a);
+        // Still alive: the square op saved it for its gradient.
+        assert!(a_weak.upgrade().is_some());
+        let grads = loss.backward().unwrap();
+        assert_eq!(grads.get(&x).unwrap().to_vec(), vec![8.0, -16.0, 24.0]);
+        assert!(
+            a_weak.upgrade().is_none(),
+            "the activation outlived backward"
+        );
+        assert!(matches!(loss.backward(), Err(TensorError::GraphFreed)));
     }
 }

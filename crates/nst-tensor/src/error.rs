@@ -42,4 +42,7 @@ pub enum TensorError {
     /// `backward` was called on a tensor that does not depend on any variable.
     #[error("backward: the tensor does not depend on any variable")]
     NoGraph,
+    /// `backward` reached an op whose record an earlier `backward` already consumed.
+    #[error("backward: this graph was already used by an earlier backward (it frees the graph)")]
+    GraphFreed,
 }

@@ -8,7 +8,7 @@ use crate::storage::Storage;
 use crate::Result;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Creation order of tensors. The autodiff tape is the set of recorded tensors ordered by
 /// this id: an op's output is always newer than its inputs, so walking ids downwards is a
@@ -26,8 +26,10 @@ pub(crate) struct Inner {
     pub(crate) storage: Arc<Storage>,
     /// A leaf whose gradient `backward` reports.
     pub(crate) is_variable: bool,
-    /// How this tensor was computed, when that was recorded for autodiff.
-    pub(crate) op: Option<Op>,
+    /// Whether an op was recorded for autodiff (it stays true after backward consumed it).
+    pub(crate) recorded: bool,
+    /// How this tensor was computed, until `backward` takes it (freeing what it saved).
+    pub(crate) op: Mutex<Option<Op>>,
 }
 
 impl Tensor {
@@ -44,7 +46,8 @@ impl Tensor {
             device: device.clone(),
             storage,
             is_variable,
-            op,
+            recorded: op.is_some(),
+            op: Mutex::new(op),
         }))
     }
 
@@ -166,7 +169,7 @@ impl Tensor {
 
     /// True for a variable, or for a result that depends on one through recorded ops.
     pub fn requires_grad(&self) -> bool {
-        self.0.is_variable || self.0.op.is_some()
+        self.0.is_variable || self.0.recorded
     }
 
     /// A unique id (creation order); [`crate::Grads`] is keyed by it.

@@ -5,7 +5,7 @@ use crate::{Result, Tensor, TensorError};
 use nst_cpu::conv::{
     conv2d_backward_input, conv2d_backward_weight, conv2d_forward, conv2d_relu_forward,
 };
-use nst_cpu::relu::relu_backward;
+use nst_cpu::relu::relu_mask_in_place;
 use nst_cpu::Conv2dParams;
 
 impl Tensor {
@@ -105,17 +105,13 @@ pub(crate) fn backward(
     p: &Conv2dParams,
     relu: bool,
     out: &Tensor,
-    dy: &[f32],
+    mut dy: Vec<f32>,
 ) -> Vec<InputGrad> {
-    let masked;
-    let dy = if relu {
-        let mut m = vec![0.0; dy.len()];
-        relu_backward(out.data(), dy, &mut m);
-        masked = m;
-        &masked[..]
-    } else {
-        dy
-    };
+    if relu {
+        // ReLU's backward, in place: dy = 0 where the output is not positive.
+        relu_mask_in_place(out.data(), &mut dy);
+    }
+    let dy = &dy[..];
     let dx = x.requires_grad().then(|| {
         let mut dx = vec![0.0; p.input_len()];
         conv2d_backward_input(p, dy, w.data(), &mut dx);
