@@ -40,9 +40,15 @@ struct Row {
     result: Result<Measurement, String>,
 }
 
-/// Convolution GFLOP of one iteration at `size`², through `deepest`.
-fn gflop_per_iter(size: usize, deepest: Layer) -> f64 {
+/// The benchmark's loss layers (the `nst` defaults); relu5_1 is the deepest.
+const STYLE_LAYERS: [&str; 5] = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"];
+const CONTENT_LAYER: &str = "relu4_2";
+const DEEPEST: &str = "relu5_1";
+
+/// Convolution GFLOP of one iteration at `size`² (forward to [`DEEPEST`] and back).
+fn gflop_per_iter(size: usize) -> f64 {
     let channels = nst_vgg::weights::CONV_CHANNELS;
+    let deepest: Layer = DEEPEST.parse().expect("a VGG-19 layer name");
     let mut side = size;
     let mut flops = 0.0;
     for layer in Layer::all().take(deepest.index() + 1) {
@@ -81,11 +87,11 @@ fn time_cpu(size: usize, iters: usize, dump: Option<&Path>) -> Result<Measuremen
             std::fs::write(dir.join(format!("{name}_{size}.f32")), bytes)?;
         }
     }
-    let style_layers: Vec<Layer> = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    let style_layers = STYLE_LAYERS
         .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let content_layers: Vec<Layer> = vec!["relu4_2".parse()?];
+        .map(|s| s.parse())
+        .collect::<Result<Vec<Layer>, _>>()?;
+    let content_layers: Vec<Layer> = vec![CONTENT_LAYER.parse()?];
     let weights = Weights {
         content: 1.0,
         style: 1e-3,
@@ -231,7 +237,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let dir = PathBuf::from(format!("{ROOT}/target/bench"));
     std::fs::create_dir_all(&dir)?;
-    let threads = rayon_threads();
+    let threads = cpu_threads();
     let python = if peer { Some(peer_python()) } else { None };
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
@@ -314,17 +320,13 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn rayon_threads() -> usize {
+/// The thread count rayon (and so our kernels) uses by default, given to PyTorch too.
+fn cpu_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn gflops(size: usize, ms: f64) -> f64 {
-    gflop_per_iter(
-        size,
-        Layer::all()
-            .find(|l| l.name() == "relu5_1")
-            .expect("relu5_1"),
-    ) / (ms / 1e3)
+    gflop_per_iter(size) / (ms / 1e3)
 }
 
 fn mib(bytes: f64) -> String {

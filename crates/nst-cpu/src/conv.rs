@@ -18,6 +18,7 @@
 
 use crate::gemm::{gemm_strided, MatLayout};
 use crate::scratch::with_scratch;
+use crate::shared_out::SharedOut;
 use rayon::prelude::*;
 
 /// Upper bound on the banded im2col buffer, in f32 elements (64 MiB).
@@ -166,12 +167,7 @@ fn col2im_add(p: &Conv2dParams, cols: &[f32], oy0: usize, oy1: usize, dx: &mut [
 /// `y = conv(x, w) + b`: Winograd F(4×4, 3×3) where it applies (see [`use_winograd`]),
 /// otherwise [`conv2d_forward_direct`].
 pub fn conv2d_forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
-    if use_winograd(p) {
-        p.check(x.len(), w.len(), y.len());
-        crate::winograd::conv3x3_forward(p, x, w, b, y);
-    } else {
-        conv2d_forward_direct(p, x, w, b, y);
-    }
+    forward(p, x, w, b, false, y)
 }
 
 /// `y = max(conv(x, w) + b, 0)`, the convolution and its ReLU in one pass over the output
@@ -183,15 +179,17 @@ pub fn conv2d_relu_forward(
     b: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    forward(p, x, w, b, true, y)
+}
+
+fn forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, relu: bool, y: &mut [f32]) {
     if use_winograd(p) {
-        p.check(x.len(), w.len(), y.len());
-        crate::winograd::conv3x3_relu_forward(p, x, w, b, y);
+        crate::winograd::conv3x3_forward(p, x, w, b, relu, y);
     } else {
         conv2d_forward_direct(p, x, w, b, y);
-        y.par_chunks_mut(1 << 16).for_each(|c| {
-            c.iter_mut()
-                .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 })
-        });
+        if relu {
+            crate::relu::relu_in_place(y);
+        }
     }
 }
 
@@ -315,20 +313,6 @@ fn conv2d_forward_banded(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32
             }
         }
     });
-}
-
-/// A raw output pointer shared by tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: only used for disjoint writes (see conv2d_forward).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    // A method (not field access) so closures capture the whole Send + Sync wrapper.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
 }
 
 thread_local! {

@@ -25,6 +25,7 @@ pub mod linalg;
 pub mod pool;
 pub mod relu;
 mod scratch;
+mod shared_out;
 pub mod winograd;
 pub use scratch::release_scratch;
 

@@ -23,6 +23,7 @@
 use crate::conv::Conv2dParams;
 use crate::gemm::gemm_raw_serial;
 use crate::scratch::with_scratch;
+use crate::shared_out::SharedOut;
 use rayon::prelude::*;
 
 /// Output block side m in F(m×m, 3×3).
@@ -239,7 +240,7 @@ fn transform_outputs(
                 for l in 0..lanes {
                     let (ty, tx) = ((g0 + l) / tw, (g0 + l) % tw);
                     let (y0, x0) = (ty * M, tx * M);
-                    for (i, out_row) in out.iter().enumerate().take(oh - y0.min(oh)) {
+                    for (i, out_row) in out.iter().enumerate().take(oh - y0) {
                         let dst = &mut plane[(y0 + i) * ow..][..ow];
                         for (j, o) in out_row.iter().enumerate().take(ow - x0) {
                             // Same rule as relu_forward: anything not > 0 (NaN too) becomes 0.
@@ -258,24 +259,17 @@ fn chunk_tiles(p: &Conv2dParams) -> usize {
     (CHUNK_FLOATS / per_tile).max(MIN_CHUNK_TILES) / LANES * LANES
 }
 
-/// `y = conv(x, w) + b` for a 3×3, stride-1, padding-1 convolution (see [`applies`]).
-pub fn conv3x3_forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
-    conv3x3(p, x, w, b, false, y)
-}
-
-/// `y = max(conv(x, w) + b, 0)`: [`conv3x3_forward`] with the ReLU applied as each output
-/// is written, so the pre-activation never exists.
-pub fn conv3x3_relu_forward(
+/// `y = conv(x, w) + b` for a 3×3, stride-1, padding-1 convolution (see [`applies`]); with
+/// `relu`, `y = max(conv(x, w) + b, 0)`, applied as each output is written so the
+/// pre-activation never exists.
+pub fn conv3x3_forward(
     p: &Conv2dParams,
     x: &[f32],
     w: &[f32],
     b: Option<&[f32]>,
+    relu: bool,
     y: &mut [f32],
 ) {
-    conv3x3(p, x, w, b, true, y)
-}
-
-fn conv3x3(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, relu: bool, y: &mut [f32]) {
     assert!(
         applies(p),
         "winograd: needs a 3×3 kernel, stride 1, padding 1"
@@ -331,18 +325,4 @@ fn multiply_transformed(cin: usize, cout: usize, tc: usize, u: &[f32], v: &[f32]
             )
         }
     });
-}
-
-/// A raw output pointer shared by tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: only used for disjoint writes (see multiply_transformed).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    // A method (not field access) so closures capture the whole Send + Sync wrapper.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
 }

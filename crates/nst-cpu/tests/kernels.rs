@@ -509,7 +509,7 @@ fn winograd_matches_naive_on_awkward_shapes() {
             rand_vec(&mut rng, p.out_channels),
         );
         let mut y = vec![f32::NAN; p.output_len()];
-        nst_cpu::winograd::conv3x3_forward(&p, &x, &w, Some(&b), &mut y);
+        nst_cpu::winograd::conv3x3_forward(&p, &x, &w, Some(&b), false, &mut y);
         assert_close(
             &y,
             &conv_naive(&p, &x, &w, &b),
@@ -561,7 +561,7 @@ fn winograd_within_1e4_of_direct_on_vgg19_shapes() {
             .collect();
         let b = rand_vec(&mut rng, cout);
         let (mut fast, mut direct) = (vec![0.0; p.output_len()], vec![0.0; p.output_len()]);
-        nst_cpu::winograd::conv3x3_forward(&p, &x, &w, Some(&b), &mut fast);
+        nst_cpu::winograd::conv3x3_forward(&p, &x, &w, Some(&b), false, &mut fast);
         conv2d_forward_direct(&p, &x, &w, Some(&b), &mut direct);
         let peak = direct.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let worst = fast

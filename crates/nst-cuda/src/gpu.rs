@@ -26,8 +26,8 @@ pub struct Gpu {
 /// A one-line error (driver, cuBLAS, out of memory) for the user.
 pub type GpuResult<T> = Result<T, String>;
 
-fn err(what: &str) -> impl Fn(&dyn std::fmt::Debug) -> String + '_ {
-    move |e| format!("CUDA {what} failed: {e:?}")
+fn err(what: &str, e: impl std::fmt::Debug) -> String {
+    format!("CUDA {what} failed: {e:?}")
 }
 
 fn grid(n: usize) -> LaunchConfig {
@@ -46,19 +46,19 @@ impl Gpu {
         if let crate::Probe::Unavailable(why) = crate::probe() {
             return Err(why);
         }
-        let ctx = CudaContext::new(0).map_err(|e| err("device open")(&e))?;
+        let ctx = CudaContext::new(0).map_err(|e| err("device open", e))?;
         let stream = ctx.default_stream();
         let module = ctx
             .load_module(kernels::compile()?)
-            .map_err(|e| err("module load")(&e))?;
+            .map_err(|e| err("module load", e))?;
         let mut functions = HashMap::new();
         for &name in kernels::KERNEL_NAMES {
             let f = module
                 .load_function(name)
-                .map_err(|e| err("kernel load")(&e))?;
+                .map_err(|e| err("kernel load", e))?;
             functions.insert(name, f);
         }
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS init")(&e))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS init", e))?;
         Ok(Gpu {
             stream,
             blas,
@@ -68,19 +68,19 @@ impl Gpu {
 
     /// Copies host values to a new device buffer.
     pub fn upload(&self, v: &[f32]) -> GpuResult<CudaSlice<f32>> {
-        self.stream.clone_htod(v).map_err(|e| oom(v.len(), &e))
+        self.stream.clone_htod(v).map_err(|e| oom(v.len(), e))
     }
 
     /// Copies a device buffer back.
     pub fn download(&self, v: &CudaSlice<f32>) -> GpuResult<Vec<f32>> {
         self.stream
             .clone_dtoh(v)
-            .map_err(|e| err("copy to host")(&e))
+            .map_err(|e| err("copy to host", e))
     }
 
     /// A zeroed device buffer of `n` floats.
     pub fn zeros(&self, n: usize) -> GpuResult<CudaSlice<f32>> {
-        self.stream.alloc_zeros(n).map_err(|e| oom(n, &e))
+        self.stream.alloc_zeros(n).map_err(|e| oom(n, e))
     }
 
     fn f(&self, name: &str) -> &CudaFunction {
@@ -93,7 +93,7 @@ impl Gpu {
         let mut b = self.stream.launch_builder(self.f("relu_forward"));
         b.arg(x).arg(y).arg(&n);
         // SAFETY: argument types and order match the kernel; y has x's length.
-        unsafe { b.launch(grid(x.len())) }.map_err(|e| err("relu")(&e))?;
+        unsafe { b.launch(grid(x.len())) }.map_err(|e| err("relu", e))?;
         Ok(())
     }
 
@@ -110,7 +110,7 @@ impl Gpu {
         let mut b = self.stream.launch_builder(self.f("axpby"));
         b.arg(&a).arg(x).arg(&b_coef).arg(y).arg(out).arg(&n);
         // SAFETY: as above; all three buffers have length n.
-        unsafe { b.launch(grid(x.len())) }.map_err(|e| err("axpby")(&e))?;
+        unsafe { b.launch(grid(x.len())) }.map_err(|e| err("axpby", e))?;
         Ok(())
     }
 
@@ -125,7 +125,7 @@ impl Gpu {
         let (oh, ow) = (h / 2, w / 2);
         let n = planes * oh * ow;
         let mut y = self.zeros(n)?;
-        let mut arg = self.stream.alloc_zeros::<i32>(n).map_err(|e| oom(n, &e))?;
+        let mut arg = self.stream.alloc_zeros::<i32>(n).map_err(|e| oom(n, e))?;
         let (p, h, w, oh, ow) = (planes as i64, h as i32, w as i32, oh as i32, ow as i32);
         let mut b = self.stream.launch_builder(self.f("max_pool2x2_forward"));
         b.arg(x)
@@ -137,22 +137,22 @@ impl Gpu {
             .arg(&oh)
             .arg(&ow);
         // SAFETY: argument types and order match the kernel; sizes as allocated above.
-        unsafe { b.launch(grid(n)) }.map_err(|e| err("max pool")(&e))?;
+        unsafe { b.launch(grid(n)) }.map_err(|e| err("max pool", e))?;
         Ok((y, arg))
     }
 
     /// Σ (a − b)² accumulated in f64.
     pub fn sum_sq_diff(&self, a: &CudaSlice<f32>, b: &CudaSlice<f32>) -> GpuResult<f64> {
-        let mut out = self.stream.alloc_zeros::<f64>(1).map_err(|e| oom(1, &e))?;
+        let mut out = self.stream.alloc_zeros::<f64>(1).map_err(|e| oom(1, e))?;
         let (n, op) = (a.len() as i64, 0i32);
         let mut l = self.stream.launch_builder(self.f("reduce_sum"));
         l.arg(a).arg(b).arg(&mut out).arg(&n).arg(&op);
         // SAFETY: argument types and order match the kernel; a and b have length n.
-        unsafe { l.launch(grid(a.len())) }.map_err(|e| err("reduction")(&e))?;
+        unsafe { l.launch(grid(a.len())) }.map_err(|e| err("reduction", e))?;
         let v = self
             .stream
             .clone_dtoh(&out)
-            .map_err(|e| err("copy to host")(&e))?;
+            .map_err(|e| err("copy to host", e))?;
         Ok(v[0])
     }
 
@@ -180,7 +180,7 @@ impl Gpu {
             b.arg(a);
         }
         // SAFETY: argument types and order match the kernel; cols has kk·p elements.
-        unsafe { b.launch(grid(kk * p)) }.map_err(|e| err("im2col")(&e))?;
+        unsafe { b.launch(grid(kk * p)) }.map_err(|e| err("im2col", e))?;
         let mut y = self.zeros(cout * p)?;
         // Row-major y[C_out × P] = w[C_out × K] · cols[K × P] is, column-major,
         // yᵀ[P × C_out] = colsᵀ[P × K] · wᵀ[K × C_out]: no transposes needed.
@@ -197,18 +197,18 @@ impl Gpu {
             ldc: p as i32,
         };
         // SAFETY: the extents match the allocations above.
-        unsafe { self.blas.gemm(cfg, &cols, w, &mut y) }.map_err(|e| err("SGEMM")(&e))?;
+        unsafe { self.blas.gemm(cfg, &cols, w, &mut y) }.map_err(|e| err("SGEMM", e))?;
         let (channels, planes, hw) = (cout as i32, cout as i64, p as i32);
         let mut b = self.stream.launch_builder(self.f("add_bias"));
         b.arg(&mut y).arg(bias).arg(&channels).arg(&planes).arg(&hw);
         // SAFETY: argument types and order match the kernel.
-        unsafe { b.launch(grid(cout * p)) }.map_err(|e| err("bias")(&e))?;
+        unsafe { b.launch(grid(cout * p)) }.map_err(|e| err("bias", e))?;
         Ok(y)
     }
 }
 
 /// Allocation failures name the size, so the user can pick a smaller `--size`.
-fn oom(n: usize, e: &dyn std::fmt::Debug) -> String {
+fn oom(n: usize, e: impl std::fmt::Debug) -> String {
     format!(
         "CUDA could not allocate {:.1} MiB ({e:?}); try a smaller --size",
         n as f64 * 4.0 / (1 << 20) as f64

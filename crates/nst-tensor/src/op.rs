@@ -72,28 +72,23 @@ impl Op {
     /// The gradients of the op's inputs that require one, given `out` (this op's result) and
     /// `grad` = ∂L/∂out (owned, so an op may reuse its buffer).
     pub(crate) fn backward(&self, out: &Tensor, grad: Vec<f32>) -> Result<Vec<InputGrad>> {
-        match self {
-            Op::Conv2d { x, w, b, p, relu } => {
-                return Ok(ops::conv::backward(x, w, b.as_ref(), p, *relu, out, grad))
-            }
-            Op::Reshape { x } => return Ok(vec![(x.clone(), grad)]),
-            _ => {}
-        }
-        let grad = &grad[..];
         Ok(match self {
-            Op::Conv2d { .. } | Op::Reshape { .. } => unreachable!("handled above"),
+            Op::Conv2d { x, w, b, p, relu } => {
+                ops::conv::backward(x, w, b.as_ref(), p, *relu, out, grad)
+            }
             Op::Relu { x } => ops::relu::backward(x, out, grad),
-            Op::MaxPool { x, p, argmax } => ops::pool::max_backward(x, p, argmax, grad),
-            Op::AvgPool { x, p } => ops::pool::avg_backward(x, p, grad),
-            Op::Matmul { a, b } => ops::matmul::backward(a, b, grad),
-            Op::Gram { x, scale } => ops::gram::backward(x, *scale, grad),
-            Op::Transpose { x } => ops::shape::transpose_backward(x, grad),
-            Op::Add { a, b } => ops::elementwise::add_backward(a, b, grad),
-            Op::Sub { a, b } => ops::elementwise::sub_backward(a, b, grad),
-            Op::Mul { a, b } => ops::elementwise::mul_backward(a, b, grad),
-            Op::Scale { x, s } => ops::elementwise::scale_backward(x, *s, grad),
-            Op::Square { x } => ops::elementwise::square_backward(x, grad),
-            Op::Sum { x } => ops::reduce::sum_backward(x, grad),
+            Op::Reshape { x } => vec![(x.clone(), grad)],
+            Op::MaxPool { x, p, argmax } => ops::pool::max_backward(x, p, argmax, &grad),
+            Op::AvgPool { x, p } => ops::pool::avg_backward(x, p, &grad),
+            Op::Matmul { a, b } => ops::matmul::backward(a, b, &grad),
+            Op::Gram { x, scale } => ops::gram::backward(x, *scale, &grad),
+            Op::Transpose { x } => ops::shape::transpose_backward(x, &grad),
+            Op::Add { a, b } => ops::elementwise::add_backward(a, b, &grad),
+            Op::Sub { a, b } => ops::elementwise::sub_backward(a, b, &grad),
+            Op::Mul { a, b } => ops::elementwise::mul_backward(a, b, &grad),
+            Op::Scale { x, s } => ops::elementwise::scale_backward(x, *s, &grad),
+            Op::Square { x } => ops::elementwise::square_backward(x, &grad),
+            Op::Sum { x } => ops::reduce::sum_backward(x, &grad),
         })
     }
 

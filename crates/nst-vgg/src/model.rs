@@ -117,7 +117,11 @@ impl Vgg19 {
                     x.conv2d_relu(&self.convs[i].0, Some(&self.convs[i].1), 1, 1)?
                 }
                 LayerKind::Conv(i) => x.conv2d(&self.convs[i].0, Some(&self.convs[i].1), 1, 1)?,
-                LayerKind::Relu if std::mem::take(&mut relu_done) => x,
+                // Its ReLU was already applied by the fused conv just before.
+                LayerKind::Relu if relu_done => {
+                    relu_done = false;
+                    x
+                }
                 LayerKind::Relu => x.relu()?,
                 LayerKind::Pool => match self.pooling {
                     Pooling::Max => x.max_pool2d()?,

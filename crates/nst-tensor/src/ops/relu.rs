@@ -2,7 +2,7 @@
 
 use crate::op::{InputGrad, Op};
 use crate::{Result, Tensor};
-use nst_cpu::relu::{relu_backward, relu_forward};
+use nst_cpu::relu::{relu_forward, relu_mask_in_place};
 
 impl Tensor {
     /// `max(self, 0)` elementwise.
@@ -19,9 +19,9 @@ impl Tensor {
     }
 }
 
-/// Uses the output (`out > 0` ⇔ `x > 0`), matching PyTorch's gradient of 0 at x = 0.
-pub(crate) fn backward(x: &Tensor, out: &Tensor, dy: &[f32]) -> Vec<InputGrad> {
-    let mut dx = vec![0.0; dy.len()];
-    relu_backward(out.data(), dy, &mut dx);
-    vec![(x.clone(), dx)]
+/// Uses the output (`out > 0` ⇔ `x > 0`), matching PyTorch's gradient of 0 at x = 0; masks
+/// `dy` in place (the fused conv + ReLU does the same).
+pub(crate) fn backward(x: &Tensor, out: &Tensor, mut dy: Vec<f32>) -> Vec<InputGrad> {
+    relu_mask_in_place(out.data(), &mut dy);
+    vec![(x.clone(), dy)]
 }
