@@ -19,6 +19,7 @@
 use crate::gemm::{gemm_strided, MatLayout};
 use crate::scratch::with_scratch;
 use crate::shared_out::SharedOut;
+pub use nst_params::{Conv2dParams, ConvAlgorithm};
 use rayon::prelude::*;
 
 /// Upper bound on the banded im2col buffer, in f32 elements (64 MiB).
@@ -27,79 +28,21 @@ pub const MAX_COLS_ELEMS: usize = 16 << 20;
 /// Output positions per task in the block-parallel forward path.
 pub const BLOCK_COLS: usize = 256;
 
-/// The shape of one convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2dParams {
-    /// Batch size N.
-    pub batch: usize,
-    /// Input channels C_in.
-    pub in_channels: usize,
-    /// Input height H.
-    pub in_h: usize,
-    /// Input width W.
-    pub in_w: usize,
-    /// Output channels C_out.
-    pub out_channels: usize,
-    /// Kernel height kh.
-    pub kernel_h: usize,
-    /// Kernel width kw.
-    pub kernel_w: usize,
-    /// Stride (same along both axes).
-    pub stride: usize,
-    /// Zero padding on every side.
-    pub pad: usize,
+/// Output rows per band so the column buffer stays under [`MAX_COLS_ELEMS`].
+fn band_rows(p: &Conv2dParams) -> usize {
+    let per_row = p.patch_len() * p.out_w();
+    (MAX_COLS_ELEMS / per_row.max(1)).clamp(1, p.out_h().max(1))
 }
 
-impl Conv2dParams {
-    /// Output height (floor mode). Zero when the kernel does not fit.
-    pub fn out_h(&self) -> usize {
-        (self.in_h + 2 * self.pad)
-            .checked_sub(self.kernel_h)
-            .map_or(0, |d| d / self.stride + 1)
-    }
-    /// Output width (floor mode). Zero when the kernel does not fit.
-    pub fn out_w(&self) -> usize {
-        (self.in_w + 2 * self.pad)
-            .checked_sub(self.kernel_w)
-            .map_or(0, |d| d / self.stride + 1)
-    }
-    /// Rows of the column matrix: C_in·kh·kw.
-    pub fn patch_len(&self) -> usize {
-        self.in_channels * self.kernel_h * self.kernel_w
-    }
-    /// Elements of x.
-    pub fn input_len(&self) -> usize {
-        self.batch * self.in_channels * self.in_h * self.in_w
-    }
-    /// Elements of w.
-    pub fn weight_len(&self) -> usize {
-        self.out_channels * self.patch_len()
-    }
-    /// Elements of y.
-    pub fn output_len(&self) -> usize {
-        self.batch * self.out_channels * self.out_h() * self.out_w()
-    }
-    /// Multiply-adds ×2 of the forward pass (the input gradient costs the same).
-    pub fn flops(&self) -> f64 {
-        2.0 * (self.batch * self.out_channels * self.out_h() * self.out_w()) as f64
-            * self.patch_len() as f64
-    }
-    /// Output rows per band so the column buffer stays under [`MAX_COLS_ELEMS`].
-    fn band_rows(&self) -> usize {
-        let per_row = self.patch_len() * self.out_w();
-        (MAX_COLS_ELEMS / per_row.max(1)).clamp(1, self.out_h().max(1))
-    }
-    fn check(&self, x: usize, w: usize, y: usize) {
-        assert!(self.stride >= 1, "conv2d: stride must be at least 1");
-        assert_eq!(x, self.input_len(), "conv2d: input length");
-        assert_eq!(w, self.weight_len(), "conv2d: weight length");
-        assert_eq!(y, self.output_len(), "conv2d: output length");
-    }
+fn check(p: &Conv2dParams, x: usize, w: usize, y: usize) {
+    assert!(p.stride >= 1, "conv2d: stride must be at least 1");
+    assert_eq!(x, p.input_len(), "conv2d: input length");
+    assert_eq!(w, p.weight_len(), "conv2d: weight length");
+    assert_eq!(y, p.output_len(), "conv2d: output length");
 }
-
 /// The output rows `[oy0, oy1)` of every band.
 fn bands(p: &Conv2dParams) -> impl Iterator<Item = (usize, usize)> {
-    let (oh, step) = (p.out_h(), p.band_rows());
+    let (oh, step) = (p.out_h(), band_rows(p));
     (0..oh)
         .step_by(step)
         .map(move |oy0| (oy0, (oy0 + step).min(oh)))
@@ -134,6 +77,24 @@ fn im2col(p: &Conv2dParams, x: &[f32], oy0: usize, oy1: usize, cols: &mut [f32])
         });
 }
 
+/// `W̃[ci, co, y, x] = W[co, ci, kh−1−y, kw−1−x]`: the kernel of the input gradient as a
+/// forward convolution (spatially flipped, channel axes swapped).
+pub fn flip_kernel(p: &Conv2dParams, w: &[f32], flipped: &mut [f32]) {
+    let (kh, kw, cin, cout) = (p.kernel_h, p.kernel_w, p.in_channels, p.out_channels);
+    assert_eq!(w.len(), p.weight_len(), "flip_kernel: weight length");
+    assert_eq!(flipped.len(), w.len(), "flip_kernel: output length");
+    for co in 0..cout {
+        for ci in 0..cin {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    flipped[((ci * cout + co) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)] =
+                        w[((co * cin + ci) * kh + ky) * kw + kx];
+                }
+            }
+        }
+    }
+}
+
 /// Adds `cols[K × band]` back onto the input-shaped `dx` of one image (the adjoint of im2col).
 fn col2im_add(p: &Conv2dParams, cols: &[f32], oy0: usize, oy1: usize, dx: &mut [f32]) {
     let (ow, band) = (p.out_w(), (oy1 - oy0) * p.out_w());
@@ -164,26 +125,42 @@ fn col2im_add(p: &Conv2dParams, cols: &[f32], oy0: usize, oy1: usize, dx: &mut [
         });
 }
 
-/// `y = conv(x, w) + b`: Winograd F(4×4, 3×3) where it applies (see [`use_winograd`]),
-/// otherwise [`conv2d_forward_direct`].
-pub fn conv2d_forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
-    forward(p, x, w, b, false, y)
+/// `y = conv(x, w) + b` by `algo`: with [`ConvAlgorithm::Fastest`], Winograd F(4×4, 3×3)
+/// where it pays (see [`use_winograd`]), otherwise [`conv2d_forward_direct`].
+pub fn conv2d_forward(
+    p: &Conv2dParams,
+    algo: ConvAlgorithm,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    forward(p, algo, x, w, b, false, y)
 }
 
 /// `y = max(conv(x, w) + b, 0)`, the convolution and its ReLU in one pass over the output
 /// (fused into Winograd's output transform; after the product otherwise).
 pub fn conv2d_relu_forward(
     p: &Conv2dParams,
+    algo: ConvAlgorithm,
     x: &[f32],
     w: &[f32],
     b: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    forward(p, x, w, b, true, y)
+    forward(p, algo, x, w, b, true, y)
 }
 
-fn forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, relu: bool, y: &mut [f32]) {
-    if use_winograd(p) {
+fn forward(
+    p: &Conv2dParams,
+    algo: ConvAlgorithm,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) {
+    if use_winograd(p, algo) {
         crate::winograd::conv3x3_forward(p, x, w, b, relu, y);
     } else {
         conv2d_forward_direct(p, x, w, b, y);
@@ -193,14 +170,13 @@ fn forward(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, relu: bool
     }
 }
 
-/// Whether [`conv2d_forward`] takes the Winograd path: 3×3, stride 1, padding 1, at least
-/// [`WINOGRAD_MIN_IN_CHANNELS`] input channels, unless the environment variable
-/// `NST_CONV=direct` asks for im2col everywhere (to compare the two).
-pub fn use_winograd(p: &Conv2dParams) -> bool {
-    static DIRECT_ONLY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let direct_only =
-        *DIRECT_ONLY.get_or_init(|| std::env::var("NST_CONV").as_deref() == Ok("direct"));
-    !direct_only && crate::winograd::applies(p) && p.in_channels >= WINOGRAD_MIN_IN_CHANNELS
+/// Whether [`conv2d_forward`] takes the Winograd path: `algo` is
+/// [`ConvAlgorithm::Fastest`] and the layer is 3×3, stride 1, padding 1 with at least
+/// [`WINOGRAD_MIN_IN_CHANNELS`] input channels.
+pub fn use_winograd(p: &Conv2dParams, algo: ConvAlgorithm) -> bool {
+    algo == ConvAlgorithm::Fastest
+        && crate::winograd::applies(p)
+        && p.in_channels >= WINOGRAD_MIN_IN_CHANNELS
 }
 
 /// With fewer input channels (conv1_1: 3 colours) the transforms outweigh the products and
@@ -217,7 +193,7 @@ pub fn conv2d_forward_direct(
     b: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    p.check(x.len(), w.len(), y.len());
+    check(p, x.len(), w.len(), y.len());
     let (k, ohw) = (p.patch_len(), p.out_h() * p.out_w());
     let in_img = p.in_channels * p.in_h * p.in_w;
     let out_img = p.out_channels * ohw;
@@ -281,7 +257,7 @@ const SMALL_LAYER_POSITIONS: usize = 512;
 fn conv2d_forward_banded(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
     let (k, ohw) = (p.patch_len(), p.out_h() * p.out_w());
     let (in_img, out_img) = (p.in_channels * p.in_h * p.in_w, p.out_channels * ohw);
-    with_scratch(k * p.band_rows() * p.out_w(), |scratch| {
+    with_scratch(k * band_rows(p) * p.out_w(), |scratch| {
         for n in 0..p.batch {
             let (xn, yn) = (&x[n * in_img..][..in_img], &mut y[n * out_img..][..out_img]);
             for (oy0, oy1) in bands(p) {
@@ -375,36 +351,21 @@ unsafe fn gemm_serial(
     }
 }
 
-/// `dx = ∂L/∂x` given `dy = ∂L/∂y` (overwrites `dx`).
-pub fn conv2d_backward_input(p: &Conv2dParams, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    p.check(dx.len(), w.len(), dy.len());
-    if p.stride == 1 && p.pad < p.kernel_h && p.pad < p.kernel_w && p.kernel_h == p.kernel_w {
-        // dx = conv(dy, W̃) with the kernel flipped and its channel axes swapped.
-        let (kh, kw, cin, cout) = (p.kernel_h, p.kernel_w, p.in_channels, p.out_channels);
+/// `dx = ∂L/∂x` given `dy = ∂L/∂y` (overwrites `dx`). At stride 1 this is a forward
+/// convolution of `dy` with the flipped kernel, by `algo`
+/// ([`Conv2dParams::input_gradient_as_forward`]); otherwise banded im2col, transposed.
+pub fn conv2d_backward_input(
+    p: &Conv2dParams,
+    algo: ConvAlgorithm,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+) {
+    check(p, dx.len(), w.len(), dy.len());
+    if let Some(q) = p.input_gradient_as_forward() {
         let mut flipped = vec![0.0f32; w.len()];
-        for co in 0..cout {
-            for ci in 0..cin {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        flipped[((ci * cout + co) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)] =
-                            w[((co * cin + ci) * kh + ky) * kw + kx];
-                    }
-                }
-            }
-        }
-        let q = Conv2dParams {
-            batch: p.batch,
-            in_channels: cout,
-            in_h: p.out_h(),
-            in_w: p.out_w(),
-            out_channels: cin,
-            kernel_h: kh,
-            kernel_w: kw,
-            stride: 1,
-            pad: kh - 1 - p.pad,
-        };
-        debug_assert_eq!((q.out_h(), q.out_w()), (p.in_h, p.in_w));
-        conv2d_forward(&q, dy, &flipped, None, dx);
+        flip_kernel(p, w, &mut flipped);
+        conv2d_forward(&q, algo, dy, &flipped, None, dx);
         return;
     }
     dx.fill(0.0);
@@ -414,7 +375,7 @@ pub fn conv2d_backward_input(p: &Conv2dParams, dy: &[f32], w: &[f32], dx: &mut [
     if out_img == 0 {
         return;
     }
-    with_scratch(k * p.band_rows() * p.out_w(), |scratch| {
+    with_scratch(k * band_rows(p) * p.out_w(), |scratch| {
         for n in 0..p.batch {
             let (dyn_, dxn) = (
                 &dy[n * out_img..][..out_img],
@@ -454,14 +415,14 @@ pub fn conv2d_backward_weight(
     dw: &mut [f32],
     db: Option<&mut [f32]>,
 ) {
-    p.check(x.len(), dw.len(), dy.len());
+    check(p, x.len(), dw.len(), dy.len());
     let (k, ohw) = (p.patch_len(), p.out_h() * p.out_w());
     let in_img = p.in_channels * p.in_h * p.in_w;
     let out_img = p.out_channels * ohw;
     if out_img == 0 {
         return;
     }
-    with_scratch(k * p.band_rows() * p.out_w(), |scratch| {
+    with_scratch(k * band_rows(p) * p.out_w(), |scratch| {
         for n in 0..p.batch {
             let (xn, dyn_) = (&x[n * in_img..][..in_img], &dy[n * out_img..][..out_img]);
             for (oy0, oy1) in bands(p) {

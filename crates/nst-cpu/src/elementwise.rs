@@ -2,6 +2,7 @@
 //! processed in parallel; reductions accumulate in f64 so that losses summed over millions of
 //! terms keep full f32 precision.
 
+use nst_params::AdamParams;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 15;
@@ -121,26 +122,20 @@ pub fn dot(a: &[f32], b: &[f32]) -> f64 {
         .sum()
 }
 
-/// One Adam update, in place: `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
-/// `x ← x − lr · m̂ / (√v̂ + ε)` with the bias corrections `m̂ = m/(1−β₁ᵗ)`, `v̂ = v/(1−β₂ᵗ)`.
-#[allow(clippy::too_many_arguments)]
-pub fn adam_update(
-    x: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    step: u32,
-) {
+/// One Adam update, in place (the rule is documented on [`AdamParams`]).
+pub fn adam_update(x: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], p: &AdamParams) {
     assert!(
         x.len() == g.len() && g.len() == m.len() && m.len() == v.len(),
         "adam: lengths"
     );
-    let c1 = 1.0 - beta1.powi(step as i32);
-    let c2 = 1.0 - beta2.powi(step as i32);
+    let (c1, c2) = (p.correction1(), p.correction2());
+    let AdamParams {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        ..
+    } = *p;
     x.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))

@@ -29,6 +29,5 @@ mod shared_out;
 pub mod winograd;
 pub use scratch::release_scratch;
 
-pub use conv::Conv2dParams;
 pub use gemm::{matmul, MatLayout};
-pub use pool::Pool2dParams;
+pub use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};

@@ -1,6 +1,8 @@
 //! Every kernel against a naive loop implementation on random inputs with awkward shapes.
 
-use nst_cpu::{conv::*, elementwise, gemm::matmul, gram::*, linalg::*, pool::*, relu::*};
+use nst_cpu::{
+    conv::*, elementwise, gemm::matmul, gram::*, linalg::*, pool::*, relu::*, AdamParams,
+};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -146,14 +148,12 @@ fn conv_forward_matches_naive() {
             rand_vec(&mut rng, p.weight_len()),
             rand_vec(&mut rng, p.out_channels),
         );
-        let mut y = vec![f32::NAN; p.output_len()];
-        conv2d_forward(&p, &x, &w, Some(&b), &mut y);
-        assert_close(
-            &y,
-            &conv_naive(&p, &x, &w, &b),
-            1e-5,
-            &format!("conv forward {p:?}"),
-        );
+        let want = conv_naive(&p, &x, &w, &b);
+        for algo in [ConvAlgorithm::Fastest, ConvAlgorithm::Im2col] {
+            let mut y = vec![f32::NAN; p.output_len()];
+            conv2d_forward(&p, algo, &x, &w, Some(&b), &mut y);
+            assert_close(&y, &want, 1e-5, &format!("conv forward {algo} {p:?}"));
+        }
     }
 }
 
@@ -167,9 +167,11 @@ fn conv_backward_matches_naive() {
             rand_vec(&mut rng, p.output_len()),
         );
         let (dx_ref, dw_ref, db_ref) = conv_grads_naive(&p, &x, &w, &dy);
-        let mut dx = vec![f32::NAN; x.len()];
-        conv2d_backward_input(&p, &dy, &w, &mut dx);
-        assert_close(&dx, &dx_ref, 1e-5, &format!("conv dx {p:?}"));
+        for algo in [ConvAlgorithm::Fastest, ConvAlgorithm::Im2col] {
+            let mut dx = vec![f32::NAN; x.len()];
+            conv2d_backward_input(&p, algo, &dy, &w, &mut dx);
+            assert_close(&dx, &dx_ref, 1e-5, &format!("conv dx {algo} {p:?}"));
+        }
         let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; p.out_channels]);
         conv2d_backward_weight(&p, &x, &dy, &mut dw, Some(&mut db));
         assert_close(&dw, &dw_ref, 1e-5, &format!("conv dw {p:?}"));
@@ -202,7 +204,7 @@ fn conv_large_image_forward_and_banded_weight_gradient() {
         rand_vec(&mut rng, p.weight_len()),
     );
     let mut y = vec![0.0; p.output_len()];
-    conv2d_forward(&p, &x, &w, None, &mut y);
+    conv2d_forward(&p, ConvAlgorithm::Fastest, &x, &w, None, &mut y);
     // Spot-check rows on both sides of every band boundary against the naive sum.
     let (oh, ow) = (p.out_h(), p.out_w());
     for &(co, oy, ox) in &[
@@ -409,7 +411,14 @@ fn relu_and_elementwise() {
 fn adam_update_matches_formula() {
     let (mut x, g) = (vec![1.0f32, -2.0], vec![0.5f32, -0.25]);
     let (mut m, mut v) = (vec![0.0; 2], vec![0.0; 2]);
-    elementwise::adam_update(&mut x, &g, &mut m, &mut v, 0.1, 0.9, 0.999, 1e-8, 1);
+    let p = AdamParams {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        step: 1,
+    };
+    elementwise::adam_update(&mut x, &g, &mut m, &mut v, &p);
     // First step: m̂ = g, v̂ = g², so x moves by lr·sign(g) (up to ε).
     assert!(
         (x[0] - 0.9).abs() < 1e-6 && (x[1] + 1.9).abs() < 1e-6,
