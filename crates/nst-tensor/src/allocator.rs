@@ -1,5 +1,6 @@
-//! The memory allocator of the `nst` binary (and the benchmark): mimalloc, told to keep the
-//! memory it gets back.
+//! The memory allocator nst's binaries (`nst`, the benchmarks) use with these tensors:
+//! mimalloc, told to keep the memory it gets back. Only with the `mimalloc` feature; a library
+//! user keeps whatever allocator their program has.
 //!
 //! Every iteration frees and re-allocates the same large activation and gradient buffers
 //! (tens of MB each at 512²). With glibc (or mimalloc's default 10 ms purge delay) they go
@@ -7,7 +8,12 @@
 //! iteration's time in `perf` was `clear_page_erms` under page faults. Keeping freed memory
 //! costs about 10% more peak RSS at 512² (1.41 vs 1.27 GB).
 
-/// The allocator; a binary declares it with `#[global_allocator]`.
+/// The allocator; a binary declares it with `#[global_allocator]`:
+///
+/// ```ignore
+/// #[global_allocator]
+/// static ALLOCATOR: nst_tensor::allocator::Allocator = nst_tensor::allocator::Allocator {};
+/// ```
 pub type Allocator = mimalloc::MiMalloc;
 
 /// mimalloc's `mi_option_purge_delay` (index 15 in `mi_option_e` of mimalloc v3's mimalloc.h;

@@ -1,6 +1,7 @@
 //! Reverse-mode sweep over the tape.
 
 use crate::error::TensorError;
+use crate::storage::Storage;
 use crate::tensor::Tensor;
 use crate::Result;
 use std::collections::{BTreeMap, HashMap};
@@ -63,8 +64,10 @@ impl Tensor {
             tape.insert(t.id(), t);
         }
 
-        let mut pending: HashMap<u64, Vec<f32>> = HashMap::new();
-        pending.insert(self.id(), vec![1.0]);
+        // Gradients not yet propagated, as storage on the loss's device; contributions from
+        // several uses of a tensor accumulate through the backend.
+        let mut pending: HashMap<u64, Storage> = HashMap::new();
+        pending.insert(self.id(), Storage::full(1.0, 1, self.device())?);
         let mut grads = Grads::default();
         for (id, node) in tape.into_iter().rev() {
             let Some(grad) = pending.remove(&id) else {
@@ -75,7 +78,7 @@ impl Tensor {
                 Some(op) => {
                     for (input, g) in op.backward(&node, grad)? {
                         match pending.get_mut(&input.id()) {
-                            Some(acc) => nst_cpu::elementwise::add_assign(acc, &g),
+                            Some(acc) => acc.add_assign(&g)?,
                             None => {
                                 pending.insert(input.id(), g);
                             }
@@ -84,8 +87,9 @@ impl Tensor {
                 }
                 None if node.0.recorded => return Err(TensorError::GraphFreed),
                 None => {
-                    let g = Tensor::from_vec(grad, node.dims(), node.device())?;
-                    grads.by_id.insert(id, g);
+                    grads
+                        .by_id
+                        .insert(id, Tensor::from_storage(grad, node.dims()));
                 }
             }
         }
@@ -108,7 +112,10 @@ mod tests {
         // Still alive: the square op saved it for its gradient.
         assert!(a_weak.upgrade().is_some());
         let grads = loss.backward().unwrap();
-        assert_eq!(grads.get(&x).unwrap().to_vec(), vec![8.0, -16.0, 24.0]);
+        assert_eq!(
+            grads.get(&x).unwrap().to_vec().unwrap(),
+            vec![8.0, -16.0, 24.0]
+        );
         assert!(
             a_weak.upgrade().is_none(),
             "the activation outlived backward"

@@ -1,23 +1,68 @@
-//! Where a tensor's data lives.
+//! Where a tensor's data lives, and how a device is chosen.
 
+use crate::backend::BackendDevice;
+use crate::cpu_backend::CpuDevice;
+use crate::dummy_cuda_backend::{unavailable_reason, CudaDevice};
+use crate::Result;
 use std::fmt;
 
-/// The compute device of a tensor. Ops require all their inputs on the same device.
-///
-/// `Cpu` runs the rayon kernels of `nst-cpu`. The enum is `non_exhaustive` so that a `Cuda`
-/// device can be added without breaking callers that match on it.
+/// The compute device of a tensor. Ops require all their inputs on the same device; the
+/// device of a tensor is that of its storage.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-#[non_exhaustive]
 pub enum Device {
-    /// Host memory and the `nst-cpu` kernels.
+    /// Host memory and the rayon kernels of `nst-cpu`.
     #[default]
     Cpu,
+    /// An NVIDIA GPU. Open one with [`Device::cuda`]; where that is impossible (no driver, no
+    /// GPU, or a build without a CUDA tensor backend) it says why instead.
+    Cuda(CudaDevice),
+}
+
+impl Device {
+    /// CUDA device `ordinal`, or [`crate::TensorError::CudaUnavailable`] naming what is
+    /// missing.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        Ok(Device::Cuda(CudaDevice::new(ordinal)?))
+    }
+
+    /// CUDA device 0 when it can be used, else the CPU together with the reason CUDA was not
+    /// used (one line, for the user).
+    pub fn best_available() -> (Device, Option<String>) {
+        match Device::cuda(0) {
+            Ok(d) => (d, None),
+            Err(e) => (Device::Cpu, Some(e.to_string())),
+        }
+    }
+
+    /// Why CUDA cannot be used, or `None` when it can (probes libraries and devices without
+    /// panicking).
+    pub fn cuda_unavailable_reason() -> Option<String> {
+        match Device::cuda(0) {
+            Ok(_) => None,
+            Err(_) => Some(unavailable_reason()),
+        }
+    }
+
+    /// True for the CPU.
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, Device::Cpu)
+    }
+
+    /// Returns memory the device keeps for reuse (convolution scratch buffers, pools) to the
+    /// system. Call it when the shapes change for good, e.g. between image scales.
+    pub fn release_cached_memory(&self) {
+        match self {
+            Device::Cpu => CpuDevice.release_cached_memory(),
+            Device::Cuda(d) => d.release_cached_memory(),
+        }
+    }
 }
 
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu ({} threads)", rayon_threads()),
+            Device::Cuda(d) => write!(f, "cuda:{}", d.ordinal()),
         }
     }
 }

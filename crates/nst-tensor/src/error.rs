@@ -45,4 +45,11 @@ pub enum TensorError {
     /// `backward` reached an op whose record an earlier `backward` already consumed.
     #[error("backward: this graph was already used by an earlier backward (it frees the graph)")]
     GraphFreed,
+    /// A CUDA device was asked for but cannot be used (no driver, library or device, or no
+    /// CUDA backend in this build).
+    #[error("CUDA is not available: {reason}")]
+    CudaUnavailable {
+        /// What is missing, in one line.
+        reason: String,
+    },
 }

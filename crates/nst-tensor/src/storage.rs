@@ -1,23 +1,302 @@
-//! The memory behind a tensor, one variant per device.
+//! The memory behind a tensor: one variant per device, each forwarding to its
+//! [`BackendStorage`] implementation. Operands on different devices are an error here, so no
+//! backend ever sees a mix.
 
-/// Tensor data. Every op matches on this to pick its kernels; a CUDA variant joins `Cpu`
-/// when the CUDA backend lands.
+use crate::backend::{BackendDevice, BackendStorage, BinaryOp};
+use crate::cpu_backend::{CpuDevice, CpuStorage};
+use crate::dummy_cuda_backend::CudaStorage;
+use crate::{Device, Result, TensorError};
+use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
+
+/// Tensor data on its device.
 #[derive(Debug)]
 pub(crate) enum Storage {
-    Cpu(Vec<f32>),
+    Cpu(CpuStorage),
+    Cuda(CudaStorage),
+}
+
+/// Max-pooling winners, on the device of the pooled tensor.
+pub(crate) enum PoolIndices {
+    Cpu(<CpuStorage as BackendStorage>::PoolIndices),
+    Cuda(<CudaStorage as BackendStorage>::PoolIndices),
+}
+
+/// `storage.method(args)` on whichever device holds it, wrapping a storage result back into
+/// the same variant.
+macro_rules! on_device {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Storage::Cpu($s) => Storage::Cpu($body?),
+            Storage::Cuda($s) => Storage::Cuda($body?),
+        }
+    };
+}
+
+/// The same for a plain (host) result.
+macro_rules! on_device_value {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Storage::Cpu($s) => $body,
+            Storage::Cuda($s) => $body,
+        }
+    };
+}
+
+/// Two operands that must share a device: `(a, b) => body`, producing storage.
+macro_rules! on_same_device {
+    ($op:expr, $a:expr, $b:expr, ($x:ident, $y:ident) => $body:expr) => {
+        match ($a, $b) {
+            (Storage::Cpu($x), Storage::Cpu($y)) => Storage::Cpu($body?),
+            (Storage::Cuda($x), Storage::Cuda($y)) => Storage::Cuda($body?),
+            _ => return Err(TensorError::DeviceMismatch { op: $op }),
+        }
+    };
+}
+
+/// Two operands on one device, producing a host value.
+macro_rules! on_same_device_value {
+    ($op:expr, $a:expr, $b:expr, ($x:ident, $y:ident) => $body:expr) => {
+        match ($a, $b) {
+            (Storage::Cpu($x), Storage::Cpu($y)) => $body,
+            (Storage::Cuda($x), Storage::Cuda($y)) => $body,
+            _ => return Err(TensorError::DeviceMismatch { op: $op }),
+        }
+    };
 }
 
 impl Storage {
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Storage::Cpu(v) => v.len(),
-        }
+    /// Host data moved onto `device`.
+    pub(crate) fn from_vec(data: Vec<f32>, device: &Device) -> Result<Self> {
+        Ok(match device {
+            Device::Cpu => Storage::Cpu(CpuDevice.storage_from_vec(data)?),
+            Device::Cuda(d) => Storage::Cuda(d.storage_from_vec(data)?),
+        })
     }
 
-    /// The host slice (every storage is host memory today).
-    pub(crate) fn as_slice(&self) -> &[f32] {
-        match self {
-            Storage::Cpu(v) => v,
+    /// `n` copies of `value` on `device`.
+    pub(crate) fn full(value: f32, n: usize, device: &Device) -> Result<Self> {
+        Ok(match device {
+            Device::Cpu => Storage::Cpu(CpuDevice.storage_full(value, n)?),
+            Device::Cuda(d) => Storage::Cuda(d.storage_full(value, n)?),
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        on_device_value!(self, s => s.len())
+    }
+
+    pub(crate) fn device(&self) -> &Device {
+        on_device_value!(self, s => s.device())
+    }
+
+    pub(crate) fn to_vec(&self) -> Result<Vec<f32>> {
+        on_device_value!(self, s => s.to_vec())
+    }
+
+    pub(crate) fn try_clone(&self) -> Result<Self> {
+        Ok(on_device!(self, s => s.try_clone()))
+    }
+
+    pub(crate) fn conv2d(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        p: &Conv2dParams,
+        algo: ConvAlgorithm,
+        relu: bool,
+    ) -> Result<Self> {
+        const OP: &str = "conv2d";
+        Ok(match (self, w, b) {
+            (Storage::Cpu(x), Storage::Cpu(w), None) => {
+                Storage::Cpu(x.conv2d(w, None, p, algo, relu)?)
+            }
+            (Storage::Cpu(x), Storage::Cpu(w), Some(Storage::Cpu(b))) => {
+                Storage::Cpu(x.conv2d(w, Some(b), p, algo, relu)?)
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), None) => {
+                Storage::Cuda(x.conv2d(w, None, p, algo, relu)?)
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), Some(Storage::Cuda(b))) => {
+                Storage::Cuda(x.conv2d(w, Some(b), p, algo, relu)?)
+            }
+            _ => return Err(TensorError::DeviceMismatch { op: OP }),
+        })
+    }
+
+    pub(crate) fn conv2d_backward_input(
+        &self,
+        w: &Self,
+        p: &Conv2dParams,
+        algo: ConvAlgorithm,
+    ) -> Result<Self> {
+        Ok(
+            on_same_device!("conv2d backward", self, w, (dy, w) => dy.conv2d_backward_input(w, p, algo)),
+        )
+    }
+
+    pub(crate) fn conv2d_backward_weight(
+        &self,
+        dy: &Self,
+        p: &Conv2dParams,
+        with_bias: bool,
+    ) -> Result<(Self, Option<Self>)> {
+        Ok(match (self, dy) {
+            (Storage::Cpu(x), Storage::Cpu(dy)) => {
+                let (dw, db) = x.conv2d_backward_weight(dy, p, with_bias)?;
+                (Storage::Cpu(dw), db.map(Storage::Cpu))
+            }
+            (Storage::Cuda(x), Storage::Cuda(dy)) => {
+                let (dw, db) = x.conv2d_backward_weight(dy, p, with_bias)?;
+                (Storage::Cuda(dw), db.map(Storage::Cuda))
+            }
+            _ => {
+                return Err(TensorError::DeviceMismatch {
+                    op: "conv2d backward",
+                })
+            }
+        })
+    }
+
+    pub(crate) fn relu(&self) -> Result<Self> {
+        Ok(on_device!(self, s => s.relu()))
+    }
+
+    pub(crate) fn relu_mask_in_place(&mut self, y: &Self) -> Result<()> {
+        on_same_device_value!("relu backward", self, y, (dy, y) => dy.relu_mask_in_place(y))
+    }
+
+    pub(crate) fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, PoolIndices)> {
+        Ok(match self {
+            Storage::Cpu(x) => {
+                let (y, i) = x.max_pool2d(p)?;
+                (Storage::Cpu(y), PoolIndices::Cpu(i))
+            }
+            Storage::Cuda(x) => {
+                let (y, i) = x.max_pool2d(p)?;
+                (Storage::Cuda(y), PoolIndices::Cuda(i))
+            }
+        })
+    }
+
+    pub(crate) fn max_pool2d_backward(
+        &self,
+        indices: &PoolIndices,
+        p: &Pool2dParams,
+    ) -> Result<Self> {
+        Ok(match (self, indices) {
+            (Storage::Cpu(dy), PoolIndices::Cpu(i)) => Storage::Cpu(dy.max_pool2d_backward(i, p)?),
+            (Storage::Cuda(dy), PoolIndices::Cuda(i)) => {
+                Storage::Cuda(dy.max_pool2d_backward(i, p)?)
+            }
+            _ => {
+                return Err(TensorError::DeviceMismatch {
+                    op: "max_pool2d backward",
+                })
+            }
+        })
+    }
+
+    pub(crate) fn avg_pool2d(&self, p: &Pool2dParams) -> Result<Self> {
+        Ok(on_device!(self, s => s.avg_pool2d(p)))
+    }
+
+    pub(crate) fn avg_pool2d_backward(&self, p: &Pool2dParams) -> Result<Self> {
+        Ok(on_device!(self, s => s.avg_pool2d_backward(p)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn matmul(
+        &self,
+        b: &Self,
+        m: usize,
+        k: usize,
+        n: usize,
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Result<Self> {
+        Ok(on_same_device!("matmul", self, b, (a, b) => a.matmul(b, m, k, n, trans_a, trans_b)))
+    }
+
+    pub(crate) fn gram(&self, batch: usize, c: usize, m: usize, scale: f32) -> Result<Self> {
+        Ok(on_device!(self, s => s.gram(batch, c, m, scale)))
+    }
+
+    pub(crate) fn gram_backward(
+        &self,
+        dg: &Self,
+        batch: usize,
+        c: usize,
+        m: usize,
+        scale: f32,
+    ) -> Result<Self> {
+        Ok(
+            on_same_device!("gram backward", self, dg, (f, dg) => f.gram_backward(dg, batch, c, m, scale)),
+        )
+    }
+
+    pub(crate) fn transpose(&self, rows: usize, cols: usize) -> Result<Self> {
+        Ok(on_device!(self, s => s.transpose(rows, cols)))
+    }
+
+    pub(crate) fn binary(&self, b: &Self, op: BinaryOp, name: &'static str) -> Result<Self> {
+        Ok(on_same_device!(name, self, b, (a, b) => a.binary(b, op)))
+    }
+
+    pub(crate) fn scaled_mul(&self, b: &Self, s: f32) -> Result<Self> {
+        Ok(on_same_device!("mul", self, b, (a, b) => a.scaled_mul(b, s)))
+    }
+
+    pub(crate) fn scale(&self, s: f32) -> Result<Self> {
+        Ok(on_device!(self, x => x.scale(s)))
+    }
+
+    pub(crate) fn square(&self) -> Result<Self> {
+        Ok(on_device!(self, s => s.square()))
+    }
+
+    pub(crate) fn add_assign(&mut self, other: &Self) -> Result<()> {
+        on_same_device_value!("gradient accumulation", self, other, (a, b) => a.add_assign(b))
+    }
+
+    pub(crate) fn sum(&self) -> Result<Self> {
+        Ok(on_device!(self, s => s.sum()))
+    }
+
+    pub(crate) fn broadcast(&self, n: usize) -> Result<Self> {
+        Ok(on_device!(self, s => s.broadcast(n)))
+    }
+
+    pub(crate) fn axpby(&self, alpha: f32, y: &Self, beta: f32) -> Result<Self> {
+        Ok(on_same_device!("axpby", self, y, (x, y) => x.axpby(alpha, y, beta)))
+    }
+
+    pub(crate) fn dot(&self, y: &Self) -> Result<f64> {
+        on_same_device_value!("dot", self, y, (x, y) => x.dot(y))
+    }
+
+    pub(crate) fn abs_sum(&self) -> Result<f64> {
+        on_device_value!(self, s => s.abs_sum())
+    }
+
+    pub(crate) fn abs_max(&self) -> Result<f32> {
+        on_device_value!(self, s => s.abs_max())
+    }
+
+    pub(crate) fn adam_update(
+        &mut self,
+        g: &Self,
+        m: &mut Self,
+        v: &mut Self,
+        p: &AdamParams,
+    ) -> Result<()> {
+        match (self, g, m, v) {
+            (Storage::Cpu(x), Storage::Cpu(g), Storage::Cpu(m), Storage::Cpu(v)) => {
+                x.adam_update(g, m, v, p)
+            }
+            (Storage::Cuda(x), Storage::Cuda(g), Storage::Cuda(m), Storage::Cuda(v)) => {
+                x.adam_update(g, m, v, p)
+            }
+            _ => Err(TensorError::DeviceMismatch { op: "adam_step" }),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The `Tensor` type: shape, device, shared storage, and the op that produced it.
+//! The `Tensor` type: shape, shared storage (which knows its device), and the op that
+//! produced it.
 
 use crate::device::Device;
 use crate::error::TensorError;
@@ -22,7 +23,7 @@ pub struct Tensor(pub(crate) Arc<Inner>);
 pub(crate) struct Inner {
     pub(crate) id: u64,
     pub(crate) shape: Vec<usize>,
-    pub(crate) device: Device,
+    /// The data; its variant is the device (there is no separate device field to disagree).
     pub(crate) storage: Arc<Storage>,
     /// A leaf whose gradient `backward` reports.
     pub(crate) is_variable: bool,
@@ -32,18 +33,24 @@ pub(crate) struct Inner {
     pub(crate) op: Mutex<Option<Op>>,
 }
 
+fn check_len(len: usize, shape: &[usize]) -> Result<()> {
+    let want: usize = shape.iter().product();
+    if len != want {
+        return Err(TensorError::DataLength {
+            shape: shape.to_vec(),
+            got: len,
+            want,
+        });
+    }
+    Ok(())
+}
+
 impl Tensor {
-    fn build(
-        storage: Arc<Storage>,
-        shape: &[usize],
-        device: &Device,
-        is_variable: bool,
-        op: Option<Op>,
-    ) -> Self {
+    fn build(storage: Arc<Storage>, shape: &[usize], is_variable: bool, op: Option<Op>) -> Self {
+        debug_assert_eq!(storage.len(), shape.iter().product::<usize>());
         Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shape: shape.to_vec(),
-            device: device.clone(),
             storage,
             is_variable,
             recorded: op.is_some(),
@@ -51,105 +58,78 @@ impl Tensor {
         }))
     }
 
-    fn checked(
-        data: Vec<f32>,
-        shape: &[usize],
-        device: &Device,
-        is_variable: bool,
-    ) -> Result<Self> {
-        let want: usize = shape.iter().product();
-        if data.len() != want {
-            return Err(TensorError::DataLength {
-                shape: shape.to_vec(),
-                got: data.len(),
-                want,
-            });
-        }
-        Ok(Self::build(
-            Arc::new(Storage::Cpu(data)),
-            shape,
-            device,
-            is_variable,
-            None,
-        ))
-    }
-
-    /// A constant tensor (no gradient) holding `data` in row-major order.
+    /// A constant tensor (no gradient) holding `data` in row-major order, on `device`.
     pub fn from_vec(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Self> {
-        Self::checked(data, shape, device, false)
+        check_len(data.len(), shape)?;
+        let storage = Storage::from_vec(data, device)?;
+        Ok(Self::build(Arc::new(storage), shape, false, None))
     }
 
     /// A leaf that requires a gradient: [`Tensor::backward`] reports ∂loss/∂self.
     pub fn variable(data: Vec<f32>, shape: &[usize], device: &Device) -> Result<Self> {
-        Self::checked(data, shape, device, true)
+        Ok(Self::from_vec(data, shape, device)?.to_variable())
     }
 
     /// A tensor of zeros.
-    pub fn zeros(shape: &[usize], device: &Device) -> Self {
+    pub fn zeros(shape: &[usize], device: &Device) -> Result<Self> {
         Self::full(0.0, shape, device)
     }
 
     /// A tensor filled with `value`.
-    pub fn full(value: f32, shape: &[usize], device: &Device) -> Self {
-        let n = shape.iter().product();
-        Self::build(
-            Arc::new(Storage::Cpu(vec![value; n])),
-            shape,
-            device,
-            false,
-            None,
-        )
+    pub fn full(value: f32, shape: &[usize], device: &Device) -> Result<Self> {
+        let storage = Storage::full(value, shape.iter().product(), device)?;
+        Ok(Self::build(Arc::new(storage), shape, false, None))
     }
 
     /// A scalar (shape `[]`).
-    pub fn scalar(value: f32, device: &Device) -> Self {
+    pub fn scalar(value: f32, device: &Device) -> Result<Self> {
         Self::full(value, &[], device)
     }
 
     /// The same data as a fresh leaf that requires a gradient (shares storage).
     pub fn to_variable(&self) -> Self {
-        Self::build(
-            self.0.storage.clone(),
-            &self.0.shape,
-            &self.0.device,
-            true,
-            None,
-        )
+        Self::build(self.0.storage.clone(), &self.0.shape, true, None)
     }
 
     /// The same data cut off from the graph: a constant (shares storage).
     pub fn detach(&self) -> Self {
-        Self::build(
-            self.0.storage.clone(),
-            &self.0.shape,
-            &self.0.device,
-            false,
-            None,
-        )
+        Self::build(self.0.storage.clone(), &self.0.shape, false, None)
+    }
+
+    /// A constant copy on `device` (the same tensor, detached, if it is there already). Call
+    /// [`Tensor::to_variable`] on the copy to differentiate with respect to it there.
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        if self.device() == device {
+            return Ok(self.detach());
+        }
+        Self::from_vec(self.to_vec()?, self.dims(), device)
     }
 
     /// The output of an op: records `op` on the tape when gradients are enabled and any of
     /// `inputs` requires a gradient.
     pub(crate) fn from_op(
-        data: Vec<f32>,
+        storage: Storage,
         shape: &[usize],
-        device: &Device,
         inputs: &[&Tensor],
         op: impl FnOnce() -> Op,
     ) -> Self {
-        Self::from_storage_op(Arc::new(Storage::Cpu(data)), shape, device, inputs, op)
+        Self::from_shared_op(Arc::new(storage), shape, inputs, op)
     }
 
-    pub(crate) fn from_storage_op(
+    /// [`Tensor::from_op`] for an output that shares its input's storage (reshape).
+    pub(crate) fn from_shared_op(
         storage: Arc<Storage>,
         shape: &[usize],
-        device: &Device,
         inputs: &[&Tensor],
         op: impl FnOnce() -> Op,
     ) -> Self {
-        debug_assert_eq!(storage.len(), shape.iter().product::<usize>());
         let record = is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
-        Self::build(storage, shape, device, false, record.then(op))
+        Self::build(storage, shape, false, record.then(op))
+    }
+
+    /// A constant made from storage an op or the backward pass computed.
+    pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Self {
+        Self::build(Arc::new(storage), shape, false, None)
     }
 
     /// Dimensions, outermost first.
@@ -164,7 +144,7 @@ impl Tensor {
 
     /// The device holding the data.
     pub fn device(&self) -> &Device {
-        &self.0.device
+        self.0.storage.device()
     }
 
     /// True for a variable, or for a result that depends on one through recorded ops.
@@ -177,9 +157,9 @@ impl Tensor {
         self.0.id
     }
 
-    /// The data as a host vector.
-    pub fn to_vec(&self) -> Vec<f32> {
-        self.0.storage.as_slice().to_vec()
+    /// The data copied into a host vector (from any device).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.0.storage.to_vec()
     }
 
     /// The value of a one-element tensor.
@@ -190,23 +170,17 @@ impl Tensor {
                 shape: self.dims().to_vec(),
             });
         }
-        Ok(self.0.storage.as_slice()[0])
+        Ok(self.to_vec()?[0])
     }
 
-    /// Host view of the data (CPU storage).
-    pub(crate) fn data(&self) -> &[f32] {
-        self.0.storage.as_slice()
-    }
-
-    pub(crate) fn same_device(&self, other: &Tensor, op: &'static str) -> Result<()> {
-        if self.0.device != other.0.device {
-            return Err(TensorError::DeviceMismatch { op });
-        }
-        Ok(())
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.0.storage
     }
 
     pub(crate) fn same_shape(&self, other: &Tensor, op: &'static str) -> Result<()> {
-        self.same_device(other, op)?;
+        if self.device() != other.device() {
+            return Err(TensorError::DeviceMismatch { op });
+        }
         if self.dims() != other.dims() {
             return Err(TensorError::ShapeMismatch {
                 op,

@@ -4,10 +4,8 @@
 //! output elements contribute, then compares ∂L/∂input from `backward` with
 //! (L(x + h·eᵢ) − L(x − h·eᵢ)) / 2h, where L is accumulated in f64 from the f32 outputs.
 
-use nst_tensor::{no_grad, Device, Tensor};
+use nst_tensor::{no_grad, test_device, Conv2dOptions, ConvAlgorithm, Device, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
-
-const DEV: Device = Device::Cpu;
 
 struct Input {
     data: Vec<f32>,
@@ -42,17 +40,17 @@ fn distinct(rng: &mut StdRng, shape: &[usize]) -> Input {
     }
 }
 
-fn gradcheck(name: &str, inputs: &[Input], h: f32, f: impl Fn(&[Tensor]) -> Tensor) {
+fn gradcheck(dev: &Device, name: &str, inputs: &[Input], h: f32, f: impl Fn(&[Tensor]) -> Tensor) {
     let vars: Vec<Tensor> = inputs
         .iter()
-        .map(|i| Tensor::variable(i.data.clone(), &i.shape, &DEV).unwrap())
+        .map(|i| Tensor::variable(i.data.clone(), &i.shape, dev).unwrap())
         .collect();
     let out = f(&vars);
     let mut rng = StdRng::seed_from_u64(99);
     let r: Vec<f32> = (0..out.elem_count())
         .map(|_| rng.random_range(-1.0f32..1.0))
         .collect();
-    let r_t = Tensor::from_vec(r.clone(), out.dims(), &DEV).unwrap();
+    let r_t = Tensor::from_vec(r.clone(), out.dims(), dev).unwrap();
     let grads = out.mul(&r_t).unwrap().sum().unwrap().backward().unwrap();
 
     let loss_at = |k: usize, data: Vec<f32>| -> f64 {
@@ -68,13 +66,14 @@ fn gradcheck(name: &str, inputs: &[Input], h: f32, f: impl Fn(&[Tensor]) -> Tens
                             inp.data.clone()
                         },
                         &inp.shape,
-                        &DEV,
+                        dev,
                     )
                     .unwrap()
                 })
                 .collect();
             f(&ts)
                 .to_vec()
+                .unwrap()
                 .iter()
                 .zip(&r)
                 .map(|(&o, &r)| o as f64 * r as f64)
@@ -85,7 +84,8 @@ fn gradcheck(name: &str, inputs: &[Input], h: f32, f: impl Fn(&[Tensor]) -> Tens
         let analytic = grads
             .get(var)
             .unwrap_or_else(|| panic!("{name}: no gradient for input {k}"))
-            .to_vec();
+            .to_vec()
+            .unwrap();
         let mut numeric = vec![0.0f64; inp.data.len()];
         for i in 0..inp.data.len() {
             let (mut plus, mut minus) = (inp.data.clone(), inp.data.clone());
@@ -112,8 +112,7 @@ fn gradcheck(name: &str, inputs: &[Input], h: f32, f: impl Fn(&[Tensor]) -> Tens
     }
 }
 
-#[test]
-fn conv2d_gradients() {
+fn conv2d_gradients(dev: &Device) {
     let mut rng = StdRng::seed_from_u64(1);
     for (x, w, stride, pad) in [
         ([1, 3, 5, 6], [4, 3, 3, 3], 1, 1),
@@ -126,17 +125,17 @@ fn conv2d_gradients() {
             uniform(&mut rng, &w),
             uniform(&mut rng, &[w[0]]),
         ];
-        gradcheck("conv2d", &inputs, 1e-2, |t| {
+        gradcheck(dev, "conv2d", &inputs, 1e-2, |t| {
             t[0].conv2d(&t[1], Some(&t[2]), stride, pad).unwrap()
         });
     }
 }
+test_device!(conv2d_gradients);
 
 /// The fused conv + ReLU against conv followed by ReLU (itself checked by finite differences
 /// above): same output and same gradients for x, w and b, on the im2col path (3 input
 /// channels) and the Winograd path (16).
-#[test]
-fn fused_conv_relu_matches_conv_then_relu() {
+fn fused_conv_relu_matches_conv_then_relu(dev: &Device) {
     let mut rng = StdRng::seed_from_u64(7);
     for (x, w) in [
         ([1, 3, 6, 7], [5, 3, 3, 3]),
@@ -150,7 +149,7 @@ fn fused_conv_relu_matches_conv_then_relu() {
         let run = |fused: bool| {
             let t: Vec<Tensor> = inputs
                 .iter()
-                .map(|i| Tensor::variable(i.data.clone(), &i.shape, &DEV).unwrap())
+                .map(|i| Tensor::variable(i.data.clone(), &i.shape, dev).unwrap())
                 .collect();
             let y = if fused {
                 t[0].conv2d_relu(&t[1], Some(&t[2]), 1, 1).unwrap()
@@ -161,8 +160,8 @@ fn fused_conv_relu_matches_conv_then_relu() {
                     .unwrap()
             };
             let g = y.square().unwrap().sum().unwrap().backward().unwrap();
-            let mut v = vec![y.to_vec()];
-            v.extend(t.iter().map(|t| g.get(t).unwrap().to_vec()));
+            let mut v = vec![y.to_vec().unwrap()];
+            v.extend(t.iter().map(|t| g.get(t).unwrap().to_vec().unwrap()));
             v
         };
         let (fused, plain) = (run(true), run(false));
@@ -177,74 +176,91 @@ fn fused_conv_relu_matches_conv_then_relu() {
         }
     }
 }
+test_device!(fused_conv_relu_matches_conv_then_relu);
 
-#[test]
-fn relu_gradient() {
+fn relu_gradient(dev: &Device) {
     let mut rng = StdRng::seed_from_u64(2);
     gradcheck(
+        dev,
         "relu",
         &[away_from_zero(&mut rng, &[2, 3, 4, 5])],
         1e-2,
         |t| t[0].relu().unwrap(),
     );
 }
+test_device!(relu_gradient);
 
-#[test]
-fn pooling_gradients() {
+fn pooling_gradients(dev: &Device) {
     let mut rng = StdRng::seed_from_u64(3);
     for shape in [[1, 3, 4, 4], [2, 2, 5, 7], [1, 1, 2, 3]] {
-        gradcheck("max_pool2d", &[distinct(&mut rng, &shape)], 1e-3, |t| {
-            t[0].max_pool2d().unwrap()
-        });
-        gradcheck("avg_pool2d", &[uniform(&mut rng, &shape)], 1e-2, |t| {
+        gradcheck(
+            dev,
+            "max_pool2d",
+            &[distinct(&mut rng, &shape)],
+            1e-3,
+            |t| t[0].max_pool2d().unwrap(),
+        );
+        gradcheck(dev, "avg_pool2d", &[uniform(&mut rng, &shape)], 1e-2, |t| {
             t[0].avg_pool2d().unwrap()
         });
     }
 }
+test_device!(pooling_gradients);
 
-#[test]
-fn matmul_transpose_reshape_gradients() {
+fn matmul_transpose_reshape_gradients(dev: &Device) {
     let mut rng = StdRng::seed_from_u64(4);
     let inputs = [uniform(&mut rng, &[3, 5]), uniform(&mut rng, &[5, 4])];
-    gradcheck("matmul", &inputs, 1e-2, |t| t[0].matmul(&t[1]).unwrap());
-    gradcheck("transpose", &[uniform(&mut rng, &[3, 7])], 1e-2, |t| {
+    gradcheck(dev, "matmul", &inputs, 1e-2, |t| {
+        t[0].matmul(&t[1]).unwrap()
+    });
+    gradcheck(dev, "transpose", &[uniform(&mut rng, &[3, 7])], 1e-2, |t| {
         t[0].transpose().unwrap()
     });
-    gradcheck("reshape", &[uniform(&mut rng, &[2, 3, 4])], 1e-2, |t| {
-        t[0].reshape(&[6, 4]).unwrap().transpose().unwrap()
-    });
+    gradcheck(
+        dev,
+        "reshape",
+        &[uniform(&mut rng, &[2, 3, 4])],
+        1e-2,
+        |t| t[0].reshape(&[6, 4]).unwrap().transpose().unwrap(),
+    );
 }
+test_device!(matmul_transpose_reshape_gradients);
 
-#[test]
-fn gram_gradient() {
+fn gram_gradient(dev: &Device) {
     let mut rng = StdRng::seed_from_u64(5);
-    gradcheck("gram 4-D", &[uniform(&mut rng, &[2, 3, 4, 5])], 1e-2, |t| {
-        t[0].gram(1.0 / 20.0).unwrap()
-    });
-    gradcheck("gram 2-D", &[uniform(&mut rng, &[4, 9])], 1e-2, |t| {
+    gradcheck(
+        dev,
+        "gram 4-D",
+        &[uniform(&mut rng, &[2, 3, 4, 5])],
+        1e-2,
+        |t| t[0].gram(1.0 / 20.0).unwrap(),
+    );
+    gradcheck(dev, "gram 2-D", &[uniform(&mut rng, &[4, 9])], 1e-2, |t| {
         t[0].gram(0.5).unwrap()
     });
 }
+test_device!(gram_gradient);
 
-#[test]
-fn elementwise_and_reduction_gradients() {
+fn elementwise_and_reduction_gradients(dev: &Device) {
     let mut rng = StdRng::seed_from_u64(6);
     let pair = [uniform(&mut rng, &[3, 4]), uniform(&mut rng, &[3, 4])];
-    gradcheck("add", &pair, 1e-2, |t| t[0].add(&t[1]).unwrap());
-    gradcheck("sub", &pair, 1e-2, |t| t[0].sub(&t[1]).unwrap());
-    gradcheck("mul", &pair, 1e-2, |t| t[0].mul(&t[1]).unwrap());
-    gradcheck("scale", &pair[..1], 1e-2, |t| t[0].scale(-2.5).unwrap());
-    gradcheck("square", &pair[..1], 1e-2, |t| t[0].square().unwrap());
-    gradcheck("sum", &pair[..1], 1e-2, |t| t[0].sum().unwrap());
-    gradcheck("mean", &pair[..1], 1e-2, |t| t[0].mean().unwrap());
+    gradcheck(dev, "add", &pair, 1e-2, |t| t[0].add(&t[1]).unwrap());
+    gradcheck(dev, "sub", &pair, 1e-2, |t| t[0].sub(&t[1]).unwrap());
+    gradcheck(dev, "mul", &pair, 1e-2, |t| t[0].mul(&t[1]).unwrap());
+    gradcheck(dev, "scale", &pair[..1], 1e-2, |t| {
+        t[0].scale(-2.5).unwrap()
+    });
+    gradcheck(dev, "square", &pair[..1], 1e-2, |t| t[0].square().unwrap());
+    gradcheck(dev, "sum", &pair[..1], 1e-2, |t| t[0].sum().unwrap());
+    gradcheck(dev, "mean", &pair[..1], 1e-2, |t| t[0].mean().unwrap());
     // The same tensor used twice: gradients from both uses must accumulate.
-    gradcheck("reuse", &pair[..1], 1e-2, |t| {
+    gradcheck(dev, "reuse", &pair[..1], 1e-2, |t| {
         t[0].mul(&t[0]).unwrap().add(&t[0]).unwrap()
     });
 }
+test_device!(elementwise_and_reduction_gradients);
 
-#[test]
-fn composed_network_gradient() {
+fn composed_network_gradient(dev: &Device) {
     // conv → ReLU → max-pool → conv → Gram → squared distance to a target (a style loss).
     let mut rng = StdRng::seed_from_u64(7);
     let inputs = [
@@ -253,13 +269,9 @@ fn composed_network_gradient() {
         uniform(&mut rng, &[6]),
         uniform(&mut rng, &[5, 6, 3, 3]),
     ];
-    let target = Tensor::from_vec(
-        (0..25).map(|i| (i as f32).sin()).collect(),
-        &[1, 5, 5],
-        &DEV,
-    )
-    .unwrap();
-    gradcheck("network", &inputs, 1e-3, |t| {
+    let target =
+        Tensor::from_vec((0..25).map(|i| (i as f32).sin()).collect(), &[1, 5, 5], dev).unwrap();
+    gradcheck(dev, "network", &inputs, 1e-3, |t| {
         let h = t[0]
             .conv2d(&t[1], Some(&t[2]), 1, 1)
             .unwrap()
@@ -279,11 +291,11 @@ fn composed_network_gradient() {
             .unwrap()
     });
 }
+test_device!(composed_network_gradient);
 
-#[test]
-fn constants_and_no_grad_record_nothing() {
-    let x = Tensor::variable(vec![1.0, 2.0], &[2], &DEV).unwrap();
-    let c = Tensor::from_vec(vec![3.0, 4.0], &[2], &DEV).unwrap();
+fn constants_and_no_grad_record_nothing(dev: &Device) {
+    let x = Tensor::variable(vec![1.0, 2.0], &[2], dev).unwrap();
+    let c = Tensor::from_vec(vec![3.0, 4.0], &[2], dev).unwrap();
     let y = no_grad(|| x.mul(&c).unwrap());
     assert!(!y.requires_grad(), "no_grad output must not track");
     assert!(
@@ -292,30 +304,67 @@ fn constants_and_no_grad_record_nothing() {
     );
     let loss = x.mul(&c).unwrap().sum().unwrap();
     let grads = loss.backward().unwrap();
-    assert_eq!(grads.get(&x).unwrap().to_vec(), vec![3.0, 4.0]);
+    assert_eq!(grads.get(&x).unwrap().to_vec().unwrap(), vec![3.0, 4.0]);
     assert!(grads.get(&c).is_none(), "a constant gets no gradient");
     assert!(
         x.mul(&c).unwrap().backward().is_err(),
         "backward needs a scalar"
     );
 }
+test_device!(constants_and_no_grad_record_nothing);
 
-#[test]
-fn shape_errors_are_reported() {
-    let a = Tensor::zeros(&[2, 3], &DEV);
-    let b = Tensor::zeros(&[2, 3], &DEV);
+fn shape_errors_are_reported(dev: &Device) {
+    let a = Tensor::zeros(&[2, 3], dev).unwrap();
+    let b = Tensor::zeros(&[2, 3], dev).unwrap();
     assert!(a.matmul(&b).unwrap_err().to_string().contains("matmul"));
-    assert!(a.add(&Tensor::zeros(&[3, 2], &DEV)).is_err());
-    assert!(Tensor::from_vec(vec![1.0; 5], &[2, 3], &DEV).is_err());
-    let x = Tensor::zeros(&[1, 3, 4, 4], &DEV);
+    assert!(a.add(&Tensor::zeros(&[3, 2], dev).unwrap()).is_err());
+    assert!(Tensor::from_vec(vec![1.0; 5], &[2, 3], dev).is_err());
+    let x = Tensor::zeros(&[1, 3, 4, 4], dev).unwrap();
     assert!(
-        x.conv2d(&Tensor::zeros(&[2, 4, 3, 3], &DEV), None, 1, 1)
+        x.conv2d(&Tensor::zeros(&[2, 4, 3, 3], dev).unwrap(), None, 1, 1)
             .is_err(),
         "channel mismatch"
     );
     assert!(
-        x.conv2d(&Tensor::zeros(&[2, 3, 5, 5], &DEV), None, 1, 0)
+        x.conv2d(&Tensor::zeros(&[2, 3, 5, 5], dev).unwrap(), None, 1, 0)
             .is_err(),
         "kernel larger than input"
     );
 }
+test_device!(shape_errors_are_reported);
+
+/// The algorithm a caller picks reaches the kernels, forward and backward: Winograd (the
+/// fastest path for this 16-channel 3×3 layer) and im2col agree on the output and on every
+/// gradient, and a backward pass after an im2col forward runs im2col too (both paths are
+/// checked against naive loops in nst-cpu).
+fn conv_algorithms_agree(dev: &Device) {
+    let mut rng = StdRng::seed_from_u64(8);
+    let inputs = [
+        uniform(&mut rng, &[1, 16, 9, 10]),
+        uniform(&mut rng, &[8, 16, 3, 3]),
+    ];
+    let run = |algorithm: ConvAlgorithm| {
+        let x = Tensor::variable(inputs[0].data.clone(), &inputs[0].shape, dev).unwrap();
+        let w = Tensor::variable(inputs[1].data.clone(), &inputs[1].shape, dev).unwrap();
+        let o = Conv2dOptions {
+            algorithm,
+            ..Conv2dOptions::new(1, 1)
+        };
+        let y = x.conv2d_with(&w, None, o).unwrap();
+        let g = y.square().unwrap().sum().unwrap().backward().unwrap();
+        [y, g.get(&x).unwrap().clone(), g.get(&w).unwrap().clone()].map(|t| t.to_vec().unwrap())
+    };
+    let (fast, reference) = (run(ConvAlgorithm::Fastest), run(ConvAlgorithm::Im2col));
+    for (k, (a, b)) in fast.iter().zip(&reference).enumerate() {
+        let err = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            scale > 0.0 && err <= 1e-5 * scale,
+            "part {k} differs by {err:e}"
+        );
+    }
+}
+test_device!(conv_algorithms_agree);

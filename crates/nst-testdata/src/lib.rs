@@ -42,11 +42,28 @@ impl Reference {
 
     /// A stored tensor as a constant on the CPU.
     pub fn tensor(&self, name: &str) -> Tensor {
-        let (data, shape) = self
-            .tensors
+        self.tensor_on(name, &Device::Cpu)
+    }
+
+    /// A stored tensor as a constant on `device`.
+    pub fn tensor_on(&self, name: &str, device: &Device) -> Tensor {
+        Tensor::from_vec(self.values(name).to_vec(), self.shape(name), device).unwrap()
+    }
+
+    /// A stored tensor's values.
+    pub fn values(&self, name: &str) -> &[f32] {
+        &self.entry(name).0
+    }
+
+    /// A stored tensor's shape.
+    pub fn shape(&self, name: &str) -> &[usize] {
+        &self.entry(name).1
+    }
+
+    fn entry(&self, name: &str) -> &(Vec<f32>, Vec<usize>) {
+        self.tensors
             .get(name)
-            .unwrap_or_else(|| panic!("reference has no tensor {name}"));
-        Tensor::from_vec(data.clone(), shape, &Device::Cpu).unwrap()
+            .unwrap_or_else(|| panic!("reference has no tensor {name}"))
     }
 
     /// `json["scalars"][name]`.

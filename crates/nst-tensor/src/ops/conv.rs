@@ -1,12 +1,42 @@
 //! 2-D convolution with optional bias, and the same with a fused ReLU.
+//!
+//! Forward: `y = conv(x, w) + b` (optionally `max(·, 0)`). Backward, given `dy`:
+//! - fused ReLU first: `dy ← dy ⊙ [y > 0]` (in place; the pre-activation is never stored);
+//! - `dx = conv(dy, W̃)` with the flipped kernel (the backend's input-gradient kernel), by the
+//!   same algorithm as the forward pass;
+//! - `dw`, `db` only when the weights or bias require a gradient: never in style transfer,
+//!   whose network is frozen, so that pass costs nothing there.
 
-use crate::op::{needed, InputGrad, Op};
+use crate::op::{if_needed, needed, InputGrad, Op};
+use crate::storage::Storage;
 use crate::{Result, Tensor, TensorError};
-use nst_cpu::conv::{
-    conv2d_backward_input, conv2d_backward_weight, conv2d_forward, conv2d_relu_forward,
-};
-use nst_cpu::relu::relu_mask_in_place;
-use nst_cpu::Conv2dParams;
+use nst_params::{Conv2dParams, ConvAlgorithm};
+
+/// How to convolve: stride and zero padding (equal along both axes), the algorithm, and
+/// whether a ReLU follows in the same op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+    /// The algorithm the backend uses, forward and for the input gradient.
+    pub algorithm: ConvAlgorithm,
+    /// Apply `max(·, 0)` to the output in the same op.
+    pub relu: bool,
+}
+
+impl Conv2dOptions {
+    /// Stride and padding with the backend's fastest algorithm and no ReLU.
+    pub fn new(stride: usize, pad: usize) -> Self {
+        Self {
+            stride,
+            pad,
+            algorithm: ConvAlgorithm::Fastest,
+            relu: false,
+        }
+    }
+}
 
 impl Tensor {
     /// Cross-correlation of `self[N, C_in, H, W]` with `w[C_out, C_in, kh, kw]`, plus
@@ -18,7 +48,7 @@ impl Tensor {
         stride: usize,
         pad: usize,
     ) -> Result<Tensor> {
-        self.conv2d_impl(w, b, stride, pad, false)
+        self.conv2d_with(w, b, Conv2dOptions::new(stride, pad))
     }
 
     /// `relu(self.conv2d(w, b, stride, pad))` in one op: the pre-activation is never stored
@@ -31,29 +61,25 @@ impl Tensor {
         stride: usize,
         pad: usize,
     ) -> Result<Tensor> {
-        self.conv2d_impl(w, b, stride, pad, true)
+        let relu = Conv2dOptions {
+            relu: true,
+            ..Conv2dOptions::new(stride, pad)
+        };
+        self.conv2d_with(w, b, relu)
     }
 
-    fn conv2d_impl(
-        &self,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        stride: usize,
-        pad: usize,
-        relu: bool,
-    ) -> Result<Tensor> {
+    /// The convolution with every option explicit (see [`Conv2dOptions`]).
+    pub fn conv2d_with(&self, w: &Tensor, b: Option<&Tensor>, o: Conv2dOptions) -> Result<Tensor> {
         let (x_dims, w_dims) = (self.dims(), w.dims());
         let mismatch = || TensorError::ShapeMismatch {
             op: "conv2d",
             lhs: x_dims.to_vec(),
             rhs: w_dims.to_vec(),
         };
-        if x_dims.len() != 4 || w_dims.len() != 4 || x_dims[1] != w_dims[1] || stride == 0 {
+        if x_dims.len() != 4 || w_dims.len() != 4 || x_dims[1] != w_dims[1] || o.stride == 0 {
             return Err(mismatch());
         }
-        self.same_device(w, "conv2d")?;
         if let Some(b) = b {
-            self.same_device(b, "conv2d")?;
             if b.dims() != [w_dims[0]] {
                 return Err(TensorError::ShapeMismatch {
                     op: "conv2d bias",
@@ -70,65 +96,54 @@ impl Tensor {
             out_channels: w_dims[0],
             kernel_h: w_dims[2],
             kernel_w: w_dims[3],
-            stride,
-            pad,
+            stride: o.stride,
+            pad: o.pad,
         };
         if p.out_h() == 0 || p.out_w() == 0 {
             return Err(mismatch());
         }
-        let mut y = vec![0.0; p.output_len()];
-        let forward = if relu {
-            conv2d_relu_forward
-        } else {
-            conv2d_forward
-        };
-        forward(&p, self.data(), w.data(), b.map(|b| b.data()), &mut y);
+        let y =
+            self.storage()
+                .conv2d(w.storage(), b.map(|b| b.storage()), &p, o.algorithm, o.relu)?;
         let shape = [p.batch, p.out_channels, p.out_h(), p.out_w()];
         let mut inputs = vec![self, w];
         inputs.extend(b);
-        Ok(Tensor::from_op(y, &shape, self.device(), &inputs, || {
-            Op::Conv2d {
-                x: self.clone(),
-                w: w.clone(),
-                b: b.cloned(),
-                p,
-                relu,
-            }
+        Ok(Tensor::from_op(y, &shape, &inputs, || Op::Conv2d {
+            x: self.clone(),
+            w: w.clone(),
+            b: b.cloned(),
+            p,
+            algo: o.algorithm,
+            relu: o.relu,
         }))
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
     p: &Conv2dParams,
+    algo: ConvAlgorithm,
     relu: bool,
     out: &Tensor,
-    mut dy: Vec<f32>,
-) -> Vec<InputGrad> {
+    mut dy: Storage,
+) -> Result<Vec<InputGrad>> {
     if relu {
-        // ReLU's backward, in place: dy = 0 where the output is not positive.
-        relu_mask_in_place(out.data(), &mut dy);
+        dy.relu_mask_in_place(out.storage())?;
     }
-    let dy = &dy[..];
-    let dx = x.requires_grad().then(|| {
-        let mut dx = vec![0.0; p.input_len()];
-        conv2d_backward_input(p, dy, w.data(), &mut dx);
-        dx
-    });
+    let dx = if_needed(x, || dy.conv2d_backward_input(w.storage(), p, algo))?;
     let need_b = b.is_some_and(|b| b.requires_grad());
     let (dw, db) = if w.requires_grad() || need_b {
-        let mut dw = vec![0.0; p.weight_len()];
-        let mut db = vec![0.0; p.out_channels];
-        conv2d_backward_weight(p, x.data(), dy, &mut dw, Some(&mut db));
-        (w.requires_grad().then_some(dw), need_b.then_some(db))
+        let (dw, db) = x.storage().conv2d_backward_weight(&dy, p, need_b)?;
+        (w.requires_grad().then_some(dw), db)
     } else {
         (None, None)
     };
-    let mut out = needed([(x.clone(), dx), (w.clone(), dw)]);
+    let mut grads = needed([(x.clone(), dx), (w.clone(), dw)]);
     if let (Some(b), Some(db)) = (b, db) {
-        out.push((b.clone(), db));
+        grads.push((b.clone(), db));
     }
-    out
+    Ok(grads)
 }

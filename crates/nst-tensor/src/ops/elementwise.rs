@@ -1,32 +1,26 @@
 //! Elementwise arithmetic on tensors of equal shape.
 
-use crate::op::{needed, InputGrad, Op};
+use crate::backend::BinaryOp;
+use crate::op::{if_needed, needed, InputGrad, Op};
+use crate::storage::Storage;
 use crate::{Result, Tensor};
-use nst_cpu::elementwise as k;
 
 impl Tensor {
     fn binary(
         &self,
         other: &Tensor,
         name: &'static str,
-        f: fn(&[f32], &[f32], &mut [f32]),
+        kind: BinaryOp,
         op: impl FnOnce() -> Op,
     ) -> Result<Tensor> {
         self.same_shape(other, name)?;
-        let mut out = vec![0.0; self.elem_count()];
-        f(self.data(), other.data(), &mut out);
-        Ok(Tensor::from_op(
-            out,
-            self.dims(),
-            self.device(),
-            &[self, other],
-            op,
-        ))
+        let out = self.storage().binary(other.storage(), kind, name)?;
+        Ok(Tensor::from_op(out, self.dims(), &[self, other], op))
     }
 
     /// `self + other`.
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
-        self.binary(other, "add", k::add, || Op::Add {
+        self.binary(other, "add", BinaryOp::Add, || Op::Add {
             a: self.clone(),
             b: other.clone(),
         })
@@ -34,7 +28,7 @@ impl Tensor {
 
     /// `self − other`.
     pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
-        self.binary(other, "sub", k::sub, || Op::Sub {
+        self.binary(other, "sub", BinaryOp::Sub, || Op::Sub {
             a: self.clone(),
             b: other.clone(),
         })
@@ -42,7 +36,7 @@ impl Tensor {
 
     /// `self ⊙ other` (elementwise product).
     pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
-        self.binary(other, "mul", k::mul, || Op::Mul {
+        self.binary(other, "mul", BinaryOp::Mul, || Op::Mul {
             a: self.clone(),
             b: other.clone(),
         })
@@ -50,69 +44,54 @@ impl Tensor {
 
     /// `s · self`.
     pub fn scale(&self, s: f32) -> Result<Tensor> {
-        let mut out = vec![0.0; self.elem_count()];
-        k::scale(self.data(), s, &mut out);
-        Ok(Tensor::from_op(
-            out,
-            self.dims(),
-            self.device(),
-            &[self],
-            || Op::Scale { x: self.clone(), s },
-        ))
+        let out = self.storage().scale(s)?;
+        Ok(Tensor::from_op(out, self.dims(), &[self], || Op::Scale {
+            x: self.clone(),
+            s,
+        }))
     }
 
     /// `self²` elementwise.
     pub fn square(&self) -> Result<Tensor> {
-        let mut out = vec![0.0; self.elem_count()];
-        k::square(self.data(), &mut out);
-        Ok(Tensor::from_op(
-            out,
-            self.dims(),
-            self.device(),
-            &[self],
-            || Op::Square { x: self.clone() },
-        ))
+        let out = self.storage().square()?;
+        Ok(Tensor::from_op(out, self.dims(), &[self], || Op::Square {
+            x: self.clone(),
+        }))
     }
 }
 
-fn scaled(g: &[f32], s: f32) -> Vec<f32> {
-    let mut out = vec![0.0; g.len()];
-    k::scale(g, s, &mut out);
-    out
+/// Hands `g` to `a` and a copy to `b` (`b_grad` maps it, e.g. negates it for a difference),
+/// copying only when both need it.
+fn both(
+    a: &Tensor,
+    b: &Tensor,
+    g: Storage,
+    b_grad: impl FnOnce(&Storage) -> Result<Storage>,
+) -> Result<Vec<InputGrad>> {
+    let gb = if_needed(b, || b_grad(&g))?;
+    let ga = a.requires_grad().then_some(g);
+    Ok(needed([(a.clone(), ga), (b.clone(), gb)]))
 }
 
-pub(crate) fn add_backward(a: &Tensor, b: &Tensor, g: &[f32]) -> Vec<InputGrad> {
-    needed([
-        (a.clone(), a.requires_grad().then(|| g.to_vec())),
-        (b.clone(), b.requires_grad().then(|| g.to_vec())),
-    ])
+pub(crate) fn add_backward(a: &Tensor, b: &Tensor, g: Storage) -> Result<Vec<InputGrad>> {
+    both(a, b, g, Storage::try_clone)
 }
 
-pub(crate) fn sub_backward(a: &Tensor, b: &Tensor, g: &[f32]) -> Vec<InputGrad> {
-    needed([
-        (a.clone(), a.requires_grad().then(|| g.to_vec())),
-        (b.clone(), b.requires_grad().then(|| scaled(g, -1.0))),
-    ])
+pub(crate) fn sub_backward(a: &Tensor, b: &Tensor, g: Storage) -> Result<Vec<InputGrad>> {
+    both(a, b, g, |g| g.scale(-1.0))
 }
 
-pub(crate) fn mul_backward(a: &Tensor, b: &Tensor, g: &[f32]) -> Vec<InputGrad> {
-    let times = |t: &Tensor| {
-        let mut out = vec![0.0; g.len()];
-        k::mul(g, t.data(), &mut out);
-        out
-    };
-    needed([
-        (a.clone(), a.requires_grad().then(|| times(b))),
-        (b.clone(), b.requires_grad().then(|| times(a))),
-    ])
+pub(crate) fn mul_backward(a: &Tensor, b: &Tensor, g: &Storage) -> Result<Vec<InputGrad>> {
+    let da = if_needed(a, || g.scaled_mul(b.storage(), 1.0))?;
+    let db = if_needed(b, || g.scaled_mul(a.storage(), 1.0))?;
+    Ok(needed([(a.clone(), da), (b.clone(), db)]))
 }
 
-pub(crate) fn scale_backward(x: &Tensor, s: f32, g: &[f32]) -> Vec<InputGrad> {
-    vec![(x.clone(), scaled(g, s))]
+pub(crate) fn scale_backward(x: &Tensor, s: f32, g: &Storage) -> Result<Vec<InputGrad>> {
+    Ok(vec![(x.clone(), g.scale(s)?)])
 }
 
-pub(crate) fn square_backward(x: &Tensor, g: &[f32]) -> Vec<InputGrad> {
-    let mut out = vec![0.0; g.len()];
-    k::zip_map(g, x.data(), &mut out, |g, x| 2.0 * x * g);
-    vec![(x.clone(), out)]
+/// `d(x²) = 2·x·g`.
+pub(crate) fn square_backward(x: &Tensor, g: &Storage) -> Result<Vec<InputGrad>> {
+    Ok(vec![(x.clone(), g.scaled_mul(x.storage(), 2.0)?)])
 }

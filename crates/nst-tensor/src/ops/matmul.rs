@@ -1,8 +1,8 @@
 //! Matrix product of 2-D tensors.
 
-use crate::op::{needed, InputGrad, Op};
+use crate::op::{if_needed, needed, InputGrad, Op};
+use crate::storage::Storage;
 use crate::{Result, Tensor, TensorError};
-use nst_cpu::matmul;
 
 impl Tensor {
     /// `self[m, k] · b[k, n]` → `[m, n]`.
@@ -15,35 +15,19 @@ impl Tensor {
                 rhs: bd.to_vec(),
             });
         }
-        self.same_device(b, "matmul")?;
         let (m, k, n) = (ad[0], ad[1], bd[1]);
-        let mut c = vec![0.0; m * n];
-        matmul(self.data(), b.data(), &mut c, m, k, n, false, false, false);
-        Ok(Tensor::from_op(
-            c,
-            &[m, n],
-            self.device(),
-            &[self, b],
-            || Op::Matmul {
-                a: self.clone(),
-                b: b.clone(),
-            },
-        ))
+        let c = self.storage().matmul(b.storage(), m, k, n, false, false)?;
+        Ok(Tensor::from_op(c, &[m, n], &[self, b], || Op::Matmul {
+            a: self.clone(),
+            b: b.clone(),
+        }))
     }
 }
 
 /// `da = dc·bᵀ`, `db = aᵀ·dc`.
-pub(crate) fn backward(a: &Tensor, b: &Tensor, dc: &[f32]) -> Vec<InputGrad> {
+pub(crate) fn backward(a: &Tensor, b: &Tensor, dc: &Storage) -> Result<Vec<InputGrad>> {
     let (m, k, n) = (a.dims()[0], a.dims()[1], b.dims()[1]);
-    let da = a.requires_grad().then(|| {
-        let mut da = vec![0.0; m * k];
-        matmul(dc, b.data(), &mut da, m, n, k, false, true, false);
-        da
-    });
-    let db = b.requires_grad().then(|| {
-        let mut db = vec![0.0; k * n];
-        matmul(a.data(), dc, &mut db, k, m, n, true, false, false);
-        db
-    });
-    needed([(a.clone(), da), (b.clone(), db)])
+    let da = if_needed(a, || dc.matmul(b.storage(), m, n, k, false, true))?;
+    let db = if_needed(b, || a.storage().matmul(dc, k, m, n, true, false))?;
+    Ok(needed([(a.clone(), da), (b.clone(), db)]))
 }

@@ -1,8 +1,9 @@
 //! 2×2 max and average pooling, stride 2, floor mode.
 
 use crate::op::{InputGrad, Op};
+use crate::storage::{PoolIndices, Storage};
 use crate::{Result, Tensor, TensorError};
-use nst_cpu::pool::*;
+use nst_params::Pool2dParams;
 
 fn params(x: &Tensor, op: &'static str) -> Result<(Pool2dParams, [usize; 4])> {
     let d = x.dims();
@@ -22,28 +23,25 @@ fn params(x: &Tensor, op: &'static str) -> Result<(Pool2dParams, [usize; 4])> {
 }
 
 impl Tensor {
-    /// 2×2 max pooling with stride 2 on `[N, C, H, W]` → `[N, C, H/2, W/2]` (floor).
+    /// 2×2 max pooling with stride 2 on `[N, C, H, W]` → `[N, C, H/2, W/2]` (floor). Ties go
+    /// to the first element of the window in row-major order, as in PyTorch.
     pub fn max_pool2d(&self) -> Result<Tensor> {
         let (p, shape) = params(self, "max_pool2d")?;
-        let mut y = vec![0.0; p.output_len()];
-        let mut argmax = vec![0u32; p.output_len()];
-        max_pool_forward(&p, self.data(), &mut y, &mut argmax);
-        Ok(Tensor::from_op(y, &shape, self.device(), &[self], || {
-            Op::MaxPool {
-                x: self.clone(),
-                p,
-                argmax,
-            }
+        let (y, indices) = self.storage().max_pool2d(&p)?;
+        Ok(Tensor::from_op(y, &shape, &[self], || Op::MaxPool {
+            x: self.clone(),
+            p,
+            indices,
         }))
     }
 
     /// 2×2 average pooling with stride 2 on `[N, C, H, W]` → `[N, C, H/2, W/2]` (floor).
     pub fn avg_pool2d(&self) -> Result<Tensor> {
         let (p, shape) = params(self, "avg_pool2d")?;
-        let mut y = vec![0.0; p.output_len()];
-        avg_pool_forward(&p, self.data(), &mut y);
-        Ok(Tensor::from_op(y, &shape, self.device(), &[self], || {
-            Op::AvgPool { x: self.clone(), p }
+        let y = self.storage().avg_pool2d(&p)?;
+        Ok(Tensor::from_op(y, &shape, &[self], || Op::AvgPool {
+            x: self.clone(),
+            p,
         }))
     }
 }
@@ -51,16 +49,12 @@ impl Tensor {
 pub(crate) fn max_backward(
     x: &Tensor,
     p: &Pool2dParams,
-    argmax: &[u32],
-    dy: &[f32],
-) -> Vec<InputGrad> {
-    let mut dx = vec![0.0; p.input_len()];
-    max_pool_backward(p, dy, argmax, &mut dx);
-    vec![(x.clone(), dx)]
+    indices: &PoolIndices,
+    dy: &Storage,
+) -> Result<Vec<InputGrad>> {
+    Ok(vec![(x.clone(), dy.max_pool2d_backward(indices, p)?)])
 }
 
-pub(crate) fn avg_backward(x: &Tensor, p: &Pool2dParams, dy: &[f32]) -> Vec<InputGrad> {
-    let mut dx = vec![0.0; p.input_len()];
-    avg_pool_backward(p, dy, &mut dx);
-    vec![(x.clone(), dx)]
+pub(crate) fn avg_backward(x: &Tensor, p: &Pool2dParams, dy: &Storage) -> Result<Vec<InputGrad>> {
+    Ok(vec![(x.clone(), dy.avg_pool2d_backward(p)?)])
 }

@@ -1,20 +1,16 @@
 //! Reductions to a scalar.
 
 use crate::op::{InputGrad, Op};
+use crate::storage::Storage;
 use crate::{Result, Tensor};
-use nst_cpu::elementwise as k;
 
 impl Tensor {
-    /// Σ of all elements (accumulated in f64) → shape `[]`.
+    /// Σ of all elements (accumulated in f64) → shape `[]`, on the same device.
     pub fn sum(&self) -> Result<Tensor> {
-        let s = k::sum(self.data()) as f32;
-        Ok(Tensor::from_op(
-            vec![s],
-            &[],
-            self.device(),
-            &[self],
-            || Op::Sum { x: self.clone() },
-        ))
+        let s = self.storage().sum()?;
+        Ok(Tensor::from_op(s, &[], &[self], || Op::Sum {
+            x: self.clone(),
+        }))
     }
 
     /// Mean of all elements → shape `[]`.
@@ -23,6 +19,6 @@ impl Tensor {
     }
 }
 
-pub(crate) fn sum_backward(x: &Tensor, g: &[f32]) -> Vec<InputGrad> {
-    vec![(x.clone(), vec![g[0]; x.elem_count()])]
+pub(crate) fn sum_backward(x: &Tensor, g: &Storage) -> Result<Vec<InputGrad>> {
+    Ok(vec![(x.clone(), g.broadcast(x.elem_count())?)])
 }

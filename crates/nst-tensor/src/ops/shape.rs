@@ -1,6 +1,7 @@
 //! Reshape and 2-D transpose.
 
 use crate::op::{InputGrad, Op};
+use crate::storage::Storage;
 use crate::{Result, Tensor, TensorError};
 
 impl Tensor {
@@ -13,10 +14,9 @@ impl Tensor {
                 rhs: shape.to_vec(),
             });
         }
-        Ok(Tensor::from_storage_op(
+        Ok(Tensor::from_shared_op(
             self.0.storage.clone(),
             shape,
-            self.device(),
             &[self],
             || Op::Reshape { x: self.clone() },
         ))
@@ -31,24 +31,14 @@ impl Tensor {
                 rhs: vec![0, 0],
             });
         };
-        let t = transpose_data(self.data(), r, c);
-        Ok(Tensor::from_op(t, &[c, r], self.device(), &[self], || {
-            Op::Transpose { x: self.clone() }
+        let t = self.storage().transpose(r, c)?;
+        Ok(Tensor::from_op(t, &[c, r], &[self], || Op::Transpose {
+            x: self.clone(),
         }))
     }
 }
 
-fn transpose_data(a: &[f32], r: usize, c: usize) -> Vec<f32> {
-    let mut t = vec![0.0; r * c];
-    for i in 0..r {
-        for j in 0..c {
-            t[j * r + i] = a[i * c + j];
-        }
-    }
-    t
-}
-
-pub(crate) fn transpose_backward(x: &Tensor, dy: &[f32]) -> Vec<InputGrad> {
+pub(crate) fn transpose_backward(x: &Tensor, dy: &Storage) -> Result<Vec<InputGrad>> {
     let (r, c) = (x.dims()[0], x.dims()[1]);
-    vec![(x.clone(), transpose_data(dy, c, r))]
+    Ok(vec![(x.clone(), dy.transpose(c, r)?)])
 }

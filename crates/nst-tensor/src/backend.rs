@@ -1,0 +1,157 @@
+//! The seam between tensors and devices: every kernel an op needs, as one trait that each
+//! device's storage implements ([`crate::cpu_backend::CpuStorage`], the CUDA storage), and
+//! the device-level operations (allocation, caches) as a second.
+//!
+//! The pattern is candle-core's `backend.rs`: [`crate::storage::Storage`] is an enum with one
+//! variant per device and forwards each call to the variant's implementation, so adding a
+//! device means implementing these two traits and adding an arm. Kernels take whole,
+//! contiguous buffers (NCHW for images) and return new storage on the same device; the few
+//! in-place methods exist where reusing a buffer measurably saves memory (gradient
+//! accumulation, masking a gradient, the optimizer's update).
+//!
+//! Names of gradients follow llm.c: `dy` is ∂L/∂y for an op's output y, `dx`, `dw`, `db` the
+//! gradients it produces.
+
+use crate::{Device, Result};
+use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
+
+/// Elementwise binary operations on equal-length buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// a + b
+    Add,
+    /// a − b
+    Sub,
+    /// a ⊙ b
+    Mul,
+}
+
+/// A device's memory for one tensor, with every kernel the ops of this crate call.
+///
+/// Implementations may assume what the tensor layer has checked: operands are on this device
+/// and their lengths match the shapes passed in.
+pub trait BackendStorage: Sized {
+    /// Which input element won each 2×2 max-pooling window, kept on the device for the
+    /// backward pass.
+    type PoolIndices;
+
+    /// Number of f32 elements.
+    fn len(&self) -> usize;
+    /// True when there are no elements.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The device holding the data.
+    fn device(&self) -> &Device;
+    /// A copy of the data in host memory.
+    fn to_vec(&self) -> Result<Vec<f32>>;
+    /// A copy on the same device.
+    fn try_clone(&self) -> Result<Self>;
+
+    /// `y = conv(x, w) + b`, or `max(conv(x, w) + b, 0)` when `relu` (self is x).
+    fn conv2d(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        p: &Conv2dParams,
+        algo: ConvAlgorithm,
+        relu: bool,
+    ) -> Result<Self>;
+    /// `dx = ∂L/∂x` of the convolution `p` from `dy` (self) and the weights.
+    fn conv2d_backward_input(
+        &self,
+        w: &Self,
+        p: &Conv2dParams,
+        algo: ConvAlgorithm,
+    ) -> Result<Self>;
+    /// `(dw, db)` from the input x (self) and `dy`; `db` only when `with_bias`. Style transfer
+    /// never calls this (its weights are frozen).
+    fn conv2d_backward_weight(
+        &self,
+        dy: &Self,
+        p: &Conv2dParams,
+        with_bias: bool,
+    ) -> Result<(Self, Option<Self>)>;
+
+    /// `max(x, 0)`.
+    fn relu(&self) -> Result<Self>;
+    /// ReLU's backward in place on `dy` (self): `dy = 0` where the ReLU's output `y` is not
+    /// positive (PyTorch's convention: gradient 0 at x = 0).
+    fn relu_mask_in_place(&mut self, y: &Self) -> Result<()>;
+
+    /// 2×2 stride-2 max pooling: the output and, per output, which input element won (ties
+    /// to the first in row-major order, NaN propagates, as in PyTorch).
+    fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, Self::PoolIndices)>;
+    /// `dx` of max pooling from `dy` (self): each `dy` goes to its window's winner.
+    fn max_pool2d_backward(&self, indices: &Self::PoolIndices, p: &Pool2dParams) -> Result<Self>;
+    /// 2×2 stride-2 average pooling.
+    fn avg_pool2d(&self, p: &Pool2dParams) -> Result<Self>;
+    /// `dx` of average pooling from `dy` (self): a quarter of each `dy` to its window.
+    fn avg_pool2d_backward(&self, p: &Pool2dParams) -> Result<Self>;
+
+    /// `op(a)[m × k] · op(b)[k × n]` with row-major a (self) and b, where `op` transposes
+    /// when asked: a is stored `[k × m]` when `trans_a`, b `[n × k]` when `trans_b`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        b: &Self,
+        m: usize,
+        k: usize,
+        n: usize,
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Result<Self>;
+    /// `G_i = scale · F_i·F_iᵀ` for each of `batch` matrices `F_i[c × m]` stored one after
+    /// another in self → `[batch, c, c]`.
+    fn gram(&self, batch: usize, c: usize, m: usize, scale: f32) -> Result<Self>;
+    /// `dF_i = scale · (dG_i + dG_iᵀ)·F_i` from F (self) and `dG`.
+    fn gram_backward(
+        &self,
+        dg: &Self,
+        batch: usize,
+        c: usize,
+        m: usize,
+        scale: f32,
+    ) -> Result<Self>;
+    /// The transpose of a row-major `[rows × cols]` matrix.
+    fn transpose(&self, rows: usize, cols: usize) -> Result<Self>;
+
+    /// `a op b` elementwise (self is a).
+    fn binary(&self, b: &Self, op: BinaryOp) -> Result<Self>;
+    /// `s · a ⊙ b` elementwise: the backward of a product (s = 1) and of a square (s = 2).
+    fn scaled_mul(&self, b: &Self, s: f32) -> Result<Self>;
+    /// `s · x`.
+    fn scale(&self, s: f32) -> Result<Self>;
+    /// `x²`.
+    fn square(&self) -> Result<Self>;
+    /// `self += other`: how gradients from several uses of a tensor accumulate.
+    fn add_assign(&mut self, other: &Self) -> Result<()>;
+    /// Σx accumulated in f64, as a one-element buffer on the device.
+    fn sum(&self) -> Result<Self>;
+    /// `n` copies of the single element of self (the backward of [`BackendStorage::sum`]).
+    fn broadcast(&self, n: usize) -> Result<Self>;
+
+    /// `α·x + β·y` (optimizer update; self is x).
+    fn axpby(&self, alpha: f32, y: &Self, beta: f32) -> Result<Self>;
+    /// Σ xᵢ·yᵢ accumulated in f64.
+    fn dot(&self, y: &Self) -> Result<f64>;
+    /// Σ |xᵢ| accumulated in f64.
+    fn abs_sum(&self) -> Result<f64>;
+    /// max |xᵢ|, NaN if any element is NaN.
+    fn abs_max(&self) -> Result<f32>;
+    /// One Adam update of x (self) in place, with the moments `m`, `v` updated in place.
+    fn adam_update(&mut self, g: &Self, m: &mut Self, v: &mut Self, p: &AdamParams) -> Result<()>;
+}
+
+/// A device: where storage comes from, and its caches.
+pub trait BackendDevice {
+    /// The storage type this device makes.
+    type Storage: BackendStorage;
+    /// Moves host data onto the device.
+    fn storage_from_vec(&self, data: Vec<f32>) -> Result<Self::Storage>;
+    /// `n` copies of `value`.
+    fn storage_full(&self, value: f32, n: usize) -> Result<Self::Storage>;
+    /// Returns cached scratch memory (convolution buffers, pools) to the system, e.g. between
+    /// image scales whose shapes differ.
+    fn release_cached_memory(&self);
+}

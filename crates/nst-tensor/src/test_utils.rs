@@ -1,0 +1,96 @@
+//! Running one test on every device: [`test_device!`](crate::test_device) turns a function
+//! `fn name(dev: &Device) -> …` into the tests `name::cpu` and `name::cuda` (candle-core's
+//! `test_device!` and dfdx's `TestDevice` are the models).
+//!
+//! The CUDA half runs when a CUDA device can be opened. Where it cannot (no GPU, or no CUDA
+//! backend in this build), it passes after writing a `SKIPPED` line with the reason straight to
+//! the terminal — past the test harness's output capture — so a run without a GPU says so:
+//!
+//! ```text
+//! test gradients::cuda ... SKIPPED gradients::cuda: CUDA is not available: no NVIDIA driver found (libcuda.so could not be loaded)
+//! ok
+//! ```
+//!
+//! Set `NST_REQUIRE_CUDA=1` (as the GPU check script does) to make a missing device fail the
+//! CUDA half instead.
+
+use crate::Device;
+use std::fmt::Debug;
+use std::io::Write;
+
+/// Defines the tests `<name>::cpu` and `<name>::cuda` that call `name(&device)`. `name` returns
+/// `()` or a `Result` whose error is `Debug`.
+///
+/// ```
+/// use nst_tensor::{test_device, Device, Tensor, TensorError};
+///
+/// fn doubles(dev: &Device) -> Result<(), TensorError> {
+///     let x = Tensor::from_vec(vec![1.0, 2.0], &[2], dev)?;
+///     assert_eq!(x.scale(2.0)?.to_vec()?, vec![2.0, 4.0]);
+///     Ok(())
+/// }
+/// test_device!(doubles);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! test_device {
+    ($name:ident) => {
+        $crate::__paste_device_tests!($name);
+    };
+}
+
+/// Implementation detail of [`test_device!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __paste_device_tests {
+    ($name:ident) => {
+        #[allow(non_snake_case)]
+        mod $name {
+            #[test]
+            fn cpu() {
+                $crate::test_utils::Outcome::check(super::$name(&$crate::Device::Cpu));
+            }
+            #[test]
+            fn cuda() {
+                let test = concat!(module_path!(), "::cuda");
+                if let Some(dev) = $crate::test_utils::cuda_or_skip(test) {
+                    $crate::test_utils::Outcome::check(super::$name(&dev));
+                }
+            }
+        }
+    };
+}
+
+/// CUDA device 0, or `None` after reporting the test as skipped (see the module docs).
+pub fn cuda_or_skip(test: &str) -> Option<Device> {
+    match Device::cuda(0) {
+        Ok(dev) => Some(dev),
+        Err(e) if std::env::var_os("NST_REQUIRE_CUDA").is_some() => {
+            panic!("NST_REQUIRE_CUDA is set but {e}")
+        }
+        Err(e) => {
+            // Straight to the process's stderr: `eprintln!` would be captured by the harness
+            // and shown only for failing tests.
+            let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {e}");
+            None
+        }
+    }
+}
+
+/// What a device test may return.
+pub trait Outcome {
+    /// Panics (fails the test) on an error.
+    fn check(self);
+}
+
+impl Outcome for () {
+    fn check(self) {}
+}
+
+impl<E: Debug> Outcome for Result<(), E> {
+    fn check(self) {
+        if let Err(e) = self {
+            panic!("{e:?}");
+        }
+    }
+}
