@@ -15,11 +15,17 @@
 //! of the paper; dividing the Gram matrix by H·W first makes it independent of the size of
 //! the style image, so a style image of any size can be used. Several style images combine by
 //! blending their Ĝ targets with weights ([`blend_grams`]).
+//!
+//! [`Objective`] puts them together on VGG-19 features: the total
+//! `J = α·Σ J_c + β·Σ_l w_l·J_s^l + γ·TV` of an image and its gradient, with the targets
+//! computed once (see [`objective`]).
 
 mod content;
+pub mod objective;
 mod style;
 mod tv;
 
 pub use content::content_loss;
+pub use objective::{LossSpec, LossWeights, Objective, ObjectiveError, ObjectiveValue};
 pub use style::{blend_grams, gram_hat, style_layer_loss, style_loss};
 pub use tv::tv_loss;

@@ -1,7 +1,7 @@
 //! Losses and their gradients against the PyTorch float64 reference, plus hand-computed cases.
 
 use nst_loss::*;
-use nst_tensor::{Device, Tensor};
+use nst_tensor::{test_device, Device, Tensor};
 use nst_testdata::{rel_err, rel_err_scalar, Reference};
 use nst_vgg::{Layer, Pooling, Vgg19};
 
@@ -11,12 +11,11 @@ fn layers(names: &[&str]) -> Vec<Layer> {
     names.iter().map(|n| n.parse().unwrap()).collect()
 }
 
-#[test]
-fn style_grams_losses_and_gradients_match_reference() {
+fn style_grams_losses_and_gradients_match_reference(dev: &Device) {
     let r = Reference::load();
-    let vgg = Vgg19::embedded(&Device::Cpu, Pooling::Max).unwrap();
+    let vgg = Vgg19::embedded(dev, Pooling::Max).unwrap();
     let style_feats = vgg
-        .features(&r.tensor("style_rgb"), &layers(&STYLE_LAYERS))
+        .features(&r.tensor_on("style_rgb", dev), &layers(&STYLE_LAYERS))
         .unwrap();
     let targets: Vec<Tensor> = style_feats
         .iter()
@@ -24,13 +23,13 @@ fn style_grams_losses_and_gradients_match_reference() {
         .collect();
     for (name, t) in STYLE_LAYERS.iter().zip(&targets) {
         let e = rel_err(
-            &t.to_vec(),
-            &r.tensor(&format!("gram_hat.style.{name}")).to_vec(),
+            &t.to_vec().unwrap(),
+            r.values(&format!("gram_hat.style.{name}")),
         );
         assert!(e <= 1e-4, "Ĝ {name}: {e:.2e}");
     }
     for (i, name) in STYLE_LAYERS.iter().enumerate() {
-        let g = r.tensor("generated_rgb").to_variable();
+        let g = r.tensor_on("generated_rgb", dev).to_variable();
         let f = vgg.features(&g, &layers(&[name])).unwrap();
         let loss = style_layer_loss(&f[0], &targets[i]).unwrap();
         let e = rel_err_scalar(
@@ -39,45 +38,44 @@ fn style_grams_losses_and_gradients_match_reference() {
         );
         eprintln!("J_s {name}: {e:.3e}");
         assert!(e <= 1e-4, "J_s {name}: {e:.2e}");
-        let grad = loss.backward().unwrap().get(&g).unwrap().to_vec();
-        let e = rel_err(&grad, &r.tensor(&format!("grad.style.{name}")).to_vec());
+        let grad = loss.backward().unwrap().get(&g).unwrap().to_vec().unwrap();
+        let e = rel_err(&grad, r.values(&format!("grad.style.{name}")));
         eprintln!("grad style {name}: {e:.3e}");
         assert!(e <= 1e-3, "∂J_s/∂x {name}: {e:.2e}");
     }
 }
+test_device!(style_grams_losses_and_gradients_match_reference);
 
-#[test]
-fn content_loss_and_gradient_match_reference() {
+fn content_loss_and_gradient_match_reference(dev: &Device) {
     let r = Reference::load();
-    let vgg = Vgg19::embedded(&Device::Cpu, Pooling::Max).unwrap();
+    let vgg = Vgg19::embedded(dev, Pooling::Max).unwrap();
     let l = layers(&["relu4_2"]);
     let target = vgg
-        .features(&r.tensor("content_rgb"), &l)
+        .features(&r.tensor_on("content_rgb", dev), &l)
         .unwrap()
         .remove(0);
-    let g = r.tensor("generated_rgb").to_variable();
+    let g = r.tensor_on("generated_rgb", dev).to_variable();
     let loss = content_loss(&vgg.features(&g, &l).unwrap()[0], &target).unwrap();
     let e = rel_err_scalar(loss.to_scalar().unwrap() as f64, r.scalar("loss.content"));
     assert!(e <= 1e-4, "J_c: {e:.2e}");
-    let grad = loss.backward().unwrap().get(&g).unwrap().to_vec();
-    let e = rel_err(&grad, &r.tensor("grad.content").to_vec());
+    let grad = loss.backward().unwrap().get(&g).unwrap().to_vec().unwrap();
+    let e = rel_err(&grad, r.values("grad.content"));
     eprintln!("grad content: {e:.3e}");
     assert!(e <= 1e-3, "∂J_c/∂x: {e:.2e}");
 }
+test_device!(content_loss_and_gradient_match_reference);
 
-#[test]
-fn hand_computed_values() {
-    let dev = Device::Cpu;
+fn hand_computed_values(dev: &Device) {
     // Content: F_G = [1,2,3,4], F_C = 0, C·H·W = 4 → 30 / 16.
-    let f = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[1, 1, 2, 2], &dev).unwrap();
-    let zero = Tensor::zeros(&[1, 1, 2, 2], &dev);
+    let f = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[1, 1, 2, 2], dev).unwrap();
+    let zero = Tensor::zeros(&[1, 1, 2, 2], dev).unwrap();
     assert_eq!(
         content_loss(&f, &zero).unwrap().to_scalar().unwrap(),
         30.0 / 16.0
     );
     // Ĝ of one channel [1,2,3,4]: (1+4+9+16)/4 = 7.5; style loss to target 0 is 7.5²/4.
-    assert_eq!(gram_hat(&f).unwrap().to_vec(), vec![7.5]);
-    let t0 = Tensor::zeros(&[1, 1], &dev);
+    assert_eq!(gram_hat(&f).unwrap().to_vec().unwrap(), vec![7.5]);
+    let t0 = Tensor::zeros(&[1, 1], dev).unwrap();
     assert_eq!(
         style_layer_loss(&f, &t0).unwrap().to_scalar().unwrap(),
         7.5 * 7.5 / 4.0
@@ -89,21 +87,20 @@ fn hand_computed_values() {
     assert_eq!(tv_loss(&f).unwrap().to_scalar().unwrap(), 10.0 / 4.0);
     // Blending: (1·[2] + 3·[6]) / 4 = [5].
     let (a, b) = (
-        Tensor::full(2.0, &[1, 1], &dev),
-        Tensor::full(6.0, &[1, 1], &dev),
+        Tensor::full(2.0, &[1, 1], dev).unwrap(),
+        Tensor::full(6.0, &[1, 1], dev).unwrap(),
     );
     assert_eq!(
-        blend_grams(&[a, b], &[1.0, 3.0]).unwrap().to_vec(),
+        blend_grams(&[a, b], &[1.0, 3.0]).unwrap().to_vec().unwrap(),
         vec![5.0]
     );
 }
+test_device!(hand_computed_values);
 
-#[test]
-fn style_loss_is_independent_of_style_image_size() {
+fn style_loss_is_independent_of_style_image_size(dev: &Device) {
     // Tiling an image 2×2 leaves Ĝ unchanged (up to the border of the padding-free features).
-    let dev = Device::Cpu;
     let base: Vec<f32> = (0..2 * 3 * 3).map(|i| (i as f32 * 0.7).sin()).collect();
-    let f = Tensor::from_vec(base.clone(), &[1, 2, 3, 3], &dev).unwrap();
+    let f = Tensor::from_vec(base.clone(), &[1, 2, 3, 3], dev).unwrap();
     let mut tiled = vec![0.0; 2 * 6 * 6];
     for c in 0..2 {
         for y in 0..6 {
@@ -112,35 +109,36 @@ fn style_loss_is_independent_of_style_image_size() {
             }
         }
     }
-    let big = Tensor::from_vec(tiled, &[1, 2, 6, 6], &dev).unwrap();
+    let big = Tensor::from_vec(tiled, &[1, 2, 6, 6], dev).unwrap();
     let e = rel_err(
-        &gram_hat(&big).unwrap().to_vec(),
-        &gram_hat(&f).unwrap().to_vec(),
+        &gram_hat(&big).unwrap().to_vec().unwrap(),
+        &gram_hat(&f).unwrap().to_vec().unwrap(),
     );
     assert!(e < 1e-6);
 }
+test_device!(style_loss_is_independent_of_style_image_size);
 
-#[test]
-fn tv_gradient_matches_finite_differences() {
+fn tv_gradient_matches_finite_differences(dev: &Device) {
     use rand::{rngs::StdRng, Rng, SeedableRng};
     let mut rng = StdRng::seed_from_u64(3);
     let data: Vec<f32> = (0..3 * 5 * 4)
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
-    let x = Tensor::variable(data.clone(), &[1, 3, 5, 4], &Device::Cpu).unwrap();
+    let x = Tensor::variable(data.clone(), &[1, 3, 5, 4], dev).unwrap();
     let g = tv_loss(&x)
         .unwrap()
         .backward()
         .unwrap()
         .get(&x)
         .unwrap()
-        .to_vec();
+        .to_vec()
+        .unwrap();
     let h = 1e-2f32;
     for i in 0..data.len() {
         let eval = |d: f32| {
             let mut v = data.clone();
             v[i] += d;
-            tv_loss(&Tensor::from_vec(v, &[1, 3, 5, 4], &Device::Cpu).unwrap())
+            tv_loss(&Tensor::from_vec(v, &[1, 3, 5, 4], dev).unwrap())
                 .unwrap()
                 .to_scalar()
                 .unwrap() as f64
@@ -152,4 +150,126 @@ fn tv_gradient_matches_finite_differences() {
             g[i]
         );
     }
+}
+test_device!(tv_gradient_matches_finite_differences);
+
+/// The total objective against the reference's separate terms: at the generated image, with
+/// the content and style images as targets, its parts are J_c and Σ w_l·J_s^l, and the total
+/// is α·J_c + β·Σ w_l·J_s^l + γ·TV.
+fn objective_combines_the_reference_terms(dev: &Device) {
+    let r = Reference::load();
+    let vgg = Vgg19::embedded(dev, Pooling::Max).unwrap();
+    let w_l = [0.1, 0.2, 0.4, 0.2, 0.1];
+    let (alpha, beta, gamma) = (2.0f32, 1e-3f32, 0.5f32);
+    let spec = LossSpec {
+        content_layers: layers(&["relu4_2"]),
+        style_layers: layers(&STYLE_LAYERS),
+        weights: LossWeights {
+            content: alpha,
+            style: beta,
+            tv: gamma,
+            style_layers: w_l.to_vec(),
+        },
+    };
+    let content = r.tensor_on("content_rgb", dev);
+    let style = r.tensor_on("style_rgb", dev);
+    let objective = Objective::new(&vgg, &content, &[style], &[1.0], spec).unwrap();
+    let x = r.tensor_on("generated_rgb", dev);
+    let v = objective.evaluate(&x).unwrap();
+    let want_style: f64 = STYLE_LAYERS
+        .iter()
+        .zip(w_l)
+        .map(|(n, w)| w as f64 * r.scalar(&format!("loss.style.{n}")))
+        .sum();
+    let want_tv = tv_loss(&x).unwrap().to_scalar().unwrap() as f64;
+    assert!(rel_err_scalar(v.content, r.scalar("loss.content")) <= 1e-4);
+    assert!(rel_err_scalar(v.style, want_style) <= 1e-4);
+    assert_eq!(v.tv, want_tv);
+    let want_total = alpha as f64 * v.content + beta as f64 * v.style + gamma as f64 * v.tv;
+    assert!(rel_err_scalar(v.total, want_total) <= 1e-5);
+    assert_eq!(v.grad.dims(), x.dims());
+    assert!(v.grad.abs_max().unwrap() > 0.0);
+}
+test_device!(objective_combines_the_reference_terms);
+
+/// Luminance-only transfer: a one-channel image is replicated to RGB inside the objective, so
+/// its value equals that of the grey RGB image, and its gradient is the sum of the RGB
+/// gradient's three channels.
+fn objective_on_one_channel_images_replicates_to_rgb(dev: &Device) {
+    let (h, w) = (24, 20);
+    let y: Vec<f32> = (0..h * w)
+        .map(|i| 128.0 + 60.0 * (i as f32 * 0.37).sin())
+        .collect();
+    let s: Vec<f32> = (0..h * w)
+        .map(|i| 128.0 + 50.0 * (i as f32 * 0.11).cos())
+        .collect();
+    let grey = |v: &[f32]| [v, v, v].concat();
+    let vgg = Vgg19::embedded(dev, Pooling::Max).unwrap();
+    let spec = LossSpec {
+        content_layers: layers(&["relu2_1"]),
+        style_layers: layers(&["relu1_1", "relu2_1"]),
+        weights: LossWeights {
+            content: 1.0,
+            style: 1e-2,
+            tv: 0.0,
+            style_layers: vec![0.5, 0.5],
+        },
+    };
+    let value = |c: usize, content: Vec<f32>, style: Vec<f32>, x: Vec<f32>| {
+        let t = |v: Vec<f32>| Tensor::from_vec(v, &[1, c, h, w], dev).unwrap();
+        let objective = Objective::new(&vgg, &t(content), &[t(style)], &[1.0], spec.clone());
+        objective.unwrap().evaluate(&t(x)).unwrap()
+    };
+    let x: Vec<f32> = y.iter().map(|v| 255.0 - v).collect();
+    let one = value(1, y.clone(), s.clone(), x.clone());
+    let three = value(3, grey(&y), grey(&s), grey(&x));
+    assert!(
+        rel_err_scalar(one.total, three.total) <= 1e-5,
+        "{} vs {}",
+        one.total,
+        three.total
+    );
+    let g3 = three.grad.to_vec().unwrap();
+    let summed: Vec<f32> = (0..h * w)
+        .map(|i| g3[i] + g3[h * w + i] + g3[2 * h * w + i])
+        .collect();
+    assert!(rel_err(&one.grad.to_vec().unwrap(), &summed) <= 1e-5);
+}
+test_device!(objective_on_one_channel_images_replicates_to_rgb);
+
+#[test]
+fn objective_rejects_mismatched_specifications() {
+    let vgg = Vgg19::embedded(&Device::Cpu, Pooling::Max).unwrap();
+    let img = Tensor::full(100.0, &[1, 3, 16, 16], &Device::Cpu).unwrap();
+    let spec = |style_layer_weights: Vec<f32>| LossSpec {
+        content_layers: layers(&["relu2_1"]),
+        style_layers: layers(&["relu1_1", "relu2_1"]),
+        weights: LossWeights {
+            content: 1.0,
+            style: 1.0,
+            tv: 0.0,
+            style_layers: style_layer_weights,
+        },
+    };
+    let err = Objective::new(
+        &vgg,
+        &img,
+        std::slice::from_ref(&img),
+        &[1.0],
+        spec(vec![1.0]),
+    )
+    .err()
+    .unwrap();
+    assert_eq!(
+        err.to_string(),
+        "loss specification: 2 style layers but 1 style layer weights"
+    );
+    assert!(Objective::new(
+        &vgg,
+        &img,
+        std::slice::from_ref(&img),
+        &[1.0, 1.0],
+        spec(vec![1.0, 1.0])
+    )
+    .is_err());
 }

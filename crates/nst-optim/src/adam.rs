@@ -1,7 +1,7 @@
 //! Adam (Kingma & Ba, 2015).
 
 use crate::{Evaluation, Step};
-use nst_tensor::{Result, Tensor};
+use nst_tensor::{AdamParams, Result, Tensor};
 
 /// Adam's hyper-parameters.
 #[derive(Clone, Copy, Debug)]
@@ -49,13 +49,20 @@ impl Adam {
         let (m, v) = match self.moments.take() {
             Some(mv) => mv,
             None => (
-                Tensor::zeros(x.dims(), x.device()),
-                Tensor::zeros(x.dims(), x.device()),
+                Tensor::zeros(x.dims(), x.device())?,
+                Tensor::zeros(x.dims(), x.device())?,
             ),
         };
         self.t += 1;
         let c = self.cfg;
-        let (x, m, v) = x.adam_step(&at_x.grad, &m, &v, c.lr, c.beta1, c.beta2, c.eps, self.t)?;
+        let p = AdamParams {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            step: self.t,
+        };
+        let (x, m, v) = x.adam_step(&at_x.grad, &m, &v, &p)?;
         self.moments = Some((m, v));
         Ok(Step::Moved { x, eval: None })
     }

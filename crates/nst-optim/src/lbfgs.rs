@@ -119,7 +119,7 @@ impl Lbfgs {
         f: &mut dyn FnMut(&Tensor) -> Result<Evaluation, E>,
     ) -> Result<Step, E> {
         let g = &at_x.grad;
-        if (g.abs_max() as f64) <= self.cfg.tolerance_grad {
+        if (g.abs_max()? as f64) <= self.cfg.tolerance_grad {
             return Ok(Step::Converged);
         }
         let first = match &self.prev {
@@ -150,7 +150,7 @@ impl Lbfgs {
         };
         let lr = self.cfg.lr as f64;
         let t0 = if first {
-            (1.0 / g.abs_sum()).min(1.0) * lr
+            (1.0 / g.abs_sum()?).min(1.0) * lr
         } else {
             lr
         };
@@ -169,7 +169,7 @@ impl Lbfgs {
         let x_next = x.axpby(1.0, &step, 1.0)?;
         self.prev = Some(Previous {
             grad: g.clone(),
-            step_max: step.abs_max() as f64,
+            step_max: step.abs_max()? as f64,
             step,
             loss: at_x.loss,
             first,

@@ -9,18 +9,20 @@
 //! - [`Adam`]: Kingma & Ba, with bias correction.
 //!
 //! Both are driven one iteration at a time through [`Optimizer::step`], which lets the caller
-//! report progress, keep the best iterate and stop at any point:
+//! report progress, keep the best iterate and stop at any point; [`minimize`] is that loop
+//! with the safeguards a long run needs (best iterate kept, stop on a non-finite loss, stop
+//! on request):
 //!
 //! ```
 //! use nst_optim::{Evaluation, Lbfgs, LbfgsConfig, Optimizer, Step};
 //! use nst_tensor::{Device, Tensor, TensorError};
 //! // Minimise f(x) = Σ (x − 3)².
 //! let f = |x: &Tensor| -> Result<Evaluation, TensorError> {
-//!     let d = x.axpby(1.0, &Tensor::full(3.0, x.dims(), x.device()), -1.0)?;
+//!     let d = x.axpby(1.0, &Tensor::full(3.0, x.dims(), x.device())?, -1.0)?;
 //!     Ok(Evaluation::new(d.dot(&d)?, d.scale(2.0)?))
 //! };
 //! let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
-//! let mut x = Tensor::zeros(&[4], &Device::Cpu);
+//! let mut x = Tensor::zeros(&[4], &Device::Cpu)?;
 //! for _ in 0..20 {
 //!     let at_x = f(&x)?;
 //!     match opt.step(&x, &at_x, &mut |x: &Tensor| f(x))? {
@@ -28,15 +30,17 @@
 //!         Step::Converged => break,
 //!     }
 //! }
-//! assert!(x.to_vec().iter().all(|v| (v - 3.0).abs() < 1e-4));
+//! assert!(x.to_vec()?.iter().all(|v| (v - 3.0).abs() < 1e-4));
 //! # Ok::<(), TensorError>(())
 //! ```
 
 mod adam;
+mod driver;
 mod lbfgs;
 mod line_search;
 
 pub use adam::{Adam, AdamConfig};
+pub use driver::{minimize, Minimized, OnIterate, StopReason};
 pub use lbfgs::{Lbfgs, LbfgsConfig, LineSearch};
 
 use nst_tensor::{Tensor, TensorError};

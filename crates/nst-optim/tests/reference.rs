@@ -1,56 +1,42 @@
 //! Our L-BFGS on the style-transfer objective against the PyTorch trace in the reference.
 
-use nst_loss::{content_loss, gram_hat, style_loss};
+use nst_loss::{LossSpec, LossWeights, Objective};
 use nst_optim::{Evaluation, Lbfgs, LbfgsConfig, Optimizer, Step};
-use nst_tensor::{Tensor, TensorError};
+use nst_tensor::{test_device, Device, Tensor};
 use nst_testdata::{rel_err, rel_err_scalar, Reference};
 use nst_vgg::{Layer, Pooling, Vgg19};
 
-#[test]
-fn lbfgs_trace_matches_reference() {
+/// Also checks `nst_loss::Objective` (the total loss the `nst` command optimises): its value
+/// at the start is the reference's trace[0].
+fn lbfgs_trace_matches_reference(dev: &Device) {
     let r = Reference::load();
     let cfg = &r.json["lbfgs"];
-    let (alpha, beta) = (
-        cfg["content_weight"].as_f64().unwrap() as f32,
-        cfg["style_weight"].as_f64().unwrap() as f32,
-    );
     let names = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"];
-    let weights: Vec<f32> = names
-        .iter()
-        .map(|n| cfg["style_layer_weights"][n].as_f64().unwrap() as f32)
-        .collect();
-    let vgg = Vgg19::embedded(&nst_tensor::Device::Cpu, Pooling::Max).unwrap();
-    let style_layers: Vec<Layer> = names.iter().map(|n| n.parse().unwrap()).collect();
-    let content_layer: Layer = "relu4_2".parse().unwrap();
-    let targets: Vec<Tensor> = vgg
-        .features(&r.tensor("style_rgb"), &style_layers)
-        .unwrap()
-        .iter()
-        .map(|f| gram_hat(f).unwrap().detach())
-        .collect();
-    let content_target = vgg
-        .features(&r.tensor("content_rgb"), &[content_layer])
-        .unwrap()
-        .remove(0)
-        .detach();
-
-    let mut all_layers = style_layers.clone();
-    all_layers.push(content_layer);
-    let mut objective = |x: &Tensor| -> Result<Evaluation, TensorError> {
-        let x = x.to_variable();
-        let f = vgg.features(&x, &all_layers).map_err(|e| match e {
-            nst_vgg::VggError::Tensor(t) => t,
-            other => panic!("{other}"),
-        })?;
-        let jc = content_loss(&f[5], &content_target)?;
-        let js = style_loss(&f[..5], &targets, &weights)?;
-        let total = jc.scale(alpha)?.add(&js.scale(beta)?)?;
-        let grad = total.backward()?.remove(&x).unwrap();
-        Ok(Evaluation {
-            parts: vec![],
-            loss: total.to_scalar()? as f64,
-            grad,
-        })
+    let spec = LossSpec {
+        content_layers: vec!["relu4_2".parse().unwrap()],
+        style_layers: names.iter().map(|n| n.parse::<Layer>().unwrap()).collect(),
+        weights: LossWeights {
+            content: cfg["content_weight"].as_f64().unwrap() as f32,
+            style: cfg["style_weight"].as_f64().unwrap() as f32,
+            tv: 0.0,
+            style_layers: names
+                .iter()
+                .map(|n| cfg["style_layer_weights"][n].as_f64().unwrap() as f32)
+                .collect(),
+        },
+    };
+    let vgg = Vgg19::embedded(dev, Pooling::Max).unwrap();
+    let loss = Objective::new(
+        &vgg,
+        &r.tensor_on("content_rgb", dev),
+        &[r.tensor_on("style_rgb", dev)],
+        &[1.0],
+        spec,
+    )
+    .unwrap();
+    let mut objective = |x: &Tensor| -> Result<Evaluation, nst_loss::ObjectiveError> {
+        let v = loss.evaluate(x)?;
+        Ok(Evaluation::new(v.total, v.grad))
     };
 
     let expected: Vec<f64> = cfg["trace"]
@@ -60,7 +46,7 @@ fn lbfgs_trace_matches_reference() {
         .map(|t| t["total"].as_f64().unwrap())
         .collect();
     let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
-    let mut x = r.tensor("content_rgb");
+    let mut x = r.tensor_on("content_rgb", dev);
     let mut trace = vec![];
     for _ in 0..20 {
         let at_x = objective(&x).unwrap();
@@ -99,10 +85,10 @@ fn lbfgs_trace_matches_reference() {
     }
     // The final image must have moved with the reference: much nearer its final image than
     // the starting point is.
-    let final_ref = r.tensor("lbfgs.final_rgb").to_vec();
+    let final_ref = r.values("lbfgs.final_rgb");
     let (moved, start) = (
-        rel_err(&x.to_vec(), &final_ref),
-        rel_err(&r.tensor("content_rgb").to_vec(), &final_ref),
+        rel_err(&x.to_vec().unwrap(), final_ref),
+        rel_err(r.values("content_rgb"), final_ref),
     );
     eprintln!("final image: relative error {moved:.2e} (the start is {start:.2e} away)");
     assert!(
@@ -110,3 +96,4 @@ fn lbfgs_trace_matches_reference() {
         "final image relative error {moved:.2e}, start {start:.2e}"
     );
 }
+test_device!(lbfgs_trace_matches_reference);

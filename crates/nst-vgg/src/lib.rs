@@ -10,14 +10,17 @@
 //!   [`weights`] for the tensor names and dtypes accepted.
 //! - [`Vgg19::features`] takes an RGB image in 0..255 (`[N, 3, H, W]`), applies the Caffe
 //!   preprocessing (RGB → BGR, minus the mean pixel) and runs only as deep as the deepest
-//!   requested layer. It is differentiable with respect to the image.
+//!   requested layer. It is differentiable with respect to the image. The convolution
+//!   algorithm is the caller's choice ([`Vgg19::with_conv_algorithm`]).
+//! - [`geometry`]: layer sizes for an image — poolings before a layer, the smallest image a
+//!   layer accepts, every convolution's shape and the FLOPs of an iteration.
 //!
 //! ```
 //! use nst_tensor::{Device, Tensor};
 //! use nst_vgg::{Layer, Pooling, Vgg19};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let vgg = Vgg19::embedded(&Device::Cpu, Pooling::Max)?;
-//! let img = Tensor::full(128.0, &[1, 3, 32, 32], &Device::Cpu);
+//! let img = Tensor::full(128.0, &[1, 3, 32, 32], &Device::Cpu)?;
 //! let layers: Vec<Layer> = ["relu1_1", "relu3_1"].iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
 //! let feats = vgg.features(&img, &layers)?;
 //! assert_eq!(feats[1].dims(), &[1, 256, 8, 8]);
@@ -25,6 +28,7 @@
 //! ```
 
 mod error;
+pub mod geometry;
 mod layer;
 mod model;
 pub mod weights;

@@ -3,7 +3,7 @@
 use crate::layer::{Layer, LayerKind};
 use crate::weights::{self, EMBEDDED};
 use crate::VggError;
-use nst_tensor::{Device, Tensor};
+use nst_tensor::{Conv2dOptions, ConvAlgorithm, Device, Tensor};
 use std::str::FromStr;
 
 /// The Caffe ImageNet mean pixel in B, G, R order (0..255 scale).
@@ -38,6 +38,7 @@ pub struct Vgg19 {
     /// 1×1 convolution doing RGB → BGR and mean subtraction (exact, and differentiable).
     preprocess: (Tensor, Tensor),
     pooling: Pooling,
+    conv_algorithm: ConvAlgorithm,
 }
 
 impl Vgg19 {
@@ -86,7 +87,20 @@ impl Vgg19 {
             convs,
             preprocess,
             pooling,
+            conv_algorithm: ConvAlgorithm::default(),
         })
+    }
+
+    /// The same network running its convolutions with `algorithm` (the backend's fastest by
+    /// default; [`ConvAlgorithm::Im2col`] for comparisons).
+    pub fn with_conv_algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
+        self.conv_algorithm = algorithm;
+        self
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        self.preprocess.0.device()
     }
 
     /// The pooling in use.
@@ -110,13 +124,18 @@ impl Vgg19 {
         let mut relu_done = false;
         for layer in Layer::all().take(deepest.index() + 1) {
             x = match layer.kind() {
-                // A conv whose own output nobody asked for runs with its ReLU fused: the
-                // pre-activation is never stored.
-                LayerKind::Conv(i) if !layers.contains(&layer) => {
-                    relu_done = true;
-                    x.conv2d_relu(&self.convs[i].0, Some(&self.convs[i].1), 1, 1)?
+                LayerKind::Conv(i) => {
+                    // A conv whose own output nobody asked for runs with its ReLU fused: the
+                    // pre-activation is never stored.
+                    let relu = !layers.contains(&layer);
+                    relu_done = relu;
+                    let o = Conv2dOptions {
+                        algorithm: self.conv_algorithm,
+                        relu,
+                        ..Conv2dOptions::new(1, 1)
+                    };
+                    x.conv2d_with(&self.convs[i].0, Some(&self.convs[i].1), o)?
                 }
-                LayerKind::Conv(i) => x.conv2d(&self.convs[i].0, Some(&self.convs[i].1), 1, 1)?,
                 // Its ReLU was already applied by the fused conv just before.
                 LayerKind::Relu if relu_done => {
                     relu_done = false;

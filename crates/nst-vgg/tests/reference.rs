@@ -1,30 +1,32 @@
 //! VGG-19 activations against the PyTorch float64 reference, and weight-loading errors.
 
-use nst_tensor::Device;
+use nst_tensor::{test_device, Device};
 use nst_testdata::{rel_err, Reference};
 use nst_vgg::{Layer, Pooling, Vgg19, VggError};
 
-#[test]
-fn activations_match_reference() {
+fn activations_match_reference(dev: &Device) {
     let r = Reference::load();
-    let vgg = Vgg19::embedded(&Device::Cpu, Pooling::Max).unwrap();
+    let vgg = Vgg19::embedded(dev, Pooling::Max).unwrap();
     let names = [
         "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1",
     ];
     let layers: Vec<Layer> = names.iter().map(|n| n.parse().unwrap()).collect();
-    let feats = vgg.features(&r.tensor("content_rgb"), &layers).unwrap();
+    let feats = vgg
+        .features(&r.tensor_on("content_rgb", dev), &layers)
+        .unwrap();
     for (name, f) in names.iter().zip(&feats) {
-        let want = r.tensor(&format!("act.content.{name}"));
-        assert_eq!(f.dims(), want.dims(), "{name} shape");
-        let e = rel_err(&f.to_vec(), &want.to_vec());
+        let want = format!("act.content.{name}");
+        assert_eq!(f.dims(), r.shape(&want), "{name} shape");
+        let e = rel_err(&f.to_vec().unwrap(), r.values(&want));
         assert!(e <= 1e-4, "{name}: relative error {e:.2e}");
     }
 }
+test_device!(activations_match_reference);
 
 #[test]
 fn features_stop_at_the_deepest_requested_layer_and_keep_order() {
     let vgg = Vgg19::embedded(&Device::Cpu, Pooling::Avg).unwrap();
-    let img = nst_tensor::Tensor::full(100.0, &[1, 3, 20, 18], &Device::Cpu);
+    let img = nst_tensor::Tensor::full(100.0, &[1, 3, 20, 18], &Device::Cpu).unwrap();
     let layers: Vec<Layer> = ["pool2", "conv1_1"]
         .iter()
         .map(|n| n.parse().unwrap())
@@ -169,9 +171,9 @@ fn float_weights_load_like_quantised_ones() {
     let bytes = safetensors::serialize(views, None).unwrap();
     let a = Vgg19::from_safetensors(&bytes, &Device::Cpu, Pooling::Max).unwrap();
     let b = Vgg19::embedded(&Device::Cpu, Pooling::Max).unwrap();
-    let img = nst_tensor::Tensor::full(90.0, &[1, 3, 16, 16], &Device::Cpu);
+    let img = nst_tensor::Tensor::full(90.0, &[1, 3, 16, 16], &Device::Cpu).unwrap();
     let l: Vec<Layer> = vec!["relu2_1".parse().unwrap()];
     let (fa, fb) = (a.features(&img, &l).unwrap(), b.features(&img, &l).unwrap());
-    let e = rel_err(&fa[0].to_vec(), &fb[0].to_vec());
+    let e = rel_err(&fa[0].to_vec().unwrap(), &fb[0].to_vec().unwrap());
     assert!(e < 1e-3, "f16 biases change features by {e:.2e}");
 }

@@ -1,0 +1,196 @@
+//! The total style-transfer objective (Gatys et al.):
+//!
+//! `J(x) = α·Σ_content J_c + β·Σ_l w_l·J_s^l + γ·TV(x)`
+//!
+//! with the terms of this crate ([`content_loss`], [`style_layer_loss`], [`tv_loss`]) taken
+//! on VGG-19 features of the image x (RGB, 0..255, `[1, 3, H, W]`). The targets — content
+//! features and the (blended) Ĝ of the style images — are computed once, when the objective
+//! is built; [`Objective::evaluate`] then gives J and ∂J/∂x from one forward and one backward
+//! pass, on the device of the network.
+//!
+//! Single-channel images (luminance-only transfer) are replicated to RGB inside the objective
+//! by a fixed 1×1 convolution, so the gradient reaches the one channel.
+
+use crate::{blend_grams, content_loss, gram_hat, style_loss, tv_loss};
+use nst_tensor::{no_grad, Tensor, TensorError};
+use nst_vgg::{Layer, Vgg19, VggError};
+use thiserror::Error;
+
+/// The coefficients of the objective.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossWeights {
+    /// α, on the content term.
+    pub content: f32,
+    /// β, on the style term.
+    pub style: f32,
+    /// γ, on total variation (0 leaves the term out).
+    pub tv: f32,
+    /// w_l, one per style layer.
+    pub style_layers: Vec<f32>,
+}
+
+/// Which layers make up the objective, with its weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossSpec {
+    /// Layers whose content losses add up (at least one).
+    pub content_layers: Vec<Layer>,
+    /// Style layers (at least one), weighted by `weights.style_layers`.
+    pub style_layers: Vec<Layer>,
+    /// α, β, γ and w_l.
+    pub weights: LossWeights,
+}
+
+/// Why an objective could not be built or evaluated.
+#[derive(Debug, Error)]
+pub enum ObjectiveError {
+    /// The layers and weights do not fit together.
+    #[error("loss specification: {0}")]
+    Spec(String),
+    /// The network failed (bad layer, device).
+    #[error(transparent)]
+    Vgg(#[from] VggError),
+    /// A tensor operation failed (shapes, device, memory).
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+}
+
+/// J at one point, its gradient, and the unweighted terms.
+#[derive(Clone, Debug)]
+pub struct ObjectiveValue {
+    /// J(x).
+    pub total: f64,
+    /// ∂J/∂x, shaped like x, on x's device.
+    pub grad: Tensor,
+    /// Σ J_c (before α).
+    pub content: f64,
+    /// Σ w_l·J_s^l (before β).
+    pub style: f64,
+    /// TV(x) (before γ; 0 when γ = 0).
+    pub tv: f64,
+}
+
+/// The objective at one image size: fixed targets plus the network.
+pub struct Objective<'a> {
+    vgg: &'a Vgg19,
+    /// Content layers, then style layers: the order `features` returns them in.
+    layers: Vec<Layer>,
+    content_targets: Vec<Tensor>,
+    style_targets: Vec<Tensor>,
+    weights: LossWeights,
+    /// For single-channel images: the `[3, 1, 1, 1]` all-ones kernel replicating Y to RGB.
+    gray_to_rgb: Option<Tensor>,
+}
+
+impl<'a> Objective<'a> {
+    /// Computes the targets: the content image's features, and Ĝ of every style image blended
+    /// with weights `blend` (one per style image). Images are `[1, C, H, W]` in 0..255 on the
+    /// network's device, with C = 3 (RGB) or 1 (luminance, for luminance-only transfer); the
+    /// style images may have other sizes than the content image.
+    pub fn new(
+        vgg: &'a Vgg19,
+        content: &Tensor,
+        styles: &[Tensor],
+        blend: &[f32],
+        spec: LossSpec,
+    ) -> Result<Self, ObjectiveError> {
+        let LossSpec {
+            content_layers,
+            style_layers,
+            weights,
+        } = spec;
+        if content_layers.is_empty() || style_layers.is_empty() {
+            return Err(ObjectiveError::Spec(
+                "at least one content and one style layer are needed".into(),
+            ));
+        }
+        if weights.style_layers.len() != style_layers.len() {
+            return Err(ObjectiveError::Spec(format!(
+                "{} style layers but {} style layer weights",
+                style_layers.len(),
+                weights.style_layers.len()
+            )));
+        }
+        if styles.is_empty() || styles.len() != blend.len() {
+            return Err(ObjectiveError::Spec(format!(
+                "{} style images but {} blend weights",
+                styles.len(),
+                blend.len()
+            )));
+        }
+        let gray_to_rgb = match content.dims().get(1) {
+            Some(1) => Some(Tensor::full(1.0, &[3, 1, 1, 1], vgg.device())?),
+            _ => None,
+        };
+        let objective = Self {
+            vgg,
+            layers: [&content_layers[..], &style_layers[..]].concat(),
+            content_targets: Vec::new(),
+            style_targets: Vec::new(),
+            weights,
+            gray_to_rgb,
+        };
+        let (content_targets, style_targets) = no_grad(|| -> Result<_, ObjectiveError> {
+            let content_targets = vgg.features(&objective.rgb(content)?, &content_layers)?;
+            let per_image = styles
+                .iter()
+                .map(|s| -> Result<Vec<Tensor>, ObjectiveError> {
+                    let feats = vgg.features(&objective.rgb(s)?, &style_layers)?;
+                    Ok(feats.iter().map(gram_hat).collect::<Result<_, _>>()?)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let blended = (0..style_layers.len())
+                .map(|l| {
+                    let grams: Vec<Tensor> = per_image.iter().map(|g| g[l].clone()).collect();
+                    blend_grams(&grams, blend)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((content_targets, blended))
+        })?;
+        Ok(Self {
+            content_targets,
+            style_targets,
+            ..objective
+        })
+    }
+
+    /// The network's RGB input for an image of this objective's channel count.
+    fn rgb(&self, image: &Tensor) -> Result<Tensor, TensorError> {
+        match &self.gray_to_rgb {
+            Some(k) => image.conv2d(k, None, 1, 0),
+            None => Ok(image.clone()),
+        }
+    }
+
+    /// J and ∂J/∂x at image `x` (`[1, C, H, W]`, 0..255, the content image's size and
+    /// channels).
+    pub fn evaluate(&self, x: &Tensor) -> Result<ObjectiveValue, ObjectiveError> {
+        let x = x.to_variable();
+        let feats = self.vgg.features(&self.rgb(&x)?, &self.layers)?;
+        let (content_feats, style_feats) = feats.split_at(self.content_targets.len());
+        let mut jc = content_loss(&content_feats[0], &self.content_targets[0])?;
+        for (f, t) in content_feats.iter().zip(&self.content_targets).skip(1) {
+            jc = jc.add(&content_loss(f, t)?)?;
+        }
+        let js = style_loss(style_feats, &self.style_targets, &self.weights.style_layers)?;
+        // Let backward free each activation once its gradient is through (see Tensor::backward).
+        drop(feats);
+        let w = &self.weights;
+        let mut total = jc.scale(w.content)?.add(&js.scale(w.style)?)?;
+        let tv = if w.tv > 0.0 {
+            let tv = tv_loss(&x)?;
+            total = total.add(&tv.scale(w.tv)?)?;
+            Some(tv)
+        } else {
+            None
+        };
+        let mut grads = total.backward()?;
+        let grad = grads.remove(&x).ok_or(TensorError::NoGraph)?;
+        Ok(ObjectiveValue {
+            total: total.to_scalar()? as f64,
+            grad,
+            content: jc.to_scalar()? as f64,
+            style: js.to_scalar()? as f64,
+            tv: tv.map_or(Ok(0.0), |t| t.to_scalar().map(f64::from))?,
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! The optimisation loop with the safeguards a long run needs: the best iterate (lowest
+//! finite loss) is kept, a NaN or infinite loss or gradient stops the run at once (an
+//! optimizer would only wander off from there), and an interrupt flag is honoured between
+//! iterations, so that a caller can always write out the best image found so far.
+
+use crate::{Evaluation, Optimizer, Step};
+use nst_tensor::{Tensor, TensorError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// How a run of [`minimize`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// All iterations ran, or the optimizer converged.
+    Finished,
+    /// The interrupt flag was raised.
+    Interrupted,
+    /// The loss or its gradient became NaN or infinite at this iterate.
+    NonFinite {
+        /// The iterate number (0 is the start).
+        iter: u32,
+    },
+}
+
+/// What [`minimize`] found.
+#[derive(Debug)]
+pub struct Minimized {
+    /// The iterate with the lowest finite loss; `None` only if even the start was not finite.
+    pub best: Option<Tensor>,
+    /// Its loss (+∞ when there is none).
+    pub best_loss: f64,
+    /// Why the run stopped.
+    pub stop: StopReason,
+}
+
+/// Sees each finite iterate: `(k, x_k, f(x_k), ms of the step that produced x_k)`.
+pub type OnIterate<'a, E> = dyn FnMut(u32, &Tensor, &Evaluation, Option<f64>) -> Result<(), E> + 'a;
+
+/// Minimises `evaluate` from `start` with `optimizer` for up to `iters` iterations.
+///
+/// `on_iterate(k, x_k, f(x_k), ms)` sees every finite iterate, k = 0 (the start) up to
+/// `iters`, with the milliseconds of the step that produced it (`None` for the start); an
+/// error from it ends the run. `interrupt` is polled before each step.
+pub fn minimize<E: From<TensorError>>(
+    start: Tensor,
+    evaluate: &dyn Fn(&Tensor) -> Result<Evaluation, E>,
+    optimizer: &mut Optimizer,
+    iters: u32,
+    interrupt: &AtomicBool,
+    on_iterate: &mut OnIterate<'_, E>,
+) -> Result<Minimized, E> {
+    let mut x = start;
+    let mut eval = evaluate(&x)?;
+    let mut best: Option<(f64, Tensor)> = None;
+    let mut step_ms = None;
+    let mut k = 0u32;
+    let stop = loop {
+        if !eval.loss.is_finite() || !eval.grad.all_finite()? {
+            break StopReason::NonFinite { iter: k };
+        }
+        if best.as_ref().is_none_or(|(l, _)| eval.loss < *l) {
+            best = Some((eval.loss, x.clone()));
+        }
+        on_iterate(k, &x, &eval, step_ms)?;
+        if k == iters {
+            break StopReason::Finished;
+        }
+        if interrupt.load(Ordering::Relaxed) {
+            break StopReason::Interrupted;
+        }
+        let t0 = Instant::now();
+        match optimizer.step(&x, &eval, &mut |x: &Tensor| evaluate(x))? {
+            Step::Moved {
+                x: next,
+                eval: known,
+            } => {
+                x = next;
+                eval = match known {
+                    Some(e) => e,
+                    None => evaluate(&x)?,
+                };
+            }
+            Step::Converged => break StopReason::Finished,
+        }
+        step_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+        k += 1;
+    };
+    let (best_loss, best) = match best {
+        Some((l, x)) => (l, Some(x)),
+        None => (f64::INFINITY, None),
+    };
+    Ok(Minimized {
+        best,
+        best_loss,
+        stop,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Adam, AdamConfig, Lbfgs, LbfgsConfig};
+    use nst_tensor::Device;
+
+    type R<T> = Result<T, TensorError>;
+
+    /// f(x) = Σ x², which turns NaN once any |x| drops below 0.3: the run must stop there and
+    /// return the last finite iterate, which is also the best one.
+    #[test]
+    fn non_finite_stops_and_keeps_the_best_finite_iterate() {
+        let evaluate = |x: &Tensor| -> R<Evaluation> {
+            let v = x.to_vec()?;
+            let loss: f64 = v.iter().map(|&a| (a as f64).powi(2)).sum();
+            let loss = if v.iter().any(|a| a.abs() < 0.3) {
+                f64::NAN
+            } else {
+                loss
+            };
+            Ok(Evaluation::new(loss, x.scale(2.0)?))
+        };
+        let mut opt = Optimizer::Adam(Adam::new(AdamConfig {
+            lr: 0.25,
+            ..Default::default()
+        }));
+        let start = Tensor::from_vec(vec![1.0, -1.5], &[2], &Device::Cpu).unwrap();
+        let mut seen = Vec::new();
+        let mut on_iterate = |k: u32, x: &Tensor, e: &Evaluation, _: Option<f64>| -> R<()> {
+            seen.push((k, x.to_vec()?, e.loss));
+            Ok(())
+        };
+        let run = minimize(
+            start,
+            &evaluate,
+            &mut opt,
+            50,
+            &AtomicBool::new(false),
+            &mut on_iterate,
+        )
+        .unwrap();
+        let StopReason::NonFinite { iter } = run.stop else {
+            panic!("expected a non-finite stop, got {:?}", run.stop)
+        };
+        assert_eq!(
+            iter as usize,
+            seen.len(),
+            "stops at the first non-finite iterate"
+        );
+        let (_, last_x, last_loss) = seen.last().unwrap();
+        assert!(seen
+            .iter()
+            .all(|(_, _, l)| l.is_finite() && *l >= *last_loss));
+        assert_eq!(&run.best.unwrap().to_vec().unwrap(), last_x);
+        assert_eq!(run.best_loss, *last_loss);
+    }
+
+    #[test]
+    fn interrupt_stops_before_the_next_step() {
+        let evaluate =
+            |x: &Tensor| -> R<Evaluation> { Ok(Evaluation::new(x.dot(x)?, x.scale(2.0)?)) };
+        let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
+        let start = Tensor::from_vec(vec![3.0], &[1], &Device::Cpu).unwrap();
+        let mut count = 0;
+        let run = minimize(
+            start,
+            &evaluate,
+            &mut opt,
+            10,
+            &AtomicBool::new(true),
+            &mut |_, _, _, _| -> R<()> {
+                count += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!((run.stop, count), (StopReason::Interrupted, 1));
+        assert_eq!(run.best.unwrap().to_vec().unwrap(), vec![3.0]);
+    }
+
+    #[test]
+    fn runs_all_iterations_and_reports_each_with_its_time() {
+        let evaluate =
+            |x: &Tensor| -> R<Evaluation> { Ok(Evaluation::new(x.dot(x)?, x.scale(2.0)?)) };
+        let mut opt = Optimizer::Adam(Adam::new(AdamConfig {
+            lr: 0.1,
+            ..Default::default()
+        }));
+        let start = Tensor::from_vec(vec![3.0, -2.0], &[2], &Device::Cpu).unwrap();
+        let mut ks = Vec::new();
+        let run = minimize(
+            start,
+            &evaluate,
+            &mut opt,
+            5,
+            &AtomicBool::new(false),
+            &mut |k, _, _, ms| -> R<()> {
+                ks.push((k, ms.is_some()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(run.stop, StopReason::Finished);
+        assert_eq!(
+            ks,
+            [
+                (0, false),
+                (1, true),
+                (2, true),
+                (3, true),
+                (4, true),
+                (5, true)
+            ]
+        );
+        // Adam's steps are at most lr (|m̂|/√v̂ ≤ 1 while the gradient keeps its sign and
+        // shrinks) and close to it here: 5 steps move each coordinate by just under 0.5.
+        let best = run.best.unwrap().to_vec().unwrap();
+        let moved = [3.0 - best[0], best[1] + 2.0];
+        assert!(
+            moved.iter().all(|m| (0.45..=0.5 + 1e-6).contains(m)),
+            "{best:?}"
+        );
+    }
+}
