@@ -1,31 +1,37 @@
-//! Shapes shared by the benchmarks: the 3×3 convolutions of VGG-19 up to relu5_1.
+//! Shapes shared by the benchmarks: the distinct 3×3 convolutions of VGG-19 up to relu5_1,
+//! from `nst_vgg::geometry` (the same shapes `nst` runs).
 
-use nst_cpu::Conv2dParams;
+use nst_tensor::Conv2dParams;
+use nst_vgg::{geometry, Layer};
 
-/// (name, C_in, C_out, downsampling factor) of each distinct convolution shape.
-pub const VGG19_CONVS: [(&str, usize, usize, usize); 9] = [
-    ("conv1_1", 3, 64, 1),
-    ("conv1_2", 64, 64, 1),
-    ("conv2_1", 64, 128, 2),
-    ("conv2_2", 128, 128, 2),
-    ("conv3_1", 128, 256, 4),
-    ("conv3_x", 256, 256, 4),
-    ("conv4_1", 256, 512, 8),
-    ("conv4_x", 512, 512, 8),
-    ("conv5_1", 512, 512, 16),
-];
+/// `(name, shape)` of each distinct convolution shape up to relu5_1 for a `size`² input.
+/// Consecutive layers of the same shape are benchmarked once, named like `conv3_x`.
+pub fn vgg19_convs(size: usize) -> Vec<(String, Conv2dParams)> {
+    let deepest: Layer = "relu5_1".parse().expect("a VGG-19 layer");
+    let mut out: Vec<(String, Conv2dParams)> = Vec::new();
+    for (layer, p) in geometry::conv_shapes(deepest, size, size) {
+        match out.last_mut() {
+            Some((name, last)) if *last == p => {
+                let block = name.split('_').next().unwrap_or_default().to_string();
+                *name = format!("{block}_x");
+            }
+            _ => out.push((layer.name().to_string(), p)),
+        }
+    }
+    out
+}
 
-/// The convolution shape of a VGG-19 layer for a square input of side `size`.
-pub fn vgg_conv(size: usize, cin: usize, cout: usize, down: usize) -> Conv2dParams {
-    Conv2dParams {
-        batch: 1,
-        in_channels: cin,
-        in_h: size / down,
-        in_w: size / down,
-        out_channels: cout,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride: 1,
-        pad: 1,
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nine_distinct_shapes_with_stable_names() {
+        let names: Vec<String> = super::vgg19_convs(64).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_x", "conv4_1",
+                "conv4_x", "conv5_1"
+            ]
+        );
     }
 }

@@ -15,11 +15,11 @@
 //! where Winograd does fewer multiplies, so GFLOP/s compares like with like.
 
 use anyhow::{bail, Context, Result};
-use nst_cli::image_io::{load_rgb, Planes};
-use nst_cli::objective::{to_tensor, LossSpec, Objective, Weights};
-use nst_optim::{Lbfgs, LbfgsConfig, Optimizer, Step};
-use nst_tensor::Device;
-use nst_vgg::{Layer, LayerKind, Pooling, Vgg19};
+use nst_image::{load_rgb, Planes};
+use nst_loss::{LossSpec, LossWeights, Objective};
+use nst_optim::{Evaluation, Lbfgs, LbfgsConfig, Optimizer, Step};
+use nst_tensor::{ConvAlgorithm, Device, Tensor};
+use nst_vgg::{geometry, Layer, Pooling, Vgg19};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -47,20 +47,24 @@ const DEEPEST: &str = "relu5_1";
 
 /// Convolution GFLOP of one iteration at `size`² (forward to [`DEEPEST`] and back).
 fn gflop_per_iter(size: usize) -> f64 {
-    let channels = nst_vgg::weights::CONV_CHANNELS;
     let deepest: Layer = DEEPEST.parse().expect("a VGG-19 layer name");
-    let mut side = size;
-    let mut flops = 0.0;
-    for layer in Layer::all().take(deepest.index() + 1) {
-        match layer.kind() {
-            LayerKind::Conv(i) => {
-                flops += 2.0 * (side * side) as f64 * (channels[i].0 * 9 * channels[i].1) as f64
-            }
-            LayerKind::Pool => side /= 2,
-            LayerKind::Relu => {}
-        }
+    geometry::iteration_conv_flops(deepest, size, size) / 1e9
+}
+
+/// Median of a non-empty list.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
+}
+
+/// The convolution algorithm `NST_CONV` asks for (`im2col` to compare with the fast path).
+fn conv_algorithm() -> Result<ConvAlgorithm> {
+    match std::env::var("NST_CONV") {
+        Ok(v) => v
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("NST_CONV: {e}")),
+        Err(_) => Ok(ConvAlgorithm::default()),
     }
-    2.0 * flops / 1e9
 }
 
 /// The content and style images at `size`², as the benchmark uses them.
@@ -75,10 +79,10 @@ fn bench_images(size: usize) -> Result<(Planes, Planes)> {
     ))
 }
 
-/// Times `iters` iterations in this process (after one warm-up iteration).
-fn time_cpu(size: usize, iters: usize, dump: Option<&Path>) -> Result<Measurement> {
-    let dev = Device::Cpu;
-    let vgg = Vgg19::embedded(&dev, Pooling::Max)?;
+/// Times `iters` iterations on `dev` in this process (after one warm-up iteration).
+fn time_on(dev: &Device, size: usize, iters: usize, dump: Option<&Path>) -> Result<Measurement> {
+    let dev = dev.clone();
+    let vgg = Vgg19::embedded(&dev, Pooling::Max)?.with_conv_algorithm(conv_algorithm()?);
     let (content, style) = bench_images(size)?;
     if let Some(dir) = dump {
         // Raw f32 [3, S, S] pixels for the PyTorch peer, so both sides use the same input.
@@ -87,41 +91,47 @@ fn time_cpu(size: usize, iters: usize, dump: Option<&Path>) -> Result<Measuremen
             std::fs::write(dir.join(format!("{name}_{size}.f32")), bytes)?;
         }
     }
-    let style_layers = STYLE_LAYERS
-        .iter()
-        .map(|s| s.parse())
-        .collect::<Result<Vec<Layer>, _>>()?;
-    let content_layers: Vec<Layer> = vec![CONTENT_LAYER.parse()?];
-    let weights = Weights {
-        content: 1.0,
-        style: 1e-3,
-        tv: 0.0,
-        style_layers: vec![0.1, 0.2, 0.4, 0.2, 0.1],
-    };
     let spec = LossSpec {
-        content_layers: &content_layers,
-        style_layers: &style_layers,
-        weights,
-        luminance_only: false,
+        content_layers: vec![CONTENT_LAYER.parse()?],
+        style_layers: STYLE_LAYERS
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<Vec<Layer>, _>>()?,
+        weights: LossWeights {
+            content: 1.0,
+            style: 1e-3,
+            tv: 0.0,
+            style_layers: vec![0.1, 0.2, 0.4, 0.2, 0.1],
+        },
     };
-    let objective = Objective::new(&vgg, &content, &[style], &[1.0], spec, &dev)?;
+    let objective = Objective::new(
+        &vgg,
+        &content.to_tensor(&dev)?,
+        &[style.to_tensor(&dev)?],
+        &[1.0],
+        spec,
+    )?;
+    let evaluate = |x: &Tensor| -> Result<Evaluation> {
+        let v = objective.evaluate(x)?;
+        Ok(Evaluation::new(v.total, v.grad))
+    };
     let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
-    let mut x = to_tensor(&content, &dev)?;
-    let mut eval = objective.evaluate(&x)?;
+    let mut x = content.to_tensor(&dev)?;
+    let mut eval = evaluate(&x)?;
     let loss0 = eval.loss;
     let mut times = Vec::new();
     for _ in 0..iters + 1 {
         let t = Instant::now();
-        match opt.step(&x, &eval, &mut |x| objective.evaluate(x))? {
+        match opt.step(&x, &eval, &mut |x| evaluate(x))? {
             Step::Moved { x: nx, .. } => x = nx,
             Step::Converged => bail!("converged during the benchmark"),
         }
-        eval = objective.evaluate(&x)?;
+        eval = evaluate(&x)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.remove(0); // warm-up: first-touch allocations
     Ok(Measurement {
-        ms_per_iter: nst_cli::report::median(&times),
+        ms_per_iter: median(times),
         loss0,
         peak_rss_bytes: peak_rss_bytes()?,
     })
@@ -173,9 +183,10 @@ fn run_child(cmd: &mut Command) -> Result<Measurement, String> {
     parse_measurement(&out.stdout).map_err(|e| e.to_string())
 }
 
-/// `xtask bench-worker --size N --iters K [--dump DIR]`: one measurement as a JSON line.
+/// `xtask bench-worker --size N --iters K [--device cpu|cuda] [--dump DIR]`: one measurement
+/// as a JSON line.
 pub fn worker(args: &[String]) -> Result<()> {
-    let (mut size, mut iters, mut dump) = (None, 5, None);
+    let (mut size, mut iters, mut dump, mut device) = (None, 5, None, Device::Cpu);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
@@ -183,10 +194,22 @@ pub fn worker(args: &[String]) -> Result<()> {
             "--size" => size = Some(value()?.parse()?),
             "--iters" => iters = value()?.parse()?,
             "--dump" => dump = Some(PathBuf::from(value()?)),
+            "--device" => {
+                device = match value()?.as_str() {
+                    "cpu" => Device::Cpu,
+                    "cuda" => Device::cuda(0)?,
+                    other => bail!("unknown device {other} (expected cpu or cuda)"),
+                }
+            }
             other => bail!("unknown bench-worker option {other}"),
         }
     }
-    let m = time_cpu(size.context("--size is required")?, iters, dump.as_deref())?;
+    let m = time_on(
+        &device,
+        size.context("--size is required")?,
+        iters,
+        dump.as_deref(),
+    )?;
     println!("{}", measurement_json(&m));
     Ok(())
 }
@@ -259,16 +282,21 @@ pub fn run(args: &[String]) -> Result<()> {
             size,
             result: run_child(&mut cmd),
         });
-        let cuda = match nst_cuda::probe() {
-            nst_cuda::Probe::Unavailable(why) => format!("unavailable: {why}"),
-            nst_cuda::Probe::Available { name } => {
-                format!("unavailable: {name} found, but the CUDA kernels are not written yet")
+        let cuda = match Device::cuda_unavailable_reason() {
+            Some(why) => Err(format!("unavailable: {why}")),
+            None => {
+                eprintln!("cuda {size}²: {iters} iterations…");
+                let mut cmd = Command::new(&exe);
+                cmd.args(["bench-worker", "--device", "cuda", "--size"])
+                    .arg(size.to_string())
+                    .args(["--iters", &iters.to_string()]);
+                run_child(&mut cmd)
             }
         };
         rows.push(Row {
             device: "cuda".into(),
             size,
-            result: Err(cuda),
+            result: cuda,
         });
         if let Some(python) = &python {
             let result = match python {

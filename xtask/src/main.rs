@@ -7,14 +7,14 @@
 
 // The same allocator as the `nst` binary, so the benchmark measures what users run.
 #[global_allocator]
-static ALLOCATOR: nst_cli::allocator::Allocator = nst_cli::allocator::Allocator {};
+static ALLOCATOR: nst_tensor::allocator::Allocator = nst_tensor::allocator::Allocator {};
 
 mod bench;
 mod import_weights;
 mod pickle;
 
 fn main() {
-    nst_cli::allocator::keep_freed_memory();
+    nst_tensor::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("import-weights") => import_weights::run(&args[1..]),

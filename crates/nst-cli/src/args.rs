@@ -1,9 +1,10 @@
 //! Command-line arguments and their validation.
 
 use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind};
-use crate::image_io::OutputFormat;
 use anyhow::{bail, ensure, Result};
 use clap::Parser;
+use nst_image::OutputFormat;
+use nst_tensor::ConvAlgorithm;
 use nst_vgg::{Layer, Pooling};
 use std::path::PathBuf;
 
@@ -187,6 +188,9 @@ pub fn scale_sides(size: u32, scales: Option<u32>) -> Vec<u32> {
 
 impl Args {
     /// Checks every argument and resolves defaults; errors are one line and name the flag.
+    /// Checks the arguments and resolves them into a [`Config`]. Also reads `NST_CONV`
+    /// (`fastest`, the default, or `im2col`/`direct`: the reference convolution, for
+    /// comparisons), the one environment switch of the command.
     pub fn into_config(self) -> Result<Config> {
         OutputFormat::from_path(&self.output)?;
         if let Some(parent) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -304,7 +308,18 @@ impl Args {
             save_every: self.save_every,
             report: self.report,
             weights: self.weights,
+            conv_algorithm: conv_algorithm_from_env()?,
         })
+    }
+}
+
+/// The convolution algorithm `NST_CONV` asks for (the backend's fastest when unset).
+fn conv_algorithm_from_env() -> Result<ConvAlgorithm> {
+    match std::env::var("NST_CONV") {
+        Ok(v) => v
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("NST_CONV: {e}")),
+        Err(_) => Ok(ConvAlgorithm::default()),
     }
 }
 

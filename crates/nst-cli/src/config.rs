@@ -1,5 +1,6 @@
 //! A validated description of one style-transfer run.
 
+use nst_tensor::ConvAlgorithm;
 use nst_vgg::{Layer, Pooling};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -104,6 +105,13 @@ pub struct Config {
     pub report: Option<PathBuf>,
     /// Other VGG-19 weights (safetensors).
     pub weights: Option<PathBuf>,
+    /// Convolution algorithm (from `NST_CONV`; the backend's fastest by default).
+    #[serde(serialize_with = "display")]
+    pub conv_algorithm: ConvAlgorithm,
+}
+
+fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 fn layer_names<S: serde::Serializer>(layers: &[Layer], s: S) -> Result<S::Ok, S::Error> {

@@ -11,19 +11,18 @@
 //! println!("{:?}", outcome.output_size);
 //! ```
 //!
+//! The crate only orchestrates; the work is done by the library crates:
+//! `nst-image` (decoding, colour preservation, atomic writing), `nst-vgg` (the network and
+//! its layer geometry), `nst-loss` (the total objective), `nst-optim` (the optimizers and the
+//! safeguarded optimisation loop) and `nst-tensor` (devices).
+//!
 //! - [`args`]: command-line arguments (clap) and their validation into a [`config::Config`].
-//! - [`pipeline`]: coarse-to-fine optimisation of the image, best-image tracking, interruption.
-//! - [`objective`]: the total loss `α·J_c + β·Σ w_l·J_s^l + γ·TV` and its gradient.
-//! - [`color`]: colour preservation (luminance-only transfer, colour matching).
-//! - [`image_io`]: decoding with limits, resampling, atomic encoding.
+//! - [`pipeline`]: the run as named stages (device, inputs, scale plan, colours, optimisation,
+//!   output), writing the best image on interruption or a non-finite loss.
 //! - [`progress`], [`report`]: what the user sees while it runs and the JSON report.
 
-pub mod allocator;
 pub mod args;
-pub mod color;
 pub mod config;
-pub mod image_io;
-pub mod objective;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

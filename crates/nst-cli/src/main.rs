@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[global_allocator]
-static ALLOCATOR: nst_cli::allocator::Allocator = nst_cli::allocator::Allocator {};
+static ALLOCATOR: nst_tensor::allocator::Allocator = nst_tensor::allocator::Allocator {};
 
 fn main() -> ExitCode {
-    nst_cli::allocator::keep_freed_memory();
+    nst_tensor::allocator::keep_freed_memory();
     let args = Args::parse();
     let quiet = args.quiet;
     let config = match args.into_config() {

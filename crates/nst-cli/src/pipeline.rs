@@ -1,4 +1,8 @@
-//! Style transfer end to end: load, prepare colours, optimise coarse to fine, write.
+//! Style transfer end to end, as named stages: choose the device, load the inputs, plan the
+//! scales, prepare colours, optimise each scale, write the result. Each stage is a small
+//! function over the library crates; the maths lives in `nst-loss` (the objective),
+//! `nst-optim` (the optimizers and the safeguarded loop), `nst-vgg` (the network and its
+//! geometry) and `nst-image` (images and colour).
 //!
 //! Coarse-to-fine (Gatys et al. 2017; crowsonkb/style-transfer-pytorch): the image is first
 //! optimised at a small size, then upsampled as the start of the next scale, √2 larger, up to
@@ -9,22 +13,23 @@
 //! interruption or a non-finite loss it is written to the output (atomically) before the run
 //! stops with an error.
 
-use crate::color::{join_luminance, match_colors, match_luminance, split_luminance};
 use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind};
-use crate::image_io::{fit_longest_side, load_rgb, save_atomic, write_atomic, Planes};
-use crate::objective::{
-    to_tensor, LossSpec, Objective, Weights, PART_CONTENT, PART_STYLE, PART_TV,
-};
 use crate::progress::{IterationInfo, Progress};
 use crate::report::{median, Report, Timing, TracePoint};
-use anyhow::{bail, Context, Result};
-use nst_optim::{Adam, AdamConfig, Evaluation, Lbfgs, LbfgsConfig, Optimizer, Step};
+use anyhow::{anyhow, bail, Context, Result};
+use image::RgbImage;
+use nst_image::color::{join_luminance, match_colors, match_luminance, split_luminance};
+use nst_image::{fit_longest_side, load_rgb, save_atomic, write_atomic, Planes};
+use nst_loss::{LossSpec, LossWeights, Objective, ObjectiveError};
+use nst_optim::{
+    minimize, Adam, AdamConfig, Evaluation, Lbfgs, LbfgsConfig, Optimizer, StopReason,
+};
 use nst_tensor::{Device, Tensor};
-use nst_vgg::{Layer, LayerKind, Vgg19};
+use nst_vgg::{geometry, Layer, Vgg19};
 use rand::{Rng, SeedableRng};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 /// L-BFGS history is capped so its (s, y) pairs stay within this many bytes.
@@ -90,76 +95,393 @@ impl fmt::Display for NonFiniteLoss {
 
 impl std::error::Error for NonFiniteLoss {}
 
-fn select_device(choice: DeviceChoice, progress: &mut dyn Progress) -> Result<(Device, String)> {
-    let cpu = Device::Cpu;
-    match choice {
-        DeviceChoice::Cpu => Ok((cpu.clone(), cpu.to_string())),
-        DeviceChoice::Cuda => match nst_cuda::probe() {
-            nst_cuda::Probe::Unavailable(why) => {
-                bail!("--device cuda: CUDA is not available: {why}")
-            }
-            nst_cuda::Probe::Available { name } => {
-                bail!("--device cuda: found {name}, but this build's CUDA backend has no kernels yet; use --device cpu")
-            }
+/// Runs style transfer as configured. `interrupt` is polled between iterations.
+pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) -> Result<Outcome> {
+    let started = Instant::now();
+    let device = select_device(cfg.device, progress)?;
+    let inputs = Inputs::load(cfg, &device)?;
+    let plan = ScalePlan::new(cfg, &inputs.content)?;
+    let prepared = Prepared::new(cfg, &inputs, plan.output);
+    let optimised = optimise(cfg, &inputs, &plan, &prepared, progress, interrupt)?;
+    save_atomic(&prepared.to_output(&optimised.image), &cfg.output)?;
+    let (out_w, out_h) = plan.output;
+    progress.note(&format!("wrote {} ({out_w}×{out_h})", cfg.output.display()));
+    let outcome = Outcome {
+        output_size: plan.output,
+        trace: optimised.trace,
+        timing: Timing {
+            ms_per_iter_median: median(&optimised.iter_ms),
+            total_s: started.elapsed().as_secs_f64(),
         },
+        device: device.to_string(),
+    };
+    if let Some(path) = &cfg.report {
+        write_report(cfg, &outcome, path)?;
+    }
+    Ok(outcome)
+}
+
+/// Stage 1: the device, as asked (`auto` says what it chose and why).
+fn select_device(choice: DeviceChoice, progress: &mut dyn Progress) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}")),
         DeviceChoice::Auto => {
-            let why = match nst_cuda::probe() {
-                nst_cuda::Probe::Unavailable(why) => why,
-                nst_cuda::Probe::Available { name } => {
-                    format!("{name} found, but the CUDA backend has no kernels yet")
-                }
-            };
-            progress.note(&format!("device: {cpu} (CUDA not used: {why})"));
-            Ok((cpu.clone(), cpu.to_string()))
-        }
-    }
-}
-
-/// Pooling layers a signal passes through before reaching `layer`.
-fn pools_before(layer: Layer) -> u32 {
-    Layer::all()
-        .take(layer.index())
-        .filter(|l| l.kind() == LayerKind::Pool)
-        .count() as u32
-}
-
-fn planes_of(x: &Tensor) -> Planes {
-    let d = x.dims();
-    Planes {
-        channels: d[1],
-        height: d[2],
-        width: d[3],
-        data: x.to_vec(),
-    }
-}
-
-fn starting_image(
-    cfg: &Config,
-    content: &Planes,
-    init_file: Option<&Planes>,
-    luminance: bool,
-) -> Planes {
-    let (w, h) = (content.width, content.height);
-    match (&cfg.init, init_file) {
-        (Init::File(_), Some(img)) => {
-            let img = if luminance {
-                split_luminance(img).0
-            } else {
-                img.clone()
-            };
-            img.resized(w, h)
-        }
-        (Init::Noise, _) => {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-            let data = (0..content.channels * w * h)
-                .map(|_| rng.random_range(0.0..255.0))
-                .collect();
-            Planes {
-                data,
-                ..content.clone()
+            let (device, why_not_cuda) = Device::best_available();
+            match why_not_cuda {
+                Some(why) => progress.note(&format!("device: {device} ({why})")),
+                None => progress.note(&format!("device: {device}")),
             }
+            Ok(device)
         }
-        _ => content.clone(),
+    }
+}
+
+/// Stage 2: the images as decoded (full resolution) and the network on the device.
+struct Inputs {
+    content: Planes,
+    styles: Vec<Planes>,
+    init: Option<Planes>,
+    vgg: Vgg19,
+}
+
+impl Inputs {
+    fn load(cfg: &Config, device: &Device) -> Result<Self> {
+        let content = Planes::from_rgb(&load_rgb(&cfg.content, "content image")?);
+        let styles = cfg
+            .styles
+            .iter()
+            .map(|p| load_rgb(p, "style image").map(|i| Planes::from_rgb(&i)))
+            .collect::<Result<_>>()?;
+        let init = match &cfg.init {
+            Init::File(p) => Some(Planes::from_rgb(&load_rgb(p, "init image")?)),
+            _ => None,
+        };
+        let vgg = match &cfg.weights {
+            Some(p) => Vgg19::from_file(p, device, cfg.pooling),
+            None => Vgg19::embedded(device, cfg.pooling),
+        }
+        .map_err(|e| anyhow!("{e}"))?
+        .with_conv_algorithm(cfg.conv_algorithm);
+        Ok(Self {
+            content,
+            styles,
+            init,
+            vgg,
+        })
+    }
+}
+
+/// Stage 3: the output size and the coarse-to-fine scales, each big enough to survive the
+/// poolings before the deepest loss layer.
+struct ScalePlan {
+    output: (usize, usize),
+    /// (width, height) of each scale, coarse to fine.
+    scales: Vec<(usize, usize)>,
+    deepest: Layer,
+    /// The shortest side the deepest layer accepts.
+    min_side: usize,
+}
+
+impl ScalePlan {
+    fn new(cfg: &Config, content: &Planes) -> Result<Self> {
+        let all_layers = [&cfg.content_layers[..], &cfg.style_layers[..]].concat();
+        let deepest = geometry::deepest(&all_layers).context("no loss layers")?;
+        let min_side = deepest.min_input_side();
+        let fit = |side| fit_longest_side(content.width, content.height, side);
+        let output = fit(cfg.size);
+        if output.0.min(output.1) < min_side {
+            bail!(
+                "--size {} gives a {}×{} image, too small for layer {deepest} (needs at least {min_side} px on the shorter side)",
+                cfg.size,
+                output.0,
+                output.1
+            );
+        }
+        let mut scales: Vec<(usize, usize)> = cfg
+            .scale_sides
+            .iter()
+            .map(|&s| fit(s))
+            .filter(|&(w, h)| w.min(h) >= min_side)
+            .collect();
+        scales.dedup();
+        Ok(Self {
+            output,
+            scales,
+            deepest,
+            min_side,
+        })
+    }
+
+    /// The longest side of the style images at a scale of longest side `side`.
+    fn style_side(&self, cfg: &Config, side: usize) -> u32 {
+        let out_side = self.output.0.max(self.output.1) as f64;
+        match cfg.style_size {
+            Some(s) => ((s as f64 * side as f64 / out_side).round() as u32).max(1),
+            None => side as u32,
+        }
+    }
+}
+
+/// Stage 4: colour preservation, done once at full resolution. The working images are what
+/// the optimisation sees (luminance only, or the style recoloured); `to_output` turns a
+/// working image back into the output picture.
+struct Prepared {
+    content: Planes,
+    styles: Vec<Planes>,
+    /// The content's I and Q channels at the output size (luminance-only transfer).
+    content_iq: Option<Planes>,
+    output: (usize, usize),
+}
+
+impl Prepared {
+    fn new(cfg: &Config, inputs: &Inputs, output: (usize, usize)) -> Self {
+        let luminance = cfg.preserve_colors == ColorMode::Luminance;
+        let (content, content_iq) = if luminance {
+            let (y, iq) = split_luminance(&inputs.content);
+            (y, Some(iq.resized(output.0, output.1)))
+        } else {
+            (inputs.content.clone(), None)
+        };
+        let styles = inputs
+            .styles
+            .iter()
+            .map(|s| match cfg.preserve_colors {
+                ColorMode::None => s.clone(),
+                ColorMode::Match => match_colors(s, &inputs.content),
+                ColorMode::Luminance => match_luminance(&split_luminance(s).0, &content),
+            })
+            .collect();
+        Self {
+            content,
+            styles,
+            content_iq,
+            output,
+        }
+    }
+
+    fn luminance_only(&self) -> bool {
+        self.content_iq.is_some()
+    }
+
+    /// The picture to write for working image `x` (any scale).
+    fn to_output(&self, x: &Planes) -> RgbImage {
+        let x = x.resized(self.output.0, self.output.1);
+        match &self.content_iq {
+            Some(iq) => join_luminance(&x, iq).to_rgb(),
+            None => x.to_rgb(),
+        }
+    }
+
+    /// The first scale's starting image.
+    fn start(&self, cfg: &Config, init: Option<&Planes>, (w, h): (usize, usize)) -> Planes {
+        match (&cfg.init, init) {
+            (Init::File(_), Some(img)) => {
+                let img = if self.luminance_only() {
+                    split_luminance(img).0
+                } else {
+                    img.clone()
+                };
+                img.resized(w, h)
+            }
+            (Init::Noise, _) => {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+                let channels = self.content.channels;
+                Planes {
+                    channels,
+                    height: h,
+                    width: w,
+                    data: (0..channels * w * h)
+                        .map(|_| rng.random_range(0.0..255.0))
+                        .collect(),
+                }
+            }
+            _ => self.content.resized(w, h),
+        }
+    }
+}
+
+/// What stage 5 produced: the final working image, and the final scale's trace and step
+/// times.
+struct Optimised {
+    image: Planes,
+    trace: Vec<TracePoint>,
+    iter_ms: Vec<f64>,
+}
+
+/// Stage 5: coarse to fine, each scale starting from the previous one's best image.
+fn optimise(
+    cfg: &Config,
+    inputs: &Inputs,
+    plan: &ScalePlan,
+    prepared: &Prepared,
+    progress: &mut dyn Progress,
+    interrupt: &AtomicBool,
+) -> Result<Optimised> {
+    let device = inputs.vgg.device();
+    let mut optimizer = new_optimizer(cfg, prepared.content.channels, plan.output);
+    let spec = LossSpec {
+        content_layers: cfg.content_layers.clone(),
+        style_layers: cfg.style_layers.clone(),
+        weights: LossWeights {
+            content: cfg.content_weight,
+            style: cfg.style_weight,
+            tv: cfg.tv_weight,
+            style_layers: cfg.style_layer_weights.clone(),
+        },
+    };
+    let mut image: Option<Planes> = None;
+    let (mut trace, mut iter_ms) = (Vec::new(), Vec::new());
+    for (si, &(w, h)) in plan.scales.iter().enumerate() {
+        let (scale, final_scale) = (si + 1, si + 1 == plan.scales.len());
+        let styles = styles_at_scale(cfg, plan, prepared, scale, w.max(h), device)?;
+        let content = prepared.content.resized(w, h).to_tensor(device)?;
+        let objective = Objective::new(
+            &inputs.vgg,
+            &content,
+            &styles,
+            &cfg.style_blend,
+            spec.clone(),
+        )?;
+        let start = match image.take() {
+            Some(prev) => prev.resized(w, h),
+            None => prepared.start(cfg, inputs.init.as_ref(), (w, h)),
+        };
+        optimizer.reset();
+        progress.scale_started(scale, plan.scales.len(), w, h, cfg.iters);
+        let scale_started = Instant::now();
+        let mut on_iterate = |k: u32, x: &Tensor, eval: &Evaluation, step_ms: Option<f64>| {
+            if final_scale {
+                trace.push(trace_point(k, eval));
+                iter_ms.extend(step_ms);
+            }
+            if k > 0 {
+                progress.iteration(&IterationInfo {
+                    scale,
+                    scales: plan.scales.len(),
+                    iter: k,
+                    iters: cfg.iters,
+                    total: eval.loss,
+                    it_per_s: k as f64 / scale_started.elapsed().as_secs_f64(),
+                });
+                if cfg.save_every.is_some_and(|n| k.is_multiple_of(n)) {
+                    let path = intermediate_path(&cfg.output, scale, k);
+                    save_atomic(&prepared.to_output(&Planes::from_tensor(x)?), &path)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+            Ok(())
+        };
+        let evaluate = |x: &Tensor| -> Result<Evaluation> { evaluation(&objective, x) };
+        let run = minimize(
+            start.to_tensor(device)?,
+            &evaluate,
+            &mut optimizer,
+            cfg.iters,
+            interrupt,
+            &mut on_iterate,
+        )?;
+        progress.scale_finished();
+        let best = run.best.as_ref().map(Planes::from_tensor).transpose()?;
+        match (run.stop, best) {
+            (StopReason::Finished, Some(best)) => image = Some(best),
+            (StopReason::Interrupted, Some(best)) => {
+                save_atomic(&prepared.to_output(&best), &cfg.output)?;
+                return Err(Interrupted {
+                    saved: cfg.output.clone(),
+                }
+                .into());
+            }
+            (StopReason::NonFinite { iter }, best) => {
+                let saved = match best {
+                    Some(b) => {
+                        save_atomic(&prepared.to_output(&b), &cfg.output)?;
+                        Some(cfg.output.clone())
+                    }
+                    None => None,
+                };
+                return Err(NonFiniteLoss { scale, iter, saved }.into());
+            }
+            (_, None) => unreachable!("a finished or interrupted run has a finite iterate"),
+        }
+        // The next scale has other shapes: let go of this one's scratch buffers.
+        device.release_cached_memory();
+    }
+    Ok(Optimised {
+        image: image.context("no scale to optimise")?,
+        trace,
+        iter_ms,
+    })
+}
+
+/// The optimizer as configured; L-BFGS keeps as many (s, y) pairs as fit
+/// [`LBFGS_HISTORY_BYTES`] at the output size (5 to 100).
+fn new_optimizer(cfg: &Config, channels: usize, (w, h): (usize, usize)) -> Optimizer {
+    match cfg.optimizer {
+        OptimizerKind::Lbfgs => {
+            let pair_bytes = (2 * 4 * channels * w * h).max(1);
+            Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig {
+                lr: cfg.lr,
+                history: (LBFGS_HISTORY_BYTES / pair_bytes).clamp(5, 100),
+                ..Default::default()
+            }))
+        }
+        OptimizerKind::Adam => Optimizer::Adam(Adam::new(AdamConfig {
+            lr: cfg.lr,
+            ..Default::default()
+        })),
+    }
+}
+
+/// The style images resized for a scale of longest side `side`, as tensors.
+fn styles_at_scale(
+    cfg: &Config,
+    plan: &ScalePlan,
+    prepared: &Prepared,
+    scale: usize,
+    side: usize,
+    device: &Device,
+) -> Result<Vec<Tensor>> {
+    let style_side = plan.style_side(cfg, side);
+    prepared
+        .styles
+        .iter()
+        .zip(&cfg.styles)
+        .map(|(s, path)| {
+            let (sw, sh) = fit_longest_side(s.width, s.height, style_side);
+            if sw.min(sh) < plan.min_side {
+                bail!(
+                    "style image {} becomes {sw}×{sh} at scale {scale}, too small for layer {} (needs {} px); raise --style-size",
+                    path.display(),
+                    plan.deepest,
+                    plan.min_side
+                );
+            }
+            Ok(s.resized(sw, sh).to_tensor(device)?)
+        })
+        .collect()
+}
+
+/// The objective's value as the optimizers see it, with its terms for the report.
+fn evaluation(objective: &Objective, x: &Tensor) -> Result<Evaluation> {
+    let v = objective
+        .evaluate(x)
+        .map_err(|e: ObjectiveError| anyhow!("{e}"))?;
+    Ok(Evaluation {
+        loss: v.total,
+        grad: v.grad,
+        parts: vec![v.content, v.style, v.tv],
+    })
+}
+
+fn trace_point(iter: u32, eval: &Evaluation) -> TracePoint {
+    let p = &eval.parts;
+    TracePoint {
+        iter,
+        total: eval.loss,
+        content: p[0],
+        style: p[1],
+        tv: p[2],
     }
 }
 
@@ -176,366 +498,16 @@ fn intermediate_path(output: &Path, scale: usize, iter: u32) -> PathBuf {
     output.with_file_name(format!("{stem}_s{scale}_{iter:04}.{ext}"))
 }
 
-/// Runs style transfer as configured. `interrupt` is polled between iterations.
-pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) -> Result<Outcome> {
-    let started = Instant::now();
-    let (device, device_name) = select_device(cfg.device, progress)?;
-
-    let content_full = Planes::from_rgb(&load_rgb(&cfg.content, "content image")?);
-    let styles_full: Vec<Planes> = cfg
-        .styles
-        .iter()
-        .map(|p| load_rgb(p, "style image").map(|i| Planes::from_rgb(&i)))
-        .collect::<Result<_>>()?;
-    let init_file = match &cfg.init {
-        Init::File(p) => Some(Planes::from_rgb(&load_rgb(p, "init image")?)),
-        _ => None,
+/// Stage 6 (optional): the JSON report, written atomically.
+fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
+    let report = Report {
+        trace: &outcome.trace,
+        timing: outcome.timing.clone(),
+        device: outcome.device.clone(),
+        output: [outcome.output_size.0, outcome.output_size.1],
+        settings: cfg,
     };
-    let vgg = match &cfg.weights {
-        Some(p) => Vgg19::from_file(p, &device, cfg.pooling),
-        None => Vgg19::embedded(&device, cfg.pooling),
-    }
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-
-    // Every scale must be big enough to survive the pooling before the deepest layer.
-    let deepest = cfg
-        .content_layers
-        .iter()
-        .chain(&cfg.style_layers)
-        .max()
-        .copied()
-        .expect("validated: layers exist");
-    let min_side = 1usize << pools_before(deepest);
-    let (out_w, out_h) = fit_longest_side(content_full.width, content_full.height, cfg.size);
-    if out_w.min(out_h) < min_side {
-        bail!(
-            "--size {} gives a {out_w}×{out_h} image, too small for layer {deepest} (needs at least {min_side} px on the shorter side)",
-            cfg.size
-        );
-    }
-    let mut scales: Vec<(usize, usize)> = cfg
-        .scale_sides
-        .iter()
-        .map(|&s| fit_longest_side(content_full.width, content_full.height, s))
-        .filter(|&(w, h)| w.min(h) >= min_side)
-        .collect();
-    scales.dedup();
-
-    // Colour preservation prepares the images once, at full resolution.
-    let luminance = cfg.preserve_colors == ColorMode::Luminance;
-    let (content_work, content_iq) = if luminance {
-        let (y, iq) = split_luminance(&content_full);
-        (y, Some(iq.resized(out_w, out_h)))
-    } else {
-        (content_full.clone(), None)
-    };
-    let styles_work: Vec<Planes> = styles_full
-        .iter()
-        .map(|s| match cfg.preserve_colors {
-            ColorMode::None => s.clone(),
-            ColorMode::Match => match_colors(s, &content_full),
-            ColorMode::Luminance => match_luminance(&split_luminance(s).0, &content_work),
-        })
-        .collect();
-    let to_output = |x: &Planes| {
-        let x = x.resized(out_w, out_h);
-        match &content_iq {
-            Some(iq) => join_luminance(&x, iq).to_rgb(),
-            None => x.to_rgb(),
-        }
-    };
-
-    let channels = content_work.channels;
-    let history = (LBFGS_HISTORY_BYTES / (2 * 4 * channels * out_w * out_h).max(1)).clamp(5, 100);
-    let mut optimizer = match cfg.optimizer {
-        OptimizerKind::Lbfgs => Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig {
-            lr: cfg.lr,
-            history,
-            ..Default::default()
-        })),
-        OptimizerKind::Adam => Optimizer::Adam(Adam::new(AdamConfig {
-            lr: cfg.lr,
-            ..Default::default()
-        })),
-    };
-    let weights = Weights {
-        content: cfg.content_weight,
-        style: cfg.style_weight,
-        tv: cfg.tv_weight,
-        style_layers: cfg.style_layer_weights.clone(),
-    };
-
-    let mut image: Option<Planes> = None;
-    let mut trace = Vec::new();
-    let mut iter_ms = Vec::new();
-    for (si, &(w, h)) in scales.iter().enumerate() {
-        let (scale, final_scale) = (si + 1, si + 1 == scales.len());
-        let content_s = content_work.resized(w, h);
-        let style_side = match cfg.style_size {
-            Some(s) => {
-                ((s as f64 * w.max(h) as f64 / out_w.max(out_h) as f64).round() as u32).max(1)
-            }
-            None => w.max(h) as u32,
-        };
-        let mut style_s = Vec::new();
-        for (s, path) in styles_work.iter().zip(&cfg.styles) {
-            let (sw, sh) = fit_longest_side(s.width, s.height, style_side);
-            if sw.min(sh) < min_side {
-                bail!(
-                    "style image {} becomes {sw}×{sh} at scale {scale}, too small for layer {deepest} (needs {min_side} px); raise --style-size",
-                    path.display()
-                );
-            }
-            style_s.push(s.resized(sw, sh));
-        }
-        let spec = LossSpec {
-            content_layers: &cfg.content_layers,
-            style_layers: &cfg.style_layers,
-            weights: weights.clone(),
-            luminance_only: luminance,
-        };
-        let objective =
-            Objective::new(&vgg, &content_s, &style_s, &cfg.style_blend, spec, &device)?;
-        let start = match image.take() {
-            Some(prev) => prev.resized(w, h),
-            None => starting_image(cfg, &content_s, init_file.as_ref(), luminance),
-        };
-        optimizer.reset();
-        progress.scale_started(scale, scales.len(), w, h, cfg.iters);
-        let scale_started = Instant::now();
-        let mut on_iterate =
-            |k: u32, x: &Tensor, eval: &Evaluation, step_ms: Option<f64>| -> Result<()> {
-                if final_scale {
-                    let p = &eval.parts;
-                    trace.push(TracePoint {
-                        iter: k,
-                        total: eval.loss,
-                        content: p[PART_CONTENT],
-                        style: p[PART_STYLE],
-                        tv: p[PART_TV],
-                    });
-                    iter_ms.extend(step_ms);
-                }
-                if k > 0 {
-                    let it_per_s = k as f64 / scale_started.elapsed().as_secs_f64();
-                    progress.iteration(&IterationInfo {
-                        scale,
-                        scales: scales.len(),
-                        iter: k,
-                        iters: cfg.iters,
-                        total: eval.loss,
-                        it_per_s,
-                    });
-                    if cfg.save_every.is_some_and(|n| k.is_multiple_of(n)) {
-                        let path = intermediate_path(&cfg.output, scale, k);
-                        save_atomic(&to_output(&planes_of(x)), &path)
-                            .with_context(|| format!("writing {}", path.display()))?;
-                    }
-                }
-                Ok(())
-            };
-        let evaluate = |x: &Tensor| objective.evaluate(x);
-        let (best, end) = optimise_scale(
-            to_tensor(&start, &device)?,
-            &evaluate,
-            &mut optimizer,
-            cfg.iters,
-            interrupt,
-            &mut on_iterate,
-        )?;
-        progress.scale_finished();
-        match (end, best) {
-            (ScaleEnd::Finished, Some(best)) => image = Some(planes_of(&best)),
-            (ScaleEnd::Interrupted, Some(best)) => {
-                save_atomic(&to_output(&planes_of(&best)), &cfg.output)?;
-                return Err(Interrupted {
-                    saved: cfg.output.clone(),
-                }
-                .into());
-            }
-            (ScaleEnd::NonFinite { iter }, best) => {
-                let saved = match best {
-                    Some(b) => {
-                        save_atomic(&to_output(&planes_of(&b)), &cfg.output)?;
-                        Some(cfg.output.clone())
-                    }
-                    None => None,
-                };
-                return Err(NonFiniteLoss { scale, iter, saved }.into());
-            }
-            (_, None) => unreachable!("a finished or interrupted scale has a finite iterate"),
-        }
-        nst_cpu::release_scratch();
-    }
-
-    let result = to_output(&image.expect("at least one scale"));
-    save_atomic(&result, &cfg.output)?;
-    progress.note(&format!("wrote {} ({out_w}×{out_h})", cfg.output.display()));
-    let timing = Timing {
-        ms_per_iter_median: median(&iter_ms),
-        total_s: started.elapsed().as_secs_f64(),
-    };
-    let outcome = Outcome {
-        output_size: (out_w, out_h),
-        trace,
-        timing,
-        device: device_name,
-    };
-    if let Some(path) = &cfg.report {
-        let report = Report {
-            trace: &outcome.trace,
-            timing: outcome.timing.clone(),
-            device: outcome.device.clone(),
-            output: [out_w, out_h],
-            settings: cfg,
-        };
-        let json = serde_json::to_string_pretty(&report)?;
-        write_atomic(path, |w| Ok(std::io::Write::write_all(w, json.as_bytes())?))
-            .with_context(|| format!("writing report {}", path.display()))?;
-    }
-    Ok(outcome)
-}
-
-/// Called with (k, x_k, f(x_k), ms of the step that produced x_k) for every finite iterate.
-pub type IterateCallback<'a> = dyn FnMut(u32, &Tensor, &Evaluation, Option<f64>) -> Result<()> + 'a;
-
-/// How the optimisation of one scale ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum ScaleEnd {
-    /// All iterations ran, or the optimizer converged.
-    Finished,
-    /// The interrupt flag was raised.
-    Interrupted,
-    /// The loss or its gradient became NaN or infinite at this iterate.
-    NonFinite {
-        /// The iterate number.
-        iter: u32,
-    },
-}
-
-/// Optimises one scale from `start` for up to `iters` iterations and returns the best
-/// iterate (lowest finite loss; `None` if even the start was non-finite) and how it ended.
-/// `on_iterate(k, x_k, f(x_k), ms of the step that produced x_k)` sees every finite iterate,
-/// k = 0 (the start) to `iters`.
-pub fn optimise_scale(
-    start: Tensor,
-    evaluate: &dyn Fn(&Tensor) -> Result<Evaluation>,
-    optimizer: &mut Optimizer,
-    iters: u32,
-    interrupt: &AtomicBool,
-    on_iterate: &mut IterateCallback<'_>,
-) -> Result<(Option<Tensor>, ScaleEnd)> {
-    let mut x = start;
-    let mut eval = evaluate(&x)?;
-    let mut best: Option<(f64, Tensor)> = None;
-    let mut step_ms = None;
-    let mut k = 0u32;
-    let end = loop {
-        if !eval.loss.is_finite() || !eval.grad.all_finite() {
-            break ScaleEnd::NonFinite { iter: k };
-        }
-        if best.as_ref().is_none_or(|(l, _)| eval.loss < *l) {
-            best = Some((eval.loss, x.clone()));
-        }
-        on_iterate(k, &x, &eval, step_ms)?;
-        if k == iters {
-            break ScaleEnd::Finished;
-        }
-        if interrupt.load(Ordering::Relaxed) {
-            break ScaleEnd::Interrupted;
-        }
-        let t0 = Instant::now();
-        match optimizer.step(&x, &eval, &mut |x: &Tensor| evaluate(x))? {
-            Step::Moved {
-                x: next,
-                eval: known,
-            } => {
-                x = next;
-                eval = match known {
-                    Some(e) => e,
-                    None => evaluate(&x)?,
-                };
-            }
-            Step::Converged => break ScaleEnd::Finished,
-        }
-        step_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
-        k += 1;
-    };
-    Ok((best.map(|(_, x)| x), end))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// f(x) = Σ x², which turns NaN once any |x| drops below 0.3: the run must stop there and
-    /// return the last finite iterate, which is also the best one.
-    #[test]
-    fn non_finite_stops_and_keeps_the_best_finite_iterate() {
-        let evaluate = |x: &Tensor| -> Result<Evaluation> {
-            let v = x.to_vec();
-            let loss: f64 = v.iter().map(|&a| (a as f64).powi(2)).sum();
-            let loss = if v.iter().any(|a| a.abs() < 0.3) {
-                f64::NAN
-            } else {
-                loss
-            };
-            Ok(Evaluation::new(loss, x.scale(2.0)?))
-        };
-        let mut opt = Optimizer::Adam(Adam::new(AdamConfig {
-            lr: 0.25,
-            ..Default::default()
-        }));
-        let start = Tensor::from_vec(vec![1.0, -1.5], &[2], &Device::Cpu).unwrap();
-        let mut seen = Vec::new();
-        let mut on_iterate = |k: u32, x: &Tensor, e: &Evaluation, _: Option<f64>| -> Result<()> {
-            seen.push((k, x.to_vec(), e.loss));
-            Ok(())
-        };
-        let (best, end) = optimise_scale(
-            start,
-            &evaluate,
-            &mut opt,
-            50,
-            &AtomicBool::new(false),
-            &mut on_iterate,
-        )
-        .unwrap();
-        let ScaleEnd::NonFinite { iter } = end else {
-            panic!("expected a non-finite stop, got {end:?}")
-        };
-        assert_eq!(
-            iter as usize,
-            seen.len(),
-            "stops at the first non-finite iterate"
-        );
-        let (_, last_x, last_loss) = seen.last().unwrap();
-        assert!(seen
-            .iter()
-            .all(|(_, _, l)| l.is_finite() && *l >= *last_loss));
-        assert_eq!(&best.unwrap().to_vec(), last_x);
-    }
-
-    #[test]
-    fn interrupt_stops_before_the_next_step() {
-        let evaluate =
-            |x: &Tensor| -> Result<Evaluation> { Ok(Evaluation::new(x.dot(x)?, x.scale(2.0)?)) };
-        let mut opt = Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig::default()));
-        let start = Tensor::from_vec(vec![3.0], &[1], &Device::Cpu).unwrap();
-        let mut count = 0;
-        let (best, end) = optimise_scale(
-            start,
-            &evaluate,
-            &mut opt,
-            10,
-            &AtomicBool::new(true),
-            &mut |_, _, _, _| {
-                count += 1;
-                Ok(())
-            },
-        )
-        .unwrap();
-        assert_eq!((end, count), (ScaleEnd::Interrupted, 1));
-        assert_eq!(best.unwrap().to_vec(), vec![3.0]);
-    }
+    let json = serde_json::to_string_pretty(&report)?;
+    write_atomic(path, |w| Ok(std::io::Write::write_all(w, json.as_bytes())?))
+        .with_context(|| format!("writing report {}", path.display()))
 }

@@ -8,11 +8,11 @@
 //! - **Colour matching**: before its features are taken, each style pixel p becomes
 //!   `A·(p − μ_s) + μ_c` with `A = Σ_c^{1/2} · Σ_s^{-1/2}`, so the style image takes the
 //!   content's colour mean μ and covariance Σ (the "image analogies" variant in the paper).
-//!   The symmetric 3×3 roots come from `nst_cpu::linalg`; `Σ_s` is regularised by `ε·I` so a
+//!   The symmetric 3×3 roots come from `nst_tensor::linalg`; `Σ_s` is regularised by `ε·I` so a
 //!   grayscale or flat style stays finite.
 
-use crate::image_io::Planes;
-use nst_cpu::linalg::{mat3_mul, sym3_inv_sqrt, sym3_sqrt, Mat3};
+use crate::io::Planes;
+use nst_tensor::linalg::{mat3_mul, sym3_inv_sqrt, sym3_sqrt, Mat3};
 
 /// YIQ (NTSC 1953) from RGB.
 const RGB_TO_YIQ: [[f32; 3]; 3] = [

@@ -5,6 +5,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use image::{ImageFormat, ImageReader, Limits, RgbImage};
+use nst_tensor::{Device, Tensor, TensorError};
 use std::fs::File;
 use std::io::{BufWriter, Cursor};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,29 @@ pub struct Planes {
 }
 
 impl Planes {
+    /// The `[1, C, H, W]` tensor of these planes on `device`.
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor, TensorError> {
+        let shape = [1, self.channels, self.height, self.width];
+        Tensor::from_vec(self.data.clone(), &shape, device)
+    }
+
+    /// The planes of a `[1, C, H, W]` tensor (copied to the host).
+    pub fn from_tensor(t: &Tensor) -> Result<Self, TensorError> {
+        let [1, channels, height, width] = *t.dims() else {
+            return Err(TensorError::ShapeMismatch {
+                op: "Planes::from_tensor",
+                lhs: t.dims().to_vec(),
+                rhs: vec![1, 3, 0, 0],
+            });
+        };
+        Ok(Planes {
+            channels,
+            height,
+            width,
+            data: t.to_vec()?,
+        })
+    }
+
     /// From an 8-bit RGB image.
     pub fn from_rgb(img: &RgbImage) -> Self {
         let (w, h) = (img.width() as usize, img.height() as usize);

@@ -1,0 +1,26 @@
+//! # nst-image
+//!
+//! Images as neural style transfer needs them, for the `nst` command, its benchmarks and any
+//! other front end:
+//!
+//! - [`io`]: decoding PNG, JPEG and WebP with limits (side length, decoded bytes, truncated
+//!   JPEGs) and one-line errors; [`Planes`], planar f32 RGB in 0..255 (the layout of a
+//!   `[1, C, H, W]` tensor) with separable resampling; atomic encoding ([`save_atomic`],
+//!   [`write_atomic`]: a reader never sees a partial file).
+//! - [`color`]: colour preservation (luminance-only transfer, colour matching).
+//!
+//! ```
+//! use nst_image::Planes;
+//! use nst_tensor::Device;
+//! let img = image::RgbImage::from_pixel(8, 6, image::Rgb([10, 200, 30]));
+//! let planes = Planes::from_rgb(&img).resized(4, 3);
+//! let t = planes.to_tensor(&Device::Cpu)?;
+//! assert_eq!(t.dims(), &[1, 3, 3, 4]);
+//! assert_eq!(Planes::from_tensor(&t)?, planes);
+//! # Ok::<(), nst_tensor::TensorError>(())
+//! ```
+
+pub mod color;
+pub mod io;
+
+pub use io::{fit_longest_side, load_rgb, save_atomic, write_atomic, OutputFormat, Planes};
