@@ -129,7 +129,7 @@ fn select_device(choice: DeviceChoice, progress: &mut dyn Progress) -> Result<De
         DeviceChoice::Auto => {
             let (device, why_not_cuda) = Device::best_available();
             match why_not_cuda {
-                Some(why) => progress.note(&format!("device: {device} ({why})")),
+                Some(why) => progress.note(&format!("device: {device}; {why}")),
                 None => progress.note(&format!("device: {device}")),
             }
             Ok(device)
