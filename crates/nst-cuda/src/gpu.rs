@@ -10,6 +10,7 @@ use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
+use nst_params::{Conv2dParams, Pool2dParams};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -114,16 +115,14 @@ impl Gpu {
         Ok(())
     }
 
-    /// 2×2 stride-2 max pooling over `planes` planes of h×w; returns (y, argmax).
+    /// 2×2 stride-2 max pooling; returns (y, argmax).
     pub fn max_pool2x2(
         &self,
         x: &CudaSlice<f32>,
-        planes: usize,
-        h: usize,
-        w: usize,
+        p: &Pool2dParams,
     ) -> GpuResult<(CudaSlice<f32>, CudaSlice<i32>)> {
-        let (oh, ow) = (h / 2, w / 2);
-        let n = planes * oh * ow;
+        let (planes, h, w, oh, ow) = (p.planes, p.in_h, p.in_w, p.out_h(), p.out_w());
+        let n = p.output_len();
         let mut y = self.zeros(n)?;
         let mut arg = self.stream.alloc_zeros::<i32>(n).map_err(|e| oom(n, e))?;
         let (p, h, w, oh, ow) = (planes as i64, h as i32, w as i32, oh as i32, ow as i32);
@@ -156,24 +155,27 @@ impl Gpu {
         Ok(v[0])
     }
 
-    /// `y[N, C_out, OH, OW] = conv(x, w) + b` for one image (N = 1) by im2col and one SGEMM.
-    #[allow(clippy::too_many_arguments)]
+    /// `y[1, C_out, OH, OW] = conv(x, w) + b` for one image by im2col and one SGEMM.
     pub fn conv2d_forward(
         &self,
         x: &CudaSlice<f32>,
         w: &CudaSlice<f32>,
         bias: &CudaSlice<f32>,
-        cin: usize,
-        h: usize,
-        wd: usize,
-        cout: usize,
-        k: usize,
-        pad: usize,
+        c: &Conv2dParams,
     ) -> GpuResult<CudaSlice<f32>> {
-        let (oh, ow) = (h + 2 * pad + 1 - k, wd + 2 * pad + 1 - k);
-        let (kk, p) = (cin * k * k, oh * ow);
+        if c.batch != 1 {
+            return Err(format!(
+                "conv2d_forward: batch {} (only 1 is supported)",
+                c.batch
+            ));
+        }
+        let (cin, cout, oh, ow) = (c.in_channels, c.out_channels, c.out_h(), c.out_w());
+        let (kk, p) = (c.patch_len(), oh * ow);
         let mut cols = self.zeros(kk * p)?;
-        let args = [cin, h, wd, k, k, 1, pad, oh, ow].map(|v| v as i32);
+        let args = [
+            cin, c.in_h, c.in_w, c.kernel_h, c.kernel_w, c.stride, c.pad, oh, ow,
+        ]
+        .map(|v| v as i32);
         let mut b = self.stream.launch_builder(self.f("im2col"));
         b.arg(x).arg(&mut cols);
         for a in &args {

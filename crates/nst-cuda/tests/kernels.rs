@@ -3,6 +3,7 @@
 //! within 1e-4 relative. Without NVRTC or a GPU the tests print `skipped: <reason>`.
 
 use nst_cpu::{conv::conv2d_forward_direct, pool, relu, Conv2dParams};
+
 use nst_cuda::{gpu::Gpu, kernels};
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
@@ -104,7 +105,7 @@ fn cuda_matches_cpu_on_random_inputs() {
     let x = rand_vec(p.input_len(), 3);
     let (mut want, mut arg) = (vec![0.0; p.output_len()], vec![0u32; p.output_len()]);
     pool::max_pool_forward(&p, &x, &mut want, &mut arg);
-    let (got, _) = g.max_pool2x2(&g.upload(&x).unwrap(), 3, 7, 9).unwrap();
+    let (got, _) = g.max_pool2x2(&g.upload(&x).unwrap(), &p).unwrap();
     assert_eq!(g.download(&got).unwrap(), want, "max pool");
     // Convolution, a VGG-19 shape (conv3_1 at 28×30).
     let c = Conv2dParams {
@@ -130,12 +131,7 @@ fn cuda_matches_cpu_on_random_inputs() {
             &g.upload(&x).unwrap(),
             &g.upload(&w).unwrap(),
             &g.upload(&b).unwrap(),
-            128,
-            28,
-            30,
-            256,
-            3,
-            1,
+            &c,
         )
         .unwrap();
     let e = rel_err(&g.download(&got).unwrap(), &want);
