@@ -11,8 +11,8 @@
 //! - [`gpu::Gpu`]: device, stream, loaded kernels and a cuBLAS handle, with the operations
 //!   the parity tests check against nst-cpu (convolution as im2col + SGEMM among them).
 //!
-//! Status: `nst-tensor` has no `Device::Cuda` storage yet, so [`BACKEND_READY`] is false and
-//! `nst` runs on the CPU; the kernels and their parity tests are ready for that step.
+//! Status: `nst-tensor`'s `Device::Cuda` still has a placeholder backend, so `nst` runs on the
+//! CPU; the kernels and their parity tests are ready for the real one.
 //!
 //! cudarc panics when a call needs a library it cannot load, so every entry point checks
 //! `is_culib_present()` for the driver, NVRTC and cuBLAS before touching anything else.
@@ -21,9 +21,6 @@ pub mod gpu;
 pub mod kernels;
 
 use std::fmt;
-
-/// Whether nst-tensor can run a whole iteration on the GPU in this build (not yet).
-pub const BACKEND_READY: bool = false;
 
 /// What a probe found.
 #[derive(Clone, Debug, PartialEq, Eq)]
