@@ -42,6 +42,14 @@ pub enum VggError {
     /// A layer name that VGG-19 does not have.
     #[error("unknown VGG-19 layer '{0}' (valid: conv1_1, relu1_1, …, relu5_4, pool1 … pool5)")]
     UnknownLayer(String),
+    /// A weight tensor holds NaN or an infinity.
+    #[error("weights: tensor {name} has a non-finite value (element {index})")]
+    NonFinite {
+        /// The tensor.
+        name: String,
+        /// The first bad element.
+        index: usize,
+    },
     /// A tensor operation failed (e.g. the image is too small for the requested depth).
     #[error(transparent)]
     Tensor(#[from] nst_tensor::TensorError),

@@ -119,8 +119,20 @@ fn wrong_dtype(name: &str, d: Dtype, want: &'static str) -> VggError {
     }
 }
 
-/// A float tensor as f32 (the data may be unaligned, so decode bytes explicitly).
+/// A float tensor as f32 (the data may be unaligned, so decode bytes explicitly). NaN or
+/// infinite values are refused here: they would only show up later as a non-finite loss.
 fn floats(st: &SafeTensors, name: &str, want: &[usize]) -> Result<Vec<f32>, VggError> {
+    let values = decode_floats(st, name, want)?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(VggError::NonFinite {
+            name: name.to_string(),
+            index: i,
+        });
+    }
+    Ok(values)
+}
+
+fn decode_floats(st: &SafeTensors, name: &str, want: &[usize]) -> Result<Vec<f32>, VggError> {
     let t = tensor(st, name, want)?;
     match t.dtype() {
         Dtype::F32 => Ok(t

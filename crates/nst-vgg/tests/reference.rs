@@ -95,6 +95,33 @@ fn bad_weights_are_clear_errors() {
         e.to_string().contains("conv1_1.bias") && e.to_string().contains("[64]"),
         "{e}"
     );
+    // A NaN in a codebook (and an infinite bias): refused at load, naming the tensor.
+    for (name, dtype, shape, value) in [
+        ("conv3_1.weight_codebook", safetensors::Dtype::F32, vec![256], f32::NAN),
+        ("conv5_1.bias", safetensors::Dtype::F32, vec![512], f32::INFINITY),
+    ] {
+        let n: usize = shape.iter().product();
+        let bad: Vec<u8> = (0..n)
+            .flat_map(|i| if i == 7 { value } else { 0.5f32 }.to_le_bytes())
+            .collect();
+        let mut tensors: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| n != name)
+            .collect();
+        tensors.push((
+            name.to_string(),
+            safetensors::tensor::TensorView::new(dtype, shape, &bad).unwrap(),
+        ));
+        let bytes = safetensors::serialize(tensors, None).unwrap();
+        let e = Vgg19::from_safetensors(&bytes, &Device::Cpu, Pooling::Max)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("weights: tensor {name} has a non-finite value (element 7)")
+        );
+    }
     // A missing file.
     let e = Vgg19::from_file(
         std::path::Path::new("/nonexistent/vgg.safetensors"),
