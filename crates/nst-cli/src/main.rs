@@ -6,7 +6,7 @@ use nst_cli::pipeline::{self, Interrupted};
 use nst_cli::progress::{Bar, Lines, Progress, Quiet};
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,15 +21,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    // First Ctrl-C: finish the current iteration, write the best image, exit 130.
-    // Second Ctrl-C: exit at once.
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    });
+    let (interrupt, signal) = watch_signals();
     let mut progress: Box<dyn Progress> = if quiet {
         Box::new(Quiet)
     } else if std::io::stderr().is_terminal() {
@@ -41,10 +33,27 @@ fn main() -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
             eprintln!("{e}");
-            ExitCode::from(130)
+            ExitCode::from(128 + signal.load(Ordering::SeqCst) as u8)
         }
         Err(e) => fail(&e),
     }
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM: the first finishes the current iteration, writes the best
+/// image and exits with 128 + the signal's number (130, 143), as shells report a process
+/// killed by it; a second one ends the process at once. Returns the flag the pipeline polls
+/// and the number of the signal that raised it.
+fn watch_signals() -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicUsize::new(SIGINT as usize));
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, interrupt.clone());
+        let _ = signal_hook::flag::register_usize(sig, signal.clone(), sig as usize);
+        let _ = signal_hook::flag::register(sig, interrupt.clone());
+    }
+    (interrupt, signal)
 }
 
 /// Prints the error and its causes on one line (Display, never Debug: no backtraces).

@@ -48,7 +48,7 @@ pub struct Outcome {
     pub device: String,
 }
 
-/// The run was interrupted (Ctrl-C); the best image so far was written.
+/// The run was interrupted (Ctrl-C or SIGTERM); the best image so far was written.
 #[derive(Debug)]
 pub struct Interrupted {
     /// Where the image went.

@@ -1,130 +1,11 @@
 //! End-to-end tests of the `nst` binary at tiny sizes: outputs, the JSON report, colour
 //! modes, and every kind of bad input (one-line error, non-zero exit, no output file).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
-const NST: &str = env!("CARGO_BIN_EXE_nst");
-const CONTENT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../examples/content_chelsea.png"
-);
-const STYLE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../examples/style_vangogh_starry_night.jpg"
-);
-
-fn nst(args: &[&str]) -> Output {
-    Command::new(NST)
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("run nst")
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    v.sort();
-    v
-}
-
-/// Runs nst with bad input and checks the failure contract; returns the error line.
-fn expect_failure(args: &[&str], out: &Path, needle: &str) -> String {
-    let o = nst(args);
-    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(
-        !o.status.success(),
-        "expected failure for {args:?}, got success"
-    );
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
-        "panic for {args:?}: {stderr}"
-    );
-    assert!(!out.exists(), "a failed run left {} behind", out.display());
-    let first = stderr.lines().next().unwrap_or_default().to_string();
-    assert!(
-        first.to_lowercase().contains(&needle.to_lowercase()),
-        "error for {args:?} should mention '{needle}': {stderr}"
-    );
-    if o.status.code() == Some(1) {
-        // Our own errors are exactly one line; clap's usage errors (exit 2) add usage hints.
-        assert_eq!(
-            stderr.trim_end().lines().count(),
-            1,
-            "not one line: {stderr}"
-        );
-        assert!(first.starts_with("error: "), "{first}");
-    }
-    first
-}
-
-fn tiny(out: &Path) -> Vec<String> {
-    [
-        "-c",
-        CONTENT,
-        "-s",
-        STYLE,
-        "-o",
-        path_str(out),
-        "--size",
-        "64",
-        "--iters",
-        "6",
-        "-q",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// `args` with `extra` flag/value pairs replacing earlier values of the same flag (clap
-/// rejects repeats), except `-s`, which is repeatable and appends.
-fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
-    let mut i = 0;
-    while i < extra.len() {
-        let flag = extra[i];
-        let name = flag.split('=').next().unwrap();
-        let value = if flag.contains('=') {
-            None
-        } else {
-            extra
-                .get(i + 1)
-                .filter(|v| !v.starts_with("--") || v.parse::<f64>().is_ok())
-        };
-        if name != "-s" {
-            if let Some(pos) = args.iter().position(|a| a == name) {
-                let had_value = args
-                    .get(pos + 1)
-                    .is_some_and(|v| !v.starts_with('-') || v.parse::<f64>().is_ok());
-                args.drain(pos..pos + 1 + usize::from(had_value));
-            }
-        }
-        args.push(flag.to_string());
-        if let Some(v) = value {
-            args.push(v.to_string());
-            i += 1;
-        }
-        i += 1;
-    }
-    args
-}
-
-fn run_ok(args: &[String]) -> Output {
-    let o = Command::new(NST).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "nst {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
+use common::*;
+use std::path::Path;
+use std::process::Command;
 
 fn mean_and_finite(path: &Path) -> f64 {
     let img = image::open(path).unwrap().to_rgb8();
@@ -371,45 +252,6 @@ fn non_finite_loss_is_a_clear_error() {
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(!out.exists());
-}
-
-#[test]
-fn ctrl_c_writes_the_best_image_and_exits_130() {
-    use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("o.png");
-    // Not quiet: the plain progress lines tell when optimisation has started.
-    let args: Vec<String> = with(
-        tiny(&out),
-        &["--size", "128", "--iters", "100000", "--scales", "1"],
-    )
-    .into_iter()
-    .filter(|a| a != "-q")
-    .collect();
-    let mut child = Command::new(NST)
-        .args(&args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    // Plain progress lines (stderr is a pipe): wait until the optimisation is running.
-    for line in lines.by_ref() {
-        if line.unwrap().starts_with("scale 1/1") {
-            break;
-        }
-    }
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{rest:?}");
-    assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
-    let img = image::open(&out).expect("best image written on interrupt");
-    assert_eq!((img.width(), img.height()), (128, 85));
 }
 
 #[test]

@@ -97,8 +97,18 @@ fn bad_weights_are_clear_errors() {
     );
     // A NaN in a codebook (and an infinite bias): refused at load, naming the tensor.
     for (name, dtype, shape, value) in [
-        ("conv3_1.weight_codebook", safetensors::Dtype::F32, vec![256], f32::NAN),
-        ("conv5_1.bias", safetensors::Dtype::F32, vec![512], f32::INFINITY),
+        (
+            "conv3_1.weight_codebook",
+            safetensors::Dtype::F32,
+            vec![256],
+            f32::NAN,
+        ),
+        (
+            "conv5_1.bias",
+            safetensors::Dtype::F32,
+            vec![512],
+            f32::INFINITY,
+        ),
     ] {
         let n: usize = shape.iter().product();
         let bad: Vec<u8> = (0..n)

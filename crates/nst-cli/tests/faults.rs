@@ -1,0 +1,222 @@
+//! Faults during a real run of the `nst` binary: signals, a disk that fills up or turns
+//! read-only under it, and weights files that cannot be used. The contract in every case:
+//! a one-line error (or the interruption message), a non-zero exit, no partial or corrupt
+//! file left behind, and an earlier output file untouched unless a complete new one replaced
+//! it.
+//!
+//! The file-system faults need a small tmpfs, which needs root (as CI and the development
+//! machines have); without it those tests print `SKIPPED` and the reason. Permission bits
+//! cannot make a file unreadable for root, so "unreadable" is a directory where the weights
+//! file should be.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "160k") at `dir`, or explains why not.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs(dir.to_path_buf())),
+            _ => {
+                // Past the harness's capture, so a run without root says what it skipped.
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "SKIPPED: cannot mount a tmpfs at {} (needs root)",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+
+    fn remount_read_only(&self) {
+        let ok = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "remount read-only");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Starts nst with plain progress lines and returns once the first scale is running.
+fn start_running(args: &[String]) -> (Child, Lines<BufReader<ChildStderr>>) {
+    let args: Vec<&String> = args.iter().filter(|a| *a != "-q").collect();
+    let mut child = Command::new(NST)
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("scale 1/1") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    (child, lines)
+}
+
+fn send(child: &Child, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Files in `dir` that are not complete, decodable images (partial or temporary files).
+fn broken_files(dir: &Path) -> Vec<PathBuf> {
+    files_in(dir)
+        .into_iter()
+        .filter(|p| image::open(p).is_err())
+        .collect()
+}
+
+/// A long run at 128 px, one scale.
+fn long_run(out: &Path) -> Vec<String> {
+    with(
+        tiny(out),
+        &["--size", "128", "--iters", "100000", "--scales", "1"],
+    )
+}
+
+/// SIGINT and SIGTERM mid-iteration: the best image so far is written (atomically: nothing
+/// else is left in the folder) and the exit code is 128 + the signal (130, 143).
+#[test]
+fn signals_write_the_best_image_and_exit_128_plus_signal() {
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.png");
+        let (child, lines) = start_running(&long_run(&out));
+        send(&child, signal);
+        let mut child = child;
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "SIG{signal}: {rest:?}");
+        assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
+        let img = image::open(&out).expect("best image written on interrupt");
+        assert_eq!((img.width(), img.height()), (128, 85));
+        assert_eq!(files_in(dir.path()), vec![out], "SIG{signal}: stray files");
+    }
+}
+
+/// `--save-every 1` into a small file system that fills up: a one-line error naming the
+/// file, no partial file, and the earlier output untouched.
+#[test]
+fn full_disk_is_a_clear_error_without_partial_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_fs) = Tmpfs::mount(dir.path(), "160k") else {
+        return;
+    };
+    let out = dir.path().join("out.png");
+    let earlier = image::RgbImage::from_pixel(64, 43, image::Rgb([1, 2, 3]));
+    earlier.save(&out).unwrap();
+    let before = std::fs::read(&out).unwrap();
+    let args = with(tiny(&out), &["--iters", "60", "--save-every", "1"]);
+    let o = Command::new(NST).args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "earlier output changed"
+    );
+    assert!(
+        files_in(dir.path()).len() > 2,
+        "some intermediates fit before the disk filled"
+    );
+    assert_eq!(broken_files(dir.path()), Vec::<PathBuf>::new());
+}
+
+/// The output folder turns read-only mid-run; then Ctrl-C asks for the best image. It cannot
+/// be written: a one-line error, exit 1, the earlier output untouched, nothing else written.
+#[test]
+fn read_only_output_folder_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(dir.path(), "1m") else {
+        return;
+    };
+    let out = dir.path().join("out.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([9, 9, 9]))
+        .save(&out)
+        .unwrap();
+    let before = std::fs::read(&out).unwrap();
+    let (mut child, lines) = start_running(&long_run(&out));
+    fs.remount_read_only();
+    send(&child, "INT");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{rest:?}");
+    let errors: Vec<&String> = rest.iter().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{rest:?}");
+    assert!(errors[0].contains("Read-only file system"), "{rest:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    assert_eq!(files_in(dir.path()), vec![out]);
+}
+
+/// Weights that cannot be used: a folder instead of a file, a tensor of the wrong shape, NaN
+/// values. Each is a one-line error naming the problem, before any optimisation.
+#[test]
+fn unusable_weights_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let st = safetensors::SafeTensors::deserialize(nst_vgg::weights::EMBEDDED).unwrap();
+    let replaced = |name: &str, shape: Vec<usize>, value: f32| -> PathBuf {
+        let n: usize = shape.iter().product();
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|i| if i == 3 { value } else { 0.1f32 }.to_le_bytes())
+            .collect();
+        let mut tensors: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .filter(|(t, _)| t != name)
+            .collect();
+        tensors.push((
+            name.to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes).unwrap(),
+        ));
+        let path = dir.path().join(format!("{name}.safetensors"));
+        std::fs::write(&path, safetensors::serialize(tensors, None).unwrap()).unwrap();
+        path
+    };
+    let folder = dir.path().join("weights_dir");
+    std::fs::create_dir(&folder).unwrap();
+    let cases = [
+        (folder, "cannot read weights".to_string()),
+        (
+            replaced("conv2_1.bias", vec![64], 0.1),
+            "tensor conv2_1.bias has shape [64], expected [128]".to_string(),
+        ),
+        (
+            replaced("conv4_2.bias", vec![512], f32::NAN),
+            "tensor conv4_2.bias has a non-finite value (element 3)".to_string(),
+        ),
+    ];
+    for (weights, needle) in &cases {
+        let args = with(tiny(&out), &["--weights", path_str(weights)]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        expect_failure(&args, &out, needle);
+    }
+}
