@@ -12,7 +12,7 @@
 //! ```
 //! use nst_image::Planes;
 //! use nst_tensor::Device;
-//! let img = image::RgbImage::from_pixel(8, 6, image::Rgb([10, 200, 30]));
+//! let img = nst_image::image::RgbImage::from_pixel(8, 6, nst_image::image::Rgb([10, 200, 30]));
 //! let planes = Planes::from_rgb(&img).resized(4, 3);
 //! let t = planes.to_tensor(&Device::Cpu)?;
 //! assert_eq!(t.dims(), &[1, 3, 3, 4]);
@@ -22,5 +22,8 @@
 
 pub mod color;
 pub mod io;
+
+/// The `image` crate this one decodes and encodes with (`load_rgb` returns its `RgbImage`).
+pub use image;
 
 pub use io::{fit_longest_side, load_rgb, save_atomic, write_atomic, OutputFormat, Planes};

@@ -40,7 +40,7 @@ pub enum TensorError {
         shape: Vec<usize>,
     },
     /// `backward` was called on a tensor that does not depend on any variable.
-    #[error("backward: the tensor does not depend on any variable")]
+    #[error("backward: the tensor does not depend on any variable (make parameters with Tensor::variable or .to_variable())")]
     NoGraph,
     /// `backward` reached an op whose record an earlier `backward` already consumed.
     #[error("backward: this graph was already used by an earlier backward (it frees the graph)")]

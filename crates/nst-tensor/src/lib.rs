@@ -42,9 +42,10 @@
 //! let loss = pred.sub(&target)?.square()?.mean()?;
 //! let grads = loss.backward()?;
 //!
-//! // One step of gradient descent on the first layer's weights.
+//! // One step of gradient descent on the first layer's weights. Optimizer arithmetic is not
+//! // recorded, so the result is a constant: make it a variable again for the next step.
 //! let g = grads.get(&w1).expect("w1 requires a gradient");
-//! let w1_next = w1.axpby(1.0, g, -0.1)?;
+//! let w1_next = w1.axpby(1.0, g, -0.1)?.to_variable();
 //! assert!(w1_next.to_vec()?.iter().all(|v| v.is_finite()));
 //! assert_eq!(w1_next.dims(), &[3, 1, 3, 3]);
 //! # Ok(()) }
