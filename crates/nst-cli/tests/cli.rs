@@ -276,6 +276,8 @@ fn bad_inputs_fail_cleanly() {
     let truncated_jpg = write("trunc.jpg", &jpg[..jpg.len() / 2]);
     let text = write("notes.txt", b"hello");
     let bomb = write("bomb.png", &png_with_size(100_000, 100_000));
+    // Both sides allowed, but 108 megapixels: refused from the header.
+    let huge = write("huge.png", &png_with_size(12_000, 9_000));
     let bad_weights = write("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":");
 
     let base = |c: &str| {
@@ -302,6 +304,7 @@ fn bad_inputs_fail_cleanly() {
         (base(&truncated_jpg), "truncated"),
         (base(&text), "not a PNG, JPEG or WebP"),
         (base(&bomb), "bomb.png"),
+        (base(&huge), "108 megapixels"),
         (
             opt(&["--weights", "/nonexistent/w.safetensors"]),
             "/nonexistent/w.safetensors",

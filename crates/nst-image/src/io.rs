@@ -14,6 +14,15 @@ use std::path::{Path, PathBuf};
 pub const MAX_INPUT_SIDE: u32 = 20_000;
 /// Largest decoded allocation accepted (guards against decompression bombs).
 pub const MAX_INPUT_BYTES: u64 = 1 << 30;
+/// Most pixels accepted from an input file (100 MP, e.g. 12,288 × 8,192; larger photos can be
+/// downscaled first). Checked from the header before decoding: preparing an image costs about
+/// 30 bytes per input pixel (8-bit RGB, f32 planes, resampling), 3 GB at this limit.
+pub const MAX_INPUT_PIXELS: u64 = 100_000_000;
+/// A baseline or progressive (Huffman-coded) JPEG spends at least one bit on the DC term of
+/// every 8×8 block of its first component, so it holds at most 512 pixels per byte. A
+/// header promising more is a bomb: the decoder would fill in the missing data (a 717-byte
+/// file claiming 10752 × 18761 pixels took 21 s and 5.5 GB, found by fuzzing).
+const MAX_JPEG_PIXELS_PER_BYTE: u64 = 512;
 
 /// An image as planar f32.
 #[derive(Clone, Debug, PartialEq)]
@@ -182,20 +191,48 @@ pub fn fit_longest_side(width: usize, height: usize, side: u32) -> (usize, usize
 /// Reads an image file as 8-bit RGB (gray and alpha are converted), with size limits.
 /// `what` names the role ("content image") in error messages.
 pub fn load_rgb(path: &Path, what: &str) -> Result<RgbImage> {
-    let shown = path.display();
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read {what} {shown}: {e}"))?;
+    let name = format!("{what} {}", path.display());
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read {name}: {e}"))?;
+    decode_rgb(&bytes, &name)
+}
+
+/// Decodes an image held in memory (PNG, JPEG or WebP; gray, alpha and 16-bit are converted
+/// to 8-bit RGB) with the same limits as [`load_rgb`]: sides of at most [`MAX_INPUT_SIDE`],
+/// at most [`MAX_INPUT_BYTES`] decoded, no truncated JPEG. `name` ("content image a.jpg")
+/// starts the one-line error messages.
+pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
     if bytes.is_empty() {
-        bail!("{what} {shown} is an empty file");
+        bail!("{name} is an empty file");
     }
-    let mut reader = ImageReader::new(Cursor::new(&bytes))
-        .with_guessed_format()
-        .context("reading the header")?;
+    let new_reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .context("reading the header")
+    };
+    let mut reader = new_reader()?;
     let format = reader
         .format()
-        .ok_or_else(|| anyhow!("{what} {shown} is not a PNG, JPEG or WebP image"))?;
+        .ok_or_else(|| anyhow!("{name} is not a PNG, JPEG or WebP image"))?;
     // zune-jpeg fills in a truncated JPEG silently; a complete one ends with the EOI marker.
-    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(&bytes) {
-        bail!("{what} {shown} is a truncated JPEG (no end-of-image marker)");
+    if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
+        bail!("{name} is a truncated JPEG (no end-of-image marker)");
+    }
+    // Sizes from the header, before anything is decoded.
+    if let Ok((w, h)) = new_reader()?.into_dimensions() {
+        let pixels = w as u64 * h as u64;
+        if pixels > MAX_INPUT_PIXELS {
+            bail!(
+                "{name} is {w}×{h} ({:.0} megapixels), more than the {} nst accepts: downscale it first",
+                pixels as f64 / 1e6,
+                MAX_INPUT_PIXELS / 1_000_000
+            );
+        }
+        if format == ImageFormat::Jpeg && pixels > MAX_JPEG_PIXELS_PER_BYTE * bytes.len() as u64 {
+            bail!(
+                "{name} claims {w}×{h} pixels but has only {} bytes: a corrupt or malicious JPEG",
+                bytes.len()
+            );
+        }
     }
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_INPUT_SIDE);
@@ -204,7 +241,7 @@ pub fn load_rgb(path: &Path, what: &str) -> Result<RgbImage> {
     reader.limits(limits);
     let img = reader
         .decode()
-        .map_err(|e| anyhow!("cannot decode {what} {shown}: {}", one_line(&e.to_string())))?;
+        .map_err(|e| anyhow!("cannot decode {name}: {}", one_line(&e.to_string())))?;
     Ok(img.to_rgb8())
 }
 
@@ -216,8 +253,17 @@ fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
     trimmed.ends_with(&[0xFF, 0xD9])
 }
 
+/// A decoder's message made safe to print on one line: whitespace runs become one space and
+/// other control characters (a file's own bytes can reach the message) are escaped.
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::new();
+    for c in s.split_whitespace().collect::<Vec<_>>().join(" ").chars() {
+        match c {
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Output encodings, chosen by the file extension.
@@ -347,6 +393,36 @@ mod tests {
                 up.data[i]
             );
         }
+    }
+
+    /// Found by fuzzing: 717 bytes claiming 10752 × 18761 pixels took 21 s and 5.5 GB. Now
+    /// refused from the header at once: by the pixel limit, and with the size in its frame
+    /// header lowered to 8000 × 8000 (under the limit), by the JPEG bytes-per-pixel bound.
+    #[test]
+    fn tiny_jpeg_claiming_a_huge_image_is_refused() {
+        let bomb =
+            include_bytes!("../../../fuzz/regressions/image/jpeg_bomb_10752x18761_717_bytes.jpg");
+        let err = decode_rgb(bomb, "a.jpg").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "a.jpg is 10752×18761 (202 megapixels), more than the 100 nst accepts: downscale it first"
+        );
+        let mut smaller = bomb.to_vec();
+        let sof = smaller.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        smaller[sof + 5..sof + 9].copy_from_slice(&[0x1F, 0x40, 0x1F, 0x40]); // 8000, 8000
+        let err = decode_rgb(&smaller, "b.jpg").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "b.jpg claims 8000×8000 pixels but has only 717 bytes: a corrupt or malicious JPEG"
+        );
+    }
+
+    #[test]
+    fn decoder_messages_are_one_printable_line() {
+        assert_eq!(
+            one_line("bad\n  header\x1b[31m ×"),
+            "bad header\\u{1b}[31m ×"
+        );
     }
 
     #[test]

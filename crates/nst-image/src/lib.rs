@@ -26,4 +26,6 @@ pub mod io;
 /// The `image` crate this one decodes and encodes with (`load_rgb` returns its `RgbImage`).
 pub use image;
 
-pub use io::{fit_longest_side, load_rgb, save_atomic, write_atomic, OutputFormat, Planes};
+pub use io::{
+    decode_rgb, fit_longest_side, load_rgb, save_atomic, write_atomic, OutputFormat, Planes,
+};

@@ -57,7 +57,8 @@ pub struct ConvWeights {
 
 /// Parses and dequantises all 16 convolutions from safetensors bytes.
 pub fn load(bytes: &[u8]) -> Result<Vec<ConvWeights>, VggError> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| VggError::Format(e.to_string()))?;
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| VggError::Format(printable(&e.to_string())))?;
     conv_names()
         .zip(CONV_CHANNELS)
         .map(|(name, (cin, cout))| {
@@ -88,6 +89,27 @@ pub fn load(bytes: &[u8]) -> Result<Vec<ConvWeights>, VggError> {
         })
         .collect()
 }
+
+/// The parser's message, which quotes the file's header, made safe to print: one line,
+/// control characters escaped, at most [`MAX_MESSAGE_CHARS`] characters.
+fn printable(message: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in message.chars().enumerate() {
+        if i == MAX_MESSAGE_CHARS {
+            out.push('…');
+            break;
+        }
+        match c {
+            c if c.is_whitespace() => out.push(' '),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Longest parser message passed on (the header of a hostile file can be megabytes).
+const MAX_MESSAGE_CHARS: usize = 300;
 
 fn has(st: &SafeTensors, name: &str) -> bool {
     st.names().contains(&name)

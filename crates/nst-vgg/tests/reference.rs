@@ -214,3 +214,20 @@ fn float_weights_load_like_quantised_ones() {
     let e = rel_err(&fa[0].to_vec().unwrap(), &fb[0].to_vec().unwrap());
     assert!(e < 1e-3, "f16 biases change features by {e:.2e}");
 }
+
+/// Found by fuzzing: the safetensors parser's message quotes the file's header, so a hostile
+/// file could put newlines and terminal escapes into our one-line error.
+#[test]
+fn header_errors_are_one_printable_line() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/regressions/weights/header_error_with_newline"
+    );
+    let e = nst_vgg::weights::load(&std::fs::read(path).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.starts_with("weights are not a valid safetensors file: "), "{e}");
+    assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
+    assert!(e.chars().count() <= 400, "{} characters", e.chars().count());
+}
