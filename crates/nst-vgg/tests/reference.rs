@@ -227,7 +227,10 @@ fn header_errors_are_one_printable_line() {
         .err()
         .unwrap()
         .to_string();
-    assert!(e.starts_with("weights are not a valid safetensors file: "), "{e}");
+    assert!(
+        e.starts_with("weights are not a valid safetensors file: "),
+        "{e}"
+    );
     assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
     assert!(e.chars().count() <= 400, "{} characters", e.chars().count());
 }
