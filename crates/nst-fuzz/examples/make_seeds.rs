@@ -71,6 +71,9 @@ fn image_seeds() {
     }
 }
 
+/// (name, dtype, shape, little-endian data) of one tensor of a seed file.
+type Tensor<'a> = (&'a str, Dtype, Vec<usize>, &'a [u8]);
+
 fn weights_seeds() {
     let real = nst_vgg::weights::EMBEDDED;
     let header_len = u64::from_le_bytes(real[..8].try_into().unwrap()) as usize;
@@ -106,7 +109,7 @@ fn weights_seeds() {
     let book = f32s(256, 0.5);
     let nan_book = f32s(256, f32::NAN);
     let half_bias: Vec<u8> = (0..64).flat_map(|_| [0u8, 0x3c]).collect();
-    let files: Vec<(&str, Vec<(&str, Dtype, Vec<usize>, &[u8])>)> = vec![
+    let files: Vec<(&str, Vec<Tensor>)> = vec![
         (
             "only_conv1_1_f32",
             vec![
