@@ -127,30 +127,35 @@ __global__ void reduce_sum(const float* a, const float* b, double* out, long lon
     part[threadIdx.x] = acc;
     __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        if ((int)threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
         __syncthreads();
     }
     if (threadIdx.x == 0) atomicAdd(out, part[0]);
 }
 
-// max |a|; *out starts at 0. Non-negative floats order like their bit patterns as ints.
+// max |a|; *out starts at 0. Non-negative floats order like their bit patterns as ints, and
+// NaN (made positive by fabsf) is above +inf, so a NaN anywhere wins, as on the CPU. The
+// comparisons are written out because fmaxf drops NaN (the host shim test caught that).
+__device__ __forceinline__ float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
+
 __global__ void abs_max(const float* a, int* out, long long n) {
     __shared__ float part[256];
     float m = 0.0f;
-    GRID_STRIDE(i, n) { m = fmaxf(m, fabsf(a[i])); }
+    GRID_STRIDE(i, n) { m = max_nan(m, fabsf(a[i])); }
     part[threadIdx.x] = m;
     __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) part[threadIdx.x] = fmaxf(part[threadIdx.x], part[threadIdx.x + s]);
+        if ((int)threadIdx.x < s) part[threadIdx.x] = max_nan(part[threadIdx.x], part[threadIdx.x + s]);
         __syncthreads();
     }
     if (threadIdx.x == 0) atomicMax(out, __float_as_int(part[0]));
 }
 
-// Adam (Kingma & Ba), the update nst-cpu's adam_update makes; t is the 1-based step.
+// Adam (Kingma & Ba), the update nst-cpu's adam_update makes. The bias corrections
+// c1 = 1 − β₁ᵗ and c2 = 1 − β₂ᵗ come from the host (AdamParams): powf here differed from the
+// CPU's powi by an ulp, which 1 − β₂ᵗ ≈ 0.003 magnified to 1e-5 in the step.
 __global__ void adam_update(float* x, const float* g, float* m, float* v, float lr, float beta1,
-                            float beta2, float eps, int t, long long n) {
-    float c1 = 1.0f - powf(beta1, (float)t), c2 = 1.0f - powf(beta2, (float)t);
+                            float beta2, float eps, float c1, float c2, long long n) {
     GRID_STRIDE(i, n) {
         m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
         v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];

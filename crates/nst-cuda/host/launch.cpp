@@ -1,0 +1,82 @@
+// The host side of the shim: `nst_launch(name, grid, block, params)` runs kernel `name` of
+// kernels.cu with cuLaunchKernel's argument convention (params[i] points at argument i), so
+// the Rust tests pass arguments exactly as they would to the GPU and an argument-order
+// mistake shows up here.
+#include "cuda_host.h"
+#include "../src/kernels.cu"
+
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace {
+
+template <typename... A, std::size_t... I>
+void call(void (*f)(A...), void** params, std::index_sequence<I...>) {
+    f(*static_cast<A*>(params[I])...);
+}
+
+template <typename... A>
+void call(void (*f)(A...), void** params) {
+    call(f, params, std::index_sequence_for<A...>{});
+}
+
+struct Entry {
+    const char* name;
+    void (*run)(void**);
+};
+
+#define KERNEL(k) Entry{#k, [](void** p) { call(k, p); }}
+
+const Entry KERNELS[] = {
+    KERNEL(im2col),           KERNEL(add_bias),
+    KERNEL(flip_kernel),      KERNEL(relu_forward),
+    KERNEL(relu_backward),    KERNEL(max_pool2x2_forward),
+    KERNEL(max_pool2x2_backward), KERNEL(avg_pool2x2_forward),
+    KERNEL(avg_pool2x2_backward), KERNEL(axpby),
+    KERNEL(scale),            KERNEL(mul),
+    KERNEL(reduce_sum),       KERNEL(abs_max),
+    KERNEL(adam_update),
+};
+
+}  // namespace
+
+extern "C" {
+
+// Number of kernels and the name of kernel i, so the tests can compare with KERNEL_NAMES.
+int nst_kernel_count() { return sizeof(KERNELS) / sizeof(KERNELS[0]); }
+const char* nst_kernel_name(int i) { return KERNELS[i].name; }
+
+// 0 on success, -1 for an unknown kernel. Launches run one at a time, like the kernels of
+// one CUDA stream: gridDim, blockDim and the barrier are process-wide.
+int nst_launch(const char* name, unsigned grid_x, unsigned block_x, void** params) {
+    static std::mutex one_at_a_time;
+    std::lock_guard<std::mutex> lock(one_at_a_time);
+    for (const Entry& e : KERNELS) {
+        if (std::strcmp(e.name, name) != 0) continue;
+        gridDim = dim3{grid_x, 1, 1};
+        blockDim = dim3{block_x, 1, 1};
+        std::barrier<> barrier(block_x);
+        nst_block_barrier = &barrier;
+        for (unsigned b = 0; b < grid_x; b++) {
+            std::vector<std::thread> threads;
+            threads.reserve(block_x);
+            for (unsigned t = 0; t < block_x; t++) {
+                threads.emplace_back([&, b, t] {
+                    blockIdx = dim3{b, 0, 0};
+                    threadIdx = dim3{t, 0, 0};
+                    e.run(params);
+                });
+            }
+            for (auto& th : threads) th.join();
+        }
+        nst_block_barrier = nullptr;
+        return 0;
+    }
+    return -1;
+}
+}
