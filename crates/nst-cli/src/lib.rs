@@ -19,10 +19,12 @@
 //! - [`args`]: command-line arguments (clap) and their validation into a [`config::Config`].
 //! - [`pipeline`]: the run as named stages (device, inputs, scale plan, colours, optimisation,
 //!   output), writing the best image on interruption or a non-finite loss.
+//! - [`memory`]: the memory preflight (estimated peak against what is available).
 //! - [`progress`], [`report`]: what the user sees while it runs and the JSON report.
 
 pub mod args;
 pub mod config;
+pub mod memory;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

@@ -14,6 +14,7 @@
 //! stops with an error.
 
 use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind};
+use crate::memory;
 use crate::progress::{IterationInfo, Progress};
 use crate::report::{median, Report, Timing, TracePoint};
 use anyhow::{anyhow, bail, Context, Result};
@@ -101,6 +102,9 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let device = select_device(cfg.device, progress)?;
     let inputs = Inputs::load(cfg, &device)?;
     let plan = ScalePlan::new(cfg, &inputs.content)?;
+    if device.is_cpu() {
+        memory_preflight(cfg, &inputs.content, &plan)?;
+    }
     let prepared = Prepared::new(cfg, &inputs, plan.output);
     let optimised = optimise(cfg, &inputs, &plan, &prepared, progress, interrupt)?;
     save_atomic(&prepared.to_output(&optimised.image), &cfg.output)?;
@@ -414,18 +418,47 @@ fn optimise(
     })
 }
 
-/// The optimizer as configured; L-BFGS keeps as many (s, y) pairs as fit
-/// [`LBFGS_HISTORY_BYTES`] at the output size (5 to 100).
-fn new_optimizer(cfg: &Config, channels: usize, (w, h): (usize, usize)) -> Optimizer {
-    match cfg.optimizer {
-        OptimizerKind::Lbfgs => {
-            let pair_bytes = (2 * 4 * channels * w * h).max(1);
-            Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig {
-                lr: cfg.lr,
-                history: (LBFGS_HISTORY_BYTES / pair_bytes).clamp(5, 100),
-                ..Default::default()
-            }))
+/// Stage 3b (CPU): stop before optimising when the final scale cannot fit in memory (see
+/// [`crate::memory`]).
+fn memory_preflight(cfg: &Config, content: &Planes, plan: &ScalePlan) -> Result<()> {
+    let Some(available) = memory::available_bytes()? else {
+        return Ok(());
+    };
+    let channels = if cfg.preserve_colors == ColorMode::Luminance {
+        1
+    } else {
+        3
+    };
+    let workload = |side: u32| {
+        let size = fit_longest_side(content.width, content.height, side);
+        let history_vectors = match cfg.optimizer {
+            OptimizerKind::Lbfgs => 2 * lbfgs_history(channels, size).min(cfg.iters as usize),
+            OptimizerKind::Adam => 2,
+        };
+        memory::Workload {
+            deepest: plan.deepest,
+            size,
+            channels,
+            history_vectors,
         }
+    };
+    memory::check(cfg.size, &workload(cfg.size), available, workload)
+}
+
+/// L-BFGS keeps as many (s, y) pairs as fit [`LBFGS_HISTORY_BYTES`] at this size (5 to 100).
+fn lbfgs_history(channels: usize, (w, h): (usize, usize)) -> usize {
+    let pair_bytes = (2 * 4 * channels * w * h).max(1);
+    (LBFGS_HISTORY_BYTES / pair_bytes).clamp(5, 100)
+}
+
+/// The optimizer as configured.
+fn new_optimizer(cfg: &Config, channels: usize, size: (usize, usize)) -> Optimizer {
+    match cfg.optimizer {
+        OptimizerKind::Lbfgs => Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig {
+            lr: cfg.lr,
+            history: lbfgs_history(channels, size),
+            ..Default::default()
+        })),
         OptimizerKind::Adam => Optimizer::Adam(Adam::new(AdamConfig {
             lr: cfg.lr,
             ..Default::default()
@@ -505,6 +538,7 @@ fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
         timing: outcome.timing.clone(),
         device: outcome.device.clone(),
         output: [outcome.output_size.0, outcome.output_size.1],
+        peak_rss_bytes: crate::report::peak_rss_bytes(),
         settings: cfg,
     };
     let json = serde_json::to_string_pretty(&report)?;

@@ -3,7 +3,7 @@
 //! ```json
 //! {"trace": [{"iter": 0, "total": …, "content": …, "style": …, "tv": …}, …],
 //!  "timing": {"ms_per_iter_median": …, "total_s": …},
-//!  "device": "…", "output": [w, h], "settings": {…}}
+//!  "device": "…", "output": [w, h], "peak_rss_bytes": …, "settings": {…}}
 //! ```
 //! `trace[k]` is the loss at the k-th iterate of the final scale (`trace[0]` at its start);
 //! `total = α·content + β·style + γ·tv`, where `style` is already `Σ w_l·J_s^l`.
@@ -46,8 +46,24 @@ pub struct Report<'a> {
     pub device: String,
     /// Output width and height.
     pub output: [usize; 2],
+    /// The process's peak resident memory so far (Linux `VmHWM`), if it can be read.
+    pub peak_rss_bytes: Option<u64>,
     /// The resolved settings.
     pub settings: &'a Config,
+}
+
+/// This process's peak resident set (`VmHWM` in /proc/self/status), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Median of a non-empty list (0 for an empty one).

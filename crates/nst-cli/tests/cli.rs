@@ -64,6 +64,9 @@ fn transfers_style_and_writes_report() {
     assert!(r["timing"]["ms_per_iter_median"].as_f64().unwrap() > 0.0);
     assert!(r["timing"]["total_s"].as_f64().unwrap() > 0.0);
     assert!(r["device"].as_str().unwrap().starts_with("cpu"));
+    // The process's peak memory: more than the 80 MB of weights, less than this machine has.
+    let peak = r["peak_rss_bytes"].as_u64().unwrap();
+    assert!(peak > 80 << 20 && peak < 24 << 30, "{peak}");
     assert_eq!(r["output"], serde_json::json!([64, 43]));
     assert_eq!(s["style_layers"][2], "relu3_1");
     // No temporary files are left beside the output.
@@ -252,6 +255,46 @@ fn non_finite_loss_is_a_clear_error() {
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(!out.exists());
+}
+
+/// With less memory than the size needs (NST_MEMORY_LIMIT stands in for a small machine),
+/// the run stops before optimising with the estimate and the largest size that fits, and
+/// that size then runs.
+#[test]
+fn memory_preflight_refuses_a_size_that_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    let args = with(
+        tiny(&out),
+        &["--size", "512", "--scales", "1", "--iters", "2"],
+    );
+    let o = Command::new(NST)
+        .args(&args)
+        .env("NST_MEMORY_LIMIT", "600M")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--size 512 needs about") && stderr.contains("but 0.6 GB is available"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let suggested: u32 = stderr
+        .split("the largest --size that fits is about ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no suggested size in {stderr}"));
+    assert!((64..512).contains(&suggested), "{suggested}");
+    let o = Command::new(NST)
+        .args(with(args, &["--size", &suggested.to_string()]))
+        .env("NST_MEMORY_LIMIT", "600M")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.exists());
 }
 
 #[test]

@@ -56,6 +56,28 @@ pub fn conv_shapes(deepest: Layer, height: usize, width: usize) -> Vec<(Layer, C
     shapes
 }
 
+/// Elements of every activation a forward pass to `deepest` produces for a batch of one
+/// `height × width` image: each convolution's output (with its ReLU fused, one tensor) and
+/// each pooling's. These are what the backward pass keeps, so memory grows with this.
+pub fn activation_elems(deepest: Layer, height: usize, width: usize) -> usize {
+    let (mut h, mut w, mut channels) = (height, width, 3);
+    let mut total = 0;
+    for layer in Layer::all().take(deepest.index() + 1) {
+        match layer.kind() {
+            LayerKind::Conv(i) => {
+                channels = CONV_CHANNELS[i].1;
+                total += channels * h * w;
+            }
+            LayerKind::Pool => {
+                (h, w) = (h / 2, w / 2);
+                total += channels * h * w;
+            }
+            LayerKind::Relu => {}
+        }
+    }
+    total
+}
+
 /// FLOPs of one style-transfer iteration's convolutions: forward to `deepest` and the input
 /// gradient back through them (the same count again), counted as direct convolution, so
 /// rates compare like with like whatever algorithm ran.
@@ -101,6 +123,13 @@ mod tests {
             (6, 4, 512, 512)
         );
         assert_eq!((shapes[0].1.in_channels, shapes[0].1.out_channels), (3, 64));
+    }
+
+    #[test]
+    fn activations_match_a_hand_count() {
+        // relu2_1 at 8×6: conv1_1 and conv1_2 (64·48 each), pool1 (64·12), conv2_1 (128·12).
+        let n = activation_elems(layer("relu2_1"), 8, 6);
+        assert_eq!(n, 2 * 64 * 48 + 64 * 12 + 128 * 12);
     }
 
     #[test]

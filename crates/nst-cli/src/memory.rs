@@ -1,0 +1,180 @@
+//! Memory preflight: before optimising, estimate the peak memory the requested size needs
+//! and stop with a clear error — naming the estimate, what is available and the largest
+//! `--size` that fits — instead of being killed by the out-of-memory killer halfway through.
+//!
+//! The estimate (CPU): `BASE + PER_ACTIVATION · A + optimizer state`, where A is the bytes of
+//! all activations of a forward pass to the deepest loss layer at the final scale
+//! (`nst_vgg::geometry::activation_elems`), which the backward pass keeps, and the optimizer
+//! state is L-BFGS's (s, y) history (or Adam's two moments) plus a few image-sized vectors.
+//! The constants come from `cargo xtask bench` peaks (5 iterations, default layers, so
+//! little history): 1042–1060 MiB at 512², 3088–3324 MiB at 1024², 11588 MiB at 2048²,
+//! which `BASE` = 350 MiB and `PER_ACTIVATION` = 2.4 reproduce within +8% … +12%
+//! (an overestimate, on purpose: the backward pass also needs a gradient and scratch per
+//! layer, and freed memory is kept by the allocator).
+//!
+//! `NST_MEMORY_LIMIT` (bytes, or with a K/M/G suffix) replaces the available memory, to test
+//! the check or to override it.
+
+use anyhow::{bail, Result};
+use nst_vgg::{geometry, Layer};
+
+/// The binary, the weights (f32, 80 MB), the images at full size, allocator overhead.
+const BASE_BYTES: f64 = 350.0 * MIB;
+/// Peak bytes per byte of forward activations (see the module docs).
+const PER_ACTIVATION: f64 = 2.4;
+/// Image-sized vectors an optimizer step holds besides its history (x, g, d, the step).
+const OPTIMIZER_VECTORS: f64 = 6.0;
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What the optimisation at the final scale needs to keep.
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    /// The deepest loss layer.
+    pub deepest: Layer,
+    /// Final-scale width and height.
+    pub size: (usize, usize),
+    /// Channels of the optimised image (3, or 1 for luminance-only transfer).
+    pub channels: usize,
+    /// Image-sized vectors of optimizer history (2 per L-BFGS pair, 2 for Adam's moments).
+    pub history_vectors: usize,
+}
+
+/// Estimated peak resident memory, in bytes.
+pub fn estimate_peak_bytes(w: &Workload) -> f64 {
+    let (width, height) = w.size;
+    let activations = 4.0 * geometry::activation_elems(w.deepest, height, width) as f64;
+    let image = 4.0 * (w.channels * width * height) as f64;
+    BASE_BYTES
+        + PER_ACTIVATION * activations
+        + (w.history_vectors as f64 + OPTIMIZER_VECTORS) * image
+}
+
+/// Memory this process may use: `NST_MEMORY_LIMIT` if set, else the smaller of the kernel's
+/// `MemAvailable` and the cgroup limit minus current use. `None` when neither can be read.
+pub fn available_bytes() -> Result<Option<f64>> {
+    if let Ok(v) = std::env::var("NST_MEMORY_LIMIT") {
+        return parse_bytes(&v).map(Some);
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let available = meminfo.as_deref().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kib| kib * 1024.0)
+    });
+    let read = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok();
+    let cgroup = match (read("memory.max"), read("memory.current")) {
+        (Some(max), Some(cur)) => match (max.trim().parse::<f64>(), cur.trim().parse::<f64>()) {
+            (Ok(max), Ok(cur)) => Some((max - cur).max(0.0)),
+            _ => None, // "max": no limit
+        },
+        _ => None,
+    };
+    Ok(match (available, cgroup) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    })
+}
+
+/// `"512M"`, `"2G"`, `"1.5G"`, `"300000000"` → bytes.
+fn parse_bytes(s: &str) -> Result<f64> {
+    let t = s.trim();
+    let (number, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_uppercase()),
+        _ => (t, 'B'),
+    };
+    let scale = match unit {
+        'B' => 1.0,
+        'K' => 1024.0,
+        'M' => MIB,
+        'G' => MIB * 1024.0,
+        _ => bail!("NST_MEMORY_LIMIT: unknown unit in '{s}' (use K, M or G)"),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v * scale),
+        _ => bail!("NST_MEMORY_LIMIT: '{s}' is not a positive size (e.g. 8G)"),
+    }
+}
+
+/// Fails when `workload` does not fit `available` bytes; `size_of(side)` gives the workload
+/// for `--size side`, to find the largest that fits.
+pub fn check(
+    requested_side: u32,
+    workload: &Workload,
+    available: f64,
+    size_of: impl Fn(u32) -> Workload,
+) -> Result<()> {
+    let need = estimate_peak_bytes(workload);
+    if need <= available {
+        return Ok(());
+    }
+    // Largest side that fits (the estimate grows with the side).
+    let (mut lo, mut hi) = (0u32, requested_side);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if estimate_peak_bytes(&size_of(mid)) <= available {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let gb = |b: f64| b / (MIB * 1024.0);
+    let hint = if lo >= 16 {
+        format!("the largest --size that fits is about {lo}")
+    } else {
+        "no useful size fits".to_string()
+    };
+    bail!(
+        "--size {requested_side} needs about {:.1} GB of memory (estimated peak) but {:.1} GB is available: {hint} (NST_MEMORY_LIMIT overrides the available amount)",
+        gb(need),
+        gb(available)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn square(side: u32) -> Workload {
+        Workload {
+            deepest: "relu5_1".parse().unwrap(),
+            size: (side as usize, side as usize),
+            channels: 3,
+            history_vectors: 10,
+        }
+    }
+
+    #[test]
+    fn estimates_bracket_the_measured_peaks() {
+        // Measured (xtask bench, 5 iterations ≈ 10 history vectors): the estimate is above
+        // each and at most 25% above.
+        for (side, measured_mib) in [(512, 1060.0), (1024, 3324.0), (2048, 11588.0)] {
+            let est = estimate_peak_bytes(&square(side)) / MIB;
+            assert!(
+                est >= measured_mib && est <= 1.25 * measured_mib,
+                "{side}²: estimate {est:.0} MiB vs measured {measured_mib}"
+            );
+        }
+    }
+
+    #[test]
+    fn suggests_the_largest_size_that_fits() {
+        let available = estimate_peak_bytes(&square(1000)) + 1.0;
+        let err = check(2048, &square(2048), available, square)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the largest --size that fits is about 1000"),
+            "{err}"
+        );
+        assert!(check(1000, &square(1000), available, square).is_ok());
+    }
+
+    #[test]
+    fn limits_parse_with_units() {
+        assert_eq!(parse_bytes("512M").unwrap(), 512.0 * MIB);
+        assert_eq!(parse_bytes("1.5g").unwrap(), 1.5 * 1024.0 * MIB);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096.0);
+        assert!(parse_bytes("-1G").is_err() && parse_bytes("lots").is_err());
+    }
+}
