@@ -187,10 +187,9 @@ pub fn scale_sides(size: u32, scales: Option<u32>) -> Vec<u32> {
 }
 
 impl Args {
-    /// Checks every argument and resolves defaults; errors are one line and name the flag.
-    /// Checks the arguments and resolves them into a [`Config`]. Also reads `NST_CONV`
-    /// (`fastest`, the default, or `im2col`/`direct`: the reference convolution, for
-    /// comparisons), the one environment switch of the command.
+    /// Checks every argument and resolves defaults into a [`Config`]; errors are one line and
+    /// name the flag. Also reads `NST_CONV` (`fastest`, the default, or `im2col`/`direct`: the
+    /// reference convolution, for comparisons); an unknown value is an error, not ignored.
     pub fn into_config(self) -> Result<Config> {
         OutputFormat::from_path(&self.output)?;
         if let Some(parent) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -5,7 +5,8 @@
 //! The estimate (CPU): `BASE + PER_ACTIVATION · A + optimizer state`, where A is the bytes of
 //! all activations of a forward pass to the deepest loss layer at the final scale
 //! (`nst_vgg::geometry::activation_elems`), which the backward pass keeps, and the optimizer
-//! state is L-BFGS's (s, y) history (or Adam's two moments) plus a few image-sized vectors.
+//! state is L-BFGS's (s, y) history (or Adam's two moments) plus a few image-sized vectors;
+//! the input images at full resolution come on top (12 bytes a pixel, twice).
 //! The constants come from `cargo xtask bench` peaks (5 iterations, default layers, so
 //! little history): 1042–1060 MiB at 512², 3088–3324 MiB at 1024², 11588 MiB at 2048²,
 //! which `BASE` = 350 MiB and `PER_ACTIVATION` = 2.4 reproduce within +8% … +12%
@@ -24,6 +25,8 @@ const BASE_BYTES: f64 = 350.0 * MIB;
 const PER_ACTIVATION: f64 = 2.4;
 /// Image-sized vectors an optimizer step holds besides its history (x, g, d, the step).
 const OPTIMIZER_VECTORS: f64 = 6.0;
+/// Full-resolution f32 RGB copies of each input image held through a run.
+const INPUT_COPIES: f64 = 2.0;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// What the optimisation at the final scale needs to keep.
@@ -37,6 +40,9 @@ pub struct Workload {
     pub channels: usize,
     /// Image-sized vectors of optimizer history (2 per L-BFGS pair, 2 for Adam's moments).
     pub history_vectors: usize,
+    /// Pixels of the input images at full resolution (content and styles), kept as f32 RGB
+    /// twice for the whole run (as decoded, and colour-prepared).
+    pub input_pixels: usize,
 }
 
 /// Estimated peak resident memory, in bytes.
@@ -47,6 +53,7 @@ pub fn estimate_peak_bytes(w: &Workload) -> f64 {
     BASE_BYTES
         + PER_ACTIVATION * activations
         + (w.history_vectors as f64 + OPTIMIZER_VECTORS) * image
+        + INPUT_COPIES * 12.0 * w.input_pixels as f64
 }
 
 /// Memory this process may use: `NST_MEMORY_LIMIT` if set, else the smaller of the kernel's
@@ -88,11 +95,11 @@ fn parse_bytes(s: &str) -> Result<f64> {
         'K' => 1024.0,
         'M' => MIB,
         'G' => MIB * 1024.0,
-        _ => bail!("NST_MEMORY_LIMIT: unknown unit in '{s}' (use K, M or G)"),
+        _ => bail!("NST_MEMORY_LIMIT: unknown unit in {s:?} (use K, M or G)"),
     };
     match number.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v * scale),
-        _ => bail!("NST_MEMORY_LIMIT: '{s}' is not a positive size (e.g. 8G)"),
+        _ => bail!("NST_MEMORY_LIMIT: {s:?} is not a positive size (e.g. 8G)"),
     }
 }
 
@@ -141,6 +148,8 @@ mod tests {
             size: (side as usize, side as usize),
             channels: 3,
             history_vectors: 10,
+            // The bench's content and style images at the bench size.
+            input_pixels: 2 * side as usize * side as usize,
         }
     }
 

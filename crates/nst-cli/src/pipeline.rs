@@ -103,7 +103,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let inputs = Inputs::load(cfg, &device)?;
     let plan = ScalePlan::new(cfg, &inputs.content)?;
     if device.is_cpu() {
-        memory_preflight(cfg, &inputs.content, &plan)?;
+        memory_preflight(cfg, &inputs, &plan)?;
     }
     let prepared = Prepared::new(cfg, &inputs, plan.output);
     let optimised = optimise(cfg, &inputs, &plan, &prepared, progress, interrupt)?;
@@ -420,10 +420,16 @@ fn optimise(
 
 /// Stage 3b (CPU): stop before optimising when the final scale cannot fit in memory (see
 /// [`crate::memory`]).
-fn memory_preflight(cfg: &Config, content: &Planes, plan: &ScalePlan) -> Result<()> {
+fn memory_preflight(cfg: &Config, inputs: &Inputs, plan: &ScalePlan) -> Result<()> {
     let Some(available) = memory::available_bytes()? else {
         return Ok(());
     };
+    let content = &inputs.content;
+    let input_pixels = [content]
+        .into_iter()
+        .chain(&inputs.styles)
+        .map(|p| p.width * p.height)
+        .sum();
     let channels = if cfg.preserve_colors == ColorMode::Luminance {
         1
     } else {
@@ -440,6 +446,7 @@ fn memory_preflight(cfg: &Config, content: &Planes, plan: &ScalePlan) -> Result<
             size,
             channels,
             history_vectors,
+            input_pixels,
         }
     };
     memory::check(cfg.size, &workload(cfg.size), available, workload)

@@ -238,7 +238,7 @@ fn colour_modes_blending_inits_and_grayscale_stay_finite() {
 }
 
 /// Non-finite from the first evaluation: a clear error and no file. (Stopping later, with the
-/// last finite image kept, is tested on `pipeline::optimise_scale` directly.)
+/// last finite image kept, is tested on `nst_optim::minimize` directly.)
 #[test]
 fn non_finite_loss_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

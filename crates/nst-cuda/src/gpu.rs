@@ -121,6 +121,13 @@ impl Gpu {
         x: &CudaSlice<f32>,
         p: &Pool2dParams,
     ) -> GpuResult<(CudaSlice<f32>, CudaSlice<i32>)> {
+        if x.len() != p.input_len() {
+            return Err(format!(
+                "max pool: input has {} values, expected {}",
+                x.len(),
+                p.input_len()
+            ));
+        }
         let (planes, h, w, oh, ow) = (p.planes, p.in_h, p.in_w, p.out_h(), p.out_w());
         let n = p.output_len();
         let mut y = self.zeros(n)?;
@@ -167,6 +174,17 @@ impl Gpu {
             return Err(format!(
                 "conv2d_forward: batch {} (only 1 is supported)",
                 c.batch
+            ));
+        }
+        // The kernels index by `c`: buffers of other lengths would be read out of bounds.
+        let lengths = [
+            (x.len(), c.input_len()),
+            (w.len(), c.weight_len()),
+            (bias.len(), c.out_channels),
+        ];
+        if lengths.iter().any(|(got, want)| got != want) {
+            return Err(format!(
+                "conv2d_forward: buffer lengths {lengths:?} (got, expected) do not fit {c:?}"
             ));
         }
         let (cin, cout, oh, ow) = (c.in_channels, c.out_channels, c.out_h(), c.out_w());

@@ -108,7 +108,7 @@ impl FromStr for ConvAlgorithm {
             "fastest" | "auto" => Ok(ConvAlgorithm::Fastest),
             "im2col" | "direct" => Ok(ConvAlgorithm::Im2col),
             other => Err(format!(
-                "unknown convolution algorithm '{other}' (expected fastest or im2col)"
+                "unknown convolution algorithm {other:?} (expected fastest or im2col)"
             )),
         }
     }

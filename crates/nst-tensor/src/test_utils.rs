@@ -11,8 +11,8 @@
 //! ok
 //! ```
 //!
-//! Set `NST_REQUIRE_CUDA=1` (as the GPU check script does) to make a missing device fail the
-//! CUDA half instead.
+//! Set `NST_REQUIRE_CUDA=1` to make a missing device fail the CUDA half instead (the GPU check
+//! script will, once nst-tensor has a CUDA backend).
 
 use crate::Device;
 use std::fmt::Debug;

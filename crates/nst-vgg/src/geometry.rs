@@ -17,9 +17,10 @@ impl Layer {
     }
 
     /// The shortest image side for which this layer's activation is at least 1×1:
-    /// `2^(poolings before it)`.
+    /// `2^(poolings up to and including it)` (a pooling layer halves its own input).
     pub fn min_input_side(self) -> usize {
-        1 << self.pools_before()
+        let own = u32::from(self.kind() == LayerKind::Pool);
+        1 << (self.pools_before() + own)
     }
 }
 
@@ -103,6 +104,8 @@ mod tests {
         assert_eq!(layer("conv2_1").pools_before(), 1);
         assert_eq!(layer("relu4_2").min_input_side(), 8);
         assert_eq!(layer("relu5_1").min_input_side(), 16);
+        assert_eq!(layer("pool1").min_input_side(), 2);
+        assert_eq!(layer("pool5").min_input_side(), 32);
         assert_eq!(
             deepest(&[layer("relu4_2"), layer("relu1_1")]),
             Some(layer("relu4_2"))

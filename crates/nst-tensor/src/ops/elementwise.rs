@@ -60,25 +60,24 @@ impl Tensor {
     }
 }
 
-/// Hands `g` to `a` and a copy to `b` (`b_grad` maps it, e.g. negates it for a difference),
-/// copying only when both need it.
-fn both(
-    a: &Tensor,
-    b: &Tensor,
-    g: Storage,
-    b_grad: impl FnOnce(&Storage) -> Result<Storage>,
-) -> Result<Vec<InputGrad>> {
-    let gb = if_needed(b, || b_grad(&g))?;
+/// `g` to both operands; it is copied only when both need a gradient.
+pub(crate) fn add_backward(a: &Tensor, b: &Tensor, g: Storage) -> Result<Vec<InputGrad>> {
+    Ok(match (a.requires_grad(), b.requires_grad()) {
+        (true, true) => {
+            let gb = g.try_clone()?;
+            vec![(a.clone(), g), (b.clone(), gb)]
+        }
+        (true, false) => vec![(a.clone(), g)],
+        (false, true) => vec![(b.clone(), g)],
+        (false, false) => vec![],
+    })
+}
+
+/// `g` to `a`, `−g` to `b`.
+pub(crate) fn sub_backward(a: &Tensor, b: &Tensor, g: Storage) -> Result<Vec<InputGrad>> {
+    let gb = if_needed(b, || g.scale(-1.0))?;
     let ga = a.requires_grad().then_some(g);
     Ok(needed([(a.clone(), ga), (b.clone(), gb)]))
-}
-
-pub(crate) fn add_backward(a: &Tensor, b: &Tensor, g: Storage) -> Result<Vec<InputGrad>> {
-    both(a, b, g, Storage::try_clone)
-}
-
-pub(crate) fn sub_backward(a: &Tensor, b: &Tensor, g: Storage) -> Result<Vec<InputGrad>> {
-    both(a, b, g, |g| g.scale(-1.0))
 }
 
 pub(crate) fn mul_backward(a: &Tensor, b: &Tensor, g: &Storage) -> Result<Vec<InputGrad>> {
