@@ -6,7 +6,7 @@
 //! im2col + cuBLAS SGEMM). `nst-tensor` does not use it yet.
 
 use crate::kernels;
-use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
@@ -202,20 +202,9 @@ impl Gpu {
         // SAFETY: argument types and order match the kernel; cols has kk·p elements.
         unsafe { b.launch(grid(kk * p)) }.map_err(|e| err("im2col", e))?;
         let mut y = self.zeros(cout * p)?;
-        // Row-major y[C_out × P] = w[C_out × K] · cols[K × P] is, column-major,
-        // yᵀ[P × C_out] = colsᵀ[P × K] · wᵀ[K × C_out]: no transposes needed.
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: p as i32,
-            n: cout as i32,
-            k: kk as i32,
-            alpha: 1.0f32,
-            lda: p as i32,
-            ldb: kk as i32,
-            beta: 0.0f32,
-            ldc: p as i32,
-        };
+        // Row-major y[C_out × P] = w[C_out × K] · cols[K × P] (see `blas`: the call takes
+        // cols first).
+        let cfg = crate::blas::Sgemm::row_major(cout, kk, p, false, false, 1.0, 0.0).config();
         // SAFETY: the extents match the allocations above.
         unsafe { self.blas.gemm(cfg, &cols, w, &mut y) }.map_err(|e| err("SGEMM", e))?;
         let (channels, planes, hw) = (cout as i32, cout as i64, p as i32);

@@ -8,6 +8,7 @@
 //! - [`kernels`]: the CUDA C source of every kernel nst-cpu has (im2col, bias, kernel flip,
 //!   ReLU, max/avg pooling forward and backward, elementwise, f64 reductions, Adam), compiled
 //!   to PTX by NVRTC at run time; CI compiles it with no GPU.
+//! - [`blas`]: row-major products as cuBLAS calls, with a host reference of the calls.
 //! - [`gpu::Gpu`]: device, stream, loaded kernels and a cuBLAS handle, with the operations
 //!   the parity tests check against nst-cpu (convolution as im2col + SGEMM among them).
 //!
@@ -17,6 +18,7 @@
 //! cudarc panics when a call needs a library it cannot load, so every entry point checks
 //! `is_culib_present()` for the driver, NVRTC and cuBLAS before touching anything else.
 
+pub mod blas;
 pub mod gpu;
 pub mod kernels;
 

@@ -278,9 +278,9 @@ fn pooling_matches_nst_cpu_with_ties_and_nan() {
     assert_close(&dx, &want_dx, 0.0, "avg pool dx");
 }
 
-/// The GPU runtime's convolution (`gpu::Gpu::conv2d_forward`): im2col, one GEMM (here
-/// nst-cpu's, with the same layout as the cuBLAS call), the bias, against nst-cpu's
-/// convolution; and the flipped kernel of the input gradient.
+/// The GPU runtime's convolution (`gpu::Gpu::conv2d_forward`): im2col, the cuBLAS call it
+/// issues (run by `blas::Sgemm::run_reference`), the bias, against nst-cpu's convolution;
+/// and the flipped kernel of the input gradient.
 #[test]
 fn convolution_pieces_match_nst_cpu() {
     let Some(h) = host() else { return };
@@ -318,17 +318,9 @@ fn convolution_pieces_match_nst_cpu() {
         .map(|v| v as i32);
         launch!(h, "im2col"; xp, colsp, cin, hh, ww, kh, kw, st, pd, oh, ow);
         let mut y = vec![0.0f32; c.output_len()];
-        nst_cpu::matmul(
-            &w,
-            &cols,
-            &mut y,
-            c.out_channels,
-            k,
-            pos,
-            false,
-            false,
-            false,
-        );
+        // The product as the GPU runtime issues it to cuBLAS, run by the host reference.
+        let call = nst_cuda::blas::Sgemm::row_major(c.out_channels, k, pos, false, false, 1.0, 0.0);
+        call.run_reference(&cols, &w, &mut y);
         let (yp, bp, channels, planes, hw) =
             (y.as_mut_ptr(), bias.as_ptr(), 5i32, 5i64, pos as i32);
         launch!(h, "add_bias"; yp, bp, channels, planes, hw);
