@@ -57,16 +57,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
 }
 
-/// The convolution algorithm `NST_CONV` asks for (`im2col` to compare with the fast path).
-fn conv_algorithm() -> Result<ConvAlgorithm> {
-    match std::env::var("NST_CONV") {
-        Ok(v) => v
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("NST_CONV: {e}")),
-        Err(_) => Ok(ConvAlgorithm::default()),
-    }
-}
-
 /// The content and style images at `size`², as the benchmark uses them.
 fn bench_images(size: usize) -> Result<(Planes, Planes)> {
     let load = |name: &str, what: &str| -> Result<Planes> {
@@ -82,7 +72,10 @@ fn bench_images(size: usize) -> Result<(Planes, Planes)> {
 /// Times `iters` iterations on `dev` in this process (after one warm-up iteration).
 fn time_on(dev: &Device, size: usize, iters: usize, dump: Option<&Path>) -> Result<Measurement> {
     let dev = dev.clone();
-    let vgg = Vgg19::embedded(&dev, Pooling::Max)?.with_conv_algorithm(conv_algorithm()?);
+    let vgg = Vgg19::embedded(&dev, Pooling::Max)?.with_conv_algorithm(
+        ConvAlgorithm::from_env_value(std::env::var(ConvAlgorithm::ENV_VAR).ok().as_deref())
+            .map_err(anyhow::Error::msg)?,
+    );
     let (content, style) = bench_images(size)?;
     if let Some(dir) = dump {
         // Raw f32 [3, S, S] pixels for the PyTorch peer, so both sides use the same input.
@@ -133,22 +126,10 @@ fn time_on(dev: &Device, size: usize, iters: usize, dump: Option<&Path>) -> Resu
     Ok(Measurement {
         ms_per_iter: median(times),
         loss0,
-        peak_rss_bytes: peak_rss_bytes()?,
+        peak_rss_bytes: nst_tensor::allocator::resident_bytes()
+            .context("cannot read this process's memory from /proc/self/status")?
+            .1 as f64,
     })
-}
-
-/// This process's peak resident set (VmHWM), in bytes.
-fn peak_rss_bytes() -> Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .context("no VmHWM in /proc/self/status")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kib * 1024.0)
 }
 
 fn measurement_json(m: &Measurement) -> serde_json::Value {

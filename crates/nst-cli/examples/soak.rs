@@ -17,15 +17,9 @@ const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 
 /// This process's resident set and its peak, in MiB.
 fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(f64::NAN, |kib| kib / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    nst_tensor::allocator::resident_bytes()
+        .map_or((f64::NAN, f64::NAN), |(now, peak)| (mib(now), mib(peak)))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -307,18 +307,11 @@ impl Args {
             save_every: self.save_every,
             report: self.report,
             weights: self.weights,
-            conv_algorithm: conv_algorithm_from_env()?,
+            conv_algorithm: ConvAlgorithm::from_env_value(
+                std::env::var(ConvAlgorithm::ENV_VAR).ok().as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?,
         })
-    }
-}
-
-/// The convolution algorithm `NST_CONV` asks for (the backend's fastest when unset).
-fn conv_algorithm_from_env() -> Result<ConvAlgorithm> {
-    match std::env::var("NST_CONV") {
-        Ok(v) => v
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("NST_CONV: {e}")),
-        Err(_) => Ok(ConvAlgorithm::default()),
     }
 }
 

@@ -103,15 +103,11 @@ fn parse_bytes(s: &str) -> Result<f64> {
     }
 }
 
-/// Fails when `workload` does not fit `available` bytes; `size_of(side)` gives the workload
-/// for `--size side`, to find the largest that fits.
-pub fn check(
-    requested_side: u32,
-    workload: &Workload,
-    available: f64,
-    size_of: impl Fn(u32) -> Workload,
-) -> Result<()> {
-    let need = estimate_peak_bytes(workload);
+/// Fails when the workload of `--size requested_side` does not fit `available` bytes;
+/// `size_of(side)` gives the workload of `--size side` (also used to find the largest that
+/// fits).
+pub fn check(requested_side: u32, available: f64, size_of: impl Fn(u32) -> Workload) -> Result<()> {
+    let need = estimate_peak_bytes(&size_of(requested_side));
     if need <= available {
         return Ok(());
     }
@@ -169,14 +165,12 @@ mod tests {
     #[test]
     fn suggests_the_largest_size_that_fits() {
         let available = estimate_peak_bytes(&square(1000)) + 1.0;
-        let err = check(2048, &square(2048), available, square)
-            .unwrap_err()
-            .to_string();
+        let err = check(2048, available, square).unwrap_err().to_string();
         assert!(
             err.contains("the largest --size that fits is about 1000"),
             "{err}"
         );
-        assert!(check(1000, &square(1000), available, square).is_ok());
+        assert!(check(1000, available, square).is_ok());
     }
 
     #[test]

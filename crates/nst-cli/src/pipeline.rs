@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;
 use nst_image::color::{join_luminance, match_colors, match_luminance, split_luminance};
 use nst_image::{fit_longest_side, load_rgb, save_atomic, write_atomic, Planes};
-use nst_loss::{LossSpec, LossWeights, Objective, ObjectiveError};
+use nst_loss::{LossSpec, LossWeights, Objective};
 use nst_optim::{
     minimize, Adam, AdamConfig, Evaluation, Lbfgs, LbfgsConfig, Optimizer, StopReason,
 };
@@ -277,8 +277,9 @@ impl Prepared {
         }
     }
 
-    /// The first scale's starting image.
-    fn start(&self, cfg: &Config, init: Option<&Planes>, (w, h): (usize, usize)) -> Planes {
+    /// The first scale's starting image; `content` is the working content at that scale.
+    fn start(&self, cfg: &Config, init: Option<&Planes>, content: &Planes) -> Planes {
+        let (w, h) = (content.width, content.height);
         match (&cfg.init, init) {
             (Init::File(_), Some(img)) => {
                 let img = if self.luminance_only() {
@@ -300,7 +301,7 @@ impl Prepared {
                         .collect(),
                 }
             }
-            _ => self.content.resized(w, h),
+            _ => content.clone(),
         }
     }
 }
@@ -339,7 +340,8 @@ fn optimise(
     for (si, &(w, h)) in plan.scales.iter().enumerate() {
         let (scale, final_scale) = (si + 1, si + 1 == plan.scales.len());
         let styles = styles_at_scale(cfg, plan, prepared, scale, w.max(h), device)?;
-        let content = prepared.content.resized(w, h).to_tensor(device)?;
+        let content_planes = prepared.content.resized(w, h);
+        let content = content_planes.to_tensor(device)?;
         let objective = Objective::new(
             &inputs.vgg,
             &content,
@@ -349,7 +351,7 @@ fn optimise(
         )?;
         let start = match image.take() {
             Some(prev) => prev.resized(w, h),
-            None => prepared.start(cfg, inputs.init.as_ref(), (w, h)),
+            None => prepared.start(cfg, inputs.init.as_ref(), &content_planes),
         };
         optimizer.reset();
         progress.scale_started(scale, plan.scales.len(), w, h, cfg.iters);
@@ -449,7 +451,7 @@ fn memory_preflight(cfg: &Config, inputs: &Inputs, plan: &ScalePlan) -> Result<(
             input_pixels,
         }
     };
-    memory::check(cfg.size, &workload(cfg.size), available, workload)
+    memory::check(cfg.size, available, workload)
 }
 
 /// L-BFGS keeps as many (s, y) pairs as fit [`LBFGS_HISTORY_BYTES`] at this size (5 to 100).
@@ -504,9 +506,7 @@ fn styles_at_scale(
 
 /// The objective's value as the optimizers see it, with its terms for the report.
 fn evaluation(objective: &Objective, x: &Tensor) -> Result<Evaluation> {
-    let v = objective
-        .evaluate(x)
-        .map_err(|e: ObjectiveError| anyhow!("{e}"))?;
+    let v = objective.evaluate(x)?;
     Ok(Evaluation {
         loss: v.total,
         grad: v.grad,
@@ -545,7 +545,7 @@ fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
         timing: outcome.timing.clone(),
         device: outcome.device.clone(),
         output: [outcome.output_size.0, outcome.output_size.1],
-        peak_rss_bytes: crate::report::peak_rss_bytes(),
+        peak_rss_bytes: nst_tensor::allocator::resident_bytes().map(|(_, peak)| peak),
         settings: cfg,
     };
     let json = serde_json::to_string_pretty(&report)?;

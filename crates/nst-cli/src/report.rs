@@ -52,20 +52,6 @@ pub struct Report<'a> {
     pub settings: &'a Config,
 }
 
-/// This process's peak resident set (`VmHWM` in /proc/self/status), in bytes.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
 /// Median of a non-empty list (0 for an empty one).
 pub fn median(values: &[f64]) -> f64 {
     if values.is_empty() {

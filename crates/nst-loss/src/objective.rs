@@ -121,20 +121,13 @@ impl<'a> Objective<'a> {
             Some(1) => Some(Tensor::full(1.0, &[3, 1, 1, 1], vgg.device())?),
             _ => None,
         };
-        let objective = Self {
-            vgg,
-            layers: [&content_layers[..], &style_layers[..]].concat(),
-            content_targets: Vec::new(),
-            style_targets: Vec::new(),
-            weights,
-            gray_to_rgb,
-        };
+        let rgb = |image: &Tensor| to_rgb(gray_to_rgb.as_ref(), image);
         let (content_targets, style_targets) = no_grad(|| -> Result<_, ObjectiveError> {
-            let content_targets = vgg.features(&objective.rgb(content)?, &content_layers)?;
+            let content_targets = vgg.features(&rgb(content)?, &content_layers)?;
             let per_image = styles
                 .iter()
                 .map(|s| -> Result<Vec<Tensor>, ObjectiveError> {
-                    let feats = vgg.features(&objective.rgb(s)?, &style_layers)?;
+                    let feats = vgg.features(&rgb(s)?, &style_layers)?;
                     Ok(feats.iter().map(gram_hat).collect::<Result<_, _>>()?)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -147,25 +140,21 @@ impl<'a> Objective<'a> {
             Ok((content_targets, blended))
         })?;
         Ok(Self {
+            vgg,
+            layers: [&content_layers[..], &style_layers[..]].concat(),
             content_targets,
             style_targets,
-            ..objective
+            weights,
+            gray_to_rgb,
         })
-    }
-
-    /// The network's RGB input for an image of this objective's channel count.
-    fn rgb(&self, image: &Tensor) -> Result<Tensor, TensorError> {
-        match &self.gray_to_rgb {
-            Some(k) => image.conv2d(k, None, 1, 0),
-            None => Ok(image.clone()),
-        }
     }
 
     /// J and ∂J/∂x at image `x` (`[1, C, H, W]`, 0..255, the content image's size and
     /// channels).
     pub fn evaluate(&self, x: &Tensor) -> Result<ObjectiveValue, ObjectiveError> {
         let x = x.to_variable();
-        let feats = self.vgg.features(&self.rgb(&x)?, &self.layers)?;
+        let rgb = to_rgb(self.gray_to_rgb.as_ref(), &x)?;
+        let feats = self.vgg.features(&rgb, &self.layers)?;
         let (content_feats, style_feats) = feats.split_at(self.content_targets.len());
         let mut jc = content_loss(&content_feats[0], &self.content_targets[0])?;
         for (f, t) in content_feats.iter().zip(&self.content_targets).skip(1) {
@@ -192,5 +181,14 @@ impl<'a> Objective<'a> {
             style: js.to_scalar()? as f64,
             tv: tv.map_or(Ok(0.0), |t| t.to_scalar().map(f64::from))?,
         })
+    }
+}
+
+/// The network's RGB input: the image itself, or a one-channel image replicated by the
+/// `[3, 1, 1, 1]` all-ones kernel (differentiably, so the gradient reaches the channel).
+fn to_rgb(gray_to_rgb: Option<&Tensor>, image: &Tensor) -> Result<Tensor, TensorError> {
+    match gray_to_rgb {
+        Some(k) => image.conv2d(k, None, 1, 0),
+        None => Ok(image.clone()),
     }
 }

@@ -101,6 +101,19 @@ pub enum ConvAlgorithm {
     Im2col,
 }
 
+impl ConvAlgorithm {
+    /// The environment switch binaries read the algorithm from (kernel crates never do).
+    pub const ENV_VAR: &'static str = "NST_CONV";
+
+    /// The algorithm for the value of [`ConvAlgorithm::ENV_VAR`] (the default when unset); an
+    /// error names the variable.
+    pub fn from_env_value(value: Option<&str>) -> Result<Self, String> {
+        value.map_or(Ok(Self::default()), |v| {
+            v.parse().map_err(|e| format!("{}: {e}", Self::ENV_VAR))
+        })
+    }
+}
+
 impl FromStr for ConvAlgorithm {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -168,5 +181,12 @@ mod tests {
         assert_eq!("direct".parse(), Ok(ConvAlgorithm::Im2col));
         assert_eq!("fastest".parse(), Ok(ConvAlgorithm::Fastest));
         assert!("winograd?".parse::<ConvAlgorithm>().is_err());
+        assert_eq!(
+            ConvAlgorithm::from_env_value(None),
+            Ok(ConvAlgorithm::Fastest)
+        );
+        assert!(ConvAlgorithm::from_env_value(Some("x"))
+            .unwrap_err()
+            .starts_with("NST_CONV: "));
     }
 }

@@ -20,6 +20,24 @@ pub type Allocator = mimalloc::MiMalloc;
 /// libmimalloc-sys names it only for v2).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// This process's resident set now and at its peak (`VmRSS`, `VmHWM` in /proc/self/status),
+/// in bytes; `None` where they cannot be read (not Linux).
+pub fn resident_bytes() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 /// Never return freed memory to the OS while the process runs. Call first thing in `main`.
 pub fn keep_freed_memory() {
     // SAFETY: sets a plain integer option; mimalloc reads it when it next considers purging.

@@ -2,7 +2,7 @@
 
 use crate::backend::BackendDevice;
 use crate::cpu_backend::CpuDevice;
-use crate::dummy_cuda_backend::{unavailable_reason, CudaDevice};
+use crate::dummy_cuda_backend::CudaDevice;
 use crate::Result;
 use std::fmt;
 
@@ -38,8 +38,9 @@ impl Device {
     /// panicking).
     pub fn cuda_unavailable_reason() -> Option<String> {
         match Device::cuda(0) {
+            Err(crate::TensorError::CudaUnavailable { reason }) => Some(reason),
+            Err(other) => Some(other.to_string()),
             Ok(_) => None,
-            Err(_) => Some(unavailable_reason()),
         }
     }
 
