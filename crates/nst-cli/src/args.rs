@@ -41,7 +41,7 @@ pub const MAX_SIZE: u32 = 16384;
     name = "nst",
     version,
     about = "Repaint a photo in the style of a painting (neural style transfer, Gatys et al.)",
-    after_help = "Example: nst -c photo.jpg -s painting.jpg -o out.png\nCtrl-C (or SIGTERM) writes the best image so far and exits with code 130 (143).",
+    after_help = "Example: nst -c photo.jpg -s painting.jpg -o out.png\nCtrl-C (or SIGTERM) writes the best image so far and exits with code 130 (143).\nnst serve: a local web page to do the same (see nst serve --help).",
     max_term_width = 100
 )]
 pub struct Args {

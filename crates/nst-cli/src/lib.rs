@@ -21,6 +21,7 @@
 //!   output), writing the best image on interruption or a non-finite loss.
 //! - [`memory`]: the memory preflight (estimated peak against what is available).
 //! - [`progress`], [`report`]: what the user sees while it runs and the JSON report.
+//! - [`serve`]: `nst serve`, the web page and HTTP API over the same pipeline.
 
 pub mod args;
 pub mod config;
@@ -28,3 +29,4 @@ pub mod memory;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod serve;

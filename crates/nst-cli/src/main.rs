@@ -1,9 +1,11 @@
-//! `nst`: neural style transfer from the command line. See `nst --help`.
+//! `nst`: neural style transfer from the command line (`nst --help`), and `nst serve`, a
+//! local web page over the same pipeline (`nst serve --help`).
 
 use clap::Parser;
 use nst_cli::args::Args;
 use nst_cli::pipeline::{self, Interrupted};
 use nst_cli::progress::{Bar, Lines, Progress, Quiet};
+use nst_cli::serve::{self, ServeArgs};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,6 +17,15 @@ static ALLOCATOR: nst_tensor::allocator::Allocator = nst_tensor::allocator::Allo
 
 fn main() -> ExitCode {
     nst_tensor::allocator::keep_freed_memory();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
+        // `nst serve …`: its own arguments; the one-shot form needs -c/-s/-o, so a first
+        // argument `serve` cannot mean anything else.
+        let args = ServeArgs::parse_from(std::env::args_os().skip(1));
+        return match serve::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     let args = Args::parse();
     let quiet = args.quiet;
     let config = match args.into_config() {

@@ -100,13 +100,14 @@ impl std::error::Error for NonFiniteLoss {}
 pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) -> Result<Outcome> {
     let started = Instant::now();
     let device = select_device(cfg.device, progress)?;
-    let inputs = Inputs::load(cfg, &device)?;
-    let plan = ScalePlan::new(cfg, &inputs.content)?;
+    let images = Images::load(cfg)?;
+    let plan = ScalePlan::new(cfg, &images)?;
     if device.is_cpu() {
-        memory_preflight(cfg, &inputs, &plan)?;
+        memory_preflight(cfg, &images, &plan)?;
     }
-    let prepared = Prepared::new(cfg, &inputs, plan.output);
-    let optimised = optimise(cfg, &inputs, &plan, &prepared, progress, interrupt)?;
+    let vgg = load_vgg(cfg, &device)?;
+    let prepared = Prepared::new(cfg, &images, plan.output);
+    let optimised = optimise(cfg, &vgg, &images, &plan, &prepared, progress, interrupt)?;
     save_atomic(&prepared.to_output(&optimised.image), &cfg.output)?;
     let (out_w, out_h) = plan.output;
     progress.note(&format!("wrote {} ({out_w}×{out_h})", cfg.output.display()));
@@ -125,6 +126,20 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     Ok(outcome)
 }
 
+/// Every check [`run`] makes before it starts optimising — the device, the images, the
+/// scale plan and the memory preflight — without optimising: what a front end that queues
+/// runs (`nst serve`) calls when a run is submitted, so that a run that cannot work is
+/// refused at once instead of failing when its turn comes.
+pub fn preflight(cfg: &Config) -> Result<()> {
+    let device = select_device(cfg.device, &mut crate::progress::Quiet)?;
+    let images = Images::load(cfg)?;
+    let plan = ScalePlan::new(cfg, &images)?;
+    if device.is_cpu() {
+        memory_preflight(cfg, &images, &plan)?;
+    }
+    Ok(())
+}
+
 /// Stage 1: the device, as asked (`auto` says what it chose and why).
 fn select_device(choice: DeviceChoice, progress: &mut dyn Progress) -> Result<Device> {
     match choice {
@@ -141,16 +156,15 @@ fn select_device(choice: DeviceChoice, progress: &mut dyn Progress) -> Result<De
     }
 }
 
-/// Stage 2: the images as decoded (full resolution) and the network on the device.
-struct Inputs {
+/// Stage 2: the images as decoded (full resolution).
+struct Images {
     content: Planes,
     styles: Vec<Planes>,
     init: Option<Planes>,
-    vgg: Vgg19,
 }
 
-impl Inputs {
-    fn load(cfg: &Config, device: &Device) -> Result<Self> {
+impl Images {
+    fn load(cfg: &Config) -> Result<Self> {
         let content = Planes::from_rgb(&load_rgb(&cfg.content, "content image")?);
         let styles = cfg
             .styles
@@ -161,34 +175,36 @@ impl Inputs {
             Init::File(p) => Some(Planes::from_rgb(&load_rgb(p, "init image")?)),
             _ => None,
         };
-        let vgg = match &cfg.weights {
-            Some(p) => Vgg19::from_file(p, device, cfg.pooling),
-            None => Vgg19::embedded(device, cfg.pooling),
-        }
-        .map_err(|e| anyhow!("{e}"))?
-        .with_conv_algorithm(cfg.conv_algorithm);
         Ok(Self {
             content,
             styles,
             init,
-            vgg,
         })
     }
 }
 
+/// Stage 2b: the network on the device.
+fn load_vgg(cfg: &Config, device: &Device) -> Result<Vgg19> {
+    Ok(match &cfg.weights {
+        Some(p) => Vgg19::from_file(p, device, cfg.pooling),
+        None => Vgg19::embedded(device, cfg.pooling),
+    }
+    .map_err(|e| anyhow!("{e}"))?
+    .with_conv_algorithm(cfg.conv_algorithm))
+}
+
 /// Stage 3: the output size and the coarse-to-fine scales, each big enough to survive the
-/// poolings before the deepest loss layer.
+/// poolings before the deepest loss layer, with the style images checked at every scale.
 struct ScalePlan {
     output: (usize, usize),
     /// (width, height) of each scale, coarse to fine.
     scales: Vec<(usize, usize)>,
     deepest: Layer,
-    /// The shortest side the deepest layer accepts.
-    min_side: usize,
 }
 
 impl ScalePlan {
-    fn new(cfg: &Config, content: &Planes) -> Result<Self> {
+    fn new(cfg: &Config, images: &Images) -> Result<Self> {
+        let content = &images.content;
         let all_layers = [&cfg.content_layers[..], &cfg.style_layers[..]].concat();
         let deepest = geometry::deepest(&all_layers).context("no loss layers")?;
         let min_side = deepest.min_input_side();
@@ -209,21 +225,34 @@ impl ScalePlan {
             .filter(|&(w, h)| w.min(h) >= min_side)
             .collect();
         scales.dedup();
-        Ok(Self {
+        let plan = Self {
             output,
             scales,
             deepest,
-            min_side,
-        })
+        };
+        for (si, &(w, h)) in plan.scales.iter().enumerate() {
+            for (style, path) in images.styles.iter().zip(&cfg.styles) {
+                let (sw, sh) = plan.style_size(cfg, style, w.max(h));
+                if sw.min(sh) < min_side {
+                    bail!(
+                        "style image {} becomes {sw}×{sh} at scale {}, too small for layer {deepest} (needs {min_side} px); raise --style-size",
+                        path.display(),
+                        si + 1,
+                    );
+                }
+            }
+        }
+        Ok(plan)
     }
 
-    /// The longest side of the style images at a scale of longest side `side`.
-    fn style_side(&self, cfg: &Config, side: usize) -> u32 {
+    /// The size of `style` at a scale of longest side `side`.
+    fn style_size(&self, cfg: &Config, style: &Planes, side: usize) -> (usize, usize) {
         let out_side = self.output.0.max(self.output.1) as f64;
-        match cfg.style_size {
+        let style_side = match cfg.style_size {
             Some(s) => ((s as f64 * side as f64 / out_side).round() as u32).max(1),
             None => side as u32,
-        }
+        };
+        fit_longest_side(style.width, style.height, style_side)
     }
 }
 
@@ -239,7 +268,7 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(cfg: &Config, inputs: &Inputs, output: (usize, usize)) -> Self {
+    fn new(cfg: &Config, inputs: &Images, output: (usize, usize)) -> Self {
         let luminance = cfg.preserve_colors == ColorMode::Luminance;
         let (content, content_iq) = if luminance {
             let (y, iq) = split_luminance(&inputs.content);
@@ -317,13 +346,14 @@ struct Optimised {
 /// Stage 5: coarse to fine, each scale starting from the previous one's best image.
 fn optimise(
     cfg: &Config,
-    inputs: &Inputs,
+    vgg: &Vgg19,
+    images: &Images,
     plan: &ScalePlan,
     prepared: &Prepared,
     progress: &mut dyn Progress,
     interrupt: &AtomicBool,
 ) -> Result<Optimised> {
-    let device = inputs.vgg.device();
+    let device = vgg.device();
     let mut optimizer = new_optimizer(cfg, prepared.content.channels, plan.output);
     let spec = LossSpec {
         content_layers: cfg.content_layers.clone(),
@@ -339,19 +369,13 @@ fn optimise(
     let (mut trace, mut iter_ms) = (Vec::new(), Vec::new());
     for (si, &(w, h)) in plan.scales.iter().enumerate() {
         let (scale, final_scale) = (si + 1, si + 1 == plan.scales.len());
-        let styles = styles_at_scale(cfg, plan, prepared, scale, w.max(h), device)?;
+        let styles = styles_at_scale(cfg, plan, prepared, w.max(h), device)?;
         let content_planes = prepared.content.resized(w, h);
         let content = content_planes.to_tensor(device)?;
-        let objective = Objective::new(
-            &inputs.vgg,
-            &content,
-            &styles,
-            &cfg.style_blend,
-            spec.clone(),
-        )?;
+        let objective = Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone())?;
         let start = match image.take() {
             Some(prev) => prev.resized(w, h),
-            None => prepared.start(cfg, inputs.init.as_ref(), &content_planes),
+            None => prepared.start(cfg, images.init.as_ref(), &content_planes),
         };
         optimizer.reset();
         progress.scale_started(scale, plan.scales.len(), w, h, cfg.iters);
@@ -362,14 +386,18 @@ fn optimise(
                 iter_ms.extend(step_ms);
             }
             if k > 0 {
-                progress.iteration(&IterationInfo {
+                let info = IterationInfo {
                     scale,
                     scales: plan.scales.len(),
                     iter: k,
                     iters: cfg.iters,
                     total: eval.loss,
                     it_per_s: k as f64 / scale_started.elapsed().as_secs_f64(),
-                });
+                };
+                progress.iteration(&info);
+                if progress.wants_preview(&info) {
+                    progress.preview(&info, &prepared.to_output(&Planes::from_tensor(x)?));
+                }
                 if cfg.save_every.is_some_and(|n| k.is_multiple_of(n)) {
                     let path = intermediate_path(&cfg.output, scale, k);
                     save_atomic(&prepared.to_output(&Planes::from_tensor(x)?), &path)
@@ -422,7 +450,7 @@ fn optimise(
 
 /// Stage 3b (CPU): stop before optimising when the final scale cannot fit in memory (see
 /// [`crate::memory`]).
-fn memory_preflight(cfg: &Config, inputs: &Inputs, plan: &ScalePlan) -> Result<()> {
+fn memory_preflight(cfg: &Config, inputs: &Images, plan: &ScalePlan) -> Result<()> {
     let Some(available) = memory::available_bytes()? else {
         return Ok(());
     };
@@ -475,30 +503,20 @@ fn new_optimizer(cfg: &Config, channels: usize, size: (usize, usize)) -> Optimiz
     }
 }
 
-/// The style images resized for a scale of longest side `side`, as tensors.
+/// The style images resized for a scale of longest side `side`, as tensors (their sizes were
+/// checked by [`ScalePlan::new`]).
 fn styles_at_scale(
     cfg: &Config,
     plan: &ScalePlan,
     prepared: &Prepared,
-    scale: usize,
     side: usize,
     device: &Device,
 ) -> Result<Vec<Tensor>> {
-    let style_side = plan.style_side(cfg, side);
     prepared
         .styles
         .iter()
-        .zip(&cfg.styles)
-        .map(|(s, path)| {
-            let (sw, sh) = fit_longest_side(s.width, s.height, style_side);
-            if sw.min(sh) < plan.min_side {
-                bail!(
-                    "style image {} becomes {sw}×{sh} at scale {scale}, too small for layer {} (needs {} px); raise --style-size",
-                    path.display(),
-                    plan.deepest,
-                    plan.min_side
-                );
-            }
+        .map(|s| {
+            let (sw, sh) = plan.style_size(cfg, s, side);
             Ok(s.resized(sw, sh).to_tensor(device)?)
         })
         .collect()

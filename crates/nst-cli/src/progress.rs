@@ -37,6 +37,15 @@ pub trait Progress {
     fn scale_finished(&mut self);
     /// A one-line note (device in use, files written).
     fn note(&mut self, msg: &str);
+    /// Whether [`Progress::preview`] should get the current image after this iteration.
+    /// Making the picture costs a copy from the device and a resize, so only a front end
+    /// that shows it says yes.
+    fn wants_preview(&mut self, _info: &IterationInfo) -> bool {
+        false
+    }
+    /// The current iterate as the output picture would show it (output size, colours
+    /// restored), after an iteration for which [`Progress::wants_preview`] said yes.
+    fn preview(&mut self, _info: &IterationInfo, _image: &image::RgbImage) {}
 }
 
 /// Prints nothing.

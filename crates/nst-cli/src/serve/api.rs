@@ -1,0 +1,438 @@
+//! The HTTP API and the page (see the README's "nst serve" section for the reference).
+//!
+//! Errors are JSON `{"error": "…"}` with a 4xx/5xx status, the message one line. Uploads are
+//! checked completely — decoding with the CLI's limits, the options with the CLI's parser,
+//! then the pipeline's own preflight (scale plan, style sizes, memory) — before a job is
+//! queued, so a job that would fail for its input is refused at once and leaves nothing.
+
+use super::form::{Form, Upload, MAX_STYLES};
+use super::gallery::JobId;
+use super::jobs::{AlreadyFinished, Event, Jobs, NewJob, MAX_QUEUED};
+use crate::args::defaults;
+use crate::pipeline;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+
+/// Largest request body: a few photos straight from a camera.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
+const INDEX_HTML: &str = include_str!("page/index.html");
+const APP_JS: &str = include_str!("page/app.js");
+const STYLE_CSS: &str = include_str!("page/style.css");
+
+/// The routes, over the shared queue.
+pub fn router(jobs: Arc<Jobs>) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset(STYLE_CSS, "text/css; charset=utf-8") }),
+        )
+        .route("/info", get(info))
+        .route("/jobs", get(list_jobs).post(submit))
+        .route("/jobs/{id}", get(job).delete(cancel))
+        .route("/jobs/{id}/events", get(events))
+        .route("/jobs/{id}/preview", get(preview))
+        .route("/gallery", get(gallery))
+        .route("/gallery/{id}", delete(remove_entry))
+        .route("/gallery/{id}/{file}", get(gallery_file))
+        .fallback(|| async { ApiError::not_found("no such page") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .with_state(jobs)
+}
+
+/// An error answer: a status and a one-line message, sent as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad_request(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, one_line(&format!("{e:#}")))
+    }
+    fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, what)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            one_line(&format!("{e:#}")),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(_: PathRejection) -> Self {
+        Self::not_found("no such job")
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId, ApiError> {
+    let Path(id) = path?;
+    JobId::parse(&id).ok_or_else(|| ApiError::not_found("no such job"))
+}
+
+/// `GET /info`: version, devices, the CLI's defaults and the server's limits.
+async fn info() -> Json<Value> {
+    let cuda = tokio::task::spawn_blocking(nst_tensor::Device::cuda_unavailable_reason)
+        .await
+        .unwrap_or_else(|_| Some("the CUDA probe failed".into()));
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "devices": [
+            { "name": "auto", "available": true },
+            { "name": "cpu", "available": true },
+            { "name": "cuda", "available": cuda.is_none(), "reason": cuda },
+        ],
+        "defaults": {
+            "size": defaults::SIZE,
+            "iters": defaults::ITERS,
+            "style_weight": shortest(defaults::STYLE_WEIGHT),
+            "content_weight": shortest(defaults::CONTENT_WEIGHT),
+            "tv_weight": shortest(defaults::TV_WEIGHT),
+            "optimizer": "lbfgs",
+            "preserve_colors": "none",
+            "device": "auto",
+        },
+        "limits": {
+            "max_body_bytes": MAX_BODY_BYTES,
+            "max_styles": MAX_STYLES,
+            "max_queued": MAX_QUEUED,
+            "max_size": crate::args::MAX_SIZE,
+            "max_input_pixels": nst_image::io::MAX_INPUT_PIXELS,
+        },
+    }))
+}
+
+/// `POST /jobs`: checks and queues a job; answers `202 {"id": …}`.
+async fn submit(
+    State(jobs): State<Arc<Jobs>>,
+    mut multipart: Multipart,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let multipart_error = |e: axum::extract::multipart::MultipartError| {
+        ApiError::new(e.status(), one_line(&e.body_text()))
+    };
+    let mut form = Form::default();
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "content" || name == "style" || field.file_name().is_some() {
+            let file_name = field.file_name().map(str::to_string);
+            let bytes = field.bytes().await.map_err(multipart_error)?;
+            // An empty file input in a browser form sends an empty part with no name.
+            if bytes.is_empty() && file_name.as_deref().unwrap_or_default().is_empty() {
+                continue;
+            }
+            form.add_file(&name, Upload::new(file_name.as_deref(), bytes.to_vec()))
+                .map_err(ApiError::bad_request)?;
+        } else {
+            let text = field.text().await.map_err(multipart_error)?;
+            form.add_option(&name, &text)
+                .map_err(ApiError::bad_request)?;
+        }
+    }
+    // Decoding and the preflight take a while for big photos: off the async threads.
+    let id = tokio::task::spawn_blocking(move || accept(&jobs, form))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id.to_string() }))))
+}
+
+/// Checks a submitted form, stores its uploads in the job's incoming folder and queues it.
+fn accept(jobs: &Jobs, form: Form) -> Result<JobId, ApiError> {
+    form.validate().map_err(ApiError::bad_request)?;
+    let id = JobId::random();
+    let gallery = jobs.gallery();
+    let dir = gallery.create_incoming(id).map_err(ApiError::internal)?;
+    let refuse = |e: ApiError| {
+        gallery.discard(id);
+        e
+    };
+    let (content_name, style_names) = form.file_names();
+    let uploads = std::iter::once((&content_name, form.content.as_ref().expect("validated")))
+        .chain(style_names.iter().zip(&form.styles));
+    for (name, upload) in uploads {
+        std::fs::write(dir.join(name), &upload.bytes)
+            .map_err(|e| refuse(ApiError::internal(format!("cannot store the upload: {e}"))))?;
+    }
+    let config = form
+        .config(&dir)
+        .map_err(|e| refuse(ApiError::bad_request(e)))?;
+    if let Err(e) = pipeline::preflight(&config) {
+        // The messages name the stored files; the user knows them as the fields' names.
+        let prefix = format!("{}/", dir.display());
+        return Err(refuse(ApiError::bad_request(
+            format!("{e:#}").replace(&prefix, ""),
+        )));
+    }
+    let upload_names = |u: &Upload| u.name.clone();
+    let shown_content = form.content.as_ref().map(upload_names).unwrap_or_default();
+    let shown_styles: Vec<String> = form.styles.iter().map(upload_names).collect();
+    let command = form.command_line(
+        std::path::Path::new(or_default(&shown_content, &content_name)),
+        &(shown_styles.iter().zip(&style_names))
+            .map(|(shown, stored)| or_default(shown, stored).into())
+            .collect::<Vec<_>>(),
+        std::path::Path::new("out.png"),
+    );
+    let settings = json!({
+        "options": form.options.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        "content": content_name,
+        "styles": style_names,
+        "uploads": { "content": shown_content, "styles": shown_styles },
+        "command": command.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "),
+        "size": config.size,
+        "iters": config.iters,
+        "scales": config.scale_sides.len(),
+        "style_weight": shortest(config.style_weight),
+        "preserve_colors": config.preserve_colors,
+        "optimizer": config.optimizer,
+    });
+    jobs.submit(NewJob {
+        id,
+        config,
+        settings,
+    })
+    .ok_or_else(|| {
+        refuse(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the queue is full ({MAX_QUEUED} jobs waiting): try again later"),
+        ))
+    })
+}
+
+/// `v` as the f64 with the same shortest decimal form (3e-4, not 0.0003000000142492354).
+fn shortest(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
+}
+
+fn or_default<'a>(shown: &'a str, stored: &'a str) -> &'a str {
+    if shown.is_empty() {
+        stored
+    } else {
+        shown
+    }
+}
+
+/// `arg` as a POSIX shell word.
+fn shell_quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=,:+".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// `GET /jobs`: every job the server remembers, running and queued first.
+async fn list_jobs(State(jobs): State<Arc<Jobs>>) -> Json<Value> {
+    Json(Value::Array(jobs.list()))
+}
+
+/// `GET /jobs/{id}`: one job's state.
+async fn job(
+    State(jobs): State<Arc<Jobs>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = job_id(path)?;
+    jobs.snapshot(id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no such job"))
+}
+
+/// `DELETE /jobs/{id}`: cancels a queued or running job.
+async fn cancel(
+    State(jobs): State<Arc<Jobs>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = job_id(path)?;
+    match jobs.cancel(id) {
+        Ok(true) => Ok(Json(jobs.snapshot(id).unwrap_or(Value::Null))),
+        Ok(false) => Err(ApiError::not_found("no such job")),
+        Err(AlreadyFinished(state)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "the job has already ended ({})",
+                json!(state).as_str().unwrap_or("")
+            ),
+        )),
+    }
+}
+
+/// `GET /jobs/{id}/preview`: the latest preview (PNG).
+async fn preview(
+    State(jobs): State<Arc<Jobs>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = job_id(path)?;
+    let png = jobs
+        .preview(id)
+        .ok_or_else(|| ApiError::not_found("no preview yet"))?;
+    Ok(png_response(png.as_ref().clone(), "no-store"))
+}
+
+fn png_response(bytes: Vec<u8>, cache: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+            (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// `GET /jobs/{id}/events`: Server-Sent Events, one `data:` JSON line per update, starting
+/// with the whole state (`"type": "state"`); the stream ends after the job's last event.
+async fn events(
+    State(jobs): State<Arc<Jobs>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let id = job_id(path)?;
+    let (state, receiver) = jobs
+        .follow(id)
+        .ok_or_else(|| ApiError::not_found("no such job"))?;
+    let follower = Follower {
+        jobs,
+        id,
+        pending: Some(state),
+        receiver,
+        last_seq: 0,
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(follower, |mut f| async move {
+        let event = f.next().await?;
+        let sse = SseEvent::default()
+            .id(event.seq.to_string())
+            .data(event.data.to_string());
+        Some((Ok(sse), f))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// One follower of a job's events.
+struct Follower {
+    jobs: Arc<Jobs>,
+    id: JobId,
+    pending: Option<Event>,
+    receiver: tokio::sync::broadcast::Receiver<Event>,
+    last_seq: u64,
+    ended: bool,
+}
+
+impl Follower {
+    async fn next(&mut self) -> Option<Event> {
+        if self.ended {
+            return None;
+        }
+        let event = match self.pending.take() {
+            Some(event) => event,
+            None => loop {
+                match self.receiver.recv().await {
+                    Ok(event) if event.seq <= self.last_seq => continue,
+                    Ok(event) => break event,
+                    // Fell behind: start again from the whole state.
+                    Err(RecvError::Lagged(_)) => {
+                        let (state, receiver) = self.jobs.follow(self.id)?;
+                        self.receiver = receiver;
+                        break state;
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            },
+        };
+        self.last_seq = event.seq;
+        self.ended = event.is_final;
+        Some(event)
+    }
+}
+
+/// `GET /gallery`: the finished results, newest first.
+async fn gallery(State(jobs): State<Arc<Jobs>>) -> Result<Json<Value>, ApiError> {
+    let jobs2 = jobs.clone();
+    let entries = tokio::task::spawn_blocking(move || jobs2.gallery().entries())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(Json(Value::Array(entries)))
+}
+
+/// `GET /gallery/{id}/{file}`: a file of a gallery entry (only the entry's own names).
+async fn gallery_file(
+    State(jobs): State<Arc<Jobs>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let missing = || ApiError::not_found("no such file");
+    let Path((id, file)) = path.map_err(|_| missing())?;
+    let id = JobId::parse(&id).ok_or_else(missing)?;
+    let path = jobs.gallery().file(id, &file).ok_or_else(missing)?;
+    let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
+    let content_type = match file.rsplit('.').next() {
+        Some("png") => "image/png",
+        Some("jpg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        _ => "application/json",
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// `DELETE /gallery/{id}`: removes a result.
+async fn remove_entry(
+    State(jobs): State<Arc<Jobs>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = job_id(path)?;
+    match jobs.gallery().remove(id) {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found("no such result")),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
