@@ -214,8 +214,13 @@ fn check_image(upload: &Upload, role: &str) -> Result<()> {
 /// clap's message without its "error: " prefix and usage hints, as one line.
 fn clap_message(e: &clap::Error) -> String {
     let text = e.to_string();
-    let first = text.lines().next().unwrap_or("invalid options");
-    first.trim_start_matches("error: ").to_string()
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    message.join(" ").trim_start_matches("error: ").to_string()
 }
 
 /// A field name as it may be shown: printable ASCII, at most 40 characters.
@@ -230,19 +235,29 @@ fn printable(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A form with one (unchecked) style image.
+    fn form() -> Form {
+        Form {
+            styles: vec![Upload::new(Some("s.jpg"), vec![])],
+            ..Form::default()
+        }
+    }
+
     #[test]
     fn options_use_the_cli_parser_and_defaults() {
-        let mut form = Form::default();
+        let mut form = form();
         form.add_option("style_weight", "0.001").unwrap();
         form.add_option("size", "96").unwrap();
         form.add_option("preserve-colors", "luminance").unwrap();
         form.add_option("iters", "").unwrap(); // empty: the default
-        let cfg = form.config(Path::new("/tmp/x")).unwrap();
+        let dir = std::env::temp_dir();
+        let cfg = form.config(&dir).unwrap();
         assert_eq!(cfg.size, 96);
         assert_eq!(cfg.style_weight, 0.001);
         assert_eq!(cfg.iters, crate::args::defaults::ITERS);
-        assert_eq!(cfg.content, Path::new("/tmp/x/content.png"));
-        assert_eq!(cfg.output, Path::new("/tmp/x/result.png"));
+        assert_eq!(cfg.content, dir.join("content.png"));
+        assert_eq!(cfg.styles, vec![dir.join("style-1.png")]);
+        assert_eq!(cfg.output, dir.join("result.png"));
     }
 
     #[test]
@@ -267,12 +282,17 @@ mod tests {
             ("optimizer", "sgd", "--optimizer"),
             ("style_layers", "relu9_9", "--style-layers"),
         ] {
-            let mut form = Form::default();
+            let mut form = form();
             form.add_option(field, value).unwrap();
             let e = form.config(Path::new(".")).unwrap_err().to_string();
             assert!(e.contains(needle), "{field}={value}: {e}");
             assert_eq!(e.lines().count(), 1, "{e}");
         }
+        let e = Form::default().config(Path::new(".")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the following required arguments were not provided: --style <FILE>"
+        );
     }
 
     #[test]
