@@ -618,3 +618,34 @@ fn serve_refuses_a_busy_port_in_one_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_fails_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gallery");
+    let server = Server::start(&dir, &[]);
+    // β so large that the loss overflows: the run stops with a non-finite loss.
+    let failing = job_id(
+        &server,
+        &[("size", "64"), ("iters", "5"), ("style_weight", "3e38")],
+    )
+    .await;
+    let next = job_id(&server, &[("size", "64"), ("iters", "3")]).await;
+    let events = Events::open(&server, &failing).await.all().await;
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "failed", "{:?}", kinds(&events));
+    let error = last["error"].as_str().unwrap();
+    assert!(error.starts_with("the loss became non-finite"), "{error}");
+    assert!(!error.contains('/'), "no server paths: {error}");
+    assert_eq!(last["image"], Value::Null);
+    let (_, job) = get_json(&format!("{}/jobs/{failing}", server.url)).await;
+    assert_eq!(
+        (job["state"].as_str(), job["error"].as_str()),
+        (Some("failed"), Some(error))
+    );
+
+    let events = Events::open(&server, &next).await.all().await;
+    assert_eq!(events.last().unwrap()["type"], "done");
+    assert_eq!(gallery_entries(&dir), vec![next]);
+    assert!(incoming_is_empty(&dir));
+}

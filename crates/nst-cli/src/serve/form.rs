@@ -288,7 +288,10 @@ mod tests {
             assert!(e.contains(needle), "{field}={value}: {e}");
             assert_eq!(e.lines().count(), 1, "{e}");
         }
-        let e = Form::default().config(Path::new(".")).unwrap_err().to_string();
+        let e = Form::default()
+            .config(Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "the following required arguments were not provided: --style <FILE>"

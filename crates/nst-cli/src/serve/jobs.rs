@@ -15,7 +15,7 @@
 
 use super::gallery::{Gallery, JobId, RESULT_FILE};
 use crate::config::Config;
-use crate::pipeline::{self, Interrupted};
+use crate::pipeline::{self, Interrupted, NonFiniteLoss};
 use crate::progress::{IterationInfo, Progress};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -403,7 +403,7 @@ impl Jobs {
                 (JobState::Done, None)
             }
             Ok(Err(e)) if e.downcast_ref::<Interrupted>().is_some() => (JobState::Cancelled, None),
-            Ok(Err(e)) => (JobState::Failed, Some(format!("{e:#}"))),
+            Ok(Err(e)) => (JobState::Failed, Some(failure_message(&e, config))),
             Err(_) => (
                 JobState::Failed,
                 Some("internal error (a bug in nst): the run panicked".into()),
@@ -454,6 +454,22 @@ impl Jobs {
             .get_mut(&id)
             .expect("a running job stays in the table");
         f(job)
+    }
+}
+
+/// What the page shows for a failed run: the pipeline's message without the server's paths
+/// (a failed job keeps no image, whatever the message of the CLI says about writing one).
+fn failure_message(e: &anyhow::Error, config: &Config) -> String {
+    if let Some(nf) = e.downcast_ref::<NonFiniteLoss>() {
+        return format!(
+            "the loss became non-finite at iteration {} of scale {}: lower the style strength",
+            nf.iter, nf.scale
+        );
+    }
+    let message = format!("{e:#}");
+    match config.output.parent() {
+        Some(dir) => message.replace(&format!("{}/", dir.display()), ""),
+        None => message,
     }
 }
 
