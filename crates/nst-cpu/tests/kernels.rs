@@ -588,3 +588,45 @@ fn winograd_within_1e4_of_direct_on_vgg19_shapes() {
         );
     }
 }
+
+/// The packed mask gives ReLU's backward exactly, for lengths around word and chunk edges,
+/// with zeros, negative zeros and NaN (not positive: masked).
+#[test]
+fn relu_mask_bits_match_the_float_mask() {
+    let mut rng = StdRng::seed_from_u64(31);
+    for len in [
+        0,
+        1,
+        31,
+        32,
+        33,
+        1000,
+        (1 << 14) - 1,
+        1 << 14,
+        (1 << 14) + 33,
+        100_003,
+    ] {
+        let mut y: Vec<f32> = rand_vec(&mut rng, len);
+        for (i, v) in y.iter_mut().enumerate() {
+            match i % 7 {
+                0 => *v = 0.0,
+                3 => *v = -0.0,
+                5 if i % 3 == 0 => *v = f32::NAN,
+                _ => {}
+            }
+        }
+        let dy = rand_vec(&mut rng, len);
+        let mut bits = vec![u32::MAX; relu_mask_words(len)];
+        relu_mask_pack(&y, &mut bits);
+        let mut got = dy.clone();
+        relu_mask_apply(&bits, &mut got);
+        let want: Vec<f32> = y
+            .iter()
+            .zip(&dy)
+            .map(|(&y, &g)| if y > 0.0 { g } else { 0.0 })
+            .collect();
+        assert_eq!(got, want, "len {len}");
+        let positives = y.iter().filter(|&&v| v > 0.0).count() as u32;
+        assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), positives);
+    }
+}

@@ -34,6 +34,9 @@ pub trait BackendStorage: Sized {
     /// Which input element won each 2×2 max-pooling window, kept on the device for the
     /// backward pass.
     type PoolIndices;
+    /// Which elements of a ReLU's output were positive, one bit each, kept on the device for
+    /// the backward pass instead of the output itself.
+    type ReluMask;
 
     /// Number of f32 elements.
     fn len(&self) -> usize;
@@ -75,9 +78,11 @@ pub trait BackendStorage: Sized {
 
     /// `max(x, 0)`.
     fn relu(&self) -> Result<Self>;
-    /// ReLU's backward in place on `dy` (self): `dy = 0` where the ReLU's output `y` is not
-    /// positive (PyTorch's convention: gradient 0 at x = 0).
-    fn relu_mask_in_place(&mut self, y: &Self) -> Result<()>;
+    /// The positive elements of a ReLU's output `y` (self), packed (NaN is not positive).
+    fn relu_mask(&self) -> Result<Self::ReluMask>;
+    /// ReLU's backward in place on `dy` (self): `dy = 0` where the output was not positive
+    /// (PyTorch's convention: gradient 0 at x = 0).
+    fn apply_relu_mask(&mut self, mask: &Self::ReluMask) -> Result<()>;
 
     /// 2×2 stride-2 max pooling: the output and, per output, which input element won (ties
     /// to the first in row-major order, NaN propagates, as in PyTorch).

@@ -2,7 +2,7 @@
 
 use crate::error::TensorError;
 use crate::storage::Storage;
-use crate::tensor::Tensor;
+use crate::tensor::{Node, NodeRef, Tensor};
 use crate::Result;
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,8 +25,8 @@ impl Grads {
 }
 
 /// The op slot of a node (a poisoned lock only means another backward panicked mid-way).
-fn lock(t: &Tensor) -> std::sync::MutexGuard<'_, Option<crate::op::Op>> {
-    t.0.op.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(node: &Node) -> std::sync::MutexGuard<'_, Option<crate::op::Op>> {
+    node.op.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Tensor {
@@ -51,17 +51,18 @@ impl Tensor {
         if !self.requires_grad() {
             return Err(TensorError::NoGraph);
         }
-        // Collect the tape segment reachable from self, ordered by creation id.
-        let mut tape: BTreeMap<u64, Tensor> = BTreeMap::new();
-        let mut stack = vec![self.clone()];
-        while let Some(t) = stack.pop() {
-            if !t.requires_grad() || tape.contains_key(&t.id()) {
+        // Collect the tape segment reachable from self, ordered by creation id. Only nodes:
+        // the values ops need are in their records.
+        let mut tape: BTreeMap<u64, NodeRef> = BTreeMap::new();
+        let mut stack = vec![self.node()];
+        while let Some(node) = stack.pop() {
+            if !node.requires_grad() || tape.contains_key(&node.id) {
                 continue;
             }
-            if let Some(op) = &*lock(&t) {
+            if let Some(op) = &*lock(&node) {
                 stack.extend(op.inputs().into_iter().cloned());
             }
-            tape.insert(t.id(), t);
+            tape.insert(node.id, node);
         }
 
         // Gradients not yet propagated, as storage on the loss's device; contributions from
@@ -76,16 +77,16 @@ impl Tensor {
             let op = lock(&node).take();
             match op {
                 Some(op) => {
-                    for (input, g) in op.backward(&node, grad)? {
-                        match pending.get_mut(&input.id()) {
+                    for (input, g) in op.backward(grad)? {
+                        match pending.get_mut(&input.id) {
                             Some(acc) => acc.add_assign(&g)?,
                             None => {
-                                pending.insert(input.id(), g);
+                                pending.insert(input.id, g);
                             }
                         }
                     }
                 }
-                None if node.0.recorded => return Err(TensorError::GraphFreed),
+                None if node.recorded => return Err(TensorError::GraphFreed),
                 None => {
                     grads
                         .by_id
@@ -107,7 +108,7 @@ mod tests {
         let x = Tensor::variable(vec![1.0, -2.0, 3.0], &[3], &Device::Cpu).unwrap();
         let a = x.scale(2.0).unwrap();
         let loss = a.square().unwrap().sum().unwrap();
-        let a_weak = Arc::downgrade(&a.0);
+        let a_weak = Arc::downgrade(&a.storage);
         drop(a);
         // Still alive: the square op saved it for its gradient.
         assert!(a_weak.upgrade().is_some());
@@ -121,5 +122,57 @@ mod tests {
             "the activation outlived backward"
         );
         assert!(matches!(loss.backward(), Err(TensorError::GraphFreed)));
+    }
+
+    /// A frozen network (only the image is a variable) keeps no activation it does not read
+    /// in backward: the convolutions keep one-bit masks, max pooling its winners, and only
+    /// the features a loss reads (here through a Gram matrix) stay alive. With a learnable
+    /// weight, the layer's input is kept for `dw`.
+    #[test]
+    fn frozen_layers_keep_masks_not_activations() {
+        let dev = Device::Cpu;
+        let ramp = |n: usize, s: f32| (0..n).map(|i| ((i as f32) * s).sin()).collect::<Vec<_>>();
+        let x = Tensor::variable(ramp(2 * 8 * 8, 0.37), &[1, 2, 8, 8], &dev).unwrap();
+        let w1 = Tensor::from_vec(ramp(3 * 2 * 9, 0.11), &[3, 2, 3, 3], &dev).unwrap();
+        let w2 = Tensor::from_vec(ramp(3 * 3 * 9, 0.13), &[3, 3, 3, 3], &dev).unwrap();
+
+        let y1 = x.conv2d_relu(&w1, None, 1, 1).unwrap();
+        let pooled = y1.max_pool2d().unwrap();
+        let y2 = pooled.conv2d_relu(&w2, None, 1, 1).unwrap();
+        let loss = y2.gram(1.0).unwrap().sum().unwrap();
+        let (y1_data, pooled_data, y2_data) = (
+            Arc::downgrade(&y1.storage),
+            Arc::downgrade(&pooled.storage),
+            Arc::downgrade(&y2.storage),
+        );
+        drop((y1, pooled, y2));
+        assert!(y1_data.upgrade().is_none(), "conv output kept");
+        assert!(pooled_data.upgrade().is_none(), "pooled activation kept");
+        assert!(
+            y2_data.upgrade().is_some(),
+            "the Gram matrix reads its features"
+        );
+        assert!(loss.backward().unwrap().get(&x).is_some());
+
+        // A learnable second layer needs its input for dw.
+        let w2 = w2.to_variable();
+        let pooled = x
+            .conv2d_relu(&w1, None, 1, 1)
+            .unwrap()
+            .max_pool2d()
+            .unwrap();
+        let loss = pooled.conv2d(&w2, None, 1, 1).unwrap().sum().unwrap();
+        let pooled_data = Arc::downgrade(&pooled.storage);
+        drop(pooled);
+        assert!(
+            pooled_data.upgrade().is_some(),
+            "dw needs the layer's input"
+        );
+        let grads = loss.backward().unwrap();
+        assert!(grads.get(&w2).is_some() && grads.get(&x).is_some());
+        assert!(
+            pooled_data.upgrade().is_none(),
+            "freed by the backward pass"
+        );
     }
 }

@@ -46,6 +46,8 @@ impl BackendDevice for CpuDevice {
 impl BackendStorage for CpuStorage {
     /// Index within its input plane of each window's maximum.
     type PoolIndices = Vec<u32>;
+    /// 32 elements per word (`nst_cpu::relu::relu_mask_pack`).
+    type ReluMask = Vec<u32>;
 
     fn len(&self) -> usize {
         self.0.len()
@@ -108,8 +110,13 @@ impl BackendStorage for CpuStorage {
         Ok(self.map_new(relu::relu_forward))
     }
 
-    fn relu_mask_in_place(&mut self, y: &Self) -> Result<()> {
-        relu::relu_mask_in_place(&y.0, &mut self.0);
+    fn relu_mask(&self) -> Result<Vec<u32>> {
+        let mut bits = vec![0; relu::relu_mask_words(self.0.len())];
+        relu::relu_mask_pack(&self.0, &mut bits);
+        Ok(bits)
+    }
+    fn apply_relu_mask(&mut self, mask: &Vec<u32>) -> Result<()> {
+        relu::relu_mask_apply(mask, &mut self.0);
         Ok(())
     }
 

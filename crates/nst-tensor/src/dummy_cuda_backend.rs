@@ -59,6 +59,10 @@ pub struct CudaStorage {
 #[derive(Debug)]
 pub struct CudaPoolIndices;
 
+/// A packed ReLU mask in device memory (never made in this build).
+#[derive(Debug)]
+pub struct CudaReluMask;
+
 impl BackendDevice for CudaDevice {
     type Storage = CudaStorage;
     fn storage_from_vec(&self, _: Vec<f32>) -> Result<CudaStorage> {
@@ -72,6 +76,7 @@ impl BackendDevice for CudaDevice {
 
 impl BackendStorage for CudaStorage {
     type PoolIndices = CudaPoolIndices;
+    type ReluMask = CudaReluMask;
 
     fn len(&self) -> usize {
         0
@@ -109,7 +114,10 @@ impl BackendStorage for CudaStorage {
     fn relu(&self) -> Result<Self> {
         unavailable()
     }
-    fn relu_mask_in_place(&mut self, _: &Self) -> Result<()> {
+    fn relu_mask(&self) -> Result<CudaReluMask> {
+        unavailable()
+    }
+    fn apply_relu_mask(&mut self, _: &CudaReluMask) -> Result<()> {
         unavailable()
     }
     fn max_pool2d(&self, _: &Pool2dParams) -> Result<(Self, CudaPoolIndices)> {

@@ -2,33 +2,41 @@
 //! Each rule lives beside its forward pass in `ops/<op>.rs`.
 
 use crate::ops;
-use crate::storage::{PoolIndices, Storage};
-use crate::tensor::Tensor;
+use crate::storage::{PoolIndices, ReluMask, Storage};
+use crate::tensor::{Node, NodeRef, Tensor};
 use crate::Result;
 use nst_params::{Conv2dParams, ConvAlgorithm, Pool2dParams};
+use std::sync::Arc;
 
+/// Each variant holds its inputs' nodes (for the graph) and only the values its backward
+/// rule reads: a [`Tensor`] field is kept with its data, a [`NodeRef`] field without.
 pub(crate) enum Op {
     Conv2d {
-        x: Tensor,
+        x: NodeRef,
+        /// The input's value: only when the weights or the bias need a gradient (`dw`, `db`
+        /// read it; `dx` does not).
+        x_value: Option<Arc<Storage>>,
         w: Tensor,
-        b: Option<Tensor>,
+        b: Option<NodeRef>,
         p: Conv2dParams,
         /// The forward pass's algorithm, used again for the input gradient.
         algo: ConvAlgorithm,
-        /// Fused ReLU: the output is max(conv + b, 0).
-        relu: bool,
+        /// Fused ReLU (the output is max(conv + b, 0)): the output's sign.
+        relu: Option<ReluMask>,
     },
     Relu {
-        x: Tensor,
+        x: NodeRef,
+        /// The output's sign.
+        mask: ReluMask,
     },
     MaxPool {
-        x: Tensor,
+        x: NodeRef,
         p: Pool2dParams,
         /// The winner of each window, on the tensor's device.
         indices: PoolIndices,
     },
     AvgPool {
-        x: Tensor,
+        x: NodeRef,
         p: Pool2dParams,
     },
     Matmul {
@@ -40,52 +48,62 @@ pub(crate) enum Op {
         scale: f32,
     },
     Reshape {
-        x: Tensor,
+        x: NodeRef,
     },
     Transpose {
-        x: Tensor,
+        x: NodeRef,
     },
     Add {
-        a: Tensor,
-        b: Tensor,
+        a: NodeRef,
+        b: NodeRef,
     },
     Sub {
-        a: Tensor,
-        b: Tensor,
+        a: NodeRef,
+        b: NodeRef,
     },
     Mul {
         a: Tensor,
         b: Tensor,
     },
     Scale {
-        x: Tensor,
+        x: NodeRef,
         s: f32,
     },
     Square {
         x: Tensor,
     },
     Sum {
-        x: Tensor,
+        x: NodeRef,
     },
 }
 
 /// A gradient contribution for one input of an op, on the op's device.
-pub(crate) type InputGrad = (Tensor, Storage);
+pub(crate) type InputGrad = (NodeRef, Storage);
 
 impl Op {
-    /// The gradients of the op's inputs that require one, given `out` (this op's result) and
-    /// `grad` = ∂L/∂out (owned, so an op may reuse its buffer).
-    pub(crate) fn backward(&self, out: &Tensor, grad: Storage) -> Result<Vec<InputGrad>> {
+    /// The gradients of the op's inputs that require one, given `grad` = ∂L/∂out (owned, so
+    /// an op may reuse its buffer).
+    pub(crate) fn backward(&self, grad: Storage) -> Result<Vec<InputGrad>> {
         match self {
             Op::Conv2d {
                 x,
+                x_value,
                 w,
                 b,
                 p,
                 algo,
                 relu,
-            } => ops::conv::backward(x, w, b.as_ref(), p, *algo, *relu, out, grad),
-            Op::Relu { x } => ops::relu::backward(x, out, grad),
+            } => ops::conv::backward(
+                x,
+                x_value.as_deref(),
+                w,
+                b.as_ref(),
+                p,
+                *algo,
+                relu.as_ref(),
+                grad,
+            ),
+            Op::Relu { x, mask } => ops::relu::backward(x, mask, grad),
             Op::Reshape { x } => Ok(vec![(x.clone(), grad)]),
             Op::MaxPool { x, p, indices } => ops::pool::max_backward(x, p, indices, &grad),
             Op::AvgPool { x, p } => ops::pool::avg_backward(x, p, &grad),
@@ -101,30 +119,31 @@ impl Op {
         }
     }
 
-    /// The inputs, for walking the graph.
-    pub(crate) fn inputs(&self) -> Vec<&Tensor> {
+    /// The inputs' nodes, for walking the graph.
+    pub(crate) fn inputs(&self) -> Vec<&NodeRef> {
         match self {
-            Op::Conv2d { x, w, b, .. } => [Some(x), Some(w), b.as_ref()]
+            Op::Conv2d { x, w, b, .. } => [Some(x), Some(&w.node), b.as_ref()]
                 .into_iter()
                 .flatten()
                 .collect(),
-            Op::Relu { x } | Op::MaxPool { x, .. } | Op::AvgPool { x, .. } | Op::Gram { x, .. } => {
-                vec![x]
-            }
-            Op::Reshape { x }
+            Op::Relu { x, .. }
+            | Op::MaxPool { x, .. }
+            | Op::AvgPool { x, .. }
+            | Op::Reshape { x }
             | Op::Transpose { x }
             | Op::Scale { x, .. }
-            | Op::Square { x }
             | Op::Sum { x } => vec![x],
-            Op::Matmul { a, b } | Op::Add { a, b } | Op::Sub { a, b } | Op::Mul { a, b } => {
-                vec![a, b]
-            }
+            Op::Gram { x, .. } | Op::Square { x } => vec![&x.node],
+            Op::Add { a, b } | Op::Sub { a, b } => vec![a, b],
+            Op::Matmul { a, b } | Op::Mul { a, b } => vec![&a.node, &b.node],
         }
     }
 }
 
 /// Keeps only the contributions whose input requires a gradient.
-pub(crate) fn needed(grads: impl IntoIterator<Item = (Tensor, Option<Storage>)>) -> Vec<InputGrad> {
+pub(crate) fn needed(
+    grads: impl IntoIterator<Item = (NodeRef, Option<Storage>)>,
+) -> Vec<InputGrad> {
     grads
         .into_iter()
         .filter_map(|(t, g)| Some((t, g?)))
@@ -132,9 +151,6 @@ pub(crate) fn needed(grads: impl IntoIterator<Item = (Tensor, Option<Storage>)>)
 }
 
 /// `f()` for an input that requires a gradient, `None` otherwise.
-pub(crate) fn if_needed(
-    t: &Tensor,
-    f: impl FnOnce() -> Result<Storage>,
-) -> Result<Option<Storage>> {
+pub(crate) fn if_needed(t: &Node, f: impl FnOnce() -> Result<Storage>) -> Result<Option<Storage>> {
     t.requires_grad().then(f).transpose()
 }

@@ -21,6 +21,12 @@ pub(crate) enum PoolIndices {
     Cuda(<CudaStorage as BackendStorage>::PoolIndices),
 }
 
+/// A ReLU's output sign, packed, on the device of the output.
+pub(crate) enum ReluMask {
+    Cpu(<CpuStorage as BackendStorage>::ReluMask),
+    Cuda(<CudaStorage as BackendStorage>::ReluMask),
+}
+
 /// `storage.method(args)` on whichever device holds it, wrapping a storage result back into
 /// the same variant.
 macro_rules! on_device {
@@ -161,8 +167,21 @@ impl Storage {
         Ok(on_device!(self, s => s.relu()))
     }
 
-    pub(crate) fn relu_mask_in_place(&mut self, y: &Self) -> Result<()> {
-        on_same_device_value!("relu backward", self, y, (dy, y) => dy.relu_mask_in_place(y))
+    pub(crate) fn relu_mask(&self) -> Result<ReluMask> {
+        Ok(match self {
+            Storage::Cpu(y) => ReluMask::Cpu(y.relu_mask()?),
+            Storage::Cuda(y) => ReluMask::Cuda(y.relu_mask()?),
+        })
+    }
+
+    pub(crate) fn apply_relu_mask(&mut self, mask: &ReluMask) -> Result<()> {
+        match (self, mask) {
+            (Storage::Cpu(dy), ReluMask::Cpu(m)) => dy.apply_relu_mask(m),
+            (Storage::Cuda(dy), ReluMask::Cuda(m)) => dy.apply_relu_mask(m),
+            _ => Err(TensorError::DeviceMismatch {
+                op: "relu backward",
+            }),
+        }
     }
 
     pub(crate) fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, PoolIndices)> {

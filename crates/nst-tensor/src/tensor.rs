@@ -1,5 +1,13 @@
-//! The `Tensor` type: shape, shared storage (which knows its device), and the op that
-//! produced it.
+//! The `Tensor` type: a place in the autodiff graph ([`Node`]: id, shape, the op that
+//! produced it) and the data (shared storage, which knows its device).
+//!
+//! The two are held separately so that an op's record keeps only what its backward rule
+//! needs. It always keeps its inputs' nodes (to route gradients), but their *values* only
+//! where the rule reads them: a Gram matrix or a product keeps its operands, a frozen
+//! convolution keeps neither its input nor its output (the input gradient needs only the
+//! weights; a fused ReLU keeps a one-bit mask), max pooling keeps its winners. An activation
+//! nothing else holds is then freed as soon as the next layer has read it (issue 12: a
+//! VGG-19 pass at 2048² no longer keeps every layer's output as floats).
 
 use crate::device::Device;
 use crate::error::TensorError;
@@ -18,19 +26,42 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// An f32 array on a [`Device`], contiguous and row-major. Cheap to clone.
 #[derive(Clone)]
-pub struct Tensor(pub(crate) Arc<Inner>);
-
-pub(crate) struct Inner {
-    pub(crate) id: u64,
-    pub(crate) shape: Vec<usize>,
+pub struct Tensor {
+    pub(crate) node: NodeRef,
     /// The data; its variant is the device (there is no separate device field to disagree).
     pub(crate) storage: Arc<Storage>,
+}
+
+/// A tensor's place in the autodiff graph, without its data.
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    pub(crate) shape: Vec<usize>,
     /// A leaf whose gradient `backward` reports.
     pub(crate) is_variable: bool,
     /// Whether an op was recorded for autodiff (it stays true after backward consumed it).
     pub(crate) recorded: bool,
     /// How this tensor was computed, until `backward` takes it (freeing what it saved).
     pub(crate) op: Mutex<Option<Op>>,
+}
+
+/// What an op's record holds of an input whose value its backward rule does not read.
+pub(crate) type NodeRef = Arc<Node>;
+
+impl Node {
+    /// True for a variable, or for a result that depends on one through recorded ops.
+    pub(crate) fn requires_grad(&self) -> bool {
+        self.is_variable || self.recorded
+    }
+
+    /// Dimensions, outermost first.
+    pub(crate) fn dims(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub(crate) fn elem_count(&self) -> usize {
+        self.shape.iter().product()
+    }
 }
 
 fn check_len(len: usize, shape: &[usize]) -> Result<()> {
@@ -48,14 +79,14 @@ fn check_len(len: usize, shape: &[usize]) -> Result<()> {
 impl Tensor {
     fn build(storage: Arc<Storage>, shape: &[usize], is_variable: bool, op: Option<Op>) -> Self {
         debug_assert_eq!(storage.len(), shape.iter().product::<usize>());
-        Tensor(Arc::new(Inner {
+        let node = Arc::new(Node {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shape: shape.to_vec(),
-            storage,
             is_variable,
             recorded: op.is_some(),
             op: Mutex::new(op),
-        }))
+        });
+        Tensor { node, storage }
     }
 
     /// A constant tensor (no gradient) holding `data` in row-major order, on `device`.
@@ -88,12 +119,12 @@ impl Tensor {
 
     /// The same data as a fresh leaf that requires a gradient (shares storage).
     pub fn to_variable(&self) -> Self {
-        Self::build(self.0.storage.clone(), &self.0.shape, true, None)
+        Self::build(self.storage.clone(), self.dims(), true, None)
     }
 
     /// The same data cut off from the graph: a constant (shares storage).
     pub fn detach(&self) -> Self {
-        Self::build(self.0.storage.clone(), &self.0.shape, false, None)
+        Self::build(self.storage.clone(), self.dims(), false, None)
     }
 
     /// A constant copy on `device` (the same tensor, detached, if it is there already). Call
@@ -116,6 +147,13 @@ impl Tensor {
         Self::from_shared_op(Arc::new(storage), shape, inputs, op)
     }
 
+    /// Whether an op on `inputs` is recorded on the tape now (what [`Tensor::from_op`]
+    /// decides): gradients are enabled and an input requires one. Ops whose record costs
+    /// work to make (a ReLU's mask) check first.
+    pub(crate) fn will_record(inputs: &[&Tensor]) -> bool {
+        is_grad_enabled() && inputs.iter().any(|t| t.requires_grad())
+    }
+
     /// [`Tensor::from_op`] for an output that shares its input's storage (reshape).
     pub(crate) fn from_shared_op(
         storage: Arc<Storage>,
@@ -123,8 +161,7 @@ impl Tensor {
         inputs: &[&Tensor],
         op: impl FnOnce() -> Op,
     ) -> Self {
-        let record = is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
-        Self::build(storage, shape, false, record.then(op))
+        Self::build(storage, shape, false, Self::will_record(inputs).then(op))
     }
 
     /// A constant made from storage an op or the backward pass computed.
@@ -134,32 +171,32 @@ impl Tensor {
 
     /// Dimensions, outermost first.
     pub fn dims(&self) -> &[usize] {
-        &self.0.shape
+        self.node.dims()
     }
 
     /// Number of elements.
     pub fn elem_count(&self) -> usize {
-        self.0.shape.iter().product()
+        self.node.elem_count()
     }
 
     /// The device holding the data.
     pub fn device(&self) -> &Device {
-        self.0.storage.device()
+        self.storage.device()
     }
 
     /// True for a variable, or for a result that depends on one through recorded ops.
     pub fn requires_grad(&self) -> bool {
-        self.0.is_variable || self.0.recorded
+        self.node.requires_grad()
     }
 
     /// A unique id (creation order); [`crate::Grads`] is keyed by it.
     pub fn id(&self) -> u64 {
-        self.0.id
+        self.node.id
     }
 
     /// The data copied into a host vector (from any device).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        self.0.storage.to_vec()
+        self.storage.to_vec()
     }
 
     /// The value of a one-element tensor.
@@ -174,7 +211,17 @@ impl Tensor {
     }
 
     pub(crate) fn storage(&self) -> &Storage {
-        &self.0.storage
+        &self.storage
+    }
+
+    /// This tensor's node, for an op's record that does not need its value.
+    pub(crate) fn node(&self) -> NodeRef {
+        self.node.clone()
+    }
+
+    /// The data, for an op's record that needs the value in its backward rule.
+    pub(crate) fn value(&self) -> Arc<Storage> {
+        self.storage.clone()
     }
 
     pub(crate) fn same_shape(&self, other: &Tensor, op: &'static str) -> Result<()> {

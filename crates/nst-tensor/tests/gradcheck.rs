@@ -293,6 +293,58 @@ fn composed_network_gradient(dev: &Device) {
 }
 test_device!(composed_network_gradient);
 
+fn frozen_network_gradient(dev: &Device) {
+    // The style-transfer case: only the image is a variable, so the convolutions keep one-bit
+    // ReLU masks instead of their inputs and outputs. Fused conv+ReLU, separate ReLU, both
+    // poolings, and a loss on an intermediate feature and on the last one.
+    let mut rng = StdRng::seed_from_u64(11);
+    let constant = |rng: &mut StdRng, shape: &[usize]| {
+        let i = uniform(rng, shape);
+        Tensor::from_vec(i.data, &i.shape, dev).unwrap()
+    };
+    let (w1, b1) = (constant(&mut rng, &[4, 3, 3, 3]), constant(&mut rng, &[4]));
+    let w2 = constant(&mut rng, &[5, 4, 3, 3]);
+    let w3 = constant(&mut rng, &[3, 5, 3, 3]);
+    let inputs = [uniform(&mut rng, &[1, 3, 10, 9])];
+    let network = |x: &Tensor, w1: &Tensor, w2: &Tensor, w3: &Tensor| {
+        let f1 = x.conv2d_relu(w1, Some(&b1), 1, 1).unwrap();
+        let h = f1.max_pool2d().unwrap();
+        let f2 = h.conv2d(w2, None, 1, 1).unwrap().relu().unwrap();
+        let f3 = f2
+            .avg_pool2d()
+            .unwrap()
+            .conv2d_relu(w3, None, 1, 1)
+            .unwrap();
+        let n1 = (f1.dims()[2] * f1.dims()[3]) as f32;
+        let style = f1.gram(1.0 / n1).unwrap().square().unwrap().sum().unwrap();
+        let content = f3.square().unwrap().sum().unwrap();
+        style.add(&content).unwrap().reshape(&[1]).unwrap()
+    };
+    // (A step of 1e-3 is already at f32's rounding floor for this loss.)
+    gradcheck(dev, "frozen network", &inputs, 3e-3, |t| {
+        network(&t[0], &w1, &w2, &w3)
+    });
+
+    // The same gradient as when every layer keeps its activations (learnable weights).
+    let x = Tensor::variable(inputs[0].data.clone(), &inputs[0].shape, dev).unwrap();
+    let frozen = network(&x, &w1, &w2, &w3)
+        .sum()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let (v1, v2, v3) = (w1.to_variable(), w2.to_variable(), w3.to_variable());
+    let learning = network(&x, &v1, &v2, &v3)
+        .sum()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_eq!(
+        frozen.get(&x).unwrap().to_vec().unwrap(),
+        learning.get(&x).unwrap().to_vec().unwrap()
+    );
+}
+test_device!(frozen_network_gradient);
+
 fn constants_and_no_grad_record_nothing(dev: &Device) {
     let x = Tensor::variable(vec![1.0, 2.0], &[2], dev).unwrap();
     let c = Tensor::from_vec(vec![3.0, 4.0], &[2], dev).unwrap();

@@ -1,14 +1,18 @@
 //! 2-D convolution with optional bias, and the same with a fused ReLU.
 //!
 //! Forward: `y = conv(x, w) + b` (optionally `max(·, 0)`). Backward, given `dy`:
-//! - fused ReLU first: `dy ← dy ⊙ [y > 0]` (in place; the pre-activation is never stored);
+//! - fused ReLU first: `dy ← dy ⊙ [y > 0]` (in place, from a one-bit mask of `y` saved by the
+//!   forward pass; neither the pre-activation nor `y` is kept);
 //! - `dx = conv(dy, W̃)` with the flipped kernel (the backend's input-gradient kernel), by the
 //!   same algorithm as the forward pass;
 //! - `dw`, `db` only when the weights or bias require a gradient: never in style transfer,
-//!   whose network is frozen, so that pass costs nothing there.
+//!   whose network is frozen, so that pass costs nothing there — and the input `x`, which
+//!   only `dw` reads, is not kept either: a frozen layer's record holds the weights and the
+//!   mask, so the previous activation is freed as soon as nothing else holds it.
 
 use crate::op::{if_needed, needed, InputGrad, Op};
-use crate::storage::Storage;
+use crate::storage::{ReluMask, Storage};
+use crate::tensor::NodeRef;
 use crate::{Result, Tensor, TensorError};
 use nst_params::{Conv2dParams, ConvAlgorithm};
 
@@ -108,40 +112,48 @@ impl Tensor {
         let shape = [p.batch, p.out_channels, p.out_h(), p.out_w()];
         let mut inputs = vec![self, w];
         inputs.extend(b);
+        let record = Tensor::will_record(&inputs);
+        let mask = match o.relu && record {
+            true => Some(y.relu_mask()?),
+            false => None,
+        };
+        let weights_learn = w.requires_grad() || b.is_some_and(Tensor::requires_grad);
         Ok(Tensor::from_op(y, &shape, &inputs, || Op::Conv2d {
-            x: self.clone(),
+            x: self.node(),
+            x_value: weights_learn.then(|| self.value()),
             w: w.clone(),
-            b: b.cloned(),
+            b: b.map(Tensor::node),
             p,
             algo: o.algorithm,
-            relu: o.relu,
+            relu: mask,
         }))
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
-    x: &Tensor,
+    x: &NodeRef,
+    x_value: Option<&Storage>,
     w: &Tensor,
-    b: Option<&Tensor>,
+    b: Option<&NodeRef>,
     p: &Conv2dParams,
     algo: ConvAlgorithm,
-    relu: bool,
-    out: &Tensor,
+    relu: Option<&ReluMask>,
     mut dy: Storage,
 ) -> Result<Vec<InputGrad>> {
-    if relu {
-        dy.relu_mask_in_place(out.storage())?;
+    if let Some(mask) = relu {
+        dy.apply_relu_mask(mask)?;
     }
     let dx = if_needed(x, || dy.conv2d_backward_input(w.storage(), p, algo))?;
     let need_b = b.is_some_and(|b| b.requires_grad());
-    let (dw, db) = if w.requires_grad() || need_b {
-        let (dw, db) = x.storage().conv2d_backward_weight(&dy, p, need_b)?;
-        (w.requires_grad().then_some(dw), db)
-    } else {
-        (None, None)
+    let (dw, db) = match x_value {
+        Some(x_value) if w.requires_grad() || need_b => {
+            let (dw, db) = x_value.conv2d_backward_weight(&dy, p, need_b)?;
+            (w.requires_grad().then_some(dw), db)
+        }
+        _ => (None, None),
     };
-    let mut grads = needed([(x.clone(), dx), (w.clone(), dw)]);
+    let mut grads = needed([(x.clone(), dx), (w.node(), dw)]);
     if let (Some(b), Some(db)) = (b, db) {
         grads.push((b.clone(), db));
     }

@@ -39,7 +39,7 @@ impl Tensor {
 pub(crate) fn backward(x: &Tensor, scale: f32, dg: &Storage) -> Result<Vec<InputGrad>> {
     let (n, c, m) = layout(x)?;
     Ok(vec![(
-        x.clone(),
+        x.node(),
         x.storage().gram_backward(dg, n, c, m, scale)?,
     )])
 }

@@ -27,7 +27,7 @@ impl Tensor {
 /// `da = dc·bᵀ`, `db = aᵀ·dc`.
 pub(crate) fn backward(a: &Tensor, b: &Tensor, dc: &Storage) -> Result<Vec<InputGrad>> {
     let (m, k, n) = (a.dims()[0], a.dims()[1], b.dims()[1]);
-    let da = if_needed(a, || dc.matmul(b.storage(), m, n, k, false, true))?;
-    let db = if_needed(b, || a.storage().matmul(dc, k, m, n, true, false))?;
-    Ok(needed([(a.clone(), da), (b.clone(), db)]))
+    let da = if_needed(&a.node, || dc.matmul(b.storage(), m, n, k, false, true))?;
+    let db = if_needed(&b.node, || a.storage().matmul(dc, k, m, n, true, false))?;
+    Ok(needed([(a.node(), da), (b.node(), db)]))
 }

@@ -2,6 +2,7 @@
 
 use crate::op::{InputGrad, Op};
 use crate::storage::{PoolIndices, Storage};
+use crate::tensor::NodeRef;
 use crate::{Result, Tensor, TensorError};
 use nst_params::Pool2dParams;
 
@@ -29,7 +30,7 @@ impl Tensor {
         let (p, shape) = params(self, "max_pool2d")?;
         let (y, indices) = self.storage().max_pool2d(&p)?;
         Ok(Tensor::from_op(y, &shape, &[self], || Op::MaxPool {
-            x: self.clone(),
+            x: self.node(),
             p,
             indices,
         }))
@@ -40,14 +41,14 @@ impl Tensor {
         let (p, shape) = params(self, "avg_pool2d")?;
         let y = self.storage().avg_pool2d(&p)?;
         Ok(Tensor::from_op(y, &shape, &[self], || Op::AvgPool {
-            x: self.clone(),
+            x: self.node(),
             p,
         }))
     }
 }
 
 pub(crate) fn max_backward(
-    x: &Tensor,
+    x: &NodeRef,
     p: &Pool2dParams,
     indices: &PoolIndices,
     dy: &Storage,
@@ -55,6 +56,6 @@ pub(crate) fn max_backward(
     Ok(vec![(x.clone(), dy.max_pool2d_backward(indices, p)?)])
 }
 
-pub(crate) fn avg_backward(x: &Tensor, p: &Pool2dParams, dy: &Storage) -> Result<Vec<InputGrad>> {
+pub(crate) fn avg_backward(x: &NodeRef, p: &Pool2dParams, dy: &Storage) -> Result<Vec<InputGrad>> {
     Ok(vec![(x.clone(), dy.avg_pool2d_backward(p)?)])
 }

@@ -2,6 +2,7 @@
 
 use crate::op::{InputGrad, Op};
 use crate::storage::Storage;
+use crate::tensor::NodeRef;
 use crate::{Result, Tensor};
 
 impl Tensor {
@@ -9,7 +10,7 @@ impl Tensor {
     pub fn sum(&self) -> Result<Tensor> {
         let s = self.storage().sum()?;
         Ok(Tensor::from_op(s, &[], &[self], || Op::Sum {
-            x: self.clone(),
+            x: self.node(),
         }))
     }
 
@@ -19,6 +20,6 @@ impl Tensor {
     }
 }
 
-pub(crate) fn sum_backward(x: &Tensor, g: &Storage) -> Result<Vec<InputGrad>> {
+pub(crate) fn sum_backward(x: &NodeRef, g: &Storage) -> Result<Vec<InputGrad>> {
     Ok(vec![(x.clone(), g.broadcast(x.elem_count())?)])
 }

@@ -2,6 +2,7 @@
 
 use crate::op::{InputGrad, Op};
 use crate::storage::Storage;
+use crate::tensor::NodeRef;
 use crate::{Result, Tensor, TensorError};
 
 impl Tensor {
@@ -14,12 +15,9 @@ impl Tensor {
                 rhs: shape.to_vec(),
             });
         }
-        Ok(Tensor::from_shared_op(
-            self.0.storage.clone(),
-            shape,
-            &[self],
-            || Op::Reshape { x: self.clone() },
-        ))
+        Ok(Tensor::from_shared_op(self.value(), shape, &[self], || {
+            Op::Reshape { x: self.node() }
+        }))
     }
 
     /// The transpose of a 2-D tensor (copied into row-major order).
@@ -33,12 +31,12 @@ impl Tensor {
         };
         let t = self.storage().transpose(r, c)?;
         Ok(Tensor::from_op(t, &[c, r], &[self], || Op::Transpose {
-            x: self.clone(),
+            x: self.node(),
         }))
     }
 }
 
-pub(crate) fn transpose_backward(x: &Tensor, dy: &Storage) -> Result<Vec<InputGrad>> {
+pub(crate) fn transpose_backward(x: &NodeRef, dy: &Storage) -> Result<Vec<InputGrad>> {
     let (r, c) = (x.dims()[0], x.dims()[1]);
     Ok(vec![(x.clone(), dy.transpose(c, r)?)])
 }
