@@ -464,10 +464,41 @@ async fn bad_uploads_are_json_errors_and_leave_nothing() {
         );
     }
 
-    // Over the body limit: 413, still JSON.
-    let big = vec![0u8; 65 << 20];
-    let (status, body) = submit(&server, &[], with_content("big.png", big)).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    // Over the body limit, as declared: refused before the body is sent, 413 with JSON.
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    write!(
+        s,
+        "POST /jobs HTTP/1.1\r\nHost: {}\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        server.addr,
+        65 << 20
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(
+        response.contains(r#"{"error":"the upload is larger than 64 MiB"#),
+        "{response}"
+    );
+
+    // Over the limit without a declared length (chunked): refused while reading, 413.
+    let chunks =
+        futures_util::stream::iter((0..70).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1 << 20])));
+    let form = Form::new().part(
+        "content",
+        Part::stream(reqwest::Body::wrap_stream(chunks)).file_name("big.png"),
+    );
+    let result = reqwest::Client::new()
+        .post(format!("{}/jobs", server.url))
+        .multipart(form)
+        .send()
+        .await;
+    // The server may answer and close before the client has written everything.
+    if let Ok(r) = result {
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].is_string(), "{body}");
+    }
 
     // Not multipart at all.
     let r = reqwest::Client::new()
@@ -477,6 +508,11 @@ async fn bad_uploads_are_json_errors_and_leave_nothing() {
         .await
         .unwrap();
     assert!(r.status().is_client_error(), "{}", r.status());
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("expected multipart/form-data"));
 
     assert_eq!(gallery_entries(&dir), Vec::<String>::new());
     assert!(incoming_is_empty(&dir));

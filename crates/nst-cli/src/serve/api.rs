@@ -10,9 +10,10 @@ use super::gallery::JobId;
 use super::jobs::{AlreadyFinished, Event, Jobs, NewJob, MAX_QUEUED};
 use crate::args::defaults;
 use crate::pipeline;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -55,10 +56,17 @@ pub fn router(jobs: Arc<Jobs>) -> Router {
         .route("/gallery/{id}/{file}", get(gallery_file))
         .fallback(|| async { ApiError::not_found("no such page") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            MAX_BODY_BYTES,
-        ))
         .with_state(jobs)
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the upload is larger than {} MiB: use smaller pictures",
+            MAX_BODY_BYTES >> 20
+        ),
+    )
 }
 
 /// An error answer: a status and a one-line message, sent as `{"error": message}`.
@@ -149,15 +157,38 @@ async fn info() -> Json<Value> {
 /// `POST /jobs`: checks and queues a job; answers `202 {"id": …}`.
 async fn submit(
     State(jobs): State<Arc<Jobs>>,
-    mut multipart: Multipart,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let multipart_error = |e: axum::extract::multipart::MultipartError| {
-        ApiError::new(e.status(), one_line(&e.body_text()))
+    // A declared oversize body is refused before it is read; one that turns out too long
+    // while streaming fails in the reading (DefaultBodyLimit) with the same answer.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            format!("expected multipart/form-data: {}", one_line(&e.body_text())),
+        )
+    })?;
+    let multipart_error = |e: axum::extract::multipart::MultipartError| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        status => ApiError::new(status, one_line(&e.body_text())),
     };
     let mut form = Form::default();
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+    // A field refused early still lets the client finish its upload (the rest is read and
+    // dropped), so that it gets the answer instead of a connection closed mid-request.
+    let mut refused: Option<ApiError> = None;
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        if refused.is_some() {
+            while field.chunk().await.map_err(multipart_error)?.is_some() {}
+            continue;
+        }
         let name = field.name().unwrap_or_default().to_string();
-        if name == "content" || name == "style" || field.file_name().is_some() {
+        let added = if name == "content" || name == "style" || field.file_name().is_some() {
             let file_name = field.file_name().map(str::to_string);
             let bytes = field.bytes().await.map_err(multipart_error)?;
             // An empty file input in a browser form sends an empty part with no name.
@@ -165,12 +196,14 @@ async fn submit(
                 continue;
             }
             form.add_file(&name, Upload::new(file_name.as_deref(), bytes.to_vec()))
-                .map_err(ApiError::bad_request)?;
         } else {
             let text = field.text().await.map_err(multipart_error)?;
             form.add_option(&name, &text)
-                .map_err(ApiError::bad_request)?;
-        }
+        };
+        refused = added.err().map(ApiError::bad_request);
+    }
+    if let Some(e) = refused {
+        return Err(e);
     }
     // Decoding and the preflight take a while for big photos: off the async threads.
     let id = tokio::task::spawn_blocking(move || accept(&jobs, form))
