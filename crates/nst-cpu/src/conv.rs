@@ -351,6 +351,32 @@ unsafe fn gemm_serial(
     }
 }
 
+/// `dx += ∂L/∂x` given `dy = ∂L/∂y`: [`conv2d_backward_input`] adding into `dx`, for an
+/// activation that already has a gradient from another use (a style or content loss), so
+/// that the backward pass needs no second buffer of its size. Winograd adds in its output
+/// transform; the other algorithms go through a temporary.
+pub fn conv2d_backward_input_accumulate(
+    p: &Conv2dParams,
+    algo: ConvAlgorithm,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+) {
+    check(p, dx.len(), w.len(), dy.len());
+    if let Some(q) = p
+        .input_gradient_as_forward()
+        .filter(|q| use_winograd(q, algo))
+    {
+        let mut flipped = vec![0.0f32; w.len()];
+        flip_kernel(p, w, &mut flipped);
+        crate::winograd::conv3x3_accumulate(&q, dy, &flipped, dx);
+        return;
+    }
+    let mut gradient = vec![0.0f32; dx.len()];
+    conv2d_backward_input(p, algo, dy, w, &mut gradient);
+    crate::elementwise::add_assign(dx, &gradient);
+}
+
 /// `dx = ∂L/∂x` given `dy = ∂L/∂y` (overwrites `dx`). At stride 1 this is a forward
 /// convolution of `dy` with the flipped kernel, by `algo`
 /// ([`Conv2dParams::input_gradient_as_forward`]); otherwise banded im2col, transposed.

@@ -199,14 +199,24 @@ fn transform_inputs(p: &Conv2dParams, x: &[f32], t0: usize, t1: usize, v: &mut [
         });
 }
 
-/// Writes `y = Aᵀ M A (+ bias)`, through a ReLU when `relu`, for tiles `[t0, t1)` into the
-/// single-image output `y`.
+/// What the output transform does with each result `v` (the convolution at one output).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// `y = v + b`.
+    Store,
+    /// `y = max(v + b, 0)`.
+    StoreRelu,
+    /// `y += v` (no bias): accumulating an input gradient into one that already exists.
+    Add,
+}
+
+/// Writes `Aᵀ M A` for tiles `[t0, t1)` into the single-image output `y` as `write` says.
 #[allow(clippy::too_many_arguments)]
 fn transform_outputs(
     p: &Conv2dParams,
     m: &[f32],
     b: Option<&[f32]>,
-    relu: bool,
+    write: Write,
     t0: usize,
     t1: usize,
     y: &mut [f32],
@@ -236,15 +246,21 @@ fn transform_outputs(
                     }
                 }
                 let out: [[[f32; LANES]; M]; M] = std::array::from_fn(|i| output_1d(t[i]));
-                let activate = |v: f32| if !relu || v > 0.0 { v } else { 0.0 };
                 for l in 0..lanes {
                     let (ty, tx) = ((g0 + l) / tw, (g0 + l) % tw);
                     let (y0, x0) = (ty * M, tx * M);
                     for (i, out_row) in out.iter().enumerate().take(oh - y0) {
                         let dst = &mut plane[(y0 + i) * ow..][..ow];
                         for (j, o) in out_row.iter().enumerate().take(ow - x0) {
-                            // Same rule as relu_forward: anything not > 0 (NaN too) becomes 0.
-                            dst[x0 + j] = activate(o[l] + bias);
+                            let (d, v) = (&mut dst[x0 + j], o[l]);
+                            match write {
+                                Write::Store => *d = v + bias,
+                                // Same rule as relu_forward: not > 0 (NaN too) becomes 0.
+                                Write::StoreRelu => {
+                                    *d = if v + bias > 0.0 { v + bias } else { 0.0 }
+                                }
+                                Write::Add => *d += v,
+                            }
                         }
                     }
                 }
@@ -270,6 +286,18 @@ pub fn conv3x3_forward(
     relu: bool,
     y: &mut [f32],
 ) {
+    let write = if relu { Write::StoreRelu } else { Write::Store };
+    conv3x3(p, x, w, b, write, y);
+}
+
+/// `y += conv(x, w)` for a 3×3, stride-1, padding-1 convolution: adds into `y` in the output
+/// transform, so an input gradient can be accumulated into an existing one without a
+/// temporary of its size.
+pub fn conv3x3_accumulate(p: &Conv2dParams, x: &[f32], w: &[f32], y: &mut [f32]) {
+    conv3x3(p, x, w, None, Write::Add, y);
+}
+
+fn conv3x3(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, write: Write, y: &mut [f32]) {
     assert!(
         applies(p),
         "winograd: needs a 3×3 kernel, stride 1, padding 1"
@@ -297,7 +325,7 @@ pub fn conv3x3_forward(
                     let (v, m) = (&mut v_buf[..XI * cin * tc], &mut m_buf[..XI * cout * tc]);
                     transform_inputs(p, xn, t0, t1, v);
                     multiply_transformed(cin, cout, tc, u, v, m);
-                    transform_outputs(p, m, b, relu, t0, t1, yn);
+                    transform_outputs(p, m, b, write, t0, t1, yn);
                 }
             }
         })

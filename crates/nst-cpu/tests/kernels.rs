@@ -171,6 +171,16 @@ fn conv_backward_matches_naive() {
             let mut dx = vec![f32::NAN; x.len()];
             conv2d_backward_input(&p, algo, &dy, &w, &mut dx);
             assert_close(&dx, &dx_ref, 1e-5, &format!("conv dx {algo} {p:?}"));
+            // Accumulating onto an existing gradient adds exactly that.
+            let prior = rand_vec(&mut rng, x.len());
+            let mut acc = prior.clone();
+            conv2d_backward_input_accumulate(&p, algo, &dy, &w, &mut acc);
+            let want: Vec<f64> = prior
+                .iter()
+                .zip(&dx_ref)
+                .map(|(&a, &d)| a as f64 + d)
+                .collect();
+            assert_close(&acc, &want, 1e-5, &format!("conv dx += {algo} {p:?}"));
         }
         let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; p.out_channels]);
         conv2d_backward_weight(&p, &x, &dy, &mut dw, Some(&mut db));

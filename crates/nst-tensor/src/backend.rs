@@ -67,6 +67,16 @@ pub trait BackendStorage: Sized {
         p: &Conv2dParams,
         algo: ConvAlgorithm,
     ) -> Result<Self>;
+    /// `dx += ∂L/∂x` of the convolution `p` from `dy` (self) and the weights: the input
+    /// gradient added into one that already exists, without a temporary of its size where
+    /// the backend can.
+    fn conv2d_backward_input_accumulate(
+        &self,
+        w: &Self,
+        p: &Conv2dParams,
+        algo: ConvAlgorithm,
+        dx: &mut Self,
+    ) -> Result<()>;
     /// `(dw, db)` from the input x (self) and `dy`; `db` only when `with_bias`. Style transfer
     /// never calls this (its weights are frozen).
     fn conv2d_backward_weight(

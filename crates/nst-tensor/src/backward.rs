@@ -24,6 +24,29 @@ impl Grads {
     }
 }
 
+/// Gradients not yet propagated, by node id. An op may add into one in place
+/// ([`Pending::get_mut`]) instead of returning a contribution, saving a buffer of its size.
+#[derive(Default)]
+pub(crate) struct Pending(HashMap<u64, Storage>);
+
+impl Pending {
+    /// Adds a contribution to node `id`'s gradient.
+    fn add(&mut self, id: u64, g: Storage) -> Result<()> {
+        match self.0.get_mut(&id) {
+            Some(acc) => acc.add_assign(&g),
+            None => {
+                self.0.insert(id, g);
+                Ok(())
+            }
+        }
+    }
+
+    /// Node `id`'s gradient so far, if another use already contributed one.
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Storage> {
+        self.0.get_mut(&id)
+    }
+}
+
 /// The op slot of a node (a poisoned lock only means another backward panicked mid-way).
 fn lock(node: &Node) -> std::sync::MutexGuard<'_, Option<crate::op::Op>> {
     node.op.lock().unwrap_or_else(|e| e.into_inner())
@@ -67,23 +90,18 @@ impl Tensor {
 
         // Gradients not yet propagated, as storage on the loss's device; contributions from
         // several uses of a tensor accumulate through the backend.
-        let mut pending: HashMap<u64, Storage> = HashMap::new();
-        pending.insert(self.id(), Storage::full(1.0, 1, self.device())?);
+        let mut pending = Pending::default();
+        pending.add(self.id(), Storage::full(1.0, 1, self.device())?)?;
         let mut grads = Grads::default();
         for (id, node) in tape.into_iter().rev() {
-            let Some(grad) = pending.remove(&id) else {
+            let Some(grad) = pending.0.remove(&id) else {
                 continue;
             };
             let op = lock(&node).take();
             match op {
                 Some(op) => {
-                    for (input, g) in op.backward(grad)? {
-                        match pending.get_mut(&input.id) {
-                            Some(acc) => acc.add_assign(&g)?,
-                            None => {
-                                pending.insert(input.id, g);
-                            }
-                        }
+                    for (input, g) in op.backward(grad, &mut pending)? {
+                        pending.add(input.id, g)?;
                     }
                 }
                 None if node.recorded => return Err(TensorError::GraphFreed),

@@ -94,6 +94,17 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage(dx))
     }
 
+    fn conv2d_backward_input_accumulate(
+        &self,
+        w: &Self,
+        p: &Conv2dParams,
+        algo: ConvAlgorithm,
+        dx: &mut Self,
+    ) -> Result<()> {
+        conv::conv2d_backward_input_accumulate(p, algo, &self.0, &w.0, &mut dx.0);
+        Ok(())
+    }
+
     fn conv2d_backward_weight(
         &self,
         dy: &Self,

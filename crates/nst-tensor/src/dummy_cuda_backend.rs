@@ -103,6 +103,15 @@ impl BackendStorage for CudaStorage {
     fn conv2d_backward_input(&self, _: &Self, _: &Conv2dParams, _: ConvAlgorithm) -> Result<Self> {
         unavailable()
     }
+    fn conv2d_backward_input_accumulate(
+        &self,
+        _: &Self,
+        _: &Conv2dParams,
+        _: ConvAlgorithm,
+        _: &mut Self,
+    ) -> Result<()> {
+        unavailable()
+    }
     fn conv2d_backward_weight(
         &self,
         _: &Self,

@@ -1,6 +1,7 @@
 //! The record an op leaves on the tape: its inputs and whatever its backward rule needs.
 //! Each rule lives beside its forward pass in `ops/<op>.rs`.
 
+use crate::backward::Pending;
 use crate::ops;
 use crate::storage::{PoolIndices, ReluMask, Storage};
 use crate::tensor::{Node, NodeRef, Tensor};
@@ -82,8 +83,9 @@ pub(crate) type InputGrad = (NodeRef, Storage);
 
 impl Op {
     /// The gradients of the op's inputs that require one, given `grad` = ∂L/∂out (owned, so
-    /// an op may reuse its buffer).
-    pub(crate) fn backward(&self, grad: Storage) -> Result<Vec<InputGrad>> {
+    /// an op may reuse its buffer); an op may instead add an input's gradient into `pending`
+    /// where that input already has one.
+    pub(crate) fn backward(&self, grad: Storage, pending: &mut Pending) -> Result<Vec<InputGrad>> {
         match self {
             Op::Conv2d {
                 x,
@@ -102,6 +104,7 @@ impl Op {
                 *algo,
                 relu.as_ref(),
                 grad,
+                pending,
             ),
             Op::Relu { x, mask } => ops::relu::backward(x, mask, grad),
             Op::Reshape { x } => Ok(vec![(x.clone(), grad)]),

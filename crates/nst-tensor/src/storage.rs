@@ -140,6 +140,26 @@ impl Storage {
         )
     }
 
+    pub(crate) fn conv2d_backward_input_accumulate(
+        &self,
+        w: &Self,
+        p: &Conv2dParams,
+        algo: ConvAlgorithm,
+        dx: &mut Self,
+    ) -> Result<()> {
+        match (self, w, dx) {
+            (Storage::Cpu(dy), Storage::Cpu(w), Storage::Cpu(dx)) => {
+                dy.conv2d_backward_input_accumulate(w, p, algo, dx)
+            }
+            (Storage::Cuda(dy), Storage::Cuda(w), Storage::Cuda(dx)) => {
+                dy.conv2d_backward_input_accumulate(w, p, algo, dx)
+            }
+            _ => Err(TensorError::DeviceMismatch {
+                op: "conv2d backward",
+            }),
+        }
+    }
+
     pub(crate) fn conv2d_backward_weight(
         &self,
         dy: &Self,

@@ -345,6 +345,70 @@ fn frozen_network_gradient(dev: &Device) {
 }
 test_device!(frozen_network_gradient);
 
+fn in_place_accumulation_adds_up(dev: &Device) {
+    // Losses on intermediate features that also feed a convolution: the convolution's input
+    // gradient is added into the loss's in place (by Winograd's output transform for f1's 16
+    // channels, through a temporary for f3's 5).
+    let mut rng = StdRng::seed_from_u64(11);
+    let constant = |rng: &mut StdRng, shape: &[usize]| {
+        let i = uniform(rng, shape);
+        Tensor::from_vec(i.data, &i.shape, dev).unwrap()
+    };
+    let (w1, b1) = (
+        constant(&mut rng, &[16, 3, 3, 3]),
+        constant(&mut rng, &[16]),
+    );
+    let w2 = constant(&mut rng, &[16, 16, 3, 3]);
+    let w3 = constant(&mut rng, &[5, 16, 3, 3]);
+    let w4 = constant(&mut rng, &[3, 5, 3, 3]);
+    let inputs = [uniform(&mut rng, &[1, 3, 10, 9])];
+    let style = |f: &Tensor| {
+        let n = (f.dims()[2] * f.dims()[3]) as f32;
+        f.gram(1.0 / n).unwrap().sum().unwrap()
+    };
+    let network = |x: &Tensor, w: [&Tensor; 4]| {
+        let f1 = x.conv2d_relu(w[0], Some(&b1), 1, 1).unwrap();
+        let f2 = f1.conv2d_relu(w[1], None, 1, 1).unwrap();
+        let f3 = f2
+            .max_pool2d()
+            .unwrap()
+            .conv2d(w[2], None, 1, 1)
+            .unwrap()
+            .relu()
+            .unwrap();
+        let f4 = f3
+            .conv2d_relu(w[3], None, 1, 1)
+            .unwrap()
+            .avg_pool2d()
+            .unwrap();
+        (style(&f1), style(&f3), f4.square().unwrap().sum().unwrap())
+    };
+    // The whole loss's gradient against the sum of its terms' gradients taken one at a time,
+    // where no activation gets two gradients (so nothing is added in place): linearity,
+    // exactly what the accumulation must preserve.
+    let x = Tensor::variable(inputs[0].data.clone(), &inputs[0].shape, dev).unwrap();
+    let grad_of = |term: usize| {
+        let (s1, s3, content) = network(&x, [&w1, &w2, &w3, &w4]);
+        let loss = match term {
+            0 => s1,
+            1 => s3,
+            2 => content,
+            _ => s1.add(&s3).unwrap().add(&content).unwrap(),
+        };
+        let grads = loss.backward().unwrap();
+        grads.get(&x).unwrap().to_vec().unwrap()
+    };
+    let together = grad_of(3);
+    let (a, b, c) = (grad_of(0), grad_of(1), grad_of(2));
+    let scale = together.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    for (i, t) in together.iter().enumerate() {
+        let parts = a[i] + b[i] + c[i];
+        assert!((t - parts).abs() <= 1e-5 * scale, "{i}: {t} vs {parts}");
+    }
+}
+test_device!(in_place_accumulation_adds_up);
+
 fn constants_and_no_grad_record_nothing(dev: &Device) {
     let x = Tensor::variable(vec![1.0, 2.0], &[2], dev).unwrap();
     let c = Tensor::from_vec(vec![3.0, 4.0], &[2], dev).unwrap();

@@ -10,6 +10,7 @@
 //!   only `dw` reads, is not kept either: a frozen layer's record holds the weights and the
 //!   mask, so the previous activation is freed as soon as nothing else holds it.
 
+use crate::backward::Pending;
 use crate::op::{if_needed, needed, InputGrad, Op};
 use crate::storage::{ReluMask, Storage};
 use crate::tensor::NodeRef;
@@ -140,11 +141,20 @@ pub(crate) fn backward(
     algo: ConvAlgorithm,
     relu: Option<&ReluMask>,
     mut dy: Storage,
+    pending: &mut Pending,
 ) -> Result<Vec<InputGrad>> {
     if let Some(mask) = relu {
         dy.apply_relu_mask(mask)?;
     }
-    let dx = if_needed(x, || dy.conv2d_backward_input(w.storage(), p, algo))?;
+    // The input of a conv after a loss layer already has that loss's gradient (the loss was
+    // differentiated first): add into it rather than hold a second buffer of its size.
+    let dx = match pending.get_mut(x.id) {
+        Some(acc) if x.requires_grad() => {
+            dy.conv2d_backward_input_accumulate(w.storage(), p, algo, acc)?;
+            None
+        }
+        _ => if_needed(x, || dy.conv2d_backward_input(w.storage(), p, algo))?,
+    };
     let need_b = b.is_some_and(|b| b.requires_grad());
     let (dw, db) = match x_value {
         Some(x_value) if w.requires_grad() || need_b => {
