@@ -522,10 +522,15 @@ async fn bad_uploads_are_json_errors_and_leave_nothing() {
 
 /// One raw request (no client-side path normalisation): status and body.
 fn raw(addr: &str, method: &str, path: &str) -> (u16, String) {
+    raw_with(addr, method, path, &format!("Host: {addr}\r\n"))
+}
+
+/// [`raw`] with the given header lines (each ending in CRLF) instead of the usual `Host`.
+fn raw_with(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -684,4 +689,41 @@ async fn a_failing_job_fails_alone() {
     assert_eq!(events.last().unwrap()["type"], "done");
     assert_eq!(gallery_entries(&dir), vec![next]);
     assert!(incoming_is_empty(&dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_sites_and_host_names_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("gallery"), &[]);
+    let addr = server.addr.as_str();
+    let port = addr.rsplit(':').next().unwrap();
+    // The page itself, and tools without an Origin.
+    for headers in [
+        format!("Host: {addr}\r\n"),
+        format!("Host: localhost:{port}\r\n"),
+        format!("Host: {addr}\r\nOrigin: http://{addr}\r\n"),
+    ] {
+        let (status, _) = raw_with(addr, "GET", "/gallery", &headers);
+        assert_eq!(status, 200, "{headers:?}");
+    }
+    // A page on another site posting here, and a DNS name rebound to 127.0.0.1.
+    for (headers, needle) in [
+        (
+            format!("Host: {addr}\r\nOrigin: http://evil.example\r\n"),
+            "other sites",
+        ),
+        (format!("Host: {addr}\r\nOrigin: null\r\n"), "other sites"),
+        (format!("Host: evil.example:{port}\r\n"), "unknown host"),
+        ("Host: evil.example\r\n".to_string(), "unknown host"),
+    ] {
+        for (method, path) in [
+            ("GET", "/gallery"),
+            ("POST", "/jobs"),
+            ("DELETE", "/jobs/0123456789abcdef"),
+        ] {
+            let (status, body) = raw_with(addr, method, path, &headers);
+            assert_eq!(status, 403, "{method} {path} {headers:?}");
+            assert!(body.contains(needle), "{body}");
+        }
+    }
 }

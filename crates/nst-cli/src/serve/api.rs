@@ -31,8 +31,77 @@ const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const STYLE_CSS: &str = include_str!("page/style.css");
 
-/// The routes, over the shared queue.
-pub fn router(jobs: Arc<Jobs>) -> Router {
+/// Which `Host` headers a request may carry: the names of this machine on the listening
+/// port when the server listens on loopback (a web page elsewhere that makes the browser
+/// send requests here, through a DNS name that resolves to 127.0.0.1, names another host), or
+/// any when the user chose a public address with `--host`.
+#[derive(Clone, Debug)]
+pub struct AllowedHosts(Option<Vec<String>>);
+
+impl AllowedHosts {
+    /// For a server listening on `address`.
+    pub fn for_address(address: std::net::SocketAddr) -> Self {
+        if !address.ip().is_loopback() {
+            return Self(None);
+        }
+        let port = address.port();
+        Self(Some(
+            ["127.0.0.1", "localhost", "[::1]"]
+                .iter()
+                .map(|h| format!("{h}:{port}"))
+                .chain([address.to_string()])
+                .collect(),
+        ))
+    }
+
+    fn allows(&self, host: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|hosts| hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+    }
+}
+
+/// Refuses (403) a request whose `Host` is not this server (DNS rebinding) or whose `Origin`,
+/// when the browser sends one, is another site than the page's own (a cross-site form post
+/// would otherwise start jobs here). Same-origin requests from the page and tools such as
+/// curl, which send no `Origin`, pass.
+async fn same_origin_only(
+    State(allowed): State<AllowedHosts>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (host, origin) = (text(header::HOST).unwrap_or_default(), text(header::ORIGIN));
+
+    if !allowed.allows(&host) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "unknown host name: open the address nst serve printed",
+        )
+        .into_response();
+    }
+    if let Some(origin) = origin {
+        let origin_host = origin.strip_prefix("http://").unwrap_or("");
+        if !origin_host.eq_ignore_ascii_case(&host) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "requests from other sites are refused",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The routes, over the shared queue, answering only requests for `allowed` hosts from the
+/// page's own origin.
+pub fn router(jobs: Arc<Jobs>, allowed: AllowedHosts) -> Router {
     Router::new()
         .route(
             "/",
@@ -56,6 +125,10 @@ pub fn router(jobs: Arc<Jobs>) -> Router {
         .route("/gallery/{id}/{file}", get(gallery_file))
         .fallback(|| async { ApiError::not_found("no such page") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            allowed,
+            same_origin_only,
+        ))
         .with_state(jobs)
 }
 

@@ -82,7 +82,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .spawn(move || jobs.work())
             .context("cannot start the job thread")?
     };
-    let app = api::router(jobs.clone());
+    let app = api::router(jobs.clone(), api::AllowedHosts::for_address(address));
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = axum::serve(listener, app).with_graceful_shutdown({
