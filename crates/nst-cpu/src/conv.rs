@@ -351,6 +351,13 @@ unsafe fn gemm_serial(
     }
 }
 
+/// The kernel the input gradient convolves with ([`flip_kernel`] into a new buffer).
+fn flipped_kernel(p: &Conv2dParams, w: &[f32]) -> Vec<f32> {
+    let mut flipped = vec![0.0f32; w.len()];
+    flip_kernel(p, w, &mut flipped);
+    flipped
+}
+
 /// `dx += ∂L/∂x` given `dy = ∂L/∂y`: [`conv2d_backward_input`] adding into `dx`, for an
 /// activation that already has a gradient from another use (a style or content loss), so
 /// that the backward pass needs no second buffer of its size. Winograd adds in its output
@@ -367,9 +374,7 @@ pub fn conv2d_backward_input_accumulate(
         .input_gradient_as_forward()
         .filter(|q| use_winograd(q, algo))
     {
-        let mut flipped = vec![0.0f32; w.len()];
-        flip_kernel(p, w, &mut flipped);
-        crate::winograd::conv3x3_accumulate(&q, dy, &flipped, dx);
+        crate::winograd::conv3x3_accumulate(&q, dy, &flipped_kernel(p, w), dx);
         return;
     }
     let mut gradient = vec![0.0f32; dx.len()];
@@ -389,9 +394,7 @@ pub fn conv2d_backward_input(
 ) {
     check(p, dx.len(), w.len(), dy.len());
     if let Some(q) = p.input_gradient_as_forward() {
-        let mut flipped = vec![0.0f32; w.len()];
-        flip_kernel(p, w, &mut flipped);
-        conv2d_forward(&q, algo, dy, &flipped, None, dx);
+        conv2d_forward(&q, algo, dy, &flipped_kernel(p, w), None, dx);
         return;
     }
     dx.fill(0.0);
