@@ -249,9 +249,11 @@ async fn cancel_stops_within_an_iteration_and_keeps_the_best_image() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("gallery");
     let server = Server::start(&dir, &[]);
+    // 256 px: iterations long enough (≈ 0.3 s here) that a busy machine's scheduling delay
+    // between reading the event and sending the cancel stays within one of them.
     let id = job_id(
         &server,
-        &[("size", "128"), ("iters", "1000"), ("scales", "1")],
+        &[("size", "256"), ("iters", "1000"), ("scales", "1")],
     )
     .await;
     let mut events = Events::open(&server, &id).await;
@@ -274,7 +276,7 @@ async fn cancel_stops_within_an_iteration_and_keeps_the_best_image() {
     let cancelled = rest.last().unwrap();
     assert_eq!(cancelled["image"], format!("/gallery/{id}/result.png"));
     let img = image::open(dir.join(&id).join("result.png")).unwrap();
-    assert_eq!(img.width(), 128);
+    assert_eq!(img.width(), 256);
     let (_, gallery) = get_json(&format!("{}/gallery", server.url)).await;
     assert_eq!(gallery[0]["state"], "cancelled");
 }
