@@ -60,7 +60,10 @@ pub fn estimate_peak_bytes(w: &Workload) -> f64 {
 }
 
 /// Memory this process may use: `NST_MEMORY_LIMIT` if set, else the smaller of the kernel's
-/// `MemAvailable` and the cgroup limit minus current use. `None` when neither can be read.
+/// `MemAvailable` and the cgroup limit minus current use, plus what this process already
+/// holds beyond [`BASE_BYTES`] (the allocator keeps freed memory for reuse, and a server's
+/// running job ends before the next starts, so that memory will serve the run being checked).
+/// `None` when neither can be read.
 pub fn available_bytes() -> Result<Option<f64>> {
     if let Ok(v) = std::env::var("NST_MEMORY_LIMIT") {
         return parse_bytes(&v).map(Some);
@@ -80,10 +83,13 @@ pub fn available_bytes() -> Result<Option<f64>> {
         },
         _ => None,
     };
+    let held = nst_tensor::allocator::resident_bytes().map_or(0.0, |(rss, _)| rss as f64);
+    let reusable = (held - BASE_BYTES).max(0.0);
     Ok(match (available, cgroup) {
         (Some(a), Some(c)) => Some(a.min(c)),
         (a, c) => a.or(c),
-    })
+    }
+    .map(|free| free + reusable))
 }
 
 /// `"512M"`, `"2G"`, `"1.5G"`, `"300000000"` → bytes.

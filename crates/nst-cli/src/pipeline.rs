@@ -101,9 +101,10 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let started = Instant::now();
     let device = select_device(cfg.device, progress)?;
     let images = Images::load(cfg)?;
-    let plan = ScalePlan::new(cfg, &images)?;
+    let sizes = images.sizes();
+    let plan = ScalePlan::new(cfg, &sizes)?;
     if device.is_cpu() {
-        memory_preflight(cfg, &images, &plan)?;
+        memory_preflight(cfg, &sizes, &plan)?;
     }
     let vgg = load_vgg(cfg, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
@@ -126,16 +127,17 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     Ok(outcome)
 }
 
-/// Every check [`run`] makes before it starts optimising — the device, the images, the
-/// scale plan and the memory preflight — without optimising: what a front end that queues
-/// runs (`nst serve`) calls when a run is submitted, so that a run that cannot work is
-/// refused at once instead of failing when its turn comes.
+/// The checks [`run`] makes before it starts optimising — the device, the scale plan and
+/// the memory preflight — from the images' headers, without decoding them or optimising:
+/// what a front end that queues runs (`nst serve`, which has decoded each upload once
+/// already) calls when a run is submitted, so that a run that cannot work is refused at once
+/// instead of failing when its turn comes.
 pub fn preflight(cfg: &Config) -> Result<()> {
     let device = select_device(cfg.device, &mut crate::progress::Quiet)?;
-    let images = Images::load(cfg)?;
-    let plan = ScalePlan::new(cfg, &images)?;
+    let sizes = InputSizes::read(cfg)?;
+    let plan = ScalePlan::new(cfg, &sizes)?;
     if device.is_cpu() {
-        memory_preflight(cfg, &images, &plan)?;
+        memory_preflight(cfg, &sizes, &plan)?;
     }
     Ok(())
 }
@@ -183,6 +185,48 @@ impl Images {
     }
 }
 
+impl Images {
+    fn sizes(&self) -> InputSizes {
+        InputSizes {
+            content: (self.content.width, self.content.height),
+            styles: self.styles.iter().map(|s| (s.width, s.height)).collect(),
+        }
+    }
+}
+
+/// The (width, height) of the input images: all that planning and the memory preflight need.
+struct InputSizes {
+    content: (usize, usize),
+    styles: Vec<(usize, usize)>,
+}
+
+impl InputSizes {
+    /// From the files' headers (nothing is decoded).
+    fn read(cfg: &Config) -> Result<Self> {
+        let size = |path: &Path, what: &str| -> Result<(usize, usize)> {
+            let (w, h) = image::ImageReader::open(path)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(anyhow::Error::from)
+                .and_then(|r| Ok(r.into_dimensions()?))
+                .with_context(|| format!("cannot read the size of {what} {}", path.display()))?;
+            Ok((w as usize, h as usize))
+        };
+        Ok(Self {
+            content: size(&cfg.content, "content image")?,
+            styles: (cfg.styles.iter())
+                .map(|p| size(p, "style image"))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    fn pixels(&self) -> usize {
+        std::iter::once(&self.content)
+            .chain(&self.styles)
+            .map(|(w, h)| w * h)
+            .sum()
+    }
+}
+
 /// Stage 2b: the network on the device.
 fn load_vgg(cfg: &Config, device: &Device) -> Result<Vgg19> {
     Ok(match &cfg.weights {
@@ -203,12 +247,12 @@ struct ScalePlan {
 }
 
 impl ScalePlan {
-    fn new(cfg: &Config, images: &Images) -> Result<Self> {
-        let content = &images.content;
+    fn new(cfg: &Config, sizes: &InputSizes) -> Result<Self> {
+        let (content_w, content_h) = sizes.content;
         let all_layers = [&cfg.content_layers[..], &cfg.style_layers[..]].concat();
         let deepest = geometry::deepest(&all_layers).context("no loss layers")?;
         let min_side = deepest.min_input_side();
-        let fit = |side| fit_longest_side(content.width, content.height, side);
+        let fit = |side| fit_longest_side(content_w, content_h, side);
         let output = fit(cfg.size);
         if output.0.min(output.1) < min_side {
             bail!(
@@ -231,7 +275,7 @@ impl ScalePlan {
             deepest,
         };
         for (si, &(w, h)) in plan.scales.iter().enumerate() {
-            for (style, path) in images.styles.iter().zip(&cfg.styles) {
+            for (&style, path) in sizes.styles.iter().zip(&cfg.styles) {
                 let (sw, sh) = plan.style_size(cfg, style, w.max(h));
                 if sw.min(sh) < min_side {
                     bail!(
@@ -246,13 +290,18 @@ impl ScalePlan {
     }
 
     /// The size of `style` at a scale of longest side `side`.
-    fn style_size(&self, cfg: &Config, style: &Planes, side: usize) -> (usize, usize) {
+    fn style_size(
+        &self,
+        cfg: &Config,
+        (style_w, style_h): (usize, usize),
+        side: usize,
+    ) -> (usize, usize) {
         let out_side = self.output.0.max(self.output.1) as f64;
         let style_side = match cfg.style_size {
             Some(s) => ((s as f64 * side as f64 / out_side).round() as u32).max(1),
             None => side as u32,
         };
-        fit_longest_side(style.width, style.height, style_side)
+        fit_longest_side(style_w, style_h, style_side)
     }
 }
 
@@ -450,23 +499,19 @@ fn optimise(
 
 /// Stage 3b (CPU): stop before optimising when the final scale cannot fit in memory (see
 /// [`crate::memory`]).
-fn memory_preflight(cfg: &Config, inputs: &Images, plan: &ScalePlan) -> Result<()> {
+fn memory_preflight(cfg: &Config, sizes: &InputSizes, plan: &ScalePlan) -> Result<()> {
     let Some(available) = memory::available_bytes()? else {
         return Ok(());
     };
-    let content = &inputs.content;
-    let input_pixels = [content]
-        .into_iter()
-        .chain(&inputs.styles)
-        .map(|p| p.width * p.height)
-        .sum();
+    let (content_w, content_h) = sizes.content;
+    let input_pixels = sizes.pixels();
     let channels = if cfg.preserve_colors == ColorMode::Luminance {
         1
     } else {
         3
     };
     let workload = |side: u32| {
-        let size = fit_longest_side(content.width, content.height, side);
+        let size = fit_longest_side(content_w, content_h, side);
         let history_vectors = match cfg.optimizer {
             OptimizerKind::Lbfgs => 2 * lbfgs_history(channels, size).min(cfg.iters as usize),
             OptimizerKind::Adam => 2,
@@ -516,7 +561,7 @@ fn styles_at_scale(
         .styles
         .iter()
         .map(|s| {
-            let (sw, sh) = plan.style_size(cfg, s, side);
+            let (sw, sh) = plan.style_size(cfg, (s.width, s.height), side);
             Ok(s.resized(sw, sh).to_tensor(device)?)
         })
         .collect()

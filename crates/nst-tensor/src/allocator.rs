@@ -43,3 +43,15 @@ pub fn keep_freed_memory() {
     // SAFETY: sets a plain integer option; mimalloc reads it when it next considers purging.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
+
+/// Gives the memory freed so far back to the OS, once, and keeps freed memory again
+/// afterwards: for a long-lived process between runs (`nst serve` after each job), so that
+/// what one large run needed is not held while idle.
+pub fn return_freed_memory() {
+    // SAFETY: plain integer options and a collection mimalloc allows at any time.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        libmimalloc_sys::mi_collect(true);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    }
+}

@@ -14,8 +14,8 @@ use std::sync::Arc;
 pub(crate) enum Op {
     Conv2d {
         x: NodeRef,
-        /// The input's value: only when the weights or the bias need a gradient (`dw`, `db`
-        /// read it; `dx` does not).
+        /// The input's value: only when the weights or the bias need a gradient (`dw` reads
+        /// it, and the backend computes `db` in the same pass; `dx` does not).
         x_value: Option<Arc<Storage>>,
         w: Tensor,
         b: Option<NodeRef>,

@@ -347,8 +347,9 @@ test_device!(frozen_network_gradient);
 
 fn in_place_accumulation_adds_up(dev: &Device) {
     // Losses on intermediate features that also feed a convolution: the convolution's input
-    // gradient is added into the loss's in place (by Winograd's output transform for f1's 16
-    // channels, through a temporary for f3's 5).
+    // gradient is added into the loss's in place — by Winograd's output transform into f1
+    // (conv2's input gradient is a convolution of its 16-channel output), through a temporary
+    // into f3 (conv4's 3-channel output is too few for Winograd).
     let mut rng = StdRng::seed_from_u64(11);
     let constant = |rng: &mut StdRng, shape: &[usize]| {
         let i = uniform(rng, shape);

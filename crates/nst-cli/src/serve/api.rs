@@ -27,6 +27,10 @@ use tokio::sync::broadcast::error::RecvError;
 /// Largest request body: a few photos straight from a camera.
 pub const MAX_BODY_BYTES: usize = 64 << 20;
 
+/// Submissions checked at once: decoding a 100-megapixel upload takes 300 MB, so they queue
+/// for this rather than add up.
+static ACCEPTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const STYLE_CSS: &str = include_str!("page/style.css");
@@ -34,7 +38,8 @@ const STYLE_CSS: &str = include_str!("page/style.css");
 /// Which `Host` headers a request may carry: the names of this machine on the listening
 /// port when the server listens on loopback (a web page elsewhere that makes the browser
 /// send requests here, through a DNS name that resolves to 127.0.0.1, names another host), or
-/// any when the user chose a public address with `--host`.
+/// any when the user chose a public address with `--host` (its names are not known here, so
+/// DNS rebinding is not refused there; the Origin check still refuses cross-site posts).
 #[derive(Clone, Debug)]
 pub struct AllowedHosts(Option<Vec<String>>);
 
@@ -45,13 +50,14 @@ impl AllowedHosts {
             return Self(None);
         }
         let port = address.port();
-        Self(Some(
-            ["127.0.0.1", "localhost", "[::1]"]
-                .iter()
-                .map(|h| format!("{h}:{port}"))
-                .chain([address.to_string()])
-                .collect(),
-        ))
+        let names = ["127.0.0.1", "localhost", "[::1]"];
+        let mut hosts: Vec<String> = names.iter().map(|h| format!("{h}:{port}")).collect();
+        hosts.push(address.to_string());
+        if port == 80 {
+            // Browsers leave the default port out of `Host`.
+            hosts.extend(names.iter().map(|h| h.to_string()));
+        }
+        Self(Some(hosts))
     }
 
     fn allows(&self, host: &str) -> bool {
@@ -268,7 +274,7 @@ async fn submit(
             if bytes.is_empty() && file_name.as_deref().unwrap_or_default().is_empty() {
                 continue;
             }
-            form.add_file(&name, Upload::new(file_name.as_deref(), bytes.to_vec()))
+            form.add_file(&name, Upload::new(file_name.as_deref(), bytes))
         } else {
             let text = field.text().await.map_err(multipart_error)?;
             form.add_option(&name, &text)
@@ -278,7 +284,9 @@ async fn submit(
     if let Some(e) = refused {
         return Err(e);
     }
-    // Decoding and the preflight take a while for big photos: off the async threads.
+    // Decoding and the preflight take a while and memory for big photos: off the async
+    // threads, and one submission at a time.
+    let _turn = ACCEPTING.acquire().await.map_err(ApiError::internal)?;
     let id = tokio::task::spawn_blocking(move || accept(&jobs, form))
         .await
         .map_err(ApiError::internal)??;
@@ -393,7 +401,12 @@ async fn cancel(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = job_id(path)?;
-    match jobs.cancel(id) {
+    let jobs2 = jobs.clone();
+    // Cancelling a waiting job deletes its uploads: off the async threads.
+    let cancelled = tokio::task::spawn_blocking(move || jobs2.cancel(id))
+        .await
+        .map_err(ApiError::internal)?;
+    match cancelled {
         Ok(true) => Ok(Json(jobs.snapshot(id).unwrap_or(Value::Null))),
         Ok(false) => Err(ApiError::not_found("no such job")),
         Err(AlreadyFinished(state)) => Err(ApiError::new(
@@ -536,7 +549,10 @@ async fn remove_entry(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = job_id(path)?;
-    match jobs.gallery().remove(id) {
+    let removed = tokio::task::spawn_blocking(move || jobs.gallery().remove(id))
+        .await
+        .map_err(ApiError::internal)?;
+    match removed {
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError::not_found("no such result")),
         Err(e) => Err(ApiError::internal(e)),

@@ -46,21 +46,24 @@ const MAX_NAME: usize = 120;
 pub struct Upload {
     /// The name the browser gave it, cleaned for display.
     pub name: String,
-    /// The file's bytes.
-    pub bytes: Vec<u8>,
+    /// The file's bytes (as received: not copied).
+    pub bytes: axum::body::Bytes,
 }
 
 impl Upload {
     /// The upload cleaned for display: control characters dropped, length capped, and the
     /// directory part (some browsers send one) removed.
-    pub fn new(name: Option<&str>, bytes: Vec<u8>) -> Self {
+    pub fn new(name: Option<&str>, bytes: impl Into<axum::body::Bytes>) -> Self {
         let base = name.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
         let name: String = base
             .chars()
             .filter(|c| !c.is_control())
             .take(MAX_NAME)
             .collect();
-        Self { name, bytes }
+        Self {
+            name,
+            bytes: bytes.into(),
+        }
     }
 
     /// The file extension nst stores this image under, from its content (not its name).
@@ -238,7 +241,7 @@ mod tests {
     /// A form with one (unchecked) style image.
     fn form() -> Form {
         Form {
-            styles: vec![Upload::new(Some("s.jpg"), vec![])],
+            styles: vec![Upload::new(Some("s.jpg"), Vec::new())],
             ..Form::default()
         }
     }
@@ -300,8 +303,8 @@ mod tests {
 
     #[test]
     fn upload_names_are_cleaned() {
-        let u = Upload::new(Some("C:\\photos\\cat\u{1b}[31m.jpg"), vec![]);
+        let u = Upload::new(Some("C:\\photos\\cat\u{1b}[31m.jpg"), Vec::new());
         assert_eq!(u.name, "cat[31m.jpg");
-        assert_eq!(Upload::new(Some("../../a.png"), vec![]).name, "a.png");
+        assert_eq!(Upload::new(Some("../../a.png"), Vec::new()).name, "a.png");
     }
 }

@@ -29,9 +29,12 @@ use tokio::sync::broadcast;
 pub const MAX_QUEUED: usize = 16;
 /// Finished jobs kept in memory for `GET /jobs/{id}` (their results stay in the gallery).
 const FINISHED_KEPT: usize = 100;
-/// A preview at most this often (plus the first and last iteration of each scale): encoding
-/// one costs a copy from the device, a resize and a PNG encode (≈ 20 ms at 512²).
+/// A preview at most this often (plus the first and last iteration of each scale): making
+/// one costs a copy from the device, a resize to the output size and one down to at most
+/// [`PREVIEW_SIDE`], and a PNG encode (≈ 20 ms at 512²).
 const PREVIEW_INTERVAL: Duration = Duration::from_millis(700);
+/// Longest side of a preview picture.
+const PREVIEW_SIDE: u32 = 768;
 /// Events a slow follower may fall behind before it is sent a fresh `state` instead.
 const EVENT_BUFFER: usize = 256;
 
@@ -327,6 +330,7 @@ impl Jobs {
                 table.queue.retain(|&q| q != id);
                 table.finish(id);
                 table.announce_positions();
+                drop(table); // not held while deleting files
                 self.gallery.discard(id);
             }
             state => return Err(AlreadyFinished(state)),
@@ -340,12 +344,11 @@ impl Jobs {
         let mut table = self.lock();
         table.shutting_down = true;
         let queued: Vec<JobId> = table.queue.drain(..).collect();
-        for id in queued {
-            if let Some(job) = table.jobs.get_mut(&id) {
+        for id in &queued {
+            if let Some(job) = table.jobs.get_mut(id) {
                 job.state = JobState::Cancelled;
                 job.emit("cancelled", json!({ "image": null }));
             }
-            self.gallery.discard(id);
         }
         for job in table.jobs.values_mut() {
             if job.state == JobState::Running {
@@ -354,12 +357,17 @@ impl Jobs {
         }
         drop(table);
         self.wake.notify_all();
+        for id in queued {
+            self.gallery.discard(id);
+        }
     }
 
     /// The worker: runs queued jobs one at a time until [`Jobs::shut_down`].
     pub fn work(self: &Arc<Self>) {
         while let Some((id, config, interrupt)) = self.next_job() {
             self.run_job(id, &config, &interrupt);
+            // What one large job needed is not kept while the server waits for the next.
+            nst_tensor::allocator::return_freed_memory();
         }
     }
 
@@ -372,7 +380,9 @@ impl Jobs {
             }
             if let Some(id) = table.queue.pop_front() {
                 table.announce_positions();
-                let job = table.jobs.get_mut(&id)?;
+                let Some(job) = table.jobs.get_mut(&id) else {
+                    continue; // cannot happen: queued jobs stay in the table
+                };
                 job.state = JobState::Running;
                 job.emit("started", json!({}));
                 return Some((id, job.config.clone(), job.interrupt.clone()));
@@ -432,6 +442,7 @@ impl Jobs {
             job.state = state;
             job.error = error.clone();
             job.has_result = published;
+            job.preview = None; // the result (or nothing) replaces it
             let image = published.then(|| format!("/gallery/{id}/{RESULT_FILE}"));
             let kind = match state {
                 JobState::Done => "done",
@@ -540,6 +551,21 @@ impl Progress for JobProgress {
 
     fn preview(&mut self, info: &IterationInfo, image: &image::RgbImage) {
         self.last_preview = Some(Instant::now());
+        // A screen's worth is enough to watch; the result keeps the full size.
+        let (w, h) = image.dimensions();
+        let scaled;
+        let image = if w.max(h) > PREVIEW_SIDE {
+            let (sw, sh) = nst_image::fit_longest_side(w as usize, h as usize, PREVIEW_SIDE);
+            scaled = image::imageops::resize(
+                image,
+                sw as u32,
+                sh as u32,
+                image::imageops::FilterType::Triangle,
+            );
+            &scaled
+        } else {
+            image
+        };
         let mut png = Vec::new();
         let encoded = image::codecs::png::PngEncoder::new_with_quality(
             &mut png,

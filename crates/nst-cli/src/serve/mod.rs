@@ -96,14 +96,21 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             result = &mut server => return result.context("the server stopped"),
             () = stop_signal() => {}
         }
-        eprintln!("nst serve: stopping (the running job keeps its best image)");
+        eprintln!("nst serve: stopping (the running job keeps its best image; Ctrl-C again quits at once)");
+        // A second signal ends the process without waiting for the job's iteration.
+        tokio::spawn(async {
+            stop_signal().await;
+            std::process::exit(130);
+        });
         jobs.shut_down();
         let _ = stop_tx.send(true);
         // Open event streams end when their jobs do; don't wait on idle ones forever.
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
         Ok(())
     });
-    // The interrupted job writes its image before the worker returns.
+    // Whatever ended the server, the worker stops; the interrupted job writes its image
+    // before it returns.
+    jobs.shut_down();
     let _ = worker.join();
     result
 }

@@ -11,7 +11,7 @@ const state = {
   following: null,        // job id shown in the canvas
   source: null,           // its EventSource
   losses: [],             // [{scale, iter, loss}]
-  ownJob: null,           // the job this tab started last
+  thumbUrls: [],          // object URLs of the shown thumbnails (revoked on re-render)
 };
 
 // ---- inputs ---------------------------------------------------------------------------
@@ -21,6 +21,7 @@ function thumb(file, onRemove) {
   box.className = "thumb";
   const img = document.createElement("img");
   img.src = URL.createObjectURL(file);
+  state.thumbUrls.push(img.src);
   img.alt = file.name;
   img.title = file.name;
   // Not a picture the browser can show: name it instead (the server will say why).
@@ -44,6 +45,8 @@ function thumb(file, onRemove) {
 }
 
 function renderInputs() {
+  state.thumbUrls.forEach((u) => URL.revokeObjectURL(u));
+  state.thumbUrls = [];
   const c = $("content-thumbs");
   c.replaceChildren();
   if (state.content) c.append(thumb(state.content, () => { state.content = null; renderInputs(); }));
@@ -118,7 +121,6 @@ $("start").addEventListener("click", async () => {
     const r = await fetch("/jobs", { method: "POST", body: form });
     if (!r.ok) return message(await apiError(r));
     const { id } = await r.json();
-    state.ownJob = id;
     follow(id);
     refreshQueue();
   } catch (e) {
@@ -153,6 +155,14 @@ function follow(id) {
   const source = new EventSource(`/jobs/${id}/events`);
   state.source = source;
   source.onmessage = (e) => handle(JSON.parse(e.data));
+  // The browser retries a dropped stream by itself; a refused one (an unknown job after a
+  // server restart) is closed for good.
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED && state.source === source) {
+      state.source = null;
+      setStatus("Lost the connection to this job.");
+    }
+  };
 }
 
 function setStatus(text) { $("status").textContent = text; }
@@ -243,7 +253,7 @@ function finished(kind, ev) {
     setStatus(ev.image ? "Cancelled: the best picture so far was kept." : "Cancelled.");
   } else {
     setStatus("Failed.");
-    if (id === state.ownJob || !ev.image) message(ev.error || "The job failed.");
+    message(ev.error || "The job failed.");
   }
   loadGallery();
   refreshQueue();
@@ -308,9 +318,10 @@ async function refreshQueue() {
     li.append(label, b);
     return li;
   }));
-  // A tab that shows nothing follows whatever is running (several tabs, one state).
+  // A tab that shows nothing yet follows whatever is running (several tabs, one state); one
+  // that shows a finished result keeps it (the queue above lists the running job to click).
   const running = active.find((j) => j.state === "running");
-  if (running && !state.source && state.following !== running.id) follow(running.id);
+  if (running && state.following === null) follow(running.id);
 }
 
 // ---- gallery --------------------------------------------------------------------------
