@@ -134,7 +134,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ColorMode::None)]
     pub preserve_colors: ColorMode,
 
-    /// Also write the image every N iterations, beside the output (name_s<scale>_<iter>.ext).
+    /// Also write the image every N iterations, beside the output (out.png → out_s3_0050.png at
+    /// scale 3, iteration 50).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub save_every: Option<u32>,
 

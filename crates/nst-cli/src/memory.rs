@@ -61,7 +61,7 @@ pub fn estimate_peak_bytes(w: &Workload) -> f64 {
 
 /// Memory this process may use: `NST_MEMORY_LIMIT` if set, else the smaller of the kernel's
 /// `MemAvailable` and the cgroup limit minus current use, plus what this process already
-/// holds beyond [`BASE_BYTES`] (the allocator keeps freed memory for reuse, and a server's
+/// holds beyond `BASE_BYTES` (the allocator keeps freed memory for reuse, and a server's
 /// running job ends before the next starts, so that memory will serve the run being checked).
 /// `None` when neither can be read.
 pub fn available_bytes() -> Result<Option<f64>> {

@@ -5,7 +5,7 @@
 //! and it converges to machine precision in a few sweeps. Unlike the trigonometric closed
 //! form it stays accurate for repeated eigenvalues, which is exactly the grayscale case
 //! (covariance ∝ 𝟙𝟙ᵀ, eigenvalues `(3v, 0, 0)`). With the `openblas` feature,
-//! [`sym3_eigen_lapack`] gives LAPACK's answer for the tests to compare against.
+//! `sym3_eigen_lapack` (feature `openblas`) gives LAPACK's answer for the tests to compare against.
 
 // Index loops mirror the textbook formulas of these 3×3 algorithms.
 #![allow(clippy::needless_range_loop)]

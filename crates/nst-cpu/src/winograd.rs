@@ -36,7 +36,7 @@ const XI: usize = A * A;
 const LANES: usize = 8;
 /// Target size of the V and M chunk buffers together, in f32 elements (4 MiB). Smaller
 /// chunks stay in cache between the transforms and the products: at 16 MiB conv1_2 at 512²
-/// took 209 ms, at 4 MiB 115 ms (conv4_x 88 → 80 ms); chunks of under [`MIN_CHUNK_TILES`]
+/// took 209 ms, at 4 MiB 115 ms (conv4_x 88 → 80 ms); chunks of under `MIN_CHUNK_TILES`
 /// make the products too thin.
 pub const CHUNK_FLOATS: usize = 1 << 20;
 /// The fewest tiles per chunk (the 512-channel layers would otherwise get 28).

@@ -2,7 +2,7 @@
 //!
 //! `J(x) = α·Σ_content J_c + β·Σ_l w_l·J_s^l + γ·TV(x)`
 //!
-//! with the terms of this crate ([`content_loss`], [`style_layer_loss`], [`tv_loss`]) taken
+//! with the terms of this crate ([`crate::content_loss`], [`crate::style_layer_loss`], [`crate::tv_loss`]) taken
 //! on VGG-19 features of the image x (RGB, 0..255, `[1, 3, H, W]`). The targets — content
 //! features and the (blended) Ĝ of the style images — are computed once, when the objective
 //! is built; [`Objective::evaluate`] then gives J and ∂J/∂x from one forward and one backward

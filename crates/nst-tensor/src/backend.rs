@@ -2,7 +2,7 @@
 //! device's storage implements ([`crate::cpu_backend::CpuStorage`], the CUDA storage), and
 //! the device-level operations (allocation, caches) as a second.
 //!
-//! The pattern is candle-core's `backend.rs`: [`crate::storage::Storage`] is an enum with one
+//! The pattern is candle-core's `backend.rs`: `Storage` (crate-private) is an enum with one
 //! variant per device and forwards each call to the variant's implementation, so adding a
 //! device means implementing these two traits and adding an arm. Kernels take whole,
 //! contiguous buffers (NCHW for images) and return new storage on the same device; the few
