@@ -401,7 +401,7 @@ impl Jobs {
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pipeline::run(config, &mut progress, interrupt)
         }));
-        let (state, error) = match run {
+        let (mut state, mut error) = match run {
             Ok(Ok(outcome)) => {
                 let final_loss = outcome.trace.last().map(|t| t.total);
                 self.update(id, |job| {
@@ -431,7 +431,12 @@ impl Jobs {
             settings["image"] = json!(RESULT_FILE);
             match self.gallery.publish(id, &settings) {
                 Ok(()) => published = true,
-                Err(e) => eprintln!("nst serve: job {id}: {e:#}"),
+                Err(e) => {
+                    // The details name the server's folders: they go to its log.
+                    eprintln!("nst serve: job {id}: {e:#}");
+                    state = JobState::Failed;
+                    error = Some("the result could not be stored in the gallery folder (full disk or no permission?)".into());
+                }
             }
         }
         if !published {
