@@ -35,7 +35,7 @@ struct Entry {
 const Entry KERNELS[] = {
     KERNEL(im2col),           KERNEL(add_bias),
     KERNEL(flip_kernel),      KERNEL(relu_forward),
-    KERNEL(relu_backward),    KERNEL(max_pool2x2_forward),
+    KERNEL(relu_backward), KERNEL(relu_mask_pack), KERNEL(relu_mask_apply),    KERNEL(max_pool2x2_forward),
     KERNEL(max_pool2x2_backward), KERNEL(avg_pool2x2_forward),
     KERNEL(avg_pool2x2_backward), KERNEL(axpby),
     KERNEL(scale),            KERNEL(mul),

@@ -47,6 +47,28 @@ __global__ void relu_backward(const float* y, const float* dy, float* dx, long l
     GRID_STRIDE(i, n) { dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; }
 }
 
+// What a frozen layer keeps of its ReLU's output for the backward pass: bit (i % 32) of word
+// i / 32 is y[i] > 0 (NaN is not), the layout of nst_cpu::relu::relu_mask_pack. One thread per
+// word, so no two threads write the same word.
+__global__ void relu_mask_pack(const float* y, unsigned int* bits, long long n) {
+    long long words = (n + 31) / 32;
+    GRID_STRIDE(w, words) {
+        unsigned int word = 0u;
+        long long base = w * 32;
+        for (int b = 0; b < 32 && base + b < n; ++b) {
+            word |= (y[base + b] > 0.0f ? 1u : 0u) << b;
+        }
+        bits[w] = word;
+    }
+}
+
+// ReLU's backward from a packed mask: dy = 0 where the bit is clear.
+__global__ void relu_mask_apply(const unsigned int* bits, float* dy, long long n) {
+    GRID_STRIDE(i, n) {
+        if (((bits[i >> 5] >> (i & 31)) & 1u) == 0u) dy[i] = 0.0f;
+    }
+}
+
 // 2×2, stride 2, floor mode; argmax is the flat index in the input plane (first maximum
 // in row-major order wins ties, as in PyTorch).
 __global__ void max_pool2x2_forward(const float* x, float* y, int* argmax, long long planes,

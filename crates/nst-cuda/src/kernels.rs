@@ -17,6 +17,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "flip_kernel",
     "relu_forward",
     "relu_backward",
+    "relu_mask_pack",
+    "relu_mask_apply",
     "max_pool2x2_forward",
     "max_pool2x2_backward",
     "avg_pool2x2_forward",

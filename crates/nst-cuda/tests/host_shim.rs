@@ -163,6 +163,24 @@ fn elementwise_relu_and_adam_match_nst_cpu() {
     relu::relu_backward(&relu_y, &y, &mut want);
     assert_close(&out, &want, 0.0, "relu backward");
 
+    // The packed mask of a frozen layer, at a length that is not a multiple of 32, with
+    // zeros and NaN: the same words as on the CPU, and the same masked gradient.
+    let mut signs = x.clone();
+    signs[7] = 0.0;
+    signs[8] = -0.0;
+    signs[40] = f32::NAN;
+    let words = relu::relu_mask_words(n);
+    let (sp, mut bits, mut want_bits) = (signs.as_ptr(), vec![u32::MAX; words], vec![0; words]);
+    let bp = bits.as_mut_ptr();
+    launch!(h, "relu_mask_pack"; sp, bp, len);
+    relu::relu_mask_pack(&signs, &mut want_bits);
+    assert_eq!(bits, want_bits, "relu mask bits");
+    let (mut dy, mut want_dy) = (y.clone(), y.clone());
+    let (cbp, dyp) = (bits.as_ptr(), dy.as_mut_ptr());
+    launch!(h, "relu_mask_apply"; cbp, dyp, len);
+    relu::relu_mask_apply(&want_bits, &mut want_dy);
+    assert_close(&dy, &want_dy, 0.0, "relu mask apply");
+
     let p = AdamParams {
         lr: 0.1,
         beta1: 0.9,
