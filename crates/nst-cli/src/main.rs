@@ -20,7 +20,8 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
         // `nst serve …`: its own arguments; the one-shot form needs -c/-s/-o, so a first
         // argument `serve` cannot mean anything else.
-        let args = ServeArgs::parse_from(std::env::args_os().skip(1));
+        let argv = std::iter::once("nst serve".into()).chain(std::env::args_os().skip(2));
+        let args = ServeArgs::parse_from(argv);
         return match serve::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),

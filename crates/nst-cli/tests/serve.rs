@@ -680,6 +680,9 @@ fn serve_refuses_a_busy_port_in_one_line() {
         stderr.starts_with("error: cannot listen on 127.0.0.1:"),
         "{stderr}"
     );
+    let help = nst(&["serve", "--help"]);
+    let usage = String::from_utf8_lossy(&help.stdout);
+    assert!(usage.contains("Usage: nst serve [OPTIONS]"), "{usage}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
