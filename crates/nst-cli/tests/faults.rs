@@ -16,47 +16,6 @@ use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
 
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (e.g. "160k") at `dir`, or explains why not.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(Tmpfs(dir.to_path_buf())),
-            _ => {
-                // Past the harness's capture, so a run without root says what it skipped.
-                let _ = writeln!(
-                    std::io::stderr().lock(),
-                    "SKIPPED: cannot mount a tmpfs at {} (needs root)",
-                    dir.display()
-                );
-                None
-            }
-        }
-    }
-
-    fn remount_read_only(&self) {
-        let ok = Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "remount read-only");
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// Starts nst with plain progress lines and returns once the first scale is running.
 fn start_running(args: &[String]) -> (Child, Lines<BufReader<ChildStderr>>) {
     let args: Vec<&String> = args.iter().filter(|a| *a != "-q").collect();

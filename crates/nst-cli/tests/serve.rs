@@ -752,3 +752,45 @@ async fn other_sites_and_host_names_are_refused() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gallery_that_turns_read_only_fails_the_job_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gallery");
+    std::fs::create_dir(&dir).unwrap();
+    let Some(fs) = Tmpfs::mount(&dir, "64m") else {
+        return;
+    };
+    let server = Server::start(&dir, &[]);
+    let id = job_id(
+        &server,
+        &[("size", "256"), ("iters", "1000"), ("scales", "1")],
+    )
+    .await;
+    let mut events = Events::open(&server, &id).await;
+    while let Some(e) = events.next().await {
+        if e["type"] == "iteration" {
+            break;
+        }
+    }
+    // The disk goes read-only under the running job; cancelling makes it write its image.
+    fs.remount_read_only();
+    reqwest::Client::new()
+        .delete(format!("{}/jobs/{id}", server.url))
+        .send()
+        .await
+        .unwrap();
+    let rest = events.all().await;
+    let last = rest.last().unwrap();
+    assert_eq!(last["type"], "failed", "{:?}", kinds(&rest));
+    let error = last["error"].as_str().unwrap();
+    assert!(
+        !error.contains('\n') && !error.contains(path_str(&dir)),
+        "{error}"
+    );
+    assert_eq!(last["image"], Value::Null);
+    // The server still answers.
+    let (status, gallery) = get_json(&format!("{}/gallery", server.url)).await;
+    assert_eq!((status, gallery), (StatusCode::OK, serde_json::json!([])));
+    drop(server);
+}

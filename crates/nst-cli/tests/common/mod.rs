@@ -228,3 +228,47 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "160k") at `dir`, or explains why not.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(Tmpfs(dir.to_path_buf())),
+            _ => {
+                // Past the harness's capture, so a run without root says what it skipped.
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr().lock(),
+                    format!(
+                        "SKIPPED: cannot mount a tmpfs at {} (needs root)\n",
+                        dir.display()
+                    )
+                    .as_bytes(),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn remount_read_only(&self) {
+        let ok = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "remount read-only");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
