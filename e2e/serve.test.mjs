@@ -54,8 +54,13 @@ try {
   assert.deepEqual([...png.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], "a PNG");
   assert.equal(png.readUInt32BE(16), 64, "64 px wide");
 
-  // The gallery shows the result.
+  // The gallery shows the result with its inputs, and can put its settings back in the form.
   await page.waitForSelector(".gallery .entry img");
+  assert.equal(await page.locator(".gallery .entry .inputs img").count(), 2, "photo and painting");
+  await page.fill("#size", "128");
+  await page.click(".gallery .entry button:has-text('Reuse')");
+  assert.equal(await page.inputValue("#size"), "64");
+  assert.equal(await page.inputValue("#iters"), "10");
 
   // A text file as the photo: the server's error appears on the page.
   await page.setInputFiles("#content-input", notImage);

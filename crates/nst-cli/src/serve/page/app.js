@@ -356,6 +356,16 @@ async function loadGallery() {
     const when = e.created ? new Date(e.created * 1000).toLocaleString() : "";
     const size = Array.isArray(e.output) ? `${e.output[0]}×${e.output[1]}` : `${e.size}px`;
     sub.textContent = `${size} · ${when}`;
+    // The pictures that made it, small.
+    const inputs = document.createElement("div");
+    inputs.className = "inputs";
+    for (const file of [e.content, ...(e.styles || [])].filter(Boolean)) {
+      const t = document.createElement("img");
+      t.loading = "lazy";
+      t.src = `/gallery/${e.id}/${file}`;
+      t.alt = file;
+      inputs.append(t);
+    }
     const actions = document.createElement("div");
     actions.className = "actions";
     const dl = document.createElement("a");
@@ -371,12 +381,32 @@ async function loadGallery() {
       await fetch(`/gallery/${e.id}`, { method: "DELETE" });
       loadGallery();
     });
-    actions.append(dl, del);
-    meta.append(names, sub, actions);
+    const reuse = document.createElement("button");
+    reuse.type = "button";
+    reuse.textContent = "Reuse";
+    reuse.title = "Put this picture's size, iterations, strength, colours and optimizer in the form";
+    reuse.addEventListener("click", () => reuseSettings(e));
+    actions.append(dl, reuse, del);
+    meta.append(names, sub, inputs, actions);
     card.append(img, meta);
     card.title = e.command || "";
     return card;
   }));
+}
+
+/// The form set as a gallery entry was made (the pictures stay as they are).
+function reuseSettings(e) {
+  if (e.size) $("size").value = e.size;
+  if (e.iters) $("iters").value = e.iters;
+  if (e.style_weight) {
+    const s = Math.log10(e.style_weight / state.defaults.style_weight);
+    $("strength").value = Math.max(-2, Math.min(2, Math.round(s * 10) / 10));
+    $("strength").dispatchEvent(new Event("input"));
+  }
+  if (e.preserve_colors) $("preserve_colors").value = e.preserve_colors;
+  if (e.optimizer) $("optimizer").value = e.optimizer;
+  message(`Settings of ${e.uploads?.content || "that picture"} loaded: press Start.`, "info");
+  window.scrollTo({ top: 0, behavior: "smooth" });
 }
 
 // ---- start-up -------------------------------------------------------------------------
