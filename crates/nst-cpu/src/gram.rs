@@ -2,13 +2,62 @@
 //! spatial positions flattened), and its gradient `dF = s · (dG + dGᵀ) · F`.
 
 use crate::gemm::{gemm_strided, MatLayout};
+use rayon::prelude::*;
+
+/// Positions per partial Gram matrix in [`gram_forward`] (see there for the measurements).
+const POSITIONS_PER_PART: usize = 8 * 1024;
 
 /// `g[C × C] = scale · f·fᵀ` with `f[C × N]` row-major.
+///
+/// The product's inner dimension (the positions, N = H·W) is long and its output (C × C)
+/// small, and a GEMM parallelises over its output: one call took 100 ms for relu1_1 at 512²
+/// (C = 64, N = 262144) on two threads, against 23 ms for the gradient's product of the same
+/// size. So the positions are split into parts of [`POSITIONS_PER_PART`], each part's
+/// `F_p·F_pᵀ` computed as a task of its own, and the parts summed in a fixed order (the
+/// result does not depend on the thread count). The five default style layers at 512² went
+/// from 196 to 92 ms per evaluation (parts of 16K positions: 100 ms, 4K: 95 ms).
 pub fn gram_forward(f: &[f32], c: usize, n: usize, scale: f32, g: &mut [f32]) {
     assert_eq!(f.len(), c * n, "gram: feature length");
     assert_eq!(g.len(), c * c, "gram: output length");
-    let lf = MatLayout::row_major(c, n);
-    gemm_strided(scale, f, lf, f, lf.t(), 0.0, g, MatLayout::row_major(c, c));
+    let parts = n.div_ceil(POSITIONS_PER_PART).max(1);
+    if parts == 1 {
+        let lf = MatLayout::row_major(c, n);
+        gemm_strided(scale, f, lf, f, lf.t(), 0.0, g, MatLayout::row_major(c, c));
+        return;
+    }
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let (n0, n1) = (
+                p * POSITIONS_PER_PART,
+                ((p + 1) * POSITIONS_PER_PART).min(n),
+            );
+            // F[:, n0..n1]: rows of the full matrix, starting at column n0.
+            let lf = MatLayout {
+                rows: c,
+                cols: n1 - n0,
+                row_stride: n,
+                col_stride: 1,
+            };
+            let mut part = vec![0.0f32; c * c];
+            gemm_strided(
+                1.0,
+                &f[n0..],
+                lf,
+                &f[n0..],
+                lf.t(),
+                0.0,
+                &mut part,
+                MatLayout::row_major(c, c),
+            );
+            part
+        })
+        .collect();
+    g.copy_from_slice(&partials[0]);
+    for part in &partials[1..] {
+        g.iter_mut().zip(part).for_each(|(g, p)| *g += p);
+    }
+    g.iter_mut().for_each(|v| *v *= scale);
 }
 
 /// `df[C × N] = scale · (dg + dgᵀ) · f` (overwrites `df`).

@@ -278,7 +278,15 @@ fn matmul_all_transposes() {
 #[test]
 fn gram_forward_and_backward() {
     let mut rng = StdRng::seed_from_u64(5);
-    for &(c, n) in &[(1, 1), (3, 7), (16, 49), (64, 5)] {
+    // The last two span several parts of the forward pass's split (8192 positions each).
+    for &(c, n) in &[
+        (1, 1),
+        (3, 7),
+        (16, 49),
+        (64, 5),
+        (2, 8192),
+        (5, 2 * 8192 + 13),
+    ] {
         let (f, dg) = (rand_vec(&mut rng, c * n), rand_vec(&mut rng, c * c));
         let s = 0.37;
         let mut g = vec![0.0; c * c];
