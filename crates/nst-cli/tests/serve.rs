@@ -57,6 +57,15 @@ async fn job_id(server: &Server, fields: &[(&str, &str)]) -> String {
     body["id"].as_str().unwrap().to_string()
 }
 
+/// A job that runs until cancelled (1000 iterations at one scale of `size` px).
+async fn long_job(server: &Server, size: &str) -> String {
+    job_id(
+        server,
+        &[("size", size), ("iters", "1000"), ("scales", "1")],
+    )
+    .await
+}
+
 /// A job's Server-Sent Events, one JSON value per `data:` line.
 struct Events {
     stream: futures_util::stream::BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
@@ -98,6 +107,16 @@ impl Events {
                 .expect("an event within 120 s")?;
             self.buffer
                 .push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        }
+    }
+
+    /// Reads events up to and including the first for which `stop` holds, and returns it.
+    async fn until(&mut self, stop: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let e = self.next().await.expect("the stream ended first");
+            if stop(&e) {
+                return e;
+            }
         }
     }
 
@@ -246,26 +265,20 @@ async fn cancel_stops_within_an_iteration_and_keeps_the_best_image() {
     let server = Server::start(&dir, &[]);
     // 256 px: iterations long enough (≈ 0.3 s here) that a busy machine's scheduling delay
     // between reading the event and sending the cancel stays within one of them.
-    let id = job_id(
-        &server,
-        &[("size", "256"), ("iters", "1000"), ("scales", "1")],
-    )
-    .await;
+    let id = long_job(&server, "256").await;
     let mut events = Events::open(&server, &id).await;
-    let mut preview_url = None;
-    while let Some(e) = events.next().await {
-        if e["type"] == "preview" {
-            preview_url = e["url"].as_str().map(str::to_string);
-            break;
-        }
-    }
+    let preview = events.until(|e| e["type"] == "preview").await;
     // The running job's preview: a PNG of the output size (256 px is under the 768 cap).
-    let png = reqwest::get(format!("{}{}", server.url, preview_url.unwrap()))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let png = reqwest::get(format!(
+        "{}{}",
+        server.url,
+        preview["url"].as_str().unwrap()
+    ))
+    .await
+    .unwrap()
+    .bytes()
+    .await
+    .unwrap();
     let preview = image::load_from_memory(&png).unwrap();
     assert_eq!((preview.width(), preview.height()), (256, 170));
     let r = reqwest::Client::new()
@@ -292,18 +305,12 @@ async fn jobs_wait_their_turn_and_a_queued_job_can_be_cancelled() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("gallery");
     let server = Server::start(&dir, &[]);
-    let long = job_id(
-        &server,
-        &[("size", "128"), ("iters", "1000"), ("scales", "1")],
-    )
-    .await;
+    let long = long_job(&server, "128").await;
     // Once the worker has taken it, the others wait behind it.
     let mut long_events = Events::open(&server, &long).await;
-    while let Some(e) = long_events.next().await {
-        if e["state"] == "running" || e["type"] == "started" {
-            break;
-        }
-    }
+    long_events
+        .until(|e| e["state"] == "running" || e["type"] == "started")
+        .await;
     let queued = job_id(&server, &[("size", "64"), ("iters", "5")]).await;
     let last = job_id(&server, &[("size", "64"), ("iters", "5")]).await;
 
@@ -621,18 +628,10 @@ async fn stopping_keeps_the_running_jobs_best_image_and_a_restart_keeps_the_gall
     let server = Server::start(&dir, &[]);
     let done = job_id(&server, &[("size", "64"), ("iters", "3")]).await;
     Events::open(&server, &done).await.all().await;
-    let running = job_id(
-        &server,
-        &[("size", "128"), ("iters", "1000"), ("scales", "1")],
-    )
-    .await;
+    let running = long_job(&server, "128").await;
     let waiting = job_id(&server, &[("size", "64"), ("iters", "3")]).await;
     let mut events = Events::open(&server, &running).await;
-    while let Some(e) = events.next().await {
-        if e["type"] == "iteration" {
-            break;
-        }
-    }
+    events.until(|e| e["type"] == "iteration").await;
     let status = tokio::task::spawn_blocking(move || server.stop())
         .await
         .unwrap();
@@ -762,17 +761,9 @@ async fn a_gallery_that_turns_read_only_fails_the_job_cleanly() {
         return;
     };
     let server = Server::start(&dir, &[]);
-    let id = job_id(
-        &server,
-        &[("size", "256"), ("iters", "1000"), ("scales", "1")],
-    )
-    .await;
+    let id = long_job(&server, "256").await;
     let mut events = Events::open(&server, &id).await;
-    while let Some(e) = events.next().await {
-        if e["type"] == "iteration" {
-            break;
-        }
-    }
+    events.until(|e| e["type"] == "iteration").await;
     // The disk goes read-only under the running job; cancelling makes it write its image.
     fs.remount_read_only();
     reqwest::Client::new()
