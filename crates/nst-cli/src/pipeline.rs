@@ -101,11 +101,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let started = Instant::now();
     let device = select_device(cfg.device, progress)?;
     let images = Images::load(cfg)?;
-    let sizes = images.sizes();
-    let plan = ScalePlan::new(cfg, &sizes)?;
-    if device.is_cpu() {
-        memory_preflight(cfg, &sizes, &plan)?;
-    }
+    let plan = checked_plan(cfg, &device, &images.sizes())?;
     let vgg = load_vgg(cfg, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
     let optimised = optimise(cfg, &vgg, &images, &plan, &prepared, progress, interrupt)?;
@@ -134,12 +130,17 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
 /// instead of failing when its turn comes.
 pub fn preflight(cfg: &Config) -> Result<()> {
     let device = select_device(cfg.device, &mut crate::progress::Quiet)?;
-    let sizes = InputSizes::read(cfg)?;
-    let plan = ScalePlan::new(cfg, &sizes)?;
-    if device.is_cpu() {
-        memory_preflight(cfg, &sizes, &plan)?;
-    }
+    checked_plan(cfg, &device, &InputSizes::read(cfg)?)?;
     Ok(())
+}
+
+/// Stages 3 and 3b: the scale plan, and on the CPU the memory preflight for it.
+fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<ScalePlan> {
+    let plan = ScalePlan::new(cfg, sizes)?;
+    if device.is_cpu() {
+        memory_preflight(cfg, sizes, &plan)?;
+    }
+    Ok(plan)
 }
 
 /// Stage 1: the device, as asked (`auto` says what it chose and why).
@@ -149,10 +150,7 @@ fn select_device(choice: DeviceChoice, progress: &mut dyn Progress) -> Result<De
         DeviceChoice::Cuda => Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}")),
         DeviceChoice::Auto => {
             let (device, why_not_cuda) = Device::best_available();
-            match why_not_cuda {
-                Some(why) => progress.note(&format!("device: {device}; {why}")),
-                None => progress.note(&format!("device: {device}")),
-            }
+            progress.device_chosen(&device.to_string(), why_not_cuda.as_deref());
             Ok(device)
         }
     }
@@ -183,9 +181,7 @@ impl Images {
             init,
         })
     }
-}
 
-impl Images {
     fn sizes(&self) -> InputSizes {
         InputSizes {
             content: (self.content.width, self.content.height),
@@ -444,13 +440,19 @@ fn optimise(
                     it_per_s: k as f64 / scale_started.elapsed().as_secs_f64(),
                 };
                 progress.iteration(&info);
-                if progress.wants_preview(&info) {
-                    progress.preview(&info, &prepared.to_output(&Planes::from_tensor(x)?));
-                }
-                if cfg.save_every.is_some_and(|n| k.is_multiple_of(n)) {
-                    let path = intermediate_path(&cfg.output, scale, k);
-                    save_atomic(&prepared.to_output(&Planes::from_tensor(x)?), &path)
-                        .with_context(|| format!("writing {}", path.display()))?;
+                let preview = progress.wants_preview(&info);
+                let save = cfg.save_every.is_some_and(|n| k.is_multiple_of(n));
+                if preview || save {
+                    // One copy from the device and one resize for both.
+                    let picture = prepared.to_output(&Planes::from_tensor(x)?);
+                    if preview {
+                        progress.preview(&info, &picture);
+                    }
+                    if save {
+                        let path = intermediate_path(&cfg.output, scale, k);
+                        save_atomic(&picture, &path)
+                            .with_context(|| format!("writing {}", path.display()))?;
+                    }
                 }
             }
             Ok(())

@@ -37,6 +37,14 @@ pub trait Progress {
     fn scale_finished(&mut self);
     /// A one-line note (device in use, files written).
     fn note(&mut self, msg: &str);
+    /// `--device auto` chose `device` (in words); `why_not_cuda` says why it is not CUDA.
+    /// By default a note: "device: <device>[; <why>]".
+    fn device_chosen(&mut self, device: &str, why_not_cuda: Option<&str>) {
+        match why_not_cuda {
+            Some(why) => self.note(&format!("device: {device}; {why}")),
+            None => self.note(&format!("device: {device}")),
+        }
+    }
     /// Whether [`Progress::preview`] should get the current image after this iteration.
     /// Making the picture costs a copy from the device and a resize, so only a front end
     /// that shows it says yes.

@@ -39,7 +39,7 @@ pub fn relu_mask_words(len: usize) -> usize {
 
 /// Bit `i` of `bits` = `y[i] > 0`: all ReLU's backward needs of its output, in 1/32 of the
 /// memory (a VGG-19 forward pass at 2048² keeps ≈ 5 GB of activations as floats, 160 MB as
-/// masks). NaN counts as not positive, as in [`relu_mask_in_place`].
+/// masks). NaN counts as not positive, as in [`relu_backward`].
 pub fn relu_mask_pack(y: &[f32], bits: &mut [u32]) {
     assert_eq!(bits.len(), relu_mask_words(y.len()), "relu mask: lengths");
     // CHUNK is a multiple of 32, so each chunk of words covers whole words of y.
@@ -66,20 +66,6 @@ pub fn relu_mask_apply(bits: &[u32], dy: &mut [f32]) {
                     if word >> i & 1 == 0 {
                         *d = 0.0;
                     }
-                }
-            }
-        });
-}
-
-/// `dy[i] = 0` wherever `y[i]` is not positive: [`relu_backward`] in place.
-pub fn relu_mask_in_place(y: &[f32], dy: &mut [f32]) {
-    assert_eq!(y.len(), dy.len(), "relu: lengths");
-    dy.par_chunks_mut(CHUNK)
-        .zip(y.par_chunks(CHUNK))
-        .for_each(|(dy, y)| {
-            for (d, &y) in dy.iter_mut().zip(y) {
-                if y <= 0.0 || y.is_nan() {
-                    *d = 0.0;
                 }
             }
         });

@@ -253,9 +253,10 @@ fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
     trimmed.ends_with(&[0xFF, 0xD9])
 }
 
-/// A decoder's message made safe to print on one line: whitespace runs become one space and
-/// other control characters (a file's own bytes can reach the message) are escaped.
-fn one_line(s: &str) -> String {
+/// A message made safe to print on one line (a decoder's, an HTTP error's): whitespace runs
+/// become one space and other control characters (a file's own bytes can reach the message)
+/// are escaped.
+pub fn one_line(s: &str) -> String {
     let mut out = String::new();
     for c in s.split_whitespace().collect::<Vec<_>>().join(" ").chars() {
         match c {

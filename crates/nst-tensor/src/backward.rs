@@ -41,6 +41,11 @@ impl Pending {
         }
     }
 
+    /// Takes node `id`'s complete gradient out, to propagate it.
+    fn take(&mut self, id: u64) -> Option<Storage> {
+        self.0.remove(&id)
+    }
+
     /// Node `id`'s gradient so far, if another use already contributed one.
     pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Storage> {
         self.0.get_mut(&id)
@@ -94,7 +99,7 @@ impl Tensor {
         pending.add(self.id(), Storage::full(1.0, 1, self.device())?)?;
         let mut grads = Grads::default();
         for (id, node) in tape.into_iter().rev() {
-            let Some(grad) = pending.0.remove(&id) else {
+            let Some(grad) = pending.take(id) else {
                 continue;
             };
             let op = lock(&node).take();

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use futures_util::Stream;
+use nst_image::one_line;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -186,10 +187,6 @@ impl From<PathRejection> for ApiError {
     fn from(_: PathRejection) -> Self {
         Self::not_found("no such job")
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {

@@ -137,6 +137,12 @@ impl Job {
         })
     }
 
+    /// Ends a job that never ran (nothing of it is kept).
+    fn cancel_waiting(&mut self) {
+        self.state = JobState::Cancelled;
+        self.emit("cancelled", json!({ "image": null }));
+    }
+
     /// Numbers and broadcasts an event (nobody listening is fine).
     fn emit(&mut self, kind: &str, mut data: Value) {
         self.seq += 1;
@@ -325,8 +331,7 @@ impl Jobs {
                 job.emit("cancelling", json!({}));
             }
             JobState::Queued => {
-                job.state = JobState::Cancelled;
-                job.emit("cancelled", json!({ "image": null }));
+                job.cancel_waiting();
                 table.queue.retain(|&q| q != id);
                 table.finish(id);
                 table.announce_positions();
@@ -346,8 +351,7 @@ impl Jobs {
         let queued: Vec<JobId> = table.queue.drain(..).collect();
         for id in &queued {
             if let Some(job) = table.jobs.get_mut(id) {
-                job.state = JobState::Cancelled;
-                job.emit("cancelled", json!({ "image": null }));
+                job.cancel_waiting();
             }
         }
         for job in table.jobs.values_mut() {
@@ -535,15 +539,14 @@ impl Progress for JobProgress {
 
     fn scale_finished(&mut self) {}
 
-    fn note(&mut self, msg: &str) {
-        if let Some(device) = msg.strip_prefix("device: ") {
-            // "cpu (2 threads); CUDA is not available: …": the device is the first part.
-            let device = device.split("; ").next().unwrap_or(device).to_string();
-            self.jobs.update(self.id, |job| {
-                job.emit("device", json!({ "device": device }));
-                job.device = Some(device);
-            });
-        }
+    fn note(&mut self, _: &str) {}
+
+    fn device_chosen(&mut self, device: &str, _why_not_cuda: Option<&str>) {
+        let device = device.to_string();
+        self.jobs.update(self.id, |job| {
+            job.emit("device", json!({ "device": device }));
+            job.device = Some(device);
+        });
     }
 
     fn wants_preview(&mut self, info: &IterationInfo) -> bool {

@@ -113,11 +113,9 @@ impl Tensor {
         let shape = [p.batch, p.out_channels, p.out_h(), p.out_w()];
         let mut inputs = vec![self, w];
         inputs.extend(b);
-        let record = Tensor::will_record(&inputs);
-        let mask = match o.relu && record {
-            true => Some(y.relu_mask()?),
-            false => None,
-        };
+        let mask = (o.relu && Tensor::will_record(&inputs))
+            .then(|| y.relu_mask())
+            .transpose()?;
         let weights_learn = w.requires_grad() || b.is_some_and(Tensor::requires_grad);
         Ok(Tensor::from_op(y, &shape, &inputs, || Op::Conv2d {
             x: self.node(),
