@@ -38,7 +38,7 @@ pub trait Progress {
     /// A one-line note (device in use, files written).
     fn note(&mut self, msg: &str);
     /// `--device auto` chose `device` (in words); `why_not_cuda` says why it is not CUDA.
-    /// By default a note: "device: <device>[; <why>]".
+    /// By default a note: `device: DEVICE; WHY` (without `; WHY` when it is CUDA).
     fn device_chosen(&mut self, device: &str, why_not_cuda: Option<&str>) {
         match why_not_cuda {
             Some(why) => self.note(&format!("device: {device}; {why}")),
