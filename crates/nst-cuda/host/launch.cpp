@@ -33,13 +33,24 @@ struct Entry {
 #define KERNEL(k) Entry{#k, [](void** p) { call(k, p); }}
 
 const Entry KERNELS[] = {
-    KERNEL(im2col),           KERNEL(add_bias),
-    KERNEL(flip_kernel),      KERNEL(relu_forward),
-    KERNEL(relu_backward), KERNEL(relu_mask_pack), KERNEL(relu_mask_apply),    KERNEL(max_pool2x2_forward),
-    KERNEL(max_pool2x2_backward), KERNEL(avg_pool2x2_forward),
-    KERNEL(avg_pool2x2_backward), KERNEL(axpby),
-    KERNEL(scale),            KERNEL(mul),
-    KERNEL(reduce_sum),       KERNEL(abs_max),
+    KERNEL(im2col),
+    KERNEL(col2im_add),
+    KERNEL(add_bias),
+    KERNEL(relu_forward),
+    KERNEL(relu_mask_pack),
+    KERNEL(relu_mask_apply),
+    KERNEL(max_pool2x2_forward),
+    KERNEL(max_pool2x2_backward),
+    KERNEL(avg_pool2x2_forward),
+    KERNEL(avg_pool2x2_backward),
+    KERNEL(axpby),
+    KERNEL(scale),
+    KERNEL(scaled_mul),
+    KERNEL(transpose2d),
+    KERNEL(broadcast_first),
+    KERNEL(double_to_float),
+    KERNEL(reduce_sum),
+    KERNEL(abs_max),
     KERNEL(adam_update),
 };
 

@@ -49,6 +49,32 @@ impl Sgemm {
         alpha: f32,
         beta: f32,
     ) -> Sgemm {
+        Sgemm::row_major_strided(
+            m,
+            k,
+            n,
+            (trans_a, if trans_a { m } else { k }),
+            (trans_b, if trans_b { k } else { n }),
+            n,
+            alpha,
+            beta,
+        )
+    }
+
+    /// [`Sgemm::row_major`] for operands inside larger row-major matrices: `lda`, `ldb` and
+    /// `ldc` are the row strides of `a`, `b` and `c` as stored (a band of columns of a wider
+    /// matrix, for instance).
+    #[allow(clippy::too_many_arguments)]
+    pub fn row_major_strided(
+        m: usize,
+        k: usize,
+        n: usize,
+        (trans_a, lda): (bool, usize),
+        (trans_b, ldb): (bool, usize),
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) -> Sgemm {
         Sgemm {
             trans_a: trans_b,
             trans_b: trans_a,
@@ -56,10 +82,10 @@ impl Sgemm {
             n: m,
             k,
             alpha,
-            lda: if trans_b { k } else { n },
-            ldb: if trans_a { m } else { k },
+            lda: ldb,
+            ldb: lda,
             beta,
-            ldc: n,
+            ldc,
         }
     }
 

@@ -1,225 +1,765 @@
-//! A CUDA device with the nst kernels loaded and a cuBLAS handle: the operations nst-tensor
-//! needs, on device buffers (`CudaSlice<f32>`).
+//! Every operation nst-tensor's CUDA storage needs, on [`DeviceBuffer`]s of one [`Runtime`]:
+//! the kernels of `kernels.cu` and cuBLAS products, each written once and run either on a
+//! GPU ([`Gpu::open`]) or in the emulator ([`Gpu::emulated`]).
 //!
-//! Status: the kernels are complete (see [`crate::kernels`]); this runtime wraps the ones the
-//! parity tests exercise (ReLU, pooling, elementwise, reductions, and convolution forward as
-//! im2col + cuBLAS SGEMM). `nst-tensor` does not use it yet.
+//! Shapes come from `nst-params`, shared with nst-cpu, whose kernels define the results
+//! (layouts, tie-breaking, NaN handling); the tests compare the two.
+//!
+//! Convolution here is im2col + one SGEMM per band of output positions (bands keep the
+//! patch matrix under [`COLS_BUDGET`] values, so a 4096² image does not need a 37 GB buffer);
+//! its input gradient is the adjoint: one SGEMM `Wᵀ·dy` per band and a gather (`col2im_add`)
+//! into `dx`, deterministic and for any stride. Style transfer never asks for weight
+//! gradients; they are here for the general autodiff.
 
-use crate::kernels;
-use cudarc::cublas::{CudaBlas, Gemm};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
-};
-use nst_params::{Conv2dParams, Pool2dParams};
-use std::collections::HashMap;
+use crate::blas::Sgemm;
+use crate::runtime::{Arg, DeviceBuffer, DeviceValue, GpuResult, Runtime};
+use nst_params::{AdamParams, Conv2dParams, Pool2dParams};
 use std::sync::Arc;
 
-/// Threads per block; the reduction kernels' shared arrays are sized for it.
+/// Threads per block on a GPU; the reduction kernels' shared arrays are sized for it.
 const BLOCK: u32 = 256;
 
-/// Device 0 with the compiled kernels.
+/// Most values of one band's patch matrix (256 MiB): larger bands are barely faster (the
+/// SGEMM is already large) and would cost GPU memory at large image sizes.
+pub const COLS_BUDGET: usize = 1 << 26;
+
+/// Blocks for `n` work items of a grid-stride kernel.
+fn blocks(n: usize) -> u32 {
+    n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32
+}
+
+/// Device buffers of f32, the values of every tensor.
+pub type Floats = DeviceBuffer<f32>;
+
+/// A device (real or emulated) and the operations of nst-tensor's CUDA storage.
+#[derive(Clone)]
 pub struct Gpu {
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
-    functions: HashMap<&'static str, CudaFunction>,
+    runtime: Arc<dyn Runtime>,
+    cols_budget: usize,
 }
 
-/// A one-line error (driver, cuBLAS, out of memory) for the user.
-pub type GpuResult<T> = Result<T, String>;
-
-fn err(what: &str, e: impl std::fmt::Debug) -> String {
-    format!("CUDA {what} failed: {e:?}")
-}
-
-fn grid(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.runtime.describe())
     }
+}
+
+fn i32_of(v: usize, what: &str) -> GpuResult<i32> {
+    i32::try_from(v).map_err(|_| format!("{what} {v} is too large for the CUDA kernels"))
 }
 
 impl Gpu {
-    /// Opens device 0, compiles and loads the kernels, creates the cuBLAS handle. Checks
-    /// that every library loads first (cudarc panics on a missing one).
-    pub fn new() -> GpuResult<Gpu> {
-        if let crate::Probe::Unavailable(why) = crate::probe() {
-            return Err(why);
+    /// CUDA device `ordinal` (one-line error naming what is missing).
+    pub fn open(ordinal: usize) -> GpuResult<Gpu> {
+        Ok(Gpu::on(Arc::new(crate::driver::CudaRuntime::new(ordinal)?)))
+    }
+
+    /// The emulator (kernels compiled for the host; see [`crate::emulator`]).
+    #[cfg(feature = "emulator")]
+    pub fn emulated() -> GpuResult<Gpu> {
+        Ok(Gpu::on(crate::emulator::Emulator::new()?))
+    }
+
+    /// The operations on any runtime.
+    pub fn on(runtime: Arc<dyn Runtime>) -> Gpu {
+        Gpu {
+            runtime,
+            cols_budget: COLS_BUDGET,
         }
-        let ctx = CudaContext::new(0).map_err(|e| err("device open", e))?;
-        let stream = ctx.default_stream();
-        let module = ctx
-            .load_module(kernels::compile()?)
-            .map_err(|e| err("module load", e))?;
-        let mut functions = HashMap::new();
-        for &name in kernels::KERNEL_NAMES {
-            let f = module
-                .load_function(name)
-                .map_err(|e| err("kernel load", e))?;
-            functions.insert(name, f);
-        }
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS init", e))?;
-        Ok(Gpu {
-            stream,
-            blas,
-            functions,
-        })
     }
 
-    /// Copies host values to a new device buffer.
-    pub fn upload(&self, v: &[f32]) -> GpuResult<CudaSlice<f32>> {
-        self.stream.clone_htod(v).map_err(|e| oom(v.len(), e))
+    /// Caps convolution bands at `values` patch-matrix values instead of [`COLS_BUDGET`]
+    /// (at least one output row per band): less memory, more launches. Tests use a tiny cap
+    /// to exercise the banding on small images.
+    pub fn with_cols_budget(mut self, values: usize) -> Gpu {
+        self.cols_budget = values;
+        self
     }
 
-    /// Copies a device buffer back.
-    pub fn download(&self, v: &CudaSlice<f32>) -> GpuResult<Vec<f32>> {
-        self.stream
-            .clone_dtoh(v)
-            .map_err(|e| err("copy to host", e))
+    /// What runs the work, for the user.
+    pub fn describe(&self) -> String {
+        self.runtime.describe()
     }
 
-    /// A zeroed device buffer of `n` floats.
-    pub fn zeros(&self, n: usize) -> GpuResult<CudaSlice<f32>> {
-        self.stream.alloc_zeros(n).map_err(|e| oom(n, e))
+    /// The runtime underneath.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
     }
 
-    fn f(&self, name: &str) -> &CudaFunction {
-        &self.functions[name]
+    /// Whether two handles share one device (and its memory).
+    pub fn same_device(&self, other: &Gpu) -> bool {
+        Arc::ptr_eq(&self.runtime, &other.runtime)
     }
 
-    /// `y = max(x, 0)`.
-    pub fn relu_forward(&self, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>) -> GpuResult<()> {
-        let n = x.len() as i64;
-        let mut b = self.stream.launch_builder(self.f("relu_forward"));
-        b.arg(x).arg(y).arg(&n);
-        // SAFETY: argument types and order match the kernel; y has x's length.
-        unsafe { b.launch(grid(x.len())) }.map_err(|e| err("relu", e))?;
-        Ok(())
+    /// Host values copied to the device.
+    pub fn upload<T: DeviceValue>(&self, v: &[T]) -> GpuResult<DeviceBuffer<T>> {
+        DeviceBuffer::from_slice(&self.runtime, v)
     }
 
-    /// `out = a·x + b·y`.
-    pub fn axpby(
+    /// `n` zeros.
+    pub fn zeros<T: DeviceValue>(&self, n: usize) -> GpuResult<DeviceBuffer<T>> {
+        DeviceBuffer::zeros(&self.runtime, n)
+    }
+
+    /// `n` copies of `value`.
+    pub fn full(&self, value: f32, n: usize) -> GpuResult<Floats> {
+        let out = Floats::uninit(&self.runtime, n)?;
+        // SAFETY: out holds n f32 words.
+        unsafe { self.runtime.fill_u32(out.ptr_at(0), value.to_bits(), n)? };
+        Ok(out)
+    }
+
+    fn uninit(&self, n: usize) -> GpuResult<Floats> {
+        Floats::uninit(&self.runtime, n)
+    }
+
+    /// Runs a grid-stride kernel over `n` items.
+    ///
+    /// # Safety
+    /// As [`Runtime::launch`]: the arguments match the kernel and cover its accesses.
+    unsafe fn launch(&self, name: &'static str, n: usize, args: &[Arg]) -> GpuResult<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.runtime.launch(name, blocks(n), BLOCK, args) }
+    }
+
+    /// One row-major product `c = α·op(a)·op(b) + β·c` with leading dimensions (row strides)
+    /// `lda`, `ldb`, `ldc`, issued as the column-major cuBLAS call (see [`crate::blas`]).
+    ///
+    /// # Safety
+    /// The pointers cover the operands at those strides.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
         &self,
-        a: f32,
-        x: &CudaSlice<f32>,
-        b_coef: f32,
-        y: &CudaSlice<f32>,
-        out: &mut CudaSlice<f32>,
+        (m, k, n): (usize, usize, usize),
+        (a, lda, trans_a): (u64, usize, bool),
+        (b, ldb, trans_b): (u64, usize, bool),
+        (c, ldc): (u64, usize),
+        alpha: f32,
+        beta: f32,
     ) -> GpuResult<()> {
-        let n = x.len() as i64;
-        let mut b = self.stream.launch_builder(self.f("axpby"));
-        b.arg(&a).arg(x).arg(&b_coef).arg(y).arg(out).arg(&n);
-        // SAFETY: as above; all three buffers have length n.
-        unsafe { b.launch(grid(x.len())) }.map_err(|e| err("axpby", e))?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let call =
+            Sgemm::row_major_strided(m, k, n, (trans_a, lda), (trans_b, ldb), ldc, alpha, beta);
+        debug_assert!(call.is_valid(), "{call:?}");
+        // SAFETY: the row-major call's first operand is b (see Sgemm::row_major); the caller
+        // guarantees the extents.
+        unsafe { self.runtime.sgemm(&call, b, a, c) }
+    }
+
+    // ---- elementwise ----
+
+    /// `out = α·x + β·y`.
+    pub fn axpby(&self, alpha: f32, x: &Floats, beta: f32, y: &Floats) -> GpuResult<Floats> {
+        let out = self.uninit(x.len())?;
+        self.axpby_into(alpha, x, beta, y, &out)?;
+        Ok(out)
+    }
+
+    /// `x = α·x + β·y` in place.
+    pub fn axpby_in_place(
+        &self,
+        alpha: f32,
+        x: &mut Floats,
+        beta: f32,
+        y: &Floats,
+    ) -> GpuResult<()> {
+        self.axpby_into(alpha, x, beta, y, x)
+    }
+
+    fn axpby_into(
+        &self,
+        alpha: f32,
+        x: &Floats,
+        beta: f32,
+        y: &Floats,
+        out: &Floats,
+    ) -> GpuResult<()> {
+        check_len("axpby", y.len(), x.len())?;
+        let n = x.len();
+        let args = [
+            Arg::F32(alpha),
+            x.arg(),
+            Arg::F32(beta),
+            y.arg(),
+            out.arg(),
+            Arg::I64(n as i64),
+        ];
+        // SAFETY: x, y and out hold n values (elementwise, so out may be x).
+        unsafe { self.launch("axpby", n, &args) }
+    }
+
+    /// `s·x`.
+    pub fn scale(&self, s: f32, x: &Floats) -> GpuResult<Floats> {
+        let out = self.uninit(x.len())?;
+        let args = [Arg::F32(s), x.arg(), out.arg(), Arg::I64(x.len() as i64)];
+        // SAFETY: x and out hold x.len() values.
+        unsafe { self.launch("scale", x.len(), &args)? };
+        Ok(out)
+    }
+
+    /// `s·x⊙y`.
+    pub fn scaled_mul(&self, s: f32, x: &Floats, y: &Floats) -> GpuResult<Floats> {
+        check_len("mul", y.len(), x.len())?;
+        let out = self.uninit(x.len())?;
+        let args = [
+            Arg::F32(s),
+            x.arg(),
+            y.arg(),
+            out.arg(),
+            Arg::I64(x.len() as i64),
+        ];
+        // SAFETY: x, y and out hold x.len() values.
+        unsafe { self.launch("scaled_mul", x.len(), &args)? };
+        Ok(out)
+    }
+
+    /// `max(x, 0)` (NaN becomes 0, as on the CPU).
+    pub fn relu(&self, x: &Floats) -> GpuResult<Floats> {
+        let out = self.uninit(x.len())?;
+        self.relu_into(x, &out)?;
+        Ok(out)
+    }
+
+    fn relu_into(&self, x: &Floats, out: &Floats) -> GpuResult<()> {
+        let args = [x.arg(), out.arg(), Arg::I64(x.len() as i64)];
+        // SAFETY: x and out hold x.len() values (out may be x: elementwise).
+        unsafe { self.launch("relu_forward", x.len(), &args) }
+    }
+
+    /// Bit i of the packed mask: `y[i] > 0` (32 per word, nst-cpu's layout).
+    pub fn relu_mask(&self, y: &Floats) -> GpuResult<DeviceBuffer<u32>> {
+        let words = y.len().div_ceil(32);
+        let bits = DeviceBuffer::<u32>::uninit(&self.runtime, words)?;
+        let args = [y.arg(), bits.arg(), Arg::I64(y.len() as i64)];
+        // SAFETY: y holds len values, bits ⌈len/32⌉ words.
+        unsafe { self.launch("relu_mask_pack", words, &args)? };
+        Ok(bits)
+    }
+
+    /// `dy = 0` where the mask's bit is clear.
+    pub fn apply_relu_mask(&self, dy: &mut Floats, bits: &DeviceBuffer<u32>) -> GpuResult<()> {
+        check_len("relu mask", bits.len(), dy.len().div_ceil(32))?;
+        let args = [bits.arg(), dy.arg(), Arg::I64(dy.len() as i64)];
+        // SAFETY: bits covers dy.len() bits.
+        unsafe { self.launch("relu_mask_apply", dy.len(), &args) }
+    }
+
+    /// The transpose of a row-major `rows × cols` matrix.
+    pub fn transpose(&self, x: &Floats, rows: usize, cols: usize) -> GpuResult<Floats> {
+        check_len("transpose", x.len(), rows * cols)?;
+        let out = self.uninit(x.len())?;
+        let args = [
+            x.arg(),
+            out.arg(),
+            Arg::I64(rows as i64),
+            Arg::I64(cols as i64),
+        ];
+        // SAFETY: both hold rows·cols values.
+        unsafe { self.launch("transpose2d", x.len(), &args)? };
+        Ok(out)
+    }
+
+    /// `n` copies of `v[0]`.
+    pub fn broadcast(&self, v: &Floats, n: usize) -> GpuResult<Floats> {
+        check_len("broadcast", v.len(), 1)?;
+        let out = self.uninit(n)?;
+        let args = [v.arg(), out.arg(), Arg::I64(n as i64)];
+        // SAFETY: v holds one value, out n.
+        unsafe { self.launch("broadcast_first", n, &args)? };
+        Ok(out)
+    }
+
+    /// Adam's update of x in place (nst-cpu's `adam_update`).
+    pub fn adam_update(
+        &self,
+        x: &mut Floats,
+        g: &Floats,
+        m: &mut Floats,
+        v: &mut Floats,
+        p: &AdamParams,
+    ) -> GpuResult<()> {
+        for (what, len) in [
+            ("gradient", g.len()),
+            ("first moment", m.len()),
+            ("second moment", v.len()),
+        ] {
+            check_len(what, len, x.len())?;
+        }
+        let args = [
+            x.arg(),
+            g.arg(),
+            m.arg(),
+            v.arg(),
+            Arg::F32(p.lr),
+            Arg::F32(p.beta1),
+            Arg::F32(p.beta2),
+            Arg::F32(p.eps),
+            Arg::F32(p.correction1()),
+            Arg::F32(p.correction2()),
+            Arg::I64(x.len() as i64),
+        ];
+        // SAFETY: all four hold x.len() values.
+        unsafe { self.launch("adam_update", x.len(), &args) }
+    }
+
+    // ---- reductions (f64 accumulation, like nst-cpu) ----
+
+    /// Σ over `a` (and `b`) of op 0 (a−b)², 1 a·b, 2 |a|, 3 a, into a one-value f64 buffer.
+    fn reduce(&self, a: &Floats, b: &Floats, op: i32) -> GpuResult<DeviceBuffer<f64>> {
+        check_len("reduction", b.len(), a.len())?;
+        let out = self.zeros::<f64>(1)?;
+        let args = [
+            a.arg(),
+            b.arg(),
+            out.arg(),
+            Arg::I64(a.len() as i64),
+            Arg::I32(op),
+        ];
+        // SAFETY: a and b hold a.len() values; out one double, zeroed as the kernel needs.
+        unsafe { self.launch("reduce_sum", a.len(), &args)? };
+        Ok(out)
+    }
+
+    fn reduce_to_host(&self, a: &Floats, b: &Floats, op: i32) -> GpuResult<f64> {
+        Ok(self.reduce(a, b, op)?.to_vec()?[0])
+    }
+
+    /// Σ(a − b)².
+    pub fn sum_sq_diff(&self, a: &Floats, b: &Floats) -> GpuResult<f64> {
+        self.reduce_to_host(a, b, 0)
+    }
+
+    /// Σ aᵢ·bᵢ.
+    pub fn dot(&self, a: &Floats, b: &Floats) -> GpuResult<f64> {
+        self.reduce_to_host(a, b, 1)
+    }
+
+    /// Σ |aᵢ|.
+    pub fn abs_sum(&self, a: &Floats) -> GpuResult<f64> {
+        self.reduce_to_host(a, a, 2)
+    }
+
+    /// Σ aᵢ as a one-value f32 buffer that stays on the device.
+    pub fn sum(&self, a: &Floats) -> GpuResult<Floats> {
+        let total = self.reduce(a, a, 3)?;
+        let out = self.uninit(1)?;
+        let args = [total.arg(), out.arg(), Arg::I64(1)];
+        // SAFETY: one double in, one float out.
+        unsafe { self.launch("double_to_float", 1, &args)? };
+        Ok(out)
+    }
+
+    /// max |aᵢ|, NaN when any is NaN.
+    pub fn abs_max(&self, a: &Floats) -> GpuResult<f32> {
+        let out = self.zeros::<i32>(1)?;
+        let args = [a.arg(), out.arg(), Arg::I64(a.len() as i64)];
+        // SAFETY: a holds len values; out one int starting at 0 (the bits of +0.0).
+        unsafe { self.launch("abs_max", a.len(), &args)? };
+        Ok(f32::from_bits(out.to_vec()?[0] as u32))
+    }
+
+    // ---- pooling ----
+
+    fn pool_args(p: &Pool2dParams) -> GpuResult<[Arg; 5]> {
+        Ok([
+            Arg::I64(p.planes as i64),
+            Arg::I32(i32_of(p.in_h, "height")?),
+            Arg::I32(i32_of(p.in_w, "width")?),
+            Arg::I32(i32_of(p.out_h(), "height")?),
+            Arg::I32(i32_of(p.out_w(), "width")?),
+        ])
+    }
+
+    /// 2×2 stride-2 max pooling: the output and each window's winner (index in its plane).
+    pub fn max_pool(&self, x: &Floats, p: &Pool2dParams) -> GpuResult<(Floats, DeviceBuffer<i32>)> {
+        check_len("max pool input", x.len(), p.input_len())?;
+        let n = p.output_len();
+        let y = self.uninit(n)?;
+        let winners = DeviceBuffer::<i32>::uninit(&self.runtime, n)?;
+        let [planes, h, w, oh, ow] = Self::pool_args(p)?;
+        let args = [x.arg(), y.arg(), winners.arg(), planes, h, w, oh, ow];
+        // SAFETY: x holds the input, y and winners one value per output.
+        unsafe { self.launch("max_pool2x2_forward", n, &args)? };
+        Ok((y, winners))
+    }
+
+    /// Max pooling's `dx` from `dy`.
+    pub fn max_pool_backward(
+        &self,
+        dy: &Floats,
+        winners: &DeviceBuffer<i32>,
+        p: &Pool2dParams,
+    ) -> GpuResult<Floats> {
+        check_len("max pool gradient", dy.len(), p.output_len())?;
+        check_len("max pool winners", winners.len(), p.output_len())?;
+        let dx = self.zeros(p.input_len())?;
+        let [planes, h, w, oh, ow] = Self::pool_args(p)?;
+        let args = [dy.arg(), winners.arg(), dx.arg(), planes, h, w, oh, ow];
+        // SAFETY: sizes checked above; dx zeroed as the kernel needs.
+        unsafe { self.launch("max_pool2x2_backward", dy.len(), &args)? };
+        Ok(dx)
+    }
+
+    /// 2×2 stride-2 average pooling.
+    pub fn avg_pool(&self, x: &Floats, p: &Pool2dParams) -> GpuResult<Floats> {
+        check_len("avg pool input", x.len(), p.input_len())?;
+        let y = self.uninit(p.output_len())?;
+        let [planes, h, w, oh, ow] = Self::pool_args(p)?;
+        let args = [x.arg(), y.arg(), planes, h, w, oh, ow];
+        // SAFETY: x holds the input, y the output.
+        unsafe { self.launch("avg_pool2x2_forward", p.output_len(), &args)? };
+        Ok(y)
+    }
+
+    /// Average pooling's `dx` from `dy`.
+    pub fn avg_pool_backward(&self, dy: &Floats, p: &Pool2dParams) -> GpuResult<Floats> {
+        check_len("avg pool gradient", dy.len(), p.output_len())?;
+        let dx = self.zeros(p.input_len())?;
+        let [planes, h, w, oh, ow] = Self::pool_args(p)?;
+        let args = [dy.arg(), dx.arg(), planes, h, w, oh, ow];
+        // SAFETY: sizes checked; dx zeroed as the kernel needs.
+        unsafe { self.launch("avg_pool2x2_backward", dy.len(), &args)? };
+        Ok(dx)
+    }
+
+    // ---- products ----
+
+    /// `op(a)[m × k] · op(b)[k × n]`, row-major, `a` stored `[k × m]` when `trans_a` and `b`
+    /// `[n × k]` when `trans_b` (nst-cpu's `matmul`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        a: &Floats,
+        b: &Floats,
+        (m, k, n): (usize, usize, usize),
+        trans_a: bool,
+        trans_b: bool,
+    ) -> GpuResult<Floats> {
+        check_len("matmul left operand", a.len(), m * k)?;
+        check_len("matmul right operand", b.len(), k * n)?;
+        let c = self.zeros(m * n)?;
+        let lda = if trans_a { m } else { k };
+        let ldb = if trans_b { k } else { n };
+        // SAFETY: a, b, c hold m·k, k·n, m·n values at those strides.
+        unsafe {
+            self.gemm(
+                (m, k, n),
+                (a.ptr_at(0), lda, trans_a),
+                (b.ptr_at(0), ldb, trans_b),
+                (c.ptr_at(0), n),
+                1.0,
+                0.0,
+            )?
+        };
+        Ok(c)
+    }
+
+    /// `G_i = scale·F_i·F_iᵀ` for `batch` matrices `F_i[c × m]` → `[batch, c, c]` (one SGEMM
+    /// each; cuBLAS's SSYRK would halve the work, left for when a GPU can measure it).
+    pub fn gram(
+        &self,
+        f: &Floats,
+        batch: usize,
+        c: usize,
+        m: usize,
+        scale: f32,
+    ) -> GpuResult<Floats> {
+        check_len("gram input", f.len(), batch * c * m)?;
+        let g = self.zeros(batch * c * c)?;
+        for i in 0..batch {
+            let fi = f.ptr_at(i * c * m);
+            // SAFETY: F_i is c×m at f + i·c·m, G_i c×c at g + i·c·c.
+            unsafe {
+                self.gemm(
+                    (c, m, c),
+                    (fi, m, false),
+                    (fi, m, true),
+                    (g.ptr_at(i * c * c), c),
+                    scale,
+                    0.0,
+                )?
+            };
+        }
+        Ok(g)
+    }
+
+    /// `dF_i = scale·(dG_i + dG_iᵀ)·F_i`, as two accumulating SGEMMs (no symmetrising
+    /// kernel, no temporary).
+    pub fn gram_backward(
+        &self,
+        f: &Floats,
+        dg: &Floats,
+        batch: usize,
+        c: usize,
+        m: usize,
+        scale: f32,
+    ) -> GpuResult<Floats> {
+        check_len("gram input", f.len(), batch * c * m)?;
+        check_len("gram gradient", dg.len(), batch * c * c)?;
+        let df = self.zeros(batch * c * m)?;
+        for i in 0..batch {
+            let (fi, dgi, dfi) = (
+                f.ptr_at(i * c * m),
+                dg.ptr_at(i * c * c),
+                df.ptr_at(i * c * m),
+            );
+            for (trans, beta) in [(false, 0.0), (true, 1.0)] {
+                // SAFETY: as in `gram`; dG_i is c×c.
+                unsafe {
+                    self.gemm(
+                        (c, c, m),
+                        (dgi, c, trans),
+                        (fi, m, false),
+                        (dfi, m),
+                        scale,
+                        beta,
+                    )?
+                };
+            }
+        }
+        Ok(df)
+    }
+
+    // ---- convolution ----
+
+    /// The bands of output rows a convolution is computed in: each keeps the patch matrix
+    /// (`patch_len × rows·out_w` values) within the budget ([`COLS_BUDGET`] by default).
+    fn bands(&self, c: &Conv2dParams) -> impl Iterator<Item = (usize, usize)> {
+        let (oh, ow) = (c.out_h(), c.out_w());
+        let rows = (self.cols_budget / (c.patch_len() * ow).max(1)).clamp(1, oh.max(1));
+        (0..oh).step_by(rows).map(move |r0| (r0, rows.min(oh - r0)))
+    }
+
+    fn conv_args(c: &Conv2dParams) -> GpuResult<[Arg; 8]> {
+        Ok([
+            Arg::I32(i32_of(c.in_channels, "channel count")?),
+            Arg::I32(i32_of(c.in_h, "height")?),
+            Arg::I32(i32_of(c.in_w, "width")?),
+            Arg::I32(i32_of(c.kernel_h, "kernel height")?),
+            Arg::I32(i32_of(c.kernel_w, "kernel width")?),
+            Arg::I32(i32_of(c.stride, "stride")?),
+            Arg::I32(i32_of(c.pad, "padding")?),
+            Arg::I32(i32_of(c.out_w(), "width")?),
+        ])
+    }
+
+    fn check_conv(c: &Conv2dParams, x_len: usize, w_len: usize) -> GpuResult<()> {
+        check_len("convolution input", x_len, c.input_len())?;
+        check_len("convolution weights", w_len, c.weight_len())?;
+        if c.stride == 0 {
+            return Err("convolution stride 0".into());
+        }
         Ok(())
     }
 
-    /// 2×2 stride-2 max pooling; returns (y, argmax).
-    pub fn max_pool2x2(
+    /// `y = conv(x, w) + b`, then `max(·, 0)` when `relu`; NCHW, any batch.
+    pub fn conv2d(
         &self,
-        x: &CudaSlice<f32>,
-        p: &Pool2dParams,
-    ) -> GpuResult<(CudaSlice<f32>, CudaSlice<i32>)> {
-        if x.len() != p.input_len() {
-            return Err(format!(
-                "max pool: input has {} values, expected {}",
-                x.len(),
-                p.input_len()
-            ));
-        }
-        let (planes, h, w, oh, ow) = (p.planes, p.in_h, p.in_w, p.out_h(), p.out_w());
-        let n = p.output_len();
-        let mut y = self.zeros(n)?;
-        let mut arg = self.stream.alloc_zeros::<i32>(n).map_err(|e| oom(n, e))?;
-        let (p, h, w, oh, ow) = (planes as i64, h as i32, w as i32, oh as i32, ow as i32);
-        let mut b = self.stream.launch_builder(self.f("max_pool2x2_forward"));
-        b.arg(x)
-            .arg(&mut y)
-            .arg(&mut arg)
-            .arg(&p)
-            .arg(&h)
-            .arg(&w)
-            .arg(&oh)
-            .arg(&ow);
-        // SAFETY: argument types and order match the kernel; sizes as allocated above.
-        unsafe { b.launch(grid(n)) }.map_err(|e| err("max pool", e))?;
-        Ok((y, arg))
-    }
-
-    /// Σ (a − b)² accumulated in f64.
-    pub fn sum_sq_diff(&self, a: &CudaSlice<f32>, b: &CudaSlice<f32>) -> GpuResult<f64> {
-        let mut out = self.stream.alloc_zeros::<f64>(1).map_err(|e| oom(1, e))?;
-        let (n, op) = (a.len() as i64, 0i32);
-        let mut l = self.stream.launch_builder(self.f("reduce_sum"));
-        l.arg(a).arg(b).arg(&mut out).arg(&n).arg(&op);
-        // SAFETY: argument types and order match the kernel; a and b have length n.
-        unsafe { l.launch(grid(a.len())) }.map_err(|e| err("reduction", e))?;
-        let v = self
-            .stream
-            .clone_dtoh(&out)
-            .map_err(|e| err("copy to host", e))?;
-        Ok(v[0])
-    }
-
-    /// `y[1, C_out, OH, OW] = conv(x, w) + b` for one image by im2col and one SGEMM.
-    pub fn conv2d_forward(
-        &self,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
-        bias: &CudaSlice<f32>,
+        x: &Floats,
+        w: &Floats,
+        bias: Option<&Floats>,
         c: &Conv2dParams,
-    ) -> GpuResult<CudaSlice<f32>> {
-        if c.batch != 1 {
-            return Err(format!(
-                "conv2d_forward: batch {} (only 1 is supported)",
-                c.batch
-            ));
+        relu: bool,
+    ) -> GpuResult<Floats> {
+        Self::check_conv(c, x.len(), w.len())?;
+        let (k, p, cout) = (c.patch_len(), c.out_h() * c.out_w(), c.out_channels);
+        let y = self.uninit(c.output_len())?;
+        let args = Self::conv_args(c)?;
+        let band_rows = self.bands(c).next().map_or(0, |(_, r)| r);
+        let cols = self.uninit(k * band_rows * c.out_w())?;
+        for image in 0..c.batch {
+            let (xi, yi) = (
+                x.ptr_at(image * c.input_len() / c.batch),
+                y.ptr_at(image * cout * p),
+            );
+            for (r0, rows) in self.bands(c) {
+                let (p0, np) = (r0 * c.out_w(), rows * c.out_w());
+                let mut im2col = vec![Arg::Ptr(xi), cols.arg()];
+                im2col.extend(args);
+                im2col.extend([Arg::I64(p0 as i64), Arg::I64(np as i64)]);
+                // SAFETY: x_i is one image; cols holds k·np values (band_rows is the largest
+                // band).
+                unsafe { self.launch("im2col", k * np, &im2col)? };
+                // y_i[:, p0..p0+np] (row stride p) = w[cout × k] · cols[k × np].
+                // SAFETY: extents as stated.
+                unsafe {
+                    self.gemm(
+                        (cout, k, np),
+                        (w.ptr_at(0), k, false),
+                        (cols.ptr_at(0), np, false),
+                        (yi + 4 * p0 as u64, p),
+                        1.0,
+                        0.0,
+                    )?
+                };
+            }
         }
-        // The kernels index by `c`: buffers of other lengths would be read out of bounds.
-        let lengths = [
-            (x.len(), c.input_len()),
-            (w.len(), c.weight_len()),
-            (bias.len(), c.out_channels),
-        ];
-        if lengths.iter().any(|(got, want)| got != want) {
-            return Err(format!(
-                "conv2d_forward: buffer lengths {lengths:?} (got, expected) do not fit {c:?}"
-            ));
+        if let Some(b) = bias {
+            check_len("convolution bias", b.len(), cout)?;
+            let planes = (c.batch * cout) as i64;
+            let args = [
+                y.arg(),
+                b.arg(),
+                Arg::I32(i32_of(cout, "channel count")?),
+                Arg::I64(planes),
+                Arg::I32(i32_of(p, "plane size")?),
+            ];
+            // SAFETY: y holds batch·cout planes of p values; b cout values.
+            unsafe { self.launch("add_bias", y.len(), &args)? };
         }
-        let (cin, cout, oh, ow) = (c.in_channels, c.out_channels, c.out_h(), c.out_w());
-        let (kk, p) = (c.patch_len(), oh * ow);
-        let mut cols = self.zeros(kk * p)?;
-        let args = [
-            cin, c.in_h, c.in_w, c.kernel_h, c.kernel_w, c.stride, c.pad, oh, ow,
-        ]
-        .map(|v| v as i32);
-        let mut b = self.stream.launch_builder(self.f("im2col"));
-        b.arg(x).arg(&mut cols);
-        for a in &args {
-            b.arg(a);
+        if relu {
+            self.relu_into(&y, &y)?;
         }
-        // SAFETY: argument types and order match the kernel; cols has kk·p elements.
-        unsafe { b.launch(grid(kk * p)) }.map_err(|e| err("im2col", e))?;
-        let mut y = self.zeros(cout * p)?;
-        // Row-major y[C_out × P] = w[C_out × K] · cols[K × P] (see `blas`: the call takes
-        // cols first).
-        let cfg = crate::blas::Sgemm::row_major(cout, kk, p, false, false, 1.0, 0.0).config();
-        // SAFETY: the extents match the allocations above.
-        unsafe { self.blas.gemm(cfg, &cols, w, &mut y) }.map_err(|e| err("SGEMM", e))?;
-        let (channels, planes, hw) = (cout as i32, cout as i64, p as i32);
-        let mut b = self.stream.launch_builder(self.f("add_bias"));
-        b.arg(&mut y).arg(bias).arg(&channels).arg(&planes).arg(&hw);
-        // SAFETY: argument types and order match the kernel.
-        unsafe { b.launch(grid(cout * p)) }.map_err(|e| err("bias", e))?;
         Ok(y)
+    }
+
+    /// `dx += ∂L/∂x` of the convolution from `dy`: per band, `dcols = Wᵀ·dy_band` and its
+    /// gather into the input rows the band read.
+    pub fn conv2d_backward_input_add(
+        &self,
+        dy: &Floats,
+        w: &Floats,
+        c: &Conv2dParams,
+        dx: &mut Floats,
+    ) -> GpuResult<()> {
+        Self::check_conv(c, dx.len(), w.len())?;
+        check_len("convolution output gradient", dy.len(), c.output_len())?;
+        let (k, p, cout, ow) = (
+            c.patch_len(),
+            c.out_h() * c.out_w(),
+            c.out_channels,
+            c.out_w(),
+        );
+        let args = Self::conv_args(c)?;
+        let band_rows = self.bands(c).next().map_or(0, |(_, r)| r);
+        let dcols = self.uninit(k * band_rows * ow)?;
+        for image in 0..c.batch {
+            let (dyi, dxi) = (
+                dy.ptr_at(image * cout * p),
+                dx.ptr_at(image * c.input_len() / c.batch),
+            );
+            for (r0, rows) in self.bands(c) {
+                let (p0, np) = (r0 * ow, rows * ow);
+                // dcols[k × np] = wᵀ · dy_i[:, p0..p0+np] (row stride p).
+                // SAFETY: extents as stated; dcols holds k·np values.
+                unsafe {
+                    self.gemm(
+                        (k, cout, np),
+                        (w.ptr_at(0), k, true),
+                        (dyi + 4 * p0 as u64, p, false),
+                        (dcols.ptr_at(0), np),
+                        1.0,
+                        0.0,
+                    )?
+                };
+                // Input rows this band's outputs read.
+                let first = (r0 * c.stride).saturating_sub(c.pad);
+                let end = ((r0 + rows - 1) * c.stride + c.kernel_h)
+                    .saturating_sub(c.pad)
+                    .min(c.in_h);
+                if end <= first {
+                    continue;
+                }
+                let mut col2im = vec![dcols.arg(), Arg::Ptr(dxi)];
+                col2im.extend(args);
+                col2im.extend([
+                    Arg::I64(p0 as i64),
+                    Arg::I64(np as i64),
+                    Arg::I32(first as i32),
+                    Arg::I32((end - first) as i32),
+                ]);
+                // SAFETY: dcols is laid out as im2col's band; dx_i is one image and the rows
+                // [first, end) lie inside it.
+                unsafe {
+                    self.launch(
+                        "col2im_add",
+                        c.in_channels * (end - first) * c.in_w,
+                        &col2im,
+                    )?
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// `(dw, db)` of the convolution from its input `x` and `dy` (`db` when `with_bias`).
+    pub fn conv2d_backward_weight(
+        &self,
+        x: &Floats,
+        dy: &Floats,
+        c: &Conv2dParams,
+        with_bias: bool,
+    ) -> GpuResult<(Floats, Option<Floats>)> {
+        Self::check_conv(c, x.len(), c.weight_len())?;
+        check_len("convolution output gradient", dy.len(), c.output_len())?;
+        let (k, p, cout, ow) = (
+            c.patch_len(),
+            c.out_h() * c.out_w(),
+            c.out_channels,
+            c.out_w(),
+        );
+        let args = Self::conv_args(c)?;
+        let band_rows = self.bands(c).next().map_or(0, |(_, r)| r);
+        let cols = self.uninit(k * band_rows * ow)?;
+        let dw = self.zeros(c.weight_len())?;
+        for image in 0..c.batch {
+            let (xi, dyi) = (
+                x.ptr_at(image * c.input_len() / c.batch),
+                dy.ptr_at(image * cout * p),
+            );
+            for (r0, rows) in self.bands(c) {
+                let (p0, np) = (r0 * ow, rows * ow);
+                let mut im2col = vec![Arg::Ptr(xi), cols.arg()];
+                im2col.extend(args);
+                im2col.extend([Arg::I64(p0 as i64), Arg::I64(np as i64)]);
+                // SAFETY: as in `conv2d`.
+                unsafe { self.launch("im2col", k * np, &im2col)? };
+                // dw[cout × k] += dy_i[:, band] · colsᵀ.
+                // SAFETY: extents as stated.
+                unsafe {
+                    self.gemm(
+                        (cout, np, k),
+                        (dyi + 4 * p0 as u64, p, false),
+                        (cols.ptr_at(0), np, true),
+                        (dw.ptr_at(0), k),
+                        1.0,
+                        1.0,
+                    )?
+                };
+            }
+        }
+        let db = if with_bias {
+            // db = Σ over images and positions of dy: dy viewed as [batch·cout × p] times
+            // ones, then the images' partial sums added.
+            let ones = self.full(1.0, p)?;
+            let db = self.zeros(cout)?;
+            for image in 0..c.batch {
+                // SAFETY: dy_i is cout×p, ones p×1, db cout×1.
+                unsafe {
+                    self.gemm(
+                        (cout, p, 1),
+                        (dy.ptr_at(image * cout * p), p, false),
+                        (ones.ptr_at(0), 1, false),
+                        (db.ptr_at(0), 1),
+                        1.0,
+                        1.0,
+                    )?
+                };
+            }
+            Some(db)
+        } else {
+            None
+        };
+        Ok((dw, db))
     }
 }
 
-/// Allocation failures name the size, so the user can pick a smaller `--size`.
-fn oom(n: usize, e: impl std::fmt::Debug) -> String {
-    format!(
-        "CUDA could not allocate {:.1} MiB ({e:?}); try a smaller --size",
-        n as f64 * 4.0 / (1 << 20) as f64
-    )
+fn check_len(what: &str, got: usize, want: usize) -> GpuResult<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: {got} values where {want} were expected"))
+    }
 }

@@ -8,18 +8,47 @@
 
 extern "C" {
 
-// cols[k][p] for one image, k = (ci·kh + ky)·kw + kx, p = oy·ow + ox (zero outside the image).
+// cols[k][q] = x at the input pixel that output position p0 + q reads through kernel tap k,
+// for one image and the np output positions [p0, p0 + np) (zero outside the image);
+// k = (ci·kh + ky)·kw + kx, p = oy·ow + ox. A band of positions at a time keeps the buffer
+// bounded for large images.
 __global__ void im2col(const float* x, float* cols, int cin, int h, int w, int kh, int kw,
-                       int stride, int pad, int oh, int ow) {
-    long long n = (long long)cin * kh * kw * oh * ow;
+                       int stride, int pad, int ow, long long p0, long long np) {
+    long long n = (long long)cin * kh * kw * np;
     GRID_STRIDE(i, n) {
-        int p = (int)(i % ((long long)oh * ow));
-        int k = (int)(i / ((long long)oh * ow));
+        long long p = p0 + i % np;
+        int k = (int)(i / np);
         int kx = k % kw, ky = (k / kw) % kh, ci = k / (kw * kh);
-        int oy = p / ow, ox = p % ow;
+        int oy = (int)(p / ow), ox = (int)(p % ow);
         int iy = oy * stride + ky - pad, ix = ox * stride + kx - pad;
         cols[i] = (iy >= 0 && iy < h && ix >= 0 && ix < w)
                       ? x[((long long)ci * h + iy) * w + ix] : 0.0f;
+    }
+}
+
+// The adjoint of im2col, added into dx: each input pixel of rows [iy0, iy0 + rows) gathers
+// the dcols entries (laid out as im2col's cols for positions [p0, p0 + np)) that im2col
+// copied from it. One thread per input pixel and a fixed loop order, so no atomics and the
+// same sums on every run.
+__global__ void col2im_add(const float* dcols, float* dx, int cin, int h, int w, int kh, int kw,
+                           int stride, int pad, int ow, long long p0, long long np, int iy0,
+                           int rows) {
+    GRID_STRIDE(i, (long long)cin * rows * w) {
+        int ix = (int)(i % w), iy = iy0 + (int)((i / w) % rows);
+        int ci = (int)(i / ((long long)w * rows));
+        float acc = 0.0f;
+        for (int ky = 0; ky < kh; ky++) {
+            int ty = iy + pad - ky;
+            if (ty < 0 || ty % stride != 0) continue;
+            for (int kx = 0; kx < kw; kx++) {
+                int tx = ix + pad - kx;
+                if (tx < 0 || tx % stride != 0 || tx / stride >= ow) continue;
+                long long p = (long long)(ty / stride) * ow + tx / stride;
+                if (p < p0 || p >= p0 + np) continue;
+                acc += dcols[((long long)(ci * kh + ky) * kw + kx) * np + (p - p0)];
+            }
+        }
+        dx[((long long)ci * h + iy) * w + ix] += acc;
     }
 }
 
@@ -28,23 +57,8 @@ __global__ void add_bias(float* y, const float* b, int channels, long long plane
     GRID_STRIDE(i, planes * hw) { y[i] += b[(i / hw) % channels]; }
 }
 
-// wf[ci][co][kh−1−ky][kw−1−kx] = w[co][ci][ky][kx]: the input gradient of a stride-1
-// convolution is a forward convolution of dy with this kernel.
-__global__ void flip_kernel(const float* w, float* wf, int cout, int cin, int kh, int kw) {
-    GRID_STRIDE(i, (long long)cout * cin * kh * kw) {
-        int kx = (int)(i % kw), ky = (int)((i / kw) % kh);
-        int ci = (int)((i / (kw * kh)) % cin), co = (int)(i / ((long long)kw * kh * cin));
-        wf[(((long long)ci * cout + co) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)] = w[i];
-    }
-}
-
 __global__ void relu_forward(const float* x, float* y, long long n) {
     GRID_STRIDE(i, n) { y[i] = x[i] > 0.0f ? x[i] : 0.0f; }
-}
-
-// dx = dy where the ReLU output was positive (the CPU rule: gradient 0 at 0).
-__global__ void relu_backward(const float* y, const float* dy, float* dx, long long n) {
-    GRID_STRIDE(i, n) { dx[i] = y[i] > 0.0f ? dy[i] : 0.0f; }
 }
 
 // What a frozen layer keeps of its ReLU's output for the backward pass: bit (i % 32) of word
@@ -130,8 +144,27 @@ __global__ void scale(float a, const float* x, float* out, long long n) {
     GRID_STRIDE(i, n) { out[i] = a * x[i]; }
 }
 
-__global__ void mul(const float* x, const float* y, float* out, long long n) {
-    GRID_STRIDE(i, n) { out[i] = x[i] * y[i]; }
+// out = s·x·y (the backward of a product, s = 1, and of a square, s = 2), in nst-cpu's order.
+__global__ void scaled_mul(float s, const float* x, const float* y, float* out, long long n) {
+    GRID_STRIDE(i, n) { out[i] = s * x[i] * y[i]; }
+}
+
+// y[c][r] = x[r][c] for a row-major rows × cols matrix.
+__global__ void transpose2d(const float* x, float* y, long long rows, long long cols) {
+    GRID_STRIDE(i, rows * cols) {
+        long long r = i / cols, c = i % cols;
+        y[c * rows + r] = x[i];
+    }
+}
+
+// out[i] = v[0]: the backward of a sum, without the scalar leaving the device.
+__global__ void broadcast_first(const float* v, float* out, long long n) {
+    GRID_STRIDE(i, n) { out[i] = v[0]; }
+}
+
+// A reduction's f64 result as the f32 value of a one-element tensor.
+__global__ void double_to_float(const double* src, float* dst, long long n) {
+    GRID_STRIDE(i, n) { dst[i] = (float)src[i]; }
 }
 
 // Reductions accumulate in double, like nst-cpu: one partial per block, added atomically to

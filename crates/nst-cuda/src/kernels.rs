@@ -13,10 +13,9 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 /// Every `__global__` function in [`SOURCE`] (the names the runtime loads).
 pub const KERNEL_NAMES: &[&str] = &[
     "im2col",
+    "col2im_add",
     "add_bias",
-    "flip_kernel",
     "relu_forward",
-    "relu_backward",
     "relu_mask_pack",
     "relu_mask_apply",
     "max_pool2x2_forward",
@@ -25,7 +24,10 @@ pub const KERNEL_NAMES: &[&str] = &[
     "avg_pool2x2_backward",
     "axpby",
     "scale",
-    "mul",
+    "scaled_mul",
+    "transpose2d",
+    "broadcast_first",
+    "double_to_float",
     "reduce_sum",
     "abs_max",
     "adam_update",

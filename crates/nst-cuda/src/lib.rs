@@ -19,8 +19,15 @@
 //! `is_culib_present()` for the driver, NVRTC and cuBLAS before touching anything else.
 
 pub mod blas;
+pub mod driver;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod gpu;
 pub mod kernels;
+pub mod runtime;
+
+pub use gpu::{Floats, Gpu};
+pub use runtime::{Arg, DeviceBuffer, DevicePtr, GpuResult, Runtime};
 
 use std::fmt;
 

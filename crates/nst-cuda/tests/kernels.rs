@@ -1,10 +1,11 @@
-//! The CUDA kernels: NVRTC compiles all of them wherever libnvrtc loads (CI installs it, no GPU
-//! needed), and on a machine with a GPU each wrapped kernel matches nst-cpu on random inputs
-//! within 1e-4 relative. Without NVRTC or a GPU the tests print `skipped: <reason>`.
+//! The CUDA operations ([`Gpu`]) against nst-cpu: NVRTC compiles every kernel wherever
+//! libnvrtc loads (CI installs it, no GPU needed), and every operation nst-tensor's CUDA
+//! storage uses matches nst-cpu on random and awkward shapes — in the emulator everywhere
+//! (`kernels.cu` compiled for the host), and on a GPU where there is one. Without NVRTC, g++
+//! or a GPU the tests print `skipped: <reason>`.
 
-use nst_cpu::{conv::conv2d_forward_direct, pool, relu, Conv2dParams};
-
-use nst_cuda::{gpu::Gpu, kernels};
+use nst_cpu::{conv, elementwise, gram, pool, relu, AdamParams, Conv2dParams, ConvAlgorithm};
+use nst_cuda::{kernels, Gpu};
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     // A small LCG: reproducible, no dev-dependency.
@@ -58,82 +59,355 @@ fn every_kernel_compiles_with_nvrtc() {
     );
 }
 
-fn gpu() -> Option<Gpu> {
-    match Gpu::new() {
-        Ok(g) => Some(g),
-        Err(why) => {
-            eprintln!("skipped GPU parity: {why}");
-            None
+/// The emulator and, where there is one, the GPU: every parity test runs on both.
+fn gpus() -> Vec<(&'static str, Gpu)> {
+    let mut out = vec![];
+    match Gpu::emulated() {
+        Ok(g) => out.push(("emulator", g)),
+        Err(why) if std::env::var_os("NST_REQUIRE_EMULATOR").is_some() => {
+            panic!("NST_REQUIRE_EMULATOR is set but {why}")
         }
+        Err(why) => eprintln!("skipped emulator parity: {why}"),
+    }
+    match Gpu::open(0) {
+        Ok(g) => out.push(("gpu", g)),
+        Err(why) if std::env::var_os("NST_REQUIRE_CUDA").is_some() => {
+            panic!("NST_REQUIRE_CUDA is set but {why}")
+        }
+        Err(why) => eprintln!("skipped GPU parity: {why}"),
+    }
+    out
+}
+
+fn close(got: &[f32], want: &[f32], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let e = rel_err(got, want);
+    assert!(e <= tol, "{what}: relative error {e:.2e}");
+}
+
+#[test]
+fn elementwise_and_reductions_match_nst_cpu() {
+    for (on, g) in gpus() {
+        let n = 10_007;
+        let (x, y) = (rand_vec(n, 1), rand_vec(n, 2));
+        let (dx, dy) = (g.upload(&x).unwrap(), g.upload(&y).unwrap());
+        let mut want = vec![0.0; n];
+
+        relu::relu_forward(&x, &mut want);
+        assert_eq!(g.relu(&dx).unwrap().to_vec().unwrap(), want, "{on} relu");
+        elementwise::axpby(0.5, &x, -2.0, &y, &mut want);
+        assert_eq!(
+            g.axpby(0.5, &dx, -2.0, &dy).unwrap().to_vec().unwrap(),
+            want,
+            "{on} axpby"
+        );
+        let mut inplace = g.upload(&x).unwrap();
+        g.axpby_in_place(0.5, &mut inplace, -2.0, &dy).unwrap();
+        assert_eq!(inplace.to_vec().unwrap(), want, "{on} axpby in place");
+        elementwise::scale(&x, -3.0, &mut want);
+        assert_eq!(
+            g.scale(-3.0, &dx).unwrap().to_vec().unwrap(),
+            want,
+            "{on} scale"
+        );
+        elementwise::zip_map(&x, &y, &mut want, |a, b| 2.0 * a * b);
+        assert_eq!(
+            g.scaled_mul(2.0, &dx, &dy).unwrap().to_vec().unwrap(),
+            want,
+            "{on} scaled mul"
+        );
+        assert_eq!(
+            g.full(2.5, 7).unwrap().to_vec().unwrap(),
+            vec![2.5; 7],
+            "{on} full"
+        );
+
+        let sq: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum();
+        for (what, got, want) in [
+            ("Σ(a−b)²", g.sum_sq_diff(&dx, &dy).unwrap(), sq),
+            ("dot", g.dot(&dx, &dy).unwrap(), elementwise::dot(&x, &y)),
+            ("Σ|a|", g.abs_sum(&dx).unwrap(), elementwise::abs_sum(&x)),
+        ] {
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{on} {what}: {got} vs {want}"
+            );
+        }
+        let total = g.sum(&dx).unwrap();
+        assert_eq!(
+            total.to_vec().unwrap(),
+            vec![elementwise::sum(&x) as f32],
+            "{on} sum"
+        );
+        assert_eq!(
+            g.broadcast(&total, 5).unwrap().to_vec().unwrap(),
+            vec![elementwise::sum(&x) as f32; 5]
+        );
+        assert_eq!(
+            g.abs_max(&dx).unwrap(),
+            elementwise::abs_max(&x),
+            "{on} abs max"
+        );
+        let mut with_nan = x.clone();
+        with_nan[4321] = f32::NAN;
+        assert!(
+            g.abs_max(&g.upload(&with_nan).unwrap()).unwrap().is_nan(),
+            "{on} abs max NaN"
+        );
+
+        // The packed ReLU mask with zeros, a negative zero and NaN, at a length that is not a
+        // multiple of 32.
+        let mut signs = x.clone();
+        (signs[7], signs[8], signs[40]) = (0.0, -0.0, f32::NAN);
+        let mut bits = vec![0; relu::relu_mask_words(n)];
+        relu::relu_mask_pack(&signs, &mut bits);
+        let mask = g.relu_mask(&g.upload(&signs).unwrap()).unwrap();
+        assert_eq!(mask.to_vec().unwrap(), bits, "{on} relu mask");
+        let mut masked = g.upload(&y).unwrap();
+        g.apply_relu_mask(&mut masked, &mask).unwrap();
+        let mut want_masked = y.clone();
+        relu::relu_mask_apply(&bits, &mut want_masked);
+        assert_eq!(
+            masked.to_vec().unwrap(),
+            want_masked,
+            "{on} relu mask apply"
+        );
+
+        let p = AdamParams {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: 3,
+        };
+        let (m0, v0): (Vec<f32>, Vec<f32>) = (
+            rand_vec(n, 3),
+            rand_vec(n, 4).iter().map(|v| v * v).collect(),
+        );
+        let (mut xc, mut mc, mut vc) = (x.clone(), m0.clone(), v0.clone());
+        elementwise::adam_update(&mut xc, &y, &mut mc, &mut vc, &p);
+        let (mut xg, mut mg, mut vg) = (
+            g.upload(&x).unwrap(),
+            g.upload(&m0).unwrap(),
+            g.upload(&v0).unwrap(),
+        );
+        g.adam_update(&mut xg, &dy, &mut mg, &mut vg, &p).unwrap();
+        assert_eq!(xg.to_vec().unwrap(), xc, "{on} adam x");
+        assert_eq!(mg.to_vec().unwrap(), mc, "{on} adam m");
+        assert_eq!(vg.to_vec().unwrap(), vc, "{on} adam v");
+
+        assert!(
+            g.axpby(1.0, &dx, 1.0, &g.zeros(3).unwrap()).is_err(),
+            "{on} length check"
+        );
     }
 }
 
 #[test]
-fn cuda_matches_cpu_on_random_inputs() {
-    let Some(g) = gpu() else { return };
-    // ReLU.
-    let x = rand_vec(10_000, 1);
-    let mut want = vec![0.0; x.len()];
-    relu::relu_forward(&x, &mut want);
-    let dx = g.upload(&x).unwrap();
-    let mut dy = g.zeros(x.len()).unwrap();
-    g.relu_forward(&dx, &mut dy).unwrap();
-    assert_eq!(g.download(&dy).unwrap(), want, "relu");
-    // axpby and Σ(a − b)².
-    let y = rand_vec(10_000, 2);
-    let dyy = g.upload(&y).unwrap();
-    let mut out = g.zeros(x.len()).unwrap();
-    g.axpby(0.5, &dx, -2.0, &dyy, &mut out).unwrap();
-    let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| 0.5 * a - 2.0 * b).collect();
-    assert!(rel_err(&g.download(&out).unwrap(), &want) <= 1e-6, "axpby");
-    let want: f64 = x
-        .iter()
-        .zip(&y)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum();
-    let got = g.sum_sq_diff(&dx, &dyy).unwrap();
-    assert!(
-        (got - want).abs() <= 1e-9 * want,
-        "Σ(a−b)²: {got} vs {want}"
-    );
-    // Max pooling on odd sizes.
-    let p = pool::Pool2dParams {
-        planes: 3,
-        in_h: 7,
-        in_w: 9,
-    };
-    let x = rand_vec(p.input_len(), 3);
-    let (mut want, mut arg) = (vec![0.0; p.output_len()], vec![0u32; p.output_len()]);
-    pool::max_pool_forward(&p, &x, &mut want, &mut arg);
-    let (got, _) = g.max_pool2x2(&g.upload(&x).unwrap(), &p).unwrap();
-    assert_eq!(g.download(&got).unwrap(), want, "max pool");
-    // Convolution, a VGG-19 shape (conv3_1 at 28×30).
-    let c = Conv2dParams {
-        batch: 1,
-        in_channels: 128,
-        in_h: 28,
-        in_w: 30,
-        out_channels: 256,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride: 1,
-        pad: 1,
-    };
-    let (x, w, b) = (
-        rand_vec(c.input_len(), 4),
-        rand_vec(c.weight_len(), 5),
-        rand_vec(c.out_channels, 6),
-    );
-    let mut want = vec![0.0; c.output_len()];
-    conv2d_forward_direct(&c, &x, &w, Some(&b), &mut want);
-    let got = g
-        .conv2d_forward(
-            &g.upload(&x).unwrap(),
-            &g.upload(&w).unwrap(),
-            &g.upload(&b).unwrap(),
-            &c,
-        )
-        .unwrap();
-    let e = rel_err(&g.download(&got).unwrap(), &want);
-    assert!(e <= 1e-4, "conv forward: relative error {e:.2e}");
+fn pooling_matches_nst_cpu_with_ties_and_nan() {
+    for (on, g) in gpus() {
+        for (planes, in_h, in_w) in [(3, 7, 9), (2, 8, 8), (1, 1, 3)] {
+            let p = pool::Pool2dParams { planes, in_h, in_w };
+            let mut x: Vec<f32> = rand_vec(p.input_len(), 7)
+                .iter()
+                .map(|v| (v * 4.0).round())
+                .collect();
+            if x.len() > 10 {
+                x[10] = f32::NAN;
+            }
+            let dy = rand_vec(p.output_len(), 8);
+            let (gx, gdy) = (g.upload(&x).unwrap(), g.upload(&dy).unwrap());
+            let (mut y, mut arg) = (vec![0.0; p.output_len()], vec![0u32; p.output_len()]);
+            pool::max_pool_forward(&p, &x, &mut y, &mut arg);
+            let (gy, garg) = g.max_pool(&gx, &p).unwrap();
+            close_nan(&gy.to_vec().unwrap(), &y, &format!("{on} max pool {p:?}"));
+            let got_arg: Vec<u32> = garg.to_vec().unwrap().iter().map(|&a| a as u32).collect();
+            assert_eq!(got_arg, arg, "{on} max pool winners {p:?}");
+            let mut dx = vec![0.0; p.input_len()];
+            pool::max_pool_backward(&p, &dy, &arg, &mut dx);
+            assert_eq!(
+                g.max_pool_backward(&gdy, &garg, &p)
+                    .unwrap()
+                    .to_vec()
+                    .unwrap(),
+                dx,
+                "{on} max pool dx"
+            );
+            pool::avg_pool_forward(&p, &x, &mut y);
+            close_nan(
+                &g.avg_pool(&gx, &p).unwrap().to_vec().unwrap(),
+                &y,
+                &format!("{on} avg pool"),
+            );
+            pool::avg_pool_backward(&p, &dy, &mut dx);
+            assert_eq!(
+                g.avg_pool_backward(&gdy, &p).unwrap().to_vec().unwrap(),
+                dx,
+                "{on} avg pool dx"
+            );
+        }
+    }
+}
+
+fn close_nan(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            a == b || (a - b).abs() <= 1e-6 * b.abs() || (a.is_nan() && b.is_nan()),
+            "{what}[{i}]: {a} vs {b}"
+        );
+    }
+}
+
+#[test]
+fn products_and_gram_match_nst_cpu() {
+    for (on, g) in gpus() {
+        for (m, k, n) in [(3, 5, 4), (1, 7, 2), (17, 33, 9)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (a, b) = (rand_vec(m * k, 1), rand_vec(k * n, 2));
+                let mut want = vec![0.0; m * n];
+                nst_cpu::matmul(&a, &b, &mut want, m, k, n, ta, tb, false);
+                let got = g
+                    .matmul(
+                        &g.upload(&a).unwrap(),
+                        &g.upload(&b).unwrap(),
+                        (m, k, n),
+                        ta,
+                        tb,
+                    )
+                    .unwrap();
+                close(
+                    &got.to_vec().unwrap(),
+                    &want,
+                    1e-6,
+                    &format!("{on} matmul {m}×{k}×{n} {ta} {tb}"),
+                );
+            }
+        }
+        let (batch, c, m, scale) = (2, 6, 45, 0.25);
+        let (f, dg) = (rand_vec(batch * c * m, 3), rand_vec(batch * c * c, 4));
+        let (mut want, mut want_df) = (vec![0.0; batch * c * c], vec![0.0; batch * c * m]);
+        for i in 0..batch {
+            gram::gram_forward(
+                &f[i * c * m..][..c * m],
+                c,
+                m,
+                scale,
+                &mut want[i * c * c..][..c * c],
+            );
+            gram::gram_backward(
+                &f[i * c * m..][..c * m],
+                &dg[i * c * c..][..c * c],
+                c,
+                m,
+                scale,
+                &mut want_df[i * c * m..][..c * m],
+            );
+        }
+        let (gf, gdg) = (g.upload(&f).unwrap(), g.upload(&dg).unwrap());
+        close(
+            &g.gram(&gf, batch, c, m, scale).unwrap().to_vec().unwrap(),
+            &want,
+            1e-6,
+            &format!("{on} gram"),
+        );
+        close(
+            &g.gram_backward(&gf, &gdg, batch, c, m, scale)
+                .unwrap()
+                .to_vec()
+                .unwrap(),
+            &want_df,
+            1e-6,
+            &format!("{on} gram backward"),
+        );
+        let t = g.transpose(&gf, c, batch * m).unwrap().to_vec().unwrap();
+        for r in 0..c {
+            for col in 0..batch * m {
+                assert_eq!(t[col * c + r], f[r * batch * m + col], "{on} transpose");
+            }
+        }
+    }
+}
+
+/// Convolution forward (with bias and ReLU), input gradient (added into an existing one) and
+/// weight gradient, at several strides, paddings, kernel shapes and batch sizes, each also
+/// with bands of one or two output rows (the banding large images use).
+#[test]
+fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
+    for (on, g) in gpus() {
+        let shapes = [
+            (1, 3, 9, 8, 5, 3, 3, 1, 1),
+            (2, 4, 7, 6, 3, 3, 3, 2, 1),
+            (1, 2, 5, 5, 6, 3, 2, 1, 0),
+            (1, 64, 12, 10, 32, 3, 3, 1, 1),
+        ];
+        for (batch, cin, h, w, cout, kh, kw, stride, pad) in shapes {
+            let c = Conv2dParams {
+                batch,
+                in_channels: cin,
+                in_h: h,
+                in_w: w,
+                out_channels: cout,
+                kernel_h: kh,
+                kernel_w: kw,
+                stride,
+                pad,
+            };
+            let (x, wt, b) = (
+                rand_vec(c.input_len(), 4),
+                rand_vec(c.weight_len(), 5),
+                rand_vec(cout, 6),
+            );
+            let dy = rand_vec(c.output_len(), 7);
+            let dx0 = rand_vec(c.input_len(), 8);
+            let mut y = vec![0.0; c.output_len()];
+            conv::conv2d_relu_forward(&c, ConvAlgorithm::Im2col, &x, &wt, Some(&b), &mut y);
+            let mut dx = dx0.clone();
+            conv::conv2d_backward_input_accumulate(&c, ConvAlgorithm::Im2col, &dy, &wt, &mut dx);
+            let (mut dw, mut db) = (vec![0.0; c.weight_len()], vec![0.0; cout]);
+            conv::conv2d_backward_weight(&c, &x, &dy, &mut dw, Some(&mut db));
+            let one_row = c.patch_len() * c.out_w();
+            for (bands, g) in [
+                ("one band", g.clone()),
+                ("bands of one row", g.clone().with_cols_budget(one_row)),
+                ("bands of two rows", g.clone().with_cols_budget(2 * one_row)),
+            ] {
+                let what = format!("{on} {bands} {c:?}");
+                let (gx, gw, gb, gdy) = (
+                    g.upload(&x).unwrap(),
+                    g.upload(&wt).unwrap(),
+                    g.upload(&b).unwrap(),
+                    g.upload(&dy).unwrap(),
+                );
+                let gy = g.conv2d(&gx, &gw, Some(&gb), &c, true).unwrap();
+                close(&gy.to_vec().unwrap(), &y, 1e-5, &format!("{what} forward"));
+                let mut gdx = g.upload(&dx0).unwrap();
+                g.conv2d_backward_input_add(&gdy, &gw, &c, &mut gdx)
+                    .unwrap();
+                close(
+                    &gdx.to_vec().unwrap(),
+                    &dx,
+                    1e-5,
+                    &format!("{what} input gradient"),
+                );
+                let (gdw, gdb) = g.conv2d_backward_weight(&gx, &gdy, &c, true).unwrap();
+                close(
+                    &gdw.to_vec().unwrap(),
+                    &dw,
+                    1e-5,
+                    &format!("{what} weight gradient"),
+                );
+                close(
+                    &gdb.unwrap().to_vec().unwrap(),
+                    &db,
+                    1e-5,
+                    &format!("{what} bias gradient"),
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,249 @@
+//! [`Runtime`] on a real GPU: the CUDA driver API and cuBLAS through cudarc, both loaded at
+//! run time.
+//!
+//! - Memory comes from `cuMemAllocAsync`, the device's stream-ordered pool, with its release
+//!   threshold raised to "keep everything": after the first iteration every allocation is a
+//!   reuse, without a caching allocator of our own. [`Runtime::release_cached_memory`] trims
+//!   the pool (between image scales).
+//! - All work goes to one non-blocking stream; only downloads wait for it.
+//! - Kernels are the NVRTC-compiled `kernels.cu`, launched with `cuLaunchKernel` and the
+//!   argument array of [`KernelParams`].
+//!
+//! Every driver call first makes the context current on the calling thread: `nst serve` runs
+//! jobs on a worker thread, and the driver API's context is per thread.
+
+use crate::blas::Sgemm;
+use crate::kernels;
+use crate::runtime::{Arg, DevicePtr, GpuResult, KernelParams, Runtime};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::{self, CUmemPool_attribute};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Device `ordinal` with the nst kernels loaded and a cuBLAS handle on its stream.
+pub struct CudaRuntime {
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    pool: sys::CUmemoryPool,
+    name: String,
+}
+
+// SAFETY: the memory pool handle is a driver object usable from any thread whose current
+// context is this device's (every method binds it first); the rest is Send + Sync already.
+unsafe impl Send for CudaRuntime {}
+// SAFETY: as above; the driver API is thread-safe for these calls.
+unsafe impl Sync for CudaRuntime {}
+
+fn err(what: &str, e: impl std::fmt::Debug) -> String {
+    format!("CUDA {what} failed: {e:?}")
+}
+
+impl CudaRuntime {
+    /// Opens device `ordinal`, compiles and loads the kernels, creates the cuBLAS handle.
+    /// Checks first that every library loads ([`crate::probe`]): cudarc panics on a missing
+    /// one.
+    pub fn new(ordinal: usize) -> GpuResult<CudaRuntime> {
+        if let crate::Probe::Unavailable(why) = crate::probe() {
+            return Err(why);
+        }
+        let context = CudaContext::new(ordinal).map_err(|e| err("device open", e))?;
+        let name = context.name().unwrap_or_else(|_| "unknown GPU".into());
+        let stream = context
+            .new_stream()
+            .map_err(|e| err("stream creation", e))?;
+        let module = context
+            .load_module(kernels::compile()?)
+            .map_err(|e| err("module load", e))?;
+        let mut functions = HashMap::new();
+        for &kernel in kernels::KERNEL_NAMES {
+            let f = module
+                .load_function(kernel)
+                .map_err(|e| err("kernel load", e))?;
+            functions.insert(kernel, f);
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS init", e))?;
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: the context is current (CudaContext::new binds it); `pool` receives the
+        // handle; the attribute takes a u64.
+        unsafe {
+            sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device())
+                .result()
+                .map_err(|e| err("memory pool lookup", e))?;
+            let mut keep_all = u64::MAX;
+            sys::cuMemPoolSetAttribute(
+                pool,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut keep_all as *mut u64 as *mut _,
+            )
+            .result()
+            .map_err(|e| err("memory pool setup", e))?;
+        }
+        Ok(CudaRuntime {
+            context,
+            stream,
+            blas,
+            functions,
+            pool,
+            name,
+        })
+    }
+
+    fn bind(&self) -> GpuResult<()> {
+        self.context
+            .bind_to_thread()
+            .map_err(|e| err("context binding", e))
+    }
+
+    fn raw_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+}
+
+impl Runtime for CudaRuntime {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    fn alloc(&self, bytes: usize) -> GpuResult<DevicePtr> {
+        self.bind()?;
+        // SAFETY: the stream belongs to the current context; the memory is only used on it.
+        unsafe { cudarc::driver::result::malloc_async(self.raw_stream(), bytes) }.map_err(|e| {
+            format!(
+                "the GPU could not allocate {:.1} MiB ({e:?}); try a smaller --size",
+                bytes as f64 / (1u64 << 20) as f64
+            )
+        })
+    }
+
+    unsafe fn free(&self, ptr: DevicePtr) {
+        if self.bind().is_ok() {
+            // SAFETY: the caller gives a live allocation of this stream's pool. A failure here
+            // (a context already torn down at exit) leaves nothing to clean up.
+            let _ = unsafe { cudarc::driver::result::free_async(ptr, self.raw_stream()) };
+        }
+    }
+
+    unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> GpuResult<()> {
+        self.bind()?;
+        // SAFETY: the caller guarantees dst's size. Waiting afterwards means `src` (pageable
+        // host memory) is not read after this returns.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.raw_stream()) }
+            .map_err(|e| err("copy to the GPU", e))?;
+        self.synchronize()
+    }
+
+    unsafe fn download(&self, src: DevicePtr, dst: &mut [u8]) -> GpuResult<()> {
+        self.bind()?;
+        // SAFETY: the caller guarantees src's size; we wait before `dst` is read.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, self.raw_stream()) }
+            .map_err(|e| err("copy to the host", e))?;
+        self.synchronize()
+    }
+
+    unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> GpuResult<()> {
+        self.bind()?;
+        // SAFETY: the caller guarantees both sizes.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.raw_stream()) }
+            .map_err(|e| err("device copy", e))
+    }
+
+    unsafe fn fill_u32(&self, dst: DevicePtr, value: u32, count: usize) -> GpuResult<()> {
+        self.bind()?;
+        // SAFETY: the caller guarantees 4·count bytes at dst.
+        unsafe { sys::cuMemsetD32Async(dst, value, count, self.raw_stream()) }
+            .result()
+            .map_err(|e| err("memset", e))
+    }
+
+    unsafe fn launch(
+        &self,
+        name: &'static str,
+        grid: u32,
+        block: u32,
+        args: &[Arg],
+    ) -> GpuResult<()> {
+        self.bind()?;
+        let f = self
+            .functions
+            .get(name)
+            .ok_or_else(|| format!("no CUDA kernel named {name}"))?;
+        let mut params = KernelParams::new(args);
+        let mut pointers = params.pointers();
+        // SAFETY: the caller guarantees the arguments match the kernel; `params` outlives the
+        // call (cuLaunchKernel copies the values before returning).
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                (grid, 1, 1),
+                (block, 1, 1),
+                0,
+                self.raw_stream(),
+                &mut pointers,
+            )
+        }
+        .map_err(|e| err(name, e))
+    }
+
+    unsafe fn sgemm(
+        &self,
+        call: &Sgemm,
+        a: DevicePtr,
+        b: DevicePtr,
+        c: DevicePtr,
+    ) -> GpuResult<()> {
+        self.bind()?;
+        let g = call.config();
+        // SAFETY: the caller guarantees a valid call and the operands' extents; α and β are
+        // host values (the handle's default pointer mode).
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *self.blas.handle(),
+                g.transa,
+                g.transb,
+                g.m,
+                g.n,
+                g.k,
+                &g.alpha,
+                a as *const f32,
+                g.lda,
+                b as *const f32,
+                g.ldb,
+                &g.beta,
+                c as *mut f32,
+                g.ldc,
+            )
+        }
+        .map_err(|e| err("SGEMM", e))
+    }
+
+    fn synchronize(&self) -> GpuResult<()> {
+        self.bind()?;
+        self.stream.synchronize().map_err(|e| err("kernel", e))
+    }
+
+    fn release_cached_memory(&self) {
+        if self.synchronize().is_ok() {
+            // SAFETY: the pool belongs to this device; trimming frees only unused memory.
+            let _ = unsafe { sys::cuMemPoolTrimTo(self.pool, 0) };
+        }
+    }
+
+    fn peak_bytes(&self) -> Option<u64> {
+        let mut high = 0u64;
+        self.bind().ok()?;
+        // SAFETY: the attribute is a u64 the driver writes.
+        unsafe {
+            sys::cuMemPoolGetAttribute(
+                self.pool,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                &mut high as *mut u64 as *mut _,
+            )
+        }
+        .result()
+        .ok()?;
+        Some(high)
+    }
+}

@@ -1,0 +1,362 @@
+//! [`Runtime`] without a GPU: `kernels.cu` compiled as C++ for the host and run there, exactly
+//! as written, so everything above the runtime seam runs and is tested on any machine.
+//!
+//! - **Kernels**: the first [`Emulator::new`] of a process compiles `host/launch.cpp` (which
+//!   includes `host/cuda_host.h` and `src/kernels.cu`) with `g++ -std=c++20` into a shared
+//!   library in the temporary directory, named by a hash of the sources so later processes
+//!   reuse it, and loads it. `nst_launch` runs a kernel with cuLaunchKernel's argument
+//!   convention: each block as `blockDim.x` threads with a `std::barrier` for
+//!   `__syncthreads`, blocks one after another, launches one at a time like one stream.
+//!   Every kernel has a grid-stride loop, so the emulator shrinks launches to at most
+//!   [`MAX_BLOCKS`] blocks of [`MAX_THREADS`] threads (OS threads cost ~10 µs each) and still
+//!   covers every element with the same code.
+//! - **Memory**: "device pointers" are host addresses of 8-byte-aligned allocations, each
+//!   followed by guard words that [`Runtime::free`] checks: a kernel writing past the end of
+//!   a buffer fails loudly instead of silently corrupting a neighbour, as it could on a GPU.
+//! - **cuBLAS**: [`Sgemm`] calls are executed with cuBLAS's column-major semantics by
+//!   nst-cpu's strided GEMM (fast enough to run VGG-19 through the emulator in tests).
+//!
+//! Not emulated: warp lockstep (no kernel relies on it), PTX code generation (NVRTC compiles
+//! the same source in CI), cuDNN. Needs `g++` with C++20 (`<barrier>`, GCC ≥ 11).
+
+use crate::blas::Sgemm;
+use crate::runtime::{Arg, DevicePtr, GpuResult, KernelParams, Runtime};
+use nst_cpu::gemm::{gemm_strided, MatLayout};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Most blocks one emulated launch runs (grid-stride loops cover the rest).
+pub const MAX_BLOCKS: u32 = 2;
+/// Most threads per emulated block (a power of two, as the reductions need).
+pub const MAX_THREADS: u32 = 32;
+
+/// Guard words after each allocation, and the value they hold.
+const GUARD_WORDS: usize = 4;
+const GUARD: u64 = 0x5afe_9a4d_5afe_9a4d;
+
+const SOURCES: [(&str, &str); 3] = [
+    ("host/cuda_host.h", include_str!("../host/cuda_host.h")),
+    ("host/launch.cpp", include_str!("../host/launch.cpp")),
+    ("src/kernels.cu", include_str!("kernels.cu")),
+];
+
+type LaunchFn = unsafe extern "C" fn(*const c_char, c_uint, c_uint, *mut *mut c_void) -> c_int;
+
+/// The compiled kernels, loaded once per process.
+struct Library {
+    lib: libloading::Library,
+    launch: LaunchFn,
+}
+
+fn library() -> GpuResult<&'static Library> {
+    static LIBRARY: OnceLock<GpuResult<Library>> = OnceLock::new();
+    LIBRARY
+        .get_or_init(|| {
+            let path = compile()?;
+            // SAFETY: our own library, just compiled from the sources above; its static
+            // initialisers only build the kernel table.
+            let lib = unsafe { libloading::Library::new(&path) }
+                .map_err(|e| format!("cannot load the emulated kernels: {e}"))?;
+            // SAFETY: launch.cpp defines nst_launch with exactly this signature.
+            let launch = unsafe { lib.get::<LaunchFn>(b"nst_launch\0").map(|f| *f) }
+                .map_err(|e| format!("the emulated kernels lack nst_launch: {e}"))?;
+            Ok(Library { lib, launch })
+        })
+        .as_ref()
+        .map_err(|e| e.clone())
+}
+
+/// FNV-1a of the sources and flags: the library's file name, so a changed kernel recompiles.
+fn source_hash(flags: &[&str]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let texts = SOURCES.iter().map(|(_, t)| *t).chain(flags.iter().copied());
+    for byte in texts.flat_map(|t| t.bytes().chain([0])) {
+        h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Compiles the kernels for the host (or finds them compiled by an earlier process).
+fn compile() -> GpuResult<PathBuf> {
+    const FLAGS: [&str; 7] = [
+        "-std=c++20",
+        "-O2",
+        "-shared",
+        "-fPIC",
+        "-pthread",
+        "-Wall",
+        "-Werror",
+    ];
+    let dir = std::env::temp_dir().join(format!("nst-cuda-emulator-{:016x}", source_hash(&FLAGS)));
+    let lib = dir.join("libnst_kernels_host.so");
+    if lib.exists() {
+        return Ok(lib);
+    }
+    let write = |rel: &str, text: &str| -> std::io::Result<()> {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        std::fs::write(path, text)
+    };
+    for (rel, text) in SOURCES {
+        write(rel, text).map_err(|e| format!("cannot write the emulator's sources: {e}"))?;
+    }
+    // Compile to a name of our own, then rename: test processes racing here each finish
+    // with a complete library.
+    let partial = dir.join(format!("partial-{}.so", std::process::id()));
+    let out = std::process::Command::new("g++")
+        .args(FLAGS)
+        .arg("-o")
+        .arg(&partial)
+        .arg(dir.join("host/launch.cpp"))
+        .output()
+        .map_err(|e| format!("the CUDA emulator needs g++ (C++20): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "g++ could not compile the emulated kernels: {}",
+            String::from_utf8_lossy(&out.stderr).replace('\n', " ")
+        ));
+    }
+    std::fs::rename(&partial, &lib).map_err(|e| format!("cannot place the emulator: {e}"))?;
+    Ok(lib)
+}
+
+/// Whether the emulator can run here (compiles it on first use), or why not.
+pub fn available() -> GpuResult<()> {
+    library().map(|_| ())
+}
+
+/// The kernels the compiled library can launch, in its table's order (to check against
+/// [`crate::kernels::KERNEL_NAMES`]).
+pub fn kernel_names() -> GpuResult<Vec<String>> {
+    let lib = library()?;
+    // SAFETY: launch.cpp defines both symbols with these signatures; names are static C
+    // strings.
+    unsafe {
+        let count = lib
+            .lib
+            .get::<unsafe extern "C" fn() -> c_int>(b"nst_kernel_count\0")
+            .map_err(|e| e.to_string())?;
+        let name = lib
+            .lib
+            .get::<unsafe extern "C" fn(c_int) -> *const c_char>(b"nst_kernel_name\0")
+            .map_err(|e| e.to_string())?;
+        Ok((0..count())
+            .map(|i| {
+                std::ffi::CStr::from_ptr(name(i))
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect())
+    }
+}
+
+/// One emulated allocation: its words (data, then guard words) and its size in bytes.
+struct Allocation {
+    words: Box<[u64]>,
+    bytes: usize,
+}
+
+/// The host-side CUDA runtime. See the module docs.
+#[derive(Default)]
+pub struct Emulator {
+    /// Live allocations by address.
+    allocations: Mutex<HashMap<DevicePtr, Allocation>>,
+    in_use: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Emulator {
+    /// An emulated device; compiles the kernels on the first call of the process.
+    pub fn new() -> GpuResult<Arc<Emulator>> {
+        available()?;
+        Ok(Arc::new(Emulator::default()))
+    }
+
+    /// Host slice over device memory of this emulator.
+    ///
+    /// # Safety
+    /// `ptr` points at `len` live f32 values of an allocation of this emulator, not aliased
+    /// mutably elsewhere for the slice's life.
+    unsafe fn floats<'a>(ptr: DevicePtr, len: usize) -> &'a [f32] {
+        // SAFETY: as the caller guarantees.
+        unsafe { std::slice::from_raw_parts(ptr as *const f32, len) }
+    }
+}
+
+/// One past the last element index a column-major `rows × cols` operand with leading
+/// dimension `ld` touches.
+fn extent(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (cols - 1) * ld + rows
+    }
+}
+
+impl Runtime for Emulator {
+    fn describe(&self) -> String {
+        "CUDA emulator (kernels.cu compiled for the host)".into()
+    }
+
+    fn alloc(&self, bytes: usize) -> GpuResult<DevicePtr> {
+        let words = bytes.div_ceil(8);
+        let mut block = vec![GUARD; words + GUARD_WORDS].into_boxed_slice();
+        // Fresh device memory is garbage, not zeros: NaN patterns catch a kernel that
+        // reads what nothing wrote.
+        block[..words].fill(0x7fc0_0001_7fc0_0001);
+        let ptr = block.as_mut_ptr() as DevicePtr;
+        self.allocations
+            .lock()
+            .map_err(|_| "emulator state poisoned".to_string())?
+            .insert(ptr, Allocation { words: block, bytes });
+        let now = self.in_use.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        Ok(ptr)
+    }
+
+    unsafe fn free(&self, ptr: DevicePtr) {
+        let Ok(mut map) = self.allocations.lock() else {
+            return;
+        };
+        let Some(Allocation { words: block, bytes }) = map.remove(&ptr) else {
+            panic!("emulated free of {ptr:#x}, which is not a live allocation");
+        };
+        drop(map);
+        self.in_use.fetch_sub(bytes as u64, Ordering::Relaxed);
+        let words = bytes.div_ceil(8);
+        // Bytes between the data's end and its last word are padding, not guards.
+        if block[words..].iter().any(|&w| w != GUARD) {
+            panic!("a kernel wrote past the end of a {bytes}-byte device buffer");
+        }
+    }
+
+    unsafe fn upload(&self, dst: DevicePtr, src: &[u8]) -> GpuResult<()> {
+        // SAFETY: the caller guarantees room for src at dst.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    unsafe fn download(&self, src: DevicePtr, dst: &mut [u8]) -> GpuResult<()> {
+        // SAFETY: the caller guarantees dst.len() bytes at src.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> GpuResult<()> {
+        // SAFETY: the caller guarantees both ranges, which do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+
+    unsafe fn fill_u32(&self, dst: DevicePtr, value: u32, count: usize) -> GpuResult<()> {
+        // SAFETY: the caller guarantees 4·count bytes at dst, which is 4-aligned (it is an
+        // allocation's start or an f32 inside one).
+        unsafe { std::slice::from_raw_parts_mut(dst as *mut u32, count).fill(value) };
+        Ok(())
+    }
+
+    unsafe fn launch(
+        &self,
+        name: &'static str,
+        grid: u32,
+        block: u32,
+        args: &[Arg],
+    ) -> GpuResult<()> {
+        let lib = library()?;
+        let mut params = KernelParams::new(args);
+        let mut pointers = params.pointers();
+        let kernel = CString::new(name).map_err(|e| e.to_string())?;
+        let (grid, block) = (grid.clamp(1, MAX_BLOCKS), block.clamp(1, MAX_THREADS));
+        // SAFETY: the caller guarantees the arguments match the kernel; the pointer array
+        // and the values it points at live until the call returns.
+        let rc = unsafe { (lib.launch)(kernel.as_ptr(), grid, block, pointers.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(format!("no CUDA kernel named {name}"));
+        }
+        Ok(())
+    }
+
+    unsafe fn sgemm(
+        &self,
+        call: &Sgemm,
+        a: DevicePtr,
+        b: DevicePtr,
+        c: DevicePtr,
+    ) -> GpuResult<()> {
+        if !call.is_valid() {
+            return Err(format!("cuBLAS would reject {call:?}"));
+        }
+        let (m, n, k) = (call.m, call.n, call.k);
+        // op(A) is m×k: stored m×k (column-major, ld lda), or k×m and read transposed.
+        let (a_layout, a_len) = if call.trans_a {
+            (
+                MatLayout {
+                    rows: m,
+                    cols: k,
+                    row_stride: call.lda,
+                    col_stride: 1,
+                },
+                extent(k, m, call.lda),
+            )
+        } else {
+            (
+                MatLayout {
+                    rows: m,
+                    cols: k,
+                    row_stride: 1,
+                    col_stride: call.lda,
+                },
+                extent(m, k, call.lda),
+            )
+        };
+        let (b_layout, b_len) = if call.trans_b {
+            (
+                MatLayout {
+                    rows: k,
+                    cols: n,
+                    row_stride: call.ldb,
+                    col_stride: 1,
+                },
+                extent(n, k, call.ldb),
+            )
+        } else {
+            (
+                MatLayout {
+                    rows: k,
+                    cols: n,
+                    row_stride: 1,
+                    col_stride: call.ldb,
+                },
+                extent(k, n, call.ldb),
+            )
+        };
+        let c_layout = MatLayout {
+            rows: m,
+            cols: n,
+            row_stride: 1,
+            col_stride: call.ldc,
+        };
+        let c_len = extent(m, n, call.ldc);
+        // SAFETY: the caller guarantees each operand covers its extent; C does not overlap A
+        // or B (cuBLAS requires the same).
+        unsafe {
+            let (a, b) = (Self::floats(a, a_len), Self::floats(b, b_len));
+            let c = std::slice::from_raw_parts_mut(c as *mut f32, c_len);
+            gemm_strided(call.alpha, a, a_layout, b, b_layout, call.beta, c, c_layout);
+        }
+        Ok(())
+    }
+
+    fn synchronize(&self) -> GpuResult<()> {
+        Ok(())
+    }
+
+    fn release_cached_memory(&self) {}
+
+    fn peak_bytes(&self) -> Option<u64> {
+        Some(self.peak.load(Ordering::Relaxed))
+    }
+}
