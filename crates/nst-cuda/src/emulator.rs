@@ -211,7 +211,13 @@ impl Runtime for Emulator {
         self.allocations
             .lock()
             .map_err(|_| "emulator state poisoned".to_string())?
-            .insert(ptr, Allocation { words: block, bytes });
+            .insert(
+                ptr,
+                Allocation {
+                    words: block,
+                    bytes,
+                },
+            );
         let now = self.in_use.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
         self.peak.fetch_max(now, Ordering::Relaxed);
         Ok(ptr)
@@ -221,7 +227,11 @@ impl Runtime for Emulator {
         let Ok(mut map) = self.allocations.lock() else {
             return;
         };
-        let Some(Allocation { words: block, bytes }) = map.remove(&ptr) else {
+        let Some(Allocation {
+            words: block,
+            bytes,
+        }) = map.remove(&ptr)
+        else {
             panic!("emulated free of {ptr:#x}, which is not a live allocation");
         };
         drop(map);

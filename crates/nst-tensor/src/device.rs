@@ -2,7 +2,7 @@
 
 use crate::backend::BackendDevice;
 use crate::cpu_backend::CpuDevice;
-use crate::dummy_cuda_backend::CudaDevice;
+use crate::cuda_backend::CudaDevice;
 use crate::Result;
 use std::fmt;
 
@@ -13,8 +13,8 @@ pub enum Device {
     /// Host memory and the rayon kernels of `nst-cpu`.
     #[default]
     Cpu,
-    /// An NVIDIA GPU. Open one with [`Device::cuda`]; where that is impossible (no driver, no
-    /// GPU, or a build without a CUDA tensor backend) it says why instead.
+    /// An NVIDIA GPU (or the CUDA emulator). Open one with [`Device::cuda`]; where that is
+    /// impossible (no driver, NVRTC, cuBLAS or GPU) it says why instead.
     Cuda(CudaDevice),
 }
 
@@ -23,6 +23,12 @@ impl Device {
     /// missing.
     pub fn cuda(ordinal: usize) -> Result<Device> {
         Ok(Device::Cuda(CudaDevice::new(ordinal)?))
+    }
+
+    /// The CUDA emulator: the CUDA backend's kernels compiled for the host and run on the
+    /// CPU (needs `g++`; for tests — far slower than [`Device::Cpu`]).
+    pub fn cuda_emulated() -> Result<Device> {
+        Ok(Device::Cuda(CudaDevice::emulated()?))
     }
 
     /// CUDA device 0 when it can be used, else the CPU together with the reason CUDA was not
@@ -63,7 +69,8 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu ({} threads)", rayon_threads()),
-            Device::Cuda(d) => write!(f, "cuda:{}", d.ordinal()),
+            Device::Cuda(d) if d.is_emulated() => f.write_str("cuda emulator"),
+            Device::Cuda(d) => write!(f, "cuda:{} ({})", d.ordinal(), d.name()),
         }
     }
 }

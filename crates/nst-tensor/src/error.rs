@@ -52,4 +52,10 @@ pub enum TensorError {
         /// What is missing, in one line.
         reason: String,
     },
+    /// A CUDA operation failed on the device (out of memory names the size that failed).
+    #[error("{message}")]
+    CudaFailed {
+        /// The driver's, cuBLAS's or the allocator's complaint, in one line.
+        message: String,
+    },
 }

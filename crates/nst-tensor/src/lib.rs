@@ -16,9 +16,10 @@
 //! - Devices: a tensor's data is a [`storage`](backend) of its [`Device`]: `Device::Cpu`
 //!   (rayon kernels of `nst-cpu`) or `Device::Cuda`. Each device implements one trait of
 //!   kernels, [`backend::BackendStorage`]; ops and the backward pass call only that, so
-//!   gradients are computed and accumulated on the device of the tensors. This build's CUDA
-//!   backend is a placeholder: [`Device::cuda`] answers with
-//!   [`TensorError::CudaUnavailable`] and the reason, never a panic.
+//!   gradients are computed and accumulated on the device of the tensors. The CUDA backend
+//!   ([`cuda_backend`]) loads the driver, NVRTC and cuBLAS at run time: where one is missing,
+//!   [`Device::cuda`] answers with [`TensorError::CudaUnavailable`] and the reason, never a
+//!   panic. [`Device::cuda_emulated`] runs the same CUDA kernels on the CPU, for tests.
 //! - Tests run per device with [`test_device!`] (see [`test_utils`]).
 //!
 //! ## Feature flags
@@ -56,8 +57,8 @@ pub mod allocator;
 pub mod backend;
 mod backward;
 pub mod cpu_backend;
+pub mod cuda_backend;
 mod device;
-pub mod dummy_cuda_backend;
 mod error;
 mod grad_mode;
 mod op;

@@ -4,7 +4,7 @@
 
 use crate::backend::{BackendDevice, BackendStorage, BinaryOp};
 use crate::cpu_backend::{CpuDevice, CpuStorage};
-use crate::dummy_cuda_backend::CudaStorage;
+use crate::cuda_backend::CudaStorage;
 use crate::{Device, Result, TensorError};
 use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
 

@@ -1,24 +1,29 @@
 //! Running one test on every device: [`test_device!`](crate::test_device) turns a function
-//! `fn name(dev: &Device) -> …` into the tests `name::cpu` and `name::cuda` (candle-core's
-//! `test_device!` and dfdx's `TestDevice` are the models).
+//! `fn name(dev: &Device) -> …` into the tests `name::cpu`, `name::cuda` and
+//! `name::cuda_emulated` (candle-core's `test_device!` and dfdx's `TestDevice` are the
+//! models).
 //!
-//! The CUDA half runs when a CUDA device can be opened. Where it cannot (no GPU, or no CUDA
-//! backend in this build), it passes after writing a `SKIPPED` line with the reason straight to
-//! the terminal — past the test harness's output capture — so a run without a GPU says so:
+//! `cuda_emulated` runs the CUDA backend — its storage, every kernel, every cuBLAS call's
+//! arguments — on the CPU through the emulator ([`Device::cuda_emulated`]), so the CUDA code
+//! path is tested on machines without a GPU. `cuda` runs on a real GPU when one can be opened.
+//! Where a device cannot be used (no GPU; no `g++` for the emulator), its test passes after
+//! writing a `SKIPPED` line with the reason straight to the terminal — past the test
+//! harness's output capture — so a run without a GPU says so:
 //!
 //! ```text
 //! test gradients::cuda ... SKIPPED gradients::cuda: CUDA is not available: no NVIDIA driver found (libcuda.so could not be loaded)
 //! ok
 //! ```
 //!
-//! Set `NST_REQUIRE_CUDA=1` to make a missing device fail the CUDA half instead (the GPU check
-//! script will, once nst-tensor has a CUDA backend).
+//! Set `NST_REQUIRE_CUDA=1` to make a missing GPU fail the `cuda` tests instead (the GPU check
+//! script does), and `NST_REQUIRE_EMULATOR=1` likewise for the emulator (CI does).
 
 use crate::Device;
 use std::fmt::Debug;
 use std::io::Write;
 
-/// Defines the tests `<name>::cpu` and `<name>::cuda` that call `name(&device)`. `name` returns
+/// Defines the tests `<name>::cpu`, `<name>::cuda` and `<name>::cuda_emulated` that call
+/// `name(&device)`. `name` returns
 /// `()` or a `Result` whose error is `Debug`.
 ///
 /// ```
@@ -57,17 +62,31 @@ macro_rules! __paste_device_tests {
                     $crate::test_utils::Outcome::check(super::$name(&dev));
                 }
             }
+            #[test]
+            fn cuda_emulated() {
+                let test = concat!(module_path!(), "::cuda_emulated");
+                if let Some(dev) = $crate::test_utils::emulator_or_skip(test) {
+                    $crate::test_utils::Outcome::check(super::$name(&dev));
+                }
+            }
         }
     };
 }
 
 /// CUDA device 0, or `None` after reporting the test as skipped (see the module docs).
 pub fn cuda_or_skip(test: &str) -> Option<Device> {
-    match Device::cuda(0) {
+    device_or_skip(test, Device::cuda(0), "NST_REQUIRE_CUDA")
+}
+
+/// The CUDA emulator, or `None` after reporting the test as skipped.
+pub fn emulator_or_skip(test: &str) -> Option<Device> {
+    device_or_skip(test, Device::cuda_emulated(), "NST_REQUIRE_EMULATOR")
+}
+
+fn device_or_skip(test: &str, device: crate::Result<Device>, require: &str) -> Option<Device> {
+    match device {
         Ok(dev) => Some(dev),
-        Err(e) if std::env::var_os("NST_REQUIRE_CUDA").is_some() => {
-            panic!("NST_REQUIRE_CUDA is set but {e}")
-        }
+        Err(e) if std::env::var_os(require).is_some() => panic!("{require} is set but {e}"),
         Err(e) => {
             // Straight to the process's stderr: `eprintln!` would be captured by the harness
             // and shown only for failing tests.

@@ -1,0 +1,353 @@
+//! The CUDA backend: tensors in GPU memory and the operations of `nst_cuda::Gpu` (NVRTC
+//! kernels, cuBLAS), one call each, as the CPU backend calls nst-cpu.
+//!
+//! A [`CudaDevice`] is a real GPU ([`CudaDevice::new`], through the CUDA driver API loaded at
+//! run time) or the emulator ([`CudaDevice::emulated`]: the same kernels compiled for the host,
+//! the same argument lists, cuBLAS's semantics on the CPU). The emulator is how this backend
+//! is tested on machines without a GPU: [`crate::test_device!`] runs every device test on it
+//! too. Devices are opened once per process and shared (the kernels are compiled once).
+//!
+//! Nothing here copies to the host except [`BackendStorage::to_vec`] and the scalar results
+//! of `dot`, `abs_sum` and `abs_max` (the optimizer's decisions); sums stay on the device.
+
+use crate::backend::{BackendDevice, BackendStorage, BinaryOp};
+use crate::{Device, Result, TensorError};
+use nst_cuda::{DeviceBuffer, Floats, Gpu};
+use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
+use std::sync::{Arc, Mutex, OnceLock};
+
+fn failed(message: String) -> TensorError {
+    TensorError::CudaFailed { message }
+}
+
+/// A CUDA device (or the emulator), with its kernels loaded.
+#[derive(Clone)]
+pub struct CudaDevice {
+    gpu: Arc<Gpu>,
+    ordinal: usize,
+    emulated: bool,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaDevice({})", self.name())
+    }
+}
+
+impl PartialEq for CudaDevice {
+    fn eq(&self, other: &Self) -> bool {
+        self.gpu.same_device(&other.gpu)
+    }
+}
+
+impl Eq for CudaDevice {}
+
+impl CudaDevice {
+    /// Opens CUDA device `ordinal` (once per process; later calls share it), or says in one
+    /// line what is missing: driver, NVRTC, cuBLAS, a device, or kernels that load.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        static OPENED: Mutex<Vec<(usize, std::result::Result<Arc<Gpu>, String>)>> =
+            Mutex::new(Vec::new());
+        let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+        let gpu = match opened.iter().find(|(o, _)| *o == ordinal) {
+            Some((_, result)) => result.clone(),
+            None => {
+                let result = Gpu::open(ordinal).map(Arc::new);
+                opened.push((ordinal, result.clone()));
+                result
+            }
+        };
+        let gpu = gpu.map_err(|reason| TensorError::CudaUnavailable { reason })?;
+        Ok(CudaDevice {
+            gpu,
+            ordinal,
+            emulated: false,
+        })
+    }
+
+    /// The CUDA emulator: every kernel of the CUDA backend compiled for the host and run on
+    /// the CPU (needs `g++`; slow — for tests). See `nst_cuda::emulator`.
+    pub fn emulated() -> Result<Self> {
+        static EMULATOR: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
+        let gpu = EMULATOR
+            .get_or_init(|| Gpu::emulated().map(Arc::new))
+            .clone()
+            .map_err(|reason| TensorError::CudaUnavailable { reason })?;
+        Ok(CudaDevice {
+            gpu,
+            ordinal: 0,
+            emulated: true,
+        })
+    }
+
+    /// The device's index.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// Whether this is the emulator rather than a GPU.
+    pub fn is_emulated(&self) -> bool {
+        self.emulated
+    }
+
+    /// What runs the kernels ("NVIDIA H100 80GB HBM3", "CUDA emulator …").
+    pub fn name(&self) -> String {
+        self.gpu.describe()
+    }
+
+    /// The most device memory in use at once so far, in bytes (the allocator's high-water
+    /// mark), where the device reports it.
+    pub fn peak_memory_bytes(&self) -> Option<u64> {
+        self.gpu.runtime().peak_bytes()
+    }
+
+    fn storage(&self, buf: Floats) -> CudaStorage {
+        CudaStorage {
+            buf,
+            device: Device::Cuda(self.clone()),
+        }
+    }
+}
+
+/// A tensor's data in device memory.
+#[derive(Debug)]
+pub struct CudaStorage {
+    buf: Floats,
+    device: Device,
+}
+
+impl CudaStorage {
+    fn gpu(&self) -> &Gpu {
+        match &self.device {
+            Device::Cuda(d) => &d.gpu,
+            Device::Cpu => unreachable!("CUDA storage always holds a CUDA device"),
+        }
+    }
+
+    fn cuda_device(&self) -> &CudaDevice {
+        match &self.device {
+            Device::Cuda(d) => d,
+            Device::Cpu => unreachable!("CUDA storage always holds a CUDA device"),
+        }
+    }
+
+    /// Wraps a result of this storage's device.
+    fn wrap(&self, r: nst_cuda::GpuResult<Floats>) -> Result<Self> {
+        Ok(self.cuda_device().storage(r.map_err(failed)?))
+    }
+}
+
+impl BackendDevice for CudaDevice {
+    type Storage = CudaStorage;
+
+    fn storage_from_vec(&self, data: Vec<f32>) -> Result<CudaStorage> {
+        Ok(self.storage(self.gpu.upload(&data).map_err(failed)?))
+    }
+
+    fn storage_full(&self, value: f32, n: usize) -> Result<CudaStorage> {
+        Ok(self.storage(self.gpu.full(value, n).map_err(failed)?))
+    }
+
+    fn release_cached_memory(&self) {
+        self.gpu.runtime().release_cached_memory();
+    }
+}
+
+impl BackendStorage for CudaStorage {
+    /// Each window's winner, as an index in its input plane.
+    type PoolIndices = DeviceBuffer<i32>;
+    /// 32 elements per word, nst-cpu's layout.
+    type ReluMask = DeviceBuffer<u32>;
+
+    fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn to_vec(&self) -> Result<Vec<f32>> {
+        self.buf.to_vec().map_err(failed)
+    }
+
+    fn try_clone(&self) -> Result<Self> {
+        self.wrap(self.buf.try_clone())
+    }
+
+    /// The algorithm choice is the CPU's (Winograd or not); the GPU has its own.
+    fn conv2d(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        p: &Conv2dParams,
+        _algo: ConvAlgorithm,
+        relu: bool,
+    ) -> Result<Self> {
+        self.wrap(
+            self.gpu()
+                .conv2d(&self.buf, &w.buf, b.map(|b| &b.buf), p, relu),
+        )
+    }
+
+    fn conv2d_backward_input(
+        &self,
+        w: &Self,
+        p: &Conv2dParams,
+        algo: ConvAlgorithm,
+    ) -> Result<Self> {
+        let mut dx = self.wrap(self.gpu().zeros(p.input_len()))?;
+        self.conv2d_backward_input_accumulate(w, p, algo, &mut dx)?;
+        Ok(dx)
+    }
+
+    fn conv2d_backward_input_accumulate(
+        &self,
+        w: &Self,
+        p: &Conv2dParams,
+        _algo: ConvAlgorithm,
+        dx: &mut Self,
+    ) -> Result<()> {
+        self.gpu()
+            .conv2d_backward_input_add(&self.buf, &w.buf, p, &mut dx.buf)
+            .map_err(failed)
+    }
+
+    fn conv2d_backward_weight(
+        &self,
+        dy: &Self,
+        p: &Conv2dParams,
+        with_bias: bool,
+    ) -> Result<(Self, Option<Self>)> {
+        let (dw, db) = self
+            .gpu()
+            .conv2d_backward_weight(&self.buf, &dy.buf, p, with_bias)
+            .map_err(failed)?;
+        let device = self.cuda_device();
+        Ok((device.storage(dw), db.map(|db| device.storage(db))))
+    }
+
+    fn relu(&self) -> Result<Self> {
+        self.wrap(self.gpu().relu(&self.buf))
+    }
+
+    fn relu_mask(&self) -> Result<DeviceBuffer<u32>> {
+        self.gpu().relu_mask(&self.buf).map_err(failed)
+    }
+
+    fn apply_relu_mask(&mut self, mask: &DeviceBuffer<u32>) -> Result<()> {
+        let gpu = self.cuda_device().gpu.clone();
+        gpu.apply_relu_mask(&mut self.buf, mask).map_err(failed)
+    }
+
+    fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, DeviceBuffer<i32>)> {
+        let (y, winners) = self.gpu().max_pool(&self.buf, p).map_err(failed)?;
+        Ok((self.cuda_device().storage(y), winners))
+    }
+
+    fn max_pool2d_backward(&self, indices: &DeviceBuffer<i32>, p: &Pool2dParams) -> Result<Self> {
+        self.wrap(self.gpu().max_pool_backward(&self.buf, indices, p))
+    }
+
+    fn avg_pool2d(&self, p: &Pool2dParams) -> Result<Self> {
+        self.wrap(self.gpu().avg_pool(&self.buf, p))
+    }
+
+    fn avg_pool2d_backward(&self, p: &Pool2dParams) -> Result<Self> {
+        self.wrap(self.gpu().avg_pool_backward(&self.buf, p))
+    }
+
+    fn matmul(
+        &self,
+        b: &Self,
+        m: usize,
+        k: usize,
+        n: usize,
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Result<Self> {
+        self.wrap(
+            self.gpu()
+                .matmul(&self.buf, &b.buf, (m, k, n), trans_a, trans_b),
+        )
+    }
+
+    fn gram(&self, batch: usize, c: usize, m: usize, scale: f32) -> Result<Self> {
+        self.wrap(self.gpu().gram(&self.buf, batch, c, m, scale))
+    }
+
+    fn gram_backward(
+        &self,
+        dg: &Self,
+        batch: usize,
+        c: usize,
+        m: usize,
+        scale: f32,
+    ) -> Result<Self> {
+        self.wrap(
+            self.gpu()
+                .gram_backward(&self.buf, &dg.buf, batch, c, m, scale),
+        )
+    }
+
+    fn transpose(&self, rows: usize, cols: usize) -> Result<Self> {
+        self.wrap(self.gpu().transpose(&self.buf, rows, cols))
+    }
+
+    fn binary(&self, b: &Self, op: BinaryOp) -> Result<Self> {
+        let gpu = self.gpu();
+        self.wrap(match op {
+            BinaryOp::Add => gpu.axpby(1.0, &self.buf, 1.0, &b.buf),
+            BinaryOp::Sub => gpu.axpby(1.0, &self.buf, -1.0, &b.buf),
+            BinaryOp::Mul => gpu.scaled_mul(1.0, &self.buf, &b.buf),
+        })
+    }
+
+    fn scaled_mul(&self, b: &Self, s: f32) -> Result<Self> {
+        self.wrap(self.gpu().scaled_mul(s, &self.buf, &b.buf))
+    }
+
+    fn scale(&self, s: f32) -> Result<Self> {
+        self.wrap(self.gpu().scale(s, &self.buf))
+    }
+
+    fn square(&self) -> Result<Self> {
+        self.wrap(self.gpu().scaled_mul(1.0, &self.buf, &self.buf))
+    }
+
+    fn add_assign(&mut self, other: &Self) -> Result<()> {
+        let gpu = self.cuda_device().gpu.clone();
+        gpu.axpby_in_place(1.0, &mut self.buf, 1.0, &other.buf)
+            .map_err(failed)
+    }
+
+    fn sum(&self) -> Result<Self> {
+        self.wrap(self.gpu().sum(&self.buf))
+    }
+
+    fn broadcast(&self, n: usize) -> Result<Self> {
+        self.wrap(self.gpu().broadcast(&self.buf, n))
+    }
+
+    fn axpby(&self, alpha: f32, y: &Self, beta: f32) -> Result<Self> {
+        self.wrap(self.gpu().axpby(alpha, &self.buf, beta, &y.buf))
+    }
+
+    fn dot(&self, y: &Self) -> Result<f64> {
+        self.gpu().dot(&self.buf, &y.buf).map_err(failed)
+    }
+
+    fn abs_sum(&self) -> Result<f64> {
+        self.gpu().abs_sum(&self.buf).map_err(failed)
+    }
+
+    fn abs_max(&self) -> Result<f32> {
+        self.gpu().abs_max(&self.buf).map_err(failed)
+    }
+
+    fn adam_update(&mut self, g: &Self, m: &mut Self, v: &mut Self, p: &AdamParams) -> Result<()> {
+        let gpu = self.cuda_device().gpu.clone();
+        gpu.adam_update(&mut self.buf, &g.buf, &mut m.buf, &mut v.buf, p)
+            .map_err(failed)
+    }
+}
