@@ -25,6 +25,10 @@ pub enum DeviceChoice {
     Cpu,
     /// An NVIDIA GPU; an error if none is usable.
     Cuda,
+    /// The CUDA backend run on the CPU by its emulator (tests of the CUDA code path on
+    /// machines without a GPU; needs g++, and is slow). Not shown in `--help`.
+    #[value(hide = true)]
+    CudaEmulated,
 }
 
 /// How the content's colours are kept.

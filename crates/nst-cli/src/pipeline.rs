@@ -96,6 +96,36 @@ impl fmt::Display for NonFiniteLoss {
 
 impl std::error::Error for NonFiniteLoss {}
 
+/// A scale failed part-way (the GPU ran out of memory, a device error, an intermediate image
+/// that could not be written); the best image so far was written first.
+#[derive(Debug)]
+pub struct FailedMidRun {
+    /// 1-based scale.
+    pub scale: usize,
+    /// The last iteration reached within the scale.
+    pub iter: u32,
+    /// Why, in one line.
+    pub reason: String,
+    /// Where the best image so far went, if there was one.
+    pub saved: Option<PathBuf>,
+}
+
+impl fmt::Display for FailedMidRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (scale {}, iteration {})",
+            self.reason, self.scale, self.iter
+        )?;
+        match &self.saved {
+            Some(p) => write!(f, "; wrote the best image so far to {}", p.display()),
+            None => write!(f, "; no image was written"),
+        }
+    }
+}
+
+impl std::error::Error for FailedMidRun {}
+
 /// Runs style transfer as configured. `interrupt` is polled between iterations.
 pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) -> Result<Outcome> {
     let started = Instant::now();
@@ -148,6 +178,9 @@ fn select_device(choice: DeviceChoice, progress: &mut dyn Progress) -> Result<De
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda => Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}")),
+        DeviceChoice::CudaEmulated => {
+            Device::cuda_emulated().map_err(|e| anyhow!("--device cuda-emulated: {e}"))
+        }
         DeviceChoice::Auto => {
             let (device, why_not_cuda) = Device::best_available();
             progress.device_chosen(&device.to_string(), why_not_cuda.as_deref());
@@ -388,6 +421,30 @@ struct Optimised {
     iter_ms: Vec<f64>,
 }
 
+/// Writes `best` as the output and returns the error that reports it (or the write's
+/// failure, if even that failed).
+fn keep_best_and_fail(
+    cfg: &Config,
+    prepared: &Prepared,
+    best: &Planes,
+    scale: usize,
+    iter: u32,
+    reason: String,
+) -> anyhow::Error {
+    if let Err(e) = save_atomic(&prepared.to_output(best), &cfg.output) {
+        return e.context(format!(
+            "{reason}; and the best image so far could not be written"
+        ));
+    }
+    FailedMidRun {
+        scale,
+        iter,
+        reason,
+        saved: Some(cfg.output.clone()),
+    }
+    .into()
+}
+
 /// Stage 5: coarse to fine, each scale starting from the previous one's best image.
 fn optimise(
     cfg: &Config,
@@ -414,11 +471,22 @@ fn optimise(
     let (mut trace, mut iter_ms) = (Vec::new(), Vec::new());
     for (si, &(w, h)) in plan.scales.iter().enumerate() {
         let (scale, final_scale) = (si + 1, si + 1 == plan.scales.len());
-        let styles = styles_at_scale(cfg, plan, prepared, w.max(h), device)?;
+        let previous = image.take();
+        // An error setting up a later scale (the GPU out of memory at the larger size) keeps
+        // the previous scale's result as the output.
+        let keep_previous = |e: anyhow::Error| match &previous {
+            Some(prev) => keep_best_and_fail(cfg, prepared, prev, scale, 0, format!("{e:#}")),
+            None => e,
+        };
+        let styles =
+            styles_at_scale(cfg, plan, prepared, w.max(h), device).map_err(keep_previous)?;
         let content_planes = prepared.content.resized(w, h);
-        let content = content_planes.to_tensor(device)?;
-        let objective = Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone())?;
-        let start = match image.take() {
+        let content = content_planes
+            .to_tensor(device)
+            .map_err(|e| keep_previous(e.into()))?;
+        let objective = Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone())
+            .map_err(|e| keep_previous(e.into()))?;
+        let start = match &previous {
             Some(prev) => prev.resized(w, h),
             None => prepared.start(cfg, images.init.as_ref(), &content_planes),
         };
@@ -458,15 +526,38 @@ fn optimise(
             Ok(())
         };
         let evaluate = |x: &Tensor| -> Result<Evaluation> { evaluation(&objective, x) };
+        let start = start
+            .to_tensor(device)
+            .map_err(|e| keep_previous(e.into()))?;
         let run = minimize(
-            start.to_tensor(device)?,
+            start,
             &evaluate,
             &mut optimizer,
             cfg.iters,
             interrupt,
             &mut on_iterate,
-        )?;
+        )
+        .map_err(keep_previous)?;
         progress.scale_finished();
+        if let StopReason::Failed { iter } = run.stop {
+            // This scale's best iterate, else the previous scale's result: the work done so
+            // far, as the output, before the error is reported.
+            let reason = run
+                .error
+                .map_or_else(|| "unknown error".into(), |e| format!("{e:#}"));
+            let best = run.best.as_ref().map(Planes::from_tensor).transpose();
+            return Err(match (best, &previous) {
+                (Ok(Some(b)), _) => keep_best_and_fail(cfg, prepared, &b, scale, iter, reason),
+                (_, Some(prev)) => keep_best_and_fail(cfg, prepared, prev, scale, iter, reason),
+                (_, None) => FailedMidRun {
+                    scale,
+                    iter,
+                    reason,
+                    saved: None,
+                }
+                .into(),
+            });
+        }
         let best = run.best.as_ref().map(Planes::from_tensor).transpose()?;
         match (run.stop, best) {
             (StopReason::Finished, Some(best)) => image = Some(best),
@@ -487,6 +578,7 @@ fn optimise(
                 };
                 return Err(NonFiniteLoss { scale, iter, saved }.into());
             }
+            (StopReason::Failed { .. }, _) => unreachable!("handled above"),
             (_, None) => unreachable!("a finished or interrupted run has a finite iterate"),
         }
         // The next scale has other shapes: let go of this one's scratch buffers.

@@ -110,12 +110,8 @@ impl Runtime for CudaRuntime {
     fn alloc(&self, bytes: usize) -> GpuResult<DevicePtr> {
         self.bind()?;
         // SAFETY: the stream belongs to the current context; the memory is only used on it.
-        unsafe { cudarc::driver::result::malloc_async(self.raw_stream(), bytes) }.map_err(|e| {
-            format!(
-                "the GPU could not allocate {:.1} MiB ({e:?}); try a smaller --size",
-                bytes as f64 / (1u64 << 20) as f64
-            )
-        })
+        unsafe { cudarc::driver::result::malloc_async(self.raw_stream(), bytes) }
+            .map_err(|e| crate::runtime::out_of_memory(bytes, format!("{e:?}")))
     }
 
     unsafe fn free(&self, ptr: DevicePtr) {

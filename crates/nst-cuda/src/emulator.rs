@@ -160,8 +160,13 @@ struct Allocation {
 }
 
 /// The host-side CUDA runtime. See the module docs.
+///
+/// Its "device memory" is limited only by the host's, or by `NST_EMULATOR_MEMORY_LIMIT`
+/// (bytes), read when it is made: a small limit is how out-of-memory handling is tested
+/// without a GPU.
 #[derive(Default)]
 pub struct Emulator {
+    limit: Option<u64>,
     /// Live allocations by address.
     allocations: Mutex<HashMap<DevicePtr, Allocation>>,
     in_use: AtomicU64,
@@ -172,7 +177,16 @@ impl Emulator {
     /// An emulated device; compiles the kernels on the first call of the process.
     pub fn new() -> GpuResult<Arc<Emulator>> {
         available()?;
-        Ok(Arc::new(Emulator::default()))
+        let limit = match std::env::var("NST_EMULATOR_MEMORY_LIMIT") {
+            Ok(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+                format!("NST_EMULATOR_MEMORY_LIMIT must be a number of bytes, not {v:?}")
+            })?),
+            Err(_) => None,
+        };
+        Ok(Arc::new(Emulator {
+            limit,
+            ..Default::default()
+        }))
     }
 
     /// Host slice over device memory of this emulator.
@@ -202,6 +216,13 @@ impl Runtime for Emulator {
     }
 
     fn alloc(&self, bytes: usize) -> GpuResult<DevicePtr> {
+        let in_use = self.in_use.load(Ordering::Relaxed);
+        if let Some(limit) = self.limit.filter(|&l| in_use + bytes as u64 > l) {
+            return Err(crate::runtime::out_of_memory(
+                bytes,
+                format!("emulator limit of {limit} bytes, {in_use} in use"),
+            ));
+        }
         let words = bytes.div_ceil(8);
         let mut block = vec![GUARD; words + GUARD_WORDS].into_boxed_slice();
         // Fresh device memory is garbage, not zeros: NaN patterns catch a kernel that

@@ -25,6 +25,14 @@ pub type DevicePtr = u64;
 /// A one-line error for the user (driver, cuBLAS, out of memory).
 pub type GpuResult<T> = Result<T, String>;
 
+/// The out-of-memory error of every runtime: how much failed, and what to do about it.
+pub fn out_of_memory(bytes: usize, detail: impl std::fmt::Display) -> String {
+    format!(
+        "the GPU could not allocate {:.1} MiB ({detail}); try a smaller --size",
+        bytes as f64 / (1u64 << 20) as f64
+    )
+}
+
 /// One kernel argument, of one of the C types our kernels take.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Arg {

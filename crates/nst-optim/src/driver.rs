@@ -1,7 +1,9 @@
 //! The optimisation loop with the safeguards a long run needs: the best iterate (lowest
 //! finite loss) is kept, a NaN or infinite loss or gradient stops the run at once (an
 //! optimizer would only wander off from there), and an interrupt flag is honoured between
-//! iterations, so that a caller can always write out the best image found so far.
+//! iterations, and an error after the start (a device out of memory, a failing callback)
+//! ends the run with the best iterate and the error both returned, so that a caller can
+//! always write out the best image found so far.
 
 use crate::{Evaluation, Optimizer, Step};
 use nst_tensor::{Tensor, TensorError};
@@ -20,17 +22,24 @@ pub enum StopReason {
         /// The iterate number (0 is the start).
         iter: u32,
     },
+    /// Computing the step after this iterate failed ([`Minimized::error`] says why).
+    Failed {
+        /// The last iterate reached.
+        iter: u32,
+    },
 }
 
 /// What [`minimize`] found.
 #[derive(Debug)]
-pub struct Minimized {
+pub struct Minimized<E = TensorError> {
     /// The iterate with the lowest finite loss; `None` only if even the start was not finite.
     pub best: Option<Tensor>,
     /// Its loss (+∞ when there is none).
     pub best_loss: f64,
     /// Why the run stopped.
     pub stop: StopReason,
+    /// The error that ended the run, with [`StopReason::Failed`].
+    pub error: Option<E>,
 }
 
 /// Sees each finite iterate: `(k, x_k, f(x_k), ms of the step that produced x_k)`.
@@ -39,8 +48,10 @@ pub type OnIterate<'a, E> = dyn FnMut(u32, &Tensor, &Evaluation, Option<f64>) ->
 /// Minimises `evaluate` from `start` with `optimizer` for up to `iters` iterations.
 ///
 /// `on_iterate(k, x_k, f(x_k), ms)` sees every finite iterate, k = 0 (the start) up to
-/// `iters`, with the milliseconds of the step that produced it (`None` for the start); an
-/// error from it ends the run. `interrupt` is polled before each step.
+/// `iters`, with the milliseconds of the step that produced it (`None` for the start).
+/// `interrupt` is polled before each step. An error evaluating the start is returned as
+/// `Err`; any later error (from a step, an evaluation or `on_iterate`) ends the run as
+/// [`StopReason::Failed`], with the best iterate so far and the error.
 pub fn minimize<E: From<TensorError>>(
     start: Tensor,
     evaluate: &dyn Fn(&Tensor) -> Result<Evaluation, E>,
@@ -48,42 +59,55 @@ pub fn minimize<E: From<TensorError>>(
     iters: u32,
     interrupt: &AtomicBool,
     on_iterate: &mut OnIterate<'_, E>,
-) -> Result<Minimized, E> {
+) -> Result<Minimized<E>, E> {
     let mut x = start;
     let mut eval = evaluate(&x)?;
     let mut best: Option<(f64, Tensor)> = None;
     let mut step_ms = None;
     let mut k = 0u32;
+    let mut error = None;
     let stop = loop {
-        if !eval.loss.is_finite() || !eval.grad.all_finite()? {
-            break StopReason::NonFinite { iter: k };
-        }
-        if best.as_ref().is_none_or(|(l, _)| eval.loss < *l) {
-            best = Some((eval.loss, x.clone()));
-        }
-        on_iterate(k, &x, &eval, step_ms)?;
-        if k == iters {
-            break StopReason::Finished;
-        }
-        if interrupt.load(Ordering::Relaxed) {
-            break StopReason::Interrupted;
-        }
-        let t0 = Instant::now();
-        match optimizer.step(&x, &eval, &mut |x: &Tensor| evaluate(x))? {
-            Step::Moved {
-                x: next,
-                eval: known,
-            } => {
-                x = next;
-                eval = match known {
-                    Some(e) => e,
-                    None => evaluate(&x)?,
-                };
+        // One iteration; `Ok(Some(stop))` ends the run normally.
+        let mut iteration = || -> Result<Option<StopReason>, E> {
+            if !eval.loss.is_finite() || !eval.grad.all_finite()? {
+                return Ok(Some(StopReason::NonFinite { iter: k }));
             }
-            Step::Converged => break StopReason::Finished,
+            if best.as_ref().is_none_or(|(l, _)| eval.loss < *l) {
+                best = Some((eval.loss, x.clone()));
+            }
+            on_iterate(k, &x, &eval, step_ms)?;
+            if k == iters {
+                return Ok(Some(StopReason::Finished));
+            }
+            if interrupt.load(Ordering::Relaxed) {
+                return Ok(Some(StopReason::Interrupted));
+            }
+            let t0 = Instant::now();
+            match optimizer.step(&x, &eval, &mut |x: &Tensor| evaluate(x))? {
+                Step::Moved {
+                    x: next,
+                    eval: known,
+                } => {
+                    eval = match known {
+                        Some(e) => e,
+                        None => evaluate(&next)?,
+                    };
+                    x = next;
+                }
+                Step::Converged => return Ok(Some(StopReason::Finished)),
+            }
+            step_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+            k += 1;
+            Ok(None)
+        };
+        match iteration() {
+            Ok(None) => {}
+            Ok(Some(stop)) => break stop,
+            Err(e) => {
+                error = Some(e);
+                break StopReason::Failed { iter: k };
+            }
         }
-        step_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
-        k += 1;
     };
     let (best_loss, best) = match best {
         Some((l, x)) => (l, Some(x)),
@@ -93,6 +117,7 @@ pub fn minimize<E: From<TensorError>>(
         best,
         best_loss,
         stop,
+        error,
     })
 }
 
@@ -174,6 +199,54 @@ mod tests {
         .unwrap();
         assert_eq!((run.stop, count), (StopReason::Interrupted, 1));
         assert_eq!(run.best.unwrap().to_vec().unwrap(), vec![3.0]);
+    }
+
+    /// A device error after a few iterations (here the fourth evaluation runs out of
+    /// memory) ends the run with the best iterate so far and the error, not just the error.
+    #[test]
+    fn an_error_mid_run_keeps_the_best_iterate_and_the_error() {
+        let calls = std::cell::Cell::new(0);
+        let evaluate = |x: &Tensor| -> R<Evaluation> {
+            calls.set(calls.get() + 1);
+            if calls.get() == 4 {
+                return Err(TensorError::CudaFailed {
+                    message: "out of memory".into(),
+                });
+            }
+            Ok(Evaluation::new(x.dot(x)?, x.scale(2.0)?))
+        };
+        let mut opt = Optimizer::Adam(Adam::new(AdamConfig {
+            lr: 0.5,
+            ..Default::default()
+        }));
+        let start = Tensor::from_vec(vec![3.0], &[1], &Device::Cpu).unwrap();
+        let mut seen = Vec::new();
+        let run = minimize(
+            start,
+            &evaluate,
+            &mut opt,
+            10,
+            &AtomicBool::new(false),
+            &mut |_, x, e, _| -> R<()> {
+                seen.push((x.to_vec()?, e.loss));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(run.stop, StopReason::Failed { iter: 2 });
+        assert_eq!(seen.len(), 3, "the start and two steps were evaluated");
+        let (best_x, best_loss) = seen
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .cloned()
+            .unwrap();
+        assert!(best_loss < 9.0);
+        assert_eq!(run.best.unwrap().to_vec().unwrap(), best_x);
+        assert_eq!(
+            run.error.unwrap().to_string(),
+            "out of memory",
+            "the error comes back with the best iterate"
+        );
     }
 
     #[test]

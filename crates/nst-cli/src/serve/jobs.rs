@@ -15,7 +15,7 @@
 
 use super::gallery::{Gallery, JobId, RESULT_FILE};
 use crate::config::Config;
-use crate::pipeline::{self, Interrupted, NonFiniteLoss};
+use crate::pipeline::{self, FailedMidRun, Interrupted, NonFiniteLoss};
 use crate::progress::{IterationInfo, Progress};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -485,6 +485,9 @@ fn failure_message(e: &anyhow::Error, config: &Config) -> String {
             "the loss became non-finite at iteration {} of scale {}: lower the style strength",
             nf.iter, nf.scale
         );
+    }
+    if let Some(f) = e.downcast_ref::<FailedMidRun>() {
+        return format!("{} (scale {}, iteration {})", f.reason, f.scale, f.iter);
     }
     let message = format!("{e:#}");
     match config.output.parent() {

@@ -1,0 +1,118 @@
+//! The whole `nst` run on the CUDA backend, on machines without a GPU: `--device
+//! cuda-emulated` (hidden from `--help`) runs every CUDA kernel and cuBLAS call of the run —
+//! VGG-19, the losses, their gradients, L-BFGS — through the emulator (`nst_cuda::emulator`).
+//! It checks the pipeline's device plumbing end to end and the out-of-memory contract: a GPU
+//! that runs out of memory at a larger scale gives a one-line error naming the size that
+//! failed, and the previous scale's image is written.
+//!
+//! Needs g++ (the emulator compiles the kernels with it); without it the tests print SKIPPED.
+//! On a GPU machine, `scripts/device-check.sh` runs the same image with `--device cuda`.
+
+mod common;
+
+use common::*;
+
+fn emulator_or_skip(test: &str) -> bool {
+    match nst_tensor::Device::cuda_emulated() {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("NST_REQUIRE_EMULATOR").is_some() => {
+            panic!("NST_REQUIRE_EMULATOR is set but {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED {test}: {e}");
+            false
+        }
+    }
+}
+
+fn report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn total(report: &serde_json::Value, k: usize) -> f64 {
+    report["trace"][k]["total"].as_f64().unwrap()
+}
+
+#[test]
+fn the_cuda_path_matches_the_cpu_end_to_end() {
+    if !emulator_or_skip("the_cuda_path_matches_the_cpu_end_to_end") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut reports = vec![];
+    for device in ["cpu", "cuda-emulated"] {
+        let (out, rep) = (
+            dir.path().join(format!("{device}.png")),
+            dir.path().join(format!("{device}.json")),
+        );
+        run_ok(&with(
+            tiny(&out),
+            &["--device", device, "--report", path_str(&rep)],
+        ));
+        assert_eq!(image::image_dimensions(&out).unwrap(), (64, 43));
+        reports.push(report(&rep));
+    }
+    let (cpu, cuda) = (&reports[0], &reports[1]);
+    assert_eq!(cuda["device"], "cuda emulator");
+    // The same start image: the loss there depends only on the kernels, and agrees to f32
+    // rounding (the CPU's convolutions are Winograd, the CUDA path's im2col + SGEMM).
+    let (a, b) = (total(cpu, 0), total(cuda, 0));
+    assert!(
+        ((a - b) / a).abs() <= 1e-4,
+        "loss at the start: cpu {a} vs cuda {b}"
+    );
+    // Six L-BFGS steps amplify those differences a little, no more.
+    let last = cpu["trace"].as_array().unwrap().len() - 1;
+    let (a, b) = (total(cpu, last), total(cuda, last));
+    assert!(
+        ((a - b) / a).abs() <= 2e-2,
+        "loss after {last} iterations: cpu {a} vs cuda {b}"
+    );
+    assert!(b < total(cuda, 0) * 0.9, "the CUDA run optimises: {b}");
+}
+
+/// 100 MB holds the weights and every buffer of the first scale (91×61) but not the second
+/// (128×85): the run must stop there with the previous scale's image written.
+#[test]
+fn running_out_of_gpu_memory_keeps_the_previous_scale() {
+    if !emulator_or_skip("running_out_of_gpu_memory_keeps_the_previous_scale") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let o = std::process::Command::new(NST)
+        .args([
+            "-c",
+            CONTENT,
+            "-s",
+            STYLE,
+            "-o",
+            path_str(&out),
+            "--size",
+            "128",
+            "--scales",
+            "2",
+            "--iters",
+            "3",
+            "--device",
+            "cuda-emulated",
+            "-q",
+        ])
+        .env("NST_EMULATOR_MEMORY_LIMIT", "100000000")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    for needle in [
+        "error: the GPU could not allocate",
+        "MiB",
+        "try a smaller --size",
+        "(scale 2, iteration 0)",
+        "wrote the best image so far to",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
+    }
+    assert_eq!(image::image_dimensions(&out).unwrap(), (128, 85));
+}
