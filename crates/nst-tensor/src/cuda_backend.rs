@@ -16,6 +16,9 @@ use nst_cuda::{DeviceBuffer, Floats, Gpu};
 use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// A device opened once per process, or why it could not be.
+type Opened = std::result::Result<Arc<Gpu>, String>;
+
 fn failed(message: String) -> TensorError {
     TensorError::CudaFailed { message }
 }
@@ -46,8 +49,7 @@ impl CudaDevice {
     /// Opens CUDA device `ordinal` (once per process; later calls share it), or says in one
     /// line what is missing: driver, NVRTC, cuBLAS, a device, or kernels that load.
     pub fn new(ordinal: usize) -> Result<Self> {
-        static OPENED: Mutex<Vec<(usize, std::result::Result<Arc<Gpu>, String>)>> =
-            Mutex::new(Vec::new());
+        static OPENED: Mutex<Vec<(usize, Opened)>> = Mutex::new(Vec::new());
         let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
         let gpu = match opened.iter().find(|(o, _)| *o == ordinal) {
             Some((_, result)) => result.clone(),
@@ -68,7 +70,7 @@ impl CudaDevice {
     /// The CUDA emulator: every kernel of the CUDA backend compiled for the host and run on
     /// the CPU (needs `g++`; slow — for tests). See `nst_cuda::emulator`.
     pub fn emulated() -> Result<Self> {
-        static EMULATOR: OnceLock<std::result::Result<Arc<Gpu>, String>> = OnceLock::new();
+        static EMULATOR: OnceLock<Opened> = OnceLock::new();
         let gpu = EMULATOR
             .get_or_init(|| Gpu::emulated().map(Arc::new))
             .clone()
