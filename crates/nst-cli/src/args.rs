@@ -1,6 +1,6 @@
 //! Command-line arguments and their validation.
 
-use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind};
+use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind, PrecisionChoice};
 use anyhow::{bail, ensure, Result};
 use clap::Parser;
 use nst_image::OutputFormat;
@@ -115,6 +115,11 @@ pub struct Args {
     /// Compute device: auto uses CUDA when present, else the CPU.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+
+    /// GPU convolutions: tf32 (tensor cores, PyTorch's default) or fp32. The CPU always
+    /// computes in fp32.
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::Tf32)]
+    pub precision: PrecisionChoice,
 
     /// Pooling in VGG-19.
     #[arg(long, value_name = "max|avg", default_value = "max")]
@@ -303,6 +308,7 @@ impl Args {
             init,
             seed: self.seed,
             device: self.device,
+            precision: self.precision,
             pooling,
             preserve_colors: self.preserve_colors,
             save_every: self.save_every,

@@ -28,7 +28,29 @@ pub enum DeviceChoice {
     /// The CUDA backend run on the CPU by its emulator (tests of the CUDA code path on
     /// machines without a GPU; needs g++, and is slow). Not shown in `--help`.
     #[value(hide = true)]
+    #[serde(rename = "cuda-emulated")]
     CudaEmulated,
+}
+
+/// How a GPU computes convolutions (the CPU always computes in f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionChoice {
+    /// Tensor cores with TF32 operands, f32 accumulation: PyTorch's default for cuDNN
+    /// convolutions. Gram matrices stay f32.
+    Tf32,
+    /// f32 throughout.
+    Fp32,
+}
+
+impl PrecisionChoice {
+    /// The tensor library's setting.
+    pub fn precision(self) -> nst_tensor::Precision {
+        match self {
+            PrecisionChoice::Tf32 => nst_tensor::Precision::Tf32,
+            PrecisionChoice::Fp32 => nst_tensor::Precision::Fp32,
+        }
+    }
 }
 
 /// How the content's colours are kept.
@@ -98,6 +120,8 @@ pub struct Config {
     pub seed: u64,
     /// Device choice.
     pub device: DeviceChoice,
+    /// GPU convolution precision.
+    pub precision: PrecisionChoice,
     /// VGG pooling.
     #[serde(serialize_with = "pooling_name")]
     pub pooling: Pooling,

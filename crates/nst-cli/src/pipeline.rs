@@ -129,7 +129,7 @@ impl std::error::Error for FailedMidRun {}
 /// Runs style transfer as configured. `interrupt` is polled between iterations.
 pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) -> Result<Outcome> {
     let started = Instant::now();
-    let device = select_device(cfg.device, progress)?;
+    let device = select_device(cfg, progress)?;
     let images = Images::load(cfg)?;
     let plan = checked_plan(cfg, &device, &images.sizes())?;
     let vgg = load_vgg(cfg, &device)?;
@@ -159,7 +159,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
 /// already) calls when a run is submitted, so that a run that cannot work is refused at once
 /// instead of failing when its turn comes.
 pub fn preflight(cfg: &Config) -> Result<()> {
-    let device = select_device(cfg.device, &mut crate::progress::Quiet)?;
+    let device = select_device(cfg, &mut crate::progress::Quiet)?;
     checked_plan(cfg, &device, &InputSizes::read(cfg)?)?;
     Ok(())
 }
@@ -174,8 +174,9 @@ fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<Sca
 }
 
 /// Stage 1: the device, as asked (`auto` says what it chose and why).
-fn select_device(choice: DeviceChoice, progress: &mut dyn Progress) -> Result<Device> {
-    match choice {
+fn select_device(cfg: &Config, progress: &mut dyn Progress) -> Result<Device> {
+    let precision = cfg.precision.precision();
+    let device = match cfg.device {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Cuda => Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}")),
         DeviceChoice::CudaEmulated => {
@@ -183,10 +184,12 @@ fn select_device(choice: DeviceChoice, progress: &mut dyn Progress) -> Result<De
         }
         DeviceChoice::Auto => {
             let (device, why_not_cuda) = Device::best_available();
+            let device = device.with_precision(precision);
             progress.device_chosen(&device.to_string(), why_not_cuda.as_deref());
             Ok(device)
         }
-    }
+    };
+    Ok(device?.with_precision(precision))
 }
 
 /// Stage 2: the images as decoded (full resolution).

@@ -40,20 +40,40 @@ fn the_cuda_path_matches_the_cpu_end_to_end() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut reports = vec![];
-    for device in ["cpu", "cuda-emulated"] {
+    for (device, precision) in [
+        ("cpu", "fp32"),
+        ("cuda-emulated", "fp32"),
+        ("cuda-emulated", "tf32"),
+    ] {
         let (out, rep) = (
-            dir.path().join(format!("{device}.png")),
-            dir.path().join(format!("{device}.json")),
+            dir.path().join(format!("{device}-{precision}.png")),
+            dir.path().join(format!("{device}-{precision}.json")),
         );
         run_ok(&with(
             tiny(&out),
-            &["--device", device, "--report", path_str(&rep)],
+            &[
+                "--device",
+                device,
+                "--precision",
+                precision,
+                "--report",
+                path_str(&rep),
+            ],
         ));
         assert_eq!(image::image_dimensions(&out).unwrap(), (64, 43));
         reports.push(report(&rep));
     }
-    let (cpu, cuda) = (&reports[0], &reports[1]);
+    let (cpu, cuda, tf32) = (&reports[0], &reports[1], &reports[2]);
     assert_eq!(cuda["device"], "cuda emulator");
+    assert_eq!(tf32["device"], "cuda emulator, tf32");
+    // TF32 convolutions change the loss by their rounding (2⁻¹¹ relative per operand), no
+    // more.
+    let (a, b) = (total(cuda, 0), total(tf32, 0));
+    let tf32_change = ((a - b) / a).abs();
+    assert!(
+        tf32_change > 1e-7 && tf32_change < 1e-2,
+        "loss at the start: fp32 {a} vs tf32 {b}"
+    );
     // The same start image: the loss there depends only on the kernels, and agrees to f32
     // rounding (the CPU's convolutions are Winograd, the CUDA path's im2col + SGEMM).
     let (a, b) = (total(cpu, 0), total(cuda, 0));

@@ -33,6 +33,9 @@ pub struct Sgemm {
     pub beta: f32,
     /// Leading dimension of C.
     pub ldc: usize,
+    /// Whether cuBLAS may round A and B to TF32 (10-bit mantissa) on tensor cores
+    /// (`CUBLAS_TF32_TENSOR_OP_MATH`); products still accumulate in f32.
+    pub tf32: bool,
 }
 
 impl Sgemm {
@@ -86,7 +89,13 @@ impl Sgemm {
             ldb: lda,
             beta,
             ldc,
+            tf32: false,
         }
+    }
+
+    /// The same call with TF32 allowed or not.
+    pub fn with_tf32(self, tf32: bool) -> Sgemm {
+        Sgemm { tf32, ..self }
     }
 
     /// Whether the leading dimensions satisfy cuBLAS's rules (it rejects the call otherwise).
@@ -120,22 +129,24 @@ impl Sgemm {
     }
 
     /// Executes the call on host slices exactly as cuBLAS defines it (column-major, f64
-    /// accumulation). Panics if the call is invalid or a slice is too short for it.
+    /// accumulation; with `tf32`, A and B rounded to TF32 first). Panics if the call is
+    /// invalid or a slice is too short for it.
     pub fn run_reference(&self, a: &[f32], b: &[f32], c: &mut [f32]) {
         assert!(self.is_valid(), "invalid cuBLAS call {self:?}");
+        let round = |v: f32| if self.tf32 { to_tf32(v) } else { v };
         let op_a = |i: usize, l: usize| {
-            if self.trans_a {
+            round(if self.trans_a {
                 a[l + i * self.lda]
             } else {
                 a[i + l * self.lda]
-            }
+            })
         };
         let op_b = |l: usize, j: usize| {
-            if self.trans_b {
+            round(if self.trans_b {
                 b[j + l * self.ldb]
             } else {
                 b[l + j * self.ldb]
-            }
+            })
         };
         for j in 0..self.n {
             for i in 0..self.m {
@@ -151,5 +162,32 @@ impl Sgemm {
                 *out = (self.alpha as f64 * dot) as f32 + previous;
             }
         }
+    }
+}
+
+/// `v` rounded to TF32, as tensor cores read f32 operands: the mantissa's low 13 bits
+/// dropped, rounding to nearest with ties away from zero (PTX `cvt.rna.tf32.f32`). NaN and
+/// infinities pass unchanged.
+pub fn to_tf32(v: f32) -> f32 {
+    if !v.is_finite() {
+        return v;
+    }
+    f32::from_bits((v.to_bits() + 0x1000) & !0x1fff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_tf32;
+
+    #[test]
+    fn tf32_keeps_ten_mantissa_bits_rounding_half_away() {
+        assert_eq!(to_tf32(1.0), 1.0);
+        let ulp = 2f32.powi(-10); // TF32's spacing just above 1
+        assert_eq!(to_tf32(1.0 + ulp), 1.0 + ulp);
+        assert_eq!(to_tf32(1.0 + 0.49 * ulp), 1.0);
+        assert_eq!(to_tf32(1.0 + 0.5 * ulp), 1.0 + ulp, "ties away from zero");
+        assert_eq!(to_tf32(-1.0 - 0.5 * ulp), -1.0 - ulp);
+        assert!(to_tf32(f32::NAN).is_nan());
+        assert_eq!(to_tf32(f32::INFINITY), f32::INFINITY);
     }
 }

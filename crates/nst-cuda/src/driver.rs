@@ -15,7 +15,7 @@
 use crate::blas::Sgemm;
 use crate::kernels;
 use crate::runtime::{Arg, DevicePtr, GpuResult, KernelParams, Runtime};
-use cudarc::cublas::CudaBlas;
+use cudarc::cublas::{sys::cublasMath_t, CudaBlas};
 use cudarc::driver::sys::{self, CUmemPool_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use std::collections::HashMap;
@@ -191,6 +191,15 @@ impl Runtime for CudaRuntime {
         c: DevicePtr,
     ) -> GpuResult<()> {
         self.bind()?;
+        let mode = if call.tf32 {
+            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: a valid handle; the mode applies to the calls that follow on it.
+        unsafe { cudarc::cublas::sys::cublasSetMathMode(*self.blas.handle(), mode) }
+            .result()
+            .map_err(|e| err("cuBLAS math mode", e))?;
         let g = call.config();
         // SAFETY: the caller guarantees a valid call and the operands' extents; α and β are
         // host values (the handle's default pointer mode).

@@ -19,7 +19,7 @@
 //! Not emulated: warp lockstep (no kernel relies on it), PTX code generation (NVRTC compiles
 //! the same source in CI), cuDNN. Needs `g++` with C++20 (`<barrier>`, GCC ≥ 11).
 
-use crate::blas::Sgemm;
+use crate::blas::{to_tf32, Sgemm};
 use crate::runtime::{Arg, DevicePtr, GpuResult, KernelParams, Runtime};
 use nst_cpu::gemm::{gemm_strided, MatLayout};
 use std::collections::HashMap;
@@ -376,7 +376,18 @@ impl Runtime for Emulator {
         unsafe {
             let (a, b) = (Self::floats(a, a_len), Self::floats(b, b_len));
             let c = std::slice::from_raw_parts_mut(c as *mut f32, c_len);
-            gemm_strided(call.alpha, a, a_layout, b, b_layout, call.beta, c, c_layout);
+            if call.tf32 {
+                // Tensor cores read TF32 operands: round copies, multiply in f32.
+                let (a, b): (Vec<f32>, Vec<f32>) = (
+                    a.iter().map(|&v| to_tf32(v)).collect(),
+                    b.iter().map(|&v| to_tf32(v)).collect(),
+                );
+                gemm_strided(
+                    call.alpha, &a, a_layout, &b, b_layout, call.beta, c, c_layout,
+                );
+            } else {
+                gemm_strided(call.alpha, a, a_layout, b, b_layout, call.beta, c, c_layout);
+            }
         }
         Ok(())
     }

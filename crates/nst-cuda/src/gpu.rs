@@ -36,6 +36,7 @@ pub type Floats = DeviceBuffer<f32>;
 pub struct Gpu {
     runtime: Arc<dyn Runtime>,
     cols_budget: usize,
+    tf32_convolutions: bool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -65,7 +66,21 @@ impl Gpu {
         Gpu {
             runtime,
             cols_budget: COLS_BUDGET,
+            tf32_convolutions: false,
         }
+    }
+
+    /// Lets the convolutions' products round their operands to TF32 on tensor cores (what
+    /// PyTorch does by default for cuDNN convolutions); Gram matrices and other products stay
+    /// in f32 (PyTorch's default for matmul). Off by default.
+    pub fn with_tf32_convolutions(mut self, on: bool) -> Gpu {
+        self.tf32_convolutions = on;
+        self
+    }
+
+    /// Whether convolutions use TF32.
+    pub fn tf32_convolutions(&self) -> bool {
+        self.tf32_convolutions
     }
 
     /// Caps convolution bands at `values` patch-matrix values instead of [`COLS_BUDGET`]
@@ -136,12 +151,14 @@ impl Gpu {
         (c, ldc): (u64, usize),
         alpha: f32,
         beta: f32,
+        tf32: bool,
     ) -> GpuResult<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
         let call =
-            Sgemm::row_major_strided(m, k, n, (trans_a, lda), (trans_b, ldb), ldc, alpha, beta);
+            Sgemm::row_major_strided(m, k, n, (trans_a, lda), (trans_b, ldb), ldc, alpha, beta)
+                .with_tf32(tf32);
         debug_assert!(call.is_valid(), "{call:?}");
         // SAFETY: the row-major call's first operand is b (see Sgemm::row_major); the caller
         // guarantees the extents.
@@ -451,6 +468,7 @@ impl Gpu {
                 (c.ptr_at(0), n),
                 1.0,
                 0.0,
+                false,
             )?
         };
         Ok(c)
@@ -479,6 +497,7 @@ impl Gpu {
                     (g.ptr_at(i * c * c), c),
                     scale,
                     0.0,
+                    false,
                 )?
             };
         }
@@ -515,6 +534,7 @@ impl Gpu {
                         (dfi, m),
                         scale,
                         beta,
+                        false,
                     )?
                 };
             }
@@ -592,6 +612,7 @@ impl Gpu {
                         (yi + 4 * p0 as u64, p),
                         1.0,
                         0.0,
+                        self.tf32_convolutions,
                     )?
                 };
             }
@@ -652,6 +673,7 @@ impl Gpu {
                         (dcols.ptr_at(0), np),
                         1.0,
                         0.0,
+                        self.tf32_convolutions,
                     )?
                 };
                 // Input rows this band's outputs read.
@@ -726,6 +748,7 @@ impl Gpu {
                         (dw.ptr_at(0), k),
                         1.0,
                         1.0,
+                        self.tf32_convolutions,
                     )?
                 };
             }
@@ -745,6 +768,7 @@ impl Gpu {
                         (db.ptr_at(0), 1),
                         1.0,
                         1.0,
+                        false,
                     )?
                 };
             }

@@ -370,6 +370,42 @@ fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
             conv::conv2d_backward_input_accumulate(&c, ConvAlgorithm::Im2col, &dy, &wt, &mut dx);
             let (mut dw, mut db) = (vec![0.0; c.weight_len()], vec![0.0; cout]);
             conv::conv2d_backward_weight(&c, &x, &dy, &mut dw, Some(&mut db));
+            // TF32 convolutions: the products of operands rounded to TF32, so the CPU's
+            // convolution of rounded inputs and weights, to f32 accumulation order.
+            let tf32 = |v: &[f32]| {
+                v.iter()
+                    .map(|&x| nst_cuda::blas::to_tf32(x))
+                    .collect::<Vec<_>>()
+            };
+            let mut want_tf32 = vec![0.0; c.output_len()];
+            conv::conv2d_forward(
+                &c,
+                ConvAlgorithm::Im2col,
+                &tf32(&x),
+                &tf32(&wt),
+                Some(&b),
+                &mut want_tf32,
+            );
+            let g32 = g.clone().with_tf32_convolutions(true);
+            let got = g32
+                .conv2d(
+                    &g32.upload(&x).unwrap(),
+                    &g32.upload(&wt).unwrap(),
+                    Some(&g32.upload(&b).unwrap()),
+                    &c,
+                    false,
+                )
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            close(&got, &want_tf32, 1e-5, &format!("{on} tf32 {c:?}"));
+            let mut exact = vec![0.0; c.output_len()];
+            conv::conv2d_forward(&c, ConvAlgorithm::Im2col, &x, &wt, Some(&b), &mut exact);
+            let e = rel_err(&got, &exact);
+            assert!(
+                e > 1e-6 && e < 2e-3,
+                "{on} tf32 differs from f32 by rounding only: {e:.2e}"
+            );
             let one_row = c.patch_len() * c.out_w();
             for (bands, g) in [
                 ("one band", g.clone()),

@@ -11,7 +11,7 @@
 //! of `dot`, `abs_sum` and `abs_max` (the optimizer's decisions); sums stay on the device.
 
 use crate::backend::{BackendDevice, BackendStorage, BinaryOp};
-use crate::{Device, Result, TensorError};
+use crate::{Device, Precision, Result, TensorError};
 use nst_cuda::{DeviceBuffer, Floats, Gpu};
 use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,8 +46,9 @@ impl PartialEq for CudaDevice {
 impl Eq for CudaDevice {}
 
 impl CudaDevice {
-    /// Opens CUDA device `ordinal` (once per process; later calls share it), or says in one
-    /// line what is missing: driver, NVRTC, cuBLAS, a device, or kernels that load.
+    /// Opens CUDA device `ordinal` (once per process; later calls share it), computing in
+    /// f32 ([`Precision::Fp32`]), or says in one line what is missing: driver, NVRTC, cuBLAS,
+    /// a device, or kernels that load.
     pub fn new(ordinal: usize) -> Result<Self> {
         static OPENED: Mutex<Vec<(usize, Opened)>> = Mutex::new(Vec::new());
         let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,6 +81,27 @@ impl CudaDevice {
             ordinal: 0,
             emulated: true,
         })
+    }
+
+    /// The same device computing convolutions in `precision` (see [`Precision`]); tensors
+    /// of either are interchangeable.
+    pub fn with_precision(&self, precision: Precision) -> CudaDevice {
+        let gpu = (*self.gpu)
+            .clone()
+            .with_tf32_convolutions(precision == Precision::Tf32);
+        CudaDevice {
+            gpu: Arc::new(gpu),
+            ..self.clone()
+        }
+    }
+
+    /// How this device computes convolutions.
+    pub fn precision(&self) -> Precision {
+        if self.gpu.tf32_convolutions() {
+            Precision::Tf32
+        } else {
+            Precision::Fp32
+        }
     }
 
     /// The device's index.

@@ -6,6 +6,19 @@ use crate::cuda_backend::CudaDevice;
 use crate::Result;
 use std::fmt;
 
+/// How a GPU computes convolutions. The CPU always computes in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 throughout (exact to f32 rounding; the reference tests' setting).
+    #[default]
+    Fp32,
+    /// Convolution products on tensor cores with operands rounded to TF32 (10-bit mantissa),
+    /// accumulated in f32 — PyTorch's default for cuDNN convolutions
+    /// (`torch.backends.cudnn.allow_tf32 = True`). Gram matrices stay f32, as PyTorch's
+    /// matmul does by default.
+    Tf32,
+}
+
 /// The compute device of a tensor. Ops require all their inputs on the same device; the
 /// device of a tensor is that of its storage.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -50,6 +63,24 @@ impl Device {
         }
     }
 
+    /// The same device computing convolutions in `precision` (the CPU is unchanged: it
+    /// always computes in f32).
+    pub fn with_precision(&self, precision: Precision) -> Device {
+        match self {
+            Device::Cpu => Device::Cpu,
+            Device::Cuda(d) => Device::Cuda(d.with_precision(precision)),
+        }
+    }
+
+    /// The most device memory in use at once so far, in bytes, for a GPU whose allocator
+    /// reports it (`None` for the CPU: see the process's peak RSS instead).
+    pub fn peak_device_memory_bytes(&self) -> Option<u64> {
+        match self {
+            Device::Cpu => None,
+            Device::Cuda(d) => d.peak_memory_bytes(),
+        }
+    }
+
     /// True for the CPU.
     pub fn is_cpu(&self) -> bool {
         matches!(self, Device::Cpu)
@@ -69,8 +100,17 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu ({} threads)", rayon_threads()),
-            Device::Cuda(d) if d.is_emulated() => f.write_str("cuda emulator"),
-            Device::Cuda(d) => write!(f, "cuda:{} ({})", d.ordinal(), d.name()),
+            Device::Cuda(d) => {
+                if d.is_emulated() {
+                    f.write_str("cuda emulator")?;
+                } else {
+                    write!(f, "cuda:{} ({})", d.ordinal(), d.name())?;
+                }
+                match d.precision() {
+                    Precision::Fp32 => Ok(()),
+                    Precision::Tf32 => f.write_str(", tf32"),
+                }
+            }
         }
     }
 }

@@ -68,7 +68,7 @@ mod tensor;
 pub mod test_utils;
 
 pub use backward::Grads;
-pub use device::Device;
+pub use device::{Device, Precision};
 pub use error::TensorError;
 pub use grad_mode::{is_grad_enabled, no_grad};
 pub use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};

@@ -30,6 +30,7 @@ pub const OPTIONS: &[&str] = &[
     "init",
     "seed",
     "device",
+    "precision",
     "pooling",
     "style-blend",
     "preserve-colors",
