@@ -1,14 +1,18 @@
-//! `cargo xtask bench [--quick] [--sizes 256,512,1024] [--iters N] [--peer]`: median
-//! milliseconds per style-transfer iteration (VGG-19 forward to relu5_1, content + style
-//! losses, backward to the image, one L-BFGS update), the GFLOP/s that implies, and the peak
-//! resident memory, per device and size. Prints a markdown table and writes JSON to
-//! `target/bench/bench.json`.
+//! `cargo xtask bench [--quick] [--sizes 256,512,1024] [--iters N] [--device cpu,cuda]
+//! [--peer]`: median milliseconds per style-transfer iteration (VGG-19 forward to relu5_1,
+//! content + style losses, backward to the image, one L-BFGS update), the GFLOP/s that
+//! implies, and the peak memory (resident memory on the CPU, the allocator's peak on a GPU),
+//! per device and size. Prints a markdown table and writes JSON to
+//! `target/bench/bench.json`. CUDA runs twice, with fp32 and with TF32 convolutions
+//! (`--precision`); without a usable GPU its rows say `unavailable: <reason>`.
 //!
 //! Each size runs in its own child process (`xtask bench-worker`), so its peak RSS is that
 //! size's alone. `--peer` also runs the same iterations in eager PyTorch
 //! (`xtask/peer/torch_nst.py`: same weights, pixels, layers, losses, thread count) and prints
 //! ours/PyTorch per size; the two starting losses are shown so a reader can see both sides
-//! computed the same thing.
+//! computed the same thing. On CUDA the peer runs with `torch.backends.cudnn.benchmark = True`
+//! and TF32 off (against our fp32) or on (PyTorch's default for cuDNN convolutions; matmul
+//! stays f32, as by default), against our tf32.
 //!
 //! The FLOP count is that of the convolutions: forward through conv5_1 plus the input
 //! gradient back through them (the same count again), counted as direct convolution even
@@ -18,13 +22,22 @@ use anyhow::{bail, Context, Result};
 use nst_image::{load_rgb, Planes};
 use nst_loss::{LossSpec, LossWeights, Objective};
 use nst_optim::{Evaluation, Lbfgs, LbfgsConfig, Optimizer, Step};
-use nst_tensor::{ConvAlgorithm, Device, Tensor};
+use nst_tensor::{ConvAlgorithm, Device, Precision, Tensor};
 use nst_vgg::{geometry, Layer, Pooling, Vgg19};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+/// The repository: where this was built, or (for a copy run on a GPU machine, see
+/// `scripts/device-check.sh`) the working directory.
+fn root() -> String {
+    let built = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    if Path::new(built).join("xtask/peer").is_dir() {
+        built.to_string()
+    } else {
+        ".".to_string()
+    }
+}
 
 /// One timed configuration, as a worker (ours) or the peer script (PyTorch) reports it.
 #[derive(Clone, Debug)]
@@ -32,10 +45,22 @@ struct Measurement {
     ms_per_iter: f64,
     loss0: f64,
     peak_rss_bytes: f64,
+    /// On a GPU: the most device memory allocated at once.
+    peak_gpu_bytes: Option<f64>,
+}
+
+impl Measurement {
+    /// The memory figure that matters on its device.
+    fn peak_bytes(&self) -> f64 {
+        self.peak_gpu_bytes.unwrap_or(self.peak_rss_bytes)
+    }
 }
 
 struct Row {
     device: String,
+    /// What it compares with: "cpu", "cuda fp32" or "cuda tf32".
+    setting: &'static str,
+    ours: bool,
     size: usize,
     result: Result<Measurement, String>,
 }
@@ -60,7 +85,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The content and style images at `size`², as the benchmark uses them.
 fn bench_images(size: usize) -> Result<(Planes, Planes)> {
     let load = |name: &str, what: &str| -> Result<Planes> {
-        let rgb = load_rgb(format!("{ROOT}/examples/{name}").as_ref(), what)?;
+        let rgb = load_rgb(format!("{}/examples/{name}", root()).as_ref(), what)?;
         Ok(Planes::from_rgb(&rgb).resized(size, size))
     };
     Ok((
@@ -71,6 +96,7 @@ fn bench_images(size: usize) -> Result<(Planes, Planes)> {
 
 /// Times `iters` iterations on `dev` in this process (after one warm-up iteration).
 fn time_on(dev: &Device, size: usize, iters: usize, dump: Option<&Path>) -> Result<Measurement> {
+    // Timing includes the device's work: every iteration reads its loss back to the host.
     let dev = dev.clone();
     let vgg = Vgg19::embedded(&dev, Pooling::Max)?.with_conv_algorithm(
         ConvAlgorithm::from_env_value(std::env::var(ConvAlgorithm::ENV_VAR).ok().as_deref())
@@ -129,11 +155,13 @@ fn time_on(dev: &Device, size: usize, iters: usize, dump: Option<&Path>) -> Resu
         peak_rss_bytes: nst_tensor::allocator::resident_bytes()
             .context("cannot read this process's memory from /proc/self/status")?
             .1 as f64,
+        peak_gpu_bytes: dev.peak_device_memory_bytes().map(|b| b as f64),
     })
 }
 
 fn measurement_json(m: &Measurement) -> serde_json::Value {
-    serde_json::json!({"ms_per_iter": m.ms_per_iter, "loss0": m.loss0, "peak_rss_bytes": m.peak_rss_bytes})
+    serde_json::json!({"ms_per_iter": m.ms_per_iter, "loss0": m.loss0,
+        "peak_rss_bytes": m.peak_rss_bytes, "peak_gpu_bytes": m.peak_gpu_bytes})
 }
 
 fn parse_measurement(stdout: &[u8]) -> Result<Measurement> {
@@ -146,6 +174,7 @@ fn parse_measurement(stdout: &[u8]) -> Result<Measurement> {
         ms_per_iter: num("ms_per_iter")?,
         loss0: num("loss0")?,
         peak_rss_bytes: num("peak_rss_bytes")?,
+        peak_gpu_bytes: v["peak_gpu_bytes"].as_f64(),
     })
 }
 
@@ -164,10 +193,11 @@ fn run_child(cmd: &mut Command) -> Result<Measurement, String> {
     parse_measurement(&out.stdout).map_err(|e| e.to_string())
 }
 
-/// `xtask bench-worker --size N --iters K [--device cpu|cuda] [--dump DIR]`: one measurement
-/// as a JSON line.
+/// `xtask bench-worker --size N --iters K [--device cpu|cuda] [--precision fp32|tf32]
+/// [--dump DIR]`: one measurement as a JSON line.
 pub fn worker(args: &[String]) -> Result<()> {
     let (mut size, mut iters, mut dump, mut device) = (None, 5, None, Device::Cpu);
+    let mut precision = Precision::Fp32;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
@@ -182,11 +212,18 @@ pub fn worker(args: &[String]) -> Result<()> {
                     other => bail!("unknown device {other} (expected cpu or cuda)"),
                 }
             }
+            "--precision" => {
+                precision = match value()?.as_str() {
+                    "fp32" => Precision::Fp32,
+                    "tf32" => Precision::Tf32,
+                    other => bail!("unknown precision {other} (expected fp32 or tf32)"),
+                }
+            }
             other => bail!("unknown bench-worker option {other}"),
         }
     }
     let m = time_on(
-        &device,
+        &device.with_precision(precision),
         size.context("--size is required")?,
         iters,
         dump.as_deref(),
@@ -218,6 +255,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut peer = false;
     let mut sizes = vec![256, 512];
     let mut iters = 5;
+    let (mut cpu, mut cuda) = (true, true);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -232,6 +270,17 @@ pub fn run(args: &[String]) -> Result<()> {
                     .collect::<Result<_, _>>()?
             }
             "--iters" => iters = it.next().context("--iters needs a number")?.parse()?,
+            "--device" => {
+                let list = it.next().context("--device needs a list (cpu,cuda)")?;
+                (cpu, cuda) = (false, false);
+                for d in list.split(',') {
+                    match d.trim() {
+                        "cpu" => cpu = true,
+                        "cuda" => cuda = true,
+                        other => bail!("unknown device {other} (expected cpu, cuda or both)"),
+                    }
+                }
+            }
             other => bail!("unknown bench option {other}"),
         }
     }
@@ -239,71 +288,106 @@ pub fn run(args: &[String]) -> Result<()> {
         sizes = vec![128, 256];
         iters = 3;
     }
-    let dir = PathBuf::from(format!("{ROOT}/target/bench"));
+    let dir = PathBuf::from(format!("{}/target/bench", root()));
     std::fs::create_dir_all(&dir)?;
     let threads = cpu_threads();
     let python = if peer { Some(peer_python()) } else { None };
     let exe = std::env::current_exe()?;
+    let cuda_missing = if cuda {
+        Device::cuda_unavailable_reason()
+    } else {
+        None
+    };
     let mut rows = Vec::new();
     for &size in &sizes {
-        eprintln!("cpu {size}²: {iters} iterations…");
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "bench-worker",
-            "--size",
-            &size.to_string(),
-            "--iters",
-            &iters.to_string(),
-        ]);
-        if peer {
-            cmd.arg("--dump").arg(&dir);
-        }
-        rows.push(Row {
-            device: format!("cpu ({threads} threads)"),
-            size,
-            result: run_child(&mut cmd),
-        });
-        let cuda = match Device::cuda_unavailable_reason() {
-            Some(why) => Err(format!("unavailable: {why}")),
-            None => {
-                eprintln!("cuda {size}²: {iters} iterations…");
-                let mut cmd = Command::new(&exe);
-                cmd.args(["bench-worker", "--device", "cuda", "--size"])
-                    .arg(size.to_string())
-                    .args(["--iters", &iters.to_string()]);
-                run_child(&mut cmd)
+        // The peer reads the exact pixels ours used; the first of our runs writes them.
+        let mut dumped = false;
+        let worker = |device: &str, precision: &str, dump: bool| {
+            eprintln!("{device} {precision} {size}²: {iters} iterations…");
+            let mut cmd = Command::new(&exe);
+            cmd.args(["bench-worker", "--device", device, "--precision", precision])
+                .args(["--size", &size.to_string(), "--iters", &iters.to_string()]);
+            if dump {
+                cmd.arg("--dump").arg(&dir);
             }
+            run_child(&mut cmd)
         };
-        rows.push(Row {
-            device: "cuda".into(),
-            size,
-            result: cuda,
-        });
-        if let Some(python) = &python {
-            let result = match python {
-                Err(why) => Err(why.clone()),
-                Ok(python) => {
-                    eprintln!("pytorch {size}²: {iters} iterations…");
-                    let file = |name: &str| dir.join(format!("{name}_{size}.f32"));
-                    run_child(
-                        Command::new(python)
-                            .arg(format!("{ROOT}/xtask/peer/torch_nst.py"))
-                            .arg("--weights")
-                            .arg(format!("{ROOT}/weights/vgg19.safetensors"))
-                            .arg("--content")
-                            .arg(file("content"))
-                            .arg("--style")
-                            .arg(file("style"))
-                            .args(["--size", &size.to_string(), "--iters", &iters.to_string()])
-                            .args(["--threads", &threads.to_string()]),
-                    )
-                }
+        let peer_row = |device: &str, tf32: Option<bool>| -> Result<Measurement, String> {
+            let python = match python.as_ref().expect("only with --peer") {
+                Err(why) => return Err(why.clone()),
+                Ok(p) => p,
             };
+            eprintln!("pytorch {device} {size}²: {iters} iterations…");
+            let file = |name: &str| dir.join(format!("{name}_{size}.f32"));
+            let mut cmd = Command::new(python);
+            cmd.arg(format!("{}/xtask/peer/torch_nst.py", root()))
+                .arg("--weights")
+                .arg(format!("{}/weights/vgg19.safetensors", root()))
+                .arg("--content")
+                .arg(file("content"))
+                .arg("--style")
+                .arg(file("style"))
+                .args(["--size", &size.to_string(), "--iters", &iters.to_string()])
+                .args(["--threads", &threads.to_string(), "--device", device]);
+            if let Some(tf32) = tf32 {
+                cmd.args(["--tf32", if tf32 { "on" } else { "off" }]);
+            }
+            run_child(&mut cmd)
+        };
+        if cpu {
             rows.push(Row {
-                device: format!("pytorch cpu ({threads} threads)"),
+                device: format!("nst cpu ({threads} threads)"),
+                setting: "cpu",
+                ours: true,
                 size,
-                result,
+                result: worker("cpu", "fp32", peer),
             });
+            dumped = peer;
+            if peer {
+                rows.push(Row {
+                    device: format!("pytorch cpu ({threads} threads)"),
+                    setting: "cpu",
+                    ours: false,
+                    size,
+                    result: peer_row("cpu", None),
+                });
+            }
+        }
+        if cuda {
+            for (setting, precision, tf32) in
+                [("cuda fp32", "fp32", false), ("cuda tf32", "tf32", true)]
+            {
+                let result = match &cuda_missing {
+                    Some(why) => Err(format!("unavailable: {why}")),
+                    None => worker("cuda", precision, peer && !dumped),
+                };
+                dumped |= peer && result.is_ok();
+                rows.push(Row {
+                    device: format!("nst {setting}"),
+                    setting,
+                    ours: true,
+                    size,
+                    result,
+                });
+                if peer {
+                    let result = match &cuda_missing {
+                        Some(why) => Err(format!("unavailable: {why}")),
+                        None => peer_row("cuda", Some(tf32)),
+                    };
+                    let label = if tf32 {
+                        "TF32 on, its default"
+                    } else {
+                        "TF32 off"
+                    };
+                    rows.push(Row {
+                        device: format!("pytorch {setting} ({label})"),
+                        setting,
+                        ours: false,
+                        size,
+                        result,
+                    });
+                }
+            }
         }
     }
     print_tables(&rows, &sizes, peer);
@@ -343,17 +427,22 @@ fn mib(bytes: f64) -> String {
 }
 
 fn print_tables(rows: &[Row], sizes: &[usize], peer: bool) {
-    println!("| device | size | ms/iter (median) | GFLOP/s | peak RSS | loss at start |");
+    println!("| device | size | ms/iter (median) | GFLOP/s | peak memory | loss at start |");
     println!("|---|---|---|---|---|---|");
     for r in rows {
         match &r.result {
             Ok(m) => println!(
-                "| {} | {}² | {:.0} | {:.0} | {} | {:.6e} |",
+                "| {} | {}² | {:.1} | {:.0} | {} {} | {:.6e} |",
                 r.device,
                 r.size,
                 m.ms_per_iter,
                 gflops(r.size, m.ms_per_iter),
-                mib(m.peak_rss_bytes),
+                mib(m.peak_bytes()),
+                if m.peak_gpu_bytes.is_some() {
+                    "GPU"
+                } else {
+                    "RSS"
+                },
                 m.loss0
             ),
             Err(why) => println!("| {} | {}² | {why} | | | |", r.device, r.size),
@@ -362,25 +451,28 @@ fn print_tables(rows: &[Row], sizes: &[usize], peer: bool) {
     if !peer {
         return;
     }
-    println!("\n| size | nst ms/iter | PyTorch ms/iter | nst / PyTorch time | nst RSS | PyTorch RSS | nst / PyTorch RSS |");
-    println!("|---|---|---|---|---|---|---|");
-    for &size in sizes {
-        let find = |prefix: &str| {
-            rows.iter()
-                .find(|r| r.size == size && r.device.starts_with(prefix))
-                .and_then(|r| r.result.as_ref().ok())
-        };
-        match (find("cpu"), find("pytorch")) {
-            (Some(a), Some(b)) => println!(
-                "| {size}² | {:.0} | {:.0} | {:.2} | {} | {} | {:.2} |",
-                a.ms_per_iter,
-                b.ms_per_iter,
-                a.ms_per_iter / b.ms_per_iter,
-                mib(a.peak_rss_bytes),
-                mib(b.peak_rss_bytes),
-                a.peak_rss_bytes / b.peak_rss_bytes
-            ),
-            _ => println!("| {size}² | see above | | | | | |"),
+    println!("\n| setting | size | nst ms/iter | PyTorch ms/iter | nst / PyTorch time | nst memory | PyTorch memory | nst / PyTorch memory |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for setting in ["cpu", "cuda fp32", "cuda tf32"] {
+        for &size in sizes {
+            let find = |ours: bool| {
+                rows.iter()
+                    .find(|r| r.size == size && r.setting == setting && r.ours == ours)
+                    .map(|r| r.result.as_ref())
+            };
+            match (find(true), find(false)) {
+                (Some(Ok(a)), Some(Ok(b))) => println!(
+                    "| {setting} | {size}² | {:.1} | {:.1} | {:.2} | {} | {} | {:.2} |",
+                    a.ms_per_iter,
+                    b.ms_per_iter,
+                    a.ms_per_iter / b.ms_per_iter,
+                    mib(a.peak_bytes()),
+                    mib(b.peak_bytes()),
+                    a.peak_bytes() / b.peak_bytes()
+                ),
+                (None, _) | (_, None) => {}
+                _ => println!("| {setting} | {size}² | see above | | | | | |"),
+            }
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Outcome {
     pub timing: Timing,
     /// The device used, in words.
     pub device: String,
+    /// On a GPU: the most device memory allocated at once during the run.
+    pub peak_device_bytes: Option<u64>,
 }
 
 /// The run was interrupted (Ctrl-C or SIGTERM); the best image so far was written.
@@ -146,6 +148,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
             total_s: started.elapsed().as_secs_f64(),
         },
         device: device.to_string(),
+        peak_device_bytes: device.peak_device_memory_bytes(),
     };
     if let Some(path) = &cfg.report {
         write_report(cfg, &outcome, path)?;
@@ -706,6 +709,7 @@ fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
         device: outcome.device.clone(),
         output: [outcome.output_size.0, outcome.output_size.1],
         peak_rss_bytes: nst_tensor::allocator::resident_bytes().map(|(_, peak)| peak),
+        peak_device_bytes: outcome.peak_device_bytes,
         settings: cfg,
     };
     let json = serde_json::to_string_pretty(&report)?;

@@ -3,7 +3,8 @@
 //! ```json
 //! {"trace": [{"iter": 0, "total": …, "content": …, "style": …, "tv": …}, …],
 //!  "timing": {"ms_per_iter_median": …, "total_s": …},
-//!  "device": "…", "output": [w, h], "peak_rss_bytes": …, "settings": {…}}
+//!  "device": "…", "output": [w, h], "peak_rss_bytes": …, "peak_device_bytes": …,
+//!  "settings": {…}}
 //! ```
 //! `trace[k]` is the loss at the k-th iterate of the final scale (`trace[0]` at its start);
 //! `total = α·content + β·style + γ·tv`, where `style` is already `Σ w_l·J_s^l`.
@@ -48,6 +49,8 @@ pub struct Report<'a> {
     pub output: [usize; 2],
     /// The process's peak resident memory so far (Linux `VmHWM`), if it can be read.
     pub peak_rss_bytes: Option<u64>,
+    /// On a GPU: the most device memory allocated at once (the allocator's high-water mark).
+    pub peak_device_bytes: Option<u64>,
     /// The resolved settings.
     pub settings: &'a Config,
 }

