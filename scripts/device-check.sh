@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# One prepared check for a machine with an NVIDIA GPU, CUDA 13 and PyTorch, but no Rust
-# toolchain and no network. Build beforehand on x86-64 Linux and copy the tree over:
-#   cargo build --release -p xtask && cargo test --release -p nst-cuda -p nst-tensor --no-run
-# and carry target/release/xtask plus the nst-cuda (kernels-*) and nst-tensor (gradcheck-*)
-# test binaries (the VGG/loss/optim reference test binaries embed the 20 MB weights each, so
-# together with xtask they exceed the 64 MiB a device run can carry: run them in a second
-# call if needed).
-# Then, on the GPU machine, from the repository root:
-#   scripts/device-check.sh            (well under 10 minutes)
-# It prints: the GPU, the NVRTC/CUDA-vs-CPU kernel tests, our CPU benchmark at 512² and
-# 1024², and the same iterations in PyTorch on the GPU (eager, cuDNN) and on the CPU.
+# The prepared check for a machine with an NVIDIA GPU, CUDA 13, cuDNN 9 and PyTorch, but no
+# Rust toolchain and no network. Build beforehand, on x86-64 Linux with the toolchain:
+#   scripts/device-build.sh        (→ target/device-bin/, ~40 MB: carry only that folder)
+# then on the GPU machine, from the repository root:
+#   scripts/device-check.sh        (about 5 minutes; stops each step at its own timeout)
+# Everything it prints also goes, with the logs, the images and the reports, to one folder:
+# $NST_DEVICE_OUT, else $OUT (the device tool's output folder), else target/device-check.
+#
+# Steps: the GPU; every CUDA test (NST_REQUIRE_CUDA=1: a missing GPU fails instead of
+# skipping), including the PyTorch float64 reference tests of VGG-19, the losses and L-BFGS
+# run on CUDA; compute-sanitizer memcheck on the kernel parity tests; nst on the README
+# example with --device cuda at tf32 and fp32 (the images and reports); one 4096² iteration
+# (peak GPU memory); the bench, ours on CPU and CUDA against PyTorch on both.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+BIN=${NST_DEVICE_BIN:-target/device-bin}
+OUT=${NST_DEVICE_OUT:-${OUT:-target/device-check}}
 PY=${NST_PYTHON:-python3}
-OUT=${OUT:-target/device-check}
-mkdir -p "$OUT"
+mkdir -p "$OUT/logs"
+exec > >(tee -a "$OUT/summary.txt") 2>&1
+status=0
+step() { echo; echo "== $* ($(date +%T))"; }
 
-# cudarc loads libnvrtc.so.13 / libcublas.so.13 by name: add the pip CUDA wheels' lib dirs.
+# cudarc loads libcuda, libnvrtc, libcublas (and cuDNN) by name: add the pip CUDA wheels'
+# library folders and the toolkit's.
 NV_LIBS=$("$PY" - <<'PY' 2>/dev/null
 import glob, os, site
 dirs = set()
@@ -26,35 +33,73 @@ for base in site.getsitepackages() + [site.getusersitepackages()]:
 print(":".join(sorted(dirs)))
 PY
 )
-export LD_LIBRARY_PATH="${NV_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && NV_LIBS="$NV_LIBS:$d"
+done
+export LD_LIBRARY_PATH="${NV_LIBS#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PATH="$PATH:/usr/local/cuda/bin"
 
-echo "== device"
+step "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
+if [ ! -x "$BIN/nst" ]; then
+    echo "no $BIN/nst: run scripts/device-build.sh where Rust is installed and carry $BIN"
+    exit 2
+fi
 
-echo "== nst-cuda tests (NVRTC compile, CUDA vs CPU parity)"
-status=0
-for t in target/release/deps/kernels-*; do
-    [ -x "$t" ] || continue
-    "$t" --nocapture --test-threads 1 >>"$OUT/tests.log" 2>&1 || status=1
+step "CUDA tests (every test binary; the per-device tests' cuda halves must run)"
+for t in "$BIN"/tests/*; do
+    name=$(basename "$t")
+    # Per-device tests: only their CUDA halves (the CPU ones ran in CI). Others: all.
+    filter=""
+    case "$name" in nst-tensor-gradcheck|nst-loss-reference|nst-vgg-reference|nst-optim-reference) filter="cuda" ;; esac
+    NST_REQUIRE_CUDA=1 timeout 240 "$t" $filter --test-threads 1 >"$OUT/logs/$name.log" 2>&1
+    rc=$?
+    [ $rc -ne 0 ] && status=1
+    printf '%-32s rc=%-3s %s\n' "$name" "$rc" "$(grep -E '^test result' "$OUT/logs/$name.log" | tail -1)"
+    grep -E "panicked|FAILED" "$OUT/logs/$name.log" | head -5
 done
-grep -E "skipped|test result|panicked" "$OUT/tests.log" || echo "no nst-cuda test binary found (cargo test --release -p nst-cuda --no-run)"
 
-echo "== nst-tensor per-device tests (test_device!: the CUDA halves say SKIPPED and why until"
-echo "   nst-tensor has a CUDA backend; set NST_REQUIRE_CUDA=1 once it has)"
-for t in target/release/deps/gradcheck-*; do
-    [ -x "$t" ] || continue
-    "$t" --test-threads 1 >>"$OUT/tensor-tests.log" 2>&1 || status=1
+step "compute-sanitizer memcheck on the kernel parity tests"
+if command -v compute-sanitizer >/dev/null; then
+    NST_REQUIRE_CUDA=1 timeout 180 compute-sanitizer --tool memcheck --error-exitcode 9 \
+        "$BIN/tests/nst-cuda-kernels" --test-threads 1 >"$OUT/logs/memcheck.log" 2>&1
+    rc=$?
+    [ $rc -ne 0 ] && status=1
+    echo "rc=$rc"; grep -E "ERROR SUMMARY|test result" "$OUT/logs/memcheck.log" | tail -3
+else
+    echo "compute-sanitizer not found (not on PATH nor in /usr/local/cuda/bin)"
+fi
+
+step "nst on the README example, --device cuda (tf32, the default, then fp32)"
+for precision in tf32 fp32; do
+    timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
+        -s examples/style_vangogh_starry_night.jpg -o "$OUT/result_cuda_$precision.png" \
+        --device cuda --precision "$precision" --report "$OUT/result_cuda_$precision.json" \
+        >"$OUT/logs/readme_$precision.log" 2>&1
+    rc=$?
+    [ $rc -ne 0 ] && status=1
+    tail -2 "$OUT/logs/readme_$precision.log" | head -1
+    "$PY" - "$OUT/result_cuda_$precision.json" "$precision" <<'PY' || echo "rc=$rc, no report"
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{sys.argv[2]}: final loss {r['trace'][-1]['total']:.6e}, "
+      f"{r['timing']['ms_per_iter_median']:.1f} ms/iter at the final scale, "
+      f"{r['timing']['total_s']:.1f} s in all, peak GPU {r.get('peak_device_bytes', 0) / 2**20:.0f} MiB, "
+      f"device {r['device']}")
+PY
 done
-grep -E "SKIPPED|test result|panicked" "$OUT/tensor-tests.log" | sort | uniq -c | head -20 \
-    || echo "no nst-tensor test binary found (cargo test --release -p nst-tensor --no-run)"
 
-echo "== nst on the CPU and PyTorch on the CPU (same iterations; ours/PyTorch per size)"
-timeout 300 target/release/xtask bench --sizes 512,1024 --iters 3 --peer | tee "$OUT/bench.md"
+step "one 4096² iteration on the GPU (peak memory)"
+timeout 240 "$BIN/nst" -c examples/content_chelsea.png -s examples/style_vangogh_starry_night.jpg \
+    -o "$OUT/big_4096.png" --device cuda --size 4096 --scales 1 --iters 1 \
+    --report "$OUT/big_4096.json" >"$OUT/logs/big_4096.log" 2>&1
+echo "rc=$?"; tail -1 "$OUT/logs/big_4096.log"
+"$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print('4096: peak GPU %.0f MiB, %.0f ms/iter' % (r['peak_device_bytes']/2**20, r['timing']['ms_per_iter_median']))" "$OUT/big_4096.json" 2>/dev/null
 
-echo "== PyTorch on the GPU (eager, cuDNN): the peer for the CUDA backend"
-for size in 512 1024; do
-    timeout 120 "$PY" xtask/peer/torch_nst.py --weights weights/vgg19.safetensors \
-        --content "target/bench/content_${size}.f32" --style "target/bench/style_${size}.f32" \
-        --size "$size" --iters 10 --threads 16 --device cuda | tee -a "$OUT/torch_cuda.jsonl"
-done
+step "bench: ours (CPU, CUDA fp32/tf32) against PyTorch on the same devices"
+timeout 420 "$BIN/xtask" bench --device cpu,cuda --sizes 512,1024 --iters 10 --peer \
+    2>"$OUT/logs/bench.log" | tee "$OUT/bench.md"
+cp target/bench/bench.json "$OUT/bench.json" 2>/dev/null
+
+echo; echo "status $status; logs, images and reports in $OUT"
 exit $status

@@ -8,13 +8,15 @@
 //! - All work goes to one non-blocking stream; only downloads wait for it.
 //! - Kernels are the NVRTC-compiled `kernels.cu`, launched with `cuLaunchKernel` and the
 //!   argument array of [`KernelParams`].
+//! - Convolutions (forward and input gradient) go to cuDNN where it loads
+//!   ([`crate::cudnn`]); without it, to im2col + SGEMM, and [`Runtime::describe`] says why.
 //!
 //! Every driver call first makes the context current on the calling thread: `nst serve` runs
 //! jobs on a worker thread, and the driver API's context is per thread.
 
 use crate::blas::Sgemm;
 use crate::kernels;
-use crate::runtime::{Arg, DevicePtr, GpuResult, KernelParams, Runtime};
+use crate::runtime::{Arg, ConvEngine, DevicePtr, GpuResult, KernelParams, Runtime};
 use cudarc::cublas::{sys::cublasMath_t, CudaBlas};
 use cudarc::driver::sys::{self, CUmemPool_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
@@ -29,6 +31,8 @@ pub struct CudaRuntime {
     functions: HashMap<&'static str, CudaFunction>,
     pool: sys::CUmemoryPool,
     name: String,
+    /// cuDNN, or why not (then convolutions are im2col + SGEMM).
+    cudnn: Result<crate::cudnn::Cudnn, String>,
 }
 
 // SAFETY: the memory pool handle is a driver object usable from any thread whose current
@@ -81,6 +85,7 @@ impl CudaRuntime {
             .result()
             .map_err(|e| err("memory pool setup", e))?;
         }
+        let cudnn = crate::cudnn::Cudnn::new(stream.cu_stream());
         Ok(CudaRuntime {
             context,
             stream,
@@ -88,6 +93,7 @@ impl CudaRuntime {
             functions,
             pool,
             name,
+            cudnn,
         })
     }
 
@@ -104,7 +110,10 @@ impl CudaRuntime {
 
 impl Runtime for CudaRuntime {
     fn describe(&self) -> String {
-        self.name.clone()
+        match &self.cudnn {
+            Ok(c) => format!("{}, {}", self.name, c.describe()),
+            Err(why) => format!("{}, im2col + cuBLAS: {why}", self.name),
+        }
     }
 
     fn alloc(&self, bytes: usize) -> GpuResult<DevicePtr> {
@@ -229,7 +238,14 @@ impl Runtime for CudaRuntime {
         self.stream.synchronize().map_err(|e| err("kernel", e))
     }
 
+    fn conv_engine(&self) -> Option<&dyn ConvEngine> {
+        self.cudnn.as_ref().ok().map(|c| c as &dyn ConvEngine)
+    }
+
     fn release_cached_memory(&self) {
+        if let Ok(c) = &self.cudnn {
+            c.release(self);
+        }
         if self.synchronize().is_ok() {
             // SAFETY: the pool belongs to this device; trimming frees only unused memory.
             let _ = unsafe { sys::cuMemPoolTrimTo(self.pool, 0) };

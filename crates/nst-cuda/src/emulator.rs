@@ -20,8 +20,10 @@
 //! the same source in CI), cuDNN. Needs `g++` with C++20 (`<barrier>`, GCC ≥ 11).
 
 use crate::blas::{to_tf32, Sgemm};
-use crate::runtime::{Arg, DevicePtr, GpuResult, KernelParams, Runtime};
+use crate::runtime::{Arg, ConvEngine, DevicePtr, GpuResult, KernelParams, Runtime};
+use nst_cpu::conv;
 use nst_cpu::gemm::{gemm_strided, MatLayout};
+use nst_params::{Conv2dParams, ConvAlgorithm};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 use std::path::{Path, PathBuf};
@@ -167,6 +169,8 @@ struct Allocation {
 #[derive(Default)]
 pub struct Emulator {
     limit: Option<u64>,
+    /// Whether it offers a convolution library (as cuDNN on a GPU), emulated by nst-cpu.
+    library_convolutions: bool,
     /// Live allocations by address.
     allocations: Mutex<HashMap<DevicePtr, Allocation>>,
     in_use: AtomicU64,
@@ -185,6 +189,17 @@ impl Emulator {
         };
         Ok(Arc::new(Emulator {
             limit,
+            ..Default::default()
+        }))
+    }
+
+    /// An emulated device that also has a convolution library, as a GPU with cuDNN has
+    /// (emulated by nst-cpu's convolution): tests the code that calls one.
+    pub fn with_library_convolutions() -> GpuResult<Arc<Emulator>> {
+        let plain = Self::new()?;
+        Ok(Arc::new(Emulator {
+            limit: plain.limit,
+            library_convolutions: true,
             ..Default::default()
         }))
     }
@@ -396,9 +411,71 @@ impl Runtime for Emulator {
         Ok(())
     }
 
+    fn conv_engine(&self) -> Option<&dyn ConvEngine> {
+        self.library_convolutions.then_some(self as &dyn ConvEngine)
+    }
+
     fn release_cached_memory(&self) {}
 
     fn peak_bytes(&self) -> Option<u64> {
         Some(self.peak.load(Ordering::Relaxed))
+    }
+}
+
+/// The convolution library of [`Emulator::with_library_convolutions`]: nst-cpu's im2col
+/// convolution with cuDNN's semantics (NCHW, cross-correlation, no bias; TF32 rounds the
+/// operands first).
+impl ConvEngine for Emulator {
+    fn describe(&self) -> String {
+        "emulated convolution library".into()
+    }
+
+    unsafe fn forward(
+        &self,
+        _runtime: &dyn Runtime,
+        p: &Conv2dParams,
+        tf32: bool,
+        (x, w, y): (DevicePtr, DevicePtr, DevicePtr),
+    ) -> GpuResult<()> {
+        // SAFETY: the caller guarantees the operands cover p's shapes, y apart from x and w.
+        let (x, w, y) = unsafe {
+            (
+                Self::floats(x, p.input_len()),
+                Self::floats(w, p.weight_len()),
+                std::slice::from_raw_parts_mut(y as *mut f32, p.output_len()),
+            )
+        };
+        let (x, w) = (rounded(x, tf32), rounded(w, tf32));
+        conv::conv2d_forward(p, ConvAlgorithm::Im2col, &x, &w, None, y);
+        Ok(())
+    }
+
+    unsafe fn backward_data_add(
+        &self,
+        _runtime: &dyn Runtime,
+        p: &Conv2dParams,
+        tf32: bool,
+        (dy, w, dx): (DevicePtr, DevicePtr, DevicePtr),
+    ) -> GpuResult<()> {
+        // SAFETY: as in `forward`.
+        let (dy, w, dx) = unsafe {
+            (
+                Self::floats(dy, p.output_len()),
+                Self::floats(w, p.weight_len()),
+                std::slice::from_raw_parts_mut(dx as *mut f32, p.input_len()),
+            )
+        };
+        let (dy, w) = (rounded(dy, tf32), rounded(w, tf32));
+        conv::conv2d_backward_input_accumulate(p, ConvAlgorithm::Im2col, &dy, &w, dx);
+        Ok(())
+    }
+}
+
+/// The values, rounded to TF32 when asked.
+fn rounded(v: &[f32], tf32: bool) -> std::borrow::Cow<'_, [f32]> {
+    if tf32 {
+        v.iter().map(|&x| to_tf32(x)).collect::<Vec<_>>().into()
+    } else {
+        v.into()
     }
 }

@@ -5,14 +5,16 @@
 //! Shapes come from `nst-params`, shared with nst-cpu, whose kernels define the results
 //! (layouts, tie-breaking, NaN handling); the tests compare the two.
 //!
-//! Convolution here is im2col + one SGEMM per band of output positions (bands keep the
+//! Convolution (forward and input gradient) goes to the runtime's library (cuDNN) where it
+//! has one. Otherwise, and always for weight gradients, it is im2col + one SGEMM per band of
+//! output positions (bands keep the
 //! patch matrix under [`COLS_BUDGET`] values, so a 4096² image does not need a 37 GB buffer);
 //! its input gradient is the adjoint: one SGEMM `Wᵀ·dy` per band and a gather (`col2im_add`)
 //! into `dx`, deterministic and for any stride. Style transfer never asks for weight
 //! gradients; they are here for the general autodiff.
 
 use crate::blas::Sgemm;
-use crate::runtime::{Arg, DeviceBuffer, DeviceValue, GpuResult, Runtime};
+use crate::runtime::{Arg, ConvEngine, DeviceBuffer, DeviceValue, GpuResult, Runtime};
 use nst_params::{AdamParams, Conv2dParams, Pool2dParams};
 use std::sync::Arc;
 
@@ -37,6 +39,7 @@ pub struct Gpu {
     runtime: Arc<dyn Runtime>,
     cols_budget: usize,
     tf32_convolutions: bool,
+    library_convolutions: bool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -67,6 +70,7 @@ impl Gpu {
             runtime,
             cols_budget: COLS_BUDGET,
             tf32_convolutions: false,
+            library_convolutions: true,
         }
     }
 
@@ -76,6 +80,19 @@ impl Gpu {
     pub fn with_tf32_convolutions(mut self, on: bool) -> Gpu {
         self.tf32_convolutions = on;
         self
+    }
+
+    /// Whether convolutions go to the runtime's convolution library (cuDNN) when it has one
+    /// (the default), or always to im2col + SGEMM (`false`: tests of that path on a GPU).
+    pub fn with_library_convolutions(mut self, on: bool) -> Gpu {
+        self.library_convolutions = on;
+        self
+    }
+
+    fn conv_engine(&self) -> Option<&dyn ConvEngine> {
+        self.runtime
+            .conv_engine()
+            .filter(|_| self.library_convolutions)
     }
 
     /// Whether convolutions use TF32.
@@ -574,18 +591,15 @@ impl Gpu {
         Ok(())
     }
 
-    /// `y = conv(x, w) + b`, then `max(·, 0)` when `relu`; NCHW, any batch.
-    pub fn conv2d(
+    /// `y = conv(x, w)` by im2col + one SGEMM per band of output rows.
+    fn im2col_forward(
         &self,
         x: &Floats,
         w: &Floats,
-        bias: Option<&Floats>,
         c: &Conv2dParams,
-        relu: bool,
-    ) -> GpuResult<Floats> {
-        Self::check_conv(c, x.len(), w.len())?;
+        y: &Floats,
+    ) -> GpuResult<()> {
         let (k, p, cout) = (c.patch_len(), c.out_h() * c.out_w(), c.out_channels);
-        let y = self.uninit(c.output_len())?;
         let args = Self::conv_args(c)?;
         let band_rows = self.bands(c).next().map_or(0, |(_, r)| r);
         let cols = self.uninit(k * band_rows * c.out_w())?;
@@ -617,6 +631,33 @@ impl Gpu {
                 };
             }
         }
+        Ok(())
+    }
+
+    /// `y = conv(x, w) + b`, then `max(·, 0)` when `relu`; NCHW, any batch.
+    pub fn conv2d(
+        &self,
+        x: &Floats,
+        w: &Floats,
+        bias: Option<&Floats>,
+        c: &Conv2dParams,
+        relu: bool,
+    ) -> GpuResult<Floats> {
+        Self::check_conv(c, x.len(), w.len())?;
+        let (p, cout) = (c.out_h() * c.out_w(), c.out_channels);
+        let y = self.uninit(c.output_len())?;
+        match self.conv_engine() {
+            // SAFETY: x, w and y hold the input, weights and output of c (checked above).
+            Some(engine) => unsafe {
+                engine.forward(
+                    &*self.runtime,
+                    c,
+                    self.tf32_convolutions,
+                    (x.ptr_at(0), w.ptr_at(0), y.ptr_at(0)),
+                )?
+            },
+            None => self.im2col_forward(x, w, c, &y)?,
+        }
         if let Some(b) = bias {
             check_len("convolution bias", b.len(), cout)?;
             let planes = (c.batch * cout) as i64;
@@ -647,6 +688,28 @@ impl Gpu {
     ) -> GpuResult<()> {
         Self::check_conv(c, dx.len(), w.len())?;
         check_len("convolution output gradient", dy.len(), c.output_len())?;
+        match self.conv_engine() {
+            // SAFETY: dy, w and dx hold the output, weights and input of c (checked above).
+            Some(engine) => unsafe {
+                engine.backward_data_add(
+                    &*self.runtime,
+                    c,
+                    self.tf32_convolutions,
+                    (dy.ptr_at(0), w.ptr_at(0), dx.ptr_at(0)),
+                )
+            },
+            None => self.im2col_backward_input_add(dy, w, c, dx),
+        }
+    }
+
+    /// The input gradient by one SGEMM per band and the gather `col2im_add`.
+    fn im2col_backward_input_add(
+        &self,
+        dy: &Floats,
+        w: &Floats,
+        c: &Conv2dParams,
+        dx: &mut Floats,
+    ) -> GpuResult<()> {
         let (k, p, cout, ow) = (
             c.patch_len(),
             c.out_h() * c.out_w(),

@@ -19,6 +19,7 @@
 //! `is_culib_present()` for the driver, NVRTC and cuBLAS before touching anything else.
 
 pub mod blas;
+pub mod cudnn;
 pub mod driver;
 #[cfg(feature = "emulator")]
 pub mod emulator;
@@ -27,7 +28,7 @@ pub mod kernels;
 pub mod runtime;
 
 pub use gpu::{Floats, Gpu};
-pub use runtime::{Arg, DeviceBuffer, DevicePtr, GpuResult, Runtime};
+pub use runtime::{Arg, ConvEngine, DeviceBuffer, DevicePtr, GpuResult, Runtime};
 
 use std::fmt;
 

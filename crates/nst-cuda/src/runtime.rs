@@ -15,6 +15,7 @@
 //! exactly as it would break a GPU.
 
 use crate::blas::Sgemm;
+use nst_params::Conv2dParams;
 use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -81,6 +82,36 @@ impl KernelParams {
     }
 }
 
+/// Convolutions by a vendor library (cuDNN on a GPU), where a runtime has one: NCHW f32
+/// cross-correlation of all `p.batch` images, on device memory of `runtime`.
+pub trait ConvEngine: Send + Sync {
+    /// The library and its version, for the user.
+    fn describe(&self) -> String;
+    /// `y = conv(x, w)` (no bias) for `operands` `(x, w, y)`, rounded to TF32 when `tf32`.
+    ///
+    /// # Safety
+    /// `x`, `w` and `y` cover the input, weights and output of `p`, on `runtime`.
+    unsafe fn forward(
+        &self,
+        runtime: &dyn Runtime,
+        p: &Conv2dParams,
+        tf32: bool,
+        operands: (DevicePtr, DevicePtr, DevicePtr),
+    ) -> GpuResult<()>;
+    /// `dx += ∂L/∂x` from `dy` for `operands` `(dy, w, dx)` (the convolution's input
+    /// gradient, added in place).
+    ///
+    /// # Safety
+    /// `dy`, `w` and `dx` cover the output, weights and input of `p`, on `runtime`.
+    unsafe fn backward_data_add(
+        &self,
+        runtime: &dyn Runtime,
+        p: &Conv2dParams,
+        tf32: bool,
+        operands: (DevicePtr, DevicePtr, DevicePtr),
+    ) -> GpuResult<()>;
+}
+
 /// What executes nst's CUDA work. All calls are ordered as on one CUDA stream: a call sees
 /// the effects of every earlier one.
 pub trait Runtime: Send + Sync {
@@ -134,6 +165,11 @@ pub trait Runtime: Send + Sync {
         -> GpuResult<()>;
     /// Waits for all work so far (errors of earlier asynchronous work surface here).
     fn synchronize(&self) -> GpuResult<()>;
+    /// The convolution library, where this runtime has one (else convolutions are im2col +
+    /// SGEMM).
+    fn conv_engine(&self) -> Option<&dyn ConvEngine> {
+        None
+    }
     /// Returns memory kept for reuse (the allocator's pool) to the device.
     fn release_cached_memory(&self);
     /// The most device memory in use at once since the last reset, in bytes, where the

@@ -69,8 +69,17 @@ fn gpus() -> Vec<(&'static str, Gpu)> {
         }
         Err(why) => eprintln!("skipped emulator parity: {why}"),
     }
+    // The emulator with a convolution library, as a GPU with cuDNN has: the code that
+    // calls one (bias, ReLU, accumulation, batches) against nst-cpu.
+    if let Ok(e) = nst_cuda::emulator::Emulator::with_library_convolutions() {
+        out.push(("emulator with a conv library", Gpu::on(e)));
+    }
     match Gpu::open(0) {
-        Ok(g) => out.push(("gpu", g)),
+        Ok(g) => {
+            // cuDNN where it loads, and the im2col path on the same GPU.
+            out.push(("gpu im2col", g.clone().with_library_convolutions(false)));
+            out.push(("gpu", g));
+        }
         Err(why) if std::env::var_os("NST_REQUIRE_CUDA").is_some() => {
             panic!("NST_REQUIRE_CUDA is set but {why}")
         }

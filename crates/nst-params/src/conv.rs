@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The shape of one convolution.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2dParams {
     /// Batch size N.
     pub batch: usize,

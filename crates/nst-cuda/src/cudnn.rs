@@ -1,0 +1,327 @@
+//! Convolutions through cuDNN (loaded at run time, like the rest): forward and the input
+//! gradient (backward-data), NCHW f32. Weight gradients are never needed by style transfer
+//! and stay on the im2col path.
+//!
+//! Per distinct shape (and precision) the descriptors are made once and the algorithms
+//! picked once by measurement (`cudnnFind*`, fastest first, within [`WORKSPACE_LIMIT`]), as
+//! `torch.backends.cudnn.benchmark` does; one workspace buffer grows to the largest need and is
+//! reused. TF32: `CUDNN_DEFAULT_MATH` lets cuDNN use tensor cores with TF32 operands (PyTorch's
+//! `allow_tf32 = True`); `CUDNN_FMA_MATH` keeps f32 (PyTorch with TF32 off).
+//!
+//! **Never run yet**: no GPU was available when this was written. The code around it (bias,
+//! ReLU, accumulation, batches) is tested through the same interface in the emulator
+//! ([`ConvEngine`] implemented with nst-cpu's convolution); the descriptors and calls here
+//! only on a GPU (`scripts/device-check.sh`).
+
+use crate::runtime::{ConvEngine, DevicePtr, GpuResult, Runtime};
+use cudarc::cudnn::sys::{
+    self, cudnnConvolutionBwdDataAlgoPerf_t, cudnnConvolutionFwdAlgoPerf_t, cudnnDataType_t,
+    cudnnMathType_t, cudnnStatus_t, cudnnTensorFormat_t,
+};
+use nst_params::Conv2dParams;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+/// The most workspace one algorithm may ask for (bytes): faster algorithms that need more
+/// are skipped rather than risk running a large image out of memory.
+pub const WORKSPACE_LIMIT: usize = 1 << 30;
+
+fn check(what: &str, status: cudnnStatus_t) -> GpuResult<()> {
+    if status == cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(format!("cuDNN {what} failed: {status:?}"))
+    }
+}
+
+/// The descriptors and chosen algorithms of one convolution shape.
+struct Plan {
+    x: sys::cudnnTensorDescriptor_t,
+    y: sys::cudnnTensorDescriptor_t,
+    w: sys::cudnnFilterDescriptor_t,
+    conv: sys::cudnnConvolutionDescriptor_t,
+    forward: Option<(sys::cudnnConvolutionFwdAlgo_t, usize)>,
+    backward_data: Option<(sys::cudnnConvolutionBwdDataAlgo_t, usize)>,
+}
+
+/// cuDNN on one device and stream.
+pub struct Cudnn {
+    handle: sys::cudnnHandle_t,
+    version: usize,
+    plans: Mutex<HashMap<(Conv2dParams, bool), Plan>>,
+    /// The workspace and its size in bytes.
+    workspace: Mutex<(DevicePtr, usize)>,
+}
+
+// SAFETY: the handle and descriptors are used under the mutexes above, one call at a time,
+// with the device's context bound by the caller (CudaRuntime binds it before every call).
+unsafe impl Send for Cudnn {}
+// SAFETY: as above.
+unsafe impl Sync for Cudnn {}
+
+impl Cudnn {
+    /// A handle on `stream`, or why cuDNN cannot be used (then convolutions use im2col).
+    pub fn new(stream: cudarc::driver::sys::CUstream) -> GpuResult<Cudnn> {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { sys::is_culib_present() } {
+            return Err("cuDNN (libcudnn.so.9) could not be loaded".into());
+        }
+        let version = cudarc::cudnn::result::get_version();
+        let handle =
+            cudarc::cudnn::result::create_handle().map_err(|e| format!("cuDNN init: {e:?}"))?;
+        // SAFETY: a fresh handle and the runtime's live stream (same CUstream type).
+        unsafe { cudarc::cudnn::result::set_stream(handle, stream as _) }
+            .map_err(|e| format!("cuDNN stream: {e:?}"))?;
+        Ok(Cudnn {
+            handle,
+            version,
+            plans: Mutex::new(HashMap::new()),
+            workspace: Mutex::new((0, 0)),
+        })
+    }
+
+    /// The descriptors of `p` (made once).
+    fn plan<'a>(
+        &self,
+        plans: &'a mut HashMap<(Conv2dParams, bool), Plan>,
+        p: &Conv2dParams,
+        tf32: bool,
+    ) -> GpuResult<&'a mut Plan> {
+        let key = (*p, tf32);
+        if let std::collections::hash_map::Entry::Vacant(slot) = plans.entry(key) {
+            let dim =
+                |v: usize| i32::try_from(v).map_err(|_| format!("size {v} too large for cuDNN"));
+            let (n, c, h, w) = (
+                dim(p.batch)?,
+                dim(p.in_channels)?,
+                dim(p.in_h)?,
+                dim(p.in_w)?,
+            );
+            let (k, oh, ow) = (dim(p.out_channels)?, dim(p.out_h())?, dim(p.out_w())?);
+            let (kh, kw, pad, stride) = (
+                dim(p.kernel_h)?,
+                dim(p.kernel_w)?,
+                dim(p.pad)?,
+                dim(p.stride)?,
+            );
+            let f32t = cudnnDataType_t::CUDNN_DATA_FLOAT;
+            let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+            use cudarc::cudnn::result as r;
+            let e = |what: &'static str| move |e| format!("cuDNN {what}: {e:?}");
+            let plan = Plan {
+                x: r::create_tensor_descriptor().map_err(e("descriptor"))?,
+                y: r::create_tensor_descriptor().map_err(e("descriptor"))?,
+                w: r::create_filter_descriptor().map_err(e("descriptor"))?,
+                conv: r::create_convolution_descriptor().map_err(e("descriptor"))?,
+                forward: None,
+                backward_data: None,
+            };
+            let math = if tf32 {
+                cudnnMathType_t::CUDNN_DEFAULT_MATH
+            } else {
+                cudnnMathType_t::CUDNN_FMA_MATH
+            };
+            // SAFETY: fresh descriptors, set once with valid dimensions.
+            unsafe {
+                r::set_tensor4d_descriptor(plan.x, nchw, f32t, [n, c, h, w])
+                    .map_err(e("input descriptor"))?;
+                r::set_tensor4d_descriptor(plan.y, nchw, f32t, [n, k, oh, ow])
+                    .map_err(e("output descriptor"))?;
+                r::set_filter4d_descriptor(plan.w, f32t, nchw, [k, c, kh, kw])
+                    .map_err(e("filter descriptor"))?;
+                r::set_convolution2d_descriptor(
+                    plan.conv,
+                    pad,
+                    pad,
+                    stride,
+                    stride,
+                    1,
+                    1,
+                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                    f32t,
+                )
+                .map_err(e("convolution descriptor"))?;
+                r::set_convolution_math_type(plan.conv, math).map_err(e("math type"))?;
+            }
+            slot.insert(plan);
+        }
+        Ok(plans.get_mut(&key).expect("inserted above"))
+    }
+
+    /// A workspace of at least `bytes`, grown (never shrunk) as needed.
+    fn workspace(&self, runtime: &dyn Runtime, bytes: usize) -> GpuResult<(DevicePtr, usize)> {
+        let mut ws = self.workspace.lock().map_err(|_| "cuDNN state poisoned")?;
+        if bytes > ws.1 {
+            if ws.1 > 0 {
+                // SAFETY: our own allocation; stream order makes later work wait for it.
+                unsafe { runtime.free(ws.0) };
+            }
+            *ws = (runtime.alloc(bytes)?, bytes);
+        }
+        Ok(*ws)
+    }
+
+    /// Releases the workspace (between image scales).
+    pub fn release(&self, runtime: &dyn Runtime) {
+        if let Ok(mut ws) = self.workspace.lock() {
+            if ws.1 > 0 {
+                // SAFETY: our own allocation, not used after this.
+                unsafe { runtime.free(ws.0) };
+                *ws = (0, 0);
+            }
+        }
+    }
+}
+
+impl Drop for Cudnn {
+    fn drop(&mut self) {
+        if let Ok(plans) = self.plans.get_mut() {
+            for plan in plans.values() {
+                // SAFETY: descriptors made in `plan`, destroyed once.
+                unsafe {
+                    let _ = cudarc::cudnn::result::destroy_tensor_descriptor(plan.x);
+                    let _ = cudarc::cudnn::result::destroy_tensor_descriptor(plan.y);
+                    let _ = cudarc::cudnn::result::destroy_filter_descriptor(plan.w);
+                    let _ = cudarc::cudnn::result::destroy_convolution_descriptor(plan.conv);
+                }
+            }
+        }
+        // SAFETY: the handle is ours and no longer used.
+        let _ = unsafe { cudarc::cudnn::result::destroy_handle(self.handle) };
+    }
+}
+
+impl ConvEngine for Cudnn {
+    fn describe(&self) -> String {
+        let v = self.version;
+        format!("cuDNN {}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
+    }
+
+    unsafe fn forward(
+        &self,
+        runtime: &dyn Runtime,
+        p: &Conv2dParams,
+        tf32: bool,
+        (x, w, y): (DevicePtr, DevicePtr, DevicePtr),
+    ) -> GpuResult<()> {
+        let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
+        let plan = self.plan(&mut plans, p, tf32)?;
+        let (algo, need) = match plan.forward {
+            Some(chosen) => chosen,
+            None => {
+                let mut found = [cudnnConvolutionFwdAlgoPerf_t {
+                    ..unsafe { std::mem::zeroed() }
+                }; 8];
+                let mut count = 0;
+                // SAFETY: valid descriptors; cuDNN writes at most 8 results. It runs each
+                // algorithm on scratch memory of its own.
+                check("algorithm search", unsafe {
+                    sys::cudnnFindConvolutionForwardAlgorithm(
+                        self.handle,
+                        plan.x,
+                        plan.w,
+                        plan.conv,
+                        plan.y,
+                        found.len() as i32,
+                        &mut count,
+                        found.as_mut_ptr(),
+                    )
+                })?;
+                let best = found[..count as usize]
+                    .iter()
+                    .find(|r| {
+                        r.status == cudnnStatus_t::CUDNN_STATUS_SUCCESS
+                            && r.memory <= WORKSPACE_LIMIT
+                    })
+                    .ok_or("cuDNN found no forward algorithm for this shape")?;
+                plan.forward = Some((best.algo, best.memory));
+                (best.algo, best.memory)
+            }
+        };
+        let (ws, ws_bytes) = self.workspace(runtime, need)?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: the caller guarantees x, w, y cover the shapes in the descriptors; the
+        // workspace has `need` bytes.
+        check("forward convolution", unsafe {
+            sys::cudnnConvolutionForward(
+                self.handle,
+                &alpha as *const f32 as *const c_void,
+                plan.x,
+                x as *const c_void,
+                plan.w,
+                w as *const c_void,
+                plan.conv,
+                algo,
+                ws as *mut c_void,
+                ws_bytes,
+                &beta as *const f32 as *const c_void,
+                plan.y,
+                y as *mut c_void,
+            )
+        })
+    }
+
+    unsafe fn backward_data_add(
+        &self,
+        runtime: &dyn Runtime,
+        p: &Conv2dParams,
+        tf32: bool,
+        (dy, w, dx): (DevicePtr, DevicePtr, DevicePtr),
+    ) -> GpuResult<()> {
+        let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
+        let plan = self.plan(&mut plans, p, tf32)?;
+        let (algo, need) = match plan.backward_data {
+            Some(chosen) => chosen,
+            None => {
+                let mut found = [cudnnConvolutionBwdDataAlgoPerf_t {
+                    ..unsafe { std::mem::zeroed() }
+                }; 8];
+                let mut count = 0;
+                // SAFETY: as in `forward`.
+                check("algorithm search", unsafe {
+                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                        self.handle,
+                        plan.w,
+                        plan.y,
+                        plan.conv,
+                        plan.x,
+                        found.len() as i32,
+                        &mut count,
+                        found.as_mut_ptr(),
+                    )
+                })?;
+                let best = found[..count as usize]
+                    .iter()
+                    .find(|r| {
+                        r.status == cudnnStatus_t::CUDNN_STATUS_SUCCESS
+                            && r.memory <= WORKSPACE_LIMIT
+                    })
+                    .ok_or("cuDNN found no backward-data algorithm for this shape")?;
+                plan.backward_data = Some((best.algo, best.memory));
+                (best.algo, best.memory)
+            }
+        };
+        let (ws, ws_bytes) = self.workspace(runtime, need)?;
+        // β = 1: the gradient is added into dx (another use's gradient may be there).
+        let (alpha, beta) = (1.0f32, 1.0f32);
+        // SAFETY: as in `forward`.
+        check("backward-data convolution", unsafe {
+            sys::cudnnConvolutionBackwardData(
+                self.handle,
+                &alpha as *const f32 as *const c_void,
+                plan.w,
+                w as *const c_void,
+                plan.y,
+                dy as *const c_void,
+                plan.conv,
+                algo,
+                ws as *mut c_void,
+                ws_bytes,
+                &beta as *const f32 as *const c_void,
+                plan.x,
+                dx as *mut c_void,
+            )
+        })
+    }
+}
