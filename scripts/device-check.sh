@@ -79,7 +79,7 @@ for precision in tf32 fp32; do
     rc=$?
     [ $rc -ne 0 ] && status=1
     tail -2 "$OUT/logs/readme_$precision.log" | head -1
-    "$PY" - "$OUT/result_cuda_$precision.json" "$precision" <<'PY' || echo "rc=$rc, no report"
+    "$PY" - "$OUT/result_cuda_$precision.json" "$precision" 2>/dev/null <<'PY' || echo "rc=$rc, no report"
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"{sys.argv[2]}: final loss {r['trace'][-1]['total']:.6e}, "
