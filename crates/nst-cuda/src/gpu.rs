@@ -360,6 +360,58 @@ impl Gpu {
         Ok(self.reduce(a, b, op)?.to_vec()?[0])
     }
 
+    /// Σ aᵢ·bᵢ, left on the device (for [`Gpu::axpy_device_coef`]).
+    pub fn dot_on_device(&self, a: &Floats, b: &Floats) -> GpuResult<DeviceBuffer<f64>> {
+        self.reduce(a, b, 1)
+    }
+
+    /// `r·a` for a device scalar `a`.
+    pub fn scalar_scale(&self, a: &DeviceBuffer<f64>, r: f64) -> GpuResult<DeviceBuffer<f64>> {
+        let out = DeviceBuffer::<f64>::uninit(&self.runtime, a.len())?;
+        let args = [a.arg(), Arg::F64(r), out.arg(), Arg::I64(a.len() as i64)];
+        // SAFETY: a and out hold a.len() doubles.
+        unsafe { self.launch("scalar_scale", a.len(), &args)? };
+        Ok(out)
+    }
+
+    /// `a − b` for device scalars.
+    pub fn scalar_sub(
+        &self,
+        a: &DeviceBuffer<f64>,
+        b: &DeviceBuffer<f64>,
+    ) -> GpuResult<DeviceBuffer<f64>> {
+        check_len("scalar", b.len(), a.len())?;
+        let out = DeviceBuffer::<f64>::uninit(&self.runtime, a.len())?;
+        let args = [a.arg(), b.arg(), out.arg(), Arg::I64(a.len() as i64)];
+        // SAFETY: a, b and out hold a.len() doubles.
+        unsafe { self.launch("scalar_sub", a.len(), &args)? };
+        Ok(out)
+    }
+
+    /// `x + f32(factor·coef[0])·y` with `coef` on the device.
+    pub fn axpy_device_coef(
+        &self,
+        x: &Floats,
+        y: &Floats,
+        coef: &DeviceBuffer<f64>,
+        factor: f64,
+    ) -> GpuResult<Floats> {
+        check_len("axpy", y.len(), x.len())?;
+        check_len("axpy coefficient", coef.len(), 1)?;
+        let out = self.uninit(x.len())?;
+        let args = [
+            coef.arg(),
+            Arg::F64(factor),
+            x.arg(),
+            y.arg(),
+            out.arg(),
+            Arg::I64(x.len() as i64),
+        ];
+        // SAFETY: x, y and out hold x.len() floats, coef one double.
+        unsafe { self.launch("axpy_device_coef", x.len(), &args)? };
+        Ok(out)
+    }
+
     /// Σ(a − b)².
     pub fn sum_sq_diff(&self, a: &Floats, b: &Floats) -> GpuResult<f64> {
         self.reduce_to_host(a, b, 0)

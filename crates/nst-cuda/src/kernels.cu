@@ -167,6 +167,24 @@ __global__ void double_to_float(const double* src, float* dst, long long n) {
     GRID_STRIDE(i, n) { dst[i] = (float)src[i]; }
 }
 
+// The optimizer's scalars kept on the device (L-BFGS's two-loop recursion: α = ρ·sᵀq, then
+// α − β), so that no step of the recursion waits for the host.
+__global__ void scalar_scale(const double* a, double r, double* out, long long n) {
+    GRID_STRIDE(i, n) { out[i] = a[i] * r; }
+}
+
+__global__ void scalar_sub(const double* a, const double* b, double* out, long long n) {
+    GRID_STRIDE(i, n) { out[i] = a[i] - b[i]; }
+}
+
+// out = x + (float)(factor·coef[0])·y: axpby with α = 1 and a β that never leaves the device,
+// rounded to f32 as the host would round it.
+__global__ void axpy_device_coef(const double* coef, double factor, const float* x,
+                                 const float* y, float* out, long long n) {
+    float b = (float)(factor * coef[0]);
+    GRID_STRIDE(i, n) { out[i] = 1.0f * x[i] + b * y[i]; }
+}
+
 // Reductions accumulate in double, like nst-cpu: one partial per block, added atomically to
 // *out (which the caller zeroes). op: 0 Σ(a−b)², 1 Σa·b, 2 Σ|a|, 3 Σa.
 __global__ void reduce_sum(const float* a, const float* b, double* out, long long n, int op) {

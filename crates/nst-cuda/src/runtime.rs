@@ -45,6 +45,8 @@ pub enum Arg {
     I64(i64),
     /// `float`.
     F32(f32),
+    /// `double`.
+    F64(f64),
 }
 
 impl Arg {
@@ -56,6 +58,7 @@ impl Arg {
             Arg::I32(v) => u64::from(v as u32),
             Arg::I64(v) => v as u64,
             Arg::F32(v) => u64::from(v.to_bits()),
+            Arg::F64(v) => v.to_bits(),
         }
     }
 }

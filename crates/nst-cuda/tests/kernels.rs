@@ -146,6 +146,33 @@ fn elementwise_and_reductions_match_nst_cpu() {
                 "{on} {what}: {got} vs {want}"
             );
         }
+        // The optimizer's device scalars: the same values, and the same axpby, as on the host.
+        let d = g.dot_on_device(&dx, &dy).unwrap();
+        assert_eq!(
+            d.to_vec().unwrap(),
+            vec![g.dot(&dx, &dy).unwrap()],
+            "{on} dot on device"
+        );
+        let (rho, other) = (0.37, g.dot_on_device(&dx, &dx).unwrap());
+        let alpha = g.scalar_scale(&d, rho).unwrap();
+        let host_alpha = g.dot(&dx, &dy).unwrap() * rho;
+        assert_eq!(
+            alpha.to_vec().unwrap(),
+            vec![host_alpha],
+            "{on} scalar scale"
+        );
+        let diff = g.scalar_sub(&alpha, &other).unwrap();
+        assert_eq!(
+            diff.to_vec().unwrap(),
+            vec![host_alpha - g.dot(&dx, &dx).unwrap()]
+        );
+        elementwise::axpby(1.0, &x, (-1.0 * host_alpha) as f32, &y, &mut want);
+        let got = g.axpy_device_coef(&dx, &dy, &alpha, -1.0).unwrap();
+        assert_eq!(
+            got.to_vec().unwrap(),
+            want,
+            "{on} axpy with a device coefficient"
+        );
         let total = g.sum(&dx).unwrap();
         assert_eq!(
             total.to_vec().unwrap(),

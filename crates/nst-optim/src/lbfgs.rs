@@ -95,18 +95,22 @@ impl Lbfgs {
         self.prev = None;
     }
 
-    /// The search direction −H·g by the two-loop recursion.
+    /// The search direction −H·g by the two-loop recursion. Its scalars (αᵢ = ρᵢ·sᵢᵀq,
+    /// βᵢ = ρᵢ·yᵢᵀr) stay on the tensors' device ([`nst_tensor::Scalar`]): on a GPU the
+    /// recursion never waits for the host (two round trips per history pair otherwise, up to
+    /// 200 per iteration); on the CPU the arithmetic is the same f64 as ever.
     fn direction(&self, g: &Tensor) -> Result<Tensor, TensorError> {
         let mut q = g.scale(-1.0)?;
-        let mut alphas = vec![0.0; self.pairs.len()];
-        for (i, (s, y, rho)) in self.pairs.iter().enumerate().rev() {
-            alphas[i] = s.dot(&q)? * rho;
-            q = q.axpby(1.0, y, -alphas[i] as f32)?;
+        let mut alphas = Vec::with_capacity(self.pairs.len()); // newest pair first
+        for (s, y, rho) in self.pairs.iter().rev() {
+            let alpha = s.dot_scalar(&q)?.scale(*rho)?;
+            q = q.add_scaled(y, &alpha, -1.0)?;
+            alphas.push(alpha);
         }
         let mut r = q.scale(self.h_diag as f32)?;
-        for (i, (s, y, rho)) in self.pairs.iter().enumerate() {
-            let beta = y.dot(&r)? * rho;
-            r = r.axpby(1.0, s, (alphas[i] - beta) as f32)?;
+        for ((s, y, rho), alpha) in self.pairs.iter().zip(alphas.iter().rev()) {
+            let beta = y.dot_scalar(&r)?.scale(*rho)?;
+            r = r.add_scaled(s, &alpha.sub(&beta)?, 1.0)?;
         }
         Ok(r)
     }

@@ -37,6 +37,8 @@ pub trait BackendStorage: Sized {
     /// Which elements of a ReLU's output were positive, one bit each, kept on the device for
     /// the backward pass instead of the output itself.
     type ReluMask;
+    /// One f64 on the device: an optimizer's scalar that need not visit the host.
+    type Scalar;
 
     /// Number of f32 elements.
     fn len(&self) -> usize;
@@ -150,6 +152,17 @@ pub trait BackendStorage: Sized {
     fn axpby(&self, alpha: f32, y: &Self, beta: f32) -> Result<Self>;
     /// Σ xᵢ·yᵢ accumulated in f64.
     fn dot(&self, y: &Self) -> Result<f64>;
+    /// [`BackendStorage::dot`], left on the device.
+    fn dot_scalar(&self, y: &Self) -> Result<Self::Scalar>;
+    /// `r·a` for a device scalar.
+    fn scalar_scale(a: &Self::Scalar, r: f64) -> Result<Self::Scalar>;
+    /// `a − b` for device scalars.
+    fn scalar_sub(a: &Self::Scalar, b: &Self::Scalar) -> Result<Self::Scalar>;
+    /// A device scalar's value on the host.
+    fn scalar_value(a: &Self::Scalar) -> Result<f64>;
+    /// `x + f32(factor·coef)·y` (self is x): [`BackendStorage::axpby`] with α = 1 and a
+    /// device-scalar β, rounded to f32 as the host would round it.
+    fn add_scaled(&self, y: &Self, coef: &Self::Scalar, factor: f64) -> Result<Self>;
     /// Σ |xᵢ| accumulated in f64.
     fn abs_sum(&self) -> Result<f64>;
     /// max |xᵢ|, NaN if any element is NaN.

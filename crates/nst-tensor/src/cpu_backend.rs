@@ -48,6 +48,8 @@ impl BackendStorage for CpuStorage {
     type PoolIndices = Vec<u32>;
     /// 32 elements per word (`nst_cpu::relu::relu_mask_pack`).
     type ReluMask = Vec<u32>;
+    /// The host is the CPU's device: a scalar is just an f64.
+    type Scalar = f64;
 
     fn len(&self) -> usize {
         self.0.len()
@@ -245,6 +247,26 @@ impl BackendStorage for CpuStorage {
 
     fn dot(&self, y: &Self) -> Result<f64> {
         Ok(k::dot(&self.0, &y.0))
+    }
+
+    fn dot_scalar(&self, y: &Self) -> Result<f64> {
+        self.dot(y)
+    }
+
+    fn scalar_scale(a: &f64, r: f64) -> Result<f64> {
+        Ok(a * r)
+    }
+
+    fn scalar_sub(a: &f64, b: &f64) -> Result<f64> {
+        Ok(a - b)
+    }
+
+    fn scalar_value(a: &f64) -> Result<f64> {
+        Ok(*a)
+    }
+
+    fn add_scaled(&self, y: &Self, coef: &f64, factor: f64) -> Result<Self> {
+        self.axpby(1.0, y, (factor * coef) as f32)
     }
 
     fn abs_sum(&self) -> Result<f64> {

@@ -182,6 +182,8 @@ impl BackendStorage for CudaStorage {
     type PoolIndices = DeviceBuffer<i32>;
     /// 32 elements per word, nst-cpu's layout.
     type ReluMask = DeviceBuffer<u32>;
+    /// One double in device memory, with the device that holds it.
+    type Scalar = (DeviceBuffer<f64>, CudaDevice);
 
     fn len(&self) -> usize {
         self.buf.len()
@@ -359,6 +361,30 @@ impl BackendStorage for CudaStorage {
 
     fn dot(&self, y: &Self) -> Result<f64> {
         self.gpu().dot(&self.buf, &y.buf).map_err(failed)
+    }
+
+    fn dot_scalar(&self, y: &Self) -> Result<Self::Scalar> {
+        let d = self
+            .gpu()
+            .dot_on_device(&self.buf, &y.buf)
+            .map_err(failed)?;
+        Ok((d, self.cuda_device().clone()))
+    }
+
+    fn scalar_scale((a, dev): &Self::Scalar, r: f64) -> Result<Self::Scalar> {
+        Ok((dev.gpu.scalar_scale(a, r).map_err(failed)?, dev.clone()))
+    }
+
+    fn scalar_sub((a, dev): &Self::Scalar, (b, _): &Self::Scalar) -> Result<Self::Scalar> {
+        Ok((dev.gpu.scalar_sub(a, b).map_err(failed)?, dev.clone()))
+    }
+
+    fn scalar_value((a, _): &Self::Scalar) -> Result<f64> {
+        Ok(a.to_vec().map_err(failed)?[0])
+    }
+
+    fn add_scaled(&self, y: &Self, (coef, _): &Self::Scalar, factor: f64) -> Result<Self> {
+        self.wrap(self.gpu().axpy_device_coef(&self.buf, &y.buf, coef, factor))
     }
 
     fn abs_sum(&self) -> Result<f64> {

@@ -73,6 +73,7 @@ pub use error::TensorError;
 pub use grad_mode::{is_grad_enabled, no_grad};
 pub use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
 pub use ops::conv::Conv2dOptions;
+pub use ops::vector::Scalar;
 pub use tensor::Tensor;
 
 /// Host-side linear algebra on 3×3 symmetric matrices (colour statistics), which runs on the

@@ -27,6 +27,40 @@ pub(crate) enum ReluMask {
     Cuda(<CudaStorage as BackendStorage>::ReluMask),
 }
 
+/// One f64 on a device (an optimizer's scalar).
+pub(crate) enum ScalarStorage {
+    Cpu(<CpuStorage as BackendStorage>::Scalar),
+    Cuda(<CudaStorage as BackendStorage>::Scalar),
+}
+
+impl ScalarStorage {
+    pub(crate) fn scale(&self, r: f64) -> Result<Self> {
+        Ok(match self {
+            ScalarStorage::Cpu(a) => ScalarStorage::Cpu(CpuStorage::scalar_scale(a, r)?),
+            ScalarStorage::Cuda(a) => ScalarStorage::Cuda(CudaStorage::scalar_scale(a, r)?),
+        })
+    }
+
+    pub(crate) fn sub(&self, other: &Self) -> Result<Self> {
+        Ok(match (self, other) {
+            (ScalarStorage::Cpu(a), ScalarStorage::Cpu(b)) => {
+                ScalarStorage::Cpu(CpuStorage::scalar_sub(a, b)?)
+            }
+            (ScalarStorage::Cuda(a), ScalarStorage::Cuda(b)) => {
+                ScalarStorage::Cuda(CudaStorage::scalar_sub(a, b)?)
+            }
+            _ => return Err(TensorError::DeviceMismatch { op: "scalar sub" }),
+        })
+    }
+
+    pub(crate) fn value(&self) -> Result<f64> {
+        match self {
+            ScalarStorage::Cpu(a) => CpuStorage::scalar_value(a),
+            ScalarStorage::Cuda(a) => CudaStorage::scalar_value(a),
+        }
+    }
+}
+
 /// `storage.method(args)` on whichever device holds it, wrapping a storage result back into
 /// the same variant.
 macro_rules! on_device {
@@ -311,6 +345,26 @@ impl Storage {
 
     pub(crate) fn dot(&self, y: &Self) -> Result<f64> {
         on_same_device_value!("dot", self, y, (x, y) => x.dot(y))
+    }
+
+    pub(crate) fn dot_scalar(&self, y: &Self) -> Result<ScalarStorage> {
+        Ok(match (self, y) {
+            (Storage::Cpu(x), Storage::Cpu(y)) => ScalarStorage::Cpu(x.dot_scalar(y)?),
+            (Storage::Cuda(x), Storage::Cuda(y)) => ScalarStorage::Cuda(x.dot_scalar(y)?),
+            _ => return Err(TensorError::DeviceMismatch { op: "dot" }),
+        })
+    }
+
+    pub(crate) fn add_scaled(&self, y: &Self, coef: &ScalarStorage, factor: f64) -> Result<Self> {
+        Ok(match (self, y, coef) {
+            (Storage::Cpu(x), Storage::Cpu(y), ScalarStorage::Cpu(c)) => {
+                Storage::Cpu(x.add_scaled(y, c, factor)?)
+            }
+            (Storage::Cuda(x), Storage::Cuda(y), ScalarStorage::Cuda(c)) => {
+                Storage::Cuda(x.add_scaled(y, c, factor)?)
+            }
+            _ => return Err(TensorError::DeviceMismatch { op: "add_scaled" }),
+        })
     }
 
     pub(crate) fn abs_sum(&self) -> Result<f64> {

@@ -485,3 +485,36 @@ fn conv_algorithms_agree(dev: &Device) {
     }
 }
 test_device!(conv_algorithms_agree);
+
+/// The optimizer's device scalars: `dot_scalar` is `dot` left on the device, and
+/// `add_scaled` is exactly `axpby(1, y, f32(factor·coef))`, whatever the device; mixing
+/// devices is an error.
+fn device_scalars_match_host_arithmetic(dev: &Device) {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (a, b) = (uniform(&mut rng, &[3, 37]), uniform(&mut rng, &[3, 37]));
+    let x = Tensor::from_vec(a.data, &a.shape, dev).unwrap();
+    let y = Tensor::from_vec(b.data, &b.shape, dev).unwrap();
+    let d = x.dot_scalar(&y).unwrap();
+    assert_eq!(d.value().unwrap(), x.dot(&y).unwrap());
+    let alpha = d.scale(0.25).unwrap();
+    let beta = y.dot_scalar(&y).unwrap().scale(-0.5).unwrap();
+    let coef = alpha.sub(&beta).unwrap();
+    let want_coef = x.dot(&y).unwrap() * 0.25 - y.dot(&y).unwrap() * -0.5;
+    assert_eq!(coef.value().unwrap(), want_coef);
+    let got = x.add_scaled(&y, &coef, -1.0).unwrap().to_vec().unwrap();
+    let want = x
+        .axpby(1.0, &y, (-want_coef) as f32)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert_eq!(got, want);
+    let other = Tensor::from_vec(vec![0.0; 3 * 37], &[3, 37], &Device::Cpu).unwrap();
+    if !dev.is_cpu() {
+        assert!(x.dot_scalar(&other).is_err(), "operands on two devices");
+        assert!(
+            other.add_scaled(&other, &coef, 1.0).is_err(),
+            "a scalar of another device"
+        );
+    }
+}
+test_device!(device_scalars_match_host_arithmetic);

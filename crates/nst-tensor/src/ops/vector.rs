@@ -2,7 +2,30 @@
 //! updates are not part of the function being differentiated. Results stay on the device;
 //! only the scalar reductions (`dot`, norms) come back to the host.
 
+use crate::storage::ScalarStorage;
 use crate::{Result, Tensor};
+
+/// One f64 on a tensor's device, from [`Tensor::dot_scalar`]: what an optimizer computes
+/// with between its steps without waiting for the device (L-BFGS's two-loop recursion runs
+/// with no host round trip per history pair). On the CPU it is a plain f64.
+pub struct Scalar(pub(crate) ScalarStorage);
+
+impl Scalar {
+    /// `r·self`.
+    pub fn scale(&self, r: f64) -> Result<Scalar> {
+        Ok(Scalar(self.0.scale(r)?))
+    }
+
+    /// `self − other` (same device).
+    pub fn sub(&self, other: &Scalar) -> Result<Scalar> {
+        Ok(Scalar(self.0.sub(&other.0)?))
+    }
+
+    /// The value on the host (on a GPU this waits for the device).
+    pub fn value(&self) -> Result<f64> {
+        self.0.value()
+    }
+}
 use nst_params::AdamParams;
 
 impl Tensor {
@@ -17,6 +40,21 @@ impl Tensor {
     pub fn dot(&self, other: &Tensor) -> Result<f64> {
         self.same_shape(other, "dot")?;
         self.storage().dot(other.storage())
+    }
+
+    /// [`Tensor::dot`], left on the device as a [`Scalar`].
+    pub fn dot_scalar(&self, other: &Tensor) -> Result<Scalar> {
+        self.same_shape(other, "dot")?;
+        Ok(Scalar(self.storage().dot_scalar(other.storage())?))
+    }
+
+    /// `self + f32(factor·coef)·y`, untracked: [`Tensor::axpby`] with α = 1 and a β that
+    /// stays on the device (rounded to f32 as `axpby(1.0, y, (factor·coef) as f32)` rounds
+    /// it, so on the CPU the two agree bit for bit).
+    pub fn add_scaled(&self, y: &Tensor, coef: &Scalar, factor: f64) -> Result<Tensor> {
+        self.same_shape(y, "add_scaled")?;
+        let out = self.storage().add_scaled(y.storage(), &coef.0, factor)?;
+        Ok(Tensor::from_storage(out, self.dims()))
     }
 
     /// Σ |selfᵢ| in f64 (the L1 norm).
