@@ -166,7 +166,7 @@ fn elementwise_and_reductions_match_nst_cpu() {
             diff.to_vec().unwrap(),
             vec![host_alpha - g.dot(&dx, &dx).unwrap()]
         );
-        elementwise::axpby(1.0, &x, (-1.0 * host_alpha) as f32, &y, &mut want);
+        elementwise::axpby(1.0, &x, (-host_alpha) as f32, &y, &mut want);
         let got = g.axpy_device_coef(&dx, &dy, &alpha, -1.0).unwrap();
         assert_eq!(
             got.to_vec().unwrap(),
