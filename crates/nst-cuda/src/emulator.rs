@@ -13,6 +13,11 @@
 //! - **Memory**: "device pointers" are host addresses of 8-byte-aligned allocations, each
 //!   followed by guard words that [`Runtime::free`] checks: a kernel writing past the end of
 //!   a buffer fails loudly instead of silently corrupting a neighbour, as it could on a GPU.
+//! - **Undefined behaviour**: the kernels are compiled with `-fsanitize=undefined` and no
+//!   recovery, so an out-of-bounds index into a `__shared__` array, a signed overflow in an
+//!   index or a misaligned access aborts the test with the line (an index one past a
+//!   reduction's shared array was caught this way when the check was tried). AddressSanitizer
+//!   cannot be loaded into a Rust test process through `dlopen`; the guard words stand in.
 //! - **cuBLAS**: [`Sgemm`] calls are executed with cuBLAS's column-major semantics by
 //!   nst-cpu's strided GEMM (fast enough to run VGG-19 through the emulator in tests).
 //!
@@ -83,7 +88,9 @@ fn source_hash(flags: &[&str]) -> u64 {
 
 /// Compiles the kernels for the host (or finds them compiled by an earlier process).
 fn compile() -> GpuResult<PathBuf> {
-    const FLAGS: [&str; 7] = [
+    const FLAGS: [&str; 9] = [
+        "-fsanitize=undefined",
+        "-fno-sanitize-recover=undefined",
         "-std=c++20",
         "-O2",
         "-shared",
