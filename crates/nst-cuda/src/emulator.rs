@@ -15,8 +15,8 @@
 //!   a buffer fails loudly instead of silently corrupting a neighbour, as it could on a GPU.
 //! - **Undefined behaviour**: the kernels are compiled with `-fsanitize=undefined` and no
 //!   recovery, so an out-of-bounds index into a `__shared__` array, a signed overflow in an
-//!   index or a misaligned access aborts the test with the line (an index one past a
-//!   reduction's shared array was caught this way when the check was tried). AddressSanitizer
+//!   index or a misaligned access aborts the test with the line (checked by planting an
+//!   index past a reduction's shared array: "index 256 out of bounds"). AddressSanitizer
 //!   cannot be loaded into a Rust test process through `dlopen`; the guard words stand in.
 //! - **cuBLAS**: [`Sgemm`] calls are executed with cuBLAS's column-major semantics by
 //!   nst-cpu's strided GEMM (fast enough to run VGG-19 through the emulator in tests).
