@@ -35,6 +35,12 @@ fn check(what: &str, status: cudnnStatus_t) -> GpuResult<()> {
     }
 }
 
+/// Whether an algorithm cuDNN measured ran and fits the workspace limit (its results come
+/// fastest first, so the first usable one is chosen).
+fn usable(status: cudnnStatus_t, workspace: usize) -> bool {
+    status == cudnnStatus_t::CUDNN_STATUS_SUCCESS && workspace <= WORKSPACE_LIMIT
+}
+
 /// The descriptors and chosen algorithms of one convolution shape.
 struct Plan {
     x: sys::cudnnTensorDescriptor_t,
@@ -230,10 +236,7 @@ impl ConvEngine for Cudnn {
                 })?;
                 let best = found[..count as usize]
                     .iter()
-                    .find(|r| {
-                        r.status == cudnnStatus_t::CUDNN_STATUS_SUCCESS
-                            && r.memory <= WORKSPACE_LIMIT
-                    })
+                    .find(|r| usable(r.status, r.memory))
                     .ok_or("cuDNN found no forward algorithm for this shape")?;
                 plan.forward = Some((best.algo, best.memory));
                 (best.algo, best.memory)
@@ -293,10 +296,7 @@ impl ConvEngine for Cudnn {
                 })?;
                 let best = found[..count as usize]
                     .iter()
-                    .find(|r| {
-                        r.status == cudnnStatus_t::CUDNN_STATUS_SUCCESS
-                            && r.memory <= WORKSPACE_LIMIT
-                    })
+                    .find(|r| usable(r.status, r.memory))
                     .ok_or("cuDNN found no backward-data algorithm for this shape")?;
                 plan.backward_data = Some((best.algo, best.memory));
                 (best.algo, best.memory)
