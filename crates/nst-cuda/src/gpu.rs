@@ -1,6 +1,6 @@
 //! Every operation nst-tensor's CUDA storage needs, on [`DeviceBuffer`]s of one [`Runtime`]:
 //! the kernels of `kernels.cu` and cuBLAS products, each written once and run either on a
-//! GPU ([`Gpu::open`]) or in the emulator ([`Gpu::emulated`]).
+//! GPU ([`Gpu::open`]) or in the emulator (`Gpu::emulated`, feature `emulator`).
 //!
 //! Shapes come from `nst-params`, shared with nst-cpu, whose kernels define the results
 //! (layouts, tie-breaking, NaN handling); the tests compare the two.
@@ -58,7 +58,7 @@ impl Gpu {
         Ok(Gpu::on(Arc::new(crate::driver::CudaRuntime::new(ordinal)?)))
     }
 
-    /// The emulator (kernels compiled for the host; see [`crate::emulator`]).
+    /// The emulator (kernels compiled for the host; see the `emulator` module).
     #[cfg(feature = "emulator")]
     pub fn emulated() -> GpuResult<Gpu> {
         Ok(Gpu::on(crate::emulator::Emulator::new()?))

@@ -4,7 +4,7 @@
 //! - [`crate::driver::CudaRuntime`]: a real GPU through the CUDA driver API (cudarc, loaded
 //!   at run time): `cuMemAllocAsync` from the device's memory pool, `cuLaunchKernel` on the
 //!   NVRTC-compiled kernels, `cublasSgemm`.
-//! - [`crate::emulator::Emulator`] (feature `emulator`): the same `kernels.cu` compiled as C++
+//! - `emulator::Emulator` (feature `emulator`): the same `kernels.cu` compiled as C++
 //!   for the host (`host/cuda_host.h`), "device" pointers that are host addresses, and a GEMM
 //!   with cuBLAS's column-major semantics. It lets everything above this trait — every op of
 //!   [`crate::Gpu`] and nst-tensor's CUDA storage — run and be tested on a machine with no
