@@ -18,6 +18,17 @@
 //!
 //! `NST_MEMORY_LIMIT` (bytes, or with a K/M/G suffix) replaces the available memory, to test
 //! the check or to override it.
+//!
+//! **On a GPU** the same check runs against the device's free memory (plus what its pool
+//! holds unused; `NST_GPU_MEMORY_LIMIT` overrides it) with its own estimate,
+//! [`estimate_gpu_peak_bytes`]: `GPU_BASE + im2col band + GPU_PER_ACTIVATION · A + optimizer
+//! state (+ cuDNN's workspace limit where cuDNN is used)`. The input images stay on the host.
+//! The constants come from the emulator's allocator, which counts exactly the device
+//! allocations of the CUDA path (im2col, one iteration, `--device cuda-emulated --scales 1
+//! --iters 1`): 218 MiB at 256×170, 443 MiB at 512×341, 871 MiB at 1024×681, which the
+//! constants reproduce within +3% … +14%. Not yet checked on a GPU, where the CUDA context and
+//! cuDNN's own allocations come on top (the free memory the driver reports already excludes
+//! the context).
 
 use anyhow::{bail, Result};
 use nst_vgg::{geometry, Layer};
@@ -26,6 +37,17 @@ use nst_vgg::{geometry, Layer};
 const BASE_BYTES: f64 = 420.0 * MIB;
 /// Peak bytes per byte of forward activations (see the module docs).
 const PER_ACTIVATION: f64 = 1.22;
+/// GPU: the weights (80 MB) and small buffers.
+const GPU_BASE_BYTES: f64 = 90.0 * MIB;
+/// GPU: peak device bytes per byte of forward activations (fit 0.67 to the emulator's peaks,
+/// plus 10%).
+const GPU_PER_ACTIVATION: f64 = 0.74;
+/// GPU: the im2col patch matrix of conv1_2 (576 values a pixel), up to the band limit
+/// (`nst_cuda::gpu::COLS_BUDGET` values).
+const GPU_COLS_BYTES_PER_PIXEL: f64 = 4.0 * 576.0;
+const GPU_COLS_MAX_BYTES: f64 = 256.0 * MIB;
+/// GPU: the most workspace cuDNN's chosen algorithms may use (`nst_cuda::cudnn`).
+const GPU_CUDNN_WORKSPACE_BYTES: f64 = 1024.0 * MIB;
 /// Image-sized vectors an optimizer step holds besides its history (x, g, d, the step).
 const OPTIMIZER_VECTORS: f64 = 6.0;
 /// Full-resolution f32 RGB copies of each input image held through a run.
@@ -57,6 +79,53 @@ pub fn estimate_peak_bytes(w: &Workload) -> f64 {
         + PER_ACTIVATION * activations
         + (w.history_vectors as f64 + OPTIMIZER_VECTORS) * image
         + INPUT_COPIES * 12.0 * w.input_pixels as f64
+}
+
+/// Estimated peak device memory on a GPU, in bytes; `cudnn` when convolutions go to cuDNN.
+pub fn estimate_gpu_peak_bytes(w: &Workload, cudnn: bool) -> f64 {
+    let (width, height) = w.size;
+    let activations = 4.0 * geometry::activation_elems(w.deepest, height, width) as f64;
+    let image = 4.0 * (w.channels * width * height) as f64;
+    let pixels = (width * height) as f64;
+    let convolutions = if cudnn {
+        GPU_CUDNN_WORKSPACE_BYTES
+    } else {
+        (GPU_COLS_BYTES_PER_PIXEL * pixels).min(GPU_COLS_MAX_BYTES)
+    };
+    GPU_BASE_BYTES
+        + convolutions
+        + GPU_PER_ACTIVATION * activations
+        + (w.history_vectors as f64 + OPTIMIZER_VECTORS) * image
+}
+
+/// Device memory a run on a GPU may use: `NST_GPU_MEMORY_LIMIT` if set, else what the device
+/// reports (`None` when it does not).
+pub fn available_gpu_bytes(reported: Option<u64>) -> Result<Option<f64>> {
+    if let Ok(v) = std::env::var("NST_GPU_MEMORY_LIMIT") {
+        return parse_bytes(&v).map(Some);
+    }
+    Ok(reported.map(|b| b as f64))
+}
+
+/// Which memory a check is about: the host's (the CPU backend) or a GPU's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    /// System memory.
+    Host,
+    /// Device memory; `cudnn` when convolutions go to cuDNN.
+    Gpu {
+        /// Whether cuDNN's workspace comes on top.
+        cudnn: bool,
+    },
+}
+
+impl Pool {
+    fn estimate(self, w: &Workload) -> f64 {
+        match self {
+            Pool::Host => estimate_peak_bytes(w),
+            Pool::Gpu { cudnn } => estimate_gpu_peak_bytes(w, cudnn),
+        }
+    }
 }
 
 /// Memory this process may use: `NST_MEMORY_LIMIT` if set, else the smaller of the kernel's
@@ -92,6 +161,17 @@ pub fn available_bytes() -> Result<Option<f64>> {
     .map(|free| free + reusable))
 }
 
+/// Bytes for a message: "0.6 GB" from 0.5 GB up (as before), "95 MB" below, so that two
+/// small amounts do not both read "0.1 GB".
+fn readable(bytes: f64) -> String {
+    let gib = bytes / (MIB * 1024.0);
+    if gib >= 0.5 {
+        format!("{gib:.1} GB")
+    } else {
+        format!("{:.0} MB", bytes / MIB)
+    }
+}
+
 /// `"512M"`, `"2G"`, `"1.5G"`, `"300000000"` → bytes.
 fn parse_bytes(s: &str) -> Result<f64> {
     let t = s.trim();
@@ -115,7 +195,13 @@ fn parse_bytes(s: &str) -> Result<f64> {
 /// Fails when the workload of `--size requested_side` does not fit `available` bytes;
 /// `size_of(side)` gives the workload of `--size side` (also used to find the largest that
 /// fits).
-pub fn check(requested_side: u32, available: f64, size_of: impl Fn(u32) -> Workload) -> Result<()> {
+pub fn check(
+    requested_side: u32,
+    available: f64,
+    pool: Pool,
+    size_of: impl Fn(u32) -> Workload,
+) -> Result<()> {
+    let estimate_peak_bytes = |w: &Workload| pool.estimate(w);
     let need = estimate_peak_bytes(&size_of(requested_side));
     if need <= available {
         return Ok(());
@@ -130,16 +216,19 @@ pub fn check(requested_side: u32, available: f64, size_of: impl Fn(u32) -> Workl
             hi = mid;
         }
     }
-    let gb = |b: f64| b / (MIB * 1024.0);
     let hint = if lo >= 16 {
         format!("the largest --size that fits is about {lo}")
     } else {
         "no useful size fits".to_string()
     };
+    let (memory, variable) = match pool {
+        Pool::Host => ("memory", "NST_MEMORY_LIMIT"),
+        Pool::Gpu { .. } => ("GPU memory", "NST_GPU_MEMORY_LIMIT"),
+    };
     bail!(
-        "--size {requested_side} needs about {:.1} GB of memory (estimated peak) but {:.1} GB is available: {hint} (NST_MEMORY_LIMIT overrides the available amount)",
-        gb(need),
-        gb(available)
+        "--size {requested_side} needs about {} of {memory} (estimated peak) but {} is available: {hint} ({variable} overrides the available amount)",
+        readable(need),
+        readable(available)
     )
 }
 
@@ -178,12 +267,41 @@ mod tests {
     #[test]
     fn suggests_the_largest_size_that_fits() {
         let available = estimate_peak_bytes(&square(1000)) + 1.0;
-        let err = check(2048, available, square).unwrap_err().to_string();
+        let err = check(2048, available, Pool::Host, square)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("the largest --size that fits is about 1000"),
             "{err}"
         );
-        assert!(check(1000, available, square).is_ok());
+        assert!(check(1000, available, Pool::Host, square).is_ok());
+        let gpu = Pool::Gpu { cudnn: true };
+        let available = estimate_gpu_peak_bytes(&square(1500), true) + 1.0;
+        let err = check(4096, available, gpu, square).unwrap_err().to_string();
+        assert!(
+            err.contains("of GPU memory") && err.contains("about 1500"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gpu_estimates_bracket_the_emulators_peaks() {
+        // `nst --device cuda-emulated --size S --scales 1 --iters 1` (the example images,
+        // content 512×341 scaled): the emulator's peak device allocation.
+        for (w, h, measured_mib) in [(256, 170, 218.4), (512, 341, 442.6), (1024, 681, 871.4)] {
+            let workload = Workload {
+                deepest: "relu5_1".parse().unwrap(),
+                size: (w, h),
+                channels: 3,
+                history_vectors: 2,
+                input_pixels: 0,
+            };
+            let est = estimate_gpu_peak_bytes(&workload, false) / MIB;
+            assert!(
+                est >= measured_mib && est <= 1.25 * measured_mib,
+                "{w}×{h}: estimate {est:.0} MiB vs measured {measured_mib}"
+            );
+        }
     }
 
     #[test]

@@ -167,11 +167,18 @@ pub fn preflight(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Stages 3 and 3b: the scale plan, and on the CPU the memory preflight for it.
+/// Stages 3 and 3b: the scale plan, and the memory preflight for it (host or GPU memory).
 fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<ScalePlan> {
     let plan = ScalePlan::new(cfg, sizes)?;
-    if device.is_cpu() {
-        memory_preflight(cfg, sizes, &plan)?;
+    let available = if device.is_cpu() {
+        memory::available_bytes()?.map(|a| (a, memory::Pool::Host))
+    } else {
+        let cudnn = device.conv_library().is_some();
+        memory::available_gpu_bytes(device.available_device_memory_bytes())?
+            .map(|a| (a, memory::Pool::Gpu { cudnn }))
+    };
+    if let Some(available) = available {
+        memory_preflight(cfg, sizes, &plan, available)?;
     }
     Ok(plan)
 }
@@ -597,12 +604,15 @@ fn optimise(
     })
 }
 
-/// Stage 3b (CPU): stop before optimising when the final scale cannot fit in memory (see
+/// Stage 3b: stop before optimising when the final scale cannot fit in memory, the host's or
+/// the GPU's (see
 /// [`crate::memory`]).
-fn memory_preflight(cfg: &Config, sizes: &InputSizes, plan: &ScalePlan) -> Result<()> {
-    let Some(available) = memory::available_bytes()? else {
-        return Ok(());
-    };
+fn memory_preflight(
+    cfg: &Config,
+    sizes: &InputSizes,
+    plan: &ScalePlan,
+    (available, pool): (f64, memory::Pool),
+) -> Result<()> {
     let (content_w, content_h) = sizes.content;
     let input_pixels = sizes.pixels();
     let channels = if cfg.preserve_colors == ColorMode::Luminance {
@@ -624,7 +634,7 @@ fn memory_preflight(cfg: &Config, sizes: &InputSizes, plan: &ScalePlan) -> Resul
             input_pixels,
         }
     };
-    memory::check(cfg.size, available, workload)
+    memory::check(cfg.size, available, pool, workload)
 }
 
 /// L-BFGS keeps as many (s, y) pairs as fit [`LBFGS_HISTORY_BYTES`] at this size (5 to 100).

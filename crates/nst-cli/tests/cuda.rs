@@ -92,7 +92,8 @@ fn the_cuda_path_matches_the_cpu_end_to_end() {
 }
 
 /// 100 MB holds the weights and every buffer of the first scale (91×61) but not the second
-/// (128×85): the run must stop there with the previous scale's image written.
+/// (128×85): past the memory preflight (told there is plenty), the run must stop there with
+/// the previous scale's image written.
 #[test]
 fn running_out_of_gpu_memory_keeps_the_previous_scale() {
     if !emulator_or_skip("running_out_of_gpu_memory_keeps_the_previous_scale") {
@@ -119,6 +120,8 @@ fn running_out_of_gpu_memory_keeps_the_previous_scale() {
             "-q",
         ])
         .env("NST_EMULATOR_MEMORY_LIMIT", "100000000")
+        // Past the preflight (which would refuse this size), to run out part-way.
+        .env("NST_GPU_MEMORY_LIMIT", "100G")
         .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
@@ -135,4 +138,62 @@ fn running_out_of_gpu_memory_keeps_the_previous_scale() {
         assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
     }
     assert_eq!(image::image_dimensions(&out).unwrap(), (128, 85));
+}
+
+/// The memory preflight on a GPU: the emulator reports 100 MB free, less than the estimate for
+/// 128 px, so the run is refused before it starts — one line naming the estimate, what is
+/// free and the largest size that fits, no output — and a size that fits runs.
+#[test]
+fn the_gpu_memory_preflight_refuses_what_cannot_fit() {
+    if !emulator_or_skip("the_gpu_memory_preflight_refuses_what_cannot_fit") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let args = with(
+        tiny(&out),
+        &[
+            "--size",
+            "128",
+            "--scales",
+            "1",
+            "--device",
+            "cuda-emulated",
+        ],
+    );
+    let run = |limit: &str| {
+        std::process::Command::new(NST)
+            .args(&args)
+            .env("NST_EMULATOR_MEMORY_LIMIT", limit)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap()
+    };
+    let o = run("100000000");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    for needle in [
+        "error: --size 128 needs about",
+        "of GPU memory (estimated peak) but 95 MB is available",
+        "the largest --size that fits is about",
+        "NST_GPU_MEMORY_LIMIT",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
+    }
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+    let suggested: u32 = stderr
+        .split("fits is about ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .expect("a suggested size");
+    assert!((16..128).contains(&suggested), "{stderr}");
+    // The suggested size runs within the same limit.
+    let o = std::process::Command::new(NST)
+        .args(with(args.clone(), &["--size", &suggested.to_string()]))
+        .env("NST_EMULATOR_MEMORY_LIMIT", "100000000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -252,6 +252,22 @@ impl Runtime for CudaRuntime {
         }
     }
 
+    fn available_bytes(&self) -> Option<u64> {
+        self.bind().ok()?;
+        let (free, _total) = cudarc::driver::result::mem_get_info().ok()?;
+        let pool = |attr| {
+            let mut v = 0u64;
+            // SAFETY: the attribute is a u64 the driver writes.
+            unsafe { sys::cuMemPoolGetAttribute(self.pool, attr, &mut v as *mut u64 as *mut _) }
+                .result()
+                .ok()
+                .map(|_| v)
+        };
+        let reserved = pool(CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+        let used = pool(CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+        Some(free as u64 + reserved.saturating_sub(used))
+    }
+
     fn peak_bytes(&self) -> Option<u64> {
         let mut high = 0u64;
         self.bind().ok()?;

@@ -424,6 +424,11 @@ impl Runtime for Emulator {
 
     fn release_cached_memory(&self) {}
 
+    fn available_bytes(&self) -> Option<u64> {
+        let in_use = self.in_use.load(Ordering::Relaxed);
+        self.limit.map(|limit| limit.saturating_sub(in_use))
+    }
+
     fn peak_bytes(&self) -> Option<u64> {
         Some(self.peak.load(Ordering::Relaxed))
     }

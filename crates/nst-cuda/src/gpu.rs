@@ -89,6 +89,11 @@ impl Gpu {
         self
     }
 
+    /// The convolution library in use (cuDNN and its version), if any.
+    pub fn conv_library(&self) -> Option<String> {
+        self.conv_engine().map(|e| e.describe())
+    }
+
     fn conv_engine(&self) -> Option<&dyn ConvEngine> {
         self.runtime
             .conv_engine()

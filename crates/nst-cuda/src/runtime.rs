@@ -178,6 +178,9 @@ pub trait Runtime: Send + Sync {
     /// The most device memory in use at once since the last reset, in bytes, where the
     /// runtime tracks it.
     fn peak_bytes(&self) -> Option<u64>;
+    /// Device memory a run could still use, in bytes: free memory plus what the allocator
+    /// holds unused. `None` where there is no limit to speak of.
+    fn available_bytes(&self) -> Option<u64>;
 }
 
 /// Element types device buffers hold (plain 4- or 8-byte values with no invalid bit patterns).

@@ -125,6 +125,18 @@ impl CudaDevice {
         self.gpu.runtime().peak_bytes()
     }
 
+    /// The convolution library in use (cuDNN and its version), if any; else convolutions are
+    /// im2col + cuBLAS.
+    pub fn conv_library(&self) -> Option<String> {
+        self.gpu.conv_library()
+    }
+
+    /// Device memory a run could still use (free, plus what the allocator holds unused),
+    /// where the device reports it.
+    pub fn available_memory_bytes(&self) -> Option<u64> {
+        self.gpu.runtime().available_bytes()
+    }
+
     fn storage(&self, buf: Floats) -> CudaStorage {
         CudaStorage {
             buf,

@@ -81,6 +81,23 @@ impl Device {
         }
     }
 
+    /// For a GPU: the device memory a run could still use (free, plus what the allocator
+    /// holds unused), where it is known. `None` for the CPU (see the system's memory).
+    pub fn available_device_memory_bytes(&self) -> Option<u64> {
+        match self {
+            Device::Cpu => None,
+            Device::Cuda(d) => d.available_memory_bytes(),
+        }
+    }
+
+    /// For a GPU: the convolution library in use (cuDNN and its version), if any.
+    pub fn conv_library(&self) -> Option<String> {
+        match self {
+            Device::Cpu => None,
+            Device::Cuda(d) => d.conv_library(),
+        }
+    }
+
     /// True for the CPU.
     pub fn is_cpu(&self) -> bool {
         matches!(self, Device::Cpu)
