@@ -47,6 +47,8 @@ struct Measurement {
     peak_rss_bytes: f64,
     /// On a GPU: the most device memory allocated at once.
     peak_gpu_bytes: Option<f64>,
+    /// Ours: the heap's peak and what the iteration was doing then.
+    peak_heap: Option<(f64, String)>,
 }
 
 impl Measurement {
@@ -156,12 +158,15 @@ fn time_on(dev: &Device, size: usize, iters: usize, dump: Option<&Path>) -> Resu
             .context("cannot read this process's memory from /proc/self/status")?
             .1 as f64,
         peak_gpu_bytes: dev.peak_device_memory_bytes().map(|b| b as f64),
+        peak_heap: nst_tensor::memory_trace::peak().map(|(b, at)| (b as f64, at)),
     })
 }
 
 fn measurement_json(m: &Measurement) -> serde_json::Value {
     serde_json::json!({"ms_per_iter": m.ms_per_iter, "loss0": m.loss0,
-        "peak_rss_bytes": m.peak_rss_bytes, "peak_gpu_bytes": m.peak_gpu_bytes})
+        "peak_rss_bytes": m.peak_rss_bytes, "peak_gpu_bytes": m.peak_gpu_bytes,
+        "peak_heap_bytes": m.peak_heap.as_ref().map(|p| p.0),
+        "peak_heap_at": m.peak_heap.as_ref().map(|p| p.1.clone())})
 }
 
 fn parse_measurement(stdout: &[u8]) -> Result<Measurement> {
@@ -175,6 +180,9 @@ fn parse_measurement(stdout: &[u8]) -> Result<Measurement> {
         loss0: num("loss0")?,
         peak_rss_bytes: num("peak_rss_bytes")?,
         peak_gpu_bytes: v["peak_gpu_bytes"].as_f64(),
+        peak_heap: v["peak_heap_bytes"]
+            .as_f64()
+            .zip(v["peak_heap_at"].as_str().map(String::from)),
     })
 }
 
@@ -446,6 +454,20 @@ fn print_tables(rows: &[Row], sizes: &[usize], peer: bool) {
                 m.loss0
             ),
             Err(why) => println!("| {} | {}² | {why} | | | |", r.device, r.size),
+        }
+    }
+    for r in rows {
+        if let Ok(Measurement {
+            peak_heap: Some((bytes, at)),
+            ..
+        }) = &r.result
+        {
+            println!(
+                "{} {}²: heap peak {} during {at}",
+                r.device,
+                r.size,
+                mib(*bytes)
+            );
         }
     }
     if !peer {

@@ -720,6 +720,8 @@ fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
         output: [outcome.output_size.0, outcome.output_size.1],
         peak_rss_bytes: nst_tensor::allocator::resident_bytes().map(|(_, peak)| peak),
         peak_device_bytes: outcome.peak_device_bytes,
+        peak_heap_bytes: nst_tensor::memory_trace::peak().map(|(bytes, _)| bytes),
+        peak_heap_at: nst_tensor::memory_trace::peak().map(|(_, at)| at),
         settings: cfg,
     };
     let json = serde_json::to_string_pretty(&report)?;

@@ -4,7 +4,7 @@
 //! {"trace": [{"iter": 0, "total": …, "content": …, "style": …, "tv": …}, …],
 //!  "timing": {"ms_per_iter_median": …, "total_s": …},
 //!  "device": "…", "output": [w, h], "peak_rss_bytes": …, "peak_device_bytes": …,
-//!  "settings": {…}}
+//!  "peak_heap_bytes": …, "peak_heap_at": "…", "settings": {…}}
 //! ```
 //! `trace[k]` is the loss at the k-th iterate of the final scale (`trace[0]` at its start);
 //! `total = α·content + β·style + γ·tv`, where `style` is already `Σ w_l·J_s^l`.
@@ -51,6 +51,12 @@ pub struct Report<'a> {
     pub peak_rss_bytes: Option<u64>,
     /// On a GPU: the most device memory allocated at once (the allocator's high-water mark).
     pub peak_device_bytes: Option<u64>,
+    /// The most heap memory in use at once (allocations counted by nst's allocator; below
+    /// `peak_rss_bytes` by what the allocator keeps for reuse).
+    pub peak_heap_bytes: Option<usize>,
+    /// What the run was doing when the heap peaked, e.g. "backward of conv2d → [1, 64, 341,
+    /// 512]" (the op whose gradient was being computed, and its output's shape).
+    pub peak_heap_at: Option<String>,
     /// The resolved settings.
     pub settings: &'a Config,
 }

@@ -152,6 +152,7 @@ impl<'a> Objective<'a> {
     /// J and ∂J/∂x at image `x` (`[1, C, H, W]`, 0..255, the content image's size and
     /// channels).
     pub fn evaluate(&self, x: &Tensor) -> Result<ObjectiveValue, ObjectiveError> {
+        nst_tensor::memory_trace::set_phase("forward: VGG-19 and the losses", x.dims());
         let x = x.to_variable();
         let rgb = to_rgb(self.gray_to_rgb.as_ref(), &x)?;
         let feats = self.vgg.features(&rgb, &self.layers)?;

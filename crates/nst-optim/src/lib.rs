@@ -100,8 +100,16 @@ impl Optimizer {
         at_x: &Evaluation,
         f: &mut dyn FnMut(&Tensor) -> Result<Evaluation, E>,
     ) -> Result<Step, E> {
+        nst_tensor::memory_trace::set_phase("optimizer step", x.dims());
+        // An evaluation inside the step (a line search) sets its own phases; the step's
+        // own work after it is the optimizer's again.
+        let mut f = |x: &Tensor| {
+            let e = f(x);
+            nst_tensor::memory_trace::set_phase("optimizer step", x.dims());
+            e
+        };
         match self {
-            Optimizer::Lbfgs(o) => o.step(x, at_x, f),
+            Optimizer::Lbfgs(o) => o.step(x, at_x, &mut f),
             Optimizer::Adam(o) => Ok(o.step(x, at_x)?),
         }
     }

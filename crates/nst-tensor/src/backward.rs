@@ -105,6 +105,7 @@ impl Tensor {
             let op = lock(&node).take();
             match op {
                 Some(op) => {
+                    crate::memory_trace::set_phase(op.backward_label(), node.dims());
                     for (input, g) in op.backward(grad, &mut pending)? {
                         pending.add(input.id, g)?;
                     }

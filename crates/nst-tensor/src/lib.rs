@@ -61,6 +61,7 @@ pub mod cuda_backend;
 mod device;
 mod error;
 mod grad_mode;
+pub mod memory_trace;
 mod op;
 mod ops;
 mod storage;

@@ -82,6 +82,26 @@ pub(crate) enum Op {
 pub(crate) type InputGrad = (NodeRef, Storage);
 
 impl Op {
+    /// "backward of <op>": the memory trace's phase while this op's rule runs.
+    pub(crate) fn backward_label(&self) -> &'static str {
+        match self {
+            Op::Conv2d { .. } => "backward of conv2d",
+            Op::Relu { .. } => "backward of relu",
+            Op::MaxPool { .. } => "backward of max_pool2d",
+            Op::AvgPool { .. } => "backward of avg_pool2d",
+            Op::Matmul { .. } => "backward of matmul",
+            Op::Gram { .. } => "backward of gram",
+            Op::Reshape { .. } => "backward of reshape",
+            Op::Transpose { .. } => "backward of transpose",
+            Op::Add { .. } => "backward of add",
+            Op::Sub { .. } => "backward of sub",
+            Op::Mul { .. } => "backward of mul",
+            Op::Scale { .. } => "backward of scale",
+            Op::Square { .. } => "backward of square",
+            Op::Sum { .. } => "backward of sum",
+        }
+    }
+
     /// The gradients of the op's inputs that require one, given `grad` = ∂L/∂out (owned, so
     /// an op may reuse its buffer); an op may instead add an input's gradient into `pending`
     /// where that input already has one.
