@@ -4,9 +4,11 @@
 pub use nst_params::Pool2dParams;
 use rayon::prelude::*;
 
-/// Max pooling; `argmax[i]` receives the index (within its input plane) of the maximum that
-/// produced `y[i]`. Ties go to the first element in row-major order, as in PyTorch.
-pub fn max_pool_forward(p: &Pool2dParams, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+/// Max pooling; `argmax[i]` receives which element of its 2×2 window produced `y[i]`:
+/// `2·row + column` (0…3). One byte an output, not a four-byte index: the backward pass keeps
+/// these for every max-pooling layer (at 2048² a u32 index cost 500 MB). Ties go to the first
+/// element in row-major order, as in PyTorch.
+pub fn max_pool_forward(p: &Pool2dParams, x: &[f32], y: &mut [f32], argmax: &mut [u8]) {
     assert_eq!(x.len(), p.input_len(), "max_pool: input length");
     assert!(
         y.len() == p.output_len() && argmax.len() == y.len(),
@@ -23,22 +25,22 @@ pub fn max_pool_forward(p: &Pool2dParams, x: &[f32], y: &mut [f32], argmax: &mut
             for oy in 0..p.out_h() {
                 for ox in 0..p.out_w() {
                     let base = 2 * oy * p.in_w + 2 * ox;
-                    let mut best = base;
-                    for idx in [base + 1, base + p.in_w, base + p.in_w + 1] {
+                    let (mut best, mut code) = (base, 0u8);
+                    for (c, idx) in [(1, base + 1), (2, base + p.in_w), (3, base + p.in_w + 1)] {
                         // `>` keeps the first maximum; NaN propagates like PyTorch's.
                         if x[idx] > x[best] || x[idx].is_nan() && !x[best].is_nan() {
-                            best = idx;
+                            (best, code) = (idx, c);
                         }
                     }
                     y[oy * p.out_w() + ox] = x[best];
-                    am[oy * p.out_w() + ox] = best as u32;
+                    am[oy * p.out_w() + ox] = code;
                 }
             }
         });
 }
 
-/// `dx` (overwritten) from `dy` and the forward's `argmax`.
-pub fn max_pool_backward(p: &Pool2dParams, dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
+/// `dx` (overwritten) from `dy` and the forward's `argmax` (window positions).
+pub fn max_pool_backward(p: &Pool2dParams, dy: &[f32], argmax: &[u8], dx: &mut [f32]) {
     assert_eq!(dx.len(), p.input_len(), "max_pool: input length");
     assert!(
         dy.len() == p.output_len() && argmax.len() == dy.len(),
@@ -53,8 +55,11 @@ pub fn max_pool_backward(p: &Pool2dParams, dy: &[f32], argmax: &[u32], dx: &mut 
         .zip(dy.par_chunks(oplane).zip(argmax.par_chunks(oplane)))
         .for_each(|(dx, (dy, am))| {
             // Windows do not overlap, so each input element receives at most one gradient.
-            for (&g, &i) in dy.iter().zip(am) {
-                dx[i as usize] += g;
+            let ow = p.out_w();
+            for (o, (&g, &code)) in dy.iter().zip(am).enumerate() {
+                let (oy, ox) = (o / ow, o % ow);
+                let (wy, wx) = (usize::from(code >> 1), usize::from(code & 1));
+                dx[(2 * oy + wy) * p.in_w + 2 * ox + wx] += g;
             }
         });
 }

@@ -333,7 +333,7 @@ fn pooling_forward_and_backward() {
         let (mut ymax, mut yavg, mut am) = (
             vec![0.0; p.output_len()],
             vec![0.0; p.output_len()],
-            vec![0u32; p.output_len()],
+            vec![0u8; p.output_len()],
         );
         max_pool_forward(&p, &x, &mut ymax, &mut am);
         avg_pool_forward(&p, &x, &mut yavg);

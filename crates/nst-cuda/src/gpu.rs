@@ -463,12 +463,12 @@ impl Gpu {
         ])
     }
 
-    /// 2×2 stride-2 max pooling: the output and each window's winner (index in its plane).
-    pub fn max_pool(&self, x: &Floats, p: &Pool2dParams) -> GpuResult<(Floats, DeviceBuffer<i32>)> {
+    /// 2×2 stride-2 max pooling: the output and each window's winner (`2·row + column`).
+    pub fn max_pool(&self, x: &Floats, p: &Pool2dParams) -> GpuResult<(Floats, DeviceBuffer<u8>)> {
         check_len("max pool input", x.len(), p.input_len())?;
         let n = p.output_len();
         let y = self.uninit(n)?;
-        let winners = DeviceBuffer::<i32>::uninit(&self.runtime, n)?;
+        let winners = DeviceBuffer::<u8>::uninit(&self.runtime, n)?;
         let [planes, h, w, oh, ow] = Self::pool_args(p)?;
         let args = [x.arg(), y.arg(), winners.arg(), planes, h, w, oh, ow];
         // SAFETY: x holds the input, y and winners one value per output.
@@ -480,7 +480,7 @@ impl Gpu {
     pub fn max_pool_backward(
         &self,
         dy: &Floats,
-        winners: &DeviceBuffer<i32>,
+        winners: &DeviceBuffer<u8>,
         p: &Pool2dParams,
     ) -> GpuResult<Floats> {
         check_len("max pool gradient", dy.len(), p.output_len())?;

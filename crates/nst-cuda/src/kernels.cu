@@ -83,33 +83,35 @@ __global__ void relu_mask_apply(const unsigned int* bits, float* dy, long long n
     }
 }
 
-// 2×2, stride 2, floor mode; argmax is the flat index in the input plane (first maximum
-// in row-major order wins ties, as in PyTorch).
-__global__ void max_pool2x2_forward(const float* x, float* y, int* argmax, long long planes,
-                                    int h, int w, int oh, int ow) {
+// 2×2, stride 2, floor mode; argmax is the winner's place in its window, 2·row + column, one
+// byte an output as on the CPU (first maximum in row-major order wins ties, as in PyTorch).
+__global__ void max_pool2x2_forward(const float* x, float* y, unsigned char* argmax,
+                                    long long planes, int h, int w, int oh, int ow) {
     GRID_STRIDE(i, planes * oh * ow) {
         long long plane = i / ((long long)oh * ow);
         int p = (int)(i % ((long long)oh * ow));
         int oy = p / ow, ox = p % ow;
         const float* src = x + plane * h * w;
-        int best = (2 * oy) * w + 2 * ox;
-        float v = src[best];
+        int code = 0;
+        float v = src[(2 * oy) * w + 2 * ox];
         for (int dy = 0; dy < 2; dy++)
             for (int dx = 0; dx < 2; dx++) {
-                int j = (2 * oy + dy) * w + 2 * ox + dx;
-                if (src[j] > v || (src[j] != src[j] && v == v)) { v = src[j]; best = j; }
+                float s = src[(2 * oy + dy) * w + 2 * ox + dx];
+                if (s > v || (s != s && v == v)) { v = s; code = 2 * dy + dx; }
             }
         y[i] = v;
-        argmax[i] = best;
+        argmax[i] = (unsigned char)code;
     }
 }
 
 // dx must be zeroed first; windows do not overlap, so each input gets at most one write.
-__global__ void max_pool2x2_backward(const float* dy, const int* argmax, float* dx,
+__global__ void max_pool2x2_backward(const float* dy, const unsigned char* argmax, float* dx,
                                      long long planes, int h, int w, int oh, int ow) {
     GRID_STRIDE(i, planes * oh * ow) {
         long long plane = i / ((long long)oh * ow);
-        dx[plane * h * w + argmax[i]] = dy[i];
+        int p = (int)(i % ((long long)oh * ow));
+        int oy = p / ow, ox = p % ow, code = argmax[i];
+        dx[plane * h * w + (2 * oy + (code >> 1)) * w + 2 * ox + (code & 1)] = dy[i];
     }
 }
 

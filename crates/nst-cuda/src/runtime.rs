@@ -189,6 +189,7 @@ impl DeviceValue for f32 {}
 impl DeviceValue for f64 {}
 impl DeviceValue for i32 {}
 impl DeviceValue for u32 {}
+impl DeviceValue for u8 {}
 
 /// `len` values of `T` in device memory, freed on drop.
 pub struct DeviceBuffer<T: DeviceValue> {
@@ -210,10 +211,10 @@ impl<T: DeviceValue> std::fmt::Debug for DeviceBuffer<T> {
 }
 
 impl<T: DeviceValue> DeviceBuffer<T> {
-    /// Uninitialised memory for `len` values (at least one byte is allocated, so the pointer
-    /// is always a real allocation).
+    /// Uninitialised memory for `len` values, in whole 32-bit words (at least one), so the
+    /// pointer is always a real allocation and [`DeviceBuffer::zeros`] can fill words.
     pub fn uninit(runtime: &Arc<dyn Runtime>, len: usize) -> GpuResult<Self> {
-        let ptr = runtime.alloc((len * size_of::<T>()).max(1))?;
+        let ptr = runtime.alloc((len * size_of::<T>()).next_multiple_of(4).max(4))?;
         Ok(DeviceBuffer {
             ptr,
             len,
@@ -225,8 +226,8 @@ impl<T: DeviceValue> DeviceBuffer<T> {
     /// `len` zeros.
     pub fn zeros(runtime: &Arc<dyn Runtime>, len: usize) -> GpuResult<Self> {
         let buf = Self::uninit(runtime, len)?;
-        // SAFETY: the buffer holds len·size_of::<T>() bytes, a multiple of 4.
-        unsafe { runtime.fill_u32(buf.ptr, 0, buf.bytes() / 4)? };
+        // SAFETY: `uninit` allocated the bytes rounded up to whole words.
+        unsafe { runtime.fill_u32(buf.ptr, 0, buf.bytes().div_ceil(4))? };
         Ok(buf)
     }
 

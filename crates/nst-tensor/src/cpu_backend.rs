@@ -44,8 +44,8 @@ impl BackendDevice for CpuDevice {
 }
 
 impl BackendStorage for CpuStorage {
-    /// Index within its input plane of each window's maximum.
-    type PoolIndices = Vec<u32>;
+    /// Which element of its 2×2 window won, per output (`2·row + column`, one byte).
+    type PoolIndices = Vec<u8>;
     /// 32 elements per word (`nst_cpu::relu::relu_mask_pack`).
     type ReluMask = Vec<u32>;
     /// The host is the CPU's device: a scalar is just an f64.
@@ -133,14 +133,14 @@ impl BackendStorage for CpuStorage {
         Ok(())
     }
 
-    fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, Vec<u32>)> {
+    fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, Vec<u8>)> {
         let mut y = vec![0.0; p.output_len()];
-        let mut argmax = vec![0u32; p.output_len()];
+        let mut argmax = vec![0u8; p.output_len()];
         pool::max_pool_forward(p, &self.0, &mut y, &mut argmax);
         Ok((CpuStorage(y), argmax))
     }
 
-    fn max_pool2d_backward(&self, indices: &Vec<u32>, p: &Pool2dParams) -> Result<Self> {
+    fn max_pool2d_backward(&self, indices: &Vec<u8>, p: &Pool2dParams) -> Result<Self> {
         let mut dx = vec![0.0; p.input_len()];
         pool::max_pool_backward(p, &self.0, indices, &mut dx);
         Ok(CpuStorage(dx))

@@ -190,8 +190,8 @@ impl BackendDevice for CudaDevice {
 }
 
 impl BackendStorage for CudaStorage {
-    /// Each window's winner, as an index in its input plane.
-    type PoolIndices = DeviceBuffer<i32>;
+    /// Each window's winner, `2·row + column`, one byte an output.
+    type PoolIndices = DeviceBuffer<u8>;
     /// 32 elements per word, nst-cpu's layout.
     type ReluMask = DeviceBuffer<u32>;
     /// One double in device memory, with the device that holds it.
@@ -278,12 +278,12 @@ impl BackendStorage for CudaStorage {
         gpu.apply_relu_mask(&mut self.buf, mask).map_err(failed)
     }
 
-    fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, DeviceBuffer<i32>)> {
+    fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, DeviceBuffer<u8>)> {
         let (y, winners) = self.gpu().max_pool(&self.buf, p).map_err(failed)?;
         Ok((self.cuda_device().storage(y), winners))
     }
 
-    fn max_pool2d_backward(&self, indices: &DeviceBuffer<i32>, p: &Pool2dParams) -> Result<Self> {
+    fn max_pool2d_backward(&self, indices: &DeviceBuffer<u8>, p: &Pool2dParams) -> Result<Self> {
         self.wrap(self.gpu().max_pool_backward(&self.buf, indices, p))
     }
 
