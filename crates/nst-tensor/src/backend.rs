@@ -31,8 +31,8 @@ pub enum BinaryOp {
 /// Implementations may assume what the tensor layer has checked: operands are on this device
 /// and their lengths match the shapes passed in.
 pub trait BackendStorage: Sized {
-    /// Which input element won each 2×2 max-pooling window, kept on the device for the
-    /// backward pass.
+    /// Which input element won each 2×2 max-pooling window (one byte each on both backends:
+    /// its place in the window), kept on the device for the backward pass.
     type PoolIndices;
     /// Which elements of a ReLU's output were positive, one bit each, kept on the device for
     /// the backward pass instead of the output itself.
