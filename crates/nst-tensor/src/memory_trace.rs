@@ -4,7 +4,7 @@
 //! The counting is done by a global allocator that calls [`allocated`] and [`freed`] — nst's
 //! binaries use [`crate::allocator::Allocator`] (feature `mimalloc`), which does. What the
 //! program is doing is a *phase* that the code sets as it goes: `Objective::evaluate` sets
-//! "forward", the backward pass sets "backward of <op> → <output shape>" before each op's
+//! "forward", the backward pass sets `backward of OP → [output shape]` before each op's
 //! rule, the optimizers set "optimizer step". Without a counting allocator, [`peak`] says so
 //! (`None`).
 //!

@@ -82,7 +82,7 @@ pub(crate) enum Op {
 pub(crate) type InputGrad = (NodeRef, Storage);
 
 impl Op {
-    /// "backward of <op>": the memory trace's phase while this op's rule runs.
+    /// `backward of OP`: the memory trace's phase while this op's rule runs.
     pub(crate) fn backward_label(&self) -> &'static str {
         match self {
             Op::Conv2d { .. } => "backward of conv2d",
