@@ -186,20 +186,21 @@ fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<Sca
 /// Stage 1: the device, as asked (`auto` says what it chose and why).
 fn select_device(cfg: &Config, progress: &mut dyn Progress) -> Result<Device> {
     let precision = cfg.precision.precision();
-    let device = match cfg.device {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda => Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}")),
-        DeviceChoice::CudaEmulated => {
-            Device::cuda_emulated().map_err(|e| anyhow!("--device cuda-emulated: {e}"))
-        }
+    Ok(match cfg.device {
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda => Device::cuda(0)
+            .map_err(|e| anyhow!("--device cuda: {e}"))?
+            .with_precision(precision),
+        DeviceChoice::CudaEmulated => Device::cuda_emulated()
+            .map_err(|e| anyhow!("--device cuda-emulated: {e}"))?
+            .with_precision(precision),
         DeviceChoice::Auto => {
             let (device, why_not_cuda) = Device::best_available();
             let device = device.with_precision(precision);
             progress.device_chosen(&device.to_string(), why_not_cuda.as_deref());
-            Ok(device)
+            device
         }
-    };
-    Ok(device?.with_precision(precision))
+    })
 }
 
 /// Stage 2: the images as decoded (full resolution).
@@ -713,6 +714,7 @@ fn intermediate_path(output: &Path, scale: usize, iter: u32) -> PathBuf {
 
 /// Stage 6 (optional): the JSON report, written atomically.
 fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
+    let heap_peak = nst_tensor::memory_trace::peak();
     let report = Report {
         trace: &outcome.trace,
         timing: outcome.timing.clone(),
@@ -720,8 +722,8 @@ fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
         output: [outcome.output_size.0, outcome.output_size.1],
         peak_rss_bytes: nst_tensor::allocator::resident_bytes().map(|(_, peak)| peak),
         peak_device_bytes: outcome.peak_device_bytes,
-        peak_heap_bytes: nst_tensor::memory_trace::peak().map(|(bytes, _)| bytes),
-        peak_heap_at: nst_tensor::memory_trace::peak().map(|(_, at)| at),
+        peak_heap_bytes: heap_peak.as_ref().map(|(bytes, _)| *bytes),
+        peak_heap_at: heap_peak.map(|(_, at)| at),
         settings: cfg,
     };
     let json = serde_json::to_string_pretty(&report)?;

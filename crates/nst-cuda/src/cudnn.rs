@@ -35,10 +35,25 @@ fn check(what: &str, status: cudnnStatus_t) -> GpuResult<()> {
     }
 }
 
-/// Whether an algorithm cuDNN measured ran and fits the workspace limit (its results come
-/// fastest first, so the first usable one is chosen).
-fn usable(status: cudnnStatus_t, workspace: usize) -> bool {
-    status == cudnnStatus_t::CUDNN_STATUS_SUCCESS && workspace <= WORKSPACE_LIMIT
+/// How many algorithms a `cudnnFind*` call may report.
+const SEARCHED: usize = 8;
+
+/// The fastest algorithm cuDNN measured that ran and fits the workspace limit (results come
+/// fastest first), as (algorithm, workspace bytes); `fields` reads (status, workspace,
+/// algorithm) from a result.
+fn fastest<R, A: Copy>(
+    results: &[R],
+    what: &str,
+    fields: impl Fn(&R) -> (cudnnStatus_t, usize, A),
+) -> GpuResult<(A, usize)> {
+    results
+        .iter()
+        .map(fields)
+        .find(|&(status, memory, _)| {
+            status == cudnnStatus_t::CUDNN_STATUS_SUCCESS && memory <= WORKSPACE_LIMIT
+        })
+        .map(|(_, memory, algo)| (algo, memory))
+        .ok_or_else(|| format!("cuDNN found no {what} algorithm for this shape"))
 }
 
 /// The descriptors and chosen algorithms of one convolution shape.
@@ -216,11 +231,11 @@ impl ConvEngine for Cudnn {
         let (algo, need) = match plan.forward {
             Some(chosen) => chosen,
             None => {
-                let mut found = [cudnnConvolutionFwdAlgoPerf_t {
-                    ..unsafe { std::mem::zeroed() }
-                }; 8];
+                // SAFETY: a plain C struct of enums and numbers, for which zero is valid.
+                let mut found: [cudnnConvolutionFwdAlgoPerf_t; SEARCHED] =
+                    unsafe { std::mem::zeroed() };
                 let mut count = 0;
-                // SAFETY: valid descriptors; cuDNN writes at most 8 results. It runs each
+                // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results. It runs each
                 // algorithm on scratch memory of its own.
                 check("algorithm search", unsafe {
                     sys::cudnnFindConvolutionForwardAlgorithm(
@@ -234,12 +249,11 @@ impl ConvEngine for Cudnn {
                         found.as_mut_ptr(),
                     )
                 })?;
-                let best = found[..count as usize]
-                    .iter()
-                    .find(|r| usable(r.status, r.memory))
-                    .ok_or("cuDNN found no forward algorithm for this shape")?;
-                plan.forward = Some((best.algo, best.memory));
-                (best.algo, best.memory)
+                let chosen = fastest(&found[..count as usize], "forward", |r| {
+                    (r.status, r.memory, r.algo)
+                })?;
+                plan.forward = Some(chosen);
+                chosen
             }
         };
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
@@ -277,9 +291,9 @@ impl ConvEngine for Cudnn {
         let (algo, need) = match plan.backward_data {
             Some(chosen) => chosen,
             None => {
-                let mut found = [cudnnConvolutionBwdDataAlgoPerf_t {
-                    ..unsafe { std::mem::zeroed() }
-                }; 8];
+                // SAFETY: as in `forward`.
+                let mut found: [cudnnConvolutionBwdDataAlgoPerf_t; SEARCHED] =
+                    unsafe { std::mem::zeroed() };
                 let mut count = 0;
                 // SAFETY: as in `forward`.
                 check("algorithm search", unsafe {
@@ -294,12 +308,11 @@ impl ConvEngine for Cudnn {
                         found.as_mut_ptr(),
                     )
                 })?;
-                let best = found[..count as usize]
-                    .iter()
-                    .find(|r| usable(r.status, r.memory))
-                    .ok_or("cuDNN found no backward-data algorithm for this shape")?;
-                plan.backward_data = Some((best.algo, best.memory));
-                (best.algo, best.memory)
+                let chosen = fastest(&found[..count as usize], "backward-data", |r| {
+                    (r.status, r.memory, r.algo)
+                })?;
+                plan.backward_data = Some(chosen);
+                chosen
             }
         };
         let (ws, ws_bytes) = self.workspace(runtime, need)?;

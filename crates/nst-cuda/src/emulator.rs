@@ -187,6 +187,16 @@ pub struct Emulator {
 impl Emulator {
     /// An emulated device; compiles the kernels on the first call of the process.
     pub fn new() -> GpuResult<Arc<Emulator>> {
+        Self::with(false)
+    }
+
+    /// An emulated device that also has a convolution library, as a GPU with cuDNN has
+    /// (emulated by nst-cpu's convolution): tests the code that calls one.
+    pub fn with_library_convolutions() -> GpuResult<Arc<Emulator>> {
+        Self::with(true)
+    }
+
+    fn with(library_convolutions: bool) -> GpuResult<Arc<Emulator>> {
         available()?;
         let limit = match std::env::var("NST_EMULATOR_MEMORY_LIMIT") {
             Ok(v) => Some(v.trim().parse::<u64>().map_err(|_| {
@@ -196,17 +206,7 @@ impl Emulator {
         };
         Ok(Arc::new(Emulator {
             limit,
-            ..Default::default()
-        }))
-    }
-
-    /// An emulated device that also has a convolution library, as a GPU with cuDNN has
-    /// (emulated by nst-cpu's convolution): tests the code that calls one.
-    pub fn with_library_convolutions() -> GpuResult<Arc<Emulator>> {
-        let plain = Self::new()?;
-        Ok(Arc::new(Emulator {
-            limit: plain.limit,
-            library_convolutions: true,
+            library_convolutions,
             ..Default::default()
         }))
     }

@@ -530,7 +530,8 @@ impl Gpu {
     ) -> GpuResult<Floats> {
         check_len("matmul left operand", a.len(), m * k)?;
         check_len("matmul right operand", b.len(), k * n)?;
-        let c = self.zeros(m * n)?;
+        // β = 0: the product overwrites c, so it need not be zeroed first.
+        let c = self.uninit(m * n)?;
         let lda = if trans_a { m } else { k };
         let ldb = if trans_b { k } else { n };
         // SAFETY: a, b, c hold m·k, k·n, m·n values at those strides.
@@ -559,7 +560,7 @@ impl Gpu {
         scale: f32,
     ) -> GpuResult<Floats> {
         check_len("gram input", f.len(), batch * c * m)?;
-        let g = self.zeros(batch * c * c)?;
+        let g = self.uninit(batch * c * c)?; // β = 0 below: overwritten
         for i in 0..batch {
             let fi = f.ptr_at(i * c * m);
             // SAFETY: F_i is c×m at f + i·c·m, G_i c×c at g + i·c·c.
@@ -591,7 +592,7 @@ impl Gpu {
     ) -> GpuResult<Floats> {
         check_len("gram input", f.len(), batch * c * m)?;
         check_len("gram gradient", dg.len(), batch * c * c)?;
-        let df = self.zeros(batch * c * m)?;
+        let df = self.uninit(batch * c * m)?; // the first product (β = 0) overwrites it
         for i in 0..batch {
             let (fi, dgi, dfi) = (
                 f.ptr_at(i * c * m),
@@ -639,6 +640,33 @@ impl Gpu {
         ])
     }
 
+    /// A patch matrix for the largest band of `c` (`patch_len × rows·out_w` values).
+    fn band_buffer(&self, c: &Conv2dParams) -> GpuResult<Floats> {
+        let band_rows = self.bands(c).next().map_or(0, |(_, r)| r);
+        self.uninit(c.patch_len() * band_rows * c.out_w())
+    }
+
+    /// `cols` = the patch matrix of image `image` of `x` for output positions
+    /// `[p0, p0 + np)`.
+    fn im2col_band(
+        &self,
+        x: &Floats,
+        image: usize,
+        c: &Conv2dParams,
+        cols: &Floats,
+        (p0, np): (usize, usize),
+    ) -> GpuResult<()> {
+        let mut args = vec![
+            Arg::Ptr(x.ptr_at(image * c.input_len() / c.batch)),
+            cols.arg(),
+        ];
+        args.extend(Self::conv_args(c)?);
+        args.extend([Arg::I64(p0 as i64), Arg::I64(np as i64)]);
+        // SAFETY: x holds c's batch of images; cols holds patch_len·np values (callers pass
+        // a band no larger than `band_buffer`'s).
+        unsafe { self.launch("im2col", c.patch_len() * np, &args) }
+    }
+
     fn check_conv(c: &Conv2dParams, x_len: usize, w_len: usize) -> GpuResult<()> {
         check_len("convolution input", x_len, c.input_len())?;
         check_len("convolution weights", w_len, c.weight_len())?;
@@ -657,22 +685,11 @@ impl Gpu {
         y: &Floats,
     ) -> GpuResult<()> {
         let (k, p, cout) = (c.patch_len(), c.out_h() * c.out_w(), c.out_channels);
-        let args = Self::conv_args(c)?;
-        let band_rows = self.bands(c).next().map_or(0, |(_, r)| r);
-        let cols = self.uninit(k * band_rows * c.out_w())?;
+        let cols = self.band_buffer(c)?;
         for image in 0..c.batch {
-            let (xi, yi) = (
-                x.ptr_at(image * c.input_len() / c.batch),
-                y.ptr_at(image * cout * p),
-            );
             for (r0, rows) in self.bands(c) {
                 let (p0, np) = (r0 * c.out_w(), rows * c.out_w());
-                let mut im2col = vec![Arg::Ptr(xi), cols.arg()];
-                im2col.extend(args);
-                im2col.extend([Arg::I64(p0 as i64), Arg::I64(np as i64)]);
-                // SAFETY: x_i is one image; cols holds k·np values (band_rows is the largest
-                // band).
-                unsafe { self.launch("im2col", k * np, &im2col)? };
+                self.im2col_band(x, image, c, &cols, (p0, np))?;
                 // y_i[:, p0..p0+np] (row stride p) = w[cout × k] · cols[k × np].
                 // SAFETY: extents as stated.
                 unsafe {
@@ -680,7 +697,7 @@ impl Gpu {
                         (cout, k, np),
                         (w.ptr_at(0), k, false),
                         (cols.ptr_at(0), np, false),
-                        (yi + 4 * p0 as u64, p),
+                        (y.ptr_at(image * cout * p + p0), p),
                         1.0,
                         0.0,
                         self.tf32_convolutions,
@@ -774,13 +791,9 @@ impl Gpu {
             c.out_w(),
         );
         let args = Self::conv_args(c)?;
-        let band_rows = self.bands(c).next().map_or(0, |(_, r)| r);
-        let dcols = self.uninit(k * band_rows * ow)?;
+        let dcols = self.band_buffer(c)?;
         for image in 0..c.batch {
-            let (dyi, dxi) = (
-                dy.ptr_at(image * cout * p),
-                dx.ptr_at(image * c.input_len() / c.batch),
-            );
+            let dxi = dx.ptr_at(image * c.input_len() / c.batch);
             for (r0, rows) in self.bands(c) {
                 let (p0, np) = (r0 * ow, rows * ow);
                 // dcols[k × np] = wᵀ · dy_i[:, p0..p0+np] (row stride p).
@@ -789,7 +802,7 @@ impl Gpu {
                     self.gemm(
                         (k, cout, np),
                         (w.ptr_at(0), k, true),
-                        (dyi + 4 * p0 as u64, p, false),
+                        (dy.ptr_at(image * cout * p + p0), p, false),
                         (dcols.ptr_at(0), np),
                         1.0,
                         0.0,
@@ -842,28 +855,18 @@ impl Gpu {
             c.out_channels,
             c.out_w(),
         );
-        let args = Self::conv_args(c)?;
-        let band_rows = self.bands(c).next().map_or(0, |(_, r)| r);
-        let cols = self.uninit(k * band_rows * ow)?;
+        let cols = self.band_buffer(c)?;
         let dw = self.zeros(c.weight_len())?;
         for image in 0..c.batch {
-            let (xi, dyi) = (
-                x.ptr_at(image * c.input_len() / c.batch),
-                dy.ptr_at(image * cout * p),
-            );
             for (r0, rows) in self.bands(c) {
                 let (p0, np) = (r0 * ow, rows * ow);
-                let mut im2col = vec![Arg::Ptr(xi), cols.arg()];
-                im2col.extend(args);
-                im2col.extend([Arg::I64(p0 as i64), Arg::I64(np as i64)]);
-                // SAFETY: as in `conv2d`.
-                unsafe { self.launch("im2col", k * np, &im2col)? };
+                self.im2col_band(x, image, c, &cols, (p0, np))?;
                 // dw[cout × k] += dy_i[:, band] · colsᵀ.
                 // SAFETY: extents as stated.
                 unsafe {
                     self.gemm(
                         (cout, np, k),
-                        (dyi + 4 * p0 as u64, p, false),
+                        (dy.ptr_at(image * cout * p + p0), p, false),
                         (cols.ptr_at(0), np, true),
                         (dw.ptr_at(0), k),
                         1.0,

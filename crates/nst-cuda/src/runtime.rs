@@ -183,7 +183,8 @@ pub trait Runtime: Send + Sync {
     fn available_bytes(&self) -> Option<u64>;
 }
 
-/// Element types device buffers hold (plain 4- or 8-byte values with no invalid bit patterns).
+/// Element types device buffers hold (plain 1-, 4- or 8-byte values with no invalid bit
+/// patterns).
 pub trait DeviceValue: Copy + Default + 'static {}
 impl DeviceValue for f32 {}
 impl DeviceValue for f64 {}

@@ -14,10 +14,11 @@ use crate::backend::{BackendDevice, BackendStorage, BinaryOp};
 use crate::{Device, Precision, Result, TensorError};
 use nst_cuda::{DeviceBuffer, Floats, Gpu};
 use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
-/// A device opened once per process, or why it could not be.
-type Opened = std::result::Result<Arc<Gpu>, String>;
+/// A device opened once per process (a `Gpu` is a shared handle: cloning it is cheap), or
+/// why it could not be.
+type Opened = std::result::Result<Gpu, String>;
 
 fn failed(message: String) -> TensorError {
     TensorError::CudaFailed { message }
@@ -26,7 +27,7 @@ fn failed(message: String) -> TensorError {
 /// A CUDA device (or the emulator), with its kernels loaded.
 #[derive(Clone)]
 pub struct CudaDevice {
-    gpu: Arc<Gpu>,
+    gpu: Gpu,
     ordinal: usize,
     emulated: bool,
 }
@@ -55,7 +56,7 @@ impl CudaDevice {
         let gpu = match opened.iter().find(|(o, _)| *o == ordinal) {
             Some((_, result)) => result.clone(),
             None => {
-                let result = Gpu::open(ordinal).map(Arc::new);
+                let result = Gpu::open(ordinal);
                 opened.push((ordinal, result.clone()));
                 result
             }
@@ -73,7 +74,7 @@ impl CudaDevice {
     pub fn emulated() -> Result<Self> {
         static EMULATOR: OnceLock<Opened> = OnceLock::new();
         let gpu = EMULATOR
-            .get_or_init(|| Gpu::emulated().map(Arc::new))
+            .get_or_init(Gpu::emulated)
             .clone()
             .map_err(|reason| TensorError::CudaUnavailable { reason })?;
         Ok(CudaDevice {
@@ -86,11 +87,11 @@ impl CudaDevice {
     /// The same device computing convolutions in `precision` (see [`Precision`]); tensors
     /// of either are interchangeable.
     pub fn with_precision(&self, precision: Precision) -> CudaDevice {
-        let gpu = (*self.gpu)
-            .clone()
-            .with_tf32_convolutions(precision == Precision::Tf32);
         CudaDevice {
-            gpu: Arc::new(gpu),
+            gpu: self
+                .gpu
+                .clone()
+                .with_tf32_convolutions(precision == Precision::Tf32),
             ..self.clone()
         }
     }
