@@ -2,6 +2,7 @@
 //! spatial positions flattened), and its gradient `dF = s · (dG + dGᵀ) · F`.
 
 use crate::gemm::{gemm_strided, MatLayout};
+use crate::shared_out::SharedOut;
 use rayon::prelude::*;
 
 /// Positions per partial Gram matrix in [`gram_forward`] (see there for the measurements).
@@ -65,12 +66,66 @@ pub fn gram_backward(f: &[f32], dg: &[f32], c: usize, n: usize, scale: f32, df: 
     assert_eq!(f.len(), c * n, "gram: feature length");
     assert_eq!(dg.len(), c * c, "gram: gradient length");
     assert_eq!(df.len(), c * n, "gram: output length");
+    let sym = symmetrised(dg, c);
+    let lf = MatLayout::row_major(c, n);
+    gemm_strided(scale, &sym, MatLayout::row_major(c, c), f, lf, 0.0, df, lf);
+}
+
+/// Positions per block of [`gram_backward_in_place`]: each block is copied to a
+/// `C × POSITIONS_PER_BLOCK` buffer (4 MiB at C = 512) and its product formed in another
+/// before it replaces the block.
+const POSITIONS_PER_BLOCK: usize = 2048;
+
+/// [`gram_backward`] writing `dF` over `F` itself: `f ← scale · (dg + dgᵀ) · f`.
+///
+/// A loss layer's features are read by nothing after their Gram gradient, so the gradient can
+/// take their buffer instead of a second one of the same size: at 2048² that is 1 GiB for
+/// relu1_1, alive at the start of the backward pass, when memory peaks. Each column of the
+/// result depends only on the same column of F, so the positions are done in blocks, in
+/// parallel, each through small buffers of its own.
+pub fn gram_backward_in_place(f: &mut [f32], dg: &[f32], c: usize, n: usize, scale: f32) {
+    assert_eq!(f.len(), c * n, "gram: feature length");
+    assert_eq!(dg.len(), c * c, "gram: gradient length");
+    let sym = symmetrised(dg, c);
+    let ls = MatLayout::row_major(c, c);
+    let out = SharedOut(f.as_mut_ptr());
+    (0..n.div_ceil(POSITIONS_PER_BLOCK))
+        .into_par_iter()
+        .for_each(|block| {
+            let n0 = block * POSITIONS_PER_BLOCK;
+            let cols = POSITIONS_PER_BLOCK.min(n - n0);
+            let lp = MatLayout::row_major(c, cols);
+            // F[:, n0..n0 + cols], copied out whole before any of it is overwritten.
+            let mut columns = vec![0.0f32; c * cols];
+            for (row, dst) in columns.chunks_exact_mut(cols).enumerate() {
+                // SAFETY: row·n + n0 + cols ≤ c·n, inside F; blocks are disjoint column
+                // ranges, so no other task writes these elements.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        out.ptr().add(row * n + n0),
+                        dst.as_mut_ptr(),
+                        cols,
+                    )
+                };
+            }
+            let mut product = vec![0.0f32; c * cols];
+            gemm_strided(scale, &sym, ls, &columns, lp, 0.0, &mut product, lp);
+            for (row, src) in product.chunks_exact(cols).enumerate() {
+                // SAFETY: as above; this task's own columns.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), out.ptr().add(row * n + n0), cols)
+                };
+            }
+        });
+}
+
+/// `dg + dgᵀ`, the matrix the Gram gradient multiplies F by.
+fn symmetrised(dg: &[f32], c: usize) -> Vec<f32> {
     let mut sym = vec![0.0f32; c * c];
     for i in 0..c {
         for j in 0..c {
             sym[i * c + j] = dg[i * c + j] + dg[j * c + i];
         }
     }
-    let lf = MatLayout::row_major(c, n);
-    gemm_strided(scale, &sym, MatLayout::row_major(c, c), f, lf, 0.0, df, lf);
+    sym
 }

@@ -5,7 +5,8 @@
 #[derive(Clone, Copy)]
 pub(crate) struct SharedOut(pub(crate) *mut f32);
 // SAFETY: only used for disjoint writes (conv::conv2d_forward_direct's column blocks,
-// winograd::multiply_transformed's ξ bands).
+// winograd::multiply_transformed's ξ bands,
+// gram::gram_backward_in_place's column blocks).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 

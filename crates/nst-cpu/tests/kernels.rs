@@ -278,7 +278,8 @@ fn matmul_all_transposes() {
 #[test]
 fn gram_forward_and_backward() {
     let mut rng = StdRng::seed_from_u64(5);
-    // The last two span several parts of the forward pass's split (8192 positions each).
+    // The last two span several parts of the forward pass's split (8192 positions each), and
+    // several blocks of the in-place gradient (2048 each, the last one partial).
     for &(c, n) in &[
         (1, 1),
         (3, 7),
@@ -313,6 +314,10 @@ fn gram_forward_and_backward() {
             })
             .collect();
         assert_close(&df, &want, 1e-5, "gram backward");
+        // In place: the same values, written over F (blocks of 2048 positions).
+        let mut in_place = f.clone();
+        gram_backward_in_place(&mut in_place, &dg, c, n, s);
+        assert_close(&in_place, &want, 1e-5, "gram backward in place");
     }
 }
 

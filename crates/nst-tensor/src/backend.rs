@@ -130,6 +130,20 @@ pub trait BackendStorage: Sized {
         m: usize,
         scale: f32,
     ) -> Result<Self>;
+    /// [`BackendStorage::gram_backward`] written over F (self) when nothing else reads F: a
+    /// loss layer's features become their gradient without a second buffer of their size.
+    /// By default it computes into a new buffer and replaces F with it.
+    fn gram_backward_in_place(
+        &mut self,
+        dg: &Self,
+        batch: usize,
+        c: usize,
+        m: usize,
+        scale: f32,
+    ) -> Result<()> {
+        *self = self.gram_backward(dg, batch, c, m, scale)?;
+        Ok(())
+    }
     /// The transpose of a row-major `[rows × cols]` matrix.
     fn transpose(&self, rows: usize, cols: usize) -> Result<Self>;
 

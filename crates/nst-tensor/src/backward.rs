@@ -76,6 +76,12 @@ impl Tensor {
                 shape: self.dims().to_vec(),
             });
         }
+        self.backward_from(Storage::full(1.0, 1, self.device())?)
+    }
+
+    /// The sweep of [`Tensor::backward`] from a given gradient of self (`seed` = ∂L/∂self,
+    /// self's size): how a checkpoint propagates through its recomputed graph.
+    pub(crate) fn backward_from(&self, seed: Storage) -> Result<Grads> {
         if !self.requires_grad() {
             return Err(TensorError::NoGraph);
         }
@@ -96,7 +102,7 @@ impl Tensor {
         // Gradients not yet propagated, as storage on the loss's device; contributions from
         // several uses of a tensor accumulate through the backend.
         let mut pending = Pending::default();
-        pending.add(self.id(), Storage::full(1.0, 1, self.device())?)?;
+        pending.add(self.id(), seed)?;
         let mut grads = Grads::default();
         for (id, node) in tape.into_iter().rev() {
             let Some(grad) = pending.take(id) else {
@@ -198,5 +204,40 @@ mod tests {
             pooled_data.upgrade().is_none(),
             "freed by the backward pass"
         );
+    }
+
+    /// A loss layer's features, once only the Gram record holds them, become their own
+    /// gradient: no second buffer of their size at the start of the backward pass. The values
+    /// are those of the out-of-place rule, which runs where the caller still holds F.
+    #[test]
+    fn gram_gradient_takes_the_features_buffer_when_nothing_else_reads_them() {
+        use crate::storage::Storage;
+        let data_ptr = |t: &Tensor| match &*t.storage {
+            Storage::Cpu(s) => s.0.as_ptr(),
+            _ => unreachable!("a CPU test"),
+        };
+        let dev = Device::Cpu;
+        // Positive values, so the ReLU passes everything and its gradient is masked in place.
+        let values: Vec<f32> = (0..2 * 3 * 5 * 7)
+            .map(|i| 0.1 + (i as f32 * 0.61).sin().abs())
+            .collect();
+        let x = Tensor::variable(values, &[2, 3, 5, 7], &dev).unwrap();
+        let gradient = |keep_features: bool| {
+            let f = x.relu().unwrap();
+            let features_ptr = data_ptr(&f);
+            let loss = f.gram(0.3).unwrap().square().unwrap().sum().unwrap();
+            let kept = keep_features.then_some(f);
+            let g = loss.backward().unwrap().remove(&x).unwrap();
+            drop(kept);
+            (data_ptr(&g) == features_ptr, g.to_vec().unwrap())
+        };
+        let (reused, in_place) = gradient(false);
+        assert!(reused, "the gradient did not take the features' buffer");
+        let (reused, out_of_place) = gradient(true);
+        assert!(!reused, "the caller's features were overwritten");
+        assert_eq!(in_place.len(), out_of_place.len());
+        for (a, b) in in_place.iter().zip(&out_of_place) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
     }
 }

@@ -197,6 +197,28 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage(df))
     }
 
+    fn gram_backward_in_place(
+        &mut self,
+        dg: &Self,
+        batch: usize,
+        c: usize,
+        m: usize,
+        scale: f32,
+    ) -> Result<()> {
+        if c * m == 0 {
+            return Ok(());
+        }
+        for (f, dg) in self
+            .0
+            .chunks_exact_mut(c * m)
+            .zip(dg.0.chunks_exact(c * c))
+            .take(batch)
+        {
+            gram::gram_backward_in_place(f, dg, c, m, scale);
+        }
+        Ok(())
+    }
+
     fn transpose(&self, rows: usize, cols: usize) -> Result<Self> {
         let mut t = vec![0.0; rows * cols];
         for i in 0..rows {

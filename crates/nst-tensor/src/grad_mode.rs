@@ -20,6 +20,19 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` with gradients recorded, whatever the caller's mode (a checkpoint's recomputation
+/// inside a backward pass).
+pub(crate) fn with_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(true)));
+    f()
+}
+
 /// True unless inside [`no_grad`].
 pub fn is_grad_enabled() -> bool {
     GRAD_ENABLED.with(|g| g.get())

@@ -51,6 +51,11 @@ pub(crate) enum Op {
     Reshape {
         x: NodeRef,
     },
+    /// Recomputed in backward ([`Tensor::checkpoint`]): the inputs' values and the function.
+    Checkpoint {
+        inputs: Vec<Tensor>,
+        f: ops::checkpoint::Recompute,
+    },
     Transpose {
         x: NodeRef,
     },
@@ -99,13 +104,15 @@ impl Op {
             Op::Scale { .. } => "backward of scale",
             Op::Square { .. } => "backward of square",
             Op::Sum { .. } => "backward of sum",
+            Op::Checkpoint { .. } => "backward of checkpoint (recomputing)",
         }
     }
 
     /// The gradients of the op's inputs that require one, given `grad` = ∂L/∂out (owned, so
     /// an op may reuse its buffer); an op may instead add an input's gradient into `pending`
-    /// where that input already has one.
-    pub(crate) fn backward(&self, grad: Storage, pending: &mut Pending) -> Result<Vec<InputGrad>> {
+    /// where that input already has one. The record is consumed: a value it saved may become
+    /// a gradient's buffer.
+    pub(crate) fn backward(self, grad: Storage, pending: &mut Pending) -> Result<Vec<InputGrad>> {
         match self {
             Op::Conv2d {
                 x,
@@ -116,29 +123,30 @@ impl Op {
                 algo,
                 relu,
             } => ops::conv::backward(
-                x,
+                &x,
                 x_value.as_deref(),
-                w,
+                &w,
                 b.as_ref(),
-                p,
-                *algo,
+                &p,
+                algo,
                 relu.as_ref(),
                 grad,
                 pending,
             ),
-            Op::Relu { x, mask } => ops::relu::backward(x, mask, grad),
-            Op::Reshape { x } => Ok(vec![(x.clone(), grad)]),
-            Op::MaxPool { x, p, indices } => ops::pool::max_backward(x, p, indices, &grad),
-            Op::AvgPool { x, p } => ops::pool::avg_backward(x, p, &grad),
-            Op::Matmul { a, b } => ops::matmul::backward(a, b, &grad),
-            Op::Gram { x, scale } => ops::gram::backward(x, *scale, &grad),
-            Op::Transpose { x } => ops::shape::transpose_backward(x, &grad),
-            Op::Add { a, b } => ops::elementwise::add_backward(a, b, grad),
-            Op::Sub { a, b } => ops::elementwise::sub_backward(a, b, grad),
-            Op::Mul { a, b } => ops::elementwise::mul_backward(a, b, &grad),
-            Op::Scale { x, s } => ops::elementwise::scale_backward(x, *s, &grad),
-            Op::Square { x } => ops::elementwise::square_backward(x, &grad),
-            Op::Sum { x } => ops::reduce::sum_backward(x, &grad),
+            Op::Relu { x, mask } => ops::relu::backward(&x, &mask, grad),
+            Op::Reshape { x } => Ok(vec![(x, grad)]),
+            Op::MaxPool { x, p, indices } => ops::pool::max_backward(&x, &p, &indices, &grad),
+            Op::AvgPool { x, p } => ops::pool::avg_backward(&x, &p, &grad),
+            Op::Matmul { a, b } => ops::matmul::backward(&a, &b, &grad),
+            Op::Gram { x, scale } => ops::gram::backward(x, scale, &grad),
+            Op::Transpose { x } => ops::shape::transpose_backward(&x, &grad),
+            Op::Add { a, b } => ops::elementwise::add_backward(&a, &b, grad),
+            Op::Sub { a, b } => ops::elementwise::sub_backward(&a, &b, grad),
+            Op::Mul { a, b } => ops::elementwise::mul_backward(&a, &b, &grad),
+            Op::Scale { x, s } => ops::elementwise::scale_backward(&x, s, &grad),
+            Op::Square { x } => ops::elementwise::square_backward(&x, &grad),
+            Op::Sum { x } => ops::reduce::sum_backward(&x, &grad),
+            Op::Checkpoint { inputs, f } => ops::checkpoint::backward(&inputs, &f, grad),
         }
     }
 
@@ -159,6 +167,7 @@ impl Op {
             Op::Gram { x, .. } | Op::Square { x } => vec![&x.node],
             Op::Add { a, b } | Op::Sub { a, b } => vec![a, b],
             Op::Matmul { a, b } | Op::Mul { a, b } => vec![&a.node, &b.node],
+            Op::Checkpoint { inputs, .. } => inputs.iter().map(|t| &t.node).collect(),
         }
     }
 }

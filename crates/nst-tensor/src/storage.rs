@@ -307,6 +307,17 @@ impl Storage {
         )
     }
 
+    pub(crate) fn gram_backward_in_place(
+        &mut self,
+        dg: &Self,
+        batch: usize,
+        c: usize,
+        m: usize,
+        scale: f32,
+    ) -> Result<()> {
+        on_same_device_value!("gram backward", self, dg, (f, dg) => f.gram_backward_in_place(dg, batch, c, m, scale))
+    }
+
     pub(crate) fn transpose(&self, rows: usize, cols: usize) -> Result<Self> {
         Ok(on_device!(self, s => s.transpose(rows, cols)))
     }

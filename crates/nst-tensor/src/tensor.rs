@@ -169,6 +169,11 @@ impl Tensor {
         Self::build(Arc::new(storage), shape, false, None)
     }
 
+    /// The data, taken out without a copy where this is its only holder.
+    pub(crate) fn into_storage(self) -> Result<Storage> {
+        Arc::try_unwrap(self.storage).or_else(|shared| shared.try_clone())
+    }
+
     /// Dimensions, outermost first.
     pub fn dims(&self) -> &[usize] {
         self.node.dims()

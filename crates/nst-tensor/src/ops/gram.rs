@@ -4,6 +4,7 @@
 use crate::op::{InputGrad, Op};
 use crate::storage::Storage;
 use crate::{Result, Tensor, TensorError};
+use std::sync::Arc;
 
 /// (batch, channels, positions) of a `[C, M]` or `[N, C, H, W]` tensor.
 fn layout(x: &Tensor) -> Result<(usize, usize, usize)> {
@@ -36,10 +37,17 @@ impl Tensor {
     }
 }
 
-pub(crate) fn backward(x: &Tensor, scale: f32, dg: &Storage) -> Result<Vec<InputGrad>> {
-    let (n, c, m) = layout(x)?;
-    Ok(vec![(
-        x.node(),
-        x.storage().gram_backward(dg, n, c, m, scale)?,
-    )])
+/// Where the record holds the only reference to F (a loss layer's features, once the caller
+/// has dropped them), `dF` is written over F instead of into a new buffer of F's size.
+pub(crate) fn backward(x: Tensor, scale: f32, dg: &Storage) -> Result<Vec<InputGrad>> {
+    let (n, c, m) = layout(&x)?;
+    let node = x.node();
+    let df = match Arc::try_unwrap(x.storage) {
+        Ok(mut f) => {
+            f.gram_backward_in_place(dg, n, c, m, scale)?;
+            f
+        }
+        Err(shared) => shared.gram_backward(dg, n, c, m, scale)?,
+    };
+    Ok(vec![(node, df)])
 }

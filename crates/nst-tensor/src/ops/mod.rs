@@ -1,5 +1,6 @@
 //! One file per op: the public method (forward) and the backward rule the tape calls.
 
+pub(crate) mod checkpoint;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod gram;
