@@ -11,7 +11,8 @@
 //! Single-channel images (luminance-only transfer) are replicated to RGB inside the objective
 //! by a fixed 1×1 convolution, so the gradient reaches the one channel.
 
-use crate::{blend_grams, content_loss, gram_hat, style_loss, tv_loss};
+use crate::style::weighted_sum;
+use crate::{blend_grams, content_loss, gram_hat, style_layer_loss, tv_loss};
 use nst_tensor::{no_grad, Tensor, TensorError};
 use nst_vgg::{Layer, Vgg19, VggError};
 use thiserror::Error;
@@ -72,13 +73,22 @@ pub struct ObjectiveValue {
 /// The objective at one image size: fixed targets plus the network.
 pub struct Objective<'a> {
     vgg: &'a Vgg19,
-    /// Content layers, then style layers: the order `features` returns them in.
-    layers: Vec<Layer>,
+    content_layers: Vec<Layer>,
+    style_layers: Vec<Layer>,
     content_targets: Vec<Tensor>,
     style_targets: Vec<Tensor>,
     weights: LossWeights,
     /// For single-channel images: the `[3, 1, 1, 1]` all-ones kernel replicating Y to RGB.
     gray_to_rgb: Option<Tensor>,
+    /// Whether style layers of the first convolution are recomputed in the backward pass
+    /// instead of kept ([`Objective::recomputing_first_layer`]).
+    recompute_first_layer: bool,
+}
+
+/// The deepest layer [`Objective::recomputing_first_layer`] recomputes: relu1_1, made by
+/// conv1_1 alone from the image.
+fn first_layer() -> Layer {
+    Layer::all().nth(1).expect("VGG-19 has relu1_1")
 }
 
 impl<'a> Objective<'a> {
@@ -141,11 +151,43 @@ impl<'a> Objective<'a> {
         })?;
         Ok(Self {
             vgg,
-            layers: [&content_layers[..], &style_layers[..]].concat(),
+            content_layers,
+            style_layers,
             content_targets,
             style_targets,
             weights,
             gray_to_rgb,
+            recompute_first_layer: false,
+        })
+    }
+
+    /// Recompute the style terms of relu1_1 (and conv1_1) from the image in the backward pass
+    /// ([`Tensor::checkpoint`]) instead of keeping their features from the forward pass to the
+    /// end of the backward pass. They are the largest features a loss reads — 64 channels at
+    /// full resolution, 4 GiB at 4096² — and alive through the memory peak, at the start of
+    /// the backward pass; the price is one more conv1_1 forward and backward and relu1_1's
+    /// Gram matrix again per evaluation. J and ∂J/∂x are the same up to rounding.
+    pub fn recomputing_first_layer(mut self, on: bool) -> Self {
+        self.recompute_first_layer = on;
+        self
+    }
+
+    fn is_recomputed(&self, layer: Layer) -> bool {
+        self.recompute_first_layer && layer <= first_layer()
+    }
+
+    /// `J_s^l` for a recomputed layer: a checkpoint of the image (RGB) whose backward runs the
+    /// network up to the layer again.
+    fn recomputed_style_term(
+        &self,
+        rgb: &Tensor,
+        layer: Layer,
+        target: &Tensor,
+    ) -> Result<Tensor, TensorError> {
+        let (vgg, target) = (self.vgg.clone(), target.clone());
+        Tensor::checkpoint(&[rgb], move |t| {
+            let features = vgg.tensor_features(&t[0], &[layer])?;
+            style_layer_loss(&features[0], &target)
         })
     }
 
@@ -155,13 +197,42 @@ impl<'a> Objective<'a> {
         nst_tensor::memory_trace::set_phase("forward: VGG-19 and the losses", x.dims());
         let x = x.to_variable();
         let rgb = to_rgb(self.gray_to_rgb.as_ref(), &x)?;
-        let feats = self.vgg.features(&rgb, &self.layers)?;
+        // Recomputed terms first: the tape runs backward newest first, so their recomputation
+        // comes last, after everything else the pass held has been freed.
+        let mut style_terms: Vec<Option<Tensor>> = self
+            .style_layers
+            .iter()
+            .zip(&self.style_targets)
+            .map(|(&l, t)| {
+                self.is_recomputed(l)
+                    .then(|| self.recomputed_style_term(&rgb, l, t))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let kept_style_layers: Vec<Layer> = self
+            .style_layers
+            .iter()
+            .copied()
+            .filter(|&l| !self.is_recomputed(l))
+            .collect();
+        let layers = [&self.content_layers[..], &kept_style_layers[..]].concat();
+        let feats = self.vgg.features(&rgb, &layers)?;
         let (content_feats, style_feats) = feats.split_at(self.content_targets.len());
         let mut jc = content_loss(&content_feats[0], &self.content_targets[0])?;
         for (f, t) in content_feats.iter().zip(&self.content_targets).skip(1) {
             jc = jc.add(&content_loss(f, t)?)?;
         }
-        let js = style_loss(style_feats, &self.style_targets, &self.weights.style_layers)?;
+        let mut kept = style_feats.iter();
+        for (term, target) in style_terms.iter_mut().zip(&self.style_targets) {
+            if term.is_none() {
+                let f = kept
+                    .next()
+                    .expect("one kept feature per layer not recomputed");
+                *term = Some(style_layer_loss(f, target)?);
+            }
+        }
+        let style_terms: Vec<Tensor> = style_terms.into_iter().flatten().collect();
+        let js = weighted_sum(&style_terms, &self.weights.style_layers)?;
         // Let backward free each activation once its gradient is through (see Tensor::backward).
         drop(feats);
         let w = &self.weights;

@@ -40,15 +40,30 @@ pub fn style_loss(generated: &[Tensor], targets: &[Tensor], weights: &[f32]) -> 
             rhs: vec![weights.len()],
         });
     }
+    let terms = generated
+        .iter()
+        .zip(targets)
+        .map(|(f, t)| style_layer_loss(f, t))
+        .collect::<Result<Vec<_>>>()?;
+    weighted_sum(&terms, weights)
+}
+
+/// `Σ_l w_l · J_s^l`, added in order (so every caller rounds alike). At least one term, one
+/// weight per term.
+pub(crate) fn weighted_sum(terms: &[Tensor], weights: &[f32]) -> Result<Tensor> {
     let mut total: Option<Tensor> = None;
-    for ((f, t), &w) in generated.iter().zip(targets).zip(weights) {
-        let term = style_layer_loss(f, t)?.scale(w)?;
+    for (term, &w) in terms.iter().zip(weights) {
+        let term = term.scale(w)?;
         total = Some(match total {
             Some(acc) => acc.add(&term)?,
             None => term,
         });
     }
-    Ok(total.expect("non-empty"))
+    total.ok_or(TensorError::ShapeMismatch {
+        op: "style_loss",
+        lhs: vec![terms.len()],
+        rhs: vec![weights.len()],
+    })
 }
 
 /// Blends the Ĝ targets of several style images for one layer: `Σ_i b_i·Ĝ_i / Σ_i b_i`.

@@ -237,6 +237,62 @@ fn objective_on_one_channel_images_replicates_to_rgb(dev: &Device) {
 }
 test_device!(objective_on_one_channel_images_replicates_to_rgb);
 
+/// The lean memory mode's recomputation of relu1_1's style term (a checkpoint whose backward
+/// runs conv1_1 again) gives the same J and ∂J/∂x as keeping the features, up to rounding:
+/// on the reference images (RGB), and on a one-channel image (replicated to RGB before the
+/// checkpoint).
+fn objective_recomputing_relu1_1_matches_keeping_it(dev: &Device) {
+    let r = Reference::load();
+    let vgg = Vgg19::embedded(dev, Pooling::Max).unwrap();
+    let spec = LossSpec {
+        content_layers: layers(&["relu4_2"]),
+        style_layers: layers(&STYLE_LAYERS),
+        weights: LossWeights {
+            content: 1.0,
+            style: 1e-3,
+            tv: 0.0,
+            style_layers: vec![0.1, 0.2, 0.4, 0.2, 0.1],
+        },
+    };
+    let compare = |content: &Tensor, style: &Tensor, x: &Tensor| {
+        let objective = |recompute| {
+            Objective::new(
+                &vgg,
+                content,
+                std::slice::from_ref(style),
+                &[1.0],
+                spec.clone(),
+            )
+            .unwrap()
+            .recomputing_first_layer(recompute)
+        };
+        let kept = objective(false).evaluate(x).unwrap();
+        let recomputed = objective(true).evaluate(x).unwrap();
+        assert!(kept.style > 0.0 && kept.grad.abs_max().unwrap() > 0.0);
+        assert!(rel_err_scalar(recomputed.total, kept.total) <= 1e-6);
+        assert!(rel_err_scalar(recomputed.style, kept.style) <= 1e-6);
+        let (a, b) = (
+            recomputed.grad.to_vec().unwrap(),
+            kept.grad.to_vec().unwrap(),
+        );
+        assert!(rel_err(&a, &b) <= 1e-5, "gradient: {}", rel_err(&a, &b));
+    };
+    compare(
+        &r.tensor_on("content_rgb", dev),
+        &r.tensor_on("style_rgb", dev),
+        &r.tensor_on("generated_rgb", dev),
+    );
+    let (h, w) = (40, 36);
+    let grey = |s: f32| {
+        let v = (0..h * w)
+            .map(|i| 128.0 + 60.0 * (i as f32 * s).sin())
+            .collect();
+        Tensor::from_vec(v, &[1, 1, h, w], dev).unwrap()
+    };
+    compare(&grey(0.37), &grey(0.11), &grey(0.23));
+}
+test_device!(objective_recomputing_relu1_1_matches_keeping_it);
+
 #[test]
 fn objective_rejects_mismatched_specifications() {
     let vgg = Vgg19::embedded(&Device::Cpu, Pooling::Max).unwrap();

@@ -31,7 +31,8 @@ impl FromStr for Pooling {
     }
 }
 
-/// VGG-19's feature layers with frozen weights.
+/// VGG-19's feature layers with frozen weights. Cloning shares the weights (no copy).
+#[derive(Clone)]
 pub struct Vgg19 {
     /// (weight, bias) of the 16 convolutions.
     convs: Vec<(Tensor, Tensor)>,
@@ -116,11 +117,22 @@ impl Vgg19 {
     /// The activations at `layers` (returned in the same order) for an RGB image in 0..255,
     /// `[N, 3, H, W]`. Runs the network only up to the deepest requested layer.
     pub fn features(&self, rgb: &Tensor, layers: &[Layer]) -> Result<Vec<Tensor>, VggError> {
+        Ok(self.tensor_features(rgb, layers)?)
+    }
+
+    /// [`Vgg19::features`] with a tensor error: past loading, every failure is a tensor
+    /// operation's. For code that must return [`nst_tensor::TensorError`], such as a function
+    /// recomputed by [`Tensor::checkpoint`].
+    pub fn tensor_features(
+        &self,
+        rgb: &Tensor,
+        layers: &[Layer],
+    ) -> Result<Vec<Tensor>, nst_tensor::TensorError> {
         let Some(deepest) = layers.iter().max() else {
             return Ok(vec![]);
         };
         let mut out: Vec<Option<Tensor>> = vec![None; layers.len()];
-        let mut x = self.preprocess(rgb)?;
+        let mut x = rgb.conv2d(&self.preprocess.0, Some(&self.preprocess.1), 1, 0)?;
         let mut relu_done = false;
         for layer in Layer::all().take(deepest.index() + 1) {
             x = match layer.kind() {
