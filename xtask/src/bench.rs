@@ -14,6 +14,10 @@
 //! and TF32 off (against our fp32) or on (PyTorch's default for cuDNN convolutions; matmul
 //! stays f32, as by default), against our tf32.
 //!
+//! `--memory lean` runs ours in nst's lean memory mode (what `nst` picks where the fast one
+//! does not fit: relu1_1 recomputed, freed memory returned at once); the default is the fast
+//! one.
+//!
 //! The FLOP count is that of the convolutions: forward through conv5_1 plus the input
 //! gradient back through them (the same count again), counted as direct convolution even
 //! where Winograd does fewer multiplies, so GFLOP/s compares like with like.
@@ -97,7 +101,14 @@ fn bench_images(size: usize) -> Result<(Planes, Planes)> {
 }
 
 /// Times `iters` iterations on `dev` in this process (after one warm-up iteration).
-fn time_on(dev: &Device, size: usize, iters: usize, dump: Option<&Path>) -> Result<Measurement> {
+fn time_on(
+    dev: &Device,
+    size: usize,
+    iters: usize,
+    dump: Option<&Path>,
+    lean: bool,
+) -> Result<Measurement> {
+    nst_tensor::allocator::return_freed_memory_at_once(lean);
     // Timing includes the device's work: every iteration reads its loss back to the host.
     let dev = dev.clone();
     let vgg = Vgg19::embedded(&dev, Pooling::Max)?.with_conv_algorithm(
@@ -131,7 +142,8 @@ fn time_on(dev: &Device, size: usize, iters: usize, dump: Option<&Path>) -> Resu
         &[style.to_tensor(&dev)?],
         &[1.0],
         spec,
-    )?;
+    )?
+    .recomputing_first_layer(lean);
     let evaluate = |x: &Tensor| -> Result<Evaluation> {
         let v = objective.evaluate(x)?;
         Ok(Evaluation::new(v.total, v.grad))
@@ -202,9 +214,10 @@ fn run_child(cmd: &mut Command) -> Result<Measurement, String> {
 }
 
 /// `xtask bench-worker --size N --iters K [--device cpu|cuda] [--precision fp32|tf32]
-/// [--dump DIR]`: one measurement as a JSON line.
+/// [--memory fast|lean] [--dump DIR]`: one measurement as a JSON line.
 pub fn worker(args: &[String]) -> Result<()> {
     let (mut size, mut iters, mut dump, mut device) = (None, 5, None, Device::Cpu);
+    let mut lean = false;
     let mut precision = Precision::Fp32;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -227,6 +240,7 @@ pub fn worker(args: &[String]) -> Result<()> {
                     other => bail!("unknown precision {other} (expected fp32 or tf32)"),
                 }
             }
+            "--memory" => lean = parse_memory_mode(value()?)?,
             other => bail!("unknown bench-worker option {other}"),
         }
     }
@@ -235,9 +249,19 @@ pub fn worker(args: &[String]) -> Result<()> {
         size.context("--size is required")?,
         iters,
         dump.as_deref(),
+        lean,
     )?;
     println!("{}", measurement_json(&m));
     Ok(())
+}
+
+/// `fast` or `lean` (nst's memory modes, see `nst_cli::memory::MemoryMode`) → whether lean.
+fn parse_memory_mode(mode: &str) -> Result<bool> {
+    match mode {
+        "fast" => Ok(false),
+        "lean" => Ok(true),
+        other => bail!("unknown memory mode {other} (expected fast or lean)"),
+    }
 }
 
 /// The Python to run the peer with: `$NST_PYTHON`, else `python3`, if it can import torch.
@@ -264,6 +288,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut sizes = vec![256, 512];
     let mut iters = 5;
     let (mut cpu, mut cuda) = (true, true);
+    let mut memory = "fast".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -288,6 +313,10 @@ pub fn run(args: &[String]) -> Result<()> {
                         other => bail!("unknown device {other} (expected cpu, cuda or both)"),
                     }
                 }
+            }
+            "--memory" => {
+                memory = it.next().context("--memory needs fast or lean")?.clone();
+                parse_memory_mode(&memory)?;
             }
             other => bail!("unknown bench option {other}"),
         }
@@ -314,7 +343,8 @@ pub fn run(args: &[String]) -> Result<()> {
             eprintln!("{device} {precision} {size}²: {iters} iterations…");
             let mut cmd = Command::new(&exe);
             cmd.args(["bench-worker", "--device", device, "--precision", precision])
-                .args(["--size", &size.to_string(), "--iters", &iters.to_string()]);
+                .args(["--size", &size.to_string(), "--iters", &iters.to_string()])
+                .args(["--memory", &memory]);
             if dump {
                 cmd.arg("--dump").arg(&dir);
             }
@@ -398,6 +428,7 @@ pub fn run(args: &[String]) -> Result<()> {
             }
         }
     }
+    println!("nst memory mode: {memory}\n");
     print_tables(&rows, &sizes, peer);
     let json: Vec<_> = rows
         .iter()

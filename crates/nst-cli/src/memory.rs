@@ -4,18 +4,25 @@
 //!
 //! The estimate (CPU): `BASE + PER_ACTIVATION · A + optimizer state`, where A is the bytes of
 //! all activations of a forward pass to the deepest loss layer at the final scale
-//! (`nst_vgg::geometry::activation_elems`), and the optimizer state is L-BFGS's (s, y)
-//! history (or Adam's two moments) plus a few image-sized vectors; the input images at full
-//! resolution come on top (12 bytes a pixel, twice). The backward pass no longer keeps every
-//! activation (frozen layers keep one-bit masks; see nst-tensor), but what it does keep — the
-//! loss layers' features, then a gradient or two of the largest layers — and what the
-//! allocator holds on to still grow in proportion to A for the default layers.
-//! The constants come from `cargo xtask bench-worker` peaks (default layers, 1–4
-//! iterations, so little history): 700 MiB at 512², 1684 MiB at 1024², 5636 MiB at 2048²
-//! (with one-byte max-pooling winners), which `BASE` = 400 MiB and `PER_ACTIVATION` = 1.0
-//! reproduce within +8% … +11% (an overestimate, on purpose). With four-byte winners the
-//! same runs peaked at 702–758, 1944 and 6052 MiB (`PER_ACTIVATION` 1.22), and before the
-//! masks at 1016–1060, 3088 and 11716 MiB (2.4).
+//! (`nst_vgg::geometry::activation_elems`; 1280 bytes a pixel to relu5_1), and the optimizer
+//! state is L-BFGS's (s, y) history (or Adam's two moments) plus a few image-sized vectors;
+//! the input images at full resolution come on top (12 bytes a pixel, twice). The backward
+//! pass keeps no activation but one-bit masks and the loss layers' features (see
+//! nst-tensor), yet these, a gradient or two of the largest layers and what the allocator
+//! holds on to still grow in proportion to A.
+//!
+//! **Two modes** ([`MemoryMode`]): the preflight picks the fast one where it fits, else the
+//! lean one, else stops. Fast: the allocator keeps freed memory (no page faults in steady
+//! state). Lean: freed memory goes back to the OS at once and relu1_1's style term is
+//! recomputed in the backward pass, for 15–25% more time per iteration. The constants come
+//! from `cargo xtask bench-worker [--memory lean]` peaks (default layers, 1–5 iterations, so
+//! little history), after a loss layer's Gram gradient took over its features' buffer:
+//! fast 540 MiB at 512², 1362 MiB at 1024², 5114 MiB at 2048² (`BASE` 250 MiB,
+//! `PER_ACTIVATION` 0.9: +6 … +15%); lean 863 MiB at 1024², 2875 MiB at 2048² (0.45:
+//! +9 … +12%), where the peak is the first layers of a forward pass (relu1_1 and conv1_2's
+//! output, 0.4·A). Before the Gram gradient took its features' buffer the fast mode peaked at
+//! 700, 1684 and 5636 MiB (1.0); with four-byte pooling winners at 702–758, 1944 and
+//! 6052 MiB (1.22); and before the one-bit masks at 1016–1060, 3088 and 11716 MiB (2.4).
 //!
 //! `NST_MEMORY_LIMIT` (bytes, or with a K/M/G suffix) replaces the available memory, to test
 //! the check or to override it.
@@ -34,10 +41,16 @@
 use anyhow::{bail, Result};
 use nst_vgg::{geometry, Layer};
 
-/// The binary, the weights (f32, 80 MB), the images at full size, allocator overhead.
-const BASE_BYTES: f64 = 400.0 * MIB;
+/// The binary, the weights (f32, 80 MB), allocator overhead.
+const BASE_BYTES: f64 = 250.0 * MIB;
 /// Peak bytes per byte of forward activations (see the module docs).
-const PER_ACTIVATION: f64 = 1.0;
+const PER_ACTIVATION: f64 = 0.9;
+/// The lean mode's base: as the fast mode's.
+const LEAN_BASE_BYTES: f64 = 250.0 * MIB;
+/// The lean mode's peak per byte of forward activations: two full-resolution 64-channel
+/// tensors (relu1_1 and conv1_2's output, 0.4·A) at the forward pass's first layers, plus a
+/// margin.
+const LEAN_PER_ACTIVATION: f64 = 0.45;
 /// GPU: the weights (80 MB) and small buffers.
 const GPU_BASE_BYTES: f64 = 90.0 * MIB;
 /// GPU: peak device bytes per byte of forward activations (fit 0.67 to the emulator's peaks,
@@ -71,13 +84,45 @@ pub struct Workload {
     pub input_pixels: usize,
 }
 
-/// Estimated peak resident memory, in bytes.
+/// How a CPU run trades memory for time. The preflight picks the fast mode where its
+/// estimate fits the memory available, else the lean one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MemoryMode {
+    /// The allocator keeps what is freed for reuse (no page faults in steady state), and the
+    /// backward pass reads relu1_1's features kept from the forward pass.
+    #[default]
+    Fast,
+    /// Freed memory goes back to the OS at once, and relu1_1's style term is recomputed in
+    /// the backward pass (`Objective::recomputing_first_layer`): measured 2875 instead of
+    /// 5114 MiB at 2048², for 15–25% more time per iteration (see the module docs).
+    Lean,
+}
+
+impl MemoryMode {
+    /// The word `--report` and the progress line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryMode::Fast => "fast",
+            MemoryMode::Lean => "lean",
+        }
+    }
+}
+
+/// Estimated peak resident memory of the fast mode, in bytes.
 pub fn estimate_peak_bytes(w: &Workload) -> f64 {
+    estimate_host_peak_bytes(w, MemoryMode::Fast)
+}
+
+/// Estimated peak resident memory in `mode`, in bytes.
+pub fn estimate_host_peak_bytes(w: &Workload, mode: MemoryMode) -> f64 {
     let (width, height) = w.size;
     let activations = 4.0 * geometry::activation_elems(w.deepest, height, width) as f64;
     let image = 4.0 * (w.channels * width * height) as f64;
-    BASE_BYTES
-        + PER_ACTIVATION * activations
+    let (base, per_activation) = match mode {
+        MemoryMode::Fast => (BASE_BYTES, PER_ACTIVATION),
+        MemoryMode::Lean => (LEAN_BASE_BYTES, LEAN_PER_ACTIVATION),
+    };
+    base + per_activation * activations
         + (w.history_vectors as f64 + OPTIMIZER_VECTORS) * image
         + INPUT_COPIES * 12.0 * w.input_pixels as f64
 }
@@ -121,9 +166,17 @@ pub enum Pool {
 }
 
 impl Pool {
-    fn estimate(self, w: &Workload) -> f64 {
+    /// The modes this memory can run in, cheapest in time first.
+    fn modes(self) -> &'static [MemoryMode] {
         match self {
-            Pool::Host => estimate_peak_bytes(w),
+            Pool::Host => &[MemoryMode::Fast, MemoryMode::Lean],
+            Pool::Gpu { .. } => &[MemoryMode::Fast],
+        }
+    }
+
+    fn estimate(self, w: &Workload, mode: MemoryMode) -> f64 {
+        match self {
+            Pool::Host => estimate_host_peak_bytes(w, mode),
             Pool::Gpu { cudnn } => estimate_gpu_peak_bytes(w, cudnn),
         }
     }
@@ -193,20 +246,26 @@ fn parse_bytes(s: &str) -> Result<f64> {
     }
 }
 
-/// Fails when the workload of `--size requested_side` does not fit `available` bytes;
-/// `size_of(side)` gives the workload of `--size side` (also used to find the largest that
-/// fits).
+/// The fastest mode in which the workload of `--size requested_side` fits `available` bytes,
+/// or an error naming the estimate and the largest size that fits; `size_of(side)` gives the
+/// workload of `--size side`.
 pub fn check(
     requested_side: u32,
     available: f64,
     pool: Pool,
     size_of: impl Fn(u32) -> Workload,
-) -> Result<()> {
-    let estimate_peak_bytes = |w: &Workload| pool.estimate(w);
-    let need = estimate_peak_bytes(&size_of(requested_side));
-    if need <= available {
-        return Ok(());
+) -> Result<MemoryMode> {
+    let requested = size_of(requested_side);
+    if let Some(&mode) = pool
+        .modes()
+        .iter()
+        .find(|&&mode| pool.estimate(&requested, mode) <= available)
+    {
+        return Ok(mode);
     }
+    let leanest = *pool.modes().last().expect("every pool has a mode");
+    let estimate_peak_bytes = |w: &Workload| pool.estimate(w, leanest);
+    let need = estimate_peak_bytes(&requested);
     // Largest side that fits (the estimate grows with the side).
     let (mut lo, mut hi) = (0u32, requested_side);
     while hi - lo > 1 {
@@ -254,20 +313,52 @@ mod tests {
 
     #[test]
     fn estimates_bracket_the_measured_peaks() {
-        // Measured (`xtask bench-worker --size N --iters K`: up to 2K history vectors): the
-        // estimate is above each and at most 25% above.
-        for (side, iters, measured_mib) in [(512, 4, 700.0), (1024, 2, 1684.0), (2048, 1, 5636.0)] {
-            let est = estimate_peak_bytes(&square_with_history(side, 2 * iters)) / MIB;
+        // Measured (`xtask bench-worker --size N --iters K [--memory lean]`: up to 2K history
+        // vectors): the estimate is above each and at most 25% above.
+        for (mode, side, iters, measured_mib) in [
+            (MemoryMode::Fast, 512, 5, 540.0),
+            (MemoryMode::Fast, 1024, 2, 1362.0),
+            (MemoryMode::Fast, 2048, 1, 5114.0),
+            (MemoryMode::Lean, 1024, 1, 863.0),
+            (MemoryMode::Lean, 2048, 1, 2875.0),
+        ] {
+            let est = estimate_host_peak_bytes(&square_with_history(side, 2 * iters), mode) / MIB;
             assert!(
                 est >= measured_mib && est <= 1.25 * measured_mib,
-                "{side}²: estimate {est:.0} MiB vs measured {measured_mib}"
+                "{mode:?} {side}²: estimate {est:.0} MiB vs measured {measured_mib}"
             );
         }
     }
 
     #[test]
+    fn picks_the_lean_mode_only_where_the_fast_one_does_not_fit() {
+        let fast = estimate_peak_bytes(&square(2048));
+        let lean = estimate_host_peak_bytes(&square(2048), MemoryMode::Lean);
+        assert!(lean < 0.7 * fast, "lean {lean} vs fast {fast}");
+        assert_eq!(
+            check(2048, fast, Pool::Host, square).unwrap(),
+            MemoryMode::Fast
+        );
+        assert_eq!(
+            check(2048, fast - 1.0, Pool::Host, square).unwrap(),
+            MemoryMode::Lean
+        );
+        assert_eq!(
+            check(2048, lean, Pool::Host, square).unwrap(),
+            MemoryMode::Lean
+        );
+        assert!(check(2048, lean - 1.0, Pool::Host, square).is_err());
+        // A GPU has no lean mode.
+        let gpu = Pool::Gpu { cudnn: false };
+        let need = estimate_gpu_peak_bytes(&square(2048), false);
+        assert_eq!(check(2048, need, gpu, square).unwrap(), MemoryMode::Fast);
+        assert!(check(2048, need - 1.0, gpu, square).is_err());
+    }
+
+    #[test]
     fn suggests_the_largest_size_that_fits() {
-        let available = estimate_peak_bytes(&square(1000)) + 1.0;
+        // In the leanest mode.
+        let available = estimate_host_peak_bytes(&square(1000), MemoryMode::Lean) + 1.0;
         let err = check(2048, available, Pool::Host, square)
             .unwrap_err()
             .to_string();

@@ -49,6 +49,8 @@ pub struct Outcome {
     pub device: String,
     /// On a GPU: the most device memory allocated at once during the run.
     pub peak_device_bytes: Option<u64>,
+    /// How the run spent memory (chosen by the preflight to fit what is available).
+    pub memory_mode: memory::MemoryMode,
 }
 
 /// The run was interrupted (Ctrl-C or SIGTERM); the best image so far was written.
@@ -134,6 +136,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let device = select_device(cfg, progress)?;
     let images = Images::load(cfg)?;
     let plan = checked_plan(cfg, &device, &images.sizes())?;
+    apply_memory_mode(plan.memory_mode, progress);
     let vgg = load_vgg(cfg, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
     let optimised = optimise(cfg, &vgg, &images, &plan, &prepared, progress, interrupt)?;
@@ -149,6 +152,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
         },
         device: device.to_string(),
         peak_device_bytes: device.peak_device_memory_bytes(),
+        memory_mode: plan.memory_mode,
     };
     if let Some(path) = &cfg.report {
         write_report(cfg, &outcome, path)?;
@@ -169,7 +173,7 @@ pub fn preflight(cfg: &Config) -> Result<()> {
 
 /// Stages 3 and 3b: the scale plan, and the memory preflight for it (host or GPU memory).
 fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<ScalePlan> {
-    let plan = ScalePlan::new(cfg, sizes)?;
+    let mut plan = ScalePlan::new(cfg, sizes)?;
     let available = if device.is_cpu() {
         memory::available_bytes()?.map(|a| (a, memory::Pool::Host))
     } else {
@@ -178,9 +182,20 @@ fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<Sca
             .map(|a| (a, memory::Pool::Gpu { cudnn }))
     };
     if let Some(available) = available {
-        memory_preflight(cfg, sizes, &plan, available)?;
+        plan.memory_mode = memory_preflight(cfg, sizes, &plan, available)?;
     }
     Ok(plan)
+}
+
+/// Sets the allocator for the run's memory mode (every run sets it, so a server's lean job
+/// does not make the next one lean), and says when memory is tight.
+fn apply_memory_mode(mode: memory::MemoryMode, progress: &mut dyn Progress) {
+    nst_tensor::allocator::return_freed_memory_at_once(mode == memory::MemoryMode::Lean);
+    if mode == memory::MemoryMode::Lean {
+        progress.note(
+            "memory is tight for this size: lean mode (relu1_1 recomputed, freed memory returned at once), about 20% slower",
+        );
+    }
 }
 
 /// Stage 1: the device, as asked (`auto` says what it chose and why).
@@ -287,6 +302,8 @@ struct ScalePlan {
     /// (width, height) of each scale, coarse to fine.
     scales: Vec<(usize, usize)>,
     deepest: Layer,
+    /// Fast unless the preflight found that only the lean mode fits.
+    memory_mode: memory::MemoryMode,
 }
 
 impl ScalePlan {
@@ -316,6 +333,7 @@ impl ScalePlan {
             output,
             scales,
             deepest,
+            memory_mode: memory::MemoryMode::Fast,
         };
         for (si, &(w, h)) in plan.scales.iter().enumerate() {
             for (&style, path) in sizes.styles.iter().zip(&cfg.styles) {
@@ -499,7 +517,8 @@ fn optimise(
             .to_tensor(device)
             .map_err(|e| keep_previous(e.into()))?;
         let objective = Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone())
-            .map_err(|e| keep_previous(e.into()))?;
+            .map_err(|e| keep_previous(e.into()))?
+            .recomputing_first_layer(plan.memory_mode == memory::MemoryMode::Lean);
         let start = match &previous {
             Some(prev) => prev.resized(w, h),
             None => prepared.start(cfg, images.init.as_ref(), &content_planes),
@@ -613,7 +632,7 @@ fn memory_preflight(
     sizes: &InputSizes,
     plan: &ScalePlan,
     (available, pool): (f64, memory::Pool),
-) -> Result<()> {
+) -> Result<memory::MemoryMode> {
     let (content_w, content_h) = sizes.content;
     let input_pixels = sizes.pixels();
     let channels = if cfg.preserve_colors == ColorMode::Luminance {
@@ -724,6 +743,7 @@ fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
         peak_device_bytes: outcome.peak_device_bytes,
         peak_heap_bytes: heap_peak.as_ref().map(|(bytes, _)| *bytes),
         peak_heap_at: heap_peak.map(|(_, at)| at),
+        memory_mode: outcome.memory_mode.name(),
         settings: cfg,
     };
     let json = serde_json::to_string_pretty(&report)?;

@@ -57,6 +57,9 @@ pub struct Report<'a> {
     /// What the run was doing when the heap peaked, e.g. "backward of conv2d → [1, 64, 341,
     /// 512]" (the op whose gradient was being computed, and its output's shape).
     pub peak_heap_at: Option<String>,
+    /// "fast", or "lean" where the preflight found that only the lean mode fits the memory
+    /// available (see `memory::MemoryMode`).
+    pub memory_mode: &'static str,
     /// The resolved settings.
     pub settings: &'a Config,
 }

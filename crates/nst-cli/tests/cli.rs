@@ -68,6 +68,7 @@ fn transfers_style_and_writes_report() {
     let peak = r["peak_rss_bytes"].as_u64().unwrap();
     assert!(peak > 80 << 20 && peak < 24 << 30, "{peak}");
     assert_eq!(r["output"], serde_json::json!([64, 43]));
+    assert_eq!(r["memory_mode"], "fast");
     assert_eq!(s["style_layers"][2], "relu3_1");
     // No temporary files are left beside the output.
     assert_eq!(files_in(dir.path()), vec![out, report]);
@@ -259,7 +260,8 @@ fn non_finite_loss_is_a_clear_error() {
 
 /// With less memory than the size needs (NST_MEMORY_LIMIT stands in for a small machine),
 /// the run stops before optimising with the estimate and the largest size that fits, and
-/// that size then runs.
+/// that size then runs. (512×341 is estimated at about 470 MB in the fast mode and 370 MB in
+/// the lean one.)
 #[test]
 fn memory_preflight_refuses_a_size_that_does_not_fit() {
     let dir = tempfile::tempdir().unwrap();
@@ -270,14 +272,14 @@ fn memory_preflight_refuses_a_size_that_does_not_fit() {
     );
     let o = Command::new(NST)
         .args(&args)
-        .env("NST_MEMORY_LIMIT", "600M")
+        .env("NST_MEMORY_LIMIT", "300M")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("--size 512 needs about") && stderr.contains("but 0.6 GB is available"),
+        stderr.contains("--size 512 needs about") && stderr.contains("but 300 MB is available"),
         "{stderr}"
     );
     assert!(!out.exists());
@@ -290,11 +292,34 @@ fn memory_preflight_refuses_a_size_that_does_not_fit() {
     assert!((64..512).contains(&suggested), "{suggested}");
     let o = Command::new(NST)
         .args(with(args, &["--size", &suggested.to_string()]))
-        .env("NST_MEMORY_LIMIT", "600M")
+        .env("NST_MEMORY_LIMIT", "300M")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.exists());
+}
+
+/// Memory for the lean mode but not the fast one: the run goes ahead lean, and the report
+/// names the mode.
+#[test]
+fn memory_preflight_falls_back_to_the_lean_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = (dir.path().join("o.png"), dir.path().join("r.json"));
+    let args = with(
+        tiny(&out),
+        &["--size", "512", "--scales", "1", "--iters", "2"],
+    );
+    let o = Command::new(NST)
+        .args(with(args, &["--report", path_str(&report)]))
+        .env("NST_MEMORY_LIMIT", "420M")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["memory_mode"], "lean");
+    assert!(mean_and_finite(&out) > 20.0);
 }
 
 #[test]

@@ -79,8 +79,21 @@ pub fn resident_bytes() -> Option<(u64, u64)> {
 
 /// Never return freed memory to the OS while the process runs. Call first thing in `main`.
 pub fn keep_freed_memory() {
+    return_freed_memory_at_once(false);
+}
+
+/// Whether freed memory goes back to the OS at once (`true`) or is kept for reuse (`false`,
+/// what [`keep_freed_memory`] sets).
+///
+/// Keeping it is faster (see the module docs) but costs more than the heap's peak: blocks
+/// freed in the forward pass are too small or too scattered for the backward pass's largest
+/// gradients, which then take fresh memory. At 2048² (`xtask bench-worker --iters 2`) the
+/// peak RSS was 5114 MiB when keeping against 3433 MiB when returning, for a heap peak of
+/// 3320 MiB; returning took 20–25% more time per iteration (page faults). nst returns
+/// memory at once only where memory is tight (its lean mode).
+pub fn return_freed_memory_at_once(on: bool) {
     // SAFETY: sets a plain integer option; mimalloc reads it when it next considers purging.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, if on { 0 } else { -1 }) }
 }
 
 /// Gives the memory freed so far back to the OS, once, and keeps freed memory again
