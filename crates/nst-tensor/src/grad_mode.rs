@@ -10,26 +10,25 @@ thread_local! {
 /// gradient and hold no references to their inputs. Nests, and restores the previous state
 /// even if `f` panics.
 pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
-        }
-    }
-    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(false)));
-    f()
+    with_recording(false, f)
 }
 
 /// Runs `f` with gradients recorded, whatever the caller's mode (a checkpoint's recomputation
 /// inside a backward pass).
 pub(crate) fn with_grad<R>(f: impl FnOnce() -> R) -> R {
+    with_recording(true, f)
+}
+
+/// Runs `f` with recording set to `enabled`, restoring the previous state afterwards (also
+/// when `f` panics).
+fn with_recording<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             GRAD_ENABLED.with(|g| g.set(self.0));
         }
     }
-    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(true)));
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(enabled)));
     f()
 }
 
