@@ -10,8 +10,9 @@
 //! transfer's use: relu1_1's style term, `J_s^1(relu1_1(x))`. Its features are the largest
 //! the losses read (64 channels at full resolution, 4 GiB at 4096²) and would otherwise stay
 //! alive from the forward pass to the end of the backward pass, through the memory peak at its
-//! start; recomputing them costs one more conv1_1 (3 input channels, the cheapest layer)
-//! forward and backward per evaluation.
+//! start. Recomputing them costs conv1_1 (3 input channels, the cheapest layer) twice more
+//! forward (the checkpoint's own forward pass, and again in backward) and once more backward
+//! per evaluation.
 
 use crate::grad_mode::with_grad;
 use crate::op::{InputGrad, Op};
