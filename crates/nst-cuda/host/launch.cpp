@@ -47,6 +47,7 @@ const Entry KERNELS[] = {
     KERNEL(scale),
     KERNEL(scaled_mul),
     KERNEL(transpose2d),
+    KERNEL(copy2d),
     KERNEL(broadcast_first),
     KERNEL(double_to_float),
     KERNEL(scalar_scale),

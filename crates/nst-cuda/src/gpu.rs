@@ -617,6 +617,61 @@ impl Gpu {
         Ok(df)
     }
 
+    /// [`Gpu::gram_backward`] written over F: each band of positions is multiplied into a
+    /// scratch buffer (at most the im2col budget), then copied back over the band (`copy2d`),
+    /// so the gradient needs no second buffer of F's size.
+    pub fn gram_backward_in_place(
+        &self,
+        f: &mut Floats,
+        dg: &Floats,
+        batch: usize,
+        c: usize,
+        m: usize,
+        scale: f32,
+    ) -> GpuResult<()> {
+        check_len("gram input", f.len(), batch * c * m)?;
+        check_len("gram gradient", dg.len(), batch * c * c)?;
+        if c == 0 || m == 0 {
+            return Ok(());
+        }
+        let band = (self.cols_budget / c).clamp(1, m);
+        let product = self.uninit(c * band)?;
+        for i in 0..batch {
+            let dgi = dg.ptr_at(i * c * c);
+            for n0 in (0..m).step_by(band) {
+                let cols = band.min(m - n0);
+                let f_band = f.ptr_at(i * c * m + n0);
+                for (trans, beta) in [(false, 0.0), (true, 1.0)] {
+                    // SAFETY: dG_i is c×c; the band is c rows of `cols` values at row stride
+                    // m inside F; the product buffer holds c·band ≥ c·cols values.
+                    unsafe {
+                        self.gemm(
+                            (c, c, cols),
+                            (dgi, c, trans),
+                            (f_band, m, false),
+                            (product.ptr_at(0), cols),
+                            scale,
+                            beta,
+                            false,
+                        )?
+                    };
+                }
+                let args = [
+                    product.arg(),
+                    Arg::I64(cols as i64),
+                    Arg::Ptr(f_band),
+                    Arg::I64(m as i64),
+                    Arg::I64(c as i64),
+                    Arg::I64(cols as i64),
+                ];
+                // SAFETY: c rows of `cols` values, compact in the product buffer and at row
+                // stride m in F's band (as for the products above).
+                unsafe { self.launch("copy2d", c * cols, &args)? };
+            }
+        }
+        Ok(())
+    }
+
     // ---- convolution ----
 
     /// The bands of output rows a convolution is computed in: each keeps the patch matrix

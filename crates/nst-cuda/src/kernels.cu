@@ -159,6 +159,16 @@ __global__ void transpose2d(const float* x, float* y, long long rows, long long 
     }
 }
 
+// dst[r][c] = src[r][c] for a rows × cols block, each side with its own row stride (a band of
+// a wider matrix written back from a compact buffer).
+__global__ void copy2d(const float* src, long long src_stride, float* dst, long long dst_stride,
+                       long long rows, long long cols) {
+    GRID_STRIDE(i, rows * cols) {
+        long long r = i / cols, c = i % cols;
+        dst[r * dst_stride + c] = src[r * src_stride + c];
+    }
+}
+
 // out[i] = v[0]: the backward of a sum, without the scalar leaving the device.
 __global__ void broadcast_first(const float* v, float* out, long long n) {
     GRID_STRIDE(i, n) { out[i] = v[0]; }

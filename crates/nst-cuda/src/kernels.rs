@@ -26,6 +26,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "scale",
     "scaled_mul",
     "transpose2d",
+    "copy2d",
     "broadcast_first",
     "double_to_float",
     "scalar_scale",

@@ -359,6 +359,21 @@ fn products_and_gram_match_nst_cpu() {
             1e-6,
             &format!("{on} gram backward"),
         );
+        // In place, in one band and in bands of 7 positions (the last one partial: 45 = 6·7 + 3).
+        for (bands, gpu) in [
+            ("one band", g.clone()),
+            ("bands of 7", g.clone().with_cols_budget(7 * c)),
+        ] {
+            let mut df = gpu.upload(&f).unwrap();
+            gpu.gram_backward_in_place(&mut df, &gdg, batch, c, m, scale)
+                .unwrap();
+            close(
+                &df.to_vec().unwrap(),
+                &want_df,
+                1e-6,
+                &format!("{on} gram backward in place, {bands}"),
+            );
+        }
         let t = g.transpose(&gf, c, batch * m).unwrap().to_vec().unwrap();
         for r in 0..c {
             for col in 0..batch * m {

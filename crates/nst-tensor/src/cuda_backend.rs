@@ -329,6 +329,19 @@ impl BackendStorage for CudaStorage {
         )
     }
 
+    fn gram_backward_in_place(
+        &mut self,
+        dg: &Self,
+        batch: usize,
+        c: usize,
+        m: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let gpu = self.cuda_device().gpu.clone();
+        gpu.gram_backward_in_place(&mut self.buf, &dg.buf, batch, c, m, scale)
+            .map_err(failed)
+    }
+
     fn transpose(&self, rows: usize, cols: usize) -> Result<Self> {
         self.wrap(self.gpu().transpose(&self.buf, rows, cols))
     }
