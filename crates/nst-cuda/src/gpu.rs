@@ -599,22 +599,42 @@ impl Gpu {
                 dg.ptr_at(i * c * c),
                 df.ptr_at(i * c * m),
             );
-            for (trans, beta) in [(false, 0.0), (true, 1.0)] {
-                // SAFETY: as in `gram`; dG_i is c×c.
-                unsafe {
-                    self.gemm(
-                        (c, c, m),
-                        (dgi, c, trans),
-                        (fi, m, false),
-                        (dfi, m),
-                        scale,
-                        beta,
-                        false,
-                    )?
-                };
-            }
+            // SAFETY: as in `gram`; dG_i is c×c, F_i and dF_i c×m.
+            unsafe { self.gram_gradient_product(c, m, dgi, (fi, m), (dfi, m), scale)? };
         }
         Ok(df)
+    }
+
+    /// `out = scale·(dG + dGᵀ)·F` for one image's `cols` positions: two SGEMMs, the second
+    /// accumulating, so dG + dGᵀ is never formed.
+    ///
+    /// # Safety
+    /// `dg` covers c×c values; `f` and `out` cover c rows of `cols` values at their row
+    /// strides.
+    unsafe fn gram_gradient_product(
+        &self,
+        c: usize,
+        cols: usize,
+        dg: u64,
+        (f, ldf): (u64, usize),
+        (out, ldo): (u64, usize),
+        scale: f32,
+    ) -> GpuResult<()> {
+        for (trans, beta) in [(false, 0.0), (true, 1.0)] {
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                self.gemm(
+                    (c, c, cols),
+                    (dg, c, trans),
+                    (f, ldf, false),
+                    (out, ldo),
+                    scale,
+                    beta,
+                    false,
+                )?
+            };
+        }
+        Ok(())
     }
 
     /// [`Gpu::gram_backward`] written over F: each band of positions is multiplied into a
@@ -641,21 +661,18 @@ impl Gpu {
             for n0 in (0..m).step_by(band) {
                 let cols = band.min(m - n0);
                 let f_band = f.ptr_at(i * c * m + n0);
-                for (trans, beta) in [(false, 0.0), (true, 1.0)] {
-                    // SAFETY: dG_i is c×c; the band is c rows of `cols` values at row stride
-                    // m inside F; the product buffer holds c·band ≥ c·cols values.
-                    unsafe {
-                        self.gemm(
-                            (c, c, cols),
-                            (dgi, c, trans),
-                            (f_band, m, false),
-                            (product.ptr_at(0), cols),
-                            scale,
-                            beta,
-                            false,
-                        )?
-                    };
-                }
+                // SAFETY: dG_i is c×c; the band is c rows of `cols` values at row stride m
+                // inside F; the product buffer holds c·band ≥ c·cols values.
+                unsafe {
+                    self.gram_gradient_product(
+                        c,
+                        cols,
+                        dgi,
+                        (f_band, m),
+                        (product.ptr_at(0), cols),
+                        scale,
+                    )?
+                };
                 let args = [
                     product.arg(),
                     Arg::I64(cols as i64),
