@@ -2,6 +2,7 @@
 //! spatial positions flattened), and its gradient `dF = s · (dG + dGᵀ) · F`.
 
 use crate::gemm::{gemm_strided, MatLayout};
+use crate::scratch::with_scratch;
 use crate::shared_out::SharedOut;
 use rayon::prelude::*;
 
@@ -72,8 +73,8 @@ pub fn gram_backward(f: &[f32], dg: &[f32], c: usize, n: usize, scale: f32, df: 
 }
 
 /// Positions per block of [`gram_backward_in_place`]: each block is copied to a
-/// `C × POSITIONS_PER_BLOCK` buffer (4 MiB at C = 512) and its product formed in another
-/// before it replaces the block.
+/// `C × POSITIONS_PER_BLOCK` scratch buffer (4 MiB at C = 512) and its product formed in
+/// another before it replaces the block.
 const POSITIONS_PER_BLOCK: usize = 2048;
 
 /// [`gram_backward`] writing `dF` over `F` itself: `f ← scale · (dg + dgᵀ) · f`.
@@ -95,27 +96,34 @@ pub fn gram_backward_in_place(f: &mut [f32], dg: &[f32], c: usize, n: usize, sca
             let n0 = block * POSITIONS_PER_BLOCK;
             let cols = POSITIONS_PER_BLOCK.min(n - n0);
             let lp = MatLayout::row_major(c, cols);
-            // F[:, n0..n0 + cols], copied out whole before any of it is overwritten.
-            let mut columns = vec![0.0f32; c * cols];
-            for (row, dst) in columns.chunks_exact_mut(cols).enumerate() {
-                // SAFETY: row·n + n0 + cols ≤ c·n, inside F; blocks are disjoint column
-                // ranges, so no other task writes these elements.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        out.ptr().add(row * n + n0),
-                        dst.as_mut_ptr(),
-                        cols,
-                    )
-                };
-            }
-            let mut product = vec![0.0f32; c * cols];
-            gemm_strided(scale, &sym, ls, &columns, lp, 0.0, &mut product, lp);
-            for (row, src) in product.chunks_exact(cols).enumerate() {
-                // SAFETY: as above; this task's own columns.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(src.as_ptr(), out.ptr().add(row * n + n0), cols)
-                };
-            }
+            // Pooled scratch (no allocation in steady state, no zeroing: every value is
+            // written before it is read; the product has β = 0).
+            with_scratch(2 * c * cols, |scratch| {
+                let (columns, product) = scratch.split_at_mut(c * cols);
+                // F[:, n0..n0 + cols], copied out whole before any of it is overwritten.
+                for (row, dst) in columns.chunks_exact_mut(cols).enumerate() {
+                    // SAFETY: row·n + n0 + cols ≤ c·n, inside F; blocks are disjoint column
+                    // ranges, so no other task writes these elements.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            out.ptr().add(row * n + n0),
+                            dst.as_mut_ptr(),
+                            cols,
+                        )
+                    };
+                }
+                gemm_strided(scale, &sym, ls, columns, lp, 0.0, product, lp);
+                for (row, src) in product.chunks_exact(cols).enumerate() {
+                    // SAFETY: as above; this task's own columns.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            out.ptr().add(row * n + n0),
+                            cols,
+                        )
+                    };
+                }
+            });
         });
 }
 

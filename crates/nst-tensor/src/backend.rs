@@ -132,7 +132,6 @@ pub trait BackendStorage: Sized {
     ) -> Result<Self>;
     /// [`BackendStorage::gram_backward`] written over F (self) when nothing else reads F: a
     /// loss layer's features become their gradient without a second buffer of their size.
-    /// By default it computes into a new buffer and replaces F with it.
     fn gram_backward_in_place(
         &mut self,
         dg: &Self,
@@ -140,10 +139,7 @@ pub trait BackendStorage: Sized {
         c: usize,
         m: usize,
         scale: f32,
-    ) -> Result<()> {
-        *self = self.gram_backward(dg, batch, c, m, scale)?;
-        Ok(())
-    }
+    ) -> Result<()>;
     /// The transpose of a row-major `[rows × cols]` matrix.
     fn transpose(&self, rows: usize, cols: usize) -> Result<Self>;
 

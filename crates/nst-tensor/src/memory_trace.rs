@@ -3,8 +3,8 @@
 //!
 //! The counting is done by a global allocator that calls [`allocated`] and [`freed`] — nst's
 //! binaries use [`crate::allocator::Allocator`] (feature `mimalloc`), which does. What the
-//! program is doing is a *phase* that the code sets as it goes: `Objective::evaluate` sets
-//! "forward", the backward pass sets `backward of OP → [output shape]` before each op's
+//! program is doing is a *phase* that the code sets as it goes: `Objective::new` sets
+//! "targets", `Objective::evaluate` "forward", the backward pass sets `backward of OP → [output shape]` before each op's
 //! rule, the optimizers set "optimizer step". Without a counting allocator, [`peak`] says so
 //! (`None`).
 //!
@@ -20,9 +20,8 @@
 //! let _ = nst_tensor::memory_trace::peak();
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
@@ -108,7 +107,6 @@ pub fn set_phase(name: &'static str, dims: &[usize]) {
 
 /// Counts an allocation of `bytes` (for a global allocator).
 pub fn allocated(bytes: usize) {
-    COUNTING.store(true, Relaxed);
     let live = LIVE.fetch_add(bytes, Relaxed) + bytes;
     if live > PEAK.load(Relaxed) {
         PEAK.fetch_max(live, Relaxed);
@@ -122,21 +120,17 @@ pub fn freed(bytes: usize) {
 }
 
 /// The peak so far: heap bytes in use at once, and the phase it was reached in. `None`
-/// without a counting global allocator.
+/// without a counting global allocator (nothing was ever counted).
 pub fn peak() -> Option<(usize, String)> {
-    COUNTING.load(Relaxed).then(|| {
+    let peak = PEAK.load(Relaxed);
+    (peak > 0).then(|| {
         (
-            PEAK.load(Relaxed),
+            peak,
             PEAK_PHASE
                 .describe()
                 .unwrap_or_else(|| "before any phase was set".into()),
         )
     })
-}
-
-/// Heap bytes in use now (0 without a counting allocator).
-pub fn live_bytes() -> usize {
-    LIVE.load(Relaxed)
 }
 
 #[cfg(test)]
