@@ -26,6 +26,7 @@ pub mod pool;
 pub mod relu;
 mod scratch;
 mod shared_out;
+pub mod simd;
 pub mod winograd;
 pub use scratch::release_scratch;
 

@@ -47,20 +47,32 @@ pub fn max_pool_backward(p: &Pool2dParams, dy: &[f32], argmax: &[u8], dx: &mut [
         "max_pool: output length"
     );
     let (iplane, oplane) = (p.in_h * p.in_w, p.out_h() * p.out_w());
-    dx.fill(0.0);
     if oplane == 0 {
+        dx.fill(0.0);
         return;
     }
+    let (iw, ow) = (p.in_w, p.out_w());
     dx.par_chunks_mut(iplane)
         .zip(dy.par_chunks(oplane).zip(argmax.par_chunks(oplane)))
         .for_each(|(dx, (dy, am))| {
-            // Windows do not overlap, so each input element receives at most one gradient.
-            let ow = p.out_w();
-            for (o, (&g, &code)) in dy.iter().zip(am).enumerate() {
-                let (oy, ox) = (o / ow, o % ow);
-                let (wy, wx) = (usize::from(code >> 1), usize::from(code & 1));
-                dx[(2 * oy + wy) * p.in_w + 2 * ox + wx] += g;
+            // Windows do not overlap: every input element of a window is written once, the
+            // winner with the gradient and the others with 0, so dx needs no zeroing pass.
+            // A trailing odd row or column (floor mode) belongs to no window.
+            for oy in 0..p.out_h() {
+                let (top, bottom) = dx[2 * oy * iw..][..2 * iw].split_at_mut(iw);
+                let (g, code) = (&dy[oy * ow..][..ow], &am[oy * ow..][..ow]);
+                for ox in 0..ow {
+                    let (g, c) = (g[ox], code[ox]);
+                    let pick = |k: u8| if c == k { g } else { 0.0 };
+                    top[2 * ox] = pick(0);
+                    top[2 * ox + 1] = pick(1);
+                    bottom[2 * ox] = pick(2);
+                    bottom[2 * ox + 1] = pick(3);
+                }
+                top[2 * ow..].fill(0.0);
+                bottom[2 * ow..].fill(0.0);
             }
+            dx[2 * p.out_h() * iw..].fill(0.0);
         });
 }
 
@@ -90,21 +102,25 @@ pub fn avg_pool_backward(p: &Pool2dParams, dy: &[f32], dx: &mut [f32]) {
     assert_eq!(dx.len(), p.input_len(), "avg_pool: input length");
     assert_eq!(dy.len(), p.output_len(), "avg_pool: output length");
     let (iplane, oplane) = (p.in_h * p.in_w, p.out_h() * p.out_w());
-    dx.fill(0.0);
     if oplane == 0 {
+        dx.fill(0.0);
         return;
     }
+    let (iw, ow) = (p.in_w, p.out_w());
     dx.par_chunks_mut(iplane)
         .zip(dy.par_chunks(oplane))
         .for_each(|(dx, dy)| {
+            // Every element of a window is written; what no window covers is zeroed here.
             for oy in 0..p.out_h() {
-                for ox in 0..p.out_w() {
-                    let g = 0.25 * dy[oy * p.out_w() + ox];
-                    let b = 2 * oy * p.in_w + 2 * ox;
-                    for i in [b, b + 1, b + p.in_w, b + p.in_w + 1] {
-                        dx[i] = g;
-                    }
+                let (top, bottom) = dx[2 * oy * iw..][..2 * iw].split_at_mut(iw);
+                for (ox, &g) in dy[oy * ow..][..ow].iter().enumerate() {
+                    let g = 0.25 * g;
+                    top[2 * ox..][..2].fill(g);
+                    bottom[2 * ox..][..2].fill(g);
                 }
+                top[2 * ow..].fill(0.0);
+                bottom[2 * ow..].fill(0.0);
             }
+            dx[2 * p.out_h() * iw..].fill(0.0);
         });
 }

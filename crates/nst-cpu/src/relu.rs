@@ -62,10 +62,12 @@ pub fn relu_mask_apply(bits: &[u32], dy: &mut [f32]) {
         .zip(bits.par_chunks(CHUNK / 32))
         .for_each(|(dy, bits)| {
             for (dy, &word) in dy.chunks_mut(32).zip(bits) {
+                // Without a branch, so it vectorises: AND each float's bits with all ones
+                // (bit set) or zero (clear), which gives +0.0 where masked. A branch per
+                // element made this 3% of an iteration at 512².
                 for (i, d) in dy.iter_mut().enumerate() {
-                    if word >> i & 1 == 0 {
-                        *d = 0.0;
-                    }
+                    let keep = 0u32.wrapping_sub(word >> i & 1);
+                    *d = f32::from_bits(d.to_bits() & keep);
                 }
             }
         });

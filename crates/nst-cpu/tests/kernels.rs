@@ -534,6 +534,9 @@ fn winograd_matches_naive_on_awkward_shapes() {
         p(2, 5, 9, 6, 4),
         p(1, 16, 60, 61, 16),
         p(1, 2, 4, 4, 3),
+        // 12 tiles a row: lane groups that straddle two tile rows, and rows of 8 whole tiles
+        // next to partial ones (the transforms' row-at-once path and the general one).
+        p(1, 3, 21, 45, 5),
     ] {
         let (x, w, b) = (
             rand_vec(&mut rng, p.input_len()),
@@ -542,12 +545,20 @@ fn winograd_matches_naive_on_awkward_shapes() {
         );
         let mut y = vec![f32::NAN; p.output_len()];
         nst_cpu::winograd::conv3x3_forward(&p, &x, &w, Some(&b), false, &mut y);
-        assert_close(
-            &y,
-            &conv_naive(&p, &x, &w, &b),
-            1e-5,
-            &format!("winograd {p:?}"),
-        );
+        let expected = conv_naive(&p, &x, &w, &b);
+        assert_close(&y, &expected, 1e-5, &format!("winograd {p:?}"));
+        // The other two ways of writing the output: fused ReLU, and adding into y (no bias).
+        nst_cpu::winograd::conv3x3_forward(&p, &x, &w, Some(&b), true, &mut y);
+        let relu: Vec<f64> = expected.iter().map(|v| v.max(0.0)).collect();
+        assert_close(&y, &relu, 1e-5, &format!("winograd relu {p:?}"));
+        let start = rand_vec(&mut rng, p.output_len());
+        let mut acc = start.clone();
+        nst_cpu::winograd::conv3x3_accumulate(&p, &x, &w, &mut acc);
+        let hw = p.out_h() * p.out_w();
+        let added: Vec<f64> = (0..p.output_len())
+            .map(|i| f64::from(start[i]) + expected[i] - f64::from(b[(i / hw) % p.out_channels]))
+            .collect();
+        assert_close(&acc, &added, 1e-5, &format!("winograd accumulate {p:?}"));
     }
 }
 
