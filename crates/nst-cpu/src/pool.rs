@@ -22,18 +22,27 @@ pub fn max_pool_forward(p: &Pool2dParams, x: &[f32], y: &mut [f32], argmax: &mut
         .zip(argmax.par_chunks_mut(oplane))
         .zip(x.par_chunks(iplane))
         .for_each(|((y, am), x)| {
+            let (iw, ow) = (p.in_w, p.out_w());
+            // Row by row through slices, so the inner loop has no bounds checks.
             for oy in 0..p.out_h() {
-                for ox in 0..p.out_w() {
-                    let base = 2 * oy * p.in_w + 2 * ox;
-                    let (mut best, mut code) = (base, 0u8);
-                    for (c, idx) in [(1, base + 1), (2, base + p.in_w), (3, base + p.in_w + 1)] {
+                let (top, bottom) = (&x[2 * oy * iw..][..iw], &x[(2 * oy + 1) * iw..][..iw]);
+                let (y, am) = (&mut y[oy * ow..][..ow], &mut am[oy * ow..][..ow]);
+                for ox in 0..ow {
+                    let window = [
+                        top[2 * ox],
+                        top[2 * ox + 1],
+                        bottom[2 * ox],
+                        bottom[2 * ox + 1],
+                    ];
+                    let (mut best, mut code) = (window[0], 0u8);
+                    for (c, v) in (1u8..).zip(&window[1..]) {
                         // `>` keeps the first maximum; NaN propagates like PyTorch's.
-                        if x[idx] > x[best] || x[idx].is_nan() && !x[best].is_nan() {
-                            (best, code) = (idx, c);
+                        if *v > best || v.is_nan() && !best.is_nan() {
+                            (best, code) = (*v, c);
                         }
                     }
-                    y[oy * p.out_w() + ox] = x[best];
-                    am[oy * p.out_w() + ox] = code;
+                    y[ox] = best;
+                    am[ox] = code;
                 }
             }
         });
