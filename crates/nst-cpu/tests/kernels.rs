@@ -664,3 +664,36 @@ fn relu_mask_bits_match_the_float_mask() {
         assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), positives);
     }
 }
+
+/// Max pooling's choice on ties and NaN: the first maximum in row-major order wins, and a NaN
+/// wins over numbers (it propagates, as in PyTorch), the first NaN if there are several.
+#[test]
+fn max_pool_ties_and_nan() {
+    let p = Pool2dParams {
+        planes: 4,
+        in_h: 2,
+        in_w: 2,
+    };
+    let nan = f32::NAN;
+    #[rustfmt::skip]
+    let x = [
+        1.0, 1.0, 0.0, 0.0, // tie between the first two: the first
+        0.0, 2.0, 2.0, 1.0, // tie between the second and third: the second
+        1.0, nan, 3.0, 0.0, // NaN beats the larger 3
+        nan, 5.0, nan, 1.0, // two NaNs: the first
+    ];
+    let (mut y, mut am) = (vec![0.0; 4], vec![9u8; 4]);
+    max_pool_forward(&p, &x, &mut y, &mut am);
+    assert_eq!(am, [0, 1, 1, 0]);
+    assert_eq!(&y[..2], &[1.0, 2.0]);
+    assert!(y[2].is_nan() && y[3].is_nan());
+    let mut dx = vec![f32::NAN; 16];
+    max_pool_backward(&p, &[1.0, 2.0, 3.0, 4.0], &am, &mut dx);
+    #[rustfmt::skip]
+    assert_eq!(dx, [
+        1.0, 0.0, 0.0, 0.0,
+        0.0, 2.0, 0.0, 0.0,
+        0.0, 3.0, 0.0, 0.0,
+        4.0, 0.0, 0.0, 0.0,
+    ]);
+}
