@@ -163,6 +163,46 @@ pub(crate) unsafe fn gemm_raw_serial(
     }
 }
 
+/// `dst = a · b` for an `m × n` dst, `m × k` a and `k × n` b given by raw pointers with a
+/// (row, column) stride for each, single-threaded: [`gemm_raw_serial`] for operands that are
+/// not row-major (a transposed view is the same memory with the strides swapped).
+///
+/// # Safety
+/// As [`gemm_raw_serial`]: every element the strides reach is inside its allocation, and
+/// `dst` is not read or written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw_serial_strided(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    a: (*const f32, usize, usize),
+    b: (*const f32, usize, usize),
+) {
+    // SAFETY: forwarded from the caller; see the gemm crate's contract in `backend`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
+            false,
+            a.0,
+            a.2 as isize,
+            a.1 as isize,
+            b.0,
+            b.2 as isize,
+            b.1 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 #[cfg(not(feature = "openblas"))]
 mod backend {
     use super::MatLayout;

@@ -710,6 +710,10 @@ fn conv3x3(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, write: Wri
     });
 }
 
+/// Below this many output channels the transformed products run transposed (see
+/// [`multiply_transformed`]).
+const FEW_OUTPUT_CHANNELS: usize = 16;
+
 /// `M[·][ξ][·] = U[·][ξ][·] · V[·][ξ][·]` for the 36 positions ξ, one serial GEMM per task.
 fn multiply_transformed(cin: usize, cout: usize, tc: usize, u: &[f32], v: &[f32], m: &mut [f32]) {
     let m_ptr = SharedOut(m.as_mut_ptr());
@@ -718,17 +722,24 @@ fn multiply_transformed(cin: usize, cout: usize, tc: usize, u: &[f32], v: &[f32]
         // (stride 36·tc), M[ξ] is C_out rows of tc (stride 36·tc): all inside their slices,
         // and each ξ writes its own tc-wide column band of M, disjoint from every other task.
         unsafe {
-            gemm_raw_serial(
-                cout,
-                tc,
-                cin,
+            let (m_xi, u_xi, v_xi) = (
                 m_ptr.ptr().add(xi * tc),
-                XI * tc,
                 u.as_ptr().add(xi * cin),
-                XI * cin,
                 v.as_ptr().add(xi * tc),
-                XI * tc,
-            )
+            );
+            if cout < FEW_OUTPUT_CHANNELS {
+                // M[ξ]ᵀ = V[ξ]ᵀ · U[ξ]ᵀ: the same product with tiles as rows, so that the
+                // GEMM's 64-row micro-tiles are filled (with 3 output channels as rows they
+                // were 5% full: conv1_1's input gradient took longer than conv2_1's).
+                crate::gemm::gemm_raw_serial_strided(
+                    (tc, cout, cin),
+                    (m_xi, 1, XI * tc),
+                    (v_xi, 1, XI * tc),
+                    (u_xi, 1, XI * cin),
+                )
+            } else {
+                gemm_raw_serial(cout, tc, cin, m_xi, XI * tc, u_xi, XI * cin, v_xi, XI * tc)
+            }
         }
     });
 }
