@@ -287,10 +287,14 @@ fn gram_forward_and_backward() {
         (64, 5),
         (2, 8192),
         (5, 2 * 8192 + 13),
+        // More channels than a GEMM micro-tile has rows, in one part and across two.
+        (70, 9),
+        (150, 8192 + 8),
     ] {
         let (f, dg) = (rand_vec(&mut rng, c * n), rand_vec(&mut rng, c * c));
         let s = 0.37;
-        let mut g = vec![0.0; c * c];
+        // NaN: every element must be written.
+        let mut g = vec![f32::NAN; c * c];
         gram_forward(&f, c, n, s, &mut g);
         let want: Vec<f64> = (0..c * c)
             .map(|ij| {
