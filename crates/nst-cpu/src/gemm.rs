@@ -137,30 +137,8 @@ pub(crate) unsafe fn gemm_raw_serial(
     b: *const f32,
     b_rs: usize,
 ) {
-    // SAFETY: forwarded from the caller; see the gemm crate's contract in `backend`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            false,
-            a,
-            1,
-            a_rs as isize,
-            b,
-            1,
-            b_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    // SAFETY: forwarded from the caller: row-major operands are (row stride, 1).
+    unsafe { gemm_raw_serial_strided((m, n, k), (dst, dst_rs, 1), (a, a_rs, 1), (b, b_rs, 1)) }
 }
 
 /// `dst = a · b` for an `m × n` dst, `m × k` a and `k × n` b given by raw pointers with a
@@ -170,7 +148,6 @@ pub(crate) unsafe fn gemm_raw_serial(
 /// # Safety
 /// As [`gemm_raw_serial`]: every element the strides reach is inside its allocation, and
 /// `dst` is not read or written by anyone else meanwhile.
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_raw_serial_strided(
     (m, n, k): (usize, usize, usize),
     dst: (*mut f32, usize, usize),

@@ -326,31 +326,43 @@ fn gather_tiles(
     }
 }
 
+/// One image plane and the chunk of its tiles a transform works on.
+#[derive(Clone, Copy)]
+struct PlaneTiles {
+    /// The plane's height and width: the input's for the input transform, the output's for
+    /// the output transform.
+    h: usize,
+    w: usize,
+    /// Tiles across.
+    tw: usize,
+    /// The chunk: tiles `[t0, t1)`, numbered row by row.
+    t0: usize,
+    t1: usize,
+}
+
 /// `V[c][ξ][t − t0]` for tiles `[t0, t1)` of the single-image input `x`.
 fn transform_inputs(p: &Conv2dParams, x: &[f32], t0: usize, t1: usize, v: &mut [f32]) {
     let (h, w) = (p.in_h, p.in_w);
-    let tw = tile_grid(p).1;
+    let g = PlaneTiles {
+        h,
+        w,
+        tw: tile_grid(p).1,
+        t0,
+        t1,
+    };
     v.par_chunks_mut(XI * (t1 - t0))
         .zip(x.par_chunks(h * w))
-        .for_each(|(v_c, plane)| transform_input_plane(plane, h, w, tw, t0, t1, v_c));
+        .for_each(|(v_c, plane)| transform_input_plane(plane, g, v_c));
 }
 
 /// [`transform_inputs`] for one channel: `v_c[ξ][t − t0]` from the `h × w` plane.
-fn transform_input_plane(
-    plane: &[f32],
-    h: usize,
-    w: usize,
-    tw: usize,
-    t0: usize,
-    t1: usize,
-    v_c: &mut [f32],
-) {
+fn transform_input_plane(plane: &[f32], g: PlaneTiles, v_c: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2() {
         // SAFETY: AVX2 is present.
-        return unsafe { transform_input_plane_avx2(plane, h, w, tw, t0, t1, v_c) };
+        return unsafe { transform_input_plane_avx2(plane, g, v_c) };
     }
-    transform_input_plane_with::<false>(plane, h, w, tw, t0, t1, v_c)
+    transform_input_plane_with::<false>(plane, g, v_c)
 }
 
 /// [`transform_input_plane_with`] compiled for AVX2: the 8 lanes are one register (two on
@@ -360,28 +372,13 @@ fn transform_input_plane(
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn transform_input_plane_avx2(
-    plane: &[f32],
-    h: usize,
-    w: usize,
-    tw: usize,
-    t0: usize,
-    t1: usize,
-    v_c: &mut [f32],
-) {
-    transform_input_plane_with::<true>(plane, h, w, tw, t0, t1, v_c)
+unsafe fn transform_input_plane_avx2(plane: &[f32], g: PlaneTiles, v_c: &mut [f32]) {
+    transform_input_plane_with::<true>(plane, g, v_c)
 }
 
 #[inline(always)]
-fn transform_input_plane_with<const AVX2: bool>(
-    plane: &[f32],
-    h: usize,
-    w: usize,
-    tw: usize,
-    t0: usize,
-    t1: usize,
-    v_c: &mut [f32],
-) {
+fn transform_input_plane_with<const AVX2: bool>(plane: &[f32], g: PlaneTiles, v_c: &mut [f32]) {
+    let PlaneTiles { h, w, tw, t0, t1 } = g;
     let tc = t1 - t0;
     // Work arrays, overwritten for every 8 tiles.
     let (mut d, mut t) = ([[[0.0f32; LANES]; A]; A], [[[0.0f32; LANES]; A]; A]);
@@ -433,37 +430,31 @@ fn transform_outputs(
     y: &mut [f32],
 ) {
     let (oh, ow) = (p.out_h(), p.out_w());
-    let tw = tile_grid(p).1;
+    let g = PlaneTiles {
+        h: oh,
+        w: ow,
+        tw: tile_grid(p).1,
+        t0,
+        t1,
+    };
     y.par_chunks_mut(oh * ow)
         .zip(m.par_chunks(XI * (t1 - t0)))
         .enumerate()
         .for_each(|(co, (plane, m_co))| {
             let bias = b.map_or(0.0, |b| b[co]);
-            transform_output_plane(m_co, bias, write, oh, ow, tw, t0, t1, plane);
+            transform_output_plane(m_co, (bias, write), g, plane);
         });
 }
 
-/// [`transform_outputs`] for one output channel: `m_co[ξ][t − t0]` into the `oh × ow` plane.
-#[allow(clippy::too_many_arguments)]
-fn transform_output_plane(
-    m_co: &[f32],
-    bias: f32,
-    write: Write,
-    oh: usize,
-    ow: usize,
-    tw: usize,
-    t0: usize,
-    t1: usize,
-    plane: &mut [f32],
-) {
+/// [`transform_outputs`] for one output channel: `m_co[ξ][t − t0]` into the `oh × ow` plane,
+/// with `(bias, write)` saying how each value is written.
+fn transform_output_plane(m_co: &[f32], how: (f32, Write), g: PlaneTiles, plane: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2() {
         // SAFETY: AVX2 is present.
-        return unsafe {
-            transform_output_plane_avx2(m_co, bias, write, oh, ow, tw, t0, t1, plane)
-        };
+        return unsafe { transform_output_plane_avx2(m_co, how, g, plane) };
     }
-    transform_output_plane_with::<false>(m_co, bias, write, oh, ow, tw, t0, t1, plane)
+    transform_output_plane_with::<false>(m_co, how, g, plane)
 }
 
 /// [`transform_output_plane_with`] compiled for AVX2, as [`transform_input_plane_avx2`].
@@ -472,34 +463,29 @@ fn transform_output_plane(
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn transform_output_plane_avx2(
     m_co: &[f32],
-    bias: f32,
-    write: Write,
-    oh: usize,
-    ow: usize,
-    tw: usize,
-    t0: usize,
-    t1: usize,
+    how: (f32, Write),
+    g: PlaneTiles,
     plane: &mut [f32],
 ) {
-    transform_output_plane_with::<true>(m_co, bias, write, oh, ow, tw, t0, t1, plane)
+    transform_output_plane_with::<true>(m_co, how, g, plane)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn transform_output_plane_with<const AVX2: bool>(
     m_co: &[f32],
-    bias: f32,
-    write: Write,
-    oh: usize,
-    ow: usize,
-    tw: usize,
-    t0: usize,
-    t1: usize,
+    (bias, write): (f32, Write),
+    g: PlaneTiles,
     plane: &mut [f32],
 ) {
+    let PlaneTiles {
+        h: oh,
+        w: ow,
+        tw,
+        t0,
+        t1,
+    } = g;
     let tc = t1 - t0;
     // Work arrays, overwritten for every 8 tiles.
     let (mut mm, mut t) = ([[[0.0f32; LANES]; A]; A], [[[0.0f32; LANES]; A]; M]);
