@@ -109,24 +109,20 @@ fn output_1d(m: [[f32; LANES]; A]) -> [[f32; LANES]; M] {
     o
 }
 
-/// 1-D kernel transform `G g` (3 taps → 6), in f64 so that U, rounded to f32 once at the
-/// end, is the exact transform's nearest f32 (but for a tie once in ~10⁸ values).
+/// 1-D kernel transform `G g` (3 taps → 6), in f64 so U carries one rounding only.
 ///
-/// Multiplies by the reciprocals rather than dividing: the 81 f64 divisions per channel pair
-/// made the kernel transforms a third of conv5_1's time at 512². A reciprocal is off by at
-/// most half an f64 ulp, far below the f32 rounding that follows.
-#[inline(always)]
+/// It divides, where multiplying by reciprocals would be faster (conv5_1 13.5 → 11.7 ms at
+/// 512², with the transform vectorised across channels): reciprocals moved a few U values by
+/// one f32 ulp, and the L-BFGS reference trace, which amplifies such noise about 2× per
+/// iteration, then left its 1e-3 bound at iterate 5 (1.56e-3).
 fn kernel_1d(g: [f64; 3]) -> [f64; A] {
-    const SIXTH: f64 = 1.0 / 6.0;
-    const TWELFTH: f64 = 1.0 / 12.0;
-    const TWENTY_FOURTH: f64 = 1.0 / 24.0;
     let [g0, g1, g2] = g;
     [
-        g0 * 0.25,
-        -(g0 + g1 + g2) * SIXTH,
-        -(g0 - g1 + g2) * SIXTH,
-        g0 * TWENTY_FOURTH + g1 * TWELFTH + g2 * SIXTH,
-        g0 * TWENTY_FOURTH - g1 * TWELFTH + g2 * SIXTH,
+        g0 / 4.0,
+        -(g0 + g1 + g2) / 6.0,
+        -(g0 - g1 + g2) / 6.0,
+        g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
+        g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
         g2,
     ]
 }
@@ -136,85 +132,42 @@ fn kernel_1d(g: [f64; 3]) -> [f64; A] {
 /// sets and thrashed: 4% of an iteration.)
 const KERNEL_BLOCK: usize = 16;
 
-/// One value per input channel of a [`KERNEL_BLOCK`].
-type ChannelLanes = [f64; KERNEL_BLOCK];
-
-/// [`kernel_1d`] for a block of input channels at once (lane c: channel c0 + c), so that it
-/// vectorises across channels.
-#[inline(always)]
-fn kernel_1d_lanes(g: [ChannelLanes; 3]) -> [ChannelLanes; A] {
-    let mut r = [[0.0; KERNEL_BLOCK]; A];
-    for c in 0..KERNEL_BLOCK {
-        let v = kernel_1d([g[0][c], g[1][c], g[2][c]]);
-        for (ri, vi) in r.iter_mut().zip(v) {
-            ri[c] = vi;
-        }
-    }
-    r
-}
-
 /// `U[co][ξ][ci] = (G g Gᵀ)[ξ]` for every output/input channel pair.
 fn transform_kernels(p: &Conv2dParams, w: &[f32], u: &mut [f32]) {
     let cin = p.in_channels;
     u.par_chunks_mut(XI * cin)
         .zip(w.par_chunks(cin * 9))
         .for_each(|(u_co, w_co)| {
-            #[cfg(target_arch = "x86_64")]
-            if crate::simd::avx2() {
-                // SAFETY: AVX2 is present.
-                return unsafe { transform_kernel_row_avx2(w_co, cin, u_co) };
-            }
-            transform_kernel_row(w_co, cin, u_co)
-        });
-}
-
-/// [`transform_kernel_row`] compiled for AVX2 (4 f64 lanes, not SSE2's 2): the kernel
-/// transforms are recomputed on every call, 18 of them an iteration.
-///
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transform_kernel_row_avx2(w_co: &[f32], cin: usize, u_co: &mut [f32]) {
-    transform_kernel_row(w_co, cin, u_co)
-}
-
-/// `u_co[ξ][ci]` for one output channel from its kernels `w_co[ci][3][3]`.
-#[inline(always)]
-fn transform_kernel_row(w_co: &[f32], cin: usize, u_co: &mut [f32]) {
-    for c0 in (0..cin).step_by(KERNEL_BLOCK) {
-        let cn = KERNEL_BLOCK.min(cin - c0);
-        // g[k][c]: tap k of channel c0 + c (zero past the last channel).
-        let mut g = [[0.0f64; KERNEL_BLOCK]; 9];
-        for c in 0..cn {
-            for (k, gk) in g.iter_mut().enumerate() {
-                gk[c] = f64::from(w_co[(c0 + c) * 9 + k]);
-            }
-        }
-        // Columns first: t[i][x] = (G g)[i][x], then rows: U[i][j] = (t Gᵀ)[i][j].
-        let cols: [[ChannelLanes; A]; 3] =
-            std::array::from_fn(|x| kernel_1d_lanes([g[x], g[3 + x], g[6 + x]]));
-        let mut block = [[0.0f32; KERNEL_BLOCK]; XI];
-        for i in 0..A {
-            let row = kernel_1d_lanes([cols[0][i], cols[1][i], cols[2][i]]);
-            for (j, rj) in row.iter().enumerate() {
-                for (b, &v) in block[i * A + j].iter_mut().zip(rj) {
-                    *b = v as f32;
+            for c0 in (0..cin).step_by(KERNEL_BLOCK) {
+                let cn = KERNEL_BLOCK.min(cin - c0);
+                let mut block = [[0.0f32; KERNEL_BLOCK]; XI];
+                for c in 0..cn {
+                    let g = &w_co[(c0 + c) * 9..][..9];
+                    // Columns first: t[i][x] = (G g)[i][x], then rows: U[i][j] = (t Gᵀ)[i][j].
+                    let cols: [[f64; A]; 3] = std::array::from_fn(|x| {
+                        kernel_1d([g[x] as f64, g[3 + x] as f64, g[6 + x] as f64])
+                    });
+                    for i in 0..A {
+                        let row = kernel_1d([cols[0][i], cols[1][i], cols[2][i]]);
+                        for (j, v) in row.into_iter().enumerate() {
+                            block[i * A + j][c] = v as f32;
+                        }
+                    }
+                }
+                for (xi, b) in block.iter().enumerate() {
+                    if cn == KERNEL_BLOCK {
+                        // Fixed length: a vector copy, not a call to memcpy per 16 floats.
+                        let dst: &mut [f32; KERNEL_BLOCK] = (&mut u_co[xi * cin + c0..]
+                            [..KERNEL_BLOCK])
+                            .try_into()
+                            .unwrap();
+                        *dst = *b;
+                    } else {
+                        u_co[xi * cin + c0..][..cn].copy_from_slice(&b[..cn]);
+                    }
                 }
             }
-        }
-        for (xi, b) in block.iter().enumerate() {
-            if cn == KERNEL_BLOCK {
-                // Fixed length: a vector copy, not a call to memcpy per 16 floats.
-                let dst: &mut [f32; KERNEL_BLOCK] = (&mut u_co[xi * cin + c0..][..KERNEL_BLOCK])
-                    .try_into()
-                    .unwrap();
-                *dst = *b;
-            } else {
-                u_co[xi * cin + c0..][..cn].copy_from_slice(&b[..cn]);
-            }
-        }
-    }
+        });
 }
 
 /// The tile grid of one image: (tiles down, tiles across).
