@@ -1,22 +1,11 @@
 //! The AVX2 paths give bit for bit what the baseline paths give (its own process: it switches
 //! them off and on for the whole process).
 
-use nst_cpu::{simd, winograd, Conv2dParams};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+mod common;
 
-fn conv3x3(cin: usize, h: usize, w: usize, cout: usize) -> Conv2dParams {
-    Conv2dParams {
-        batch: 1,
-        in_channels: cin,
-        in_h: h,
-        in_w: w,
-        out_channels: cout,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride: 1,
-        pad: 1,
-    }
-}
+use common::conv3x3;
+use nst_cpu::{simd, winograd};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Every way of writing the output, on shapes with whole rows of 8 tiles, rows that end in a
 /// partial group, lane groups across two tile rows, and edges on all sides.
@@ -24,10 +13,10 @@ fn conv3x3(cin: usize, h: usize, w: usize, cout: usize) -> Conv2dParams {
 fn winograd_avx2_matches_the_baseline_exactly() {
     let mut rng = StdRng::seed_from_u64(5);
     for p in [
-        conv3x3(3, 64, 64, 8),
-        conv3x3(5, 21, 45, 6),
-        conv3x3(4, 37, 131, 3),
-        conv3x3(2, 5, 7, 2),
+        conv3x3(1, 3, 64, 64, 8),
+        conv3x3(1, 5, 21, 45, 6),
+        conv3x3(1, 4, 37, 131, 3),
+        conv3x3(1, 2, 5, 7, 2),
     ] {
         let x: Vec<f32> = (0..p.input_len())
             .map(|_| rng.random_range(-1.0..1.0))
