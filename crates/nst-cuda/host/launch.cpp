@@ -53,7 +53,8 @@ const Entry KERNELS[] = {
     KERNEL(scalar_scale),
     KERNEL(scalar_sub),
     KERNEL(axpy_device_coef),
-    KERNEL(reduce_sum),
+    KERNEL(reduce_partial),
+    KERNEL(reduce_finish),
     KERNEL(abs_max),
     KERNEL(adam_update),
 };

@@ -348,16 +348,24 @@ impl Gpu {
     /// Σ over `a` (and `b`) of op 0 (a−b)², 1 a·b, 2 |a|, 3 a, into a one-value f64 buffer.
     fn reduce(&self, a: &Floats, b: &Floats, op: i32) -> GpuResult<DeviceBuffer<f64>> {
         check_len("reduction", b.len(), a.len())?;
-        let out = self.zeros::<f64>(1)?;
+        let grid = blocks(a.len());
+        // Zeroed: the emulator runs fewer blocks than asked (grid-stride loops make that
+        // correct), and the blocks it skips must add nothing.
+        let partial = self.zeros::<f64>(grid as usize)?;
+        let out = DeviceBuffer::<f64>::uninit(&self.runtime, 1)?;
         let args = [
             a.arg(),
             b.arg(),
-            out.arg(),
+            partial.arg(),
             Arg::I64(a.len() as i64),
             Arg::I32(op),
         ];
-        // SAFETY: a and b hold a.len() values; out one double, zeroed as the kernel needs.
-        unsafe { self.launch("reduce_sum", a.len(), &args)? };
+        // SAFETY: a and b hold a.len() values; `partial` one double per block of the grid
+        // that `launch` uses for a.len().
+        unsafe { self.launch("reduce_partial", a.len(), &args)? };
+        let args = [partial.arg(), out.arg(), Arg::I64(grid as i64)];
+        // SAFETY: `grid` partials in, one double out, one block.
+        unsafe { self.runtime.launch("reduce_finish", 1, BLOCK, &args)? };
         Ok(out)
     }
 

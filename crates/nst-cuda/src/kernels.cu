@@ -197,9 +197,24 @@ __global__ void axpy_device_coef(const double* coef, double factor, const float*
     GRID_STRIDE(i, n) { out[i] = 1.0f * x[i] + b * y[i]; }
 }
 
-// Reductions accumulate in double, like nst-cpu: one partial per block, added atomically to
-// *out (which the caller zeroes). op: 0 Σ(a−b)², 1 Σa·b, 2 Σ|a|, 3 Σa.
-__global__ void reduce_sum(const float* a, const float* b, double* out, long long n, int op) {
+// Reductions accumulate in double, like nst-cpu, and in a fixed order, so the same input
+// gives the same bits on every run: reduce_partial leaves one partial sum per block, and
+// reduce_finish (one block) adds them up. Adding the partials atomically, as this first did,
+// added them in whatever order the blocks finished; the first GPU run showed the last bit of
+// a dot product differing between two calls, and L-BFGS grows such differences.
+// op: 0 Σ(a−b)², 1 Σa·b, 2 Σ|a|, 3 Σa. Both kernels assume 256 threads per block.
+__device__ __forceinline__ void block_sum_to(double acc, double* part, double* dst) {
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *dst = part[0];
+}
+
+__global__ void reduce_partial(const float* a, const float* b, double* partial, long long n,
+                               int op) {
     __shared__ double part[256];
     double acc = 0.0;
     GRID_STRIDE(i, n) {
@@ -209,13 +224,14 @@ __global__ void reduce_sum(const float* a, const float* b, double* out, long lon
         else if (op == 2) acc += fabs(x);
         else acc += x;
     }
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) atomicAdd(out, part[0]);
+    block_sum_to(acc, part, &partial[blockIdx.x]);
+}
+
+__global__ void reduce_finish(const double* partial, double* out, long long blocks) {
+    __shared__ double part[256];
+    double acc = 0.0;
+    for (long long i = threadIdx.x; i < blocks; i += blockDim.x) acc += partial[i];
+    block_sum_to(acc, part, out);
 }
 
 // max |a|; *out starts at 0. Non-negative floats order like their bit patterns as ints, and

@@ -32,7 +32,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "scalar_scale",
     "scalar_sub",
     "axpy_device_coef",
-    "reduce_sum",
+    "reduce_partial",
+    "reduce_finish",
     "abs_max",
     "adam_update",
 ];

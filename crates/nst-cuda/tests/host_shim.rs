@@ -203,9 +203,17 @@ fn reductions_match_nst_cpu_and_propagate_nan() {
         (3, elementwise::sum(&a)),
     ];
     for (op, want) in sums {
-        let mut out = 0.0f64;
-        let (outp, op_c) = (&mut out as *mut f64, op);
-        launch!(h, "reduce_sum"; ap, bp, outp, len, op_c);
+        // One partial per block (NaN first, so a block that writes none shows; the emulator
+        // runs at most MAX_BLOCKS of the 3 asked for), then one block adds them.
+        let blocks = nst_cuda::emulator::MAX_BLOCKS as i64;
+        let (mut partial, mut out) = (vec![f64::NAN; blocks as usize], f64::NAN);
+        let (pp, outp, op_c) = (partial.as_mut_ptr(), &mut out as *mut f64, op);
+        launch!(h, "reduce_partial"; ap, bp, pp, len, op_c);
+        let pc = partial.as_ptr();
+        let args = [pc.to_arg(), outp.to_arg(), blocks.to_arg()];
+        // SAFETY: three partials in, one double out.
+        unsafe { h.launch("reduce_finish", 1, 32, &args) }.unwrap();
+        assert!(partial.iter().all(|p| p.is_finite()), "{partial:?}");
         assert!(
             (out - want).abs() <= 1e-9 * want.abs().max(1.0),
             "reduce op {op}: {out} vs {want}"
