@@ -85,7 +85,13 @@ impl CudaRuntime {
             .result()
             .map_err(|e| err("memory pool setup", e))?;
         }
-        let cudnn = crate::cudnn::Cudnn::new(stream.cu_stream());
+        // NST_CUDNN=0 keeps every convolution on the im2col + cuBLAS path (a way round a cuDNN
+        // that misbehaves, and the comparison device-check.sh makes).
+        let cudnn = if std::env::var("NST_CUDNN").is_ok_and(|v| v == "0") {
+            Err("cuDNN turned off by NST_CUDNN=0".to_string())
+        } else {
+            crate::cudnn::Cudnn::new(stream.cu_stream())
+        };
         Ok(CudaRuntime {
             context,
             stream,

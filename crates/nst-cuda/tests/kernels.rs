@@ -448,12 +448,41 @@ fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
                 .unwrap()
                 .to_vec()
                 .unwrap();
-            close(&got, &want_tf32, 1e-5, &format!("{on} tf32 {c:?}"));
+            // cuBLAS (the im2col path) rounds operands to nearest, as `to_tf32` does. cuDNN
+            // need not: on the H200 its result was 2.3e-4 away from `want_tf32` (and equal to
+            // the f32 result), so there only the bound below holds; the errors are printed for
+            // the record.
+            let cudnn = on == "gpu" && g.conv_library().is_some();
+            if cudnn {
+                let truncated = |v: &[f32]| {
+                    v.iter()
+                        .map(|&x| f32::from_bits(x.to_bits() & !0x1fff))
+                        .collect::<Vec<_>>()
+                };
+                let mut want_rz = vec![0.0; c.output_len()];
+                conv::conv2d_forward(
+                    &c,
+                    ConvAlgorithm::Im2col,
+                    &truncated(&x),
+                    &truncated(&wt),
+                    Some(&b),
+                    &mut want_rz,
+                );
+                eprintln!(
+                    "{on} tf32 {c:?}: {:.2e} from operands rounded to nearest, {:.2e} truncated",
+                    rel_err(&got, &want_tf32),
+                    rel_err(&got, &want_rz)
+                );
+            } else {
+                close(&got, &want_tf32, 1e-5, &format!("{on} tf32 {c:?}"));
+            }
             let mut exact = vec![0.0; c.output_len()];
             conv::conv2d_forward(&c, ConvAlgorithm::Im2col, &x, &wt, Some(&b), &mut exact);
+            // TF32 changes the result by rounding only. cuDNN is allowed TF32, not made to use
+            // it: on the H200 it kept f32 for this 3-channel shape (no difference at all).
             let e = rel_err(&got, &exact);
             assert!(
-                e > 1e-6 && e < 2e-3,
+                (e > 1e-6 || cudnn) && e < 2e-3,
                 "{on} tf32 differs from f32 by rounding only: {e:.2e}"
             );
             let one_row = c.patch_len() * c.out_w();
