@@ -34,5 +34,8 @@ for line in open(sys.argv[2]):
     shutil.copy(m["executable"], os.path.join(dest, f"{crate}-{m['target']['name']}"))
 PY
 strip "$out"/nst "$out"/xtask "$out"/tests/*
+# The test binaries find fixtures/ through this path (CARGO_MANIFEST_DIR); device-check.sh
+# links it to the tree there.
+pwd >"$out/build-root"
 ls -la "$out" "$out/tests"
 du -sh "$out"

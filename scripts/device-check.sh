@@ -3,15 +3,18 @@
 # Rust toolchain and no network. Build beforehand, on x86-64 Linux with the toolchain:
 #   scripts/device-build.sh        (→ target/device-bin/, 27 MB: carry only that folder)
 # then on the GPU machine, from the repository root:
-#   scripts/device-check.sh        (about 5 minutes; stops each step at its own timeout)
+#   scripts/device-check.sh        (about 4 minutes on an H200; each step has its own timeout)
 # Everything it prints also goes, with the logs, the images and the reports, to one folder:
-# $NST_DEVICE_OUT, else $OUT (the device tool's output folder), else target/device-check.
+# $NST_DEVICE_OUT, else $OUT (the device tool's output folder), else target/device-check;
+# with NST_DEVICE_PACK=file.tgz, also packed into that one archive at the end.
 #
 # Steps: the GPU; every CUDA test (NST_REQUIRE_CUDA=1: a missing GPU fails instead of
 # skipping), including the PyTorch float64 reference tests of VGG-19, the losses and L-BFGS
-# run on CUDA; compute-sanitizer memcheck on the kernel parity tests; nst on the README
-# example with --device cuda at tf32 and fp32 (the images and reports); one 4096² iteration
-# (peak GPU memory); the bench, ours on CPU and CUDA against PyTorch on both.
+# run on CUDA; the L-BFGS trace with cuDNN's algorithm choices logged, and without cuDNN;
+# compute-sanitizer memcheck on the kernel parity tests; nst on the README example with
+# --device cuda at tf32 (twice: the same bits?) and fp32 (the images and reports); one 4096²
+# iteration (peak GPU memory); the bench, ours against PyTorch on CUDA at 512², 1024² and
+# 2048², then on the CPU at 512².
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${NST_DEVICE_BIN:-target/device-bin}
@@ -39,6 +42,13 @@ done
 export LD_LIBRARY_PATH="${NV_LIBS#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PATH="$PATH:/usr/local/cuda/bin"
 
+# The test binaries read fixtures/ under the path they were built in (device-build.sh
+# records it): point that path at this tree when it is free.
+root=$(cat "$BIN/build-root" 2>/dev/null)
+if [ -n "$root" ] && [ ! -e "$root" ] && [ "$root" != "$PWD" ]; then
+    mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root" || echo "cannot link $root to this tree: reference tests will not find fixtures/"
+fi
+
 step "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
 if [ ! -x "$BIN/nst" ]; then
@@ -52,12 +62,22 @@ for t in "$BIN"/tests/*; do
     # Per-device tests: only their CUDA halves (the CPU ones ran in CI). Others: all.
     filter=""
     case "$name" in nst-tensor-gradcheck|nst-loss-reference|nst-vgg-reference|nst-optim-reference) filter="cuda" ;; esac
-    NST_REQUIRE_CUDA=1 timeout 240 "$t" $filter --test-threads 1 >"$OUT/logs/$name.log" 2>&1
+    NST_REQUIRE_CUDA=1 timeout 240 "$t" $filter --test-threads 1 --nocapture >"$OUT/logs/$name.log" 2>&1
     rc=$?
     [ $rc -ne 0 ] && status=1
     printf '%-32s rc=%-3s %s\n' "$name" "$rc" "$(grep -E '^test result' "$OUT/logs/$name.log" | tail -1)"
-    grep -E "panicked|FAILED" "$OUT/logs/$name.log" | head -5
+    grep -E "panicked|FAILED|^trace\[[0-9]\]:| tf32 .*truncated" "$OUT/logs/$name.log" | head -14
 done
+
+step "the cuDNN algorithms chosen for the L-BFGS reference test (fp32)"
+NST_CUDNN_LOG=1 NST_REQUIRE_CUDA=1 timeout 120 "$BIN/tests/nst-optim-reference" --exact \
+    lbfgs_trace_matches_reference::cuda --nocapture >"$OUT/logs/lbfgs-cudnn-log.log" 2>&1
+grep -E "^cuDNN" "$OUT/logs/lbfgs-cudnn-log.log" | sort | uniq -c
+
+step "the L-BFGS reference trace on CUDA without cuDNN (NST_CUDNN=0: im2col + cuBLAS), to compare"
+NST_CUDNN=0 NST_REQUIRE_CUDA=1 timeout 120 "$BIN/tests/nst-optim-reference" --exact \
+    lbfgs_trace_matches_reference::cuda --nocapture >"$OUT/logs/lbfgs-im2col.log" 2>&1
+echo "rc=$?"; grep -E "^trace\[[0-9]\]:|^test result" "$OUT/logs/lbfgs-im2col.log"
 
 step "compute-sanitizer memcheck on the kernel parity tests"
 if command -v compute-sanitizer >/dev/null; then
@@ -70,16 +90,17 @@ else
     echo "compute-sanitizer not found (not on PATH nor in /usr/local/cuda/bin)"
 fi
 
-step "nst on the README example, --device cuda (tf32, the default, then fp32)"
-for precision in tf32 fp32; do
+step "nst on the README example, --device cuda (tf32, the default, twice, then fp32)"
+for run in tf32 tf32_again fp32; do
+    precision=${run%_again}
     timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
-        -s examples/style_vangogh_starry_night.jpg -o "$OUT/result_cuda_$precision.png" \
-        --device cuda --precision "$precision" --report "$OUT/result_cuda_$precision.json" \
-        >"$OUT/logs/readme_$precision.log" 2>&1
+        -s examples/style_vangogh_starry_night.jpg -o "$OUT/result_cuda_$run.png" \
+        --device cuda --precision "$precision" --report "$OUT/result_cuda_$run.json" \
+        >"$OUT/logs/readme_$run.log" 2>&1
     rc=$?
     [ $rc -ne 0 ] && status=1
-    tail -2 "$OUT/logs/readme_$precision.log" | head -1
-    "$PY" - "$OUT/result_cuda_$precision.json" "$precision" 2>/dev/null <<'PY' || echo "rc=$rc, no report"
+    tail -2 "$OUT/logs/readme_$run.log" | head -1
+    "$PY" - "$OUT/result_cuda_$run.json" "$run" 2>/dev/null <<'PY' || echo "rc=$rc, no report"
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"{sys.argv[2]}: final loss {r['trace'][-1]['total']:.6e}, "
@@ -88,6 +109,12 @@ print(f"{sys.argv[2]}: final loss {r['trace'][-1]['total']:.6e}, "
       f"device {r['device']}")
 PY
 done
+if cmp -s "$OUT/result_cuda_tf32.png" "$OUT/result_cuda_tf32_again.png"; then
+    echo "the two tf32 runs wrote the same image, byte for byte"
+else
+    echo "the two tf32 runs wrote different images (not deterministic)"; status=1
+fi
+rm -f "$OUT/result_cuda_tf32_again.png"
 
 step "one 4096² iteration on the GPU (peak memory)"
 timeout 240 "$BIN/nst" -c examples/content_chelsea.png -s examples/style_vangogh_starry_night.jpg \
@@ -96,10 +123,18 @@ timeout 240 "$BIN/nst" -c examples/content_chelsea.png -s examples/style_vangogh
 echo "rc=$?"; tail -1 "$OUT/logs/big_4096.log"
 "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print('4096: peak GPU %.0f MiB, %.0f ms/iter' % (r['peak_device_bytes']/2**20, r['timing']['ms_per_iter_median']))" "$OUT/big_4096.json" 2>/dev/null
 
-step "bench: ours (CPU, CUDA fp32/tf32) against PyTorch on the same devices"
-timeout 420 "$BIN/xtask" bench --device cpu,cuda --sizes 512,1024 --iters 10 --peer \
-    2>"$OUT/logs/bench.log" | tee "$OUT/bench.md"
+step "bench: ours against PyTorch, on CUDA (fp32, tf32) and then on the CPU"
+# NST_BENCH_SIZES / _ITERS narrow the CUDA part when device time is short.
+timeout 240 "$BIN/xtask" bench --device cuda --sizes "${NST_BENCH_SIZES:-512,1024,2048}" \
+    --iters "${NST_BENCH_ITERS:-10}" --peer 2>"$OUT/logs/bench.log" | tee "$OUT/bench.md"
 cp target/bench/bench.json "$OUT/bench.json" 2>/dev/null
+timeout 120 "$BIN/xtask" bench --device cpu --sizes 512 --iters 3 --peer \
+    2>"$OUT/logs/bench-cpu.log" | tee "$OUT/bench-cpu.md"
 
 echo; echo "status $status; logs, images and reports in $OUT"
+# The device tool brings back at most 8 files of 16 MiB: one archive of everything but the
+# 4096² image, beside the summary.
+if [ -n "${NST_DEVICE_PACK:-}" ]; then
+    tar czf "$NST_DEVICE_PACK" --exclude big_4096.png -C "$OUT" .
+fi
 exit $status
