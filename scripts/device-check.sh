@@ -13,8 +13,8 @@
 # run on CUDA; the L-BFGS trace with cuDNN's algorithm choices logged, and without cuDNN;
 # compute-sanitizer memcheck on the kernel parity tests; nst on the README example with
 # --device cuda at tf32 (twice: the same bits?) and fp32 (the images and reports); one 4096²
-# iteration (peak GPU memory); the bench, ours against PyTorch on CUDA at 512², 1024² and
-# 2048², then on the CPU at 512².
+# iteration (peak GPU memory); the GPU time per operation (NST_CUDA_PROFILE=1); the bench,
+# ours against PyTorch on CUDA at 512², 1024² and 2048², then on the CPU at 512².
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${NST_DEVICE_BIN:-target/device-bin}
@@ -122,6 +122,14 @@ timeout 240 "$BIN/nst" -c examples/content_chelsea.png -s examples/style_vangogh
     --report "$OUT/big_4096.json" >"$OUT/logs/big_4096.log" 2>&1
 echo "rc=$?"; tail -1 "$OUT/logs/big_4096.log"
 "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print('4096: peak GPU %.0f MiB, %.0f ms/iter' % (r['peak_device_bytes']/2**20, r['timing']['ms_per_iter_median']))" "$OUT/big_4096.json" 2>/dev/null
+
+step "where the GPU time goes (NST_CUDA_PROFILE=1: each operation timed alone, 3 iterations)"
+for cfg in "tf32 512" "fp32 512" "tf32 2048"; do
+    set -- $cfg
+    NST_CUDA_PROFILE=1 timeout 120 "$BIN/xtask" bench-worker --device cuda --precision "$1" \
+        --size "$2" --iters 3 >"$OUT/logs/profile_$1_$2.json" 2>"$OUT/logs/profile_$1_$2.txt"
+    echo "-- $1 $2² (rc=$?)"; head -25 "$OUT/logs/profile_$1_$2.txt"
+done
 
 step "bench: ours against PyTorch, on CUDA (fp32, tf32) and then on the CPU"
 # NST_BENCH_SIZES / _ITERS narrow the CUDA part when device time is short.

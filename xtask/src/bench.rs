@@ -161,6 +161,10 @@ fn time_on(
         }
         eval = evaluate(&x)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
+        if times.len() == 1 {
+            // The GPU profile (NST_CUDA_PROFILE=1) leaves out the warm-up too.
+            nst_tensor::cuda_backend::profile::reset();
+        }
     }
     times.remove(0); // warm-up: first-touch allocations
     Ok(Measurement {
@@ -214,7 +218,8 @@ fn run_child(cmd: &mut Command) -> Result<Measurement, String> {
 }
 
 /// `xtask bench-worker --size N --iters K [--device cpu|cuda] [--precision fp32|tf32]
-/// [--memory fast|lean] [--dump DIR]`: one measurement as a JSON line.
+/// [--memory fast|lean] [--dump DIR]`: one measurement as a JSON line; with
+/// `NST_CUDA_PROFILE=1`, also the GPU time per operation of the timed iterations on stderr.
 pub fn worker(args: &[String]) -> Result<()> {
     let (mut size, mut iters, mut dump, mut device) = (None, 5, None, Device::Cpu);
     let mut lean = false;
@@ -230,6 +235,8 @@ pub fn worker(args: &[String]) -> Result<()> {
                 device = match value()?.as_str() {
                     "cpu" => Device::Cpu,
                     "cuda" => Device::cuda(0)?,
+                    // The CUDA path on the CPU (slow): to try this worker without a GPU.
+                    "cuda-emulated" => Device::cuda_emulated()?,
                     other => bail!("unknown device {other} (expected cpu or cuda)"),
                 }
             }
@@ -252,6 +259,9 @@ pub fn worker(args: &[String]) -> Result<()> {
         lean,
     )?;
     println!("{}", measurement_json(&m));
+    if let Some(table) = nst_tensor::cuda_backend::profile::report(40) {
+        eprint!("{table}");
+    }
     Ok(())
 }
 

@@ -26,6 +26,29 @@ const BLOCK: u32 = 256;
 pub const COLS_BUDGET: usize = 1 << 26;
 
 /// Blocks for `n` work items of a grid-stride kernel.
+/// A convolution for the profile table: `64→128 3×3 at 256×256` (batch when above 1).
+fn conv_name(c: &Conv2dParams) -> String {
+    let batch = if c.batch > 1 {
+        format!(" ×{}", c.batch)
+    } else {
+        String::new()
+    };
+    format!(
+        "{}→{} {}×{} at {}×{}{batch}{}",
+        c.in_channels,
+        c.out_channels,
+        c.kernel_h,
+        c.kernel_w,
+        c.in_h,
+        c.in_w,
+        if c.stride > 1 {
+            format!(" stride {}", c.stride)
+        } else {
+            String::new()
+        }
+    )
+}
+
 fn blocks(n: usize) -> u32 {
     n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32
 }
@@ -155,8 +178,14 @@ impl Gpu {
     /// # Safety
     /// As [`Runtime::launch`]: the arguments match the kernel and cover its accesses.
     unsafe fn launch(&self, name: &'static str, n: usize, args: &[Arg]) -> GpuResult<()> {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.runtime.launch(name, blocks(n), BLOCK, args) }
+        crate::profile::timed(
+            &*self.runtime,
+            || name.to_string(),
+            || {
+                // SAFETY: forwarded from the caller.
+                unsafe { self.runtime.launch(name, blocks(n), BLOCK, args) }
+            },
+        )
     }
 
     /// One row-major product `c = α·op(a)·op(b) + β·c` with leading dimensions (row strides)
@@ -182,9 +211,12 @@ impl Gpu {
             Sgemm::row_major_strided(m, k, n, (trans_a, lda), (trans_b, ldb), ldc, alpha, beta)
                 .with_tf32(tf32);
         debug_assert!(call.is_valid(), "{call:?}");
-        // SAFETY: the row-major call's first operand is b (see Sgemm::row_major); the caller
-        // guarantees the extents.
-        unsafe { self.runtime.sgemm(&call, b, a, c) }
+        let name = || format!("sgemm {m}×{k}×{n}{}", if tf32 { " tf32" } else { "" });
+        crate::profile::timed(&*self.runtime, name, || {
+            // SAFETY: the row-major call's first operand is b (see Sgemm::row_major); the
+            // caller guarantees the extents.
+            unsafe { self.runtime.sgemm(&call, b, a, c) }
+        })
     }
 
     // ---- elementwise ----
@@ -364,8 +396,14 @@ impl Gpu {
         // that `launch` uses for a.len().
         unsafe { self.launch("reduce_partial", a.len(), &args)? };
         let args = [partial.arg(), out.arg(), Arg::I64(grid as i64)];
-        // SAFETY: `grid` partials in, one double out, one block.
-        unsafe { self.runtime.launch("reduce_finish", 1, BLOCK, &args)? };
+        crate::profile::timed(
+            &*self.runtime,
+            || "reduce_finish".into(),
+            || {
+                // SAFETY: `grid` partials in, one double out, one block.
+                unsafe { self.runtime.launch("reduce_finish", 1, BLOCK, &args) }
+            },
+        )?;
         Ok(out)
     }
 
@@ -801,15 +839,19 @@ impl Gpu {
         let (p, cout) = (c.out_h() * c.out_w(), c.out_channels);
         let y = self.uninit(c.output_len())?;
         match self.conv_engine() {
-            // SAFETY: x, w and y hold the input, weights and output of c (checked above).
-            Some(engine) => unsafe {
-                engine.forward(
-                    &*self.runtime,
-                    c,
-                    self.tf32_convolutions,
-                    (x.ptr_at(0), w.ptr_at(0), y.ptr_at(0)),
-                )?
-            },
+            Some(engine) => crate::profile::timed(
+                &*self.runtime,
+                || format!("cudnn forward {}", conv_name(c)),
+                // SAFETY: x, w and y hold the input, weights and output of c (checked above).
+                || unsafe {
+                    engine.forward(
+                        &*self.runtime,
+                        c,
+                        self.tf32_convolutions,
+                        (x.ptr_at(0), w.ptr_at(0), y.ptr_at(0)),
+                    )
+                },
+            )?,
             None => self.im2col_forward(x, w, c, &y)?,
         }
         if let Some(b) = bias {
@@ -843,15 +885,19 @@ impl Gpu {
         Self::check_conv(c, dx.len(), w.len())?;
         check_len("convolution output gradient", dy.len(), c.output_len())?;
         match self.conv_engine() {
-            // SAFETY: dy, w and dx hold the output, weights and input of c (checked above).
-            Some(engine) => unsafe {
-                engine.backward_data_add(
-                    &*self.runtime,
-                    c,
-                    self.tf32_convolutions,
-                    (dy.ptr_at(0), w.ptr_at(0), dx.ptr_at(0)),
-                )
-            },
+            Some(engine) => crate::profile::timed(
+                &*self.runtime,
+                || format!("cudnn backward-data {}", conv_name(c)),
+                // SAFETY: dy, w and dx hold the output, weights and input of c (checked above).
+                || unsafe {
+                    engine.backward_data_add(
+                        &*self.runtime,
+                        c,
+                        self.tf32_convolutions,
+                        (dy.ptr_at(0), w.ptr_at(0), dx.ptr_at(0)),
+                    )
+                },
+            ),
             None => self.im2col_backward_input_add(dy, w, c, dx),
         }
     }

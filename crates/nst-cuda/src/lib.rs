@@ -12,8 +12,11 @@
 //! - [`gpu::Gpu`]: device, stream, loaded kernels and a cuBLAS handle, with the operations
 //!   the parity tests check against nst-cpu (convolution as im2col + SGEMM among them).
 //!
-//! Status: `nst-tensor`'s `Device::Cuda` still has a placeholder backend, so `nst` runs on the
-//! CPU; the kernels and their parity tests are ready for the real one.
+//! - [`cudnn`]: convolutions through cuDNN where it loads; [`profile`]: opt-in time per
+//!   operation (`NST_CUDA_PROFILE=1`).
+//!
+//! Status: nst-tensor's `Device::Cuda` runs the whole style-transfer iteration on this crate,
+//! and it has run on an NVIDIA H200 (2026-11-28; see the README).
 //!
 //! cudarc panics when a call needs a library it cannot load, so every entry point checks
 //! `is_culib_present()` for the driver, NVRTC and cuBLAS before touching anything else.
@@ -25,6 +28,7 @@ pub mod driver;
 pub mod emulator;
 pub mod gpu;
 pub mod kernels;
+pub mod profile;
 pub mod runtime;
 
 pub use gpu::{Floats, Gpu};

@@ -12,6 +12,8 @@
 
 use crate::backend::{BackendDevice, BackendStorage, BinaryOp};
 use crate::{Device, Precision, Result, TensorError};
+/// Opt-in GPU time per operation (`NST_CUDA_PROFILE=1`; see [`nst_cuda::profile`]).
+pub use nst_cuda::profile;
 use nst_cuda::{DeviceBuffer, Floats, Gpu};
 use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
 use std::sync::{Mutex, OnceLock};

@@ -1,0 +1,84 @@
+//! Opt-in time per GPU operation: with `NST_CUDA_PROFILE=1`, every kernel launch, SGEMM and
+//! cuDNN call that [`crate::Gpu`] makes is timed alone and added to a table by name, which
+//! [`report`] prints. The device is synchronised before and after each operation, so the
+//! times are the operations' own (plus a launch's latency, a few µs) and the iteration runs
+//! slower than it otherwise would: this is for finding where the time goes, not for timing
+//! the whole. It exists because a GPU session's device time is short: one run of
+//! `scripts/device-check.sh` should say which operations to make faster.
+//!
+//! Names: a kernel's name; `sgemm M×K×N` (per shape, so the Gram matrices, their gradients
+//! and the im2col products show apart); `cudnn forward` / `cudnn backward-data` with the
+//! convolution's channels and input size.
+
+use crate::runtime::{GpuResult, Runtime};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Calls and total time per operation name.
+type Table = HashMap<String, (u64, Duration)>;
+
+fn table() -> Option<&'static Mutex<Table>> {
+    static TABLE: OnceLock<Option<Mutex<Table>>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            std::env::var("NST_CUDA_PROFILE")
+                .is_ok_and(|v| v == "1")
+                .then(|| Mutex::new(HashMap::new()))
+        })
+        .as_ref()
+}
+
+/// Whether `NST_CUDA_PROFILE=1` was set when the first operation ran.
+pub fn enabled() -> bool {
+    table().is_some()
+}
+
+/// Runs `op`, and when profiling, times it alone (synchronising before and after) under the
+/// name `name()` (only formatted when profiling).
+pub(crate) fn timed<T>(
+    runtime: &dyn Runtime,
+    name: impl FnOnce() -> String,
+    op: impl FnOnce() -> GpuResult<T>,
+) -> GpuResult<T> {
+    let Some(table) = table() else {
+        return op();
+    };
+    runtime.synchronize()?;
+    let start = Instant::now();
+    let out = op()?;
+    runtime.synchronize()?;
+    let took = start.elapsed();
+    let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+    let entry = table.entry(name()).or_default();
+    entry.0 += 1;
+    entry.1 += took;
+    Ok(out)
+}
+
+/// Forgets what was timed so far (to leave out a warm-up).
+pub fn reset() {
+    if let Some(table) = table() {
+        table.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// The table so far, slowest total first, one operation per line (calls, total ms, share of
+/// the timed total), the first `rows` of them; `None` when not profiling.
+pub fn report(rows: usize) -> Option<String> {
+    let table = table()?.lock().unwrap_or_else(|e| e.into_inner());
+    let total: Duration = table.values().map(|(_, t)| *t).sum();
+    let mut lines: Vec<_> = table.iter().collect();
+    lines.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then_with(|| a.0.cmp(b.0)));
+    let mut out = format!(
+        "GPU time per operation (NST_CUDA_PROFILE): {:.1} ms in {} calls\n",
+        total.as_secs_f64() * 1e3,
+        table.values().map(|(n, _)| n).sum::<u64>()
+    );
+    for (name, (calls, took)) in lines.into_iter().take(rows) {
+        let ms = took.as_secs_f64() * 1e3;
+        let share = 100.0 * took.as_secs_f64() / total.as_secs_f64().max(1e-12);
+        out += &format!("{ms:10.2} ms {share:5.1}% {calls:7} × {name}\n");
+    }
+    Some(out)
+}
