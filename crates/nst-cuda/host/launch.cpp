@@ -36,6 +36,7 @@ const Entry KERNELS[] = {
     KERNEL(im2col),
     KERNEL(col2im_add),
     KERNEL(add_bias),
+    KERNEL(add_bias_relu),
     KERNEL(relu_forward),
     KERNEL(relu_mask_pack),
     KERNEL(relu_mask_apply),

@@ -864,10 +864,11 @@ impl Gpu {
                 Arg::I64(planes),
                 Arg::I32(i32_of(p, "plane size")?),
             ];
+            // One pass for bias and ReLU together.
+            let kernel = if relu { "add_bias_relu" } else { "add_bias" };
             // SAFETY: y holds batch·cout planes of p values; b cout values.
-            unsafe { self.launch("add_bias", y.len(), &args)? };
-        }
-        if relu {
+            unsafe { self.launch(kernel, y.len(), &args)? };
+        } else if relu {
             self.relu_into(&y, &y)?;
         }
         Ok(y)

@@ -57,6 +57,15 @@ __global__ void add_bias(float* y, const float* b, int channels, long long plane
     GRID_STRIDE(i, planes * hw) { y[i] += b[(i / hw) % channels]; }
 }
 
+// add_bias then relu_forward in one pass (a convolution's bias and ReLU): the activation is
+// read and written once instead of twice. NaN becomes 0, as in relu_forward.
+__global__ void add_bias_relu(float* y, const float* b, int channels, long long planes, int hw) {
+    GRID_STRIDE(i, planes * hw) {
+        float v = y[i] + b[(i / hw) % channels];
+        y[i] = v > 0.0f ? v : 0.0f;
+    }
+}
+
 __global__ void relu_forward(const float* x, float* y, long long n) {
     GRID_STRIDE(i, n) { y[i] = x[i] > 0.0f ? x[i] : 0.0f; }
 }

@@ -15,6 +15,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "im2col",
     "col2im_add",
     "add_bias",
+    "add_bias_relu",
     "relu_forward",
     "relu_mask_pack",
     "relu_mask_apply",

@@ -326,3 +326,22 @@ fn im2col_bands_are_columns_of_the_whole_patch_matrix() {
         }
     }
 }
+
+#[test]
+fn bias_and_relu_in_one_pass_match_bias_then_relu() {
+    let Some(h) = host() else { return };
+    // 2 images × 3 channels of 7 values (planes of an odd size), a NaN and a -0.0.
+    let (channels, planes, hw) = (3i32, 6i64, 7i32);
+    let mut y = values((planes * hw as i64) as usize, 9);
+    (y[5], y[20]) = (f32::NAN, -0.0);
+    let b = [0.5f32, -0.25, 0.0];
+    let mut want = y.clone();
+    for (i, v) in want.iter_mut().enumerate() {
+        let sum = *v + b[(i / hw as usize) % channels as usize];
+        *v = if sum > 0.0 { sum } else { 0.0 };
+    }
+    let (yp, bp) = (y.as_mut_ptr(), b.as_ptr());
+    launch!(h, "add_bias_relu"; yp, bp, channels, planes, hw);
+    assert_close(&y, &want, 0.0, "add_bias_relu");
+    assert!(y.iter().all(|v| *v >= 0.0), "ReLU output: {y:?}");
+}
