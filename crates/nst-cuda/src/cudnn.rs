@@ -14,11 +14,10 @@
 //! emulator ([`ConvEngine`] implemented with nst-cpu's convolution). `NST_CUDNN=0` turns it
 //! off (every convolution then takes the im2col + cuBLAS path); `NST_CUDNN_LOG=1` prints each
 //! algorithm chosen.
-//!
+
 use crate::runtime::{ConvEngine, DevicePtr, GpuResult, Runtime};
 use cudarc::cudnn::sys::{
-    self, cudnnConvolutionBwdDataAlgoPerf_t, cudnnConvolutionBwdDataAlgo_t as BwdData,
-    cudnnConvolutionFwdAlgoPerf_t, cudnnConvolutionFwdAlgo_t as Fwd, cudnnDataType_t,
+    self, cudnnConvolutionBwdDataAlgoPerf_t, cudnnConvolutionFwdAlgoPerf_t, cudnnDataType_t,
     cudnnMathType_t, cudnnStatus_t, cudnnTensorFormat_t,
 };
 use nst_params::Conv2dParams;
@@ -48,21 +47,23 @@ struct Found<A> {
     algo: A,
     deterministic: bool,
     math: cudnnMathType_t,
-    /// FFT or Winograd: sums taken in a transformed domain, with rounding errors of their own.
-    transform: bool,
 }
 
 /// The fastest algorithm cuDNN measured (results come fastest first) that ran and fits the
 /// workspace limit, with two preferences:
-/// - **f32** (`tf32` false) keeps f32 arithmetic summed directly, as the reference tests
-///   expect: no tensor-core math and no FFT or Winograd algorithm. Measured on an H200
-///   (cuDNN 9.14): with the fastest algorithms (FFT for conv1_1's input gradient, Winograd
-///   for the deep layers) the L-BFGS reference trace was 1.8e-3 off at iterate 2 in two
-///   runs; through im2col + cuBLAS, 9.5e-5. TF32 allows all of them, as PyTorch does.
+/// - **f32** (`tf32` false): no tensor-core math, so `--precision fp32` is f32 throughout.
 /// - **deterministic** when there is one, as `torch.backends.cudnn.deterministic` does, so the
 ///   same picture comes out of the same command every time: a nondeterministic backward-data
 ///   algorithm (atomic adds in a varying order) changes the gradient's last bits from run to
-///   run, and L-BFGS grows such differences into visibly different images.
+///   run, and L-BFGS carries them on and grows them (by 1.2e-2 in the loss after 10
+///   iterations at the noise of another summation order: `nst-optim/tests/reference.rs`).
+///   Measured on an H200 (cuDNN 9.14), between two runs: this made fp32 12–14% slower (16.3 → 18.6 ms per iteration at 512²,
+///   57.9 → 66.2 at 1024²) and tf32 no slower (6.1 → 6.1–6.3, 17.8 → 18.1–18.2).
+///
+/// FFT and Winograd algorithms stay allowed: a run that also excluded them in f32 measured
+/// the same time and the same distance from the float64 L-BFGS reference (1.74e-3 against
+/// 1.76e-3 at iterate 2; im2col + cuBLAS: 9.5e-5, a summation order that happens to land
+/// nearer, see `nst-optim/tests/reference.rs`).
 ///
 /// When no algorithm meets a preference, the fastest usable one is taken. Returns
 /// (algorithm, workspace bytes).
@@ -74,8 +75,8 @@ fn choose<A: Copy + std::fmt::Debug>(
     let usable = |r: &&Found<A>| {
         r.status == cudnnStatus_t::CUDNN_STATUS_SUCCESS && r.memory <= WORKSPACE_LIMIT
     };
-    let plain_f32 = |r: &&Found<A>| r.math != cudnnMathType_t::CUDNN_TENSOR_OP_MATH && !r.transform;
-    let wanted = |r: &&Found<A>| usable(r) && (tf32 || plain_f32(r));
+    let wanted =
+        |r: &&Found<A>| usable(r) && (tf32 || r.math != cudnnMathType_t::CUDNN_TENSOR_OP_MATH);
     let pick = (results.iter().filter(wanted).find(|r| r.deterministic))
         .or_else(|| results.iter().find(wanted))
         .or_else(|| results.iter().find(usable));
@@ -291,13 +292,6 @@ impl ConvEngine for Cudnn {
                         deterministic: r.determinism
                             == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
                         math: r.mathType,
-                        transform: matches!(
-                            r.algo,
-                            Fwd::CUDNN_CONVOLUTION_FWD_ALGO_FFT
-                                | Fwd::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING
-                                | Fwd::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD
-                                | Fwd::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED
-                        ),
                     })
                     .collect();
                 let chosen = choose(&found, &format!("forward {p:?}"), tf32)?;
@@ -366,13 +360,6 @@ impl ConvEngine for Cudnn {
                         deterministic: r.determinism
                             == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
                         math: r.mathType,
-                        transform: matches!(
-                            r.algo,
-                            BwdData::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT
-                                | BwdData::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING
-                                | BwdData::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD
-                                | BwdData::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED
-                        ),
                     })
                     .collect();
                 let chosen = choose(&found, &format!("backward-data {p:?}"), tf32)?;
@@ -408,7 +395,7 @@ impl ConvEngine for Cudnn {
 mod tests {
     use super::{choose, cudnnMathType_t as Math, cudnnStatus_t as Status, Found, WORKSPACE_LIMIT};
 
-    /// A result named `algo`, successful, with no workspace, deterministic, f32 and direct.
+    /// A result named `algo`, successful, with no workspace, deterministic and f32.
     fn found(algo: u32) -> Found<u32> {
         Found {
             status: Status::CUDNN_STATUS_SUCCESS,
@@ -416,14 +403,13 @@ mod tests {
             algo,
             deterministic: true,
             math: Math::CUDNN_FMA_MATH,
-            transform: false,
         }
     }
 
     #[test]
-    fn f32_takes_the_fastest_direct_deterministic_algorithm() {
-        // Fastest first: a failure, one over the workspace limit, a tensor-core one, an FFT,
-        // a nondeterministic one, then the one f32 should take, then a slower one.
+    fn f32_takes_the_fastest_deterministic_f32_algorithm() {
+        // Fastest first: a failure, one over the workspace limit, a tensor-core one, a
+        // nondeterministic one, then the one f32 should take, then a slower one.
         let results = [
             Found {
                 status: Status::CUDNN_STATUS_NOT_SUPPORTED,
@@ -438,10 +424,6 @@ mod tests {
                 ..found(2)
             },
             Found {
-                transform: true,
-                ..found(3)
-            },
-            Found {
                 deterministic: false,
                 ..found(4)
             },
@@ -449,7 +431,7 @@ mod tests {
             found(6),
         ];
         assert_eq!(choose(&results, "test", false).unwrap().0, 5);
-        // TF32 allows tensor cores and transforms.
+        // TF32 allows tensor cores.
         assert_eq!(choose(&results, "test", true).unwrap().0, 2);
     }
 
@@ -461,11 +443,11 @@ mod tests {
             ..found(7)
         }];
         assert_eq!(choose(&nondeterministic, "test", false).unwrap(), (7, 64));
-        let only_fft = [Found {
-            transform: true,
+        let only_tensor_cores = [Found {
+            math: Math::CUDNN_TENSOR_OP_MATH,
             ..found(8)
         }];
-        assert_eq!(choose(&only_fft, "test", false).unwrap().0, 8);
+        assert_eq!(choose(&only_tensor_cores, "test", false).unwrap().0, 8);
         let none = [Found {
             status: Status::CUDNN_STATUS_NOT_SUPPORTED,
             ..found(9)
