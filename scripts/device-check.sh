@@ -109,12 +109,14 @@ print(f"{sys.argv[2]}: final loss {r['trace'][-1]['total']:.6e}, "
       f"device {r['device']}")
 PY
 done
-if cmp -s "$OUT/result_cuda_tf32.png" "$OUT/result_cuda_tf32_again.png"; then
+if [ ! -f "$OUT/result_cuda_tf32.png" ] || [ ! -f "$OUT/result_cuda_tf32_again.png" ]; then
+    echo "no two tf32 images to compare"
+elif cmp -s "$OUT/result_cuda_tf32.png" "$OUT/result_cuda_tf32_again.png"; then
     echo "the two tf32 runs wrote the same image, byte for byte"
+    rm -f "$OUT/result_cuda_tf32_again.png"
 else
     echo "the two tf32 runs wrote different images (not deterministic)"; status=1
 fi
-rm -f "$OUT/result_cuda_tf32_again.png"
 
 step "one 4096² iteration on the GPU (peak memory)"
 timeout 240 "$BIN/nst" -c examples/content_chelsea.png -s examples/style_vangogh_starry_night.jpg \

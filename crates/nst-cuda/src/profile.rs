@@ -70,10 +70,11 @@ pub fn report(rows: usize) -> Option<String> {
     let total: Duration = table.values().map(|(_, t)| *t).sum();
     let mut lines: Vec<_> = table.iter().collect();
     lines.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then_with(|| a.0.cmp(b.0)));
+    let calls: u64 = table.values().map(|(n, _)| n).sum();
     let mut out = format!(
-        "GPU time per operation (NST_CUDA_PROFILE): {:.1} ms in {} calls\n",
+        "GPU time per operation (NST_CUDA_PROFILE): {:.1} ms over {calls} call{}\n",
         total.as_secs_f64() * 1e3,
-        table.values().map(|(n, _)| n).sum::<u64>()
+        if calls == 1 { "" } else { "s" }
     );
     for (name, (calls, took)) in lines.into_iter().take(rows) {
         let ms = took.as_secs_f64() * 1e3;
