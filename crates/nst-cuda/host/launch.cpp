@@ -54,6 +54,7 @@ const Entry KERNELS[] = {
     KERNEL(scalar_scale),
     KERNEL(scalar_sub),
     KERNEL(axpy_device_coef),
+    KERNEL(axpy_coef_dot),
     KERNEL(reduce_partial),
     KERNEL(reduce_finish),
     KERNEL(abs_max),

@@ -311,6 +311,10 @@ impl Runtime for Emulator {
         Ok(())
     }
 
+    fn max_grid(&self) -> u32 {
+        MAX_BLOCKS
+    }
+
     unsafe fn launch(
         &self,
         name: &'static str,

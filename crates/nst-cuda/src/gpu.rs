@@ -49,6 +49,7 @@ fn conv_name(c: &Conv2dParams) -> String {
     )
 }
 
+/// Blocks for a grid-stride kernel over `n` items (at most 65 535; see [`Gpu::grid`]).
 fn blocks(n: usize) -> u32 {
     n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32
 }
@@ -173,6 +174,11 @@ impl Gpu {
         Floats::uninit(&self.runtime, n)
     }
 
+    /// The grid a launch over `n` items runs: [`blocks`], cut to what the runtime runs.
+    fn grid(&self, n: usize) -> u32 {
+        blocks(n).min(self.runtime.max_grid())
+    }
+
     /// Runs a grid-stride kernel over `n` items.
     ///
     /// # Safety
@@ -183,7 +189,7 @@ impl Gpu {
             || name.to_string(),
             || {
                 // SAFETY: forwarded from the caller.
-                unsafe { self.runtime.launch(name, blocks(n), BLOCK, args) }
+                unsafe { self.runtime.launch(name, self.grid(n), BLOCK, args) }
             },
         )
     }
@@ -379,12 +385,19 @@ impl Gpu {
 
     /// Σ over `a` (and `b`) of op 0 (a−b)², 1 a·b, 2 |a|, 3 a, into a one-value f64 buffer.
     fn reduce(&self, a: &Floats, b: &Floats, op: i32) -> GpuResult<DeviceBuffer<f64>> {
+        self.reduce_scaled(a, b, op, 1.0)
+    }
+
+    /// `scale·Σ` of reduction `op` (see `reduce_partial` in kernels.cu), left on the device.
+    fn reduce_scaled(
+        &self,
+        a: &Floats,
+        b: &Floats,
+        op: i32,
+        scale: f64,
+    ) -> GpuResult<DeviceBuffer<f64>> {
         check_len("reduction", b.len(), a.len())?;
-        let grid = blocks(a.len());
-        // Zeroed: the emulator runs fewer blocks than asked (grid-stride loops make that
-        // correct), and the blocks it skips must add nothing.
-        let partial = self.zeros::<f64>(grid as usize)?;
-        let out = DeviceBuffer::<f64>::uninit(&self.runtime, 1)?;
+        let partial = DeviceBuffer::<f64>::uninit(&self.runtime, self.grid(a.len()) as usize)?;
         let args = [
             a.arg(),
             b.arg(),
@@ -393,14 +406,25 @@ impl Gpu {
             Arg::I32(op),
         ];
         // SAFETY: a and b hold a.len() values; `partial` one double per block of the grid
-        // that `launch` uses for a.len().
+        // that `launch` runs for a.len() (every block writes its own).
         unsafe { self.launch("reduce_partial", a.len(), &args)? };
-        let args = [partial.arg(), out.arg(), Arg::I64(grid as i64)];
+        self.finish(&partial, scale)
+    }
+
+    /// `scale·Σ partial`, one block (the second half of every reduction).
+    fn finish(&self, partial: &DeviceBuffer<f64>, scale: f64) -> GpuResult<DeviceBuffer<f64>> {
+        let out = DeviceBuffer::<f64>::uninit(&self.runtime, 1)?;
+        let args = [
+            partial.arg(),
+            out.arg(),
+            Arg::I64(partial.len() as i64),
+            Arg::F64(scale),
+        ];
         crate::profile::timed(
             &*self.runtime,
             || "reduce_finish".into(),
             || {
-                // SAFETY: `grid` partials in, one double out, one block.
+                // SAFETY: `partial.len()` doubles in, one double out, one block.
                 unsafe { self.runtime.launch("reduce_finish", 1, BLOCK, &args) }
             },
         )?;
@@ -414,6 +438,17 @@ impl Gpu {
     /// Σ aᵢ·bᵢ, left on the device (for [`Gpu::axpy_device_coef`]).
     pub fn dot_on_device(&self, a: &Floats, b: &Floats) -> GpuResult<DeviceBuffer<f64>> {
         self.reduce(a, b, 1)
+    }
+
+    /// `r·Σ aᵢ·bᵢ`, left on the device: [`Gpu::dot_on_device`] then [`Gpu::scalar_scale`],
+    /// the same bits, one launch fewer.
+    pub fn dot_scaled_on_device(
+        &self,
+        a: &Floats,
+        b: &Floats,
+        r: f64,
+    ) -> GpuResult<DeviceBuffer<f64>> {
+        self.reduce_scaled(a, b, 1, r)
     }
 
     /// `r·a` for a device scalar `a`.
@@ -461,6 +496,57 @@ impl Gpu {
         // SAFETY: x, y and out hold x.len() floats, coef one double.
         unsafe { self.launch("axpy_device_coef", x.len(), &args)? };
         Ok(out)
+    }
+
+    /// One step of L-BFGS's two-loop recursion in one pass: `x + f32(factor·(coef − minus))·y`
+    /// (`minus` absent: 0) and, with `dot_with = Some((v, r))`, also `r·Σ vᵢ·resultᵢ` on the
+    /// device. The same bits as [`Gpu::scalar_sub`], [`Gpu::axpy_device_coef`] and
+    /// [`Gpu::dot_scaled_on_device`] in turn, in two launches instead of up to five and one
+    /// read of the result fewer.
+    pub fn axpy_coef_dot(
+        &self,
+        x: &Floats,
+        y: &Floats,
+        (coef, minus): (&DeviceBuffer<f64>, Option<&DeviceBuffer<f64>>),
+        factor: f64,
+        dot_with: Option<(&Floats, f64)>,
+    ) -> GpuResult<(Floats, Option<DeviceBuffer<f64>>)> {
+        check_len("axpy", y.len(), x.len())?;
+        check_len("axpy coefficient", coef.len(), 1)?;
+        if let Some(m) = minus {
+            check_len("axpy coefficient", m.len(), 1)?;
+        }
+        if let Some((v, _)) = dot_with {
+            check_len("dot", v.len(), x.len())?;
+        }
+        let out = self.uninit(x.len())?;
+        let partial = match dot_with {
+            Some(_) => Some(DeviceBuffer::<f64>::uninit(
+                &self.runtime,
+                self.grid(x.len()) as usize,
+            )?),
+            None => None,
+        };
+        let null = Arg::Ptr(0);
+        let args = [
+            coef.arg(),
+            minus.map_or(null, |m| m.arg()),
+            Arg::F64(factor),
+            x.arg(),
+            y.arg(),
+            out.arg(),
+            dot_with.map_or(null, |(v, _)| v.arg()),
+            partial.as_ref().map_or(null, |p| p.arg()),
+            Arg::I64(x.len() as i64),
+        ];
+        // SAFETY: x, y, out (and v) hold x.len() floats, coef (and minus) one double, partial
+        // one double per block of the grid `launch` runs; the kernel reads no null pointer.
+        unsafe { self.launch("axpy_coef_dot", x.len(), &args)? };
+        let dot = match (partial, dot_with) {
+            (Some(p), Some((_, r))) => Some(self.finish(&p, r)?),
+            _ => None,
+        };
+        Ok((out, dot))
     }
 
     /// Σ(a − b)².

@@ -236,11 +236,35 @@ __global__ void reduce_partial(const float* a, const float* b, double* partial, 
     block_sum_to(acc, part, &partial[blockIdx.x]);
 }
 
-__global__ void reduce_finish(const double* partial, double* out, long long blocks) {
+// *out = scale·Σ partial (scale 1 for a plain sum: exact).
+__global__ void reduce_finish(const double* partial, double* out, long long blocks,
+                              double scale) {
     __shared__ double part[256];
     double acc = 0.0;
     for (long long i = threadIdx.x; i < blocks; i += blockDim.x) acc += partial[i];
     block_sum_to(acc, part, out);
+    if (threadIdx.x == 0) *out *= scale;
+}
+
+// One step of L-BFGS's two-loop recursion in one pass over the vectors:
+//   out = x + (float)(factor·(coef[0] − minus[0]))·y        (minus may be null: 0)
+// and, when next is not null, reduce_partial's Σ next·out, per block, for the next pair's
+// scalar (finished by reduce_finish). The same arithmetic in the same order as
+// scalar_sub, axpy_device_coef and reduce_partial (op 1) one after another, so the same
+// bits; it reads out's operands once and launches once instead of three to five times.
+__global__ void axpy_coef_dot(const double* coef, const double* minus, double factor,
+                              const float* x, const float* y, float* out, const float* next,
+                              double* partial, long long n) {
+    __shared__ double part[256];
+    double c = minus ? coef[0] - minus[0] : coef[0];
+    float b = (float)(factor * c);
+    double acc = 0.0;
+    GRID_STRIDE(i, n) {
+        float o = 1.0f * x[i] + b * y[i];
+        out[i] = o;
+        if (next) acc += (double)next[i] * (double)o;
+    }
+    if (next) block_sum_to(acc, part, &partial[blockIdx.x]);
 }
 
 // max |a|; *out starts at 0. Non-negative floats order like their bit patterns as ints, and

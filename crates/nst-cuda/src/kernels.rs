@@ -33,6 +33,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "scalar_scale",
     "scalar_sub",
     "axpy_device_coef",
+    "axpy_coef_dot",
     "reduce_partial",
     "reduce_finish",
     "abs_max",

@@ -166,6 +166,11 @@ pub trait Runtime: Send + Sync {
     /// The call is valid ([`Sgemm::is_valid`]) and `a`, `b`, `c` cover its extents.
     unsafe fn sgemm(&self, call: &Sgemm, a: DevicePtr, b: DevicePtr, c: DevicePtr)
         -> GpuResult<()>;
+    /// The most blocks a launch runs: a larger grid is cut to this many (grid-stride loops
+    /// stay correct). Kernels that write one value per block size their output by it.
+    fn max_grid(&self) -> u32 {
+        65_535
+    }
     /// Waits for all work so far (errors of earlier asynchronous work surface here).
     fn synchronize(&self) -> GpuResult<()>;
     /// The convolution library, where this runtime has one (else convolutions are im2col +

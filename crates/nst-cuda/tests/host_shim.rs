@@ -209,9 +209,9 @@ fn reductions_match_nst_cpu_and_propagate_nan() {
         let (mut partial, mut out) = (vec![f64::NAN; blocks as usize], f64::NAN);
         let (pp, outp, op_c) = (partial.as_mut_ptr(), &mut out as *mut f64, op);
         launch!(h, "reduce_partial"; ap, bp, pp, len, op_c);
-        let pc = partial.as_ptr();
-        let args = [pc.to_arg(), outp.to_arg(), blocks.to_arg()];
-        // SAFETY: three partials in, one double out.
+        let (pc, scale) = (partial.as_ptr(), 1.0f64);
+        let args = [pc.to_arg(), outp.to_arg(), blocks.to_arg(), Arg::F64(scale)];
+        // SAFETY: MAX_BLOCKS partials in, one double out.
         unsafe { h.launch("reduce_finish", 1, 32, &args) }.unwrap();
         assert!(partial.iter().all(|p| p.is_finite()), "{partial:?}");
         assert!(

@@ -173,6 +173,46 @@ fn elementwise_and_reductions_match_nst_cpu() {
             want,
             "{on} axpy with a device coefficient"
         );
+        // The fused step of L-BFGS's two-loop recursion: the same bits as the ops it fuses.
+        let scaled = g.dot_scaled_on_device(&dx, &dy, rho).unwrap();
+        assert_eq!(
+            scaled.to_vec().unwrap(),
+            g.scalar_scale(&d, rho).unwrap().to_vec().unwrap(),
+            "{on} dot scaled on device"
+        );
+        let v = g.upload(&rand_vec(n, 5)).unwrap();
+        for minus in [None, Some(&other)] {
+            let coef = match minus {
+                Some(m) => g.scalar_sub(&alpha, m).unwrap(),
+                None => g.scalar_scale(&alpha, 1.0).unwrap(),
+            };
+            let separate = g.axpy_device_coef(&dx, &dy, &coef, -1.0).unwrap();
+            let separate_dot = g.dot_on_device(&v, &separate).unwrap();
+            let separate_dot = g
+                .scalar_scale(&separate_dot, 0.3)
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let (fused, dot) = g
+                .axpy_coef_dot(&dx, &dy, (&alpha, minus), -1.0, Some((&v, 0.3)))
+                .unwrap();
+            let what = format!("{on} axpy_coef_dot, minus {}", minus.is_some());
+            assert_eq!(
+                fused.to_vec().unwrap(),
+                separate.to_vec().unwrap(),
+                "{what}"
+            );
+            assert_eq!(dot.unwrap().to_vec().unwrap(), separate_dot, "{what}");
+            let (alone, none) = g
+                .axpy_coef_dot(&dx, &dy, (&alpha, minus), -1.0, None)
+                .unwrap();
+            assert!(none.is_none());
+            assert_eq!(
+                alone.to_vec().unwrap(),
+                separate.to_vec().unwrap(),
+                "{what}"
+            );
+        }
         let total = g.sum(&dx).unwrap();
         assert_eq!(
             total.to_vec().unwrap(),
