@@ -173,6 +173,21 @@ pub trait BackendStorage: Sized {
     /// `x + f32(factor·coef)·y` (self is x): [`BackendStorage::axpby`] with α = 1 and a
     /// device-scalar β, rounded to f32 as the host would round it.
     fn add_scaled(&self, y: &Self, coef: &Self::Scalar, factor: f64) -> Result<Self>;
+    /// `r·(x·y)` left on the device: [`BackendStorage::dot_scalar`] then
+    /// [`BackendStorage::scalar_scale`], the same bits.
+    fn dot_scalar_scaled(&self, y: &Self, r: f64) -> Result<Self::Scalar>;
+    /// One step of L-BFGS's two-loop recursion: `x' = x + f32(factor·(coef − minus))·y`
+    /// (`minus` absent: 0) and, with `dot_with = Some((v, r))`, `r·(v·x')` on the device. The
+    /// same bits as [`BackendStorage::scalar_sub`], [`BackendStorage::add_scaled`] and
+    /// [`BackendStorage::dot_scalar_scaled`] in turn; a GPU does it in one pass.
+    fn add_scaled_dot(
+        &self,
+        y: &Self,
+        coef: &Self::Scalar,
+        minus: Option<&Self::Scalar>,
+        factor: f64,
+        dot_with: Option<(&Self, f64)>,
+    ) -> Result<(Self, Option<Self::Scalar>)>;
     /// Σ |xᵢ| accumulated in f64.
     fn abs_sum(&self) -> Result<f64>;
     /// max |xᵢ|, NaN if any element is NaN.

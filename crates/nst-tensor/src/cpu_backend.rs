@@ -291,6 +291,27 @@ impl BackendStorage for CpuStorage {
         self.axpby(1.0, y, (factor * coef) as f32)
     }
 
+    fn dot_scalar_scaled(&self, y: &Self, r: f64) -> Result<f64> {
+        Ok(self.dot(y)? * r)
+    }
+
+    // Two passes here as before (the same bits): the fusion is for the GPU's launches.
+    fn add_scaled_dot(
+        &self,
+        y: &Self,
+        coef: &f64,
+        minus: Option<&f64>,
+        factor: f64,
+        dot_with: Option<(&Self, f64)>,
+    ) -> Result<(Self, Option<f64>)> {
+        let c = minus.map_or(*coef, |m| coef - m);
+        let out = self.add_scaled(y, &c, factor)?;
+        let dot = dot_with
+            .map(|(v, r)| v.dot_scalar_scaled(&out, r))
+            .transpose()?;
+        Ok((out, dot))
+    }
+
     fn abs_sum(&self) -> Result<f64> {
         Ok(k::abs_sum(&self.0))
     }

@@ -415,6 +415,36 @@ impl BackendStorage for CudaStorage {
         self.wrap(self.gpu().axpy_device_coef(&self.buf, &y.buf, coef, factor))
     }
 
+    fn dot_scalar_scaled(&self, y: &Self, r: f64) -> Result<Self::Scalar> {
+        let d = self
+            .gpu()
+            .dot_scaled_on_device(&self.buf, &y.buf, r)
+            .map_err(failed)?;
+        Ok((d, self.cuda_device().clone()))
+    }
+
+    fn add_scaled_dot(
+        &self,
+        y: &Self,
+        (coef, _): &Self::Scalar,
+        minus: Option<&Self::Scalar>,
+        factor: f64,
+        dot_with: Option<(&Self, f64)>,
+    ) -> Result<(Self, Option<Self::Scalar>)> {
+        let (out, dot) = self
+            .gpu()
+            .axpy_coef_dot(
+                &self.buf,
+                &y.buf,
+                (coef, minus.map(|(m, _)| m)),
+                factor,
+                dot_with.map(|(v, r)| (&v.buf, r)),
+            )
+            .map_err(failed)?;
+        let dev = self.cuda_device();
+        Ok((dev.storage(out), dot.map(|d| (d, dev.clone()))))
+    }
+
     fn abs_sum(&self) -> Result<f64> {
         self.gpu().abs_sum(&self.buf).map_err(failed)
     }

@@ -378,6 +378,57 @@ impl Storage {
         })
     }
 
+    pub(crate) fn dot_scalar_scaled(&self, y: &Self, r: f64) -> Result<ScalarStorage> {
+        Ok(match (self, y) {
+            (Storage::Cpu(x), Storage::Cpu(y)) => ScalarStorage::Cpu(x.dot_scalar_scaled(y, r)?),
+            (Storage::Cuda(x), Storage::Cuda(y)) => ScalarStorage::Cuda(x.dot_scalar_scaled(y, r)?),
+            _ => return Err(TensorError::DeviceMismatch { op: "dot" }),
+        })
+    }
+
+    pub(crate) fn add_scaled_dot(
+        &self,
+        y: &Self,
+        (coef, minus): (&ScalarStorage, Option<&ScalarStorage>),
+        factor: f64,
+        dot_with: Option<(&Self, f64)>,
+    ) -> Result<(Self, Option<ScalarStorage>)> {
+        let mismatch = || TensorError::DeviceMismatch {
+            op: "add_scaled_dot",
+        };
+        Ok(match (self, y, coef) {
+            (Storage::Cpu(x), Storage::Cpu(y), ScalarStorage::Cpu(c)) => {
+                let minus = match minus {
+                    None => None,
+                    Some(ScalarStorage::Cpu(m)) => Some(m),
+                    Some(_) => return Err(mismatch()),
+                };
+                let dot_with = match dot_with {
+                    None => None,
+                    Some((Storage::Cpu(v), r)) => Some((v, r)),
+                    Some(_) => return Err(mismatch()),
+                };
+                let (out, dot) = x.add_scaled_dot(y, c, minus, factor, dot_with)?;
+                (Storage::Cpu(out), dot.map(ScalarStorage::Cpu))
+            }
+            (Storage::Cuda(x), Storage::Cuda(y), ScalarStorage::Cuda(c)) => {
+                let minus = match minus {
+                    None => None,
+                    Some(ScalarStorage::Cuda(m)) => Some(m),
+                    Some(_) => return Err(mismatch()),
+                };
+                let dot_with = match dot_with {
+                    None => None,
+                    Some((Storage::Cuda(v), r)) => Some((v, r)),
+                    Some(_) => return Err(mismatch()),
+                };
+                let (out, dot) = x.add_scaled_dot(y, c, minus, factor, dot_with)?;
+                (Storage::Cuda(out), dot.map(ScalarStorage::Cuda))
+            }
+            _ => return Err(mismatch()),
+        })
+    }
+
     pub(crate) fn abs_sum(&self) -> Result<f64> {
         on_device_value!(self, s => s.abs_sum())
     }

@@ -518,3 +518,40 @@ fn device_scalars_match_host_arithmetic(dev: &Device) {
     }
 }
 test_device!(device_scalars_match_host_arithmetic);
+
+/// The fused step of L-BFGS's two-loop recursion gives the bits of the ops it stands for.
+fn fused_two_loop_step_matches_its_parts(dev: &Device) {
+    let mut rng = StdRng::seed_from_u64(12);
+    let t = |rng: &mut StdRng| {
+        let u = uniform(rng, &[5, 301]);
+        Tensor::from_vec(u.data, &u.shape, dev).unwrap()
+    };
+    let (x, y, v) = (t(&mut rng), t(&mut rng), t(&mut rng));
+    let alpha = x.dot_scalar(&y).unwrap().scale(0.37).unwrap();
+    let beta = v.dot_scalar(&y).unwrap().scale(-1.3).unwrap();
+    assert_eq!(
+        x.dot_scalar_scaled(&y, 0.37).unwrap().value().unwrap(),
+        alpha.value().unwrap()
+    );
+    for minus in [None, Some(&beta)] {
+        let coef = match minus {
+            Some(b) => alpha.sub(b).unwrap(),
+            None => alpha.scale(1.0).unwrap(),
+        };
+        let want = x.add_scaled(&y, &coef, -1.0).unwrap();
+        let want_dot = v.dot_scalar(&want).unwrap().scale(0.7).unwrap().value();
+        let (got, dot) = x
+            .add_scaled_dot(&y, &alpha, minus, -1.0, Some((&v, 0.7)))
+            .unwrap();
+        assert_eq!(got.to_vec().unwrap(), want.to_vec().unwrap());
+        assert_eq!(dot.unwrap().value().unwrap(), want_dot.unwrap());
+        let (alone, none) = x.add_scaled_dot(&y, &alpha, minus, -1.0, None).unwrap();
+        assert!(none.is_none());
+        assert_eq!(alone.to_vec().unwrap(), want.to_vec().unwrap());
+    }
+    let wrong = Tensor::from_vec(vec![0.0; 7], &[7], dev).unwrap();
+    assert!(x
+        .add_scaled_dot(&y, &alpha, None, 1.0, Some((&wrong, 1.0)))
+        .is_err());
+}
+test_device!(fused_two_loop_step_matches_its_parts);

@@ -57,6 +57,42 @@ impl Tensor {
         Ok(Tensor::from_storage(out, self.dims()))
     }
 
+    /// `r·(self·other)` left on the device: [`Tensor::dot_scalar`] then [`Scalar::scale`], the
+    /// same bits (one GPU launch fewer).
+    pub fn dot_scalar_scaled(&self, other: &Tensor, r: f64) -> Result<Scalar> {
+        self.same_shape(other, "dot")?;
+        Ok(Scalar(
+            self.storage().dot_scalar_scaled(other.storage(), r)?,
+        ))
+    }
+
+    /// One step of L-BFGS's two-loop recursion, untracked: `x' = self + f32(factor·(coef −
+    /// minus))·y` (`minus` absent: 0) and, with `dot_with = Some((v, r))`, also `r·(v·x')` as
+    /// a [`Scalar`] (the next history pair's αᵢ or βᵢ). The same bits as [`Scalar::sub`],
+    /// [`Tensor::add_scaled`] and [`Tensor::dot_scalar_scaled`] in turn; on a GPU one pass
+    /// over the vectors and two launches instead of up to five, which is what the recursion
+    /// costs there (100 history pairs are 200 such steps an iteration).
+    pub fn add_scaled_dot(
+        &self,
+        y: &Tensor,
+        coef: &Scalar,
+        minus: Option<&Scalar>,
+        factor: f64,
+        dot_with: Option<(&Tensor, f64)>,
+    ) -> Result<(Tensor, Option<Scalar>)> {
+        self.same_shape(y, "add_scaled_dot")?;
+        if let Some((v, _)) = dot_with {
+            self.same_shape(v, "add_scaled_dot")?;
+        }
+        let (out, dot) = self.storage().add_scaled_dot(
+            y.storage(),
+            (&coef.0, minus.map(|m| &m.0)),
+            factor,
+            dot_with.map(|(v, r)| (v.storage(), r)),
+        )?;
+        Ok((Tensor::from_storage(out, self.dims()), dot.map(Scalar)))
+    }
+
     /// Σ |selfᵢ| in f64 (the L1 norm).
     pub fn abs_sum(&self) -> Result<f64> {
         self.storage().abs_sum()
