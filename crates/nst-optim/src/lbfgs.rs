@@ -98,19 +98,41 @@ impl Lbfgs {
     /// The search direction −H·g by the two-loop recursion. Its scalars (αᵢ = ρᵢ·sᵢᵀq,
     /// βᵢ = ρᵢ·yᵢᵀr) stay on the tensors' device ([`nst_tensor::Scalar`]): on a GPU the
     /// recursion never waits for the host (two round trips per history pair otherwise, up to
-    /// 200 per iteration); on the CPU the arithmetic is the same f64 as ever.
+    /// 200 per iteration). Each update of q or r also takes the next pair's scalar
+    /// ([`Tensor::add_scaled_dot`]), so on a GPU a pair costs two passes and four launches
+    /// instead of four passes and nine; on the CPU the arithmetic is the same f64 as ever.
     fn direction(&self, g: &Tensor) -> Result<Tensor, TensorError> {
+        let pairs: Vec<_> = self.pairs.iter().collect(); // oldest first
+        let n = pairs.len();
         let mut q = g.scale(-1.0)?;
-        let mut alphas = Vec::with_capacity(self.pairs.len()); // newest pair first
-        for (s, y, rho) in self.pairs.iter().rev() {
-            let alpha = s.dot_scalar(&q)?.scale(*rho)?;
-            q = q.add_scaled(y, &alpha, -1.0)?;
+        if n == 0 {
+            return q.scale(self.h_diag as f32);
+        }
+        // Newest pair first: αᵢ = ρᵢ·sᵢᵀq, then q −= αᵢ·yᵢ.
+        let mut alphas = Vec::with_capacity(n); // newest first
+        let (s, _, rho) = pairs[n - 1];
+        let mut alpha = s.dot_scalar_scaled(&q, *rho)?;
+        for i in (0..n).rev() {
+            let next = i.checked_sub(1).map(|j| (&pairs[j].0, pairs[j].2));
+            let (q2, next_alpha) = q.add_scaled_dot(&pairs[i].1, &alpha, None, -1.0, next)?;
+            q = q2;
             alphas.push(alpha);
+            match next_alpha {
+                Some(a) => alpha = a,
+                None => break, // i = 0: the oldest pair was the last
+            }
         }
         let mut r = q.scale(self.h_diag as f32)?;
-        for ((s, y, rho), alpha) in self.pairs.iter().zip(alphas.iter().rev()) {
-            let beta = y.dot_scalar(&r)?.scale(*rho)?;
-            r = r.add_scaled(s, &alpha.sub(&beta)?, 1.0)?;
+        // Oldest pair first: βᵢ = ρᵢ·yᵢᵀr, then r += (αᵢ − βᵢ)·sᵢ.
+        let (_, y, rho) = pairs[0];
+        let mut beta = y.dot_scalar_scaled(&r, *rho)?;
+        for (i, alpha) in alphas.iter().rev().enumerate() {
+            let next = pairs.get(i + 1).map(|(_, y, rho)| (y, *rho));
+            let (r2, next_beta) = r.add_scaled_dot(&pairs[i].0, alpha, Some(&beta), 1.0, next)?;
+            r = r2;
+            if let Some(b) = next_beta {
+                beta = b;
+            }
         }
         Ok(r)
     }
