@@ -3,7 +3,7 @@
 # Rust toolchain and no network. Build beforehand, on x86-64 Linux with the toolchain:
 #   scripts/device-build.sh        (→ target/device-bin/, 27 MB: carry only that folder)
 # then on the GPU machine, from the repository root:
-#   scripts/device-check.sh        (about 4 minutes on an H200; each step has its own timeout)
+#   scripts/device-check.sh        (about 5–6 minutes on an H200; each step has its own timeout)
 # Everything it prints also goes, with the logs, the images and the reports, to one folder:
 # $NST_DEVICE_OUT, else $OUT (the device tool's output folder), else target/device-check;
 # with NST_DEVICE_PACK=file.tgz, also packed into that one archive at the end.
@@ -21,7 +21,8 @@ BIN=${NST_DEVICE_BIN:-target/device-bin}
 OUT=${NST_DEVICE_OUT:-${OUT:-target/device-check}}
 PY=${NST_PYTHON:-python3}
 mkdir -p "$OUT/logs"
-exec > >(tee -a "$OUT/summary.txt") 2>&1
+exec 3>&1 4>&2 > >(tee -a "$OUT/summary.txt") 2>&1
+tee_pid=$!
 status=0
 step() { echo; echo "== $* ($(date +%T))"; }
 
@@ -60,9 +61,10 @@ step "CUDA tests (every test binary; the per-device tests' cuda halves must run)
 for t in "$BIN"/tests/*; do
     name=$(basename "$t")
     # Per-device tests: only their CUDA halves (the CPU ones ran in CI). Others: all.
-    filter=""
-    case "$name" in nst-tensor-gradcheck|nst-loss-reference|nst-vgg-reference|nst-optim-reference) filter="cuda" ;; esac
-    NST_REQUIRE_CUDA=1 timeout 240 "$t" $filter --test-threads 1 --nocapture >"$OUT/logs/$name.log" 2>&1
+    # Per-device tests: only the cuda halves (not cuda_emulated: CI runs those).
+    filter=()
+    case "$name" in nst-tensor-gradcheck|nst-loss-reference|nst-vgg-reference|nst-optim-reference) filter=(::cuda --skip cuda_emulated) ;; esac
+    NST_REQUIRE_CUDA=1 timeout 240 "$t" "${filter[@]}" --test-threads 1 --nocapture >"$OUT/logs/$name.log" 2>&1
     rc=$?
     [ $rc -ne 0 ] && status=1
     printf '%-32s rc=%-3s %s\n' "$name" "$rc" "$(grep -E '^test result' "$OUT/logs/$name.log" | tail -1)"
@@ -72,12 +74,14 @@ done
 step "the cuDNN algorithms chosen for the L-BFGS reference test (fp32)"
 NST_CUDNN_LOG=1 NST_REQUIRE_CUDA=1 timeout 120 "$BIN/tests/nst-optim-reference" --exact \
     lbfgs_trace_matches_reference::cuda --nocapture >"$OUT/logs/lbfgs-cudnn-log.log" 2>&1
-grep -E "^cuDNN" "$OUT/logs/lbfgs-cudnn-log.log" | sort | uniq -c
+rc=$?; [ $rc -ne 0 ] && status=1
+echo "rc=$rc"; grep -E "^cuDNN" "$OUT/logs/lbfgs-cudnn-log.log" | sort | uniq -c
 
 step "the L-BFGS reference trace on CUDA without cuDNN (NST_CUDNN=0: im2col + cuBLAS), to compare"
 NST_CUDNN=0 NST_REQUIRE_CUDA=1 timeout 120 "$BIN/tests/nst-optim-reference" --exact \
     lbfgs_trace_matches_reference::cuda --nocapture >"$OUT/logs/lbfgs-im2col.log" 2>&1
-echo "rc=$?"; grep -E "^trace\[[0-9]\]:|^test result" "$OUT/logs/lbfgs-im2col.log"
+rc=$?; [ $rc -ne 0 ] && status=1
+echo "rc=$rc"; grep -E "^trace\[[0-9]\]:|^test result" "$OUT/logs/lbfgs-im2col.log"
 
 step "compute-sanitizer memcheck on the kernel parity tests"
 if command -v compute-sanitizer >/dev/null; then
@@ -109,13 +113,16 @@ print(f"{sys.argv[2]}: final loss {r['trace'][-1]['total']:.6e}, "
       f"device {r['device']}")
 PY
 done
+# The same bits: the images (8-bit) and the reports' loss traces (every iteration, f64).
 if [ ! -f "$OUT/result_cuda_tf32.png" ] || [ ! -f "$OUT/result_cuda_tf32_again.png" ]; then
     echo "no two tf32 images to compare"
-elif cmp -s "$OUT/result_cuda_tf32.png" "$OUT/result_cuda_tf32_again.png"; then
-    echo "the two tf32 runs wrote the same image, byte for byte"
+elif cmp -s "$OUT/result_cuda_tf32.png" "$OUT/result_cuda_tf32_again.png" &&
+    "$PY" -c "import json,sys; t=[json.load(open(f))['trace'] for f in sys.argv[1:]]; sys.exit(t[0]!=t[1])" \
+        "$OUT/result_cuda_tf32.json" "$OUT/result_cuda_tf32_again.json"; then
+    echo "the two tf32 runs gave the same image and the same loss trace"
     rm -f "$OUT/result_cuda_tf32_again.png"
 else
-    echo "the two tf32 runs wrote different images (not deterministic)"; status=1
+    echo "the two tf32 runs differ (image or loss trace): not deterministic"; status=1
 fi
 
 step "one 4096² iteration on the GPU (peak memory)"
@@ -127,23 +134,27 @@ echo "rc=$?"; tail -1 "$OUT/logs/big_4096.log"
 
 step "where the GPU time goes (NST_CUDA_PROFILE=1: each operation timed alone, 3 iterations)"
 for cfg in "tf32 512" "fp32 512" "tf32 2048"; do
-    set -- $cfg
-    NST_CUDA_PROFILE=1 timeout 120 "$BIN/xtask" bench-worker --device cuda --precision "$1" \
-        --size "$2" --iters 3 >"$OUT/logs/profile_$1_$2.json" 2>"$OUT/logs/profile_$1_$2.txt"
-    echo "-- $1 $2² (rc=$?)"; head -25 "$OUT/logs/profile_$1_$2.txt"
+    read -r precision size <<<"$cfg"
+    NST_CUDA_PROFILE=1 timeout 120 "$BIN/xtask" bench-worker --device cuda \
+        --precision "$precision" --size "$size" --iters 3 \
+        >"$OUT/logs/profile_${precision}_$size.json" 2>"$OUT/logs/profile_${precision}_$size.txt"
+    echo "-- $precision $size² (rc=$?)"; head -25 "$OUT/logs/profile_${precision}_$size.txt"
 done
 
 step "bench: ours against PyTorch, on CUDA (fp32, tf32) and then on the CPU"
 # NST_BENCH_SIZES / _ITERS narrow the CUDA part when device time is short.
-timeout 240 "$BIN/xtask" bench --device cuda --sizes "${NST_BENCH_SIZES:-512,1024,2048}" \
+timeout 360 "$BIN/xtask" bench --device cuda --sizes "${NST_BENCH_SIZES:-512,1024,2048}" \
     --iters "${NST_BENCH_ITERS:-10}" --peer 2>"$OUT/logs/bench.log" | tee "$OUT/bench.md"
 cp target/bench/bench.json "$OUT/bench.json" 2>/dev/null
 timeout 120 "$BIN/xtask" bench --device cpu --sizes 512 --iters 3 --peer \
     2>"$OUT/logs/bench-cpu.log" | tee "$OUT/bench-cpu.md"
 
 echo; echo "status $status; logs, images and reports in $OUT"
-# The device tool brings back at most 8 files of 16 MiB: one archive of everything but the
-# 4096² image, beside the summary.
+# Let tee finish summary.txt before it is packed.
+exec 1>&3 2>&4
+wait "$tee_pid" 2>/dev/null || sleep 1
+# The device tool brings back at most 8 files of 16 MiB: one archive (give it a path outside
+# $OUT's folder) of everything but the 4096² image.
 if [ -n "${NST_DEVICE_PACK:-}" ]; then
     tar czf "$NST_DEVICE_PACK" --exclude big_4096.png -C "$OUT" .
 fi

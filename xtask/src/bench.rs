@@ -217,7 +217,7 @@ fn run_child(cmd: &mut Command) -> Result<Measurement, String> {
     parse_measurement(&out.stdout).map_err(|e| e.to_string())
 }
 
-/// `xtask bench-worker --size N --iters K [--device cpu|cuda] [--precision fp32|tf32]
+/// `xtask bench-worker --size N --iters K [--device cpu|cuda|cuda-emulated] [--precision fp32|tf32]
 /// [--memory fast|lean] [--dump DIR]`: one measurement as a JSON line; with
 /// `NST_CUDA_PROFILE=1`, also the GPU time per operation of the timed iterations on stderr.
 pub fn worker(args: &[String]) -> Result<()> {
@@ -237,7 +237,9 @@ pub fn worker(args: &[String]) -> Result<()> {
                     "cuda" => Device::cuda(0)?,
                     // The CUDA path on the CPU (slow): to try this worker without a GPU.
                     "cuda-emulated" => Device::cuda_emulated()?,
-                    other => bail!("unknown device {other} (expected cpu or cuda)"),
+                    other => {
+                        bail!("unknown device {other} (expected cpu, cuda or cuda-emulated)")
+                    }
                 }
             }
             "--precision" => {

@@ -25,14 +25,6 @@ inline std::barrier<>* nst_block_barrier = nullptr;
 
 inline void __syncthreads() { nst_block_barrier->arrive_and_wait(); }
 
-inline double atomicAdd(double* address, double v) {
-    return std::atomic_ref<double>(*address).fetch_add(v);
-}
-
-inline float atomicAdd(float* address, float v) {
-    return std::atomic_ref<float>(*address).fetch_add(v);
-}
-
 inline int atomicMax(int* address, int v) {
     std::atomic_ref<int> a(*address);
     int old = a.load();

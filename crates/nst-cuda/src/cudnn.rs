@@ -52,13 +52,15 @@ struct Found<A> {
 /// The fastest algorithm cuDNN measured (results come fastest first) that ran and fits the
 /// workspace limit, with two preferences:
 /// - **f32** (`tf32` false): no tensor-core math, so `--precision fp32` is f32 throughout.
-/// - **deterministic** when there is one, as `torch.backends.cudnn.deterministic` does, so the
-///   same picture comes out of the same command every time: a nondeterministic backward-data
-///   algorithm (atomic adds in a varying order) changes the gradient's last bits from run to
-///   run, and L-BFGS carries them on and grows them (by 1.2e-2 in the loss after 10
-///   iterations at the noise of another summation order: `nst-optim/tests/reference.rs`).
-///   Measured on an H200 (cuDNN 9.14), between two runs: this made fp32 12–14% slower (16.3 → 18.6 ms per iteration at 512²,
-///   57.9 → 66.2 at 1024²) and tf32 no slower (6.1 → 6.1–6.3, 17.8 → 18.1–18.2).
+/// - **deterministic** when there is one, as `torch.backends.cudnn.deterministic` does: a
+///   nondeterministic backward-data algorithm (atomic adds in a varying order) changes the
+///   gradient's last bits from one call to the next, and L-BFGS carries such differences on
+///   and grows them (the H200's f32 summation order moved the reference trace by 1.2e-2 at
+///   iterate 9: `nst-optim/tests/reference.rs`). Two runs give the same bits when cuDNN's
+///   timing picks the same algorithms; it measures them afresh in each process. Measured
+///   on an H200 (cuDNN 9.14), between two runs that also differed in the reductions: fp32
+///   14% slower (16.3 → 18.6 ms per iteration at 512², 57.9 → 66.2 at 1024²), tf32 within
+///   2% (6.1 → 6.1–6.3, 17.8 → 18.1–18.2).
 ///
 /// FFT and Winograd algorithms stay allowed: a run that also excluded them in f32 measured
 /// the same time and the same distance from the float64 L-BFGS reference (1.74e-3 against
@@ -75,13 +77,19 @@ fn choose<A: Copy + std::fmt::Debug>(
     let usable = |r: &&Found<A>| {
         r.status == cudnnStatus_t::CUDNN_STATUS_SUCCESS && r.memory <= WORKSPACE_LIMIT
     };
-    let wanted =
-        |r: &&Found<A>| usable(r) && (tf32 || r.math != cudnnMathType_t::CUDNN_TENSOR_OP_MATH);
+    let tensor_cores = |r: &&Found<A>| {
+        matches!(
+            r.math,
+            cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+                | cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+        )
+    };
+    let wanted = |r: &&Found<A>| usable(r) && (tf32 || !tensor_cores(r));
     let pick = (results.iter().filter(wanted).find(|r| r.deterministic))
         .or_else(|| results.iter().find(wanted))
         .or_else(|| results.iter().find(usable));
     let r = pick.ok_or_else(|| format!("cuDNN found no {what} algorithm for this shape"))?;
-    if std::env::var_os("NST_CUDNN_LOG").is_some() {
+    if std::env::var("NST_CUDNN_LOG").is_ok_and(|v| v == "1") {
         eprintln!(
             "cuDNN {what}: {:?}, {} bytes of workspace, deterministic {}, {:?}",
             r.algo, r.memory, r.deterministic, r.math

@@ -25,7 +25,6 @@ const BLOCK: u32 = 256;
 /// SGEMM is already large) and would cost GPU memory at large image sizes.
 pub const COLS_BUDGET: usize = 1 << 26;
 
-/// Blocks for `n` work items of a grid-stride kernel.
 /// A convolution for the profile table: `64→128 3×3 at 256×256` (batch when above 1).
 fn conv_name(c: &Conv2dParams) -> String {
     let batch = if c.batch > 1 {
@@ -501,7 +500,7 @@ impl Gpu {
     /// One step of L-BFGS's two-loop recursion in one pass: `x + f32(factor·(coef − minus))·y`
     /// (`minus` absent: 0) and, with `dot_with = Some((v, r))`, also `r·Σ vᵢ·resultᵢ` on the
     /// device. The same bits as [`Gpu::scalar_sub`], [`Gpu::axpy_device_coef`] and
-    /// [`Gpu::dot_scaled_on_device`] in turn, in two launches instead of up to five and one
+    /// [`Gpu::dot_scaled_on_device`] in turn, in two launches instead of up to four and one
     /// read of the result fewer.
     pub fn axpy_coef_dot(
         &self,

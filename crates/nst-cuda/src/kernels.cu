@@ -211,7 +211,9 @@ __global__ void axpy_device_coef(const double* coef, double factor, const float*
 // reduce_finish (one block) adds them up. Adding the partials atomically, as this first did,
 // added them in whatever order the blocks finished; the first GPU run showed the last bit of
 // a dot product differing between two calls, and L-BFGS grows such differences.
-// op: 0 Σ(a−b)², 1 Σa·b, 2 Σ|a|, 3 Σa. Both kernels assume 256 threads per block.
+// op: 0 Σ(a−b)², 1 Σa·b, 2 Σ|a|, 3 Σa. block_sum_to (used by reduce_partial, reduce_finish
+// and axpy_coef_dot) needs a power-of-two block of at most 256 threads (the GPU runs 256,
+// the emulator 32); reduce_finish runs as exactly one block (its thread 0 scales *out).
 __device__ __forceinline__ void block_sum_to(double acc, double* part, double* dst) {
     part[threadIdx.x] = acc;
     __syncthreads();
@@ -251,7 +253,7 @@ __global__ void reduce_finish(const double* partial, double* out, long long bloc
 // and, when next is not null, reduce_partial's Σ next·out, per block, for the next pair's
 // scalar (finished by reduce_finish). The same arithmetic in the same order as
 // scalar_sub, axpy_device_coef and reduce_partial (op 1) one after another, so the same
-// bits; it reads out's operands once and launches once instead of three to five times.
+// bits; it reads out's operands once and launches once instead of two or three times.
 __global__ void axpy_coef_dot(const double* coef, const double* minus, double factor,
                               const float* x, const float* y, float* out, const float* next,
                               double* partial, long long n) {

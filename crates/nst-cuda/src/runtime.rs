@@ -166,8 +166,8 @@ pub trait Runtime: Send + Sync {
     /// The call is valid ([`Sgemm::is_valid`]) and `a`, `b`, `c` cover its extents.
     unsafe fn sgemm(&self, call: &Sgemm, a: DevicePtr, b: DevicePtr, c: DevicePtr)
         -> GpuResult<()>;
-    /// The most blocks a launch runs: a larger grid is cut to this many (grid-stride loops
-    /// stay correct). Kernels that write one value per block size their output by it.
+    /// The most blocks [`crate::Gpu`] asks a launch for (the emulator runs no more than
+    /// this; grid-stride loops stay correct with fewer). Per-block outputs are sized by it.
     fn max_grid(&self) -> u32 {
         65_535
     }

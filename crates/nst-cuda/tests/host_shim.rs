@@ -203,12 +203,20 @@ fn reductions_match_nst_cpu_and_propagate_nan() {
         (3, elementwise::sum(&a)),
     ];
     for (op, want) in sums {
-        // One partial per block (NaN first, so a block that writes none shows; the emulator
-        // runs at most MAX_BLOCKS of the 3 asked for), then one block adds them.
+        // One partial per block of the grid (NaN first, so a block that writes none shows),
+        // then one block adds them.
         let blocks = nst_cuda::emulator::MAX_BLOCKS as i64;
         let (mut partial, mut out) = (vec![f64::NAN; blocks as usize], f64::NAN);
         let (pp, outp, op_c) = (partial.as_mut_ptr(), &mut out as *mut f64, op);
-        launch!(h, "reduce_partial"; ap, bp, pp, len, op_c);
+        let args = [
+            ap.to_arg(),
+            bp.to_arg(),
+            pp.to_arg(),
+            len.to_arg(),
+            op_c.to_arg(),
+        ];
+        // SAFETY: a and b hold len values, partial one double per block.
+        unsafe { h.launch("reduce_partial", blocks as u32, 32, &args) }.unwrap();
         let (pc, scale) = (partial.as_ptr(), 1.0f64);
         let args = [pc.to_arg(), outp.to_arg(), blocks.to_arg(), Arg::F64(scale)];
         // SAFETY: MAX_BLOCKS partials in, one double out.

@@ -99,8 +99,9 @@ impl Lbfgs {
     /// βᵢ = ρᵢ·yᵢᵀr) stay on the tensors' device ([`nst_tensor::Scalar`]): on a GPU the
     /// recursion never waits for the host (two round trips per history pair otherwise, up to
     /// 200 per iteration). Each update of q or r also takes the next pair's scalar
-    /// ([`Tensor::add_scaled_dot`]), so on a GPU a pair costs two passes and four launches
-    /// instead of four passes and nine; on the CPU the arithmetic is the same f64 as ever.
+    /// ([`Tensor::add_scaled_dot`]), so on a GPU a pair costs two kernels over the vectors
+    /// and four launches instead of four and nine; on the CPU the arithmetic is the same f64
+    /// as ever.
     fn direction(&self, g: &Tensor) -> Result<Tensor, TensorError> {
         let pairs: Vec<_> = self.pairs.iter().collect(); // oldest first
         let n = pairs.len();
@@ -201,5 +202,65 @@ impl Lbfgs {
             first,
         });
         Ok(Step::Moved { x: x_next, eval })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nst_tensor::Device;
+
+    /// The two-loop recursion as it was before its steps were fused: the oracle that the
+    /// fused one must match bit for bit.
+    fn direction_unfused(l: &Lbfgs, g: &Tensor) -> Tensor {
+        let mut q = g.scale(-1.0).unwrap();
+        let mut alphas = vec![];
+        for (s, y, rho) in l.pairs.iter().rev() {
+            let alpha = s.dot_scalar(&q).unwrap().scale(*rho).unwrap();
+            q = q.add_scaled(y, &alpha, -1.0).unwrap();
+            alphas.push(alpha);
+        }
+        let mut r = q.scale(l.h_diag as f32).unwrap();
+        for ((s, y, rho), alpha) in l.pairs.iter().zip(alphas.iter().rev()) {
+            let beta = y.dot_scalar(&r).unwrap().scale(*rho).unwrap();
+            r = r.add_scaled(s, &alpha.sub(&beta).unwrap(), 1.0).unwrap();
+        }
+        r
+    }
+
+    fn vector(seed: u32, dev: &Device) -> Tensor {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+        let data = (0..1000)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect();
+        Tensor::from_vec(data, &[1000], dev).unwrap()
+    }
+
+    #[test]
+    fn fused_two_loop_recursion_matches_the_unfused_one_bit_for_bit() {
+        let mut devices = vec![Device::Cpu];
+        match Device::cuda_emulated() {
+            Ok(d) => devices.push(d),
+            Err(e) if std::env::var_os("NST_REQUIRE_EMULATOR").is_some() => panic!("{e}"),
+            Err(e) => eprintln!("skipped the emulator: {e}"),
+        }
+        for dev in &devices {
+            let g = vector(1, dev);
+            for n in [0, 1, 2, 5] {
+                let mut l = Lbfgs::new(LbfgsConfig::default());
+                l.h_diag = 0.8;
+                for i in 0..n {
+                    let (s, y) = (vector(10 + i, dev), vector(20 + i, dev));
+                    let rho = 1.0 / y.dot(&s).unwrap();
+                    l.pairs.push_back((s, y, rho));
+                }
+                let fused = l.direction(&g).unwrap().to_vec().unwrap();
+                let want = direction_unfused(&l, &g).to_vec().unwrap();
+                assert_eq!(fused, want, "{n} pairs on {dev:?}");
+            }
+        }
     }
 }

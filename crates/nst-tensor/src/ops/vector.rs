@@ -70,7 +70,7 @@ impl Tensor {
     /// minus))·y` (`minus` absent: 0) and, with `dot_with = Some((v, r))`, also `r·(v·x')` as
     /// a [`Scalar`] (the next history pair's αᵢ or βᵢ). The same bits as [`Scalar::sub`],
     /// [`Tensor::add_scaled`] and [`Tensor::dot_scalar_scaled`] in turn; on a GPU one pass
-    /// over the vectors and two launches instead of up to five, which is what the recursion
+    /// over the vectors and two launches instead of up to four, which is what the recursion
     /// costs there (100 history pairs are 200 such steps an iteration).
     pub fn add_scaled_dot(
         &self,
