@@ -49,6 +49,23 @@ struct Found<A> {
     math: cudnnMathType_t,
 }
 
+/// A `cudnnFind*` call's results as [`Found`] (forward and backward-data results have the
+/// same fields in two types).
+macro_rules! found {
+    ($results:expr) => {
+        $results
+            .iter()
+            .map(|r| Found {
+                status: r.status,
+                memory: r.memory,
+                algo: r.algo,
+                deterministic: r.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
+                math: r.mathType,
+            })
+            .collect::<Vec<_>>()
+    };
+}
+
 /// The fastest algorithm cuDNN measured (results come fastest first) that ran and fits the
 /// workspace limit, with two preferences:
 /// - **f32** (`tf32` false): no tensor-core math, so `--precision fp32` is f32 throughout.
@@ -291,17 +308,7 @@ impl ConvEngine for Cudnn {
                         found.as_mut_ptr(),
                     )
                 })?;
-                let found: Vec<_> = found[..count as usize]
-                    .iter()
-                    .map(|r| Found {
-                        status: r.status,
-                        memory: r.memory,
-                        algo: r.algo,
-                        deterministic: r.determinism
-                            == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
-                        math: r.mathType,
-                    })
-                    .collect();
+                let found = found!(found[..count as usize]);
                 let chosen = choose(&found, &format!("forward {p:?}"), tf32)?;
                 plan.forward = Some(chosen);
                 chosen
@@ -359,17 +366,7 @@ impl ConvEngine for Cudnn {
                         found.as_mut_ptr(),
                     )
                 })?;
-                let found: Vec<_> = found[..count as usize]
-                    .iter()
-                    .map(|r| Found {
-                        status: r.status,
-                        memory: r.memory,
-                        algo: r.algo,
-                        deterministic: r.determinism
-                            == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
-                        math: r.mathType,
-                    })
-                    .collect();
+                let found = found!(found[..count as usize]);
                 let chosen = choose(&found, &format!("backward-data {p:?}"), tf32)?;
                 plan.backward_data = Some(chosen);
                 chosen
