@@ -111,6 +111,10 @@ print(f"{sys.argv[2]}: final loss {r['trace'][-1]['total']:.6e}, "
       f"{r['timing']['ms_per_iter_median']:.1f} ms/iter at the final scale, "
       f"{r['timing']['total_s']:.1f} s in all, peak GPU {r.get('peak_device_bytes', 0) / 2**20:.0f} MiB, "
       f"device {r['device']}")
+t = r["timing"]
+print(f"  setup {t['setup_s']:.2f} s; per scale (w×h: before the first step + steps × median): "
+      + ", ".join(f"{c['width']}×{c['height']}: {c['before_first_iter_s']:.2f} s + "
+                  f"{c['iterations']} × {c['ms_per_iter_median']:.1f} ms" for c in t["scales"]))
 PY
 done
 # The same bits: the images (8-bit) and the reports' loss traces (every iteration, f64).

@@ -16,7 +16,7 @@
 use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind};
 use crate::memory;
 use crate::progress::{IterationInfo, Progress};
-use crate::report::{median, Report, Timing, TracePoint};
+use crate::report::{median, Report, ScaleTiming, Timing, TracePoint};
 use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;
 use nst_image::color::{join_luminance, match_colors, match_luminance, split_luminance};
@@ -139,6 +139,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     apply_memory_mode(plan.memory_mode, progress);
     let vgg = load_vgg(cfg, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
+    let setup_s = started.elapsed().as_secs_f64();
     let optimised = optimise(cfg, &vgg, &images, &plan, &prepared, progress, interrupt)?;
     save_atomic(&prepared.to_output(&optimised.image), &cfg.output)?;
     let (out_w, out_h) = plan.output;
@@ -149,6 +150,8 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
         timing: Timing {
             ms_per_iter_median: median(&optimised.iter_ms),
             total_s: started.elapsed().as_secs_f64(),
+            setup_s,
+            scales: optimised.scales,
         },
         device: device.to_string(),
         peak_device_bytes: device.peak_device_memory_bytes(),
@@ -451,6 +454,7 @@ struct Optimised {
     image: Planes,
     trace: Vec<TracePoint>,
     iter_ms: Vec<f64>,
+    scales: Vec<ScaleTiming>,
 }
 
 /// Writes `best` as the output and returns the error that reports it (or the write's
@@ -500,9 +504,10 @@ fn optimise(
         },
     };
     let mut image: Option<Planes> = None;
-    let (mut trace, mut iter_ms) = (Vec::new(), Vec::new());
+    let (mut trace, mut iter_ms, mut scale_timings) = (Vec::new(), Vec::new(), Vec::new());
     for (si, &(w, h)) in plan.scales.iter().enumerate() {
         let (scale, final_scale) = (si + 1, si + 1 == plan.scales.len());
+        let scale_setup = Instant::now();
         let previous = image.take();
         // An error setting up a later scale (the GPU out of memory at the larger size) keeps
         // the previous scale's result as the output.
@@ -526,7 +531,12 @@ fn optimise(
         optimizer.reset();
         progress.scale_started(scale, plan.scales.len(), w, h, cfg.iters);
         let scale_started = Instant::now();
+        let (mut steps_ms, mut before_first_iter_s) = (Vec::new(), 0.0);
         let mut on_iterate = |k: u32, x: &Tensor, eval: &Evaluation, step_ms: Option<f64>| {
+            if k == 0 {
+                before_first_iter_s = scale_setup.elapsed().as_secs_f64();
+            }
+            steps_ms.extend(step_ms);
             if final_scale {
                 trace.push(trace_point(k, eval));
                 iter_ms.extend(step_ms);
@@ -572,6 +582,14 @@ fn optimise(
         )
         .map_err(keep_previous)?;
         progress.scale_finished();
+        scale_timings.push(ScaleTiming {
+            width: w,
+            height: h,
+            iterations: steps_ms.len(),
+            total_s: scale_setup.elapsed().as_secs_f64(),
+            before_first_iter_s,
+            ms_per_iter_median: median(&steps_ms),
+        });
         if let StopReason::Failed { iter } = run.stop {
             // This scale's best iterate, else the previous scale's result: the work done so
             // far, as the output, before the error is reported.
@@ -621,6 +639,7 @@ fn optimise(
         image: image.context("no scale to optimise")?,
         trace,
         iter_ms,
+        scales: scale_timings,
     })
 }
 

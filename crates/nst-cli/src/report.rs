@@ -2,7 +2,9 @@
 //!
 //! ```json
 //! {"trace": [{"iter": 0, "total": …, "content": …, "style": …, "tv": …}, …],
-//!  "timing": {"ms_per_iter_median": …, "total_s": …},
+//!  "timing": {"ms_per_iter_median": …, "total_s": …, "setup_s": …,
+//!             "scales": [{"width": …, "height": …, "iterations": …, "total_s": …,
+//!                         "before_first_iter_s": …, "ms_per_iter_median": …}, …]},
 //!  "device": "…", "output": [w, h], "peak_rss_bytes": …, "peak_device_bytes": …,
 //!  "peak_heap_bytes": …, "peak_heap_at": "…", "settings": {…}}
 //! ```
@@ -34,6 +36,29 @@ pub struct Timing {
     pub ms_per_iter_median: f64,
     /// Wall time of the whole run, in s.
     pub total_s: f64,
+    /// From the start to the first scale: opening the device (on a GPU, compiling the
+    /// kernels), reading the images and loading the weights, in s.
+    pub setup_s: f64,
+    /// Each scale, coarse to fine.
+    pub scales: Vec<ScaleTiming>,
+}
+
+/// Where one scale's time went.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScaleTiming {
+    /// Image width and height at this scale.
+    pub width: usize,
+    /// See `width`.
+    pub height: usize,
+    /// Optimizer steps taken.
+    pub iterations: usize,
+    /// Wall time of the scale, from its style targets to its last iterate, in s.
+    pub total_s: f64,
+    /// Before its first step: the style and content targets and the first evaluation (on
+    /// a GPU, with cuDNN's algorithm search for the scale's new shapes), in s.
+    pub before_first_iter_s: f64,
+    /// Median wall time of one step, in ms (0 when there was none).
+    pub ms_per_iter_median: f64,
 }
 
 /// The whole report.

@@ -62,7 +62,31 @@ fn transfers_style_and_writes_report() {
     );
     assert!(last < 0.8 * first, "loss did not fall: {first} → {last}");
     assert!(r["timing"]["ms_per_iter_median"].as_f64().unwrap() > 0.0);
-    assert!(r["timing"]["total_s"].as_f64().unwrap() > 0.0);
+    let total_s = r["timing"]["total_s"].as_f64().unwrap();
+    assert!(total_s > 0.0);
+    // Where the time went: the setup and each scale, within the whole.
+    let scales = r["timing"]["scales"].as_array().unwrap();
+    assert_eq!(scales.len(), s["scale_sides"].as_array().unwrap().len());
+    let setup_s = r["timing"]["setup_s"].as_f64().unwrap();
+    let scales_s: f64 = scales.iter().map(|t| t["total_s"].as_f64().unwrap()).sum();
+    assert!(
+        setup_s > 0.0 && setup_s + scales_s <= total_s,
+        "{setup_s} + {scales_s} > {total_s}"
+    );
+    for t in scales {
+        assert_eq!(t["iterations"], 8, "{t}");
+        let before = t["before_first_iter_s"].as_f64().unwrap();
+        assert!(
+            before > 0.0 && before < t["total_s"].as_f64().unwrap(),
+            "{t}"
+        );
+        assert!(t["ms_per_iter_median"].as_f64().unwrap() > 0.0, "{t}");
+    }
+    let last = scales.last().unwrap();
+    assert_eq!(
+        (&last["width"], &last["height"]),
+        (&serde_json::json!(64), &serde_json::json!(43))
+    );
     assert!(r["device"].as_str().unwrap().starts_with("cpu"));
     // The process's peak memory: more than the 80 MB of weights, less than this machine has.
     let peak = r["peak_rss_bytes"].as_u64().unwrap();
