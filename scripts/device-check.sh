@@ -145,6 +145,15 @@ for cfg in "tf32 512" "fp32 512" "tf32 2048"; do
     echo "-- $precision $size² (rc=$?)"; head -25 "$OUT/logs/profile_${precision}_$size.txt"
 done
 
+step "the README example with NST_CUDA_PROFILE=1 (one-off costs: NVRTC, cudnnFind per shape)"
+NST_CUDA_PROFILE=1 timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
+    -s examples/style_vangogh_starry_night.jpg -o "$OUT/logs/profiled.png" --device cuda -q \
+    2>"$OUT/logs/profile_readme.txt"
+echo "rc=$?"; head -30 "$OUT/logs/profile_readme.txt"
+grep -E "cudnnFind|nvrtc" "$OUT/logs/profile_readme.txt" |
+    awk '{ms += $1; n += $4} END { printf "one-off: %.0f ms in %d calls (NVRTC and cudnnFind)\n", ms, n }'
+rm -f "$OUT/logs/profiled.png"
+
 step "bench: ours against PyTorch, on CUDA (fp32, tf32) and then on the CPU"
 # NST_BENCH_SIZES / _ITERS narrow the CUDA part when device time is short.
 timeout 360 "$BIN/xtask" bench --device cuda --sizes "${NST_BENCH_SIZES:-512,1024,2048}" \

@@ -41,14 +41,19 @@ fn main() -> ExitCode {
     } else {
         Box::new(Lines::new(Duration::from_secs(5)))
     };
-    match pipeline::run(&config, progress.as_mut(), &interrupt) {
+    let code = match pipeline::run(&config, progress.as_mut(), &interrupt) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
             eprintln!("{e}");
             ExitCode::from(128 + signal.load(Ordering::SeqCst) as u8)
         }
         Err(e) => fail(&e),
+    };
+    // NST_CUDA_PROFILE=1: the GPU time per operation, one-off costs included, every row.
+    if let Some(table) = nst_tensor::cuda_backend::profile::report(usize::MAX) {
+        eprint!("{table}");
     }
+    code
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM: the first finishes the current iteration, writes the best

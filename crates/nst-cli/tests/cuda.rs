@@ -197,3 +197,31 @@ fn the_gpu_memory_preflight_refuses_what_cannot_fit() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn the_cuda_profile_is_printed_at_the_end_when_asked_for() {
+    if !emulator_or_skip("the_cuda_profile_is_printed_at_the_end_when_asked_for") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let args = with(tiny(&out), &["--device", "cuda-emulated", "--iters", "2"]);
+    let o = std::process::Command::new(NST)
+        .args(&args)
+        .env("NST_CUDA_PROFILE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.starts_with("GPU time per operation (NST_CUDA_PROFILE): "),
+        "{stderr}"
+    );
+    // A convolution's bias and ReLU, and L-BFGS's fused steps, are among the rows.
+    for kernel in ["× add_bias_relu", "× axpy_coef_dot", "× sgemm "] {
+        assert!(stderr.contains(kernel), "no {kernel} in {stderr}");
+    }
+    // Without the variable, nothing of it.
+    let o = run_ok(&args);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("GPU time"));
+}

@@ -294,20 +294,26 @@ impl ConvEngine for Cudnn {
                 let mut found: [cudnnConvolutionFwdAlgoPerf_t; SEARCHED] =
                     unsafe { std::mem::zeroed() };
                 let mut count = 0;
-                // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results. It runs each
-                // algorithm on scratch memory of its own.
-                check("algorithm search", unsafe {
-                    sys::cudnnFindConvolutionForwardAlgorithm(
-                        self.handle,
-                        plan.x,
-                        plan.w,
-                        plan.conv,
-                        plan.y,
-                        found.len() as i32,
-                        &mut count,
-                        found.as_mut_ptr(),
-                    )
-                })?;
+                crate::profile::timed(
+                    runtime,
+                    || format!("cudnnFind forward {}", crate::gpu::conv_name(p)),
+                    || {
+                        // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results.
+                        // It runs each algorithm on scratch memory of its own.
+                        check("algorithm search", unsafe {
+                            sys::cudnnFindConvolutionForwardAlgorithm(
+                                self.handle,
+                                plan.x,
+                                plan.w,
+                                plan.conv,
+                                plan.y,
+                                found.len() as i32,
+                                &mut count,
+                                found.as_mut_ptr(),
+                            )
+                        })
+                    },
+                )?;
                 let found = found!(found[..count as usize]);
                 let chosen = choose(&found, &format!("forward {p:?}"), tf32)?;
                 plan.forward = Some(chosen);
@@ -353,19 +359,25 @@ impl ConvEngine for Cudnn {
                 let mut found: [cudnnConvolutionBwdDataAlgoPerf_t; SEARCHED] =
                     unsafe { std::mem::zeroed() };
                 let mut count = 0;
-                // SAFETY: as in `forward`.
-                check("algorithm search", unsafe {
-                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                        self.handle,
-                        plan.w,
-                        plan.y,
-                        plan.conv,
-                        plan.x,
-                        found.len() as i32,
-                        &mut count,
-                        found.as_mut_ptr(),
-                    )
-                })?;
+                crate::profile::timed(
+                    runtime,
+                    || format!("cudnnFind backward-data {}", crate::gpu::conv_name(p)),
+                    || {
+                        // SAFETY: as in `forward`.
+                        check("algorithm search", unsafe {
+                            sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                                self.handle,
+                                plan.w,
+                                plan.y,
+                                plan.conv,
+                                plan.x,
+                                found.len() as i32,
+                                &mut count,
+                                found.as_mut_ptr(),
+                            )
+                        })
+                    },
+                )?;
                 let found = found!(found[..count as usize]);
                 let chosen = choose(&found, &format!("backward-data {p:?}"), tf32)?;
                 plan.backward_data = Some(chosen);

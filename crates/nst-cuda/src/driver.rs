@@ -58,9 +58,11 @@ impl CudaRuntime {
         let stream = context
             .new_stream()
             .map_err(|e| err("stream creation", e))?;
+        let compiling = std::time::Instant::now();
         let module = context
             .load_module(kernels::compile()?)
             .map_err(|e| err("module load", e))?;
+        crate::profile::record(|| "nvrtc compile + module load".into(), compiling.elapsed());
         let mut functions = HashMap::new();
         for &kernel in kernels::KERNEL_NAMES {
             let f = module

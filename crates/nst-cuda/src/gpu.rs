@@ -26,7 +26,7 @@ const BLOCK: u32 = 256;
 pub const COLS_BUDGET: usize = 1 << 26;
 
 /// A convolution for the profile table: `64→128 3×3 at 256×256` (batch when above 1).
-fn conv_name(c: &Conv2dParams) -> String {
+pub(crate) fn conv_name(c: &Conv2dParams) -> String {
     let batch = if c.batch > 1 {
         format!(" ×{}", c.batch)
     } else {

@@ -8,7 +8,10 @@
 //!
 //! Names: a kernel's name; `sgemm M×K×N` (per shape, so the Gram matrices, their gradients
 //! and the im2col products show apart); `cudnn forward` / `cudnn backward-data` with the
-//! convolution's channels and input size.
+//! convolution's channels and input size; and the one-off costs: `cudnnFind …` (cuDNN's
+//! algorithm search, once per shape) and `nvrtc compile + module load` (once per process).
+//! The `nst` command prints the table at its end (with the one-off costs);
+//! `xtask bench-worker` after its warm-up (without them).
 
 use crate::runtime::{GpuResult, Runtime};
 use std::collections::HashMap;
@@ -54,6 +57,17 @@ pub(crate) fn timed<T>(
     entry.0 += 1;
     entry.1 += took;
     Ok(out)
+}
+
+/// Adds `took` under `name()` when profiling: for what is timed outside [`timed`] (the
+/// kernels' compilation, which happens before there is a runtime to synchronise).
+pub(crate) fn record(name: impl FnOnce() -> String, took: Duration) {
+    if let Some(table) = table() {
+        let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = table.entry(name()).or_default();
+        entry.0 += 1;
+        entry.1 += took;
+    }
 }
 
 /// Forgets what was timed so far (to leave out a warm-up).
