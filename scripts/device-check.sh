@@ -60,8 +60,8 @@ fi
 step "CUDA tests (every test binary; the per-device tests' cuda halves must run)"
 for t in "$BIN"/tests/*; do
     name=$(basename "$t")
-    # Per-device tests: only their CUDA halves (the CPU ones ran in CI). Others: all.
-    # Per-device tests: only the cuda halves (not cuda_emulated: CI runs those).
+    # Per-device tests: only their cuda halves (CI runs the cpu and cuda_emulated ones).
+    # Others: all.
     filter=()
     case "$name" in nst-tensor-gradcheck|nst-loss-reference|nst-vgg-reference|nst-optim-reference) filter=(::cuda --skip cuda_emulated) ;; esac
     NST_REQUIRE_CUDA=1 timeout 240 "$t" "${filter[@]}" --test-threads 1 --nocapture >"$OUT/logs/$name.log" 2>&1

@@ -148,7 +148,10 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
         output_size: plan.output,
         trace: optimised.trace,
         timing: Timing {
-            ms_per_iter_median: median(&optimised.iter_ms),
+            ms_per_iter_median: optimised
+                .scales
+                .last()
+                .map_or(0.0, |s| s.ms_per_iter_median),
             total_s: started.elapsed().as_secs_f64(),
             setup_s,
             scales: optimised.scales,
@@ -453,7 +456,6 @@ impl Prepared {
 struct Optimised {
     image: Planes,
     trace: Vec<TracePoint>,
-    iter_ms: Vec<f64>,
     scales: Vec<ScaleTiming>,
 }
 
@@ -504,7 +506,7 @@ fn optimise(
         },
     };
     let mut image: Option<Planes> = None;
-    let (mut trace, mut iter_ms, mut scale_timings) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut trace, mut scale_timings) = (Vec::new(), Vec::new());
     for (si, &(w, h)) in plan.scales.iter().enumerate() {
         let (scale, final_scale) = (si + 1, si + 1 == plan.scales.len());
         let scale_setup = Instant::now();
@@ -539,7 +541,6 @@ fn optimise(
             steps_ms.extend(step_ms);
             if final_scale {
                 trace.push(trace_point(k, eval));
-                iter_ms.extend(step_ms);
             }
             if k > 0 {
                 let info = IterationInfo {
@@ -638,7 +639,6 @@ fn optimise(
     Ok(Optimised {
         image: image.context("no scale to optimise")?,
         trace,
-        iter_ms,
         scales: scale_timings,
     })
 }

@@ -190,12 +190,10 @@ fn the_gpu_memory_preflight_refuses_what_cannot_fit() {
         .expect("a suggested size");
     assert!((16..128).contains(&suggested), "{stderr}");
     // The suggested size runs within the same limit.
-    let o = std::process::Command::new(NST)
-        .args(with(args.clone(), &["--size", &suggested.to_string()]))
-        .env("NST_EMULATOR_MEMORY_LIMIT", "100000000")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_ok_with_env(
+        &with(args.clone(), &["--size", &suggested.to_string()]),
+        &[("NST_EMULATOR_MEMORY_LIMIT", "100000000")],
+    );
 }
 
 #[test]
@@ -206,12 +204,7 @@ fn the_cuda_profile_is_printed_at_the_end_when_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.png");
     let args = with(tiny(&out), &["--device", "cuda-emulated", "--iters", "2"]);
-    let o = std::process::Command::new(NST)
-        .args(&args)
-        .env("NST_CUDA_PROFILE", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run_ok_with_env(&args, &[("NST_CUDA_PROFILE", "1")]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
         stderr.starts_with("GPU time per operation (NST_CUDA_PROFILE): "),

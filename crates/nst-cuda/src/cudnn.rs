@@ -296,7 +296,7 @@ impl ConvEngine for Cudnn {
                 let mut count = 0;
                 crate::profile::timed(
                     runtime,
-                    || format!("cudnnFind forward {}", crate::gpu::conv_name(p)),
+                    || format!("cudnnFind forward {}", crate::profile::conv_name(p)),
                     || {
                         // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results.
                         // It runs each algorithm on scratch memory of its own.
@@ -322,25 +322,32 @@ impl ConvEngine for Cudnn {
         };
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: the caller guarantees x, w, y cover the shapes in the descriptors; the
-        // workspace has `need` bytes.
-        check("forward convolution", unsafe {
-            sys::cudnnConvolutionForward(
-                self.handle,
-                &alpha as *const f32 as *const c_void,
-                plan.x,
-                x as *const c_void,
-                plan.w,
-                w as *const c_void,
-                plan.conv,
-                algo,
-                ws as *mut c_void,
-                ws_bytes,
-                &beta as *const f32 as *const c_void,
-                plan.y,
-                y as *mut c_void,
-            )
-        })
+        // Timed here, not around the whole call, so the search above is not counted twice.
+        crate::profile::timed(
+            runtime,
+            || format!("cudnn forward {}", crate::profile::conv_name(p)),
+            || {
+                // SAFETY: the caller guarantees x, w, y cover the shapes in the descriptors;
+                // the workspace has `need` bytes.
+                check("forward convolution", unsafe {
+                    sys::cudnnConvolutionForward(
+                        self.handle,
+                        &alpha as *const f32 as *const c_void,
+                        plan.x,
+                        x as *const c_void,
+                        plan.w,
+                        w as *const c_void,
+                        plan.conv,
+                        algo,
+                        ws as *mut c_void,
+                        ws_bytes,
+                        &beta as *const f32 as *const c_void,
+                        plan.y,
+                        y as *mut c_void,
+                    )
+                })
+            },
+        )
     }
 
     unsafe fn backward_data_add(
@@ -361,7 +368,7 @@ impl ConvEngine for Cudnn {
                 let mut count = 0;
                 crate::profile::timed(
                     runtime,
-                    || format!("cudnnFind backward-data {}", crate::gpu::conv_name(p)),
+                    || format!("cudnnFind backward-data {}", crate::profile::conv_name(p)),
                     || {
                         // SAFETY: as in `forward`.
                         check("algorithm search", unsafe {
@@ -387,24 +394,30 @@ impl ConvEngine for Cudnn {
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
         // β = 1: the gradient is added into dx (another use's gradient may be there).
         let (alpha, beta) = (1.0f32, 1.0f32);
-        // SAFETY: as in `forward`.
-        check("backward-data convolution", unsafe {
-            sys::cudnnConvolutionBackwardData(
-                self.handle,
-                &alpha as *const f32 as *const c_void,
-                plan.w,
-                w as *const c_void,
-                plan.y,
-                dy as *const c_void,
-                plan.conv,
-                algo,
-                ws as *mut c_void,
-                ws_bytes,
-                &beta as *const f32 as *const c_void,
-                plan.x,
-                dx as *mut c_void,
-            )
-        })
+        crate::profile::timed(
+            runtime,
+            || format!("cudnn backward-data {}", crate::profile::conv_name(p)),
+            || {
+                // SAFETY: as in `forward`.
+                check("backward-data convolution", unsafe {
+                    sys::cudnnConvolutionBackwardData(
+                        self.handle,
+                        &alpha as *const f32 as *const c_void,
+                        plan.w,
+                        w as *const c_void,
+                        plan.y,
+                        dy as *const c_void,
+                        plan.conv,
+                        algo,
+                        ws as *mut c_void,
+                        ws_bytes,
+                        &beta as *const f32 as *const c_void,
+                        plan.x,
+                        dx as *mut c_void,
+                    )
+                })
+            },
+        )
     }
 }
 

@@ -25,34 +25,6 @@ const BLOCK: u32 = 256;
 /// SGEMM is already large) and would cost GPU memory at large image sizes.
 pub const COLS_BUDGET: usize = 1 << 26;
 
-/// A convolution for the profile table: `64→128 3×3 at 256×256` (batch when above 1).
-pub(crate) fn conv_name(c: &Conv2dParams) -> String {
-    let batch = if c.batch > 1 {
-        format!(" ×{}", c.batch)
-    } else {
-        String::new()
-    };
-    format!(
-        "{}→{} {}×{} at {}×{}{batch}{}",
-        c.in_channels,
-        c.out_channels,
-        c.kernel_h,
-        c.kernel_w,
-        c.in_h,
-        c.in_w,
-        if c.stride > 1 {
-            format!(" stride {}", c.stride)
-        } else {
-            String::new()
-        }
-    )
-}
-
-/// Blocks for a grid-stride kernel over `n` items (at most 65 535; see [`Gpu::grid`]).
-fn blocks(n: usize) -> u32 {
-    n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32
-}
-
 /// Device buffers of f32, the values of every tensor.
 pub type Floats = DeviceBuffer<f32>;
 
@@ -173,9 +145,11 @@ impl Gpu {
         Floats::uninit(&self.runtime, n)
     }
 
-    /// The grid a launch over `n` items runs: [`blocks`], cut to what the runtime runs.
+    /// The blocks of a grid-stride launch over `n` items: one per `BLOCK` items, at least
+    /// one and at most what the runtime runs ([`Runtime::max_grid`]).
     fn grid(&self, n: usize) -> u32 {
-        blocks(n).min(self.runtime.max_grid())
+        let most = self.runtime.max_grid() as usize;
+        n.div_ceil(BLOCK as usize).clamp(1, most) as u32
     }
 
     /// Runs a grid-stride kernel over `n` items.
@@ -183,12 +157,21 @@ impl Gpu {
     /// # Safety
     /// As [`Runtime::launch`]: the arguments match the kernel and cover its accesses.
     unsafe fn launch(&self, name: &'static str, n: usize, args: &[Arg]) -> GpuResult<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_blocks(name, self.grid(n), args) }
+    }
+
+    /// Runs kernel `name` on `grid` blocks of `BLOCK` threads (timed when profiling).
+    ///
+    /// # Safety
+    /// As [`Runtime::launch`].
+    unsafe fn launch_blocks(&self, name: &'static str, grid: u32, args: &[Arg]) -> GpuResult<()> {
         crate::profile::timed(
             &*self.runtime,
             || name.to_string(),
             || {
                 // SAFETY: forwarded from the caller.
-                unsafe { self.runtime.launch(name, self.grid(n), BLOCK, args) }
+                unsafe { self.runtime.launch(name, grid, BLOCK, args) }
             },
         )
     }
@@ -419,14 +402,8 @@ impl Gpu {
             Arg::I64(partial.len() as i64),
             Arg::F64(scale),
         ];
-        crate::profile::timed(
-            &*self.runtime,
-            || "reduce_finish".into(),
-            || {
-                // SAFETY: `partial.len()` doubles in, one double out, one block.
-                unsafe { self.runtime.launch("reduce_finish", 1, BLOCK, &args) }
-            },
-        )?;
+        // SAFETY: `partial.len()` doubles in, one double out, one block.
+        unsafe { self.launch_blocks("reduce_finish", 1, &args)? };
         Ok(out)
     }
 
@@ -519,13 +496,9 @@ impl Gpu {
             check_len("dot", v.len(), x.len())?;
         }
         let out = self.uninit(x.len())?;
-        let partial = match dot_with {
-            Some(_) => Some(DeviceBuffer::<f64>::uninit(
-                &self.runtime,
-                self.grid(x.len()) as usize,
-            )?),
-            None => None,
-        };
+        let partial = dot_with
+            .map(|_| DeviceBuffer::<f64>::uninit(&self.runtime, self.grid(x.len()) as usize))
+            .transpose()?;
         let null = Arg::Ptr(0);
         let args = [
             coef.arg(),
@@ -541,10 +514,10 @@ impl Gpu {
         // SAFETY: x, y, out (and v) hold x.len() floats, coef (and minus) one double, partial
         // one double per block of the grid `launch` runs; the kernel reads no null pointer.
         unsafe { self.launch("axpy_coef_dot", x.len(), &args)? };
-        let dot = match (partial, dot_with) {
-            (Some(p), Some((_, r))) => Some(self.finish(&p, r)?),
-            _ => None,
-        };
+        let dot = partial
+            .zip(dot_with)
+            .map(|(p, (_, r))| self.finish(&p, r))
+            .transpose()?;
         Ok((out, dot))
     }
 
@@ -924,19 +897,15 @@ impl Gpu {
         let (p, cout) = (c.out_h() * c.out_w(), c.out_channels);
         let y = self.uninit(c.output_len())?;
         match self.conv_engine() {
-            Some(engine) => crate::profile::timed(
-                &*self.runtime,
-                || format!("cudnn forward {}", conv_name(c)),
-                // SAFETY: x, w and y hold the input, weights and output of c (checked above).
-                || unsafe {
-                    engine.forward(
-                        &*self.runtime,
-                        c,
-                        self.tf32_convolutions,
-                        (x.ptr_at(0), w.ptr_at(0), y.ptr_at(0)),
-                    )
-                },
-            )?,
+            // SAFETY: x, w and y hold the input, weights and output of c (checked above).
+            Some(engine) => unsafe {
+                engine.forward(
+                    &*self.runtime,
+                    c,
+                    self.tf32_convolutions,
+                    (x.ptr_at(0), w.ptr_at(0), y.ptr_at(0)),
+                )?
+            },
             None => self.im2col_forward(x, w, c, &y)?,
         }
         if let Some(b) = bias {
@@ -971,19 +940,15 @@ impl Gpu {
         Self::check_conv(c, dx.len(), w.len())?;
         check_len("convolution output gradient", dy.len(), c.output_len())?;
         match self.conv_engine() {
-            Some(engine) => crate::profile::timed(
-                &*self.runtime,
-                || format!("cudnn backward-data {}", conv_name(c)),
-                // SAFETY: dy, w and dx hold the output, weights and input of c (checked above).
-                || unsafe {
-                    engine.backward_data_add(
-                        &*self.runtime,
-                        c,
-                        self.tf32_convolutions,
-                        (dy.ptr_at(0), w.ptr_at(0), dx.ptr_at(0)),
-                    )
-                },
-            ),
+            // SAFETY: dy, w and dx hold the output, weights and input of c (checked above).
+            Some(engine) => unsafe {
+                engine.backward_data_add(
+                    &*self.runtime,
+                    c,
+                    self.tf32_convolutions,
+                    (dy.ptr_at(0), w.ptr_at(0), dx.ptr_at(0)),
+                )
+            },
             None => self.im2col_backward_input_add(dy, w, c, dx),
         }
     }

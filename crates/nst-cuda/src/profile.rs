@@ -14,6 +14,7 @@
 //! `xtask bench-worker` after its warm-up (without them).
 
 use crate::runtime::{GpuResult, Runtime};
+use nst_params::Conv2dParams;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -44,18 +45,14 @@ pub(crate) fn timed<T>(
     name: impl FnOnce() -> String,
     op: impl FnOnce() -> GpuResult<T>,
 ) -> GpuResult<T> {
-    let Some(table) = table() else {
+    if !enabled() {
         return op();
-    };
+    }
     runtime.synchronize()?;
     let start = Instant::now();
     let out = op()?;
     runtime.synchronize()?;
-    let took = start.elapsed();
-    let mut table = table.lock().unwrap_or_else(|e| e.into_inner());
-    let entry = table.entry(name()).or_default();
-    entry.0 += 1;
-    entry.1 += took;
+    record(name, start.elapsed());
     Ok(out)
 }
 
@@ -96,4 +93,27 @@ pub fn report(rows: usize) -> Option<String> {
         out += &format!("{ms:10.2} ms {share:5.1}% {calls:7} × {name}\n");
     }
     Some(out)
+}
+
+/// A convolution for the profile table: `64→128 3×3 at 256×256` (batch when above 1).
+pub(crate) fn conv_name(c: &Conv2dParams) -> String {
+    let batch = if c.batch > 1 {
+        format!(" ×{}", c.batch)
+    } else {
+        String::new()
+    };
+    format!(
+        "{}→{} {}×{} at {}×{}{batch}{}",
+        c.in_channels,
+        c.out_channels,
+        c.kernel_h,
+        c.kernel_w,
+        c.in_h,
+        c.in_w,
+        if c.stride > 1 {
+            format!(" stride {}", c.stride)
+        } else {
+            String::new()
+        }
+    )
 }

@@ -103,7 +103,7 @@ impl Lbfgs {
     /// and four launches instead of four and nine; on the CPU the arithmetic is the same f64
     /// as ever.
     fn direction(&self, g: &Tensor) -> Result<Tensor, TensorError> {
-        let pairs: Vec<_> = self.pairs.iter().collect(); // oldest first
+        let pairs = &self.pairs; // oldest first
         let n = pairs.len();
         let mut q = g.scale(-1.0)?;
         if n == 0 {
@@ -111,7 +111,7 @@ impl Lbfgs {
         }
         // Newest pair first: αᵢ = ρᵢ·sᵢᵀq, then q −= αᵢ·yᵢ.
         let mut alphas = Vec::with_capacity(n); // newest first
-        let (s, _, rho) = pairs[n - 1];
+        let (s, _, rho) = &pairs[n - 1];
         let mut alpha = s.dot_scalar_scaled(&q, *rho)?;
         for i in (0..n).rev() {
             let next = i.checked_sub(1).map(|j| (&pairs[j].0, pairs[j].2));
@@ -125,7 +125,7 @@ impl Lbfgs {
         }
         let mut r = q.scale(self.h_diag as f32)?;
         // Oldest pair first: βᵢ = ρᵢ·yᵢᵀr, then r += (αᵢ − βᵢ)·sᵢ.
-        let (_, y, rho) = pairs[0];
+        let (_, y, rho) = &pairs[0];
         let mut beta = y.dot_scalar_scaled(&r, *rho)?;
         for (i, alpha) in alphas.iter().rev().enumerate() {
             let next = pairs.get(i + 1).map(|(_, y, rho)| (y, *rho));

@@ -396,35 +396,28 @@ impl Storage {
         let mismatch = || TensorError::DeviceMismatch {
             op: "add_scaled_dot",
         };
+        // Every operand on the device `$d` (Cpu or Cuda), else a mismatch.
+        macro_rules! on {
+            ($d:ident, $x:ident, $y:ident, $c:ident) => {{
+                let minus = minus
+                    .map(|m| match m {
+                        ScalarStorage::$d(m) => Ok(m),
+                        _ => Err(mismatch()),
+                    })
+                    .transpose()?;
+                let dot_with = dot_with
+                    .map(|(v, r)| match v {
+                        Storage::$d(v) => Ok((v, r)),
+                        _ => Err(mismatch()),
+                    })
+                    .transpose()?;
+                let (out, dot) = $x.add_scaled_dot($y, $c, minus, factor, dot_with)?;
+                (Storage::$d(out), dot.map(ScalarStorage::$d))
+            }};
+        }
         Ok(match (self, y, coef) {
-            (Storage::Cpu(x), Storage::Cpu(y), ScalarStorage::Cpu(c)) => {
-                let minus = match minus {
-                    None => None,
-                    Some(ScalarStorage::Cpu(m)) => Some(m),
-                    Some(_) => return Err(mismatch()),
-                };
-                let dot_with = match dot_with {
-                    None => None,
-                    Some((Storage::Cpu(v), r)) => Some((v, r)),
-                    Some(_) => return Err(mismatch()),
-                };
-                let (out, dot) = x.add_scaled_dot(y, c, minus, factor, dot_with)?;
-                (Storage::Cpu(out), dot.map(ScalarStorage::Cpu))
-            }
-            (Storage::Cuda(x), Storage::Cuda(y), ScalarStorage::Cuda(c)) => {
-                let minus = match minus {
-                    None => None,
-                    Some(ScalarStorage::Cuda(m)) => Some(m),
-                    Some(_) => return Err(mismatch()),
-                };
-                let dot_with = match dot_with {
-                    None => None,
-                    Some((Storage::Cuda(v), r)) => Some((v, r)),
-                    Some(_) => return Err(mismatch()),
-                };
-                let (out, dot) = x.add_scaled_dot(y, c, minus, factor, dot_with)?;
-                (Storage::Cuda(out), dot.map(ScalarStorage::Cuda))
-            }
+            (Storage::Cpu(x), Storage::Cpu(y), ScalarStorage::Cpu(c)) => on!(Cpu, x, y, c),
+            (Storage::Cuda(x), Storage::Cuda(y), ScalarStorage::Cuda(c)) => on!(Cuda, x, y, c),
             _ => return Err(mismatch()),
         })
     }

@@ -118,7 +118,16 @@ pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
 }
 
 pub fn run_ok(args: &[String]) -> Output {
-    let o = Command::new(NST).args(args).output().unwrap();
+    run_ok_with_env(args, &[])
+}
+
+/// [`run_ok`] with extra environment variables.
+pub fn run_ok_with_env(args: &[String], env: &[(&str, &str)]) -> Output {
+    let o = Command::new(NST)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     assert!(
         o.status.success(),
         "nst {args:?} failed: {}",
