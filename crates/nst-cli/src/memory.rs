@@ -13,18 +13,21 @@
 //!
 //! **Two modes** ([`MemoryMode`]): the preflight picks the fast one where it fits, else the
 //! lean one, else stops. Fast: the allocator keeps freed memory (no page faults in steady
-//! state). Lean: freed memory goes back to the OS at once and relu1_1's style term is
-//! recomputed in the backward pass. At 2048² (`cargo xtask bench --sizes 2048 --iters 1
-//! --peer [--memory lean]`, one run each) lean peaked at 2875 MiB against 5114 MiB and took
-//! 30.8 s an iteration against 19.0 s (PyTorch: 10408 MiB, 56 s). The constants come
-//! from `cargo xtask bench-worker [--memory lean]` peaks (default layers, 1–5 iterations, so
-//! little history), after a loss layer's Gram gradient took over its features' buffer:
-//! fast 540 MiB at 512², 1362 MiB at 1024², 5114 MiB at 2048² (`BASE` 250 MiB,
-//! `PER_ACTIVATION` 0.9: +6 … +15%); lean 863 MiB at 1024², 2875 MiB at 2048² (0.45:
-//! +9 … +12%), where the peak is the first layers of a forward pass (relu1_1 and conv1_2's
-//! output, 0.4·A). Before the Gram gradient took its features' buffer the fast mode peaked at
-//! 700, 1684 and 5636 MiB (1.0); with four-byte pooling winners at 702–758, 1944 and
-//! 6052 MiB (1.22); and before the one-bit masks at 1016–1060, 3088 and 11716 MiB (2.4).
+//! state), and each convolution's Winograd-transformed kernels are kept from one iteration to
+//! the next (414 MB to relu5_1, whatever the size: `kernel_cache_bytes`). Lean: freed memory
+//! goes back to the OS at once, kernels are transformed at every use, and relu1_1's style term
+//! is recomputed in the backward pass. At 2048² (`cargo xtask bench --sizes 2048 --iters 1
+//! --peer [--memory lean]`, one run each, before the kernel cache) lean peaked at 2875 MiB
+//! against 5114 MiB and took 30.8 s an iteration against 19.0 s (PyTorch: 10408 MiB, 56 s).
+//! The constants come from `cargo xtask bench-worker [--memory lean]` peaks (default layers,
+//! 1–5 iterations, so little history), after a loss layer's Gram gradient took over its
+//! features' buffer: fast 899 MiB at 512², 1711 MiB at 1024², 4441 MiB at 2048² with the
+//! kernel cache (`PER_ACTIVATION` 0.75: +4 … +14%; 540, 1358 and 4082 MiB without it); lean
+//! 863 MiB at 1024², 2875 MiB at 2048² (0.45: +9 … +12%), where the peak is the first layers
+//! of a forward pass (relu1_1 and conv1_2's output, 0.4·A). Before the Gram gradient took its
+//! features' buffer the fast mode peaked at 700, 1684 and 5636 MiB; with four-byte pooling
+//! winners at 702–758, 1944 and 6052 MiB; and before the one-bit masks at 1016–1060, 3088 and
+//! 11716 MiB.
 //!
 //! `NST_MEMORY_LIMIT` (bytes, or with a K/M/G suffix) replaces the available memory, to test
 //! the check or to override it.
@@ -41,12 +44,15 @@
 //! the context).
 
 use anyhow::{bail, Result};
+use nst_tensor::cpu_backend::transformed_kernel_bytes;
+use nst_tensor::ConvAlgorithm;
 use nst_vgg::{geometry, Layer};
 
-/// The binary, the weights (f32, 80 MB), allocator overhead.
+/// The binary, the weights (f32, 80 MB), allocator overhead; the fast mode's kernel cache
+/// comes on top (`kernel_cache_bytes`).
 const BASE_BYTES: f64 = 250.0 * MIB;
 /// Peak bytes per byte of forward activations (see the module docs).
-const PER_ACTIVATION: f64 = 0.9;
+const PER_ACTIVATION: f64 = 0.75;
 /// The lean mode's base: as the fast mode's.
 const LEAN_BASE_BYTES: f64 = 250.0 * MIB;
 /// The lean mode's peak per byte of forward activations: two full-resolution 64-channel
@@ -121,12 +127,22 @@ pub fn estimate_host_peak_bytes(w: &Workload, mode: MemoryMode) -> f64 {
     let activations = 4.0 * geometry::activation_elems(w.deepest, height, width) as f64;
     let image = 4.0 * (w.channels * width * height) as f64;
     let (base, per_activation) = match mode {
-        MemoryMode::Fast => (BASE_BYTES, PER_ACTIVATION),
+        MemoryMode::Fast => (BASE_BYTES + kernel_cache_bytes(w.deepest), PER_ACTIVATION),
         MemoryMode::Lean => (LEAN_BASE_BYTES, LEAN_PER_ACTIVATION),
     };
     base + per_activation * activations
         + (w.history_vectors as f64 + OPTIMIZER_VECTORS) * image
         + INPUT_COPIES * 12.0 * w.input_pixels as f64
+}
+
+/// The fast mode's transformed convolution kernels, kept from one iteration to the next
+/// (`nst_tensor::cpu_backend::keep_transformed_kernels`): 414 MB to relu5_1, whatever the
+/// image size.
+fn kernel_cache_bytes(deepest: Layer) -> f64 {
+    geometry::conv_shapes(deepest, 1, 1)
+        .iter()
+        .map(|(_, p)| transformed_kernel_bytes(p, ConvAlgorithm::Fastest) as f64)
+        .sum()
 }
 
 /// Estimated peak device memory on a GPU, in bytes; `cudnn` when convolutions go to cuDNN.
@@ -298,6 +314,19 @@ pub fn check(
 mod tests {
     use super::*;
 
+    /// By hand: VGG-19's 3×3 weights to relu5_1 are 12,940,992 values, 1,728 of them
+    /// conv1_1's. Each layer keeps 36/9 = 4 values per weight for its input gradient, and as
+    /// many for its forward pass except conv1_1 (3 input channels: im2col).
+    #[test]
+    fn the_kernel_cache_holds_eight_times_the_weights_to_relu5_1() {
+        let bytes = kernel_cache_bytes("relu5_1".parse().unwrap());
+        assert_eq!(bytes, (4 * 4 * (2 * 12_940_992 - 1_728)) as f64);
+        assert_eq!(
+            kernel_cache_bytes("relu1_1".parse().unwrap()),
+            (4 * 4 * 1_728) as f64
+        );
+    }
+
     fn square_with_history(side: u32, history_vectors: usize) -> Workload {
         Workload {
             deepest: "relu5_1".parse().unwrap(),
@@ -318,9 +347,9 @@ mod tests {
         // Measured (`xtask bench-worker --size N --iters K [--memory lean]`: up to 2K history
         // vectors): the estimate is above each and at most 25% above.
         for (mode, side, iters, measured_mib) in [
-            (MemoryMode::Fast, 512, 5, 540.0),
-            (MemoryMode::Fast, 1024, 2, 1362.0),
-            (MemoryMode::Fast, 2048, 1, 5114.0),
+            (MemoryMode::Fast, 512, 5, 899.0),
+            (MemoryMode::Fast, 1024, 2, 1711.0),
+            (MemoryMode::Fast, 2048, 1, 4441.0),
             (MemoryMode::Lean, 1024, 1, 863.0),
             (MemoryMode::Lean, 2048, 1, 2875.0),
         ] {

@@ -196,10 +196,12 @@ fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<Sca
 /// Sets the allocator for the run's memory mode (every run sets it, so a server's lean job
 /// does not make the next one lean), and says when memory is tight.
 fn apply_memory_mode(mode: memory::MemoryMode, progress: &mut dyn Progress) {
-    nst_tensor::allocator::return_freed_memory_at_once(mode == memory::MemoryMode::Lean);
+    let lean = mode == memory::MemoryMode::Lean;
+    nst_tensor::allocator::return_freed_memory_at_once(lean);
+    nst_tensor::cpu_backend::keep_transformed_kernels(!lean);
     if mode == memory::MemoryMode::Lean {
         progress.note(
-            "memory is tight for this size: lean mode (relu1_1 recomputed, freed memory returned at once), up to 1.6× the time per iteration",
+            "memory is tight for this size: lean mode (relu1_1 recomputed, freed memory returned at once, convolution kernels transformed at every use), up to 1.6× the time per iteration",
         );
     }
 }

@@ -17,8 +17,11 @@
 //! with `OH = (H + 2·pad − kh)/stride + 1` (floor).
 
 use crate::gemm::{gemm_strided, MatLayout};
+use crate::kernel_cache::Slot;
+pub use crate::kernel_cache::Weights;
 use crate::scratch::with_scratch;
 use crate::shared_out::SharedOut;
+use crate::winograd::Write;
 pub use nst_params::{Conv2dParams, ConvAlgorithm};
 use rayon::prelude::*;
 
@@ -126,36 +129,37 @@ fn col2im_add(p: &Conv2dParams, cols: &[f32], oy0: usize, oy1: usize, dx: &mut [
 }
 
 /// `y = conv(x, w) + b` by `algo`: with [`ConvAlgorithm::Fastest`], Winograd F(4×4, 3×3)
-/// where it pays (see [`use_winograd`]), otherwise [`conv2d_forward_direct`].
-pub fn conv2d_forward(
+/// where it pays (see [`use_winograd`]), otherwise [`conv2d_forward_direct`]. `w` is a slice,
+/// or [`Weights`] with a cache of the kernels Winograd transforms.
+pub fn conv2d_forward<'a>(
     p: &Conv2dParams,
     algo: ConvAlgorithm,
     x: &[f32],
-    w: &[f32],
+    w: impl Into<Weights<'a>>,
     b: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    forward(p, algo, x, w, b, false, y)
+    forward(p, algo, x, w.into(), b, false, y)
 }
 
 /// `y = max(conv(x, w) + b, 0)`, the convolution and its ReLU in one pass over the output
 /// (fused into Winograd's output transform; after the product otherwise).
-pub fn conv2d_relu_forward(
+pub fn conv2d_relu_forward<'a>(
     p: &Conv2dParams,
     algo: ConvAlgorithm,
     x: &[f32],
-    w: &[f32],
+    w: impl Into<Weights<'a>>,
     b: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    forward(p, algo, x, w, b, true, y)
+    forward(p, algo, x, w.into(), b, true, y)
 }
 
 fn forward(
     p: &Conv2dParams,
     algo: ConvAlgorithm,
     x: &[f32],
-    w: &[f32],
+    w: Weights,
     b: Option<&[f32]>,
     relu: bool,
     y: &mut [f32],
@@ -163,7 +167,7 @@ fn forward(
     if use_winograd(p, algo) {
         crate::winograd::conv3x3_forward(p, x, w, b, relu, y);
     } else {
-        conv2d_forward_direct(p, x, w, b, y);
+        conv2d_forward_direct(p, x, w.values, b, y);
         if relu {
             crate::relu::relu_in_place(y);
         }
@@ -362,19 +366,17 @@ fn flipped_kernel(p: &Conv2dParams, w: &[f32]) -> Vec<f32> {
 /// activation that already has a gradient from another use (a style or content loss), so
 /// that the backward pass needs no second buffer of its size. Winograd adds in its output
 /// transform; the other algorithms go through a temporary.
-pub fn conv2d_backward_input_accumulate(
+pub fn conv2d_backward_input_accumulate<'a>(
     p: &Conv2dParams,
     algo: ConvAlgorithm,
     dy: &[f32],
-    w: &[f32],
+    w: impl Into<Weights<'a>>,
     dx: &mut [f32],
 ) {
-    check(p, dx.len(), w.len(), dy.len());
-    if let Some(q) = p
-        .input_gradient_as_forward()
-        .filter(|q| use_winograd(q, algo))
-    {
-        crate::winograd::conv3x3_accumulate(&q, dy, &flipped_kernel(p, w), dx);
+    let w = w.into();
+    check(p, dx.len(), w.values.len(), dy.len());
+    if let Some(q) = winograd_input_gradient(p, algo) {
+        input_gradient_by_winograd(p, &q, dy, w, Write::Add, dx);
         return;
     }
     let mut gradient = vec![0.0f32; dx.len()];
@@ -382,21 +384,54 @@ pub fn conv2d_backward_input_accumulate(
     crate::elementwise::add_assign(dx, &gradient);
 }
 
+/// The input gradient of `p` as a forward convolution, where that goes by Winograd.
+pub(crate) fn winograd_input_gradient(
+    p: &Conv2dParams,
+    algo: ConvAlgorithm,
+) -> Option<Conv2dParams> {
+    p.input_gradient_as_forward()
+        .filter(|q| use_winograd(q, algo))
+}
+
+/// The input gradient of `p` as the Winograd convolution `q` of `dy` with the flipped kernel,
+/// whose transform `w`'s cache keeps (in its input-gradient slot) where it has one.
+fn input_gradient_by_winograd(
+    p: &Conv2dParams,
+    q: &Conv2dParams,
+    dy: &[f32],
+    w: Weights,
+    write: Write,
+    dx: &mut [f32],
+) {
+    w.with_transformed(
+        Slot::InputGradient,
+        q,
+        |u| crate::winograd::transform_kernels(q, &flipped_kernel(p, w.values), u),
+        |u| crate::winograd::conv3x3_transformed(q, dy, u, None, write, dx),
+    );
+}
+
 /// `dx = ∂L/∂x` given `dy = ∂L/∂y` (overwrites `dx`). At stride 1 this is a forward
 /// convolution of `dy` with the flipped kernel, by `algo`
 /// ([`Conv2dParams::input_gradient_as_forward`]); otherwise banded im2col, transposed.
-pub fn conv2d_backward_input(
+pub fn conv2d_backward_input<'a>(
     p: &Conv2dParams,
     algo: ConvAlgorithm,
     dy: &[f32],
-    w: &[f32],
+    w: impl Into<Weights<'a>>,
     dx: &mut [f32],
 ) {
-    check(p, dx.len(), w.len(), dy.len());
-    if let Some(q) = p.input_gradient_as_forward() {
-        conv2d_forward(&q, algo, dy, &flipped_kernel(p, w), None, dx);
+    let w = w.into();
+    check(p, dx.len(), w.values.len(), dy.len());
+    if let Some(q) = winograd_input_gradient(p, algo) {
+        input_gradient_by_winograd(p, &q, dy, w, Write::Store, dx);
         return;
     }
+    if let Some(q) = p.input_gradient_as_forward() {
+        conv2d_forward_direct(&q, dy, &flipped_kernel(p, w.values), None, dx);
+        return;
+    }
+    let w = w.values;
     dx.fill(0.0);
     let (k, ohw) = (p.patch_len(), p.out_h() * p.out_w());
     let in_img = p.in_channels * p.in_h * p.in_w;

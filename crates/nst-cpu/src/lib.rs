@@ -21,12 +21,14 @@ pub mod conv;
 pub mod elementwise;
 pub mod gemm;
 pub mod gram;
+pub mod kernel_cache;
 pub mod linalg;
 pub mod pool;
 pub mod relu;
 mod scratch;
 mod shared_out;
 pub mod simd;
+mod system_buffer;
 pub mod winograd;
 pub use scratch::release_scratch;
 

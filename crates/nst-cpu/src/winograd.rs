@@ -29,6 +29,7 @@
 
 use crate::conv::Conv2dParams;
 use crate::gemm::gemm_raw_serial;
+use crate::kernel_cache::{Slot, Weights};
 use crate::scratch::with_scratch;
 use crate::shared_out::SharedOut;
 use rayon::prelude::*;
@@ -133,7 +134,7 @@ fn kernel_1d(g: [f64; 3]) -> [f64; A] {
 const KERNEL_BLOCK: usize = 16;
 
 /// `U[co][ξ][ci] = (G g Gᵀ)[ξ]` for every output/input channel pair.
-fn transform_kernels(p: &Conv2dParams, w: &[f32], u: &mut [f32]) {
+pub(crate) fn transform_kernels(p: &Conv2dParams, w: &[f32], u: &mut [f32]) {
     let cin = p.in_channels;
     u.par_chunks_mut(XI * cin)
         .zip(w.par_chunks(cin * 9))
@@ -366,7 +367,7 @@ fn transform_input_plane_with<const AVX2: bool>(plane: &[f32], g: PlaneTiles, v_
 
 /// What the output transform does with each result `v` (the convolution at one output).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Write {
+pub(crate) enum Write {
     /// `y = v + b`.
     Store,
     /// `y = max(v + b, 0)`.
@@ -598,33 +599,74 @@ fn chunk_tiles(p: &Conv2dParams) -> usize {
 
 /// `y = conv(x, w) + b` for a 3×3, stride-1, padding-1 convolution (see [`applies`]); with
 /// `relu`, `y = max(conv(x, w) + b, 0)`, applied as each output is written so the
-/// pre-activation never exists.
-pub fn conv3x3_forward(
+/// pre-activation never exists. Weights with a [`KernelCache`](crate::kernel_cache::KernelCache)
+/// transform their kernels once.
+pub fn conv3x3_forward<'a>(
     p: &Conv2dParams,
     x: &[f32],
-    w: &[f32],
+    w: impl Into<Weights<'a>>,
     b: Option<&[f32]>,
     relu: bool,
     y: &mut [f32],
 ) {
     let write = if relu { Write::StoreRelu } else { Write::Store };
-    conv3x3(p, x, w, b, write, y);
+    conv3x3(p, x, w.into(), b, write, y);
 }
 
 /// `y += conv(x, w)` for a 3×3, stride-1, padding-1 convolution: adds into `y` in the output
 /// transform, so an input gradient can be accumulated into an existing one without a
 /// temporary of its size.
-pub fn conv3x3_accumulate(p: &Conv2dParams, x: &[f32], w: &[f32], y: &mut [f32]) {
-    conv3x3(p, x, w, None, Write::Add, y);
+pub fn conv3x3_accumulate<'a>(
+    p: &Conv2dParams,
+    x: &[f32],
+    w: impl Into<Weights<'a>>,
+    y: &mut [f32],
+) {
+    conv3x3(p, x, w.into(), None, Write::Add, y);
 }
 
-fn conv3x3(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, write: Write, y: &mut [f32]) {
+fn conv3x3(
+    p: &Conv2dParams,
+    x: &[f32],
+    w: Weights,
+    b: Option<&[f32]>,
+    write: Write,
+    y: &mut [f32],
+) {
+    assert_eq!(w.values.len(), p.weight_len(), "winograd: weight length");
+    w.with_transformed(
+        Slot::Forward,
+        p,
+        |u| transform_kernels(p, w.values, u),
+        |u| conv3x3_transformed(p, x, u, b, write, y),
+    );
+}
+
+/// Length of the transformed kernels `U[C_out][36][C_in]` of the convolution `p`.
+pub(crate) fn transformed_len(p: &Conv2dParams) -> usize {
+    XI * p.in_channels * p.out_channels
+}
+
+/// The convolution `p` of `x` by the transformed kernels `u` ([`transform_kernels`]), written
+/// into `y` as `write` says.
+pub(crate) fn conv3x3_transformed(
+    p: &Conv2dParams,
+    x: &[f32],
+    u: &[f32],
+    b: Option<&[f32]>,
+    write: Write,
+    y: &mut [f32],
+) {
     assert!(
         applies(p),
         "winograd: needs a 3×3 kernel, stride 1, padding 1"
     );
     assert_eq!(x.len(), p.input_len(), "winograd: input length");
-    assert_eq!(w.len(), p.weight_len(), "winograd: weight length");
+    assert_eq!(
+        u.len(),
+        transformed_len(p),
+        "winograd: transformed kernel length"
+    );
     assert_eq!(y.len(), p.output_len(), "winograd: output length");
     let (cin, cout) = (p.in_channels, p.out_channels);
     let (th, tw) = tile_grid(p);
@@ -634,23 +676,20 @@ fn conv3x3(p: &Conv2dParams, x: &[f32], w: &[f32], b: Option<&[f32]>, write: Wri
     }
     let chunk = chunk_tiles(p).min(tiles.next_multiple_of(LANES));
     let (in_img, out_img) = (cin * p.in_h * p.in_w, p.output_len() / p.batch);
-    with_scratch(XI * cout * cin, |u| {
-        transform_kernels(p, w, u);
-        with_scratch(XI * (cin + cout) * chunk, |buf| {
-            let (v_buf, m_buf) = buf.split_at_mut(XI * cin * chunk);
-            for n in 0..p.batch {
-                let (xn, yn) = (&x[n * in_img..][..in_img], &mut y[n * out_img..][..out_img]);
-                for t0 in (0..tiles).step_by(chunk) {
-                    let t1 = (t0 + chunk).min(tiles);
-                    let tc = t1 - t0;
-                    let (v, m) = (&mut v_buf[..XI * cin * tc], &mut m_buf[..XI * cout * tc]);
-                    transform_inputs(p, xn, t0, t1, v);
-                    multiply_transformed(cin, cout, tc, u, v, m);
-                    transform_outputs(p, m, b, write, t0, t1, yn);
-                }
+    with_scratch(XI * (cin + cout) * chunk, |buf| {
+        let (v_buf, m_buf) = buf.split_at_mut(XI * cin * chunk);
+        for n in 0..p.batch {
+            let (xn, yn) = (&x[n * in_img..][..in_img], &mut y[n * out_img..][..out_img]);
+            for t0 in (0..tiles).step_by(chunk) {
+                let t1 = (t0 + chunk).min(tiles);
+                let tc = t1 - t0;
+                let (v, m) = (&mut v_buf[..XI * cin * tc], &mut m_buf[..XI * cout * tc]);
+                transform_inputs(p, xn, t0, t1, v);
+                multiply_transformed(cin, cout, tc, u, v, m);
+                transform_outputs(p, m, b, write, t0, t1, yn);
             }
-        })
-    });
+        }
+    })
 }
 
 /// Below this many output channels the transformed products run transposed (see

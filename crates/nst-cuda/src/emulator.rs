@@ -462,7 +462,7 @@ impl ConvEngine for Emulator {
             )
         };
         let (x, w) = (rounded(x, tf32), rounded(w, tf32));
-        conv::conv2d_forward(p, ConvAlgorithm::Im2col, &x, &w, None, y);
+        conv::conv2d_forward(p, ConvAlgorithm::Im2col, &x, &w[..], None, y);
         Ok(())
     }
 
@@ -482,7 +482,7 @@ impl ConvEngine for Emulator {
             )
         };
         let (dy, w) = (rounded(dy, tf32), rounded(w, tf32));
-        conv::conv2d_backward_input_accumulate(p, ConvAlgorithm::Im2col, &dy, &w, dx);
+        conv::conv2d_backward_input_accumulate(p, ConvAlgorithm::Im2col, &dy, &w[..], dx);
         Ok(())
     }
 }

@@ -213,7 +213,7 @@ mod tests {
     fn gram_gradient_takes_the_features_buffer_when_nothing_else_reads_them() {
         use crate::storage::Storage;
         let data_ptr = |t: &Tensor| match &*t.storage {
-            Storage::Cpu(s) => s.0.as_ptr(),
+            Storage::Cpu(s) => s.as_slice().as_ptr(),
             _ => unreachable!("a CPU test"),
         };
         let dev = Device::Cpu;

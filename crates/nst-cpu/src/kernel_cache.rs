@@ -1,0 +1,197 @@
+//! A convolution's weights and, optionally, a cache of the transformed kernels its Winograd
+//! path multiplies by, kept from one call to the next.
+//!
+//! Winograd F(4×4, 3×3) multiplies by `U = G g Gᵀ` (36 values per 3×3 kernel; see
+//! `winograd.rs`), and the input gradient by the `U` of the flipped kernel. Both depend on the
+//! weights alone, not on the image, yet without a cache every call computes them again: in f64
+//! with exact divisions, for every (output, input) channel pair, twice per iteration (forward
+//! and backward) — 35% of an iteration at 256² and 11% at 512² (`xtask bench-worker`, VGG-19
+//! to relu5_1: 368 → 250 and 1080 → 953 ms, one run of each build alternated).
+//!
+//! The cost is memory: 4 bytes × 36 per kernel in each direction, 8× the weights (414 MB for
+//! VGG-19 up to relu5_1). [`set_enabled`]`(false)` stops caching (and drops what a cache held
+//! at its next use), for runs where memory is tight. A cache gives the same bits as computing
+//! afresh: the same function fills it.
+//!
+//! Whoever owns a [`KernelCache`] must [`KernelCache::clear`] it whenever the weights it
+//! belongs to change (nst-tensor's CPU storage does so on every mutable access).
+
+use crate::system_buffer::SystemBuffer;
+use crate::winograd;
+use nst_params::{Conv2dParams, ConvAlgorithm};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns caching on (the default) or off for the whole process. Off, each call computes its
+/// transformed kernels afresh (into reusable scratch) and a cache that held some drops them.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether [`KernelCache`]s keep what they compute.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Bytes a [`KernelCache`] holds for the convolution `p` once its forward pass and its input
+/// gradient have run by `algo` (36 f32 per channel pair for each that goes by Winograd).
+pub fn cached_bytes(p: &Conv2dParams, algo: ConvAlgorithm) -> usize {
+    let forward = crate::conv::use_winograd(p, algo);
+    let input_gradient = crate::conv::winograd_input_gradient(p, algo).is_some();
+    (usize::from(forward) + usize::from(input_gradient)) * 4 * winograd::transformed_len(p)
+}
+
+/// Transformed kernels and the channel counts they were computed for.
+#[derive(Clone)]
+struct Entry {
+    in_channels: usize,
+    out_channels: usize,
+    u: Arc<SystemBuffer>,
+}
+
+/// One slot per use of the weights: the forward convolution, and the input gradient (a
+/// forward convolution with the flipped kernel).
+#[derive(Default)]
+pub struct KernelCache {
+    forward: Mutex<Option<Entry>>,
+    input_gradient: Mutex<Option<Entry>>,
+}
+
+/// Which use of the weights a transformed kernel serves.
+#[derive(Clone, Copy)]
+pub(crate) enum Slot {
+    Forward,
+    InputGradient,
+}
+
+impl KernelCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Drops every cached kernel (call when the weights change).
+    pub fn clear(&mut self) {
+        for slot in [&mut self.forward, &mut self.input_gradient] {
+            *slot.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        [&self.forward, &self.input_gradient]
+            .iter()
+            .filter_map(|slot| lock(slot).as_ref().map(|e| 4 * e.u.len()))
+            .sum()
+    }
+
+    /// The transformed kernels for the Winograd convolution `q` (the forward shape, or the
+    /// input gradient as a forward convolution), from the cache or computed by `compute` (and
+    /// kept, when caching is enabled). `None` when caching is disabled.
+    pub(crate) fn get_or_compute(
+        &self,
+        slot: Slot,
+        q: &Conv2dParams,
+        compute: impl FnOnce(&mut [f32]),
+    ) -> Option<Arc<SystemBuffer>> {
+        let mut entry = lock(match slot {
+            Slot::Forward => &self.forward,
+            Slot::InputGradient => &self.input_gradient,
+        });
+        if !enabled() {
+            *entry = None;
+            return None;
+        }
+        // Keyed by the channel counts too: the same weights reshaped to other channel counts
+        // (a tensor view) transform differently.
+        let fits = |e: &Entry| e.in_channels == q.in_channels && e.out_channels == q.out_channels;
+        if let Some(e) = entry.as_ref().filter(|e| fits(e)) {
+            return Some(e.u.clone());
+        }
+        // From the system allocator: see `system_buffer`.
+        let mut u = SystemBuffer::zeroed(winograd::transformed_len(q));
+        compute(&mut u);
+        let u = Arc::new(u);
+        *entry = Some(Entry {
+            in_channels: q.in_channels,
+            out_channels: q.out_channels,
+            u: u.clone(),
+        });
+        Some(u)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A copy starts empty (it would be filled again at its first use).
+impl Clone for KernelCache {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for KernelCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KernelCache({} bytes)", self.bytes())
+    }
+}
+
+/// A convolution's weights `[C_out, C_in, kh, kw]`, with the cache of their transformed
+/// kernels where the caller keeps one. Plain slices convert into it (no cache).
+#[derive(Clone, Copy)]
+pub struct Weights<'a> {
+    /// The weights.
+    pub values: &'a [f32],
+    /// Where their transformed kernels are kept across calls, if anywhere.
+    pub cache: Option<&'a KernelCache>,
+}
+
+impl<'a> Weights<'a> {
+    /// Weights whose transformed kernels are kept in `cache`.
+    pub fn cached(values: &'a [f32], cache: &'a KernelCache) -> Self {
+        Self {
+            values,
+            cache: Some(cache),
+        }
+    }
+
+    /// Runs `f` with the transformed kernels of the Winograd convolution `q` in `slot`: from
+    /// the cache, or computed by `compute` (into the cache, or into scratch when there is
+    /// none or caching is off).
+    pub(crate) fn with_transformed<R>(
+        &self,
+        slot: Slot,
+        q: &Conv2dParams,
+        compute: impl Fn(&mut [f32]),
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> R {
+        let len = winograd::transformed_len(q);
+        let cached = self.cache.and_then(|c| c.get_or_compute(slot, q, &compute));
+        match cached {
+            Some(u) => f(&u),
+            None => crate::scratch::with_scratch(len, |u| {
+                compute(u);
+                f(u)
+            }),
+        }
+    }
+}
+
+impl<'a> From<&'a [f32]> for Weights<'a> {
+    fn from(values: &'a [f32]) -> Self {
+        Self {
+            values,
+            cache: None,
+        }
+    }
+}
+
+impl<'a> From<&'a Vec<f32>> for Weights<'a> {
+    fn from(values: &'a Vec<f32>) -> Self {
+        values.as_slice().into()
+    }
+}
