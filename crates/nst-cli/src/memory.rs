@@ -96,13 +96,15 @@ pub struct Workload {
 /// estimate fits the memory available, else the lean one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum MemoryMode {
-    /// The allocator keeps what is freed for reuse (no page faults in steady state), and the
-    /// backward pass reads relu1_1's features kept from the forward pass.
+    /// The allocator keeps what is freed for reuse (no page faults in steady state), the
+    /// convolutions keep their transformed kernels, and the backward pass reads relu1_1's
+    /// features kept from the forward pass.
     #[default]
     Fast,
-    /// Freed memory goes back to the OS at once, and relu1_1's style term is recomputed in
-    /// the backward pass (`Objective::recomputing_first_layer`): measured 2875 instead of
-    /// 5114 MiB at 2048², for 1.6× the time per iteration (see the module docs).
+    /// Freed memory goes back to the OS at once, kernels are transformed at every use, and
+    /// relu1_1's style term is recomputed in the backward pass
+    /// (`Objective::recomputing_first_layer`): measured 2875 instead of 4441 MiB at 2048²,
+    /// for 1.8× the time per iteration (26.8 against 14.8 s; see the module docs).
     Lean,
 }
 

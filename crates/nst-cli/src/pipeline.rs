@@ -201,7 +201,7 @@ fn apply_memory_mode(mode: memory::MemoryMode, progress: &mut dyn Progress) {
     nst_tensor::cpu_backend::keep_transformed_kernels(!lean);
     if mode == memory::MemoryMode::Lean {
         progress.note(
-            "memory is tight for this size: lean mode (relu1_1 recomputed, freed memory returned at once, convolution kernels transformed at every use), up to 1.6× the time per iteration",
+            "memory is tight for this size: lean mode (relu1_1 recomputed, freed memory returned at once, convolution kernels transformed at every use), up to 1.8× the time per iteration",
         );
     }
 }

@@ -5,8 +5,9 @@
 //! `winograd.rs`), and the input gradient by the `U` of the flipped kernel. Both depend on the
 //! weights alone, not on the image, yet without a cache every call computes them again: in f64
 //! with exact divisions, for every (output, input) channel pair, twice per iteration (forward
-//! and backward) — 35% of an iteration at 256² and 11% at 512² (`xtask bench-worker`, VGG-19
-//! to relu5_1: 368 → 250 and 1080 → 953 ms, one run of each build alternated).
+//! and backward). Keeping them took an iteration (`xtask bench-worker`, VGG-19 to relu5_1,
+//! the two builds alternated, two runs each) from 329–331 to 237–243 ms at 256² (−28%) and
+//! from 1048–1095 to 948–949 ms at 512² (−10%).
 //!
 //! The cost is memory: 4 bytes × 36 per kernel in each direction, 8× the weights (414 MB for
 //! VGG-19 up to relu5_1). [`set_enabled`]`(false)` stops caching (and drops what a cache held

@@ -25,7 +25,7 @@ pub struct CpuStorage {
 
 /// Whether convolutions on the CPU keep their weights' Winograd-transformed kernels from one
 /// call to the next (the default), or compute them at every call. Keeping them costs 8× the
-/// weights' memory (414 MB for VGG-19 to relu5_1) and saves 11% of an iteration at 512², 35% at
+/// weights' memory (414 MB for VGG-19 to relu5_1) and saves 10% of an iteration at 512², 28% at
 /// 256² (see `nst_cpu::kernel_cache`). Turning it off drops each cache at its next use.
 pub fn keep_transformed_kernels(keep: bool) {
     nst_cpu::kernel_cache::set_enabled(keep);
