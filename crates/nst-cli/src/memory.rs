@@ -21,8 +21,9 @@
 //! against 5114 MiB and took 30.8 s an iteration against 19.0 s (PyTorch: 10408 MiB, 56 s).
 //! The constants come from `cargo xtask bench-worker [--memory lean]` peaks (default layers,
 //! 1–5 iterations, so little history), after a loss layer's Gram gradient took over its
-//! features' buffer: fast 899 MiB at 512², 1711 MiB at 1024², 4441 MiB at 2048² with the
-//! kernel cache (`PER_ACTIVATION` 0.75: +4 … +14%; 540, 1358 and 4082 MiB without it); lean
+//! features' buffer: fast 899–913 MiB at 512², 1711–1743 MiB at 1024², 4441–4461 MiB at
+//! 2048² with the kernel cache (`PER_ACTIVATION` 0.8: +5 … +20%; 540, 1335–1358 and
+//! 4082–5116 MiB without it, whose peak at 2048² moved by 1 GiB from run to run); lean
 //! 863 MiB at 1024², 2875 MiB at 2048² (0.45: +9 … +12%), where the peak is the first layers
 //! of a forward pass (relu1_1 and conv1_2's output, 0.4·A). Before the Gram gradient took its
 //! features' buffer the fast mode peaked at 700, 1684 and 5636 MiB; with four-byte pooling
@@ -52,7 +53,7 @@ use nst_vgg::{geometry, Layer};
 /// comes on top (`kernel_cache_bytes`).
 const BASE_BYTES: f64 = 250.0 * MIB;
 /// Peak bytes per byte of forward activations (see the module docs).
-const PER_ACTIVATION: f64 = 0.75;
+const PER_ACTIVATION: f64 = 0.8;
 /// The lean mode's base: as the fast mode's.
 const LEAN_BASE_BYTES: f64 = 250.0 * MIB;
 /// The lean mode's peak per byte of forward activations: two full-resolution 64-channel

@@ -6,8 +6,8 @@
 //! weights alone, not on the image, yet without a cache every call computes them again: in f64
 //! with exact divisions, for every (output, input) channel pair, twice per iteration (forward
 //! and backward). Keeping them took an iteration (`xtask bench-worker`, VGG-19 to relu5_1,
-//! the two builds alternated, two runs each) from 329–331 to 237–243 ms at 256² (−28%) and
-//! from 1048–1095 to 948–949 ms at 512² (−10%).
+//! the two builds alternated, two runs each) from 329–331 to 237–243 ms at 256² (about −27%)
+//! and from 1048–1095 to 948–949 ms at 512² (−9 … −13%).
 //!
 //! The cost is memory: 4 bytes × 36 per kernel in each direction, 8× the weights (414 MB for
 //! VGG-19 up to relu5_1). [`set_enabled`]`(false)` stops caching (and drops what a cache held
@@ -44,11 +44,18 @@ pub fn cached_bytes(p: &Conv2dParams, algo: ConvAlgorithm) -> usize {
     (usize::from(forward) + usize::from(input_gradient)) * 4 * winograd::transformed_len(p)
 }
 
-/// Transformed kernels and the channel counts they were computed for.
-#[derive(Clone)]
-struct Entry {
+/// What transformed kernels were computed from: the convolution's channel counts and the
+/// weights' address and length.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
     in_channels: usize,
     out_channels: usize,
+    values: (usize, usize),
+}
+
+/// Transformed kernels and what they were computed from.
+struct Entry {
+    key: Key,
     u: Arc<SystemBuffer>,
 }
 
@@ -88,38 +95,42 @@ impl KernelCache {
             .sum()
     }
 
-    /// The transformed kernels for the Winograd convolution `q` (the forward shape, or the
-    /// input gradient as a forward convolution), from the cache or computed by `compute` (and
-    /// kept, when caching is enabled). `None` when caching is disabled.
+    /// The transformed kernels of `values` for the Winograd convolution `q` (the forward
+    /// shape, or the input gradient as a forward convolution), from the cache or computed by
+    /// `compute` (and kept, when caching is enabled). `None` when caching is disabled.
     pub(crate) fn get_or_compute(
         &self,
         slot: Slot,
+        values: &[f32],
         q: &Conv2dParams,
         compute: impl FnOnce(&mut [f32]),
     ) -> Option<Arc<SystemBuffer>> {
-        let mut entry = lock(match slot {
+        let slot = match slot {
             Slot::Forward => &self.forward,
             Slot::InputGradient => &self.input_gradient,
-        });
+        };
         if !enabled() {
-            *entry = None;
+            *lock(slot) = None;
             return None;
         }
-        // Keyed by the channel counts too: the same weights reshaped to other channel counts
-        // (a tensor view) transform differently.
-        let fits = |e: &Entry| e.in_channels == q.in_channels && e.out_channels == q.out_channels;
-        if let Some(e) = entry.as_ref().filter(|e| fits(e)) {
+        // Keyed by the channel counts (the same weights reshaped to other channel counts, a
+        // tensor view, transform differently) and by where the values are, so that a cache
+        // paired with other weights by mistake computes afresh. (Values changed in place are
+        // the owner's to report, by `clear`.)
+        let key = Key {
+            in_channels: q.in_channels,
+            out_channels: q.out_channels,
+            values: (values.as_ptr() as usize, values.len()),
+        };
+        if let Some(e) = lock(slot).as_ref().filter(|e| e.key == key) {
             return Some(e.u.clone());
         }
-        // From the system allocator: see `system_buffer`.
+        // Computed without the lock held: `compute` runs rayon tasks, and a thread waiting
+        // for them may run another task that asks this cache for the same slot.
         let mut u = SystemBuffer::zeroed(winograd::transformed_len(q));
         compute(&mut u);
         let u = Arc::new(u);
-        *entry = Some(Entry {
-            in_channels: q.in_channels,
-            out_channels: q.out_channels,
-            u: u.clone(),
-        });
+        *lock(slot) = Some(Entry { key, u: u.clone() });
         Some(u)
     }
 }
@@ -171,7 +182,9 @@ impl<'a> Weights<'a> {
         f: impl FnOnce(&[f32]) -> R,
     ) -> R {
         let len = winograd::transformed_len(q);
-        let cached = self.cache.and_then(|c| c.get_or_compute(slot, q, &compute));
+        let cached = self
+            .cache
+            .and_then(|c| c.get_or_compute(slot, self.values, q, &compute));
         match cached {
             Some(u) => f(&u),
             None => crate::scratch::with_scratch(len, |u| {

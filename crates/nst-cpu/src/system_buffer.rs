@@ -6,8 +6,9 @@
 //! activations then sit between their freed blocks, which later activations of other sizes
 //! cannot fully reuse: with the kernel cache in mimalloc, peak RSS at 1024² was 2210 MiB,
 //! against 1726 MiB when the same cache was filled before the first iteration (1358 MiB with
-//! no cache; `xtask bench-worker --size 1024 --iters 2`). From the system allocator (glibc
-//! maps blocks this large directly from the OS), the cache stays out of mimalloc's way.
+//! no cache; `xtask bench-worker --size 1024 --iters 2`). From the system allocator (on
+//! Linux, glibc's malloc: a heap of its own, which serves blocks of megabytes by mapping
+//! them from the OS), the cache stays out of mimalloc's way.
 
 use std::alloc::{handle_alloc_error, GlobalAlloc, Layout, System};
 use std::ptr::NonNull;

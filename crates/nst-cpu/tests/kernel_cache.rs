@@ -109,18 +109,26 @@ fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_sw
     );
     assert_eq!(cache.bytes(), kernel_cache::cached_bytes(&p, FASTEST));
 
-    // The cache is what the second call used: weights changed behind its back (which its
-    // owner must never do without `clear`) still give the old result.
+    // The cache is what the second call used: weights changed in place behind its back
+    // (which its owner must never do without `clear`) still give the old result. Other
+    // weights (another address) paired with it by mistake are transformed afresh.
     let x = rand_vec(&mut rng, p.input_len());
     let forward = |w: Weights| {
         let mut y = vec![0.0; p.output_len()];
         conv2d_forward(&p, FASTEST, &x, w, None, &mut y);
         y
     };
-    let before = forward(Weights::cached(&w, &cache));
-    let changed: Vec<f32> = w.iter().map(|v| 2.0 * v).collect();
-    assert_eq!(forward(Weights::cached(&changed, &cache)), before);
-    assert_ne!(forward(changed.as_slice().into()), before);
+    let reused = KernelCache::new();
+    let mut v = w.clone();
+    let before = forward(Weights::cached(&v, &reused));
+    v.iter_mut().for_each(|value| *value *= 2.0);
+    assert_eq!(forward(Weights::cached(&v, &reused)), before);
+    assert_ne!(forward(v.as_slice().into()), before);
+    let other: Vec<f32> = w.iter().map(|value| 2.0 * value).collect();
+    assert_eq!(
+        forward(Weights::cached(&other, &reused)),
+        forward(other.as_slice().into())
+    );
 
     // The same weights seen with other channel counts (a reshaped tensor) are transformed
     // afresh for them.

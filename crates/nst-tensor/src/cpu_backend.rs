@@ -25,7 +25,7 @@ pub struct CpuStorage {
 
 /// Whether convolutions on the CPU keep their weights' Winograd-transformed kernels from one
 /// call to the next (the default), or compute them at every call. Keeping them costs 8× the
-/// weights' memory (414 MB for VGG-19 to relu5_1) and saves 10% of an iteration at 512², 28% at
+/// weights' memory (414 MB for VGG-19 to relu5_1) and saves about 10% of an iteration at 512², 27% at
 /// 256² (see `nst_cpu::kernel_cache`). Turning it off drops each cache at its next use.
 pub fn keep_transformed_kernels(keep: bool) {
     nst_cpu::kernel_cache::set_enabled(keep);
@@ -410,6 +410,7 @@ mod tests {
         let x = CpuStorage::new((0..p.input_len()).map(|i| (i % 7) as f32).collect());
         let dy = CpuStorage::new((0..p.output_len()).map(|i| (i % 5) as f32).collect());
         let fastest = ConvAlgorithm::Fastest;
+        keep_transformed_kernels(true); // the default; no test here turns it off
         let mut w = CpuStorage::new(values(1.0));
         let (y1, dx1) = (
             x.conv2d(&w, None, &p, fastest, false).unwrap(),
@@ -433,5 +434,32 @@ mod tests {
         );
         assert_ne!(y2.data, y1.data);
         assert_ne!(dx2.data, dx1.data);
+
+        // Every other way of changing values in place empties the cache too.
+        let filled = |w: &CpuStorage| {
+            x.conv2d(w, None, &p, fastest, false).unwrap();
+            w.kernels.bytes() > 0
+        };
+        assert!(filled(&w));
+        w.apply_relu_mask(&w.relu_mask().unwrap()).unwrap();
+        assert_eq!(w.kernels.bytes(), 0, "apply_relu_mask");
+        assert!(filled(&w));
+        let (mut m, mut v) = (w.try_clone().unwrap(), w.try_clone().unwrap());
+        assert!(filled(&m) && filled(&v));
+        let adam = AdamParams {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: 1,
+        };
+        w.adam_update(&copy, &mut m, &mut v, &adam).unwrap();
+        for (what, s) in [("adam: x", &w), ("adam: m", &m), ("adam: v", &v)] {
+            assert_eq!(s.kernels.bytes(), 0, "{what}");
+        }
+        assert!(filled(&w));
+        w.gram_backward_in_place(&CpuStorage::new(vec![0.0; 16 * 16]), 1, 16, 9, 1.0)
+            .unwrap();
+        assert_eq!(w.kernels.bytes(), 0, "gram_backward_in_place");
     }
 }
