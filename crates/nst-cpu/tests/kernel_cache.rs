@@ -10,24 +10,13 @@ use nst_cpu::conv::{
 use nst_cpu::kernel_cache::{self, KernelCache};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+mod common;
+use common::conv3x3;
+
 const FASTEST: ConvAlgorithm = ConvAlgorithm::Fastest;
 
 fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-fn conv3x3(batch: usize, cin: usize, cout: usize, h: usize, w: usize) -> Conv2dParams {
-    Conv2dParams {
-        batch,
-        in_channels: cin,
-        in_h: h,
-        in_w: w,
-        out_channels: cout,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride: 1,
-        pad: 1,
-    }
 }
 
 /// Bytes of one slot's transformed kernels: 36 values per (input, output) channel pair.
@@ -98,7 +87,7 @@ fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_sw
     kernel_cache::set_enabled(true);
 
     // Winograd both ways (16 → 24 channels, and the gradient 24 → 16), odd sizes, 2 images.
-    let p = conv3x3(2, 16, 24, 13, 11);
+    let p = conv3x3(2, 16, 13, 11, 24);
     let w = rand_vec(&mut rng, p.weight_len());
     let cache = KernelCache::new();
     check_same_bits(&p, &w, &cache, &mut rng);
@@ -132,13 +121,13 @@ fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_sw
 
     // The same weights seen with other channel counts (a reshaped tensor) are transformed
     // afresh for them.
-    let swapped = conv3x3(1, 24, 16, 9, 10);
+    let swapped = conv3x3(1, 24, 9, 10, 16);
     check_same_bits(&swapped, &w, &cache, &mut rng);
     assert_eq!(cache.bytes(), 2 * slot_bytes(&swapped));
 
     // conv1_1's shape: its forward goes by im2col (3 input channels, nothing cached), its
     // input gradient (64 → 3) by Winograd.
-    let first = conv3x3(1, 3, 64, 17, 12);
+    let first = conv3x3(1, 3, 17, 12, 64);
     let w1 = rand_vec(&mut rng, first.weight_len());
     let cache1 = KernelCache::new();
     check_same_bits(&first, &w1, &cache1, &mut rng);
