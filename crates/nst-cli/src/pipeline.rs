@@ -199,7 +199,7 @@ fn apply_memory_mode(mode: memory::MemoryMode, progress: &mut dyn Progress) {
     let lean = mode == memory::MemoryMode::Lean;
     nst_tensor::allocator::return_freed_memory_at_once(lean);
     nst_tensor::cpu_backend::keep_transformed_kernels(!lean);
-    if mode == memory::MemoryMode::Lean {
+    if lean {
         progress.note(
             "memory is tight for this size: lean mode (relu1_1 recomputed, freed memory returned at once, convolution kernels transformed at every use), up to 1.8× the time per iteration",
         );

@@ -25,8 +25,9 @@ pub struct CpuStorage {
 
 /// Whether convolutions on the CPU keep their weights' Winograd-transformed kernels from one
 /// call to the next (the default), or compute them at every call. Keeping them costs 8× the
-/// weights' memory (414 MB for VGG-19 to relu5_1) and saves about 10% of an iteration at 512², 27% at
-/// 256² (see `nst_cpu::kernel_cache`). Turning it off drops each cache at its next use.
+/// weights' memory (414 MB for VGG-19 to relu5_1) and saves about 10% of an iteration at
+/// 512², 27% at 256² (see `nst_cpu::kernel_cache`). Turning it off drops each cache at its
+/// next use.
 pub fn keep_transformed_kernels(keep: bool) {
     nst_cpu::kernel_cache::set_enabled(keep);
 }
@@ -55,7 +56,7 @@ impl CpuStorage {
     }
 
     /// The values, to change: drops the transformed kernels computed from them.
-    fn data_mut(&mut self) -> &mut Vec<f32> {
+    fn data_mut(&mut self) -> &mut [f32] {
         self.kernels.clear();
         &mut self.data
     }
