@@ -13,8 +13,9 @@
 //!
 //! **Two modes** ([`MemoryMode`]): the preflight picks the fast one where it fits, else the
 //! lean one, else stops. Fast: the allocator keeps freed memory (no page faults in steady
-//! state), and each convolution's Winograd-transformed kernels are kept from one iteration to
-//! the next (414 MB to relu5_1, whatever the size: `kernel_cache_bytes`). Lean: freed memory
+//! state), and the Winograd-transformed kernels of the convolutions small enough to profit are
+//! kept from one iteration to the next (to relu5_1: 406 MB at 512², 340 MB at 1024², 76 MB
+//! at 2048², none at 4096²: `kernel_cache_bytes`). Lean: freed memory
 //! goes back to the OS at once, kernels are transformed at every use, and relu1_1's style term
 //! is recomputed in the backward pass. At 2048² (`cargo xtask bench --sizes 2048 --iters 1
 //! --peer [--memory lean]`, one run each, before the kernel cache) lean peaked at 2875 MiB
@@ -130,7 +131,7 @@ pub fn estimate_host_peak_bytes(w: &Workload, mode: MemoryMode) -> f64 {
     let activations = 4.0 * geometry::activation_elems(w.deepest, height, width) as f64;
     let image = 4.0 * (w.channels * width * height) as f64;
     let (base, per_activation) = match mode {
-        MemoryMode::Fast => (BASE_BYTES + kernel_cache_bytes(w.deepest), PER_ACTIVATION),
+        MemoryMode::Fast => (BASE_BYTES + kernel_cache_bytes(w), PER_ACTIVATION),
         MemoryMode::Lean => (LEAN_BASE_BYTES, LEAN_PER_ACTIVATION),
     };
     base + per_activation * activations
@@ -139,10 +140,12 @@ pub fn estimate_host_peak_bytes(w: &Workload, mode: MemoryMode) -> f64 {
 }
 
 /// The fast mode's transformed convolution kernels, kept from one iteration to the next
-/// (`nst_tensor::cpu_backend::keep_transformed_kernels`): 414 MB to relu5_1, whatever the
-/// image size.
-fn kernel_cache_bytes(deepest: Layer) -> f64 {
-    geometry::conv_shapes(deepest, 1, 1)
+/// (`nst_tensor::cpu_backend::keep_transformed_kernels`) by the convolutions of at most
+/// `nst_cpu::kernel_cache::KEEP_MAX_TILES` tiles at the final scale (to relu5_1: 406 MB at
+/// 512², 76 MB, conv5_1's, at 2048²).
+fn kernel_cache_bytes(w: &Workload) -> f64 {
+    let (width, height) = w.size;
+    geometry::conv_shapes(w.deepest, height, width)
         .iter()
         .map(|(_, p)| transformed_kernel_bytes(p, ConvAlgorithm::Fastest) as f64)
         .sum()
@@ -317,17 +320,29 @@ pub fn check(
 mod tests {
     use super::*;
 
-    /// By hand: VGG-19's 3×3 weights to relu5_1 are 12,940,992 values, 1,728 of them
-    /// conv1_1's. Each layer keeps 36/9 = 4 values per weight for its input gradient, and as
-    /// many for its forward pass except conv1_1 (3 input channels: im2col).
+    /// By hand: VGG-19's 3×3 weights to relu5_1 are 12,940,992 values: conv1_1 1,728,
+    /// conv1_2 36,864, conv2_1 73,728, conv2_2 147,456, conv5_1 2,359,296. Each layer keeps
+    /// 36/9 = 4 values per weight for its input gradient, and as many for its forward pass
+    /// except conv1_1 (3 input channels: im2col) — while it has at most 2048 output tiles of
+    /// 4×4. At 512² that excludes conv1_x (128² tiles) and conv2_x (64²); at 2048² all but
+    /// conv5_1 (32² tiles); at 4096² conv5_1 too (64²).
     #[test]
-    fn the_kernel_cache_holds_eight_times_the_weights_to_relu5_1() {
-        let bytes = kernel_cache_bytes("relu5_1".parse().unwrap());
-        assert_eq!(bytes, (4 * 4 * (2 * 12_940_992 - 1_728)) as f64);
+    fn the_kernel_cache_holds_eight_times_the_weights_of_the_small_convolutions() {
+        let to = |deepest: &str, side| {
+            kernel_cache_bytes(&Workload {
+                deepest: deepest.parse().unwrap(),
+                ..square(side)
+            })
+        };
+        let conv1_2_to_2_2 = 36_864 + 73_728 + 147_456;
         assert_eq!(
-            kernel_cache_bytes("relu1_1".parse().unwrap()),
-            (4 * 4 * 1_728) as f64
+            to("relu5_1", 512),
+            (4 * 4 * 2 * (12_940_992 - 1_728 - conv1_2_to_2_2)) as f64
         );
+        assert_eq!(to("relu5_1", 2048), (4 * 4 * 2 * 2_359_296) as f64);
+        assert_eq!(to("relu5_1", 4096), 0.0);
+        assert_eq!(to("relu1_1", 512), 0.0, "conv1_1 at 512²: 128² tiles");
+        assert_eq!(to("relu1_1", 128), (4 * 4 * 1_728) as f64, "32² tiles");
     }
 
     fn square_with_history(side: u32, history_vectors: usize) -> Workload {

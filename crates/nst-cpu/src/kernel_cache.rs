@@ -9,10 +9,19 @@
 //! the two builds alternated, two runs each) from 329–331 to 237–243 ms at 256² (about −27%)
 //! and from 1048–1095 to 948–949 ms at 512² (−9 … −13%).
 //!
-//! The cost is memory: 4 bytes × 36 per kernel in each direction, 8× the weights (414 MB for
-//! VGG-19 up to relu5_1). [`set_enabled`]`(false)` stops caching (and drops what a cache held
+//! The cost is memory: 4 bytes × 36 per kernel in each direction, 8× the weights (at most 414 MB
+//! for VGG-19 up to relu5_1). [`set_enabled`]`(false)` stops caching (and drops what a cache held
 //! at its next use), for runs where memory is tight. A cache gives the same bits as computing
 //! afresh: the same function fills it.
+//!
+//! **Only small convolutions keep their kernels** ([`KEEP_MAX_TILES`]). Transforming one
+//! kernel costs about as much as 20 tiles of its product: the cache saved about 90 ms an
+//! iteration at 256² (above) for 25.9 M kernel transforms, 3.5 ns each, while a tile's
+//! product per channel pair is 36 multiply-adds, 0.18 ns at the GEMM's 400 GFLOP/s. So the
+//! transform is about 20 / (tiles + 20) of a layer's products: half of conv5_1's at 256²,
+//! under 1% above 2048 tiles. Above that the memory is worth more: at 2048², conv1_1 …
+//! conv4_4 (4096 tiles and more) keep nothing, which saves 338 of the 414 MB for about 0.5%
+//! of an iteration.
 //!
 //! Whoever owns a [`KernelCache`] must [`KernelCache::clear`] it whenever the weights it
 //! belongs to change (nst-tensor's CPU storage does so on every mutable access).
@@ -24,6 +33,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// The most output tiles (4×4 pixels, the whole batch) a convolution may have for its
+/// transformed kernels to be kept: there the transform is about 1% of its products (see the
+/// module docs). 2048 tiles are 32,768 output pixels, e.g. 181².
+pub const KEEP_MAX_TILES: usize = 2048;
+
+/// Whether the transformed kernels of the Winograd convolution `q` are worth their memory.
+fn worth_keeping(q: &Conv2dParams) -> bool {
+    winograd::tile_count(q) <= KEEP_MAX_TILES
+}
 
 /// Turns caching on (the default) or off for the whole process. Off, each call computes its
 /// transformed kernels afresh (into reusable scratch) and a cache that held some drops them.
@@ -37,10 +56,12 @@ pub fn enabled() -> bool {
 }
 
 /// Bytes a [`KernelCache`] holds for the convolution `p` once its forward pass and its input
-/// gradient have run by `algo` (36 f32 per channel pair for each that goes by Winograd).
+/// gradient have run by `algo` (36 f32 per channel pair for each that goes by Winograd and
+/// has at most [`KEEP_MAX_TILES`] tiles).
 pub fn cached_bytes(p: &Conv2dParams, algo: ConvAlgorithm) -> usize {
-    let forward = crate::conv::use_winograd(p, algo);
-    let input_gradient = crate::conv::winograd_input_gradient(p, algo).is_some();
+    let forward = crate::conv::use_winograd(p, algo) && worth_keeping(p);
+    let input_gradient =
+        crate::conv::winograd_input_gradient(p, algo).is_some_and(|q| worth_keeping(&q));
     (usize::from(forward) + usize::from(input_gradient)) * 4 * winograd::transformed_len(p)
 }
 
@@ -97,7 +118,9 @@ impl KernelCache {
 
     /// The transformed kernels of `values` for the Winograd convolution `q` (the forward
     /// shape, or the input gradient as a forward convolution), from the cache or computed by
-    /// `compute` (and kept, when caching is enabled). `None` when caching is disabled.
+    /// `compute` (and kept). `None` when caching is disabled or `q` is too large to keep
+    /// kernels for; then the cache drops what it held (an earlier, smaller scale's kernels
+    /// would otherwise stay through this one's memory peak).
     pub(crate) fn get_or_compute(
         &self,
         slot: Slot,
@@ -109,8 +132,10 @@ impl KernelCache {
             Slot::Forward => &self.forward,
             Slot::InputGradient => &self.input_gradient,
         };
-        if !enabled() {
-            *lock(slot) = None;
+        if !enabled() || !worth_keeping(q) {
+            for slot in [&self.forward, &self.input_gradient] {
+                *lock(slot) = None;
+            }
             return None;
         }
         // Keyed by the channel counts (the same weights reshaped to other channel counts, a

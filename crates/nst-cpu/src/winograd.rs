@@ -171,6 +171,12 @@ pub(crate) fn transform_kernels(p: &Conv2dParams, w: &[f32], u: &mut [f32]) {
         });
 }
 
+/// Output tiles of the whole batch.
+pub(crate) fn tile_count(p: &Conv2dParams) -> usize {
+    let (down, across) = tile_grid(p);
+    p.batch * down * across
+}
+
 /// The tile grid of one image: (tiles down, tiles across).
 fn tile_grid(p: &Conv2dParams) -> (usize, usize) {
     (p.out_h().div_ceil(M), p.out_w().div_ceil(M))

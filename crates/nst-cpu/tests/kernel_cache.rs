@@ -145,6 +145,29 @@ fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_sw
     cleared.clear();
     assert_eq!(cleared.bytes(), 0);
 
+    // Only convolutions of at most KEEP_MAX_TILES output tiles keep their kernels: 256×128
+    // is 64×32 = 2048 tiles, 256×132 is 64×33. A cache used for a convolution too large to
+    // keep drops what it held (an earlier, smaller size's kernels).
+    assert_eq!(kernel_cache::KEEP_MAX_TILES, 2048);
+    let largest_kept = conv3x3(1, 16, 256, 128, 16);
+    let too_large = conv3x3(1, 16, 256, 132, 16);
+    let w2 = rand_vec(&mut rng, largest_kept.weight_len());
+    let cache2 = KernelCache::new();
+    check_same_bits(&largest_kept, &w2, &cache2, &mut rng);
+    assert_eq!(cache2.bytes(), 2 * slot_bytes(&largest_kept));
+    assert_eq!(
+        kernel_cache::cached_bytes(&largest_kept, FASTEST),
+        cache2.bytes()
+    );
+    check_same_bits(&too_large, &w2, &cache2, &mut rng);
+    assert_eq!(cache2.bytes(), 0, "too large to keep: the cache is emptied");
+    assert_eq!(kernel_cache::cached_bytes(&too_large, FASTEST), 0);
+    let two_images = Conv2dParams {
+        batch: 2,
+        ..largest_kept
+    };
+    assert_eq!(kernel_cache::cached_bytes(&two_images, FASTEST), 0);
+
     // Switched off: the same bits, and a cache drops its kernels at its next use.
     kernel_cache::set_enabled(false);
     check_same_bits(&p, &w, &cache, &mut rng);
