@@ -108,6 +108,35 @@ pub fn abs_max(a: &[f32]) -> f32 {
         )
 }
 
+/// Σ (aᵢ − bᵢ)², each term in f32 (the bits `sub` then `square` give it) and the sum in
+/// f64, as [`sum`] of those squares would be: a loss's squared distance without a buffer of
+/// differences.
+pub fn sum_squared_difference(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "squared difference: lengths differ");
+    a.par_chunks(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(&a, &b)| {
+                    let d = a - b;
+                    (d * d) as f64
+                })
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// `a ← (s·g)·(a − b)`, in place: the gradient of `g·Σ(a − b)²` (s = 2) written over `a`.
+/// The same bits as broadcasting `g` and the square's backward `(s·g)·d` on `d = a − b`.
+pub fn scaled_difference_in_place(a: &mut [f32], b: &[f32], s: f32, g: f32) {
+    assert_eq!(a.len(), b.len(), "scaled difference: lengths differ");
+    let c = s * g;
+    a.par_chunks_mut(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a = c * (*a - b)));
+}
+
 /// Σ aᵢ·bᵢ, accumulated in f64.
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "dot: lengths differ");

@@ -434,6 +434,29 @@ fn relu_and_elementwise() {
     assert!(
         (elementwise::abs_sum(&a) - a.iter().map(|v| v.abs() as f64).sum::<f64>()).abs() < 1e-6
     );
+    // The losses' squared distance (exact f64 differences here: within f32 rounding) and its
+    // gradient written over the first operand.
+    let sq: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let got = elementwise::sum_squared_difference(&a, &b);
+    assert!(
+        (got - sq).abs() < 1e-6 * sq,
+        "squared distance {got} vs {sq}"
+    );
+    let mut grad = a.clone();
+    elementwise::scaled_difference_in_place(&mut grad, &b, 2.0, 0.25);
+    assert_close(
+        &grad,
+        &a.iter()
+            .zip(&b)
+            .map(|(&x, &y)| 0.5 * (x as f64 - y as f64))
+            .collect::<Vec<_>>(),
+        1e-7,
+        "scaled difference",
+    );
 }
 
 #[test]

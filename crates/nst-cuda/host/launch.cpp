@@ -47,6 +47,7 @@ const Entry KERNELS[] = {
     KERNEL(axpby),
     KERNEL(scale),
     KERNEL(scaled_mul),
+    KERNEL(scaled_difference),
     KERNEL(transpose2d),
     KERNEL(copy2d),
     KERNEL(broadcast_first),

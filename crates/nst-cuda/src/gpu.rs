@@ -521,9 +521,40 @@ impl Gpu {
         Ok((out, dot))
     }
 
-    /// Σ(a − b)².
+    /// Σ(a − b)² (each term in f32, the sum in f64).
     pub fn sum_sq_diff(&self, a: &Floats, b: &Floats) -> GpuResult<f64> {
         self.reduce_to_host(a, b, 0)
+    }
+
+    /// [`Gpu::sum_sq_diff`] as a one-value f32 buffer that stays on the device: a loss's
+    /// squared distance without a buffer of differences (nst-cpu's `sum_squared_difference`).
+    pub fn squared_distance(&self, a: &Floats, b: &Floats) -> GpuResult<Floats> {
+        let total = self.reduce(a, b, 0)?;
+        self.to_f32_scalar(&total)
+    }
+
+    /// `a ← (s·g₀)·(a − b)` in place, `g` a one-value buffer read on the device: the gradient
+    /// of `g₀·Σ(a − b)²` (s = 2) over `a` (nst-cpu's `scaled_difference_in_place`).
+    pub fn scaled_difference_in_place(
+        &self,
+        a: &mut Floats,
+        b: &Floats,
+        g: &Floats,
+        s: f32,
+    ) -> GpuResult<()> {
+        check_len("scaled difference", b.len(), a.len())?;
+        check_len("scaled difference gradient", g.len(), 1)?;
+        let args = [
+            g.arg(),
+            Arg::F32(s),
+            a.arg(),
+            b.arg(),
+            Arg::I64(a.len() as i64),
+        ];
+        // SAFETY: a and b hold a.len() floats, g one; a is borrowed mutably, so nothing else
+        // reads it while the kernel writes it.
+        unsafe { self.launch("scaled_difference", a.len(), &args)? };
+        Ok(())
     }
 
     /// Σ aᵢ·bᵢ.
@@ -539,6 +570,12 @@ impl Gpu {
     /// Σ aᵢ as a one-value f32 buffer that stays on the device.
     pub fn sum(&self, a: &Floats) -> GpuResult<Floats> {
         let total = self.reduce(a, a, 3)?;
+        self.to_f32_scalar(&total)
+    }
+
+    /// A reduction's one f64 value as a one-value f32 buffer, on the device.
+    fn to_f32_scalar(&self, total: &DeviceBuffer<f64>) -> GpuResult<Floats> {
+        check_len("scalar", total.len(), 1)?;
         let out = self.uninit(1)?;
         let args = [total.arg(), out.arg(), Arg::I64(1)];
         // SAFETY: one double in, one float out.

@@ -183,6 +183,14 @@ __global__ void broadcast_first(const float* v, float* out, long long n) {
     GRID_STRIDE(i, n) { out[i] = v[0]; }
 }
 
+// a = (s·g[0])·(a − b) in place: the gradient of g·Σ(a − b)² (s = 2) written over a, with
+// the loss's upstream gradient g read on the device (nst-cpu's scaled_difference_in_place).
+__global__ void scaled_difference(const float* g, float s, float* a, const float* b,
+                                  long long n) {
+    float c = s * g[0];
+    GRID_STRIDE(i, n) { a[i] = c * (a[i] - b[i]); }
+}
+
 // A reduction's f64 result as the f32 value of a one-element tensor.
 __global__ void double_to_float(const double* src, float* dst, long long n) {
     GRID_STRIDE(i, n) { dst[i] = (float)src[i]; }
@@ -211,7 +219,8 @@ __global__ void axpy_device_coef(const double* coef, double factor, const float*
 // reduce_finish (one block) adds them up. Adding the partials atomically, as this first did,
 // added them in whatever order the blocks finished; the first GPU run showed the last bit of
 // a dot product differing between two calls, and L-BFGS grows such differences.
-// op: 0 Σ(a−b)², 1 Σa·b, 2 Σ|a|, 3 Σa. block_sum_to (used by reduce_partial, reduce_finish
+// op: 0 Σ(a−b)² (each term in float, as nst-cpu's sum_squared_difference), 1 Σa·b, 2 Σ|a|,
+// 3 Σa. block_sum_to (used by reduce_partial, reduce_finish
 // and axpy_coef_dot) needs a power-of-two block of at most 256 threads (the GPU runs 256,
 // the emulator 32); reduce_finish runs as exactly one block (its thread 0 scales *out).
 __device__ __forceinline__ void block_sum_to(double acc, double* part, double* dst) {
@@ -230,7 +239,7 @@ __global__ void reduce_partial(const float* a, const float* b, double* partial, 
     double acc = 0.0;
     GRID_STRIDE(i, n) {
         double x = a[i];
-        if (op == 0) { double d = x - (double)b[i]; acc += d * d; }
+        if (op == 0) { float d = a[i] - b[i]; acc += (double)(d * d); }
         else if (op == 1) acc += x * (double)b[i];
         else if (op == 2) acc += fabs(x);
         else acc += x;

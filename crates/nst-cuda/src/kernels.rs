@@ -29,6 +29,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "transpose2d",
     "copy2d",
     "broadcast_first",
+    "scaled_difference",
     "double_to_float",
     "scalar_scale",
     "scalar_sub",

@@ -131,11 +131,7 @@ fn elementwise_and_reductions_match_nst_cpu() {
             "{on} full"
         );
 
-        let sq: f64 = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-            .sum();
+        let sq = elementwise::sum_squared_difference(&x, &y);
         for (what, got, want) in [
             ("Σ(a−b)²", g.sum_sq_diff(&dx, &dy).unwrap(), sq),
             ("dot", g.dot(&dx, &dy).unwrap(), elementwise::dot(&x, &y)),
@@ -146,6 +142,28 @@ fn elementwise_and_reductions_match_nst_cpu() {
                 "{on} {what}: {got} vs {want}"
             );
         }
+        // The losses' squared distance, left on the device as f32, and its gradient written
+        // over the first operand with the upstream gradient read on the device.
+        let on_device = g.squared_distance(&dx, &dy).unwrap().to_vec().unwrap();
+        assert_eq!(on_device.len(), 1);
+        assert!(
+            (on_device[0] as f64 - sq).abs() <= 1e-7 * sq,
+            "{on} squared distance: {} vs {sq}",
+            on_device[0]
+        );
+        let upstream = g.upload(&[0.37]).unwrap();
+        let mut da = g.upload(&x).unwrap();
+        g.scaled_difference_in_place(&mut da, &dy, &upstream, 2.0)
+            .unwrap();
+        let mut want_da = x.clone();
+        elementwise::scaled_difference_in_place(&mut want_da, &y, 2.0, 0.37);
+        assert_eq!(da.to_vec().unwrap(), want_da, "{on} scaled difference");
+        assert!(
+            g.scaled_difference_in_place(&mut da, &dy, &dx, 2.0)
+                .is_err(),
+            "{on}: the upstream gradient must be one value"
+        );
+
         // The optimizer's device scalars: the same values, and the same axpby, as on the host.
         let d = g.dot_on_device(&dx, &dy).unwrap();
         assert_eq!(

@@ -7,9 +7,7 @@ use nst_tensor::{Result, Tensor};
 /// For a batch the normaliser is the element count N·C·H·W.
 pub fn content_loss(generated: &Tensor, target: &Tensor) -> Result<Tensor> {
     let n = generated.elem_count() as f32;
-    generated
-        .sub(target)?
-        .square()?
-        .sum()?
-        .scale(1.0 / (4.0 * n))
+    // One op rather than sub, square and sum: the same value, less memory (see
+    // `Tensor::squared_distance`).
+    generated.squared_distance(target)?.scale(1.0 / (4.0 * n))
 }

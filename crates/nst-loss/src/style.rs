@@ -25,9 +25,7 @@ pub fn gram_hat(features: &Tensor) -> Result<Tensor> {
 pub fn style_layer_loss(generated: &Tensor, target_gram_hat: &Tensor) -> Result<Tensor> {
     let g = gram_hat(generated)?;
     let c = target_gram_hat.dims()[0] as f32;
-    g.sub(target_gram_hat)?
-        .square()?
-        .sum()?
+    g.squared_distance(target_gram_hat)?
         .scale(1.0 / (4.0 * c * c))
 }
 

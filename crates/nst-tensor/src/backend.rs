@@ -157,6 +157,12 @@ pub trait BackendStorage: Sized {
     fn sum(&self) -> Result<Self>;
     /// `n` copies of the single element of self (the backward of [`BackendStorage::sum`]).
     fn broadcast(&self, n: usize) -> Result<Self>;
+    /// Σ (aᵢ − bᵢ)² (self is a; each term in f32, the sum in f64) as a one-element buffer on
+    /// the device: the losses' squared distance, with no buffer of differences.
+    fn squared_distance(&self, b: &Self) -> Result<Self>;
+    /// `a ← (s·g₀)·(a − b)` over a (self), with `g` a one-element buffer on the device: the
+    /// gradient of `g₀·Σ(a − b)²` for s = 2, written over the features it is taken at.
+    fn scaled_difference_in_place(&mut self, b: &Self, g: &Self, s: f32) -> Result<()>;
 
     /// `α·x + β·y` (optimizer update; self is x).
     fn axpby(&self, alpha: f32, y: &Self, beta: f32) -> Result<Self>;

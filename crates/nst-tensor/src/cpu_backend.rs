@@ -321,6 +321,16 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage::new(vec![self.data[0]; n]))
     }
 
+    fn squared_distance(&self, b: &Self) -> Result<Self> {
+        let total = k::sum_squared_difference(&self.data, &b.data);
+        Ok(CpuStorage::new(vec![total as f32]))
+    }
+
+    fn scaled_difference_in_place(&mut self, b: &Self, g: &Self, s: f32) -> Result<()> {
+        k::scaled_difference_in_place(self.data_mut(), &b.data, s, g.data[0]);
+        Ok(())
+    }
+
     fn axpby(&self, alpha: f32, y: &Self, beta: f32) -> Result<Self> {
         Ok(self.map_new(|x, out| k::axpby(alpha, x, beta, &y.data, out)))
     }

@@ -383,6 +383,16 @@ impl BackendStorage for CudaStorage {
         self.wrap(self.gpu().broadcast(&self.buf, n))
     }
 
+    fn squared_distance(&self, b: &Self) -> Result<Self> {
+        self.wrap(self.gpu().squared_distance(&self.buf, &b.buf))
+    }
+
+    fn scaled_difference_in_place(&mut self, b: &Self, g: &Self, s: f32) -> Result<()> {
+        let gpu = self.cuda_device().gpu.clone();
+        gpu.scaled_difference_in_place(&mut self.buf, &b.buf, &g.buf, s)
+            .map_err(failed)
+    }
+
     fn axpby(&self, alpha: f32, y: &Self, beta: f32) -> Result<Self> {
         self.wrap(self.gpu().axpby(alpha, &self.buf, beta, &y.buf))
     }

@@ -81,6 +81,10 @@ pub(crate) enum Op {
     Sum {
         x: NodeRef,
     },
+    SquaredDistance {
+        a: Tensor,
+        b: Tensor,
+    },
 }
 
 /// A gradient contribution for one input of an op, on the op's device.
@@ -104,6 +108,7 @@ impl Op {
             Op::Scale { .. } => "backward of scale",
             Op::Square { .. } => "backward of square",
             Op::Sum { .. } => "backward of sum",
+            Op::SquaredDistance { .. } => "backward of squared_distance",
             Op::Checkpoint { .. } => "backward of checkpoint (recomputing)",
         }
     }
@@ -146,6 +151,7 @@ impl Op {
             Op::Scale { x, s } => ops::elementwise::scale_backward(&x, s, &grad),
             Op::Square { x } => ops::elementwise::square_backward(&x, &grad),
             Op::Sum { x } => ops::reduce::sum_backward(&x, &grad),
+            Op::SquaredDistance { a, b } => ops::distance::backward(a, b, &grad),
             Op::Checkpoint { inputs, f } => ops::checkpoint::backward(&inputs, &f, grad),
         }
     }
@@ -166,7 +172,9 @@ impl Op {
             | Op::Sum { x } => vec![x],
             Op::Gram { x, .. } | Op::Square { x } => vec![&x.node],
             Op::Add { a, b } | Op::Sub { a, b } => vec![a, b],
-            Op::Matmul { a, b } | Op::Mul { a, b } => vec![&a.node, &b.node],
+            Op::Matmul { a, b } | Op::Mul { a, b } | Op::SquaredDistance { a, b } => {
+                vec![&a.node, &b.node]
+            }
             Op::Checkpoint { inputs, .. } => inputs.iter().map(|t| &t.node).collect(),
         }
     }

@@ -350,6 +350,24 @@ impl Storage {
         Ok(on_device!(self, s => s.broadcast(n)))
     }
 
+    pub(crate) fn squared_distance(&self, b: &Self) -> Result<Self> {
+        Ok(on_same_device!("squared_distance", self, b, (a, b) => a.squared_distance(b)))
+    }
+
+    pub(crate) fn scaled_difference_in_place(&mut self, b: &Self, g: &Self, s: f32) -> Result<()> {
+        match (self, b, g) {
+            (Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(g)) => {
+                a.scaled_difference_in_place(b, g, s)
+            }
+            (Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(g)) => {
+                a.scaled_difference_in_place(b, g, s)
+            }
+            _ => Err(TensorError::DeviceMismatch {
+                op: "squared_distance backward",
+            }),
+        }
+    }
+
     pub(crate) fn axpby(&self, alpha: f32, y: &Self, beta: f32) -> Result<Self> {
         Ok(on_same_device!("axpby", self, y, (x, y) => x.axpby(alpha, y, beta)))
     }

@@ -260,6 +260,65 @@ fn elementwise_and_reduction_gradients(dev: &Device) {
 }
 test_device!(elementwise_and_reduction_gradients);
 
+fn squared_distance_gradients(dev: &Device) {
+    let mut rng = StdRng::seed_from_u64(12);
+    let pair = [uniform(&mut rng, &[3, 4]), uniform(&mut rng, &[3, 4])];
+    // Both operands variables (the caller holds them: the gradient goes to a copy), then a
+    // computed operand whose record is its last holder (the gradient is written over it).
+    gradcheck(dev, "squared_distance", &pair, 1e-2, |t| {
+        t[0].squared_distance(&t[1]).unwrap()
+    });
+    gradcheck(dev, "squared_distance of a product", &pair, 1e-2, |t| {
+        t[0].mul(&t[1]).unwrap().squared_distance(&t[1]).unwrap()
+    });
+    let mismatched = Tensor::from_vec(vec![0.0; 4], &[4], dev).unwrap();
+    let a = Tensor::from_vec(vec![0.0; 4], &[2, 2], dev).unwrap();
+    assert!(
+        a.squared_distance(&mismatched).is_err(),
+        "shapes must match"
+    );
+}
+test_device!(squared_distance_gradients);
+
+/// `squared_distance` replaced `sub`, `square` and `sum` in the losses: the same bits, value
+/// and gradients, on every device (both compute each term in f32 and sum in f64).
+fn squared_distance_matches_the_chain_it_replaces(dev: &Device) {
+    let mut rng = StdRng::seed_from_u64(13);
+    let n = 70_001; // several of nst-cpu's parallel chunks, and a partial one
+    let x = uniform(&mut rng, &[n]).data;
+    let target = uniform(&mut rng, &[n]).data;
+    let run = |fused: bool| {
+        let v = Tensor::variable(x.clone(), &[n], dev).unwrap();
+        let t = Tensor::variable(target.clone(), &[n], dev).unwrap();
+        // A computed operand, as features are: the fused op's gradient goes over it.
+        let a = v.scale(0.5).unwrap();
+        let d = if fused {
+            a.squared_distance(&t).unwrap()
+        } else {
+            a.sub(&t).unwrap().square().unwrap().sum().unwrap()
+        };
+        drop(a);
+        let loss = d.scale(0.37).unwrap();
+        let mut grads = loss.backward().unwrap();
+        (
+            loss.to_vec().unwrap(),
+            grads.remove(&v).unwrap().to_vec().unwrap(),
+            grads.remove(&t).unwrap().to_vec().unwrap(),
+        )
+    };
+    let same_bits = |got: &[f32], want: &[f32], what: &str| {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+            panic!("{what}: element {i} is {} against {}", got[i], want[i]);
+        }
+    };
+    let (fused, chain) = (run(true), run(false));
+    same_bits(&fused.0, &chain.0, "value");
+    same_bits(&fused.1, &chain.1, "gradient of the first operand");
+    same_bits(&fused.2, &chain.2, "gradient of the second operand");
+}
+test_device!(squared_distance_matches_the_chain_it_replaces);
+
 fn composed_network_gradient(dev: &Device) {
     // conv → ReLU → max-pool → conv → Gram → squared distance to a target (a style loss).
     let mut rng = StdRng::seed_from_u64(7);

@@ -2,6 +2,7 @@
 
 pub(crate) mod checkpoint;
 pub(crate) mod conv;
+pub(crate) mod distance;
 pub(crate) mod elementwise;
 pub(crate) mod gram;
 pub(crate) mod matmul;
