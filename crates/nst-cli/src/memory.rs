@@ -22,9 +22,11 @@
 //! against 5114 MiB and took 30.8 s an iteration against 19.0 s (PyTorch: 10408 MiB, 56 s).
 //! The constants come from `cargo xtask bench-worker [--memory lean]` peaks (default layers,
 //! 1–5 iterations, so little history), after a loss layer's Gram gradient took over its
-//! features' buffer: fast 899–913 MiB at 512², 1711–1743 MiB at 1024², 4441–4461 MiB at
-//! 2048² with the kernel cache (`PER_ACTIVATION` 0.8: +5 … +20%; 540, 1335–1358 and
-//! 4082–5116 MiB without it, whose peak at 2048² moved by 1 GiB from run to run); lean
+//! features' buffer: fast 909 MiB at 512², 1664 MiB at 1024², 4196 MiB at 2048² with the
+//! kernel cache kept by the small convolutions only (`PER_ACTIVATION` 0.8: +5 … +19%;
+//! 899–913, 1711–1743 and 4441–4461 MiB when every convolution kept its kernels; 540,
+//! 1335–1358 and 4082–5116 MiB with no cache, whose peak at 2048² moved by 1 GiB from run to
+//! run); lean
 //! 863 MiB at 1024², 2875 MiB at 2048² (0.45: +9 … +12%), where the peak is the first layers
 //! of a forward pass (relu1_1 and conv1_2's output, 0.4·A). Before the Gram gradient took its
 //! features' buffer the fast mode peaked at 700, 1684 and 5636 MiB; with four-byte pooling
@@ -105,8 +107,8 @@ pub enum MemoryMode {
     Fast,
     /// Freed memory goes back to the OS at once, kernels are transformed at every use, and
     /// relu1_1's style term is recomputed in the backward pass
-    /// (`Objective::recomputing_first_layer`): measured 2875 instead of 4441 MiB at 2048²,
-    /// for 1.8× the time per iteration (26.8 against 14.8 s; see the module docs).
+    /// (`Objective::recomputing_first_layer`): measured 2874 instead of 4196 MiB at 2048²,
+    /// for 1.7× the time per iteration (24.8 against 14.7 s; see the module docs).
     Lean,
 }
 
@@ -365,9 +367,9 @@ mod tests {
         // Measured (`xtask bench-worker --size N --iters K [--memory lean]`: up to 2K history
         // vectors): the estimate is above each and at most 25% above.
         for (mode, side, iters, measured_mib) in [
-            (MemoryMode::Fast, 512, 5, 899.0),
-            (MemoryMode::Fast, 1024, 2, 1711.0),
-            (MemoryMode::Fast, 2048, 1, 4441.0),
+            (MemoryMode::Fast, 512, 5, 909.0),
+            (MemoryMode::Fast, 1024, 2, 1664.0),
+            (MemoryMode::Fast, 2048, 1, 4196.0),
             (MemoryMode::Lean, 1024, 1, 863.0),
             (MemoryMode::Lean, 2048, 1, 2875.0),
         ] {

@@ -25,9 +25,10 @@ pub struct CpuStorage {
 
 /// Whether convolutions on the CPU keep their weights' Winograd-transformed kernels from one
 /// call to the next (the default), or compute them at every call. Keeping them costs 8× the
-/// weights' memory (414 MB for VGG-19 to relu5_1) and saves about 10% of an iteration at
-/// 512², 27% at 256² (see `nst_cpu::kernel_cache`). Turning it off drops each cache at its
-/// next use.
+/// weights' memory (at most 414 MB for VGG-19 to relu5_1; only convolutions of at most
+/// `nst_cpu::kernel_cache::KEEP_MAX_TILES` output tiles keep theirs: 76 MB at 2048²) and
+/// saves about 10% of an iteration at 512², 27% at 256². Turning it off drops each cache at
+/// its next use.
 pub fn keep_transformed_kernels(keep: bool) {
     nst_cpu::kernel_cache::set_enabled(keep);
 }
