@@ -9,7 +9,8 @@
 //! they live through the run but are allocated during its first iteration, and in mimalloc
 //! they would split the freed blocks that later activations reuse. With them in mimalloc and
 //! the large layers' kernels transformed into scratch, peak RSS at 2048² was 5.4 GB for
-//! 3.4 GB of heap (`xtask bench-worker --size 2048 --iters 1`).
+//! 3.4 GB of heap; from the system allocator, 4.4 GB (`xtask bench-worker --size 2048
+//! --iters 1`).
 
 use crate::system_buffer::SystemBuffer;
 use std::sync::Mutex;
