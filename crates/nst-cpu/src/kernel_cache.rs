@@ -36,7 +36,8 @@ static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// The most output tiles (4×4 pixels, the whole batch) a convolution may have for its
 /// transformed kernels to be kept: there the transform is about 1% of its products (see the
-/// module docs). 2048 tiles are 32,768 output pixels, e.g. 181².
+/// module docs). 2048 tiles are 32,768 output pixels: a 180² output (45² tiles) keeps its
+/// kernels, a 181² one (46²) does not.
 pub const KEEP_MAX_TILES: usize = 2048;
 
 /// Whether the transformed kernels of the Winograd convolution `q` are worth their memory.
