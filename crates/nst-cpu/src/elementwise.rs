@@ -112,19 +112,10 @@ pub fn abs_max(a: &[f32]) -> f32 {
 /// f64, as [`sum`] of those squares would be: a loss's squared distance without a buffer of
 /// differences.
 pub fn sum_squared_difference(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "squared difference: lengths differ");
-    a.par_chunks(CHUNK)
-        .zip(b.par_chunks(CHUNK))
-        .map(|(a, b)| {
-            a.iter()
-                .zip(b)
-                .map(|(&a, &b)| {
-                    let d = a - b;
-                    (d * d) as f64
-                })
-                .sum::<f64>()
-        })
-        .sum()
+    zip_reduce(a, b, "squared difference", |a, b| {
+        let d = a - b;
+        (d * d) as f64
+    })
 }
 
 /// `a ← (s·g)·(a − b)`, in place: the gradient of `g·Σ(a − b)²` (s = 2) written over `a`.
@@ -139,15 +130,15 @@ pub fn scaled_difference_in_place(a: &mut [f32], b: &[f32], s: f32, g: f32) {
 
 /// Σ aᵢ·bᵢ, accumulated in f64.
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "dot: lengths differ");
+    zip_reduce(a, b, "dot", |a, b| a as f64 * b as f64)
+}
+
+/// Σ f(aᵢ, bᵢ) in f64, over parallel chunks.
+fn zip_reduce(a: &[f32], b: &[f32], what: &str, f: impl Fn(f32, f32) -> f64 + Sync) -> f64 {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
     a.par_chunks(CHUNK)
         .zip(b.par_chunks(CHUNK))
-        .map(|(a, b)| {
-            a.iter()
-                .zip(b)
-                .map(|(&a, &b)| a as f64 * b as f64)
-                .sum::<f64>()
-        })
+        .map(|(a, b)| a.iter().zip(b).map(|(&a, &b)| f(a, b)).sum::<f64>())
         .sum()
 }
 
