@@ -13,11 +13,11 @@
 //!
 //! **Two modes** ([`MemoryMode`]): the preflight picks the fast one where it fits, else the
 //! lean one, else stops. Fast: the allocator keeps freed memory (no page faults in steady
-//! state), and the Winograd-transformed kernels of the convolutions small enough to profit are
-//! kept from one iteration to the next (to relu5_1: 406 MB at 512², 340 MB at 1024², 76 MB
-//! at 2048², none at 4096²: `kernel_cache_bytes`). Lean: freed memory
-//! goes back to the OS at once, kernels are transformed at every use, and relu1_1's style term
-//! is recomputed in the backward pass. At 2048² (`cargo xtask bench --sizes 2048 --iters 1
+//! state), and the Winograd-transformed kernels of the convolutions small enough to profit
+//! are kept from one iteration to the next (to relu5_1: 406 MB at 512², 340 MB at 1024²,
+//! 76 MB at 2048², none at 4096²: `kernel_cache_bytes`). Lean: freed memory goes back to the
+//! OS at once, kernels are transformed at every use, and relu1_1's style term is recomputed
+//! in the backward pass. At 2048² (`cargo xtask bench --sizes 2048 --iters 1
 //! --peer [--memory lean]`, one run each, before the kernel cache) lean peaked at 2875 MiB
 //! against 5114 MiB and took 30.8 s an iteration against 19.0 s (PyTorch: 10408 MiB, 56 s).
 //! The constants come from `cargo xtask bench-worker [--memory lean]` peaks (default layers,
@@ -26,9 +26,8 @@
 //! kernel cache kept by the small convolutions only (`PER_ACTIVATION` 0.8: +5 … +19%;
 //! 899–913, 1711–1743 and 4441–4461 MiB when every convolution kept its kernels; 540,
 //! 1335–1358 and 4082–5116 MiB with no cache, whose peak at 2048² moved by 1 GiB from run to
-//! run); lean
-//! 863 MiB at 1024², 2875 MiB at 2048² (0.45: +9 … +12%), where the peak is the first layers
-//! of a forward pass (relu1_1 and conv1_2's output, 0.4·A). Before the Gram gradient took its
+//! run); lean 863 MiB at 1024², 2875 MiB at 2048² (0.45: +9 … +12%), where the peak is the
+//! first layers of a forward pass (relu1_1 and conv1_2's output, 0.4·A). Before the Gram gradient took its
 //! features' buffer the fast mode peaked at 700, 1684 and 5636 MiB; with four-byte pooling
 //! winners at 702–758, 1944 and 6052 MiB; and before the one-bit masks at 1016–1060, 3088 and
 //! 11716 MiB.

@@ -9,10 +9,10 @@
 //! the two builds alternated, two runs each) from 329–331 to 237–243 ms at 256² (about −27%)
 //! and from 1048–1095 to 948–949 ms at 512² (−9 … −13%).
 //!
-//! The cost is memory: 4 bytes × 36 per kernel in each direction, 8× the weights (at most 414 MB
-//! for VGG-19 up to relu5_1). [`set_enabled`]`(false)` stops caching (and drops what a cache held
-//! at its next use), for runs where memory is tight. A cache gives the same bits as computing
-//! afresh: the same function fills it.
+//! The cost is memory: 4 bytes × 36 per kernel in each direction, 8× the weights (at most
+//! 414 MB for VGG-19 up to relu5_1). [`set_enabled`]`(false)` stops caching (and drops what a
+//! cache held at its next use), for runs where memory is tight. A cache gives the same bits as
+//! computing afresh: the same function fills it.
 //!
 //! **Only small convolutions keep their kernels** ([`KEEP_MAX_TILES`]). Transforming one
 //! kernel costs about as much as 20 tiles of its product: the cache saved about 90 ms an
@@ -129,16 +129,16 @@ impl KernelCache {
         q: &Conv2dParams,
         compute: impl FnOnce(&mut [f32]),
     ) -> Option<Arc<SystemBuffer>> {
+        if !enabled() || !worth_keeping(q) {
+            for held in [&self.forward, &self.input_gradient] {
+                *lock(held) = None;
+            }
+            return None;
+        }
         let slot = match slot {
             Slot::Forward => &self.forward,
             Slot::InputGradient => &self.input_gradient,
         };
-        if !enabled() || !worth_keeping(q) {
-            for slot in [&self.forward, &self.input_gradient] {
-                *lock(slot) = None;
-            }
-            return None;
-        }
         // Keyed by the channel counts (the same weights reshaped to other channel counts, a
         // tensor view, transform differently) and by where the values are, so that a cache
         // paired with other weights by mistake computes afresh. (Values changed in place are

@@ -81,6 +81,25 @@ fn check_same_bits(p: &Conv2dParams, w: &[f32], cache: &KernelCache, rng: &mut S
     }
 }
 
+/// [`check_same_bits`], then the cache holds `slots` slots of `p`'s kernels, as
+/// `cached_bytes` predicts.
+fn check_filled(
+    p: &Conv2dParams,
+    w: &[f32],
+    cache: &KernelCache,
+    rng: &mut StdRng,
+    slots: usize,
+    what: &str,
+) {
+    check_same_bits(p, w, cache, rng);
+    assert_eq!(cache.bytes(), slots * slot_bytes(p), "{what}");
+    assert_eq!(
+        cache.bytes(),
+        kernel_cache::cached_bytes(p, FASTEST),
+        "{what}"
+    );
+}
+
 #[test]
 fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_switch() {
     let mut rng = StdRng::seed_from_u64(11);
@@ -90,13 +109,7 @@ fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_sw
     let p = conv3x3(2, 16, 13, 11, 24);
     let w = rand_vec(&mut rng, p.weight_len());
     let cache = KernelCache::new();
-    check_same_bits(&p, &w, &cache, &mut rng);
-    assert_eq!(
-        cache.bytes(),
-        2 * slot_bytes(&p),
-        "forward and input-gradient slots"
-    );
-    assert_eq!(cache.bytes(), kernel_cache::cached_bytes(&p, FASTEST));
+    check_filled(&p, &w, &cache, &mut rng, 2, "both slots");
 
     // The cache is what the second call used: weights changed in place behind its back
     // (which its owner must never do without `clear`) still give the old result. Other
@@ -130,13 +143,7 @@ fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_sw
     let first = conv3x3(1, 3, 17, 12, 64);
     let w1 = rand_vec(&mut rng, first.weight_len());
     let cache1 = KernelCache::new();
-    check_same_bits(&first, &w1, &cache1, &mut rng);
-    assert_eq!(
-        cache1.bytes(),
-        slot_bytes(&first),
-        "input-gradient slot only"
-    );
-    assert_eq!(cache1.bytes(), kernel_cache::cached_bytes(&first, FASTEST));
+    check_filled(&first, &w1, &cache1, &mut rng, 1, "gradient slot only");
     assert_eq!(kernel_cache::cached_bytes(&first, ConvAlgorithm::Im2col), 0);
 
     // `clear` empties it.
@@ -153,12 +160,7 @@ fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_sw
     let too_large = conv3x3(1, 16, 256, 132, 16);
     let w2 = rand_vec(&mut rng, largest_kept.weight_len());
     let cache2 = KernelCache::new();
-    check_same_bits(&largest_kept, &w2, &cache2, &mut rng);
-    assert_eq!(cache2.bytes(), 2 * slot_bytes(&largest_kept));
-    assert_eq!(
-        kernel_cache::cached_bytes(&largest_kept, FASTEST),
-        cache2.bytes()
-    );
+    check_filled(&largest_kept, &w2, &cache2, &mut rng, 2, "2048 tiles");
     check_same_bits(&too_large, &w2, &cache2, &mut rng);
     assert_eq!(cache2.bytes(), 0, "too large to keep: the cache is emptied");
     assert_eq!(kernel_cache::cached_bytes(&too_large, FASTEST), 0);
