@@ -107,7 +107,8 @@ pub enum MemoryMode {
     /// Freed memory goes back to the OS at once, kernels are transformed at every use, and
     /// relu1_1's style term is recomputed in the backward pass
     /// (`Objective::recomputing_first_layer`): measured 2858 instead of 3331 MiB at 2048²,
-    /// for about 1.3× the time per iteration (19.6 against 15.0 s; see the module docs).
+    /// for 1.2–1.7× the time per iteration (19.6 against 15.0 s; 24.8 against 14.7 s the
+    /// build before; see the module docs).
     Lean,
 }
 
