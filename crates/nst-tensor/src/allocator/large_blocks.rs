@@ -191,24 +191,7 @@ impl Blocks {
             };
             let block = kept[i];
             let piece = block.len.min(want);
-            // SAFETY: [block.addr, + piece) is part of a mapping of ours that nobody uses,
-            // and the destination is inside our fresh mapping, whose pages it replaces.
-            let p = unsafe {
-                libc::mremap(
-                    block.addr as *mut libc::c_void,
-                    piece,
-                    piece,
-                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                    (dest + moved) as *mut libc::c_void,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                // Not expected (both ranges are ours); the block goes back to the OS and
-                // fresh pages take its place.
-                let block = self.take(i);
-                unmap(block.addr, block.len);
-                continue;
-            }
+            move_pages(block.addr, dest + moved, piece);
             if piece == block.len {
                 self.take(i);
             } else {
@@ -222,6 +205,42 @@ impl Blocks {
         }
         moved
     }
+}
+
+/// Moves the pages of [src, src + len) to [dst, dst + len), both ours, whole [`PAGE`]s and
+/// unused by anyone, the destination inside a fresh mapping whose pages it replaces.
+fn move_pages(src: usize, dst: usize, len: usize) {
+    if remap(src, dst, len) {
+        return;
+    }
+    // Before Linux 6.17 one `mremap` moves pages of one kernel mapping (VMA) only, and a block
+    // gathered from several spans several. Their boundaries fall on whole pages, so page by
+    // page always works.
+    move_pages_one_by_one(src, dst, len);
+}
+
+fn move_pages_one_by_one(src: usize, dst: usize, len: usize) {
+    for offset in (0..len).step_by(PAGE) {
+        if !remap(src + offset, dst + offset, PAGE) {
+            // Not expected; the page goes back to the OS and a fresh one takes its place.
+            unmap(src + offset, PAGE);
+        }
+    }
+}
+
+/// One `mremap`: whether it moved [src, src + len) to dst.
+fn remap(src: usize, dst: usize, len: usize) -> bool {
+    // SAFETY: as `move_pages` requires; MREMAP_FIXED replaces the destination's pages.
+    let p = unsafe {
+        libc::mremap(
+            src as *mut libc::c_void,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            dst as *mut libc::c_void,
+        )
+    };
+    p != libc::MAP_FAILED
 }
 
 /// A fresh mapping of `len` bytes (a multiple of [`PAGE`]), aligned to [`PAGE`] and marked
@@ -262,7 +281,7 @@ fn unmap(addr: usize, len: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Block, Blocks, MAX_KEPT, PAGE};
+    use super::{map, move_pages_one_by_one, unmap, Block, Blocks, MAX_KEPT, PAGE};
     use rand::{Rng, SeedableRng};
 
     /// Fills a block with bytes derived from `tag`, one per 4 KiB page (enough to tell pages
@@ -353,6 +372,54 @@ mod tests {
             len: 2 * PAGE,
         });
         blocks.release_kept();
+    }
+
+    /// A block gathered from two kept blocks spans two kernel mappings (VMAs), which one
+    /// `mremap` could not move before Linux 6.17; when it is freed and moved again, its
+    /// contents still come along.
+    #[test]
+    fn a_block_gathered_from_several_moves_again_whole() {
+        let mut blocks = Blocks::new();
+        let (a, _) = blocks.allocate(PAGE).unwrap();
+        let (b, _) = blocks.allocate(2 * PAGE).unwrap();
+        // Touched, so that each mapping has pages of its own (untouched ones would merge).
+        stamp(a, PAGE, 1);
+        stamp(b, 2 * PAGE, 2);
+        blocks.free(Block { addr: a, len: PAGE });
+        blocks.free(Block {
+            addr: b,
+            len: 2 * PAGE,
+        });
+        let (c, reused) = blocks.allocate(3 * PAGE).unwrap();
+        assert_eq!(reused, 3 * PAGE);
+        stamp(c, 3 * PAGE, 40);
+        blocks.free(Block {
+            addr: c,
+            len: 3 * PAGE,
+        });
+        let (d, reused) = blocks.allocate(4 * PAGE).unwrap();
+        assert_eq!(reused, 3 * PAGE);
+        assert!(stamped(d, 3 * PAGE, 40), "c's pages, moved");
+        blocks.free(Block {
+            addr: d,
+            len: 4 * PAGE,
+        });
+        blocks.release_kept();
+    }
+
+    /// The fallback for kernels before 6.17, on a range of two mappings.
+    #[test]
+    fn pages_move_one_by_one_across_mappings() {
+        let (a, b) = (map(PAGE).unwrap(), map(2 * PAGE).unwrap());
+        stamp(a, PAGE, 5);
+        stamp(b, 2 * PAGE, 9);
+        let src = map(3 * PAGE).unwrap();
+        move_pages_one_by_one(a, src, PAGE);
+        move_pages_one_by_one(b, src + PAGE, 2 * PAGE);
+        let dst = map(3 * PAGE).unwrap();
+        move_pages_one_by_one(src, dst, 3 * PAGE);
+        assert!(stamped(dst, PAGE, 5) && stamped(dst + PAGE, 2 * PAGE, 9));
+        unmap(dst, 3 * PAGE);
     }
 
     #[test]
