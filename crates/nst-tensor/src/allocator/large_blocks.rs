@@ -293,6 +293,10 @@ mod tests {
         }
     }
 
+    fn give_back(blocks: &mut Blocks, addr: usize, len: usize) {
+        blocks.free(Block { addr, len });
+    }
+
     fn stamped(addr: usize, len: usize, tag: u8) -> bool {
         (0..len).step_by(4096).enumerate().all(|(n, page)| {
             // SAFETY: the test owns the block.
@@ -306,18 +310,12 @@ mod tests {
         let (a, reused) = blocks.allocate(4 * PAGE).unwrap();
         assert_eq!((a % PAGE, reused), (0, 0), "fresh, aligned");
         stamp(a, 4 * PAGE, 7);
-        blocks.free(Block {
-            addr: a,
-            len: 4 * PAGE,
-        });
+        give_back(&mut blocks, a, 4 * PAGE);
         let (b, reused) = blocks.allocate(4 * PAGE).unwrap();
         assert_eq!((b, reused), (a, 4 * PAGE));
         assert!(stamped(b, 4 * PAGE, 7), "the same pages, not fresh ones");
         assert_eq!((blocks.live_bytes, blocks.kept_bytes), (4 * PAGE, 0));
-        blocks.free(Block {
-            addr: b,
-            len: 4 * PAGE,
-        });
+        give_back(&mut blocks, b, 4 * PAGE);
         blocks.release_kept();
         assert_eq!((blocks.kept_count, blocks.high_water), (0, 0));
     }
@@ -329,11 +327,8 @@ mod tests {
         let (b, _) = blocks.allocate(PAGE).unwrap();
         stamp(a, 3 * PAGE, 1);
         stamp(b, PAGE, 100);
-        blocks.free(Block {
-            addr: a,
-            len: 3 * PAGE,
-        });
-        blocks.free(Block { addr: b, len: PAGE });
+        give_back(&mut blocks, a, 3 * PAGE);
+        give_back(&mut blocks, b, PAGE);
         let (c, reused) = blocks.allocate(5 * PAGE).unwrap();
         assert_eq!(reused, 4 * PAGE, "everything kept was moved in");
         assert!(stamped(c, PAGE, 100), "b's page first");
@@ -341,10 +336,7 @@ mod tests {
         // SAFETY: the test owns the block; its last page is fresh.
         assert_eq!(unsafe { *((c + 4 * PAGE) as *const u8) }, 0);
         assert_eq!((blocks.kept_bytes, blocks.high_water), (0, 5 * PAGE));
-        blocks.free(Block {
-            addr: c,
-            len: 5 * PAGE,
-        });
+        give_back(&mut blocks, c, 5 * PAGE);
         blocks.release_kept();
     }
 
@@ -353,10 +345,7 @@ mod tests {
         let mut blocks = Blocks::new();
         let (a, _) = blocks.allocate(5 * PAGE).unwrap();
         stamp(a, 5 * PAGE, 3);
-        blocks.free(Block {
-            addr: a,
-            len: 5 * PAGE,
-        });
+        give_back(&mut blocks, a, 5 * PAGE);
         let (b, reused) = blocks.allocate(2 * PAGE).unwrap();
         assert_eq!(reused, 2 * PAGE);
         assert!(stamped(b, 2 * PAGE, 3));
@@ -367,10 +356,7 @@ mod tests {
                 len: 3 * PAGE
             }]
         );
-        blocks.free(Block {
-            addr: b,
-            len: 2 * PAGE,
-        });
+        give_back(&mut blocks, b, 2 * PAGE);
         blocks.release_kept();
     }
 
@@ -385,25 +371,16 @@ mod tests {
         // Touched, so that each mapping has pages of its own (untouched ones would merge).
         stamp(a, PAGE, 1);
         stamp(b, 2 * PAGE, 2);
-        blocks.free(Block { addr: a, len: PAGE });
-        blocks.free(Block {
-            addr: b,
-            len: 2 * PAGE,
-        });
+        give_back(&mut blocks, a, PAGE);
+        give_back(&mut blocks, b, 2 * PAGE);
         let (c, reused) = blocks.allocate(3 * PAGE).unwrap();
         assert_eq!(reused, 3 * PAGE);
         stamp(c, 3 * PAGE, 40);
-        blocks.free(Block {
-            addr: c,
-            len: 3 * PAGE,
-        });
+        give_back(&mut blocks, c, 3 * PAGE);
         let (d, reused) = blocks.allocate(4 * PAGE).unwrap();
         assert_eq!(reused, 3 * PAGE);
         assert!(stamped(d, 3 * PAGE, 40), "c's pages, moved");
-        blocks.free(Block {
-            addr: d,
-            len: 4 * PAGE,
-        });
+        give_back(&mut blocks, d, 4 * PAGE);
         blocks.release_kept();
     }
 
@@ -429,7 +406,7 @@ mod tests {
             .map(|_| blocks.allocate(PAGE).unwrap().0)
             .collect();
         for &addr in &all {
-            blocks.free(Block { addr, len: PAGE });
+            give_back(&mut blocks, addr, PAGE);
         }
         assert_eq!(blocks.kept_count, MAX_KEPT);
         assert_eq!(blocks.kept_bytes, MAX_KEPT * PAGE);
@@ -442,14 +419,11 @@ mod tests {
         let mut blocks = Blocks::new();
         let (a, _) = blocks.allocate(2 * PAGE).unwrap();
         let (b, _) = blocks.allocate(PAGE).unwrap();
-        blocks.free(Block {
-            addr: a,
-            len: 2 * PAGE,
-        });
+        give_back(&mut blocks, a, 2 * PAGE);
         assert_eq!(blocks.kept_bytes, 2 * PAGE);
         blocks.keep_freed = false;
         blocks.release_kept();
-        blocks.free(Block { addr: b, len: PAGE });
+        give_back(&mut blocks, b, PAGE);
         assert_eq!((blocks.kept_count, blocks.live_bytes), (0, 0));
         let (_, reused) = blocks.allocate(PAGE).unwrap();
         assert_eq!(reused, 0, "fresh pages");
