@@ -13,8 +13,9 @@
 //! at once, moving their pages into new requests of other sizes. mimalloc's arenas each stayed
 //! at their own high-water mark: 4949 against 3697 MB peak RSS at 2048², the same time.
 
-/// The allocator: mimalloc (blocks of 32 MiB or more mapped directly), counting the bytes in use for [`crate::memory_trace`] (two
-/// relaxed atomic operations an allocation). A binary declares it with `#[global_allocator]`:
+/// The allocator: mimalloc (blocks of 32 MiB or more mapped directly), counting the bytes in
+/// use for [`crate::memory_trace`] (two relaxed atomic operations an allocation). A binary
+/// declares it with `#[global_allocator]`:
 ///
 /// ```ignore
 /// #[global_allocator]
@@ -70,7 +71,7 @@ unsafe impl std::alloc::GlobalAlloc for Allocator {
             let Ok(new_layout) = new_layout else {
                 return std::ptr::null_mut();
             };
-            // SAFETY: new_layout has a non-zero size (it is large).
+            // SAFETY: new_size is non-zero (realloc's contract).
             let p = unsafe { self.alloc(new_layout) };
             if !p.is_null() {
                 // SAFETY: both blocks are valid for the smaller size and distinct.
@@ -158,9 +159,9 @@ pub fn return_freed_memory_at_once(on: bool) {
     large_blocks::keep_freed(!on);
 }
 
-/// Gives the memory freed so far back to the OS (large blocks included), once, and keeps freed memory again
-/// afterwards: for a long-lived process between runs (`nst serve` after each job), so that
-/// what one large run needed is not held while idle.
+/// Gives the memory freed so far back to the OS (large blocks included), once, and keeps
+/// freed memory again afterwards: for a long-lived process between runs (`nst serve` after
+/// each job), so that what one large run needed is not held while idle.
 pub fn return_freed_memory() {
     // SAFETY: plain integer options and a collection mimalloc allows at any time.
     unsafe {
