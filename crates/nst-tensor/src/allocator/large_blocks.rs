@@ -470,10 +470,11 @@ mod tests {
             );
             return;
         }
-        let (a, b) = (map(PAGE).unwrap(), map(2 * PAGE).unwrap());
+        let mut blocks = Blocks::new();
+        let (a, _) = blocks.allocate(PAGE).unwrap();
+        let (b, _) = blocks.allocate(2 * PAGE).unwrap();
         stamp(a, PAGE, 5);
         stamp(b, 2 * PAGE, 9);
-        let mut blocks = Blocks::new();
         give_back(&mut blocks, a, PAGE);
         give_back(&mut blocks, b, 2 * PAGE);
         let (c, reused) = blocks.allocate(3 * PAGE).unwrap();
