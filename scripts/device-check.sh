@@ -12,9 +12,10 @@
 # skipping), including the PyTorch float64 reference tests of VGG-19, the losses and L-BFGS
 # run on CUDA; the L-BFGS trace with cuDNN's algorithm choices logged, and without cuDNN;
 # compute-sanitizer memcheck on the kernel parity tests; nst on the README example with
-# --device cuda at tf32 (twice: the same bits?) and fp32 (the images and reports); one 4096²
-# iteration (peak GPU memory); the GPU time per operation (NST_CUDA_PROFILE=1); the bench,
-# ours against PyTorch on CUDA at 512², 1024² and 2048², then on the CPU at 512².
+# --device cuda at tf32 (twice: the same bits?), fp32, and tf32 searching for algorithms at
+# every scale (the images and reports); one 4096² iteration (peak GPU memory); the GPU time
+# per operation (NST_CUDA_PROFILE=1); the bench, ours against PyTorch on CUDA at 512², 1024²
+# and 2048², then on the CPU at 512².
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${NST_DEVICE_BIN:-target/device-bin}
@@ -94,10 +95,14 @@ else
     echo "compute-sanitizer not found (not on PATH nor in /usr/local/cuda/bin)"
 fi
 
-step "nst on the README example, --device cuda (tf32, the default, twice, then fp32)"
-for run in tf32 tf32_again fp32; do
-    precision=${run%_again}
-    timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
+step "nst on the README example, --device cuda (tf32, the default, twice, then fp32, then tf32 searching at every scale)"
+# tf32_search_all: cuDNN's algorithm search at every scale (NST_SEARCH_EVERY_SCALE=1), not
+# only at the final one: what the heuristic picks of the early scales save in one-off time
+# and cost in iterations (compare its setup and per-scale lines with tf32's).
+for run in tf32 tf32_again fp32 tf32_search_all; do
+    precision=${run%%_*}
+    search_all=0; [ "$run" = tf32_search_all ] && search_all=1
+    NST_SEARCH_EVERY_SCALE=$search_all timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
         -s examples/style_vangogh_starry_night.jpg -o "$OUT/result_cuda_$run.png" \
         --device cuda --precision "$precision" --report "$OUT/result_cuda_$run.json" \
         >"$OUT/logs/readme_$run.log" 2>&1
@@ -145,13 +150,15 @@ for cfg in "tf32 512" "fp32 512" "tf32 2048"; do
     echo "-- $precision $size² (rc=$?)"; head -25 "$OUT/logs/profile_${precision}_$size.txt"
 done
 
-step "the README example with NST_CUDA_PROFILE=1 (one-off costs: NVRTC, cudnnFind per shape)"
+step "the README example with NST_CUDA_PROFILE=1 (one-off costs: NVRTC, cuDNN's algorithm choice per shape)"
 NST_CUDA_PROFILE=1 timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
     -s examples/style_vangogh_starry_night.jpg -o "$OUT/logs/profiled.png" --device cuda -q \
     2>"$OUT/logs/profile_readme.txt"
 echo "rc=$?"; head -30 "$OUT/logs/profile_readme.txt"
-grep -E "cudnnFind|nvrtc" "$OUT/logs/profile_readme.txt" |
-    awk '{ms += $1; n += $4} END { printf "one-off: %.0f ms in %d calls (NVRTC and cudnnFind)\n", ms, n }'
+for what in "conv algorithm search" "conv algorithm heuristics" "nvrtc"; do
+    grep -F "× $what" "$OUT/logs/profile_readme.txt" | awk -v what="$what" \
+        '{ms += $1; n += $4} END { printf "one-off, %s: %.0f ms in %d calls\n", what, ms, n }'
+done
 rm -f "$OUT/logs/profiled.png"
 
 step "bench: ours against PyTorch, on CUDA (fp32, tf32) and then on the CPU"

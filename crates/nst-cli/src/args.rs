@@ -318,6 +318,7 @@ impl Args {
                 std::env::var(ConvAlgorithm::ENV_VAR).ok().as_deref(),
             )
             .map_err(anyhow::Error::msg)?,
+            search_every_scale: std::env::var("NST_SEARCH_EVERY_SCALE").is_ok_and(|v| v == "1"),
         })
     }
 }

@@ -136,6 +136,10 @@ pub struct Config {
     /// Convolution algorithm (from `NST_CONV`; the backend's fastest by default).
     #[serde(serialize_with = "display")]
     pub conv_algorithm: ConvAlgorithm,
+    /// On a GPU, search for the fastest convolution algorithms at every scale
+    /// (`NST_SEARCH_EVERY_SCALE=1`), not only at the final one: to measure what the search
+    /// costs and saves (see `pipeline::algorithm_search`).
+    pub search_every_scale: bool,
 }
 
 fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {

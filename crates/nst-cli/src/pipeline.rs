@@ -25,7 +25,7 @@ use nst_loss::{LossSpec, LossWeights, Objective};
 use nst_optim::{
     minimize, Adam, AdamConfig, Evaluation, Lbfgs, LbfgsConfig, Optimizer, StopReason,
 };
-use nst_tensor::{Device, Tensor};
+use nst_tensor::{AlgorithmSearch, Device, Tensor};
 use nst_vgg::{geometry, Layer, Vgg19};
 use rand::{Rng, SeedableRng};
 use std::fmt;
@@ -519,11 +519,13 @@ fn optimise(
             Some(prev) => keep_best_and_fail(cfg, prepared, prev, scale, 0, format!("{e:#}")),
             None => e,
         };
-        let styles =
-            styles_at_scale(cfg, plan, prepared, w.max(h), device).map_err(keep_previous)?;
+        // The targets' features are computed once: no algorithm search for them.
+        let (targets_device, image_device) = algorithm_search(cfg, device, final_scale);
+        let styles = styles_at_scale(cfg, plan, prepared, w.max(h), &targets_device)
+            .map_err(keep_previous)?;
         let content_planes = prepared.content.resized(w, h);
         let content = content_planes
-            .to_tensor(device)
+            .to_tensor(&targets_device)
             .map_err(|e| keep_previous(e.into()))?;
         let objective = Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone())
             .map_err(|e| keep_previous(e.into()))?
@@ -573,7 +575,7 @@ fn optimise(
         };
         let evaluate = |x: &Tensor| -> Result<Evaluation> { evaluation(&objective, x) };
         let start = start
-            .to_tensor(device)
+            .to_tensor(&image_device)
             .map_err(|e| keep_previous(e.into()))?;
         let run = minimize(
             start,
@@ -643,6 +645,23 @@ fn optimise(
         trace,
         scales: scale_timings,
     })
+}
+
+/// The devices for a scale's targets (the content's and styles' features, computed once) and
+/// for its image (forward and backward every iteration): on a GPU, the image's convolutions
+/// search for their fastest algorithms at the final scale only, and everything else takes
+/// cuDNN's heuristic pick (see `nst_cuda::conv_choice`). A search runs every candidate
+/// algorithm of each new shape once; the final scale's iterations pay for it, an early
+/// scale's far fewer and smaller ones may not. With `search_every_scale`, every scale's image
+/// searches (PyTorch's `cudnn.benchmark` searches every shape).
+fn algorithm_search(cfg: &Config, device: &Device, final_scale: bool) -> (Device, Device) {
+    let heuristic = device.with_algorithm_search(AlgorithmSearch::Heuristic);
+    let image = if final_scale || cfg.search_every_scale {
+        device.with_algorithm_search(AlgorithmSearch::Measured)
+    } else {
+        heuristic.clone()
+    };
+    (heuristic, image)
 }
 
 /// Stage 3b: stop before optimising when the final scale cannot fit in memory, the host's or

@@ -218,3 +218,108 @@ fn the_cuda_profile_is_printed_at_the_end_when_asked_for() {
     let o = run_ok(&args);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("GPU time"));
 }
+
+/// The convolution-algorithm choices in a run's profile (`NST_CUDA_PROFILE=1`): calls, then
+/// the rest of the name after `conv algorithm ` (`search: forward 3→64 3×3 at 43×64`).
+fn algorithm_choices(stderr: &str) -> Vec<(u64, String)> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split_once(" × conv algorithm "))
+        .map(|(before, name)| {
+            let calls = before.split_whitespace().last().unwrap().parse().unwrap();
+            (calls, name.to_string())
+        })
+        .collect()
+}
+
+/// On a GPU, the image's convolutions search for their fastest algorithms (every candidate
+/// run once) at the final scale only; the targets' features and the first scale take cuDNN's
+/// heuristic pick. The emulator's stand-in library (`NST_EMULATOR_CONV_LIBRARY=1`) chooses
+/// by the same rule, and the profile names each choice.
+#[test]
+fn algorithms_are_searched_for_at_the_final_scale_only() {
+    if !emulator_or_skip("algorithms_are_searched_for_at_the_final_scale_only") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (out, rep) = (dir.path().join("out.png"), dir.path().join("out.json"));
+    let args = with(
+        tiny(&out),
+        &[
+            "--device",
+            "cuda-emulated",
+            "--scales",
+            "2",
+            "--iters",
+            "1",
+            "--report",
+            path_str(&rep),
+        ],
+    );
+    let env = [
+        ("NST_CUDA_PROFILE", "1"),
+        ("NST_EMULATOR_CONV_LIBRARY", "1"),
+    ];
+    let o = run_ok_with_env(&args, &env);
+    let choices = algorithm_choices(&String::from_utf8_lossy(&o.stderr));
+    let scales = report(&rep)["timing"]["scales"].clone();
+    let first_conv = |scale: usize, direction: &str| {
+        let (w, h) = (&scales[scale]["width"], &scales[scale]["height"]);
+        format!("{direction} 3→64 3×3 at {h}×{w}")
+    };
+    let searched: Vec<&str> = choices
+        .iter()
+        .filter_map(|(_, n)| n.strip_prefix("search: "))
+        .collect();
+    let has = |how: &str, what: &str| choices.iter().any(|(_, n)| *n == format!("{how}: {what}"));
+
+    // Each shape is searched once, in both directions, all at the final scale: its first
+    // layer is among them, the first scale's is not.
+    assert!(choices.iter().all(|(calls, _)| *calls == 1), "{choices:?}");
+    let (forward, backward): (Vec<_>, Vec<_>) =
+        searched.iter().partition(|n| n.starts_with("forward "));
+    assert!(forward.len() >= 5, "{choices:?}");
+    let shapes = |v: &[&&str]| -> Vec<String> {
+        let mut s: Vec<_> = v
+            .iter()
+            .map(|n| n.split_once(' ').unwrap().1.into())
+            .collect();
+        s.sort();
+        s
+    };
+    assert_eq!(shapes(&forward), shapes(&backward), "{choices:?}");
+    assert!(has("search", &first_conv(1, "forward")), "{choices:?}");
+    assert!(
+        has("search", &first_conv(1, "backward-data")),
+        "{choices:?}"
+    );
+    let (h0, w0) = (&scales[0]["height"], &scales[0]["width"]);
+    assert!(
+        !searched
+            .iter()
+            .any(|n| n.ends_with(&format!(" at {h0}×{w0}"))),
+        "{choices:?}"
+    );
+    // The first scale's image, and the content's features at the final scale (computed before
+    // the image's first step), took the heuristic pick.
+    assert!(has("heuristics", &first_conv(0, "forward")), "{choices:?}");
+    assert!(
+        has("heuristics", &first_conv(0, "backward-data")),
+        "{choices:?}"
+    );
+    assert!(has("heuristics", &first_conv(1, "forward")), "{choices:?}");
+
+    // NST_SEARCH_EVERY_SCALE=1: the first scale's image searches too.
+    let env = [("NST_SEARCH_EVERY_SCALE", "1"), env[0], env[1]];
+    let o = run_ok_with_env(&args, &env);
+    let choices = algorithm_choices(&String::from_utf8_lossy(&o.stderr));
+    let has = |how: &str, what: &str| choices.iter().any(|(_, n)| *n == format!("{how}: {what}"));
+    assert!(
+        has("search", &first_conv(0, "backward-data")),
+        "{choices:?}"
+    );
+    assert!(
+        has("search", &first_conv(1, "backward-data")),
+        "{choices:?}"
+    );
+}

@@ -3,10 +3,13 @@
 //! and stay on the im2col path.
 //!
 //! Per distinct shape (and precision) the descriptors are made once and the algorithms
-//! picked once by measurement (`cudnnFind*`, fastest first, within [`WORKSPACE_LIMIT`]), as
-//! `torch.backends.cudnn.benchmark` does; one workspace buffer grows to the largest need and is
-//! reused. TF32: `CUDNN_DEFAULT_MATH` lets cuDNN use tensor cores with TF32 operands (PyTorch's
-//! `allow_tf32 = True`); `CUDNN_FMA_MATH` keeps f32 (PyTorch with TF32 off).
+//! picked once: by measurement (`cudnnFind*`, fastest first, within [`WORKSPACE_LIMIT`]), as
+//! `torch.backends.cudnn.benchmark` does, or, where the caller asks for
+//! [`AlgorithmSearch::Heuristic`], by cuDNN's heuristics (`cudnnGet*_v7`), which run nothing;
+//! when to do which is [`crate::conv_choice`]'s rule. One workspace buffer grows to the
+//! largest need and is reused. TF32: `CUDNN_DEFAULT_MATH` lets cuDNN use tensor cores with
+//! TF32 operands (PyTorch's `allow_tf32 = True`); `CUDNN_FMA_MATH` keeps f32 (PyTorch with
+//! TF32 off).
 //!
 //! First run on a GPU on 2026-11-28 (an H200, cuDNN 9.14): the CUDA tests, the reference
 //! tests and the README example pass through it (`scripts/device-check.sh`). The code around
@@ -15,12 +18,13 @@
 //! off (every convolution then takes the im2col + cuBLAS path); `NST_CUDNN_LOG=1` prints each
 //! algorithm chosen.
 
-use crate::runtime::{ConvEngine, DevicePtr, GpuResult, Runtime};
+use crate::conv_choice::{self, choose_once, Chosen, Direction};
+use crate::runtime::{ConvEngine, ConvOptions, DevicePtr, GpuResult, Runtime};
 use cudarc::cudnn::sys::{
     self, cudnnConvolutionBwdDataAlgoPerf_t, cudnnConvolutionFwdAlgoPerf_t, cudnnDataType_t,
     cudnnMathType_t, cudnnStatus_t, cudnnTensorFormat_t,
 };
-use nst_params::Conv2dParams;
+use nst_params::{AlgorithmSearch, Conv2dParams};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -37,10 +41,10 @@ fn check(what: &str, status: cudnnStatus_t) -> GpuResult<()> {
     }
 }
 
-/// How many algorithms a `cudnnFind*` call may report.
+/// How many algorithms a `cudnnFind*` or `cudnnGet*_v7` call may report.
 const SEARCHED: usize = 8;
 
-/// What [`choose`] reads from one `cudnnFind*` result.
+/// What [`choose`] reads from one `cudnnFind*` or `cudnnGet*_v7` result.
 struct Found<A> {
     status: cudnnStatus_t,
     memory: usize,
@@ -49,8 +53,8 @@ struct Found<A> {
     math: cudnnMathType_t,
 }
 
-/// A `cudnnFind*` call's results as [`Found`] (forward and backward-data results have the
-/// same fields in two types).
+/// A `cudnnFind*` or `cudnnGet*_v7` call's results as [`Found`] (forward and backward-data
+/// results have the same fields in two types).
 macro_rules! found {
     ($results:expr) => {
         $results
@@ -66,8 +70,8 @@ macro_rules! found {
     };
 }
 
-/// The fastest algorithm cuDNN measured (results come fastest first) that ran and fits the
-/// workspace limit, with two preferences:
+/// The first algorithm in cuDNN's order (fastest measured first, or the heuristics' ranking)
+/// that is usable (ran, or is supported) and fits the workspace limit, with two preferences:
 /// - **f32** (`tf32` false): no tensor-core math, so `--precision fp32` is f32 throughout.
 /// - **deterministic** when there is one, as `torch.backends.cudnn.deterministic` does: a
 ///   nondeterministic backward-data algorithm (atomic adds in a varying order) changes the
@@ -115,14 +119,24 @@ fn choose<A: Copy + std::fmt::Debug>(
     Ok((r.algo, r.memory))
 }
 
+/// A heuristic pick, or why there was none when `NST_CUDNN_LOG=1` (the caller then searches).
+fn logged_heuristic<A>(pick: GpuResult<A>, what: &str) -> GpuResult<A> {
+    if let Err(e) = &pick {
+        if std::env::var("NST_CUDNN_LOG").is_ok_and(|v| v == "1") {
+            eprintln!("cuDNN {what}: no heuristic pick ({e}); searching instead");
+        }
+    }
+    pick
+}
+
 /// The descriptors and chosen algorithms of one convolution shape.
 struct Plan {
     x: sys::cudnnTensorDescriptor_t,
     y: sys::cudnnTensorDescriptor_t,
     w: sys::cudnnFilterDescriptor_t,
     conv: sys::cudnnConvolutionDescriptor_t,
-    forward: Option<(sys::cudnnConvolutionFwdAlgo_t, usize)>,
-    backward_data: Option<(sys::cudnnConvolutionBwdDataAlgo_t, usize)>,
+    forward: Option<Chosen<sys::cudnnConvolutionFwdAlgo_t>>,
+    backward_data: Option<Chosen<sys::cudnnConvolutionBwdDataAlgo_t>>,
 }
 
 /// cuDNN on one device and stream.
@@ -282,44 +296,66 @@ impl ConvEngine for Cudnn {
         &self,
         runtime: &dyn Runtime,
         p: &Conv2dParams,
-        tf32: bool,
+        options: ConvOptions,
         (x, w, y): (DevicePtr, DevicePtr, DevicePtr),
     ) -> GpuResult<()> {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
+        let tf32 = options.tf32;
         let plan = self.plan(&mut plans, p, tf32)?;
-        let (algo, need) = match plan.forward {
-            Some(chosen) => chosen,
-            None => {
+        let (x_desc, w_desc, conv, y_desc) = (plan.x, plan.w, plan.conv, plan.y);
+        let what = format!("forward {p:?}");
+        let measure = || {
+            let how = (AlgorithmSearch::Measured, Direction::Forward, p);
+            let found = conv_choice::timed(runtime, how, || {
                 // SAFETY: a plain C struct of enums and numbers, for which zero is valid.
                 let mut found: [cudnnConvolutionFwdAlgoPerf_t; SEARCHED] =
                     unsafe { std::mem::zeroed() };
                 let mut count = 0;
-                crate::profile::timed(
-                    runtime,
-                    || format!("cudnnFind forward {}", crate::profile::conv_name(p)),
-                    || {
-                        // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results.
-                        // It runs each algorithm on scratch memory of its own.
-                        check("algorithm search", unsafe {
-                            sys::cudnnFindConvolutionForwardAlgorithm(
-                                self.handle,
-                                plan.x,
-                                plan.w,
-                                plan.conv,
-                                plan.y,
-                                found.len() as i32,
-                                &mut count,
-                                found.as_mut_ptr(),
-                            )
-                        })
-                    },
-                )?;
-                let found = found!(found[..count as usize]);
-                let chosen = choose(&found, &format!("forward {p:?}"), tf32)?;
-                plan.forward = Some(chosen);
-                chosen
-            }
+                // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results. It runs
+                // each algorithm on scratch memory of its own.
+                check("algorithm search", unsafe {
+                    sys::cudnnFindConvolutionForwardAlgorithm(
+                        self.handle,
+                        x_desc,
+                        w_desc,
+                        conv,
+                        y_desc,
+                        found.len() as i32,
+                        &mut count,
+                        found.as_mut_ptr(),
+                    )
+                })?;
+                Ok(found!(found[..count as usize]))
+            })?;
+            choose(&found, &what, tf32)
         };
+        let heuristic = || {
+            let how = (AlgorithmSearch::Heuristic, Direction::Forward, p);
+            let ranked = conv_choice::timed(runtime, how, || {
+                // SAFETY: a plain C struct of enums and numbers, for which zero is valid.
+                let mut ranked: [cudnnConvolutionFwdAlgoPerf_t; SEARCHED] =
+                    unsafe { std::mem::zeroed() };
+                let mut count = 0;
+                // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results and runs
+                // nothing.
+                check("algorithm heuristics", unsafe {
+                    sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                        self.handle,
+                        x_desc,
+                        w_desc,
+                        conv,
+                        y_desc,
+                        ranked.len() as i32,
+                        &mut count,
+                        ranked.as_mut_ptr(),
+                    )
+                })?;
+                Ok(found!(ranked[..count as usize]))
+            });
+            let what = format!("{what} (heuristic)");
+            logged_heuristic(ranked.and_then(|r| choose(&r, &what, tf32)), &what)
+        };
+        let (algo, need) = choose_once(&mut plan.forward, options.search, measure, heuristic)?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         // Timed here, not around the whole call, so the search above is not counted twice.
@@ -354,43 +390,67 @@ impl ConvEngine for Cudnn {
         &self,
         runtime: &dyn Runtime,
         p: &Conv2dParams,
-        tf32: bool,
+        options: ConvOptions,
         (dy, w, dx): (DevicePtr, DevicePtr, DevicePtr),
     ) -> GpuResult<()> {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
+        let tf32 = options.tf32;
         let plan = self.plan(&mut plans, p, tf32)?;
-        let (algo, need) = match plan.backward_data {
-            Some(chosen) => chosen,
-            None => {
-                // SAFETY: as in `forward`.
+        let (x_desc, w_desc, conv, y_desc) = (plan.x, plan.w, plan.conv, plan.y);
+        let what = format!("backward-data {p:?}");
+        let measure = || {
+            let how = (AlgorithmSearch::Measured, Direction::BackwardData, p);
+            let found = conv_choice::timed(runtime, how, || {
+                // SAFETY: a plain C struct of enums and numbers, for which zero is valid.
                 let mut found: [cudnnConvolutionBwdDataAlgoPerf_t; SEARCHED] =
                     unsafe { std::mem::zeroed() };
                 let mut count = 0;
-                crate::profile::timed(
-                    runtime,
-                    || format!("cudnnFind backward-data {}", crate::profile::conv_name(p)),
-                    || {
-                        // SAFETY: as in `forward`.
-                        check("algorithm search", unsafe {
-                            sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                                self.handle,
-                                plan.w,
-                                plan.y,
-                                plan.conv,
-                                plan.x,
-                                found.len() as i32,
-                                &mut count,
-                                found.as_mut_ptr(),
-                            )
-                        })
-                    },
-                )?;
-                let found = found!(found[..count as usize]);
-                let chosen = choose(&found, &format!("backward-data {p:?}"), tf32)?;
-                plan.backward_data = Some(chosen);
-                chosen
-            }
+                // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results. It runs
+                // each algorithm on scratch memory of its own.
+                check("algorithm search", unsafe {
+                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                        self.handle,
+                        w_desc,
+                        y_desc,
+                        conv,
+                        x_desc,
+                        found.len() as i32,
+                        &mut count,
+                        found.as_mut_ptr(),
+                    )
+                })?;
+                Ok(found!(found[..count as usize]))
+            })?;
+            choose(&found, &what, tf32)
         };
+        let heuristic = || {
+            let how = (AlgorithmSearch::Heuristic, Direction::BackwardData, p);
+            let ranked = conv_choice::timed(runtime, how, || {
+                // SAFETY: a plain C struct of enums and numbers, for which zero is valid.
+                let mut ranked: [cudnnConvolutionBwdDataAlgoPerf_t; SEARCHED] =
+                    unsafe { std::mem::zeroed() };
+                let mut count = 0;
+                // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results and runs
+                // nothing.
+                check("algorithm heuristics", unsafe {
+                    sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                        self.handle,
+                        w_desc,
+                        y_desc,
+                        conv,
+                        x_desc,
+                        ranked.len() as i32,
+                        &mut count,
+                        ranked.as_mut_ptr(),
+                    )
+                })?;
+                Ok(found!(ranked[..count as usize]))
+            });
+            let what = format!("{what} (heuristic)");
+            logged_heuristic(ranked.and_then(|r| choose(&r, &what, tf32)), &what)
+        };
+        let (algo, need) =
+            choose_once(&mut plan.backward_data, options.search, measure, heuristic)?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
         // β = 1: the gradient is added into dx (another use's gradient may be there).
         let (alpha, beta) = (1.0f32, 1.0f32);

@@ -25,10 +25,11 @@
 //! the same source in CI), cuDNN. Needs `g++` with C++20 (`<barrier>`, GCC ≥ 11).
 
 use crate::blas::{to_tf32, Sgemm};
-use crate::runtime::{Arg, ConvEngine, DevicePtr, GpuResult, KernelParams, Runtime};
+use crate::conv_choice::{self, choose_once, Chosen, Direction};
+use crate::runtime::{Arg, ConvEngine, ConvOptions, DevicePtr, GpuResult, KernelParams, Runtime};
 use nst_cpu::conv;
 use nst_cpu::gemm::{gemm_strided, MatLayout};
-use nst_params::{Conv2dParams, ConvAlgorithm};
+use nst_params::{AlgorithmSearch, Conv2dParams, ConvAlgorithm};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 use std::path::{Path, PathBuf};
@@ -168,16 +169,25 @@ struct Allocation {
     bytes: usize,
 }
 
+/// A convolution shape, TF32 or not, and the direction: what an algorithm is chosen for.
+type ChoiceKey = (Conv2dParams, bool, Direction);
+
 /// The host-side CUDA runtime. See the module docs.
 ///
 /// Its "device memory" is limited only by the host's, or by `NST_EMULATOR_MEMORY_LIMIT`
 /// (bytes), read when it is made: a small limit is how out-of-memory handling is tested
-/// without a GPU.
+/// without a GPU. `NST_EMULATOR_CONV_LIBRARY=1` gives [`Emulator::new`] the stand-in
+/// convolution library of [`Emulator::with_library_convolutions`] (how the whole CLI is
+/// tested on the path a GPU with cuDNN takes).
 #[derive(Default)]
 pub struct Emulator {
     limit: Option<u64>,
     /// Whether it offers a convolution library (as cuDNN on a GPU), emulated by nst-cpu.
     library_convolutions: bool,
+    /// The stand-in library's algorithm choices, made by cuDNN's rule
+    /// ([`crate::conv_choice`]): there is one algorithm, but the choices are timed and
+    /// counted in the profile as on a GPU.
+    conv_choices: Mutex<HashMap<ChoiceKey, Option<Chosen<()>>>>,
     /// Live allocations by address.
     allocations: Mutex<HashMap<DevicePtr, Allocation>>,
     in_use: AtomicU64,
@@ -185,9 +195,10 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    /// An emulated device; compiles the kernels on the first call of the process.
+    /// An emulated device; compiles the kernels on the first call of the process. Its
+    /// convolutions are the im2col kernels, unless `NST_EMULATOR_CONV_LIBRARY=1`.
     pub fn new() -> GpuResult<Arc<Emulator>> {
-        Self::with(false)
+        Self::with(std::env::var("NST_EMULATOR_CONV_LIBRARY").is_ok_and(|v| v == "1"))
     }
 
     /// An emulated device that also has a convolution library, as a GPU with cuDNN has
@@ -448,11 +459,13 @@ impl ConvEngine for Emulator {
 
     unsafe fn forward(
         &self,
-        _runtime: &dyn Runtime,
+        runtime: &dyn Runtime,
         p: &Conv2dParams,
-        tf32: bool,
+        options: ConvOptions,
         (x, w, y): (DevicePtr, DevicePtr, DevicePtr),
     ) -> GpuResult<()> {
+        self.choose_algorithm(runtime, p, options, Direction::Forward)?;
+        let tf32 = options.tf32;
         // SAFETY: the caller guarantees the operands cover p's shapes, y apart from x and w.
         let (x, w, y) = unsafe {
             (
@@ -468,11 +481,13 @@ impl ConvEngine for Emulator {
 
     unsafe fn backward_data_add(
         &self,
-        _runtime: &dyn Runtime,
+        runtime: &dyn Runtime,
         p: &Conv2dParams,
-        tf32: bool,
+        options: ConvOptions,
         (dy, w, dx): (DevicePtr, DevicePtr, DevicePtr),
     ) -> GpuResult<()> {
+        self.choose_algorithm(runtime, p, options, Direction::BackwardData)?;
+        let tf32 = options.tf32;
         // SAFETY: as in `forward`.
         let (dy, w, dx) = unsafe {
             (
@@ -483,6 +498,32 @@ impl ConvEngine for Emulator {
         };
         let (dy, w) = (rounded(dy, tf32), rounded(w, tf32));
         conv::conv2d_backward_input_accumulate(p, ConvAlgorithm::Im2col, &dy, &w[..], dx);
+        Ok(())
+    }
+}
+
+impl Emulator {
+    /// The stand-in library's algorithm choice for a call: as cuDNN chooses (a search or the
+    /// heuristics, once per shape, direction and precision), where there is only one.
+    fn choose_algorithm(
+        &self,
+        runtime: &dyn Runtime,
+        p: &Conv2dParams,
+        options: ConvOptions,
+        direction: Direction,
+    ) -> GpuResult<()> {
+        let mut choices = self
+            .conv_choices
+            .lock()
+            .map_err(|_| "emulator state poisoned")?;
+        let slot = choices.entry((*p, options.tf32, direction)).or_default();
+        let pick = |how| move || conv_choice::timed(runtime, (how, direction, p), || Ok(((), 0)));
+        choose_once(
+            slot,
+            options.search,
+            pick(AlgorithmSearch::Measured),
+            pick(AlgorithmSearch::Heuristic),
+        )?;
         Ok(())
     }
 }

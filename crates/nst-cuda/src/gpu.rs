@@ -14,8 +14,8 @@
 //! gradients; they are here for the general autodiff.
 
 use crate::blas::Sgemm;
-use crate::runtime::{Arg, ConvEngine, DeviceBuffer, DeviceValue, GpuResult, Runtime};
-use nst_params::{AdamParams, Conv2dParams, Pool2dParams};
+use crate::runtime::{Arg, ConvEngine, ConvOptions, DeviceBuffer, DeviceValue, GpuResult, Runtime};
+use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, Pool2dParams};
 use std::sync::Arc;
 
 /// Threads per block on a GPU; the reduction kernels' shared arrays are sized for it.
@@ -35,6 +35,7 @@ pub struct Gpu {
     cols_budget: usize,
     tf32_convolutions: bool,
     library_convolutions: bool,
+    algorithm_search: AlgorithmSearch,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -66,6 +67,7 @@ impl Gpu {
             cols_budget: COLS_BUDGET,
             tf32_convolutions: false,
             library_convolutions: true,
+            algorithm_search: AlgorithmSearch::Measured,
         }
     }
 
@@ -82,6 +84,26 @@ impl Gpu {
     pub fn with_library_convolutions(mut self, on: bool) -> Gpu {
         self.library_convolutions = on;
         self
+    }
+
+    /// How the convolution library picks an algorithm for a shape it meets first
+    /// ([`AlgorithmSearch::Measured`] by default; see [`crate::conv_choice`]).
+    pub fn with_algorithm_search(mut self, search: AlgorithmSearch) -> Gpu {
+        self.algorithm_search = search;
+        self
+    }
+
+    /// How the convolution library picks algorithms for new shapes.
+    pub fn algorithm_search(&self) -> AlgorithmSearch {
+        self.algorithm_search
+    }
+
+    /// What a call asks of the convolution library.
+    fn conv_options(&self) -> ConvOptions {
+        ConvOptions {
+            tf32: self.tf32_convolutions,
+            search: self.algorithm_search,
+        }
     }
 
     /// The convolution library in use (cuDNN and its version), if any.
@@ -939,7 +961,7 @@ impl Gpu {
                 engine.forward(
                     &*self.runtime,
                     c,
-                    self.tf32_convolutions,
+                    self.conv_options(),
                     (x.ptr_at(0), w.ptr_at(0), y.ptr_at(0)),
                 )?
             },
@@ -982,7 +1004,7 @@ impl Gpu {
                 engine.backward_data_add(
                     &*self.runtime,
                     c,
-                    self.tf32_convolutions,
+                    self.conv_options(),
                     (dy.ptr_at(0), w.ptr_at(0), dx.ptr_at(0)),
                 )
             },

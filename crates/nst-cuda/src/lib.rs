@@ -12,8 +12,9 @@
 //! - [`gpu::Gpu`]: device, stream, loaded kernels and a cuBLAS handle, with the operations
 //!   the parity tests check against nst-cpu (convolution as im2col + SGEMM among them).
 //!
-//! - [`cudnn`]: convolutions through cuDNN where it loads; [`profile`]: opt-in time per
-//!   operation (`NST_CUDA_PROFILE=1`).
+//! - [`cudnn`]: convolutions through cuDNN where it loads; [`conv_choice`]: when its
+//!   algorithms are searched for and when cuDNN's heuristics pick them; [`profile`]: opt-in
+//!   time per operation (`NST_CUDA_PROFILE=1`).
 //!
 //! Status: nst-tensor's `Device::Cuda` runs the whole style-transfer iteration on this crate,
 //! and it has run on an NVIDIA H200 (2026-11-28; see the README).
@@ -22,6 +23,7 @@
 //! `is_culib_present()` for the driver, NVRTC and cuBLAS before touching anything else.
 
 pub mod blas;
+pub mod conv_choice;
 pub mod cudnn;
 pub mod driver;
 #[cfg(feature = "emulator")]
@@ -32,7 +34,7 @@ pub mod profile;
 pub mod runtime;
 
 pub use gpu::{Floats, Gpu};
-pub use runtime::{Arg, ConvEngine, DeviceBuffer, DevicePtr, GpuResult, Runtime};
+pub use runtime::{Arg, ConvEngine, ConvOptions, DeviceBuffer, DevicePtr, GpuResult, Runtime};
 
 use std::fmt;
 

@@ -15,7 +15,7 @@
 //! exactly as it would break a GPU.
 
 use crate::blas::Sgemm;
-use nst_params::Conv2dParams;
+use nst_params::{AlgorithmSearch, Conv2dParams};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -85,12 +85,22 @@ impl KernelParams {
     }
 }
 
+/// How a convolution call asks the library to compute: TF32 or f32, and how an algorithm is
+/// picked for a shape seen for the first time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvOptions {
+    /// Round the operands to TF32 (tensor cores); else f32 throughout.
+    pub tf32: bool,
+    /// Measure the candidates, or take the library's heuristic ranking.
+    pub search: AlgorithmSearch,
+}
+
 /// Convolutions by a vendor library (cuDNN on a GPU), where a runtime has one: NCHW f32
 /// cross-correlation of all `p.batch` images, on device memory of `runtime`.
 pub trait ConvEngine: Send + Sync {
     /// The library and its version, for the user.
     fn describe(&self) -> String;
-    /// `y = conv(x, w)` (no bias) for `operands` `(x, w, y)`, rounded to TF32 when `tf32`.
+    /// `y = conv(x, w)` (no bias) for `operands` `(x, w, y)`.
     ///
     /// # Safety
     /// `x`, `w` and `y` cover the input, weights and output of `p`, on `runtime`.
@@ -98,7 +108,7 @@ pub trait ConvEngine: Send + Sync {
         &self,
         runtime: &dyn Runtime,
         p: &Conv2dParams,
-        tf32: bool,
+        options: ConvOptions,
         operands: (DevicePtr, DevicePtr, DevicePtr),
     ) -> GpuResult<()>;
     /// `dx += ∂L/∂x` from `dy` for `operands` `(dy, w, dx)` (the convolution's input
@@ -110,7 +120,7 @@ pub trait ConvEngine: Send + Sync {
         &self,
         runtime: &dyn Runtime,
         p: &Conv2dParams,
-        tf32: bool,
+        options: ConvOptions,
         operands: (DevicePtr, DevicePtr, DevicePtr),
     ) -> GpuResult<()>;
 }

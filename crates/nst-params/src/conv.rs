@@ -136,6 +136,21 @@ impl fmt::Display for ConvAlgorithm {
     }
 }
 
+/// How a GPU's convolution library picks the algorithm for a shape it has not seen yet.
+/// (The CPU has one algorithm per shape and ignores this.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub enum AlgorithmSearch {
+    /// Run the candidates once each and keep the fastest (cuDNN's `cudnnFind*`, as
+    /// `torch.backends.cudnn.benchmark` does): the fastest iterations, at a one-off cost of
+    /// every candidate's run for each new shape.
+    #[default]
+    Measured,
+    /// Take the library's own ranking at once, running nothing (`cudnnGet*_v7`): for shapes
+    /// used too few times for a search to pay (an image's features computed once, an early
+    /// scale of a multi-scale run). A shape already measured keeps its measured algorithm.
+    Heuristic,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,9 @@
 //!
 //! What an op is asked to do, independent of the device that does it: the shapes of a
 //! convolution and of a pooling layer, Adam's hyperparameters, and which convolution
-//! algorithm the caller wants. Every backend (`nst-cpu`, `nst-cuda`) and the tensor layer
-//! above them (`nst-tensor`) take these same types, so a shape is worked out once and means
-//! the same thing on every device.
+//! algorithm the caller wants (and, on a GPU, how it is picked). Every backend (`nst-cpu`,
+//! `nst-cuda`) and the tensor layer above them (`nst-tensor`) take these same types, so a
+//! shape is worked out once and means the same thing on every device.
 //!
 //! Nothing here computes anything but sizes; the crate has no dependencies.
 
@@ -13,5 +13,5 @@ mod conv;
 mod pool;
 
 pub use adam::AdamParams;
-pub use conv::{Conv2dParams, ConvAlgorithm};
+pub use conv::{AlgorithmSearch, Conv2dParams, ConvAlgorithm};
 pub use pool::Pool2dParams;

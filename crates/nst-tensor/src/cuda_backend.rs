@@ -15,7 +15,7 @@ use crate::{Device, Precision, Result, TensorError};
 /// Opt-in GPU time per operation (`NST_CUDA_PROFILE=1`; see [`nst_cuda::profile`]).
 pub use nst_cuda::profile;
 use nst_cuda::{DeviceBuffer, Floats, Gpu};
-use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
+use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Pool2dParams};
 use std::sync::{Mutex, OnceLock};
 
 /// A device opened once per process (a `Gpu` is a shared handle: cloning it is cheap), or
@@ -96,6 +96,20 @@ impl CudaDevice {
                 .with_tf32_convolutions(precision == Precision::Tf32),
             ..self.clone()
         }
+    }
+
+    /// The same device picking convolution algorithms for new shapes by `search` (see
+    /// [`AlgorithmSearch`]); tensors of either are interchangeable.
+    pub fn with_algorithm_search(&self, search: AlgorithmSearch) -> CudaDevice {
+        CudaDevice {
+            gpu: self.gpu.clone().with_algorithm_search(search),
+            ..self.clone()
+        }
+    }
+
+    /// How this device picks convolution algorithms for new shapes.
+    pub fn algorithm_search(&self) -> AlgorithmSearch {
+        self.gpu.algorithm_search()
     }
 
     /// How this device computes convolutions.

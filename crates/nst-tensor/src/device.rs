@@ -4,6 +4,7 @@ use crate::backend::BackendDevice;
 use crate::cpu_backend::CpuDevice;
 use crate::cuda_backend::CudaDevice;
 use crate::Result;
+use nst_params::AlgorithmSearch;
 use std::fmt;
 
 /// How a GPU computes convolutions. The CPU always computes in f32.
@@ -69,6 +70,17 @@ impl Device {
         match self {
             Device::Cpu => Device::Cpu,
             Device::Cuda(d) => Device::Cuda(d.with_precision(precision)),
+        }
+    }
+
+    /// The same device picking GPU convolution algorithms for shapes it meets first by
+    /// `search`: [`AlgorithmSearch::Measured`] (the default) where a shape is used many
+    /// times, [`AlgorithmSearch::Heuristic`] where a search would cost more than it saves.
+    /// The CPU is unchanged.
+    pub fn with_algorithm_search(&self, search: AlgorithmSearch) -> Device {
+        match self {
+            Device::Cpu => Device::Cpu,
+            Device::Cuda(d) => Device::Cuda(d.with_algorithm_search(search)),
         }
     }
 
