@@ -10,7 +10,7 @@ Prints one JSON line: ms_per_iter (median, first iteration dropped as warm-up), 
 loss at the start, to check both sides computed the same thing) and peak_rss_bytes.
 
     python3 torch_nst.py --weights W --content C.f32 --style S.f32 --size N --iters K --threads T
-        [--device cpu|cuda] [--tf32 on|off]
+        [--device cpu|cuda] [--tf32 on|off] [--memory-format nchw|channels_last] [--deterministic]
 
 With --device cuda it sets torch.backends.cudnn.benchmark = True (algorithm search, as the
 fastest published PyTorch neural-style setups do), synchronises before reading the clock,
@@ -63,9 +63,10 @@ def load_vgg(path):
     return layers
 
 
-def features(vgg, rgb, wanted):
-    """Activations at `wanted` for an RGB 0..255 image, stopping at the deepest one."""
-    x = rgb[:, [2, 1, 0]] - CAFFE_MEAN_BGR.to(rgb.device)
+def features(vgg, rgb, wanted, fmt=torch.contiguous_format):
+    """Activations at `wanted` for an RGB 0..255 image, stopping at the deepest one, in
+    memory format `fmt` (the image itself stays NCHW: L-BFGS views its gradient flat)."""
+    x = (rgb[:, [2, 1, 0]] - CAFFE_MEAN_BGR.to(rgb.device)).contiguous(memory_format=fmt)
     out = {}
     for name, w, b in vgg:
         x = F.relu(F.conv2d(x, w, b, padding=1), inplace=True)
@@ -81,6 +82,10 @@ def features(vgg, rgb, wanted):
 
 def gram_hat(f):
     c = f.shape[1]
+    if c > 1 and f.is_contiguous(memory_format=torch.channels_last):
+        # NHWC: F is stored as [HW × C], so Ĝ = FᵀF/(HW) without a transposed copy.
+        m = f.permute(0, 2, 3, 1).reshape(-1, c)
+        return m.t() @ m / m.shape[0]
     m = f.reshape(c, -1)
     return m @ m.t() / m.shape[1]
 
@@ -95,16 +100,23 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--tf32", default="on", choices=["on", "off"],
                     help="CUDA: TF32 for cuDNN convolutions (PyTorch's default: on); matmul stays f32")
+    # Experiments for scripts/device-check.sh (the bench uses the defaults): how much NHWC
+    # (channels_last) and cuDNN's deterministic algorithms change PyTorch's time.
+    ap.add_argument("--memory-format", default="nchw", choices=["nchw", "channels_last"])
+    ap.add_argument("--deterministic", action="store_true",
+                    help="torch.backends.cudnn.deterministic = True (as nst's algorithm choice)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
         torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.deterministic = args.deterministic
     dev = torch.device(args.device)
+    fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
-    vgg = [(n, w.to(dev), b.to(dev)) for n, w, b in load_vgg(args.weights)]
+    vgg = [(n, w.to(dev).contiguous(memory_format=fmt), b.to(dev)) for n, w, b in load_vgg(args.weights)]
     s = args.size
 
     def image(path):
@@ -113,15 +125,15 @@ def main():
     content, style = image(args.content), image(args.style)
     wanted = set(STYLE_LAYERS) | {CONTENT_LAYER}
     with torch.no_grad():
-        target_c = features(vgg, content, wanted)[CONTENT_LAYER].clone()
-        target_s = {k: gram_hat(v) for k, v in features(vgg, style, wanted).items() if k in STYLE_LAYERS}
+        target_c = features(vgg, content, wanted, fmt)[CONTENT_LAYER].clone()
+        target_s = {k: gram_hat(v) for k, v in features(vgg, style, wanted, fmt).items() if k in STYLE_LAYERS}
 
     x = content.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([x], lr=1, max_iter=1, history_size=100)
 
     def closure():
         opt.zero_grad()
-        f = features(vgg, x, wanted)
+        f = features(vgg, x, wanted, fmt)
         fc = f[CONTENT_LAYER]
         j_c = ((fc - target_c) ** 2).sum() / (4 * fc.numel())
         j_s = 0.0
@@ -140,7 +152,7 @@ def main():
         sync()
         times.append((time.perf_counter() - t) * 1e3)
         if loss0 is None:
-            loss0 = float(loss)
+            loss0 = float(loss.detach())
             if args.device == "cuda":
                 # The warm-up's algorithm search (cudnn.benchmark) tries algorithms with
                 # workspaces of up to all free memory (33 GiB at 512² on an H200): not what
@@ -153,6 +165,8 @@ def main():
         result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
         result["gpu"] = torch.cuda.get_device_name()
         result["tf32"] = args.tf32 == "on"
+        result["memory_format"] = args.memory_format
+        result["deterministic"] = args.deterministic
     print(json.dumps(result))
 
 
