@@ -170,15 +170,15 @@ cp target/bench/bench.json "$OUT/bench.json" 2>/dev/null
 step "PyTorch alone: would NHWC (channels_last) or cuDNN's deterministic algorithms change its time?"
 # What decides the next GPU work: cuDNN's tensor-core convolutions prefer NHWC, and nst (like
 # this peer) keeps NCHW; nst also takes deterministic algorithms where PyTorch does not. The
-# same pixels as the bench above (target/bench/*.f32).
-for cfg in "512 on nchw" "512 on channels_last" "1024 on nchw" "1024 on channels_last" \
-    "1024 off nchw" "1024 off channels_last" "1024 off nchw --deterministic" \
-    "1024 on nchw --deterministic"; do
+# same pixels and iterations as the bench above (target/bench/*.f32), whose PyTorch rows are
+# the NCHW, nondeterministic baseline.
+for cfg in "512 on channels_last" "1024 on channels_last" "1024 off channels_last" \
+    "1024 off nchw --deterministic"; do
     read -r size tf32 format flag <<<"$cfg"
     [ -f "target/bench/content_$size.f32" ] || { echo "no target/bench/content_$size.f32"; continue; }
     result=$(timeout 60 "$PY" xtask/peer/torch_nst.py --weights weights/vgg19.safetensors \
         --content "target/bench/content_$size.f32" --style "target/bench/style_$size.f32" \
-        --size "$size" --iters 10 --threads 16 --device cuda --tf32 "$tf32" \
+        --size "$size" --iters "${NST_BENCH_ITERS:-10}" --threads 16 --device cuda --tf32 "$tf32" \
         --memory-format "$format" $flag 2>>"$OUT/logs/peer-formats.log")
     echo "$size² tf32 $tf32 $format ${flag:-}: $result"
 done
