@@ -26,6 +26,10 @@ exec 3>&1 4>&2 > >(tee -a "$OUT/summary.txt") 2>&1
 tee_pid=$!
 status=0
 step() { echo; echo "== $* ($(date +%T))"; }
+# cuDNN's measured algorithm choices are kept between runs (nst-cuda's algorithm_cache): keep
+# them here, not in this machine's ~/.cache, and give the steps that measure the search their
+# own empty folder. The folders go into the pack: they list what cuDNN chose.
+export NST_CACHE_DIR="$OUT/cache/tests"
 
 # cudarc loads libcuda, libnvrtc, libcublas (and cuDNN) by name: add the pip CUDA wheels'
 # library folders and the toolkit's.
@@ -73,7 +77,8 @@ for t in "$BIN"/tests/*; do
 done
 
 step "the cuDNN algorithms chosen for the L-BFGS reference test (fp32)"
-NST_CUDNN_LOG=1 NST_REQUIRE_CUDA=1 timeout 120 "$BIN/tests/nst-optim-reference" --exact \
+NST_CACHE_DIR="$OUT/cache/lbfgs-log" NST_CUDNN_LOG=1 NST_REQUIRE_CUDA=1 \
+    timeout 120 "$BIN/tests/nst-optim-reference" --exact \
     lbfgs_trace_matches_reference::cuda --nocapture >"$OUT/logs/lbfgs-cudnn-log.log" 2>&1
 rc=$?; [ $rc -ne 0 ] && status=1
 echo "rc=$rc"; grep -E "^cuDNN" "$OUT/logs/lbfgs-cudnn-log.log" | sort | uniq -c
@@ -96,13 +101,17 @@ else
 fi
 
 step "nst on the README example, --device cuda (tf32, the default, twice, then fp32, then tf32 searching at every scale)"
+# tf32 searches for the final scale's algorithms and keeps them; tf32_again takes them from
+# the cache (what that saves: compare the final scale's time before its first step).
 # tf32_search_all: cuDNN's algorithm search at every scale (NST_SEARCH_EVERY_SCALE=1), not
-# only at the final one: what the heuristic picks of the early scales save in one-off time
-# and cost in iterations (compare its setup and per-scale lines with tf32's).
+# only at the final one, with an empty cache: what the heuristic picks of the early scales
+# save in one-off time and cost in iterations (compare its lines with tf32's).
 for run in tf32 tf32_again fp32 tf32_search_all; do
     precision=${run%%_*}
-    search_all=0; [ "$run" = tf32_search_all ] && search_all=1
-    NST_SEARCH_EVERY_SCALE=$search_all timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
+    search_all=0; cache="$OUT/cache/readme"
+    [ "$run" = tf32_search_all ] && { search_all=1; cache="$OUT/cache/readme-search-all"; }
+    NST_CACHE_DIR=$cache NST_SEARCH_EVERY_SCALE=$search_all \
+        timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
         -s examples/style_vangogh_starry_night.jpg -o "$OUT/result_cuda_$run.png" \
         --device cuda --precision "$precision" --report "$OUT/result_cuda_$run.json" \
         >"$OUT/logs/readme_$run.log" 2>&1
@@ -151,11 +160,12 @@ for cfg in "tf32 512" "fp32 512" "tf32 2048"; do
 done
 
 step "the README example with NST_CUDA_PROFILE=1 (one-off costs: NVRTC, cuDNN's algorithm choice per shape)"
-NST_CUDA_PROFILE=1 timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
+NST_CACHE_DIR="$OUT/cache/profile-readme" NST_CUDA_PROFILE=1 \
+    timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
     -s examples/style_vangogh_starry_night.jpg -o "$OUT/logs/profiled.png" --device cuda -q \
     2>"$OUT/logs/profile_readme.txt"
 echo "rc=$?"; head -30 "$OUT/logs/profile_readme.txt"
-for what in "conv algorithm search" "conv algorithm heuristics" "nvrtc"; do
+for what in "conv algorithm search" "conv algorithm heuristics" "conv algorithm remembered" "nvrtc"; do
     grep -F "× $what" "$OUT/logs/profile_readme.txt" | awk -v what="$what" \
         '{ms += $1; n += $4} END { printf "one-off, %s: %.0f ms in %d calls\n", what, ms, n }'
 done

@@ -323,3 +323,49 @@ fn algorithms_are_searched_for_at_the_final_scale_only() {
         "{choices:?}"
     );
 }
+
+/// A search's result is kept on disk (`NST_CACHE_DIR`, standing in for `~/.cache/nst`): the
+/// next run at the same sizes and precision takes the remembered algorithms and searches
+/// nothing; another precision searches afresh.
+#[test]
+fn measured_algorithms_are_remembered_by_the_next_run() {
+    if !emulator_or_skip("measured_algorithms_are_remembered_by_the_next_run") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("out.png");
+    let args = with(
+        tiny(&out),
+        &["--device", "cuda-emulated", "--scales", "1", "--iters", "1"],
+    );
+    let env = [
+        ("NST_CUDA_PROFILE", "1"),
+        ("NST_EMULATOR_CONV_LIBRARY", "1"),
+        ("NST_CACHE_DIR", path_str(&cache)),
+    ];
+    let count = |choices: &[(u64, String)], how: &str| {
+        choices.iter().filter(|(_, n)| n.starts_with(how)).count()
+    };
+    let choices = |args: &[String]| {
+        algorithm_choices(&String::from_utf8_lossy(
+            &run_ok_with_env(args, &env).stderr,
+        ))
+    };
+
+    let first = choices(&args);
+    let searched = count(&first, "search: ");
+    assert!(searched >= 10, "{first:?}");
+    assert_eq!(count(&first, "remembered: "), 0, "{first:?}");
+    let file = std::fs::read_to_string(cache.join("conv-algorithms-v1.tsv")).unwrap();
+    assert_eq!(file.lines().count(), searched, "{file}");
+
+    let second = choices(&args);
+    assert_eq!(count(&second, "search: "), 0, "{second:?}");
+    assert_eq!(count(&second, "remembered: "), searched, "{second:?}");
+
+    // The default is tf32; f32 convolutions are other choices.
+    let fp32 = choices(&with(args.clone(), &["--precision", "fp32"]));
+    assert_eq!(count(&fp32, "search: "), searched, "{fp32:?}");
+    assert_eq!(count(&fp32, "remembered: "), 0, "{fp32:?}");
+}

@@ -9,6 +9,8 @@
 //! - a **heuristic** choice (the library's own ranking, nothing run: `cudnnGet*_v7`) serves
 //!   heuristic calls only. The first measured call of that shape searches, and its result
 //!   replaces the heuristic one. A heuristic choice that fails falls back to a search.
+//! - a choice **measured in an earlier run** ([`crate::algorithm_cache`]) is taken by either
+//!   kind of call, before anything else: it costs nothing and is the measured best.
 //!
 //! Why both: a search runs every candidate (about eight per direction) on the real operands,
 //! synchronising around each, so it pays only for a shape used many times: the iterations
@@ -20,6 +22,7 @@
 //! not been measured yet: the README example took 11 s on an H200 where its iterations add up
 //! to about 2.5 s, and these searches are the main suspect.
 
+use crate::algorithm_cache::AlgorithmCache;
 use crate::profile::conv_name;
 use crate::runtime::{GpuResult, Runtime};
 use nst_params::{AlgorithmSearch, Conv2dParams};
@@ -43,6 +46,22 @@ impl fmt::Display for Direction {
     }
 }
 
+/// What a choice is made for: a shape, its precision and the direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ChoiceKey {
+    pub p: Conv2dParams,
+    pub tf32: bool,
+    pub direction: Direction,
+}
+
+/// A library's algorithm as the number [`AlgorithmCache`] keeps.
+pub(crate) trait AlgorithmId: Copy {
+    /// The algorithm's number.
+    fn id(self) -> u32;
+    /// The algorithm numbered `id`, if there is one.
+    fn from_id(id: u32) -> Option<Self>;
+}
+
 /// An algorithm chosen for one shape and direction: the algorithm, its workspace in bytes,
 /// and how it was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,12 +71,16 @@ pub(crate) struct Chosen<A> {
     by: AlgorithmSearch,
 }
 
-/// The algorithm and workspace for a call that wants `wanted`: the one in `slot` when it
-/// serves (see the module docs), else a new choice by `measure` or `heuristic`, stored in
-/// `slot`. Time both with [`timed`].
-pub(crate) fn choose_once<A: Copy>(
+/// The algorithm and workspace for a call that wants `wanted` for `key`: the one in `slot`
+/// when it serves (see the module docs), else one measured before (in this process or an
+/// earlier one: `cache`), else a new choice by `measure` (then kept in `cache`) or
+/// `heuristic`. The result is stored in `slot`. Time `measure` and `heuristic` with
+/// [`timed`]; a choice from the cache is counted in the profile as
+/// `conv algorithm remembered: …`, taking no time.
+pub(crate) fn choose_once<A: AlgorithmId>(
     slot: &mut Option<Chosen<A>>,
     wanted: AlgorithmSearch,
+    (cache, key): (&AlgorithmCache, &ChoiceKey),
     measure: impl FnOnce() -> GpuResult<(A, usize)>,
     heuristic: impl FnOnce() -> GpuResult<(A, usize)>,
 ) -> GpuResult<(A, usize)> {
@@ -66,13 +89,31 @@ pub(crate) fn choose_once<A: Copy>(
             return Ok((c.algo, c.workspace));
         }
     }
-    let heuristic_pick = match wanted {
-        AlgorithmSearch::Heuristic => heuristic().ok(),
-        AlgorithmSearch::Measured => None,
+    let remembered = cache
+        .get(key)
+        .and_then(|(id, workspace)| Some((A::from_id(id)?, workspace)));
+    let heuristic_pick = match (remembered, wanted) {
+        (None, AlgorithmSearch::Heuristic) => heuristic().ok(),
+        _ => None,
     };
-    let (by, (algo, workspace)) = match heuristic_pick {
-        Some(pick) => (AlgorithmSearch::Heuristic, pick),
-        None => (AlgorithmSearch::Measured, measure()?),
+    let (by, (algo, workspace)) = match (remembered, heuristic_pick) {
+        (Some(pick), _) => {
+            let name = || {
+                format!(
+                    "conv algorithm remembered: {} {}",
+                    key.direction,
+                    conv_name(&key.p)
+                )
+            };
+            crate::profile::record(name, std::time::Duration::ZERO);
+            (AlgorithmSearch::Measured, pick)
+        }
+        (None, Some(pick)) => (AlgorithmSearch::Heuristic, pick),
+        (None, None) => {
+            let (algo, workspace) = measure()?;
+            cache.put(key, algo.id(), workspace);
+            (AlgorithmSearch::Measured, (algo, workspace))
+        }
     };
     *slot = Some(Chosen {
         algo,
@@ -102,14 +143,52 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
-    /// Runs [`choose_once`] on `slot`, counting the searches and heuristic picks it makes in
-    /// `counts`; a search picks algorithm 1, the heuristics algorithm 2 (or fail when
-    /// `fails`).
+    impl AlgorithmId for u32 {
+        fn id(self) -> u32 {
+            self
+        }
+        fn from_id(id: u32) -> Option<u32> {
+            (id < 8).then_some(id)
+        }
+    }
+
+    fn key() -> ChoiceKey {
+        ChoiceKey {
+            p: Conv2dParams {
+                batch: 1,
+                in_channels: 2,
+                in_h: 4,
+                in_w: 5,
+                out_channels: 3,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1,
+                pad: 1,
+            },
+            tf32: false,
+            direction: Direction::Forward,
+        }
+    }
+
+    /// Runs [`choose_once`] on `slot` with a cache that keeps nothing: see [`run_cached`].
     fn run(
         slot: &mut Option<Chosen<u32>>,
         wanted: AlgorithmSearch,
         fails: bool,
         counts: &(Cell<u32>, Cell<u32>),
+    ) -> u32 {
+        run_cached(slot, wanted, fails, counts, &AlgorithmCache::none())
+    }
+
+    /// Runs [`choose_once`] on `slot` and `cache`, counting the searches and heuristic picks
+    /// it makes in `counts`; a search picks algorithm 1, the heuristics algorithm 2 (or fail
+    /// when `fails`).
+    fn run_cached(
+        slot: &mut Option<Chosen<u32>>,
+        wanted: AlgorithmSearch,
+        fails: bool,
+        counts: &(Cell<u32>, Cell<u32>),
+        cache: &AlgorithmCache,
     ) -> u32 {
         let measure = || {
             counts.0.set(counts.0.get() + 1);
@@ -123,7 +202,39 @@ mod tests {
                 Ok((2, 32))
             }
         };
-        choose_once(slot, wanted, measure, heuristic).unwrap().0
+        choose_once(slot, wanted, (cache, &key()), measure, heuristic)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn a_choice_measured_before_is_taken_without_a_search_or_the_heuristics() {
+        let dir = tempfile::tempdir().unwrap();
+        let counts = (Cell::new(0), Cell::new(0));
+        let first = AlgorithmCache::open(Some(dir.path()), "GPU");
+        assert_eq!(
+            run_cached(&mut None, AlgorithmSearch::Measured, false, &counts, &first),
+            1
+        );
+        assert_eq!((counts.0.get(), counts.1.get()), (1, 0));
+        // Another process: both kinds of request take the measured choice, nothing runs.
+        let later = AlgorithmCache::open(Some(dir.path()), "GPU");
+        for wanted in [AlgorithmSearch::Measured, AlgorithmSearch::Heuristic] {
+            let mut slot = None;
+            assert_eq!(run_cached(&mut slot, wanted, false, &counts, &later), 1);
+            assert_eq!(slot.unwrap().by, AlgorithmSearch::Measured);
+        }
+        assert_eq!((counts.0.get(), counts.1.get()), (1, 0));
+        // A number the library does not have is not taken: a new search replaces it.
+        let odd = AlgorithmCache::open(Some(dir.path()), "GPU");
+        odd.put(&key(), 99, 0);
+        assert_eq!(
+            run_cached(&mut None, AlgorithmSearch::Measured, false, &counts, &odd),
+            1
+        );
+        assert_eq!((counts.0.get(), counts.1.get()), (2, 0));
+        let after = AlgorithmCache::open(Some(dir.path()), "GPU");
+        assert_eq!(after.get(&key()), Some((1, 64)));
     }
     #[test]
     fn a_measured_choice_serves_every_later_call() {

@@ -18,7 +18,8 @@
 //! off (every convolution then takes the im2col + cuBLAS path); `NST_CUDNN_LOG=1` prints each
 //! algorithm chosen.
 
-use crate::conv_choice::{self, choose_once, Chosen, Direction};
+use crate::algorithm_cache::AlgorithmCache;
+use crate::conv_choice::{self, choose_once, AlgorithmId, ChoiceKey, Chosen, Direction};
 use crate::runtime::{ConvEngine, ConvOptions, DevicePtr, GpuResult, Runtime};
 use cudarc::cudnn::sys::{
     self, cudnnConvolutionBwdDataAlgoPerf_t, cudnnConvolutionFwdAlgoPerf_t, cudnnDataType_t,
@@ -119,6 +120,11 @@ fn choose<A: Copy + std::fmt::Debug>(
     Ok((r.algo, r.memory))
 }
 
+/// `cuDNN 9.14.0` for version 91400.
+fn describe_version(v: usize) -> String {
+    format!("cuDNN {}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
+}
+
 /// A heuristic pick, or why there was none when `NST_CUDNN_LOG=1` (the caller then searches).
 fn logged_heuristic<A>(pick: GpuResult<A>, what: &str) -> GpuResult<A> {
     if let Err(e) = &pick {
@@ -127,6 +133,46 @@ fn logged_heuristic<A>(pick: GpuResult<A>, what: &str) -> GpuResult<A> {
         }
     }
     pick
+}
+
+impl AlgorithmId for sys::cudnnConvolutionFwdAlgo_t {
+    fn id(self) -> u32 {
+        self as u32
+    }
+    fn from_id(id: u32) -> Option<Self> {
+        use sys::cudnnConvolutionFwdAlgo_t::*;
+        [
+            CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+            CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+            CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+            CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+            CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+            CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+        ]
+        .into_iter()
+        .find(|a| *a as u32 == id)
+    }
+}
+
+impl AlgorithmId for sys::cudnnConvolutionBwdDataAlgo_t {
+    fn id(self) -> u32 {
+        self as u32
+    }
+    fn from_id(id: u32) -> Option<Self> {
+        use sys::cudnnConvolutionBwdDataAlgo_t::*;
+        [
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+        ]
+        .into_iter()
+        .find(|a| *a as u32 == id)
+    }
 }
 
 /// The descriptors and chosen algorithms of one convolution shape.
@@ -144,6 +190,8 @@ pub struct Cudnn {
     handle: sys::cudnnHandle_t,
     version: usize,
     plans: Mutex<HashMap<(Conv2dParams, bool), Plan>>,
+    /// Measured choices of this GPU, driver and cuDNN, from earlier runs and this one.
+    cache: AlgorithmCache,
     /// The workspace and its size in bytes.
     workspace: Mutex<(DevicePtr, usize)>,
 }
@@ -156,7 +204,9 @@ unsafe impl Sync for Cudnn {}
 
 impl Cudnn {
     /// A handle on `stream`, or why cuDNN cannot be used (then convolutions use im2col).
-    pub fn new(stream: cudarc::driver::sys::CUstream) -> GpuResult<Cudnn> {
+    /// `device` names the GPU and driver: with cuDNN's version, it is the identity under
+    /// which measured algorithm choices are kept on disk ([`crate::algorithm_cache`]).
+    pub fn new(stream: cudarc::driver::sys::CUstream, device: &str) -> GpuResult<Cudnn> {
         // SAFETY: only tries to dlopen the library.
         if !unsafe { sys::is_culib_present() } {
             return Err("cuDNN (libcudnn.so.9) could not be loaded".into());
@@ -167,10 +217,12 @@ impl Cudnn {
         // SAFETY: a fresh handle and the runtime's live stream (same CUstream type).
         unsafe { cudarc::cudnn::result::set_stream(handle, stream as _) }
             .map_err(|e| format!("cuDNN stream: {e:?}"))?;
+        let library = format!("{device}, {}, choice rule 1", describe_version(version));
         Ok(Cudnn {
             handle,
             version,
             plans: Mutex::new(HashMap::new()),
+            cache: AlgorithmCache::open(crate::algorithm_cache::default_dir().as_deref(), &library),
             workspace: Mutex::new((0, 0)),
         })
     }
@@ -288,8 +340,7 @@ impl Drop for Cudnn {
 
 impl ConvEngine for Cudnn {
     fn describe(&self) -> String {
-        let v = self.version;
-        format!("cuDNN {}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
+        describe_version(self.version)
     }
 
     unsafe fn forward(
@@ -355,7 +406,14 @@ impl ConvEngine for Cudnn {
             let what = format!("{what} (heuristic)");
             logged_heuristic(ranked.and_then(|r| choose(&r, &what, tf32)), &what)
         };
-        let (algo, need) = choose_once(&mut plan.forward, options.search, measure, heuristic)?;
+        let key = ChoiceKey {
+            p: *p,
+            tf32,
+            direction: Direction::Forward,
+        };
+        let cache = (&self.cache, &key);
+        let (algo, need) =
+            choose_once(&mut plan.forward, options.search, cache, measure, heuristic)?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         // Timed here, not around the whole call, so the search above is not counted twice.
@@ -449,8 +507,19 @@ impl ConvEngine for Cudnn {
             let what = format!("{what} (heuristic)");
             logged_heuristic(ranked.and_then(|r| choose(&r, &what, tf32)), &what)
         };
-        let (algo, need) =
-            choose_once(&mut plan.backward_data, options.search, measure, heuristic)?;
+        let key = ChoiceKey {
+            p: *p,
+            tf32,
+            direction: Direction::BackwardData,
+        };
+        let cache = (&self.cache, &key);
+        let (algo, need) = choose_once(
+            &mut plan.backward_data,
+            options.search,
+            cache,
+            measure,
+            heuristic,
+        )?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
         // β = 1: the gradient is added into dx (another use's gradient may be there).
         let (alpha, beta) = (1.0f32, 1.0f32);
@@ -523,6 +592,27 @@ mod tests {
         assert_eq!(choose(&results, "test", false).unwrap().0, 5);
         // TF32 allows tensor cores.
         assert_eq!(choose(&results, "test", true).unwrap().0, 2);
+    }
+
+    #[test]
+    fn algorithm_numbers_are_cudnns_and_only_those() {
+        use super::{sys, AlgorithmId};
+        type Fwd = sys::cudnnConvolutionFwdAlgo_t;
+        type Bwd = sys::cudnnConvolutionBwdDataAlgo_t;
+        for id in 0..8 {
+            assert_eq!(Fwd::from_id(id).map(Fwd::id), Some(id));
+        }
+        for id in 0..6 {
+            assert_eq!(Bwd::from_id(id).map(Bwd::id), Some(id));
+        }
+        // The enums' COUNT entries are not algorithms.
+        assert_eq!(Fwd::from_id(8), None);
+        assert_eq!(Bwd::from_id(6), None);
+        assert_eq!(Fwd::from_id(u32::MAX), None);
+        assert_eq!(
+            Fwd::from_id(1),
+            Some(Fwd::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM)
+        );
     }
 
     #[test]

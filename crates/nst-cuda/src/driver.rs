@@ -92,7 +92,10 @@ impl CudaRuntime {
         let cudnn = if std::env::var("NST_CUDNN").is_ok_and(|v| v == "0") {
             Err("cuDNN turned off by NST_CUDNN=0".to_string())
         } else {
-            crate::cudnn::Cudnn::new(stream.cu_stream())
+            let mut driver = 0;
+            // SAFETY: writes one int.
+            let _ = unsafe { sys::cuDriverGetVersion(&mut driver) };
+            crate::cudnn::Cudnn::new(stream.cu_stream(), &format!("{name}, CUDA driver {driver}"))
         };
         Ok(CudaRuntime {
             context,

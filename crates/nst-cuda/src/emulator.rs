@@ -24,8 +24,9 @@
 //! Not emulated: warp lockstep (no kernel relies on it), PTX code generation (NVRTC compiles
 //! the same source in CI), cuDNN. Needs `g++` with C++20 (`<barrier>`, GCC ≥ 11).
 
+use crate::algorithm_cache::AlgorithmCache;
 use crate::blas::{to_tf32, Sgemm};
-use crate::conv_choice::{self, choose_once, Chosen, Direction};
+use crate::conv_choice::{self, choose_once, AlgorithmId, ChoiceKey, Chosen, Direction};
 use crate::runtime::{Arg, ConvEngine, ConvOptions, DevicePtr, GpuResult, KernelParams, Runtime};
 use nst_cpu::conv;
 use nst_cpu::gemm::{gemm_strided, MatLayout};
@@ -169,9 +170,6 @@ struct Allocation {
     bytes: usize,
 }
 
-/// A convolution shape, TF32 or not, and the direction: what an algorithm is chosen for.
-type ChoiceKey = (Conv2dParams, bool, Direction);
-
 /// The host-side CUDA runtime. See the module docs.
 ///
 /// Its "device memory" is limited only by the host's, or by `NST_EMULATOR_MEMORY_LIMIT`
@@ -188,6 +186,9 @@ pub struct Emulator {
     /// ([`crate::conv_choice`]): there is one algorithm, but the choices are timed and
     /// counted in the profile as on a GPU.
     conv_choices: Mutex<HashMap<ChoiceKey, Option<Chosen<()>>>>,
+    /// Its measured choices kept on disk, as cuDNN's are: only where `NST_CACHE_DIR` names a
+    /// folder (tests), never in the user's cache.
+    conv_cache: AlgorithmCache,
     /// Live allocations by address.
     allocations: Mutex<HashMap<DevicePtr, Allocation>>,
     in_use: AtomicU64,
@@ -215,9 +216,14 @@ impl Emulator {
             })?),
             Err(_) => None,
         };
+        let cache_dir = std::env::var_os("NST_CACHE_DIR").filter(|d| !d.is_empty());
         Ok(Arc::new(Emulator {
             limit,
             library_convolutions,
+            conv_cache: match cache_dir {
+                Some(dir) => AlgorithmCache::open(Some(Path::new(&dir)), "emulated library"),
+                None => AlgorithmCache::none(),
+            },
             ..Default::default()
         }))
     }
@@ -516,15 +522,31 @@ impl Emulator {
             .conv_choices
             .lock()
             .map_err(|_| "emulator state poisoned")?;
-        let slot = choices.entry((*p, options.tf32, direction)).or_default();
+        let key = ChoiceKey {
+            p: *p,
+            tf32: options.tf32,
+            direction,
+        };
+        let slot = choices.entry(key).or_default();
         let pick = |how| move || conv_choice::timed(runtime, (how, direction, p), || Ok(((), 0)));
         choose_once(
             slot,
             options.search,
+            (&self.conv_cache, &key),
             pick(AlgorithmSearch::Measured),
             pick(AlgorithmSearch::Heuristic),
         )?;
         Ok(())
+    }
+}
+
+/// The stand-in library has one algorithm, number 0.
+impl AlgorithmId for () {
+    fn id(self) -> u32 {
+        0
+    }
+    fn from_id(id: u32) -> Option<()> {
+        (id == 0).then_some(())
     }
 }
 

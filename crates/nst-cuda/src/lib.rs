@@ -22,6 +22,7 @@
 //! cudarc panics when a call needs a library it cannot load, so every entry point checks
 //! `is_culib_present()` for the driver, NVRTC and cuBLAS before touching anything else.
 
+pub mod algorithm_cache;
 pub mod blas;
 pub mod conv_choice;
 pub mod cudnn;

@@ -9,9 +9,10 @@
 //! Names: a kernel's name; `sgemm M×K×N` (per shape, so the Gram matrices, their gradients
 //! and the im2col products show apart); `cudnn forward` / `cudnn backward-data` with the
 //! convolution's channels and input size; and the one-off costs: `conv algorithm search: …`
-//! (cuDNN's `cudnnFind*`, once per shape that searches) and `conv algorithm heuristics: …`
-//! (its `cudnnGet*_v7`; see [`crate::conv_choice`]), and `nvrtc compile + module load` (once
-//! per process).
+//! (cuDNN's `cudnnFind*`, once per shape that searches), `conv algorithm heuristics: …`
+//! (its `cudnnGet*_v7`) and `conv algorithm remembered: …` (a choice from an earlier run,
+//! taking no time; see [`crate::conv_choice`]), and `nvrtc compile + module load` (once per
+//! process).
 //! The `nst` command prints the table at its end (with the one-off costs);
 //! `xtask bench-worker` after its warm-up (without them).
 
