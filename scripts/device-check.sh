@@ -12,8 +12,8 @@
 # skipping), including the PyTorch float64 reference tests of VGG-19, the losses and L-BFGS
 # run on CUDA; the L-BFGS trace with cuDNN's algorithm choices logged, and without cuDNN;
 # compute-sanitizer memcheck on the kernel parity tests; nst on the README example with
-# --device cuda at tf32 (twice: the same bits?), fp32, and tf32 searching for algorithms at
-# every scale (the images and reports); one 4096² iteration (peak GPU memory); the GPU time
+# --device cuda at tf32 (twice: the same bits?), fp32, and tf32 searching for every shape's
+# algorithms (the images and reports); one 4096² iteration (peak GPU memory); the GPU time
 # per operation (NST_CUDA_PROFILE=1); the bench, ours against PyTorch on CUDA at 512², 1024²
 # and 2048², then on the CPU at 512².
 set -uo pipefail
@@ -29,6 +29,7 @@ step() { echo; echo "== $* ($(date +%T))"; }
 # cuDNN's measured algorithm choices are kept between runs (nst-cuda's algorithm_cache): keep
 # them here, not in this machine's ~/.cache, and give the steps that measure the search their
 # own empty folder. The folders go into the pack: they list what cuDNN chose.
+rm -rf "$OUT/cache"
 export NST_CACHE_DIR="$OUT/cache/tests"
 
 # cudarc loads libcuda, libnvrtc, libcublas (and cuDNN) by name: add the pip CUDA wheels'
@@ -100,12 +101,12 @@ else
     echo "compute-sanitizer not found (not on PATH nor in /usr/local/cuda/bin)"
 fi
 
-step "nst on the README example, --device cuda (tf32, the default, twice, then fp32, then tf32 searching at every scale)"
+step "nst on the README example, --device cuda (tf32 twice, fp32, tf32 searching every shape)"
 # tf32 searches for the final scale's algorithms and keeps them; tf32_again takes them from
 # the cache (what that saves: compare the final scale's time before its first step).
-# tf32_search_all: cuDNN's algorithm search at every scale (NST_SEARCH_EVERY_SCALE=1), not
-# only at the final one, with an empty cache: what the heuristic picks of the early scales
-# save in one-off time and cost in iterations (compare its lines with tf32's).
+# tf32_search_all: cuDNN's algorithm search for every shape (NST_SEARCH_EVERY_SCALE=1: every
+# scale's and the targets', as before the heuristic picks), with an empty cache: what the
+# heuristic picks save in one-off time and cost in iterations (compare its lines with tf32's).
 for run in tf32 tf32_again fp32 tf32_search_all; do
     precision=${run%%_*}
     search_all=0; cache="$OUT/cache/readme"
@@ -159,13 +160,14 @@ for cfg in "tf32 512" "fp32 512" "tf32 2048"; do
     echo "-- $precision $size² (rc=$?)"; head -25 "$OUT/logs/profile_${precision}_$size.txt"
 done
 
-step "the README example with NST_CUDA_PROFILE=1 (one-off costs: NVRTC, cuDNN's algorithm choice per shape)"
+step "the README example with NST_CUDA_PROFILE=1 (one-off costs: NVRTC, algorithm choices)"
 NST_CACHE_DIR="$OUT/cache/profile-readme" NST_CUDA_PROFILE=1 \
     timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
     -s examples/style_vangogh_starry_night.jpg -o "$OUT/logs/profiled.png" --device cuda -q \
     2>"$OUT/logs/profile_readme.txt"
 echo "rc=$?"; head -30 "$OUT/logs/profile_readme.txt"
-for what in "conv algorithm search" "conv algorithm heuristics" "conv algorithm remembered" "nvrtc"; do
+for what in "conv algorithm search" "conv algorithm heuristics" "conv algorithm remembered" \
+    "nvrtc"; do
     grep -F "× $what" "$OUT/logs/profile_readme.txt" | awk -v what="$what" \
         '{ms += $1; n += $4} END { printf "one-off, %s: %.0f ms in %d calls\n", what, ms, n }'
 done
@@ -177,7 +179,7 @@ timeout 360 "$BIN/xtask" bench --device cuda --sizes "${NST_BENCH_SIZES:-512,102
     --iters "${NST_BENCH_ITERS:-10}" --peer 2>"$OUT/logs/bench.log" | tee "$OUT/bench.md"
 cp target/bench/bench.json "$OUT/bench.json" 2>/dev/null
 
-step "PyTorch alone: would NHWC (channels_last) or cuDNN's deterministic algorithms change its time?"
+step "PyTorch alone: how much NHWC (channels_last) or deterministic algorithms change its time"
 # What decides the next GPU work: cuDNN's tensor-core convolutions prefer NHWC, and nst (like
 # this peer) keeps NCHW; nst also takes deterministic algorithms where PyTorch does not. The
 # same pixels and iterations as the bench above (target/bench/*.f32), whose PyTorch rows are
@@ -185,7 +187,8 @@ step "PyTorch alone: would NHWC (channels_last) or cuDNN's deterministic algorit
 for cfg in "512 on channels_last" "1024 on channels_last" "1024 off channels_last" \
     "1024 off nchw --deterministic"; do
     read -r size tf32 format flag <<<"$cfg"
-    [ -f "target/bench/content_$size.f32" ] || { echo "no target/bench/content_$size.f32"; continue; }
+    input="target/bench/content_$size.f32"
+    [ -f "$input" ] || { echo "no $input"; continue; }
     result=$(timeout 60 "$PY" xtask/peer/torch_nst.py --weights weights/vgg19.safetensors \
         --content "target/bench/content_$size.f32" --style "target/bench/style_$size.f32" \
         --size "$size" --iters "${NST_BENCH_ITERS:-10}" --threads 16 --device cuda --tf32 "$tf32" \

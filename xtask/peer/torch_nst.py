@@ -116,7 +116,8 @@ def main():
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
-    vgg = [(n, w.to(dev).contiguous(memory_format=fmt), b.to(dev)) for n, w, b in load_vgg(args.weights)]
+    vgg = [(n, w.to(dev).contiguous(memory_format=fmt), b.to(dev))
+           for n, w, b in load_vgg(args.weights)]
     s = args.size
 
     def image(path):
@@ -126,7 +127,8 @@ def main():
     wanted = set(STYLE_LAYERS) | {CONTENT_LAYER}
     with torch.no_grad():
         target_c = features(vgg, content, wanted, fmt)[CONTENT_LAYER].clone()
-        target_s = {k: gram_hat(v) for k, v in features(vgg, style, wanted, fmt).items() if k in STYLE_LAYERS}
+        style_features = features(vgg, style, wanted, fmt)
+        target_s = {k: gram_hat(v) for k, v in style_features.items() if k in STYLE_LAYERS}
 
     x = content.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([x], lr=1, max_iter=1, history_size=100)

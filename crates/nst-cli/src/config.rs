@@ -136,9 +136,9 @@ pub struct Config {
     /// Convolution algorithm (from `NST_CONV`; the backend's fastest by default).
     #[serde(serialize_with = "display")]
     pub conv_algorithm: ConvAlgorithm,
-    /// On a GPU, search for the fastest convolution algorithms at every scale
-    /// (`NST_SEARCH_EVERY_SCALE=1`), not only at the final one: to measure what the search
-    /// costs and saves (see `pipeline::algorithm_search`).
+    /// On a GPU, search for the fastest convolution algorithms of every shape, the targets'
+    /// and every scale's (`NST_SEARCH_EVERY_SCALE=1`), not only the final scale's image: to
+    /// measure what the search costs and saves (see `pipeline::algorithm_search`).
     pub search_every_scale: bool,
 }
 

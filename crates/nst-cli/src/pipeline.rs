@@ -652,12 +652,16 @@ fn optimise(
 /// search for their fastest algorithms at the final scale only, and everything else takes
 /// cuDNN's heuristic pick (see `nst_cuda::conv_choice`). A search runs every candidate
 /// algorithm of each new shape once; the final scale's iterations pay for it, an early
-/// scale's far fewer and smaller ones may not. With `search_every_scale`, every scale's image
-/// searches (PyTorch's `cudnn.benchmark` searches every shape).
+/// scale's far fewer and smaller ones may not. With `search_every_scale`, every shape
+/// searches, the targets' too (as before this rule, and as PyTorch's `cudnn.benchmark` does).
 fn algorithm_search(cfg: &Config, device: &Device, final_scale: bool) -> (Device, Device) {
+    let measured = device.with_algorithm_search(AlgorithmSearch::Measured);
+    if cfg.search_every_scale {
+        return (measured.clone(), measured);
+    }
     let heuristic = device.with_algorithm_search(AlgorithmSearch::Heuristic);
-    let image = if final_scale || cfg.search_every_scale {
-        device.with_algorithm_search(AlgorithmSearch::Measured)
+    let image = if final_scale {
+        measured
     } else {
         heuristic.clone()
     };

@@ -256,9 +256,11 @@ fn algorithms_are_searched_for_at_the_final_scale_only() {
             path_str(&rep),
         ],
     );
+    // No remembered choices (a developer's NST_CACHE_DIR would give the final scale's).
     let env = [
         ("NST_CUDA_PROFILE", "1"),
         ("NST_EMULATOR_CONV_LIBRARY", "1"),
+        ("NST_CACHE_DIR", ""),
     ];
     let o = run_ok_with_env(&args, &env);
     let choices = algorithm_choices(&String::from_utf8_lossy(&o.stderr));
@@ -309,8 +311,8 @@ fn algorithms_are_searched_for_at_the_final_scale_only() {
     );
     assert!(has("heuristics", &first_conv(1, "forward")), "{choices:?}");
 
-    // NST_SEARCH_EVERY_SCALE=1: the first scale's image searches too.
-    let env = [("NST_SEARCH_EVERY_SCALE", "1"), env[0], env[1]];
+    // NST_SEARCH_EVERY_SCALE=1: every shape searches, the first scale's and the targets'.
+    let env = [("NST_SEARCH_EVERY_SCALE", "1"), env[0], env[1], env[2]];
     let o = run_ok_with_env(&args, &env);
     let choices = algorithm_choices(&String::from_utf8_lossy(&o.stderr));
     let has = |how: &str, what: &str| choices.iter().any(|(_, n)| *n == format!("{how}: {what}"));
@@ -322,6 +324,8 @@ fn algorithms_are_searched_for_at_the_final_scale_only() {
         has("search", &first_conv(1, "backward-data")),
         "{choices:?}"
     );
+    let heuristic = choices.iter().find(|(_, n)| n.starts_with("heuristics: "));
+    assert!(heuristic.is_none(), "{choices:?}");
 }
 
 /// A search's result is kept on disk (`NST_CACHE_DIR`, standing in for `~/.cache/nst`): the
@@ -363,6 +367,20 @@ fn measured_algorithms_are_remembered_by_the_next_run() {
     let second = choices(&args);
     assert_eq!(count(&second, "search: "), 0, "{second:?}");
     assert_eq!(count(&second, "remembered: "), searched, "{second:?}");
+    // The heuristic picks (the targets' features, here the content's at the image's shapes
+    // among them) are made as in the first run: what a run computes does not depend on what
+    // earlier runs measured.
+    let heuristics = |c: &[(u64, String)]| -> Vec<String> {
+        let mut h: Vec<_> = c
+            .iter()
+            .filter(|(_, n)| n.starts_with("heuristics: "))
+            .map(|(_, n)| n.clone())
+            .collect();
+        h.sort();
+        h
+    };
+    assert!(!heuristics(&first).is_empty(), "{first:?}");
+    assert_eq!(heuristics(&first), heuristics(&second));
 
     // The default is tf32; f32 convolutions are other choices.
     let fp32 = choices(&with(args.clone(), &["--precision", "fp32"]));

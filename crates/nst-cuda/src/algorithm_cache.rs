@@ -5,14 +5,19 @@
 //! One text file, `conv-algorithms-v1.tsv` in the cache folder ([`default_dir`]), one line a
 //! choice: the library (GPU, driver and cuDNN versions: a choice is valid only where it was
 //! measured), the shape, the algorithm's number and its workspace in bytes. Lines that do not
-//! parse are skipped. Writes go to a temporary file renamed over the old one, merged with
-//! what other processes wrote meanwhile, so a crash or a concurrent run never leaves a torn
-//! file. A cache that cannot be read or written changes nothing but speed: it is never an
-//! error (`NST_CUDNN_LOG=1` says why it was not written).
+//! parse are skipped, and a remembered algorithm the library no longer runs for its shape is
+//! searched for again (see [`crate::conv_choice`]). A process writes only what it measured
+//! itself, into the file as it is at that moment, through a new temporary file renamed over
+//! the old one: a crash never leaves a torn file, and a concurrent run loses at most a line
+//! (no lock), which only costs a search. A cache that cannot be read or written changes
+//! nothing but speed: it is never an error (`NST_CUDNN_LOG=1` says why it was not written).
 
 use crate::conv_choice::ChoiceKey;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The file's name in the cache folder (the version changes with its format).
@@ -25,13 +30,18 @@ const MOST_LINES: usize = 10_000;
 /// The cache folder: `$NST_CACHE_DIR` (empty: no cache), else `$XDG_CACHE_HOME/nst`, else
 /// `$HOME/.cache/nst`.
 pub fn default_dir() -> Option<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    match std::env::var_os("NST_CACHE_DIR") {
+    dir_from(|name| std::env::var_os(name))
+}
+
+/// [`default_dir`] with the environment read through `var`.
+fn dir_from(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let set = |name| var(name).filter(|v| !v.is_empty());
+    match var("NST_CACHE_DIR") {
         Some(dir) if dir.is_empty() => None,
         Some(dir) => Some(PathBuf::from(dir)),
-        None => var("XDG_CACHE_HOME")
+        None => set("XDG_CACHE_HOME")
             .map(|d| PathBuf::from(d).join("nst"))
-            .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/nst"))),
+            .or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".cache/nst"))),
     }
 }
 
@@ -42,8 +52,15 @@ pub(crate) struct AlgorithmCache {
     file: Option<PathBuf>,
     /// The library's identity: the first field of its lines.
     library: String,
-    /// Algorithm number and workspace bytes, by [`key_text`].
-    entries: Mutex<HashMap<String, (u32, usize)>>,
+    entries: Mutex<Known>,
+}
+
+/// What a process knows: algorithm number and workspace bytes by [`key_text`], and the keys
+/// it measured itself (the lines it writes).
+#[derive(Default)]
+struct Known {
+    choices: HashMap<String, (u32, usize)>,
+    measured_here: HashSet<String>,
 }
 
 impl Default for AlgorithmCache {
@@ -59,7 +76,7 @@ impl AlgorithmCache {
         AlgorithmCache {
             file: None,
             library: String::new(),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::default(),
         }
     }
 
@@ -80,22 +97,29 @@ impl AlgorithmCache {
         AlgorithmCache {
             file,
             library,
-            entries: Mutex::new(entries),
+            entries: Mutex::new(Known {
+                choices: entries,
+                measured_here: HashSet::new(),
+            }),
         }
     }
 
     /// The algorithm number and workspace measured for `key`, if any.
     pub(crate) fn get(&self, key: &ChoiceKey) -> Option<(u32, usize)> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(&key_text(key)).copied()
+        entries.choices.get(&key_text(key)).copied()
     }
 
-    /// Keeps a measured choice, in memory and in the file (merged with what is there now).
+    /// Keeps a choice this process measured, in memory and in the file (merged with what is
+    /// there now).
     pub(crate) fn put(&self, key: &ChoiceKey, algo: u32, workspace: usize) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.insert(key_text(key), (algo, workspace));
+        let mut known = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let key = key_text(key);
+        known.choices.insert(key.clone(), (algo, workspace));
+        known.measured_here.insert(key);
         if let Some(file) = &self.file {
-            if let Err(e) = self.write(file, &entries) {
+            let mine = known.measured_here.iter().map(|k| (k, known.choices[k]));
+            if let Err(e) = self.write(file, mine.collect()) {
                 if std::env::var("NST_CUDNN_LOG").is_ok_and(|v| v == "1") {
                     eprintln!("cuDNN: could not keep the algorithm choices in {file:?}: {e}");
                 }
@@ -103,33 +127,43 @@ impl AlgorithmCache {
         }
     }
 
-    /// The file's lines of every library, with this library's `entries` over its own.
-    fn write(&self, file: &Path, entries: &HashMap<String, (u32, usize)>) -> std::io::Result<()> {
-        let ours = |(key, (algo, ws)): (&String, &(u32, usize))| {
-            format!("{}\t{key}\t{algo}\t{ws}\n", self.library)
-        };
+    /// The file as it is now, with `mine` (this process's measurements) over the same keys
+    /// of this library.
+    fn write(&self, file: &Path, mine: HashMap<&String, (u32, usize)>) -> std::io::Result<()> {
+        static WRITES: AtomicU64 = AtomicU64::new(0);
         let mut lines: Vec<String> = std::fs::read_to_string(file)
             .unwrap_or_default()
             .lines()
             .filter(|l| {
                 split(l).is_some_and(|(lib, key, ..)| {
-                    !(lib == self.library && entries.contains_key(key))
+                    !(lib == self.library && mine.contains_key(&key.to_string()))
                 })
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        if lines.len() + entries.len() > MOST_LINES {
+        if lines.len() + mine.len() > MOST_LINES {
             lines.clear();
         }
-        let mut mine: Vec<String> = entries.iter().map(ours).collect();
-        mine.sort();
-        lines.extend(mine);
+        let mut ours: Vec<String> = mine
+            .iter()
+            .map(|(key, (algo, ws))| format!("{}\t{key}\t{algo}\t{ws}\n", self.library))
+            .collect();
+        ours.sort();
+        lines.extend(ours);
         std::fs::create_dir_all(file.parent().unwrap_or(Path::new(".")))?;
-        let partial = file.with_extension(format!("partial-{}", std::process::id()));
-        std::fs::write(&partial, lines.concat())?;
-        std::fs::rename(&partial, file).inspect_err(|_| {
+        // A name no one else uses, created new (never through a link someone planted).
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let partial = file.with_extension(format!("partial-{}-{n}", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .and_then(|mut f| f.write_all(lines.concat().as_bytes()))
+            .and_then(|()| std::fs::rename(&partial, file));
+        if written.is_err() {
             let _ = std::fs::remove_file(&partial);
-        })
+        }
+        written
     }
 }
 
@@ -235,6 +269,24 @@ mod tests {
     }
 
     #[test]
+    fn a_process_writes_only_what_it_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        AlgorithmCache::open(Some(dir.path()), "GPU").put(&key(4, Direction::Forward), 6, 0);
+        // a read the file before b measured the same shape again; a's own later write keeps
+        // b's newer line.
+        let a = AlgorithmCache::open(Some(dir.path()), "GPU");
+        let b = AlgorithmCache::open(Some(dir.path()), "GPU");
+        b.put(&key(4, Direction::Forward), 7, 0);
+        a.put(&key(8, Direction::Forward), 1, 0);
+        let c = AlgorithmCache::open(Some(dir.path()), "GPU");
+        assert_eq!(c.get(&key(4, Direction::Forward)), Some((7, 0)));
+        assert_eq!(c.get(&key(8, Direction::Forward)), Some((1, 0)));
+        // No temporary files are left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
     fn lines_that_do_not_parse_are_skipped_and_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let good = format!("GPU\t{}\t3\t128\n", key_text(&key(4, Direction::Forward)));
@@ -261,28 +313,31 @@ mod tests {
         assert_eq!(c.get(&key(4, Direction::Forward)), Some((1, 2)));
     }
 
+    /// An environment of `pairs` for [`dir_from`].
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            let found = pairs.iter().find(|(n, _)| *n == name);
+            found.map(|(_, v)| OsString::from(v))
+        }
+    }
+
     #[test]
     fn the_cache_folder_follows_the_environment() {
-        // Read by the process as a whole: set here only in this test, restored after.
-        let saved: Vec<_> = ["NST_CACHE_DIR", "XDG_CACHE_HOME", "HOME"]
-            .iter()
-            .map(|v| (*v, std::env::var_os(v)))
-            .collect();
-        std::env::set_var("NST_CACHE_DIR", "/x/nst-cache");
-        assert_eq!(default_dir(), Some(PathBuf::from("/x/nst-cache")));
-        std::env::set_var("NST_CACHE_DIR", "");
-        assert_eq!(default_dir(), None);
-        std::env::remove_var("NST_CACHE_DIR");
-        std::env::set_var("XDG_CACHE_HOME", "/x/cache");
-        assert_eq!(default_dir(), Some(PathBuf::from("/x/cache/nst")));
-        std::env::remove_var("XDG_CACHE_HOME");
-        std::env::set_var("HOME", "/home/u");
-        assert_eq!(default_dir(), Some(PathBuf::from("/home/u/.cache/nst")));
-        for (var, value) in saved {
-            match value {
-                Some(v) => std::env::set_var(var, v),
-                None => std::env::remove_var(var),
-            }
-        }
+        let all = [
+            ("NST_CACHE_DIR", "/x/nst-cache"),
+            ("XDG_CACHE_HOME", "/x/cache"),
+            ("HOME", "/home/u"),
+        ];
+        assert_eq!(dir_from(env(&all)), Some(PathBuf::from("/x/nst-cache")));
+        let off = [("NST_CACHE_DIR", ""), ("HOME", "/home/u")];
+        assert_eq!(dir_from(env(&off)), None);
+        let xdg = [("XDG_CACHE_HOME", "/x/cache"), ("HOME", "/home/u")];
+        assert_eq!(dir_from(env(&xdg)), Some(PathBuf::from("/x/cache/nst")));
+        let home = [("XDG_CACHE_HOME", ""), ("HOME", "/home/u")];
+        assert_eq!(
+            dir_from(env(&home)),
+            Some(PathBuf::from("/home/u/.cache/nst"))
+        );
+        assert_eq!(dir_from(env(&[])), None);
     }
 }

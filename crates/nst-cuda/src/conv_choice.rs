@@ -9,8 +9,10 @@
 //! - a **heuristic** choice (the library's own ranking, nothing run: `cudnnGet*_v7`) serves
 //!   heuristic calls only. The first measured call of that shape searches, and its result
 //!   replaces the heuristic one. A heuristic choice that fails falls back to a search.
-//! - a choice **measured in an earlier run** ([`crate::algorithm_cache`]) is taken by either
-//!   kind of call, before anything else: it costs nothing and is the measured best.
+//! - a choice **measured in an earlier run** ([`crate::algorithm_cache`]) serves a call that
+//!   wants a search (or whose heuristics failed) instead of the search, once the library says
+//!   it still runs it and with what workspace. Heuristic calls never take it, so what a run
+//!   computes does not depend on what earlier runs measured.
 //!
 //! Why both: a search runs every candidate (about eight per direction) on the real operands,
 //! synchronising around each, so it pays only for a shape used many times: the iterations
@@ -72,48 +74,58 @@ pub(crate) struct Chosen<A> {
 }
 
 /// The algorithm and workspace for a call that wants `wanted` for `key`: the one in `slot`
-/// when it serves (see the module docs), else one measured before (in this process or an
-/// earlier one: `cache`), else a new choice by `measure` (then kept in `cache`) or
-/// `heuristic`. The result is stored in `slot`. Time `measure` and `heuristic` with
-/// [`timed`]; a choice from the cache is counted in the profile as
-/// `conv algorithm remembered: …`, taking no time.
+/// when it serves (see the module docs); else, for a heuristic call, the `heuristic` pick;
+/// else (a call that wants a search, or failed heuristics) one measured in an earlier run
+/// (`cache`) that the library can still run (`workspace_of` gives its workspace, or `None`),
+/// else a new search by `measure`, kept in `cache`. The result is stored in `slot`. Time
+/// `measure` and `heuristic` with [`timed`]; a choice from the cache is counted in the
+/// profile as `conv algorithm remembered: …`, taking no time.
+///
+/// Only calls that want a search take a remembered choice: a heuristic call takes the
+/// heuristic pick whatever the cache holds, so that what a run computes does not depend on
+/// what earlier runs measured (at the final scale, the content's features have the image's
+/// shapes and are computed first, with the heuristic pick, in every run).
 pub(crate) fn choose_once<A: AlgorithmId>(
     slot: &mut Option<Chosen<A>>,
     wanted: AlgorithmSearch,
     (cache, key): (&AlgorithmCache, &ChoiceKey),
-    measure: impl FnOnce() -> GpuResult<(A, usize)>,
-    heuristic: impl FnOnce() -> GpuResult<(A, usize)>,
+    (measure, heuristic, workspace_of): (
+        impl FnOnce() -> GpuResult<(A, usize)>,
+        impl FnOnce() -> GpuResult<(A, usize)>,
+        impl FnOnce(A) -> Option<usize>,
+    ),
 ) -> GpuResult<(A, usize)> {
     if let Some(c) = *slot {
         if c.by == AlgorithmSearch::Measured || wanted == AlgorithmSearch::Heuristic {
             return Ok((c.algo, c.workspace));
         }
     }
-    let remembered = cache
-        .get(key)
-        .and_then(|(id, workspace)| Some((A::from_id(id)?, workspace)));
-    let heuristic_pick = match (remembered, wanted) {
-        (None, AlgorithmSearch::Heuristic) => heuristic().ok(),
-        _ => None,
+    let heuristic_pick = match wanted {
+        AlgorithmSearch::Heuristic => heuristic().ok(),
+        AlgorithmSearch::Measured => None,
     };
-    let (by, (algo, workspace)) = match (remembered, heuristic_pick) {
-        (Some(pick), _) => {
-            let name = || {
-                format!(
-                    "conv algorithm remembered: {} {}",
-                    key.direction,
-                    conv_name(&key.p)
-                )
-            };
-            crate::profile::record(name, std::time::Duration::ZERO);
-            (AlgorithmSearch::Measured, pick)
-        }
-        (None, Some(pick)) => (AlgorithmSearch::Heuristic, pick),
-        (None, None) => {
-            let (algo, workspace) = measure()?;
-            cache.put(key, algo.id(), workspace);
-            (AlgorithmSearch::Measured, (algo, workspace))
-        }
+    let remembered = || {
+        let (id, _) = cache.get(key)?;
+        let algo = A::from_id(id)?;
+        Some((algo, workspace_of(algo)?))
+    };
+    let (by, (algo, workspace)) = match heuristic_pick {
+        Some(pick) => (AlgorithmSearch::Heuristic, pick),
+        None => match remembered() {
+            Some(pick) => {
+                let name = || {
+                    let shape = conv_name(&key.p);
+                    format!("conv algorithm remembered: {} {shape}", key.direction)
+                };
+                crate::profile::record(name, std::time::Duration::ZERO);
+                (AlgorithmSearch::Measured, pick)
+            }
+            None => {
+                let (algo, workspace) = measure()?;
+                cache.put(key, algo.id(), workspace);
+                (AlgorithmSearch::Measured, (algo, workspace))
+            }
+        },
     };
     *slot = Some(Chosen {
         algo,
@@ -202,13 +214,14 @@ mod tests {
                 Ok((2, 32))
             }
         };
-        choose_once(slot, wanted, (cache, &key()), measure, heuristic)
-            .unwrap()
-            .0
+        // The library runs every algorithm but 5, with a 16-byte workspace.
+        let workspace_of = |algo: u32| (algo != 5).then_some(16);
+        let ways = (measure, heuristic, workspace_of);
+        choose_once(slot, wanted, (cache, &key()), ways).unwrap().0
     }
 
     #[test]
-    fn a_choice_measured_before_is_taken_without_a_search_or_the_heuristics() {
+    fn a_choice_measured_before_serves_searches_only() {
         let dir = tempfile::tempdir().unwrap();
         let counts = (Cell::new(0), Cell::new(0));
         let first = AlgorithmCache::open(Some(dir.path()), "GPU");
@@ -217,25 +230,54 @@ mod tests {
             1
         );
         assert_eq!((counts.0.get(), counts.1.get()), (1, 0));
-        // Another process: both kinds of request take the measured choice, nothing runs.
+        // Another process: a search takes the measured choice, with the workspace the library
+        // gives now; a heuristic call takes the heuristic pick all the same, so a run
+        // computes the same whatever the cache holds.
         let later = AlgorithmCache::open(Some(dir.path()), "GPU");
-        for wanted in [AlgorithmSearch::Measured, AlgorithmSearch::Heuristic] {
-            let mut slot = None;
-            assert_eq!(run_cached(&mut slot, wanted, false, &counts, &later), 1);
-            assert_eq!(slot.unwrap().by, AlgorithmSearch::Measured);
-        }
-        assert_eq!((counts.0.get(), counts.1.get()), (1, 0));
-        // A number the library does not have is not taken: a new search replaces it.
-        let odd = AlgorithmCache::open(Some(dir.path()), "GPU");
-        odd.put(&key(), 99, 0);
+        let mut slot = None;
         assert_eq!(
-            run_cached(&mut None, AlgorithmSearch::Measured, false, &counts, &odd),
+            run_cached(&mut slot, AlgorithmSearch::Measured, false, &counts, &later),
             1
         );
-        assert_eq!((counts.0.get(), counts.1.get()), (2, 0));
-        let after = AlgorithmCache::open(Some(dir.path()), "GPU");
-        assert_eq!(after.get(&key()), Some((1, 64)));
+        assert_eq!(slot.unwrap().workspace, 16);
+        assert_eq!(
+            run_cached(
+                &mut None,
+                AlgorithmSearch::Heuristic,
+                false,
+                &counts,
+                &later
+            ),
+            2
+        );
+        assert_eq!((counts.0.get(), counts.1.get()), (1, 1));
+        // Failed heuristics take it too, as a search would.
+        assert_eq!(
+            run_cached(&mut None, AlgorithmSearch::Heuristic, true, &counts, &later),
+            1
+        );
+        assert_eq!((counts.0.get(), counts.1.get()), (1, 2));
     }
+
+    #[test]
+    fn a_remembered_choice_the_library_cannot_run_is_searched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let counts = (Cell::new(0), Cell::new(0));
+        // A number the library does not have, then one it no longer runs (5).
+        for stale in [99, 5] {
+            let cache = AlgorithmCache::open(Some(dir.path()), "GPU");
+            cache.put(&key(), stale, 0);
+            let cache = AlgorithmCache::open(Some(dir.path()), "GPU");
+            assert_eq!(
+                run_cached(&mut None, AlgorithmSearch::Measured, false, &counts, &cache),
+                1
+            );
+            let after = AlgorithmCache::open(Some(dir.path()), "GPU");
+            assert_eq!(after.get(&key()), Some((1, 64)));
+        }
+        assert_eq!((counts.0.get(), counts.1.get()), (2, 0));
+    }
+
     #[test]
     fn a_measured_choice_serves_every_later_call() {
         let counts = (Cell::new(0), Cell::new(0));

@@ -12,11 +12,14 @@
 //! TF32 off).
 //!
 //! First run on a GPU on 2026-11-28 (an H200, cuDNN 9.14): the CUDA tests, the reference
-//! tests and the README example pass through it (`scripts/device-check.sh`). The code around
-//! it (bias, ReLU, accumulation, batches) is also tested through the same interface in the
-//! emulator ([`ConvEngine`] implemented with nst-cpu's convolution). `NST_CUDNN=0` turns it
-//! off (every convolution then takes the im2col + cuBLAS path); `NST_CUDNN_LOG=1` prints each
-//! algorithm chosen.
+//! tests and the README example passed through it then (`scripts/device-check.sh`). Added
+//! since, and not yet run on a GPU: the heuristic picks (`cudnnGet*_v7`), the results read as
+//! numbers (`RawResult`), the workspace query of a remembered choice and the choices kept
+//! on disk. The code around it (bias, ReLU, accumulation, batches, the choice rule) is also
+//! tested through the same interface in the emulator ([`ConvEngine`] implemented with
+//! nst-cpu's convolution). `NST_CUDNN=0` turns it off (every convolution then takes the
+//! im2col + cuBLAS path); `NST_CUDNN_LOG=1` prints each search's and heuristic pick's
+//! algorithm.
 
 use crate::algorithm_cache::AlgorithmCache;
 use crate::conv_choice::{self, choose_once, AlgorithmId, ChoiceKey, Chosen, Direction};
@@ -45,30 +48,61 @@ fn check(what: &str, status: cudnnStatus_t) -> GpuResult<()> {
 /// How many algorithms a `cudnnFind*` or `cudnnGet*_v7` call may report.
 const SEARCHED: usize = 8;
 
-/// What [`choose`] reads from one `cudnnFind*` or `cudnnGet*_v7` result.
+/// One result of a `cudnnFind*` or `cudnnGet*_v7` call as cuDNN writes it
+/// (`cudnnConvolutionFwdAlgoPerf_t` or `cudnnConvolutionBwdDataAlgoPerf_t`, which have the
+/// same fields), every enum read as its number: a cuDNN newer than cudarc's bindings may write
+/// a value their Rust enums lack, and reading that as the enum would be undefined behaviour.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawResult {
+    algo: u32,
+    status: u32,
+    time: f32,
+    memory: usize,
+    determinism: u32,
+    math: u32,
+    reserved: [i32; 3],
+}
+
+// The layout cuDNN writes into (checked against cudarc's definitions).
+const _: () = assert!(
+    std::mem::size_of::<RawResult>() == std::mem::size_of::<cudnnConvolutionFwdAlgoPerf_t>()
+        && std::mem::size_of::<RawResult>()
+            == std::mem::size_of::<cudnnConvolutionBwdDataAlgoPerf_t>()
+        && std::mem::align_of::<RawResult>()
+            == std::mem::align_of::<cudnnConvolutionFwdAlgoPerf_t>()
+);
+
+/// What [`choose`] reads from one result.
 struct Found<A> {
-    status: cudnnStatus_t,
+    /// The algorithm ran (a search) or is supported (the heuristics).
+    ok: bool,
     memory: usize,
     algo: A,
     deterministic: bool,
-    math: cudnnMathType_t,
+    tensor_cores: bool,
 }
 
-/// A `cudnnFind*` or `cudnnGet*_v7` call's results as [`Found`] (forward and backward-data
-/// results have the same fields in two types).
-macro_rules! found {
-    ($results:expr) => {
-        $results
-            .iter()
-            .map(|r| Found {
-                status: r.status,
+/// The results of one call as [`Found`], leaving out algorithms cuDNN numbers but nst does
+/// not know.
+fn found<A: AlgorithmId>(results: &[RawResult]) -> Vec<Found<A>> {
+    const SUCCESS: u32 = cudnnStatus_t::CUDNN_STATUS_SUCCESS as u32;
+    const DETERMINISTIC: u32 = sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC as u32;
+    const FMA: u32 = cudnnMathType_t::CUDNN_FMA_MATH as u32;
+    const DEFAULT: u32 = cudnnMathType_t::CUDNN_DEFAULT_MATH as u32;
+    results
+        .iter()
+        .filter_map(|r| {
+            Some(Found {
+                ok: r.status == SUCCESS,
                 memory: r.memory,
-                algo: r.algo,
-                deterministic: r.determinism == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC,
-                math: r.mathType,
+                algo: A::from_id(r.algo)?,
+                deterministic: r.determinism == DETERMINISTIC,
+                // The two tensor-op math types, or one this cuDNN added: not f32.
+                tensor_cores: r.math != FMA && r.math != DEFAULT,
             })
-            .collect::<Vec<_>>()
-    };
+        })
+        .collect()
 }
 
 /// The first algorithm in cuDNN's order (fastest measured first, or the heuristics' ranking)
@@ -78,8 +112,9 @@ macro_rules! found {
 ///   nondeterministic backward-data algorithm (atomic adds in a varying order) changes the
 ///   gradient's last bits from one call to the next, and L-BFGS carries such differences on
 ///   and grows them (the H200's f32 summation order moved the reference trace by 1.2e-2 at
-///   iterate 9: `nst-optim/tests/reference.rs`). Two runs give the same bits when cuDNN's
-///   timing picks the same algorithms; it measures them afresh in each process. Measured
+///   iterate 9: `nst-optim/tests/reference.rs`). Two runs give the same bits when they use
+///   the same algorithms (searches measure afresh in each process, so the measured choices
+///   are kept on disk: [`crate::algorithm_cache`]). Measured
 ///   on an H200 (cuDNN 9.14), between two runs that also differed in the reductions: fp32
 ///   14% slower (16.3 → 18.6 ms per iteration at 512², 57.9 → 66.2 at 1024²), tf32 within
 ///   2% (6.1 → 6.1–6.3, 17.8 → 18.1–18.2).
@@ -96,25 +131,16 @@ fn choose<A: Copy + std::fmt::Debug>(
     what: &str,
     tf32: bool,
 ) -> GpuResult<(A, usize)> {
-    let usable = |r: &&Found<A>| {
-        r.status == cudnnStatus_t::CUDNN_STATUS_SUCCESS && r.memory <= WORKSPACE_LIMIT
-    };
-    let tensor_cores = |r: &&Found<A>| {
-        matches!(
-            r.math,
-            cudnnMathType_t::CUDNN_TENSOR_OP_MATH
-                | cudnnMathType_t::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
-        )
-    };
-    let wanted = |r: &&Found<A>| usable(r) && (tf32 || !tensor_cores(r));
+    let usable = |r: &&Found<A>| r.ok && r.memory <= WORKSPACE_LIMIT;
+    let wanted = |r: &&Found<A>| usable(r) && (tf32 || !r.tensor_cores);
     let pick = (results.iter().filter(wanted).find(|r| r.deterministic))
         .or_else(|| results.iter().find(wanted))
         .or_else(|| results.iter().find(usable));
     let r = pick.ok_or_else(|| format!("cuDNN found no {what} algorithm for this shape"))?;
     if std::env::var("NST_CUDNN_LOG").is_ok_and(|v| v == "1") {
         eprintln!(
-            "cuDNN {what}: {:?}, {} bytes of workspace, deterministic {}, {:?}",
-            r.algo, r.memory, r.deterministic, r.math
+            "cuDNN {what}: {:?}, {} bytes of workspace, deterministic {}, tensor cores {}",
+            r.algo, r.memory, r.deterministic, r.tensor_cores
         );
     }
     Ok((r.algo, r.memory))
@@ -217,7 +243,12 @@ impl Cudnn {
         // SAFETY: a fresh handle and the runtime's live stream (same CUstream type).
         unsafe { cudarc::cudnn::result::set_stream(handle, stream as _) }
             .map_err(|e| format!("cuDNN stream: {e:?}"))?;
-        let library = format!("{device}, {}, choice rule 1", describe_version(version));
+        // What a remembered choice depends on: the device, cuDNN, and `choose`'s rule (its
+        // preferences, bumped by hand when they change, and the workspace limit).
+        let library = format!(
+            "{device}, {}, choice rule 1 within {WORKSPACE_LIMIT} bytes",
+            describe_version(version)
+        );
         Ok(Cudnn {
             handle,
             version,
@@ -355,15 +386,15 @@ impl ConvEngine for Cudnn {
         let plan = self.plan(&mut plans, p, tf32)?;
         let (x_desc, w_desc, conv, y_desc) = (plan.x, plan.w, plan.conv, plan.y);
         let what = format!("forward {p:?}");
+        // The cuDNN calls below: valid descriptors; cuDNN writes at most SEARCHED results
+        // (RawResult has their layout). A search runs each algorithm on scratch memory of its
+        // own; the heuristics and the workspace query run nothing.
         let measure = || {
             let how = (AlgorithmSearch::Measured, Direction::Forward, p);
-            let found = conv_choice::timed(runtime, how, || {
-                // SAFETY: a plain C struct of enums and numbers, for which zero is valid.
-                let mut found: [cudnnConvolutionFwdAlgoPerf_t; SEARCHED] =
-                    unsafe { std::mem::zeroed() };
+            let results = conv_choice::timed(runtime, how, || {
+                let mut results = [RawResult::default(); SEARCHED];
                 let mut count = 0;
-                // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results. It runs
-                // each algorithm on scratch memory of its own.
+                // SAFETY: as above.
                 check("algorithm search", unsafe {
                     sys::cudnnFindConvolutionForwardAlgorithm(
                         self.handle,
@@ -371,24 +402,21 @@ impl ConvEngine for Cudnn {
                         w_desc,
                         conv,
                         y_desc,
-                        found.len() as i32,
+                        SEARCHED as i32,
                         &mut count,
-                        found.as_mut_ptr(),
+                        results.as_mut_ptr().cast(),
                     )
                 })?;
-                Ok(found!(found[..count as usize]))
+                Ok(found(&results[..count.clamp(0, SEARCHED as i32) as usize]))
             })?;
-            choose(&found, &what, tf32)
+            choose(&results, &what, tf32)
         };
         let heuristic = || {
             let how = (AlgorithmSearch::Heuristic, Direction::Forward, p);
             let ranked = conv_choice::timed(runtime, how, || {
-                // SAFETY: a plain C struct of enums and numbers, for which zero is valid.
-                let mut ranked: [cudnnConvolutionFwdAlgoPerf_t; SEARCHED] =
-                    unsafe { std::mem::zeroed() };
+                let mut results = [RawResult::default(); SEARCHED];
                 let mut count = 0;
-                // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results and runs
-                // nothing.
+                // SAFETY: as above.
                 check("algorithm heuristics", unsafe {
                     sys::cudnnGetConvolutionForwardAlgorithm_v7(
                         self.handle,
@@ -396,24 +424,43 @@ impl ConvEngine for Cudnn {
                         w_desc,
                         conv,
                         y_desc,
-                        ranked.len() as i32,
+                        SEARCHED as i32,
                         &mut count,
-                        ranked.as_mut_ptr(),
+                        results.as_mut_ptr().cast(),
                     )
                 })?;
-                Ok(found!(ranked[..count as usize]))
+                Ok(found(&results[..count.clamp(0, SEARCHED as i32) as usize]))
             });
             let what = format!("{what} (heuristic)");
             logged_heuristic(ranked.and_then(|r| choose(&r, &what, tf32)), &what)
+        };
+        let workspace_of = |algo| {
+            let mut bytes = 0;
+            // SAFETY: as above.
+            let status = unsafe {
+                sys::cudnnGetConvolutionForwardWorkspaceSize(
+                    self.handle,
+                    x_desc,
+                    w_desc,
+                    conv,
+                    y_desc,
+                    algo,
+                    &mut bytes,
+                )
+            };
+            check("workspace query", status)
+                .ok()
+                .and(Some(bytes))
+                .filter(|&b| b <= WORKSPACE_LIMIT)
         };
         let key = ChoiceKey {
             p: *p,
             tf32,
             direction: Direction::Forward,
         };
-        let cache = (&self.cache, &key);
+        let ways = (measure, heuristic, workspace_of);
         let (algo, need) =
-            choose_once(&mut plan.forward, options.search, cache, measure, heuristic)?;
+            choose_once(&mut plan.forward, options.search, (&self.cache, &key), ways)?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         // Timed here, not around the whole call, so the search above is not counted twice.
@@ -456,15 +503,13 @@ impl ConvEngine for Cudnn {
         let plan = self.plan(&mut plans, p, tf32)?;
         let (x_desc, w_desc, conv, y_desc) = (plan.x, plan.w, plan.conv, plan.y);
         let what = format!("backward-data {p:?}");
+        // The cuDNN calls below: as in `forward`.
         let measure = || {
             let how = (AlgorithmSearch::Measured, Direction::BackwardData, p);
-            let found = conv_choice::timed(runtime, how, || {
-                // SAFETY: a plain C struct of enums and numbers, for which zero is valid.
-                let mut found: [cudnnConvolutionBwdDataAlgoPerf_t; SEARCHED] =
-                    unsafe { std::mem::zeroed() };
+            let results = conv_choice::timed(runtime, how, || {
+                let mut results = [RawResult::default(); SEARCHED];
                 let mut count = 0;
-                // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results. It runs
-                // each algorithm on scratch memory of its own.
+                // SAFETY: as above.
                 check("algorithm search", unsafe {
                     sys::cudnnFindConvolutionBackwardDataAlgorithm(
                         self.handle,
@@ -472,24 +517,21 @@ impl ConvEngine for Cudnn {
                         y_desc,
                         conv,
                         x_desc,
-                        found.len() as i32,
+                        SEARCHED as i32,
                         &mut count,
-                        found.as_mut_ptr(),
+                        results.as_mut_ptr().cast(),
                     )
                 })?;
-                Ok(found!(found[..count as usize]))
+                Ok(found(&results[..count.clamp(0, SEARCHED as i32) as usize]))
             })?;
-            choose(&found, &what, tf32)
+            choose(&results, &what, tf32)
         };
         let heuristic = || {
             let how = (AlgorithmSearch::Heuristic, Direction::BackwardData, p);
             let ranked = conv_choice::timed(runtime, how, || {
-                // SAFETY: a plain C struct of enums and numbers, for which zero is valid.
-                let mut ranked: [cudnnConvolutionBwdDataAlgoPerf_t; SEARCHED] =
-                    unsafe { std::mem::zeroed() };
+                let mut results = [RawResult::default(); SEARCHED];
                 let mut count = 0;
-                // SAFETY: valid descriptors; cuDNN writes at most SEARCHED results and runs
-                // nothing.
+                // SAFETY: as above.
                 check("algorithm heuristics", unsafe {
                     sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
                         self.handle,
@@ -497,28 +539,46 @@ impl ConvEngine for Cudnn {
                         y_desc,
                         conv,
                         x_desc,
-                        ranked.len() as i32,
+                        SEARCHED as i32,
                         &mut count,
-                        ranked.as_mut_ptr(),
+                        results.as_mut_ptr().cast(),
                     )
                 })?;
-                Ok(found!(ranked[..count as usize]))
+                Ok(found(&results[..count.clamp(0, SEARCHED as i32) as usize]))
             });
             let what = format!("{what} (heuristic)");
             logged_heuristic(ranked.and_then(|r| choose(&r, &what, tf32)), &what)
+        };
+        let workspace_of = |algo| {
+            let mut bytes = 0;
+            // SAFETY: as above.
+            let status = unsafe {
+                sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                    self.handle,
+                    w_desc,
+                    y_desc,
+                    conv,
+                    x_desc,
+                    algo,
+                    &mut bytes,
+                )
+            };
+            check("workspace query", status)
+                .ok()
+                .and(Some(bytes))
+                .filter(|&b| b <= WORKSPACE_LIMIT)
         };
         let key = ChoiceKey {
             p: *p,
             tf32,
             direction: Direction::BackwardData,
         };
-        let cache = (&self.cache, &key);
+        let ways = (measure, heuristic, workspace_of);
         let (algo, need) = choose_once(
             &mut plan.backward_data,
             options.search,
-            cache,
-            measure,
-            heuristic,
+            (&self.cache, &key),
+            ways,
         )?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
         // β = 1: the gradient is added into dx (another use's gradient may be there).
@@ -552,16 +612,16 @@ impl ConvEngine for Cudnn {
 
 #[cfg(test)]
 mod tests {
-    use super::{choose, cudnnMathType_t as Math, cudnnStatus_t as Status, Found, WORKSPACE_LIMIT};
+    use super::{choose, found, Found, RawResult, WORKSPACE_LIMIT};
 
     /// A result named `algo`, successful, with no workspace, deterministic and f32.
-    fn found(algo: u32) -> Found<u32> {
+    fn result(algo: u32) -> Found<u32> {
         Found {
-            status: Status::CUDNN_STATUS_SUCCESS,
+            ok: true,
             memory: 0,
             algo,
             deterministic: true,
-            math: Math::CUDNN_FMA_MATH,
+            tensor_cores: false,
         }
     }
 
@@ -571,27 +631,73 @@ mod tests {
         // nondeterministic one, then the one f32 should take, then a slower one.
         let results = [
             Found {
-                status: Status::CUDNN_STATUS_NOT_SUPPORTED,
-                ..found(0)
+                ok: false,
+                ..result(0)
             },
             Found {
                 memory: WORKSPACE_LIMIT + 1,
-                ..found(1)
+                ..result(1)
             },
             Found {
-                math: Math::CUDNN_TENSOR_OP_MATH,
-                ..found(2)
+                tensor_cores: true,
+                ..result(2)
             },
             Found {
                 deterministic: false,
-                ..found(4)
+                ..result(4)
             },
-            found(5),
-            found(6),
+            result(5),
+            result(6),
         ];
         assert_eq!(choose(&results, "test", false).unwrap().0, 5);
         // TF32 allows tensor cores.
         assert_eq!(choose(&results, "test", true).unwrap().0, 2);
+    }
+
+    #[test]
+    fn raw_results_are_read_as_numbers() {
+        use super::cudnnMathType_t as Math;
+        use super::sys::cudnnConvolutionFwdAlgo_t as Fwd;
+        let raw = |algo, status, determinism, math: u32| RawResult {
+            algo,
+            status,
+            memory: 64,
+            determinism,
+            math,
+            ..Default::default()
+        };
+        let results = [
+            raw(1, 0, 1, Math::CUDNN_FMA_MATH as u32),
+            // An algorithm number and a math type this cuDNN added: the first is left out,
+            // the second counts as tensor cores (not f32).
+            raw(8, 0, 1, 3),
+            raw(6, 9, 0, 7),
+            raw(0, 0, 0, Math::CUDNN_TENSOR_OP_MATH as u32),
+            raw(2, 0, 1, Math::CUDNN_DEFAULT_MATH as u32),
+        ];
+        let f = found::<Fwd>(&results);
+        assert_eq!(f.len(), 4);
+        let summary: Vec<_> = f
+            .iter()
+            .map(|r| {
+                (
+                    r.algo as u32,
+                    r.ok,
+                    r.deterministic,
+                    r.tensor_cores,
+                    r.memory,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, true, true, false, 64),
+                (6, false, false, true, 64),
+                (0, true, false, true, 64),
+                (2, true, true, false, 64),
+            ]
+        );
     }
 
     #[test]
@@ -620,17 +726,17 @@ mod tests {
         let nondeterministic = [Found {
             deterministic: false,
             memory: 64,
-            ..found(7)
+            ..result(7)
         }];
         assert_eq!(choose(&nondeterministic, "test", false).unwrap(), (7, 64));
         let only_tensor_cores = [Found {
-            math: Math::CUDNN_TENSOR_OP_MATH,
-            ..found(8)
+            tensor_cores: true,
+            ..result(8)
         }];
         assert_eq!(choose(&only_tensor_cores, "test", false).unwrap().0, 8);
         let none = [Found {
-            status: Status::CUDNN_STATUS_NOT_SUPPORTED,
-            ..found(9)
+            ok: false,
+            ..result(9)
         }];
         let e = choose(&none, "forward", false).unwrap_err();
         assert!(e.contains("no forward algorithm"), "{e}");

@@ -95,7 +95,8 @@ impl CudaRuntime {
             let mut driver = 0;
             // SAFETY: writes one int.
             let _ = unsafe { sys::cuDriverGetVersion(&mut driver) };
-            crate::cudnn::Cudnn::new(stream.cu_stream(), &format!("{name}, CUDA driver {driver}"))
+            let device = format!("{name}, CUDA driver API {driver}");
+            crate::cudnn::Cudnn::new(stream.cu_stream(), &device)
         };
         Ok(CudaRuntime {
             context,

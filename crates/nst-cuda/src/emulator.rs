@@ -529,13 +529,12 @@ impl Emulator {
         };
         let slot = choices.entry(key).or_default();
         let pick = |how| move || conv_choice::timed(runtime, (how, direction, p), || Ok(((), 0)));
-        choose_once(
-            slot,
-            options.search,
-            (&self.conv_cache, &key),
+        let ways = (
             pick(AlgorithmSearch::Measured),
             pick(AlgorithmSearch::Heuristic),
-        )?;
+            |()| Some(0),
+        );
+        choose_once(slot, options.search, (&self.conv_cache, &key), ways)?;
         Ok(())
     }
 }
