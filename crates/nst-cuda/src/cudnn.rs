@@ -146,6 +146,26 @@ fn choose<A: Copy + std::fmt::Debug>(
     Ok((r.algo, r.memory))
 }
 
+/// The results of a search or of the heuristics (`how`) made by `call`, which writes up to
+/// `SEARCHED` results and their count; timed when profiling.
+fn ranked<A: AlgorithmId>(
+    runtime: &dyn Runtime,
+    how: AlgorithmSearch,
+    (direction, p): (Direction, &Conv2dParams),
+    call: impl FnOnce(*mut RawResult, &mut i32) -> cudnnStatus_t,
+) -> GpuResult<Vec<Found<A>>> {
+    conv_choice::timed(runtime, (how, direction, p), || {
+        let mut results = [RawResult::default(); SEARCHED];
+        let mut count = 0;
+        let doing = match how {
+            AlgorithmSearch::Measured => "algorithm search",
+            AlgorithmSearch::Heuristic => "algorithm heuristics",
+        };
+        check(doing, call(results.as_mut_ptr(), &mut count))?;
+        Ok(found(&results[..count.clamp(0, SEARCHED as i32) as usize]))
+    })
+}
+
 /// `cuDNN 9.14.0` for version 91400.
 fn describe_version(v: usize) -> String {
     format!("cuDNN {}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
@@ -199,6 +219,15 @@ impl AlgorithmId for sys::cudnnConvolutionBwdDataAlgo_t {
         .into_iter()
         .find(|a| *a as u32 == id)
     }
+}
+
+/// The three cuDNN calls behind one direction's algorithm choice, on its descriptors: the
+/// search (`cudnnFind*`) and the heuristics (`cudnnGet*_v7`), each writing up to `SEARCHED`
+/// results and their count, and the workspace an algorithm needs.
+struct AlgorithmCalls<S, H, W> {
+    search: S,
+    heuristics: H,
+    workspace: W,
 }
 
 /// The descriptors and chosen algorithms of one convolution shape.
@@ -326,6 +355,51 @@ impl Cudnn {
         Ok(plans.get_mut(&key).expect("inserted above"))
     }
 
+    /// The algorithm and workspace for one direction of a shape, chosen by
+    /// [`crate::conv_choice`]'s rule with `calls` (see [`AlgorithmCalls`]) and kept in `slot`.
+    fn algorithm<A: AlgorithmId + std::fmt::Debug>(
+        &self,
+        runtime: &dyn Runtime,
+        (p, options, direction): (&Conv2dParams, ConvOptions, Direction),
+        slot: &mut Option<Chosen<A>>,
+        calls: AlgorithmCalls<
+            impl FnOnce(*mut RawResult, &mut i32) -> cudnnStatus_t,
+            impl FnOnce(*mut RawResult, &mut i32) -> cudnnStatus_t,
+            impl FnOnce(A, &mut usize) -> cudnnStatus_t,
+        >,
+    ) -> GpuResult<(A, usize)> {
+        let what = format!("{direction} {p:?}");
+        let tf32 = options.tf32;
+        let choice = (direction, p);
+        let measure = || {
+            let results = ranked(runtime, AlgorithmSearch::Measured, choice, calls.search)?;
+            choose(&results, &what, tf32)
+        };
+        let heuristic = || {
+            let what = format!("{what} (heuristic)");
+            let results = ranked(
+                runtime,
+                AlgorithmSearch::Heuristic,
+                choice,
+                calls.heuristics,
+            );
+            logged_heuristic(results.and_then(|r| choose(&r, &what, tf32)), &what)
+        };
+        let workspace_of = |algo| {
+            let mut bytes = 0;
+            let status = (calls.workspace)(algo, &mut bytes);
+            (status == cudnnStatus_t::CUDNN_STATUS_SUCCESS && bytes <= WORKSPACE_LIMIT)
+                .then_some(bytes)
+        };
+        let key = ChoiceKey {
+            p: *p,
+            tf32,
+            direction,
+        };
+        let ways = (measure, heuristic, workspace_of);
+        choose_once(slot, options.search, (&self.cache, &key), ways)
+    }
+
     /// A workspace of at least `bytes`, grown (never shrunk) as needed.
     fn workspace(&self, runtime: &dyn Runtime, bytes: usize) -> GpuResult<(DevicePtr, usize)> {
         let mut ws = self.workspace.lock().map_err(|_| "cuDNN state poisoned")?;
@@ -384,83 +458,43 @@ impl ConvEngine for Cudnn {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
         let tf32 = options.tf32;
         let plan = self.plan(&mut plans, p, tf32)?;
-        let (x_desc, w_desc, conv, y_desc) = (plan.x, plan.w, plan.conv, plan.y);
-        let what = format!("forward {p:?}");
-        // The cuDNN calls below: valid descriptors; cuDNN writes at most SEARCHED results
-        // (RawResult has their layout). A search runs each algorithm on scratch memory of its
-        // own; the heuristics and the workspace query run nothing.
-        let measure = || {
-            let how = (AlgorithmSearch::Measured, Direction::Forward, p);
-            let results = conv_choice::timed(runtime, how, || {
-                let mut results = [RawResult::default(); SEARCHED];
-                let mut count = 0;
-                // SAFETY: as above.
-                check("algorithm search", unsafe {
-                    sys::cudnnFindConvolutionForwardAlgorithm(
-                        self.handle,
-                        x_desc,
-                        w_desc,
-                        conv,
-                        y_desc,
-                        SEARCHED as i32,
-                        &mut count,
-                        results.as_mut_ptr().cast(),
-                    )
-                })?;
-                Ok(found(&results[..count.clamp(0, SEARCHED as i32) as usize]))
-            })?;
-            choose(&results, &what, tf32)
-        };
-        let heuristic = || {
-            let how = (AlgorithmSearch::Heuristic, Direction::Forward, p);
-            let ranked = conv_choice::timed(runtime, how, || {
-                let mut results = [RawResult::default(); SEARCHED];
-                let mut count = 0;
-                // SAFETY: as above.
-                check("algorithm heuristics", unsafe {
-                    sys::cudnnGetConvolutionForwardAlgorithm_v7(
-                        self.handle,
-                        x_desc,
-                        w_desc,
-                        conv,
-                        y_desc,
-                        SEARCHED as i32,
-                        &mut count,
-                        results.as_mut_ptr().cast(),
-                    )
-                })?;
-                Ok(found(&results[..count.clamp(0, SEARCHED as i32) as usize]))
-            });
-            let what = format!("{what} (heuristic)");
-            logged_heuristic(ranked.and_then(|r| choose(&r, &what, tf32)), &what)
-        };
-        let workspace_of = |algo| {
-            let mut bytes = 0;
-            // SAFETY: as above.
-            let status = unsafe {
-                sys::cudnnGetConvolutionForwardWorkspaceSize(
-                    self.handle,
+        let (x_desc, w_desc, conv, y_desc, h) = (plan.x, plan.w, plan.conv, plan.y, self.handle);
+        // SAFETY (the three calls): valid descriptors; cuDNN writes at most SEARCHED results
+        // (RawResult has their layout). The search runs each algorithm on scratch memory of
+        // its own; the heuristics and the workspace query run nothing.
+        let calls = AlgorithmCalls {
+            search: |out: *mut RawResult, count: &mut i32| unsafe {
+                sys::cudnnFindConvolutionForwardAlgorithm(
+                    h,
                     x_desc,
                     w_desc,
                     conv,
                     y_desc,
-                    algo,
-                    &mut bytes,
+                    SEARCHED as i32,
+                    count,
+                    out.cast(),
                 )
-            };
-            check("workspace query", status)
-                .ok()
-                .and(Some(bytes))
-                .filter(|&b| b <= WORKSPACE_LIMIT)
+            },
+            heuristics: |out: *mut RawResult, count: &mut i32| unsafe {
+                sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                    h,
+                    x_desc,
+                    w_desc,
+                    conv,
+                    y_desc,
+                    SEARCHED as i32,
+                    count,
+                    out.cast(),
+                )
+            },
+            workspace: |algo, bytes: &mut usize| unsafe {
+                sys::cudnnGetConvolutionForwardWorkspaceSize(
+                    h, x_desc, w_desc, conv, y_desc, algo, bytes,
+                )
+            },
         };
-        let key = ChoiceKey {
-            p: *p,
-            tf32,
-            direction: Direction::Forward,
-        };
-        let ways = (measure, heuristic, workspace_of);
-        let (algo, need) =
-            choose_once(&mut plan.forward, options.search, (&self.cache, &key), ways)?;
+        let how = (p, options, Direction::Forward);
+        let (algo, need) = self.algorithm(runtime, how, &mut plan.forward, calls)?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         // Timed here, not around the whole call, so the search above is not counted twice.
@@ -501,85 +535,41 @@ impl ConvEngine for Cudnn {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
         let tf32 = options.tf32;
         let plan = self.plan(&mut plans, p, tf32)?;
-        let (x_desc, w_desc, conv, y_desc) = (plan.x, plan.w, plan.conv, plan.y);
-        let what = format!("backward-data {p:?}");
-        // The cuDNN calls below: as in `forward`.
-        let measure = || {
-            let how = (AlgorithmSearch::Measured, Direction::BackwardData, p);
-            let results = conv_choice::timed(runtime, how, || {
-                let mut results = [RawResult::default(); SEARCHED];
-                let mut count = 0;
-                // SAFETY: as above.
-                check("algorithm search", unsafe {
-                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                        self.handle,
-                        w_desc,
-                        y_desc,
-                        conv,
-                        x_desc,
-                        SEARCHED as i32,
-                        &mut count,
-                        results.as_mut_ptr().cast(),
-                    )
-                })?;
-                Ok(found(&results[..count.clamp(0, SEARCHED as i32) as usize]))
-            })?;
-            choose(&results, &what, tf32)
-        };
-        let heuristic = || {
-            let how = (AlgorithmSearch::Heuristic, Direction::BackwardData, p);
-            let ranked = conv_choice::timed(runtime, how, || {
-                let mut results = [RawResult::default(); SEARCHED];
-                let mut count = 0;
-                // SAFETY: as above.
-                check("algorithm heuristics", unsafe {
-                    sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                        self.handle,
-                        w_desc,
-                        y_desc,
-                        conv,
-                        x_desc,
-                        SEARCHED as i32,
-                        &mut count,
-                        results.as_mut_ptr().cast(),
-                    )
-                })?;
-                Ok(found(&results[..count.clamp(0, SEARCHED as i32) as usize]))
-            });
-            let what = format!("{what} (heuristic)");
-            logged_heuristic(ranked.and_then(|r| choose(&r, &what, tf32)), &what)
-        };
-        let workspace_of = |algo| {
-            let mut bytes = 0;
-            // SAFETY: as above.
-            let status = unsafe {
-                sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
-                    self.handle,
+        let (x_desc, w_desc, conv, y_desc, h) = (plan.x, plan.w, plan.conv, plan.y, self.handle);
+        // SAFETY (the three calls): as in `forward`.
+        let calls = AlgorithmCalls {
+            search: |out: *mut RawResult, count: &mut i32| unsafe {
+                sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                    h,
                     w_desc,
                     y_desc,
                     conv,
                     x_desc,
-                    algo,
-                    &mut bytes,
+                    SEARCHED as i32,
+                    count,
+                    out.cast(),
                 )
-            };
-            check("workspace query", status)
-                .ok()
-                .and(Some(bytes))
-                .filter(|&b| b <= WORKSPACE_LIMIT)
+            },
+            heuristics: |out: *mut RawResult, count: &mut i32| unsafe {
+                sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                    h,
+                    w_desc,
+                    y_desc,
+                    conv,
+                    x_desc,
+                    SEARCHED as i32,
+                    count,
+                    out.cast(),
+                )
+            },
+            workspace: |algo, bytes: &mut usize| unsafe {
+                sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                    h, w_desc, y_desc, conv, x_desc, algo, bytes,
+                )
+            },
         };
-        let key = ChoiceKey {
-            p: *p,
-            tf32,
-            direction: Direction::BackwardData,
-        };
-        let ways = (measure, heuristic, workspace_of);
-        let (algo, need) = choose_once(
-            &mut plan.backward_data,
-            options.search,
-            (&self.cache, &key),
-            ways,
-        )?;
+        let how = (p, options, Direction::BackwardData);
+        let (algo, need) = self.algorithm(runtime, how, &mut plan.backward_data, calls)?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
         // β = 1: the gradient is added into dx (another use's gradient may be there).
         let (alpha, beta) = (1.0f32, 1.0f32);
