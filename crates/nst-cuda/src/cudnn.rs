@@ -114,10 +114,10 @@ fn found<A: AlgorithmId>(results: &[RawResult]) -> Vec<Found<A>> {
 ///   and grows them (the H200's f32 summation order moved the reference trace by 1.2e-2 at
 ///   iterate 9: `nst-optim/tests/reference.rs`). Two runs give the same bits when they use
 ///   the same algorithms (searches measure afresh in each process, so the measured choices
-///   are kept on disk: [`crate::algorithm_cache`]). Measured
-///   on an H200 (cuDNN 9.14), between two runs that also differed in the reductions: fp32
-///   14% slower (16.3 → 18.6 ms per iteration at 512², 57.9 → 66.2 at 1024²), tf32 within
-///   2% (6.1 → 6.1–6.3, 17.8 → 18.1–18.2).
+///   are kept on disk: [`crate::algorithm_cache`]). Measured on an H200 (cuDNN 9.14),
+///   between two runs that also differed in the reductions: fp32 14% slower (16.3 → 18.6 ms
+///   per iteration at 512², 57.9 → 66.2 at 1024²), tf32 within 2% (6.1 → 6.1–6.3, 17.8 →
+///   18.1–18.2).
 ///
 /// FFT and Winograd algorithms stay allowed: a run that also excluded them in f32 measured
 /// the same time and the same distance from the float64 L-BFGS reference (1.74e-3 against
