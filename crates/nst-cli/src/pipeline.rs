@@ -519,7 +519,7 @@ fn optimise(
             Some(prev) => keep_best_and_fail(cfg, prepared, prev, scale, 0, format!("{e:#}")),
             None => e,
         };
-        // The targets' features are computed once: no algorithm search for them.
+        // The targets' features are computed once: by default they take heuristic picks.
         let (targets_device, image_device) = algorithm_search(cfg, device, final_scale);
         let styles = styles_at_scale(cfg, plan, prepared, w.max(h), &targets_device)
             .map_err(keep_previous)?;
