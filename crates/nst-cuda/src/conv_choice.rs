@@ -17,12 +17,13 @@
 //! Why both: a search runs every candidate (about eight per direction) on the real operands,
 //! synchronising around each, so it pays only for a shape used many times: the iterations
 //! of the final scale. An image's features computed once (the style and content targets) and
-//! the early scales of a multi-scale run take the heuristic pick. A 5-scale run like the
-//! README example chooses 152 times (each scale's distinct shapes: the image's forward and
-//! backward-data, the style's and the colour conversion's forward); with this rule 20 of
-//! them search (counted on the emulator, `NST_CUDA_PROFILE=1`). What that saves on a GPU has
-//! not been measured yet: the README example took 11 s on an H200 where its iterations add up
-//! to about 2.5 s, and these searches are the main suspect.
+//! the early scales of a multi-scale run take the heuristic pick. The README example (5
+//! scales) searched 141 times when every shape searched (each scale's distinct shapes: the
+//! image's forward and backward-data, the style's and the colour conversion's forward); with
+//! this rule it searches 20 times and takes 132 heuristic picks (counted on the emulator,
+//! `NST_CUDA_PROFILE=1`, `--iters 1`). What that saves on a GPU has not been measured yet:
+//! the README example took 11 s on an H200 where its iterations add up to about 2.5 s, and
+//! these searches are the main suspect.
 
 use crate::algorithm_cache::AlgorithmCache;
 use crate::profile::conv_name;
