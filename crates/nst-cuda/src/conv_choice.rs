@@ -136,6 +136,14 @@ pub(crate) fn choose_once<A: AlgorithmId>(
     Ok((algo, workspace))
 }
 
+/// How a choice is made, in words: `search` or `heuristics`.
+pub(crate) fn kind(how: AlgorithmSearch) -> &'static str {
+    match how {
+        AlgorithmSearch::Measured => "search",
+        AlgorithmSearch::Heuristic => "heuristics",
+    }
+}
+
 /// `choose`, timed when profiling as `conv algorithm search: …` (`how` Measured) or
 /// `conv algorithm heuristics: …`, with the direction and the shape.
 pub(crate) fn timed<T>(
@@ -143,11 +151,7 @@ pub(crate) fn timed<T>(
     (how, direction, p): (AlgorithmSearch, Direction, &Conv2dParams),
     choose: impl FnOnce() -> GpuResult<T>,
 ) -> GpuResult<T> {
-    let how = match how {
-        AlgorithmSearch::Measured => "search",
-        AlgorithmSearch::Heuristic => "heuristics",
-    };
-    let name = || format!("conv algorithm {how}: {direction} {}", conv_name(p));
+    let name = || format!("conv algorithm {}: {direction} {}", kind(how), conv_name(p));
     crate::profile::timed(runtime, name, choose)
 }
 

@@ -157,11 +157,8 @@ fn ranked<A: AlgorithmId>(
     conv_choice::timed(runtime, (how, direction, p), || {
         let mut results = [RawResult::default(); SEARCHED];
         let mut count = 0;
-        let doing = match how {
-            AlgorithmSearch::Measured => "algorithm search",
-            AlgorithmSearch::Heuristic => "algorithm heuristics",
-        };
-        check(doing, call(results.as_mut_ptr(), &mut count))?;
+        let doing = format!("algorithm {}", conv_choice::kind(how));
+        check(&doing, call(results.as_mut_ptr(), &mut count))?;
         Ok(found(&results[..count.clamp(0, SEARCHED as i32) as usize]))
     })
 }
@@ -368,15 +365,16 @@ impl Cudnn {
             impl FnOnce(A, &mut usize) -> cudnnStatus_t,
         >,
     ) -> GpuResult<(A, usize)> {
-        let what = format!("{direction} {p:?}");
+        // Only formatted on a new choice: this runs for every convolution of every iteration.
+        let what = || format!("{direction} {p:?}");
         let tf32 = options.tf32;
         let choice = (direction, p);
         let measure = || {
             let results = ranked(runtime, AlgorithmSearch::Measured, choice, calls.search)?;
-            choose(&results, &what, tf32)
+            choose(&results, &what(), tf32)
         };
         let heuristic = || {
-            let what = format!("{what} (heuristic)");
+            let what = format!("{} (heuristic)", what());
             let results = ranked(
                 runtime,
                 AlgorithmSearch::Heuristic,

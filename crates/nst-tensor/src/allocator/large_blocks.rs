@@ -12,9 +12,9 @@
 //! Here a request takes a kept block of exactly its size if there is one. Otherwise it gets a
 //! fresh mapping, and kept pages are moved into it with `mremap`, a 2 MiB page at a time,
 //! which moves page-table entries, not data: from the smallest kept block that covers the
-//! request (its tail stays kept), else from several, smallest first. Only what no kept page covers faults in fresh,
-//! and that happens only when nothing is kept, so live + kept never exceeds the live
-//! high-water mark. At 2048² an iteration now faults in about 96 MiB and moves or reuses
+//! request (its tail stays kept), else from several, smallest first. Only what no kept page
+//! covers faults in fresh, and that happens only when nothing is kept, so live + kept never
+//! exceeds the live high-water mark. At 2048² an iteration now faults in about 96 MiB and moves or reuses
 //! 8.7 GiB; peak RSS 3697 MB (−25%), at 1024² 1415 against 1744 MB, at 512² 869–894 against
 //! 934–952 MB, with the same time per iteration within the machine's noise (1024², three
 //! alternating pairs: 3906/3917, 5032/4745, 3937/3941 ms; after the move became one page at
