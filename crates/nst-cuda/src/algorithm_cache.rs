@@ -191,13 +191,15 @@ fn parse(text: &str, library: &str) -> HashMap<String, (u32, usize)> {
         .collect()
 }
 
-/// A choice's key as its line writes it: direction, precision and every field of the shape.
+/// A choice's key as its line writes it: direction, precision, layout and every field of
+/// the shape.
 fn key_text(k: &ChoiceKey) -> String {
     let p = &k.p;
     format!(
-        "{} {} n{} c{} h{} w{} k{} r{} s{} pad{} stride{}",
+        "{} {} {} n{} c{} h{} w{} k{} r{} s{} pad{} stride{}",
         k.direction,
         if k.tf32 { "tf32" } else { "fp32" },
+        k.layout,
         p.batch,
         p.in_channels,
         p.in_h,
@@ -214,7 +216,7 @@ fn key_text(k: &ChoiceKey) -> String {
 mod tests {
     use super::*;
     use crate::conv_choice::Direction;
-    use nst_params::Conv2dParams;
+    use nst_params::{Conv2dParams, Layout};
 
     fn key(h: usize, direction: Direction) -> ChoiceKey {
         ChoiceKey {
@@ -230,6 +232,7 @@ mod tests {
                 pad: 1,
             },
             tf32: true,
+            layout: Layout::Nchw,
             direction,
         }
     }
@@ -249,6 +252,12 @@ mod tests {
         assert_eq!(again.get(&key(4, Direction::Forward)), Some((6, 4096)));
         assert_eq!(again.get(&key(4, Direction::BackwardData)), Some((1, 0)));
         assert_eq!(again.get(&key(8, Direction::Forward)), None);
+        // An NHWC convolution of the same shape is another choice.
+        let nhwc = ChoiceKey {
+            layout: Layout::Nhwc,
+            ..key(4, Direction::Forward)
+        };
+        assert_eq!(again.get(&nhwc), None);
         let b_again = AlgorithmCache::open(Some(dir.path()), "GPU B, cuDNN 9.14.0");
         assert_eq!(b_again.get(&key(4, Direction::Forward)), Some((2, 8)));
         let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();

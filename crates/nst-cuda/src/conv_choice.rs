@@ -28,7 +28,7 @@
 use crate::algorithm_cache::AlgorithmCache;
 use crate::profile::conv_name;
 use crate::runtime::{GpuResult, Runtime};
-use nst_params::{AlgorithmSearch, Conv2dParams};
+use nst_params::{AlgorithmSearch, Conv2dParams, Layout};
 use std::fmt;
 
 /// Which of a convolution's two computations a choice is for.
@@ -54,6 +54,7 @@ impl fmt::Display for Direction {
 pub(crate) struct ChoiceKey {
     pub p: Conv2dParams,
     pub tf32: bool,
+    pub layout: Layout,
     pub direction: Direction,
 }
 
@@ -183,6 +184,7 @@ mod tests {
                 pad: 1,
             },
             tf32: false,
+            layout: Layout::Nchw,
             direction: Direction::Forward,
         }
     }

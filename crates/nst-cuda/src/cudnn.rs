@@ -1,8 +1,8 @@
 //! Convolutions through cuDNN (loaded at run time, like the rest): forward and the input
-//! gradient (backward-data), NCHW f32. Weight gradients are never needed by style transfer
-//! and stay on the im2col path.
+//! gradient (backward-data), f32, NCHW or NHWC (with KRSC filters). Weight gradients are
+//! never needed by style transfer and stay on the im2col path.
 //!
-//! Per distinct shape (and precision) the descriptors are made once and the algorithms
+//! Per distinct shape (and precision and layout) the descriptors are made once and the algorithms
 //! picked once: by measurement (`cudnnFind*`, fastest first, within [`WORKSPACE_LIMIT`]), as
 //! `torch.backends.cudnn.benchmark` does, or, where the caller asks for
 //! [`AlgorithmSearch::Heuristic`], by cuDNN's heuristics (`cudnnGet*_v7`), which run nothing;
@@ -28,7 +28,7 @@ use cudarc::cudnn::sys::{
     self, cudnnConvolutionBwdDataAlgoPerf_t, cudnnConvolutionFwdAlgoPerf_t, cudnnDataType_t,
     cudnnMathType_t, cudnnStatus_t, cudnnTensorFormat_t,
 };
-use nst_params::{AlgorithmSearch, Conv2dParams};
+use nst_params::{AlgorithmSearch, Conv2dParams, Layout};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -241,7 +241,7 @@ struct Plan {
 pub struct Cudnn {
     handle: sys::cudnnHandle_t,
     version: usize,
-    plans: Mutex<HashMap<(Conv2dParams, bool), Plan>>,
+    plans: Mutex<HashMap<(Conv2dParams, bool, Layout), Plan>>,
     /// Measured choices of this GPU, driver and cuDNN, from earlier runs and this one.
     cache: AlgorithmCache,
     /// The workspace and its size in bytes.
@@ -284,14 +284,15 @@ impl Cudnn {
         })
     }
 
-    /// The descriptors of `p` (made once).
+    /// The descriptors of `p` (made once) in `options`' precision and layout.
     fn plan<'a>(
         &self,
-        plans: &'a mut HashMap<(Conv2dParams, bool), Plan>,
+        plans: &'a mut HashMap<(Conv2dParams, bool, Layout), Plan>,
         p: &Conv2dParams,
-        tf32: bool,
+        options: ConvOptions,
     ) -> GpuResult<&'a mut Plan> {
-        let key = (*p, tf32);
+        let (tf32, layout) = (options.tf32, options.layout);
+        let key = (*p, tf32, layout);
         if let std::collections::hash_map::Entry::Vacant(slot) = plans.entry(key) {
             let dim =
                 |v: usize| i32::try_from(v).map_err(|_| format!("size {v} too large for cuDNN"));
@@ -309,7 +310,12 @@ impl Cudnn {
                 dim(p.stride)?,
             );
             let f32t = cudnnDataType_t::CUDNN_DATA_FLOAT;
-            let nchw = cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+            // The dimensions are always given as n, c, h, w (k, c, r, s for the filter); the
+            // format says how they lie in memory. NHWC filters are KRSC.
+            let format = match layout {
+                Layout::Nchw => cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+                Layout::Nhwc => cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+            };
             use cudarc::cudnn::result as r;
             let e = |what: &'static str| move |e| format!("cuDNN {what}: {e:?}");
             let plan = Plan {
@@ -327,11 +333,11 @@ impl Cudnn {
             };
             // SAFETY: fresh descriptors, set once with valid dimensions.
             unsafe {
-                r::set_tensor4d_descriptor(plan.x, nchw, f32t, [n, c, h, w])
+                r::set_tensor4d_descriptor(plan.x, format, f32t, [n, c, h, w])
                     .map_err(e("input descriptor"))?;
-                r::set_tensor4d_descriptor(plan.y, nchw, f32t, [n, k, oh, ow])
+                r::set_tensor4d_descriptor(plan.y, format, f32t, [n, k, oh, ow])
                     .map_err(e("output descriptor"))?;
-                r::set_filter4d_descriptor(plan.w, f32t, nchw, [k, c, kh, kw])
+                r::set_filter4d_descriptor(plan.w, f32t, format, [k, c, kh, kw])
                     .map_err(e("filter descriptor"))?;
                 r::set_convolution2d_descriptor(
                     plan.conv,
@@ -392,6 +398,7 @@ impl Cudnn {
         let key = ChoiceKey {
             p: *p,
             tf32,
+            layout: options.layout,
             direction,
         };
         let ways = (measure, heuristic, workspace_of);
@@ -454,8 +461,7 @@ impl ConvEngine for Cudnn {
         (x, w, y): (DevicePtr, DevicePtr, DevicePtr),
     ) -> GpuResult<()> {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
-        let tf32 = options.tf32;
-        let plan = self.plan(&mut plans, p, tf32)?;
+        let plan = self.plan(&mut plans, p, options)?;
         let (x_desc, w_desc, conv, y_desc, h) = (plan.x, plan.w, plan.conv, plan.y, self.handle);
         // SAFETY (the three calls): valid descriptors; cuDNN writes at most SEARCHED results
         // (RawResult has their layout). The search runs each algorithm on scratch memory of
@@ -531,8 +537,7 @@ impl ConvEngine for Cudnn {
         (dy, w, dx): (DevicePtr, DevicePtr, DevicePtr),
     ) -> GpuResult<()> {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
-        let tf32 = options.tf32;
-        let plan = self.plan(&mut plans, p, tf32)?;
+        let plan = self.plan(&mut plans, p, options)?;
         let (x_desc, w_desc, conv, y_desc, h) = (plan.x, plan.w, plan.conv, plan.y, self.handle);
         // SAFETY (the three calls): as in `forward`.
         let calls = AlgorithmCalls {

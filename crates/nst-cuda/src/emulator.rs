@@ -30,7 +30,7 @@ use crate::conv_choice::{self, choose_once, AlgorithmId, ChoiceKey, Chosen, Dire
 use crate::runtime::{Arg, ConvEngine, ConvOptions, DevicePtr, GpuResult, KernelParams, Runtime};
 use nst_cpu::conv;
 use nst_cpu::gemm::{gemm_strided, MatLayout};
-use nst_params::{AlgorithmSearch, Conv2dParams, ConvAlgorithm};
+use nst_params::{AlgorithmSearch, Conv2dParams, ConvAlgorithm, Layout};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 use std::path::{Path, PathBuf};
@@ -456,8 +456,9 @@ impl Runtime for Emulator {
 }
 
 /// The convolution library of [`Emulator::with_library_convolutions`]: nst-cpu's im2col
-/// convolution with cuDNN's semantics (NCHW, cross-correlation, no bias; TF32 rounds the
-/// operands first).
+/// convolution with cuDNN's semantics (cross-correlation, no bias; TF32 rounds the operands
+/// first). NHWC operands (KRSC weights) are transposed to NCHW around nst-cpu's NCHW
+/// convolution, so the layout changes where values lie, never what is computed.
 impl ConvEngine for Emulator {
     fn describe(&self) -> String {
         "emulated convolution library".into()
@@ -481,7 +482,18 @@ impl ConvEngine for Emulator {
             )
         };
         let (x, w) = (rounded(x, tf32), rounded(w, tf32));
-        conv::conv2d_forward(p, ConvAlgorithm::Im2col, &x, &w[..], None, y);
+        match options.layout {
+            Layout::Nchw => conv::conv2d_forward(p, ConvAlgorithm::Im2col, &x, &w[..], None, y),
+            Layout::Nhwc => {
+                let (x, w) = (
+                    nchw_of(&x, &input_planes(p)),
+                    nchw_of(&w, &weight_planes(p)),
+                );
+                let mut out = vec![0.0; p.output_len()];
+                conv::conv2d_forward(p, ConvAlgorithm::Im2col, &x, &w, None, &mut out);
+                y.copy_from_slice(&nhwc_of(&out, &output_planes(p)));
+            }
+        }
         Ok(())
     }
 
@@ -503,7 +515,21 @@ impl ConvEngine for Emulator {
             )
         };
         let (dy, w) = (rounded(dy, tf32), rounded(w, tf32));
-        conv::conv2d_backward_input_accumulate(p, ConvAlgorithm::Im2col, &dy, &w[..], dx);
+        let algo = ConvAlgorithm::Im2col;
+        match options.layout {
+            Layout::Nchw => conv::conv2d_backward_input_accumulate(p, algo, &dy, &w[..], dx),
+            Layout::Nhwc => {
+                let (dy, w) = (
+                    nchw_of(&dy, &output_planes(p)),
+                    nchw_of(&w, &weight_planes(p)),
+                );
+                let mut grad = vec![0.0; p.input_len()];
+                conv::conv2d_backward_input_accumulate(p, algo, &dy, &w, &mut grad);
+                for (d, g) in dx.iter_mut().zip(nhwc_of(&grad, &input_planes(p))) {
+                    *d += g;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -525,6 +551,7 @@ impl Emulator {
         let key = ChoiceKey {
             p: *p,
             tf32: options.tf32,
+            layout: options.layout,
             direction,
         };
         let slot = choices.entry(key).or_default();
@@ -547,6 +574,48 @@ impl AlgorithmId for () {
     fn from_id(id: u32) -> Option<()> {
         (id == 0).then_some(())
     }
+}
+
+/// `[batch, channels, pixels]`: `batch` images (or output channels' weights) of `channels`
+/// planes of `pixels` values each.
+type Planes = [usize; 3];
+
+fn input_planes(p: &Conv2dParams) -> Planes {
+    [p.batch, p.in_channels, p.in_h * p.in_w]
+}
+
+fn output_planes(p: &Conv2dParams) -> Planes {
+    [p.batch, p.out_channels, p.out_h() * p.out_w()]
+}
+
+/// The weights as `out_channels` "images" of `in_channels` planes of the kernel's taps: KCRS
+/// in NCHW order, KRSC in NHWC order.
+fn weight_planes(p: &Conv2dParams) -> Planes {
+    [p.out_channels, p.in_channels, p.kernel_h * p.kernel_w]
+}
+
+/// NHWC values `v` (`[batch][pixels][channels]`) in NCHW order.
+fn nchw_of(v: &[f32], &[batch, channels, pixels]: &Planes) -> Vec<f32> {
+    assert_eq!(
+        v.len(),
+        batch * channels * pixels,
+        "NHWC values of another shape"
+    );
+    let mut out = vec![0.0; v.len()];
+    let image = channels * pixels;
+    for (src, dst) in v.chunks(image.max(1)).zip(out.chunks_mut(image.max(1))) {
+        for p in 0..pixels {
+            for c in 0..channels {
+                dst[c * pixels + p] = src[p * channels + c];
+            }
+        }
+    }
+    out
+}
+
+/// NCHW values `v` in NHWC order (the inverse of [`nchw_of`]).
+fn nhwc_of(v: &[f32], &[batch, channels, pixels]: &Planes) -> Vec<f32> {
+    nchw_of(v, &[batch, pixels, channels])
 }
 
 /// The values, rounded to TF32 when asked.

@@ -15,7 +15,7 @@
 
 use crate::blas::Sgemm;
 use crate::runtime::{Arg, ConvEngine, ConvOptions, DeviceBuffer, DeviceValue, GpuResult, Runtime};
-use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, Pool2dParams};
+use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, Layout, Pool2dParams};
 use std::sync::Arc;
 
 /// Threads per block on a GPU; the reduction kernels' shared arrays are sized for it.
@@ -24,6 +24,10 @@ const BLOCK: u32 = 256;
 /// Most values of one band's patch matrix (256 MiB): larger bands are barely faster (the
 /// SGEMM is already large) and would cost GPU memory at large image sizes.
 pub const COLS_BUDGET: usize = 1 << 26;
+
+/// The error of an NHWC convolution without a convolution library.
+const NHWC_NEEDS_A_LIBRARY: &str =
+    "NHWC convolutions need a convolution library (cuDNN); the im2col kernels are NCHW";
 
 /// Device buffers of f32, the values of every tensor.
 pub type Floats = DeviceBuffer<f32>;
@@ -98,17 +102,24 @@ impl Gpu {
         self.algorithm_search
     }
 
-    /// What a call asks of the convolution library.
-    fn conv_options(&self) -> ConvOptions {
+    /// What a call on operands in `layout` asks of the convolution library.
+    fn conv_options(&self, layout: Layout) -> ConvOptions {
         ConvOptions {
             tf32: self.tf32_convolutions,
             search: self.algorithm_search,
+            layout,
         }
     }
 
     /// The convolution library in use (cuDNN and its version), if any.
     pub fn conv_library(&self) -> Option<String> {
         self.conv_engine().map(|e| e.describe())
+    }
+
+    /// Whether convolutions can take NHWC operands: only a convolution library's can (the
+    /// im2col kernels are NCHW).
+    pub fn convolves_nhwc(&self) -> bool {
+        self.conv_engine().is_some()
     }
 
     fn conv_engine(&self) -> Option<&dyn ConvEngine> {
@@ -329,17 +340,53 @@ impl Gpu {
 
     /// The transpose of a row-major `rows × cols` matrix.
     pub fn transpose(&self, x: &Floats, rows: usize, cols: usize) -> GpuResult<Floats> {
-        check_len("transpose", x.len(), rows * cols)?;
+        self.transpose_each(x, 1, rows, cols)
+    }
+
+    /// The transpose of each of `batch` row-major `rows × cols` matrices stored one after
+    /// another.
+    pub fn transpose_each(
+        &self,
+        x: &Floats,
+        batch: usize,
+        rows: usize,
+        cols: usize,
+    ) -> GpuResult<Floats> {
+        check_len("transpose", x.len(), batch * rows * cols)?;
         let out = self.uninit(x.len())?;
         let args = [
             x.arg(),
             out.arg(),
+            Arg::I64(batch as i64),
             Arg::I64(rows as i64),
             Arg::I64(cols as i64),
         ];
-        // SAFETY: both hold rows·cols values.
+        // SAFETY: both hold batch·rows·cols values.
         unsafe { self.launch("transpose2d", x.len(), &args)? };
         Ok(out)
+    }
+
+    /// NCHW values of `batch` images of `channels` planes of `pixels` values, in NHWC order
+    /// (also a convolution's KCRS weights → KRSC, with the output channels as the batch).
+    pub fn nchw_to_nhwc(
+        &self,
+        x: &Floats,
+        batch: usize,
+        channels: usize,
+        pixels: usize,
+    ) -> GpuResult<Floats> {
+        self.transpose_each(x, batch, channels, pixels)
+    }
+
+    /// NHWC values in NCHW order: the inverse of [`Gpu::nchw_to_nhwc`].
+    pub fn nhwc_to_nchw(
+        &self,
+        x: &Floats,
+        batch: usize,
+        channels: usize,
+        pixels: usize,
+    ) -> GpuResult<Floats> {
+        self.transpose_each(x, batch, pixels, channels)
     }
 
     /// `n` copies of `v[0]`.
@@ -616,9 +663,20 @@ impl Gpu {
 
     // ---- pooling ----
 
-    fn pool_args(p: &Pool2dParams) -> GpuResult<[Arg; 5]> {
+    /// The pooling kernels' shape arguments. They see `images` images with `channels` values
+    /// per pixel side by side: NCHW (`channels_last` = None) is one image per plane with one
+    /// channel, NHWC (`Some(C)`) `planes / C` images of C channels.
+    fn pool_args(p: &Pool2dParams, channels_last: Option<usize>) -> GpuResult<[Arg; 6]> {
+        let channels = channels_last.unwrap_or(1);
+        if channels == 0 || p.planes % channels != 0 {
+            return Err(format!(
+                "{} planes are not images of {channels} channels",
+                p.planes
+            ));
+        }
         Ok([
-            Arg::I64(p.planes as i64),
+            Arg::I64((p.planes / channels) as i64),
+            Arg::I32(i32_of(channels, "channel count")?),
             Arg::I32(i32_of(p.in_h, "height")?),
             Arg::I32(i32_of(p.in_w, "width")?),
             Arg::I32(i32_of(p.out_h(), "height")?),
@@ -626,53 +684,91 @@ impl Gpu {
         ])
     }
 
-    /// 2×2 stride-2 max pooling: the output and each window's winner (`2·row + column`).
-    pub fn max_pool(&self, x: &Floats, p: &Pool2dParams) -> GpuResult<(Floats, DeviceBuffer<u8>)> {
+    /// 2×2 stride-2 max pooling: the output and each window's winner (`2·row + column`), in
+    /// the input's layout (`channels_last`: NHWC with that many channels; see
+    /// [`Gpu::pool_args`]).
+    pub fn max_pool(
+        &self,
+        x: &Floats,
+        p: &Pool2dParams,
+        channels_last: Option<usize>,
+    ) -> GpuResult<(Floats, DeviceBuffer<u8>)> {
         check_len("max pool input", x.len(), p.input_len())?;
         let n = p.output_len();
         let y = self.uninit(n)?;
         let winners = DeviceBuffer::<u8>::uninit(&self.runtime, n)?;
-        let [planes, h, w, oh, ow] = Self::pool_args(p)?;
-        let args = [x.arg(), y.arg(), winners.arg(), planes, h, w, oh, ow];
+        let [images, channels, h, w, oh, ow] = Self::pool_args(p, channels_last)?;
+        let args = [
+            x.arg(),
+            y.arg(),
+            winners.arg(),
+            images,
+            channels,
+            h,
+            w,
+            oh,
+            ow,
+        ];
         // SAFETY: x holds the input, y and winners one value per output.
         unsafe { self.launch("max_pool2x2_forward", n, &args)? };
         Ok((y, winners))
     }
 
-    /// Max pooling's `dx` from `dy`.
+    /// Max pooling's `dx` from `dy`, in their layout.
     pub fn max_pool_backward(
         &self,
         dy: &Floats,
         winners: &DeviceBuffer<u8>,
         p: &Pool2dParams,
+        channels_last: Option<usize>,
     ) -> GpuResult<Floats> {
         check_len("max pool gradient", dy.len(), p.output_len())?;
         check_len("max pool winners", winners.len(), p.output_len())?;
         let dx = self.zeros(p.input_len())?;
-        let [planes, h, w, oh, ow] = Self::pool_args(p)?;
-        let args = [dy.arg(), winners.arg(), dx.arg(), planes, h, w, oh, ow];
+        let [images, channels, h, w, oh, ow] = Self::pool_args(p, channels_last)?;
+        let args = [
+            dy.arg(),
+            winners.arg(),
+            dx.arg(),
+            images,
+            channels,
+            h,
+            w,
+            oh,
+            ow,
+        ];
         // SAFETY: sizes checked above; dx zeroed as the kernel needs.
         unsafe { self.launch("max_pool2x2_backward", dy.len(), &args)? };
         Ok(dx)
     }
 
-    /// 2×2 stride-2 average pooling.
-    pub fn avg_pool(&self, x: &Floats, p: &Pool2dParams) -> GpuResult<Floats> {
+    /// 2×2 stride-2 average pooling, in the input's layout.
+    pub fn avg_pool(
+        &self,
+        x: &Floats,
+        p: &Pool2dParams,
+        channels_last: Option<usize>,
+    ) -> GpuResult<Floats> {
         check_len("avg pool input", x.len(), p.input_len())?;
         let y = self.uninit(p.output_len())?;
-        let [planes, h, w, oh, ow] = Self::pool_args(p)?;
-        let args = [x.arg(), y.arg(), planes, h, w, oh, ow];
+        let [images, channels, h, w, oh, ow] = Self::pool_args(p, channels_last)?;
+        let args = [x.arg(), y.arg(), images, channels, h, w, oh, ow];
         // SAFETY: x holds the input, y the output.
         unsafe { self.launch("avg_pool2x2_forward", p.output_len(), &args)? };
         Ok(y)
     }
 
-    /// Average pooling's `dx` from `dy`.
-    pub fn avg_pool_backward(&self, dy: &Floats, p: &Pool2dParams) -> GpuResult<Floats> {
+    /// Average pooling's `dx` from `dy`, in their layout.
+    pub fn avg_pool_backward(
+        &self,
+        dy: &Floats,
+        p: &Pool2dParams,
+        channels_last: Option<usize>,
+    ) -> GpuResult<Floats> {
         check_len("avg pool gradient", dy.len(), p.output_len())?;
         let dx = self.zeros(p.input_len())?;
-        let [planes, h, w, oh, ow] = Self::pool_args(p)?;
-        let args = [dy.arg(), dx.arg(), planes, h, w, oh, ow];
+        let [images, channels, h, w, oh, ow] = Self::pool_args(p, channels_last)?;
+        let args = [dy.arg(), dx.arg(), images, channels, h, w, oh, ow];
         // SAFETY: sizes checked; dx zeroed as the kernel needs.
         unsafe { self.launch("avg_pool2x2_backward", dy.len(), &args)? };
         Ok(dx)
@@ -713,25 +809,32 @@ impl Gpu {
     }
 
     /// `G_i = scale·F_i·F_iᵀ` for `batch` matrices `F_i[c × m]` → `[batch, c, c]` (one SGEMM
-    /// each; cuBLAS's SSYRK would halve the work, left for when a GPU can measure it).
+    /// each; cuBLAS's SSYRK would halve the work, left for when a GPU can measure it). With
+    /// [`Layout::Nhwc`], F_i is stored transposed (`[m × c]`, each position's c values side
+    /// by side) and the same G_i is `scale·F_iᵀ·F_i` of that matrix.
     pub fn gram(
         &self,
         f: &Floats,
-        batch: usize,
-        c: usize,
-        m: usize,
+        (batch, c, m): (usize, usize, usize),
         scale: f32,
+        layout: Layout,
     ) -> GpuResult<Floats> {
         check_len("gram input", f.len(), batch * c * m)?;
         let g = self.uninit(batch * c * c)?; // β = 0 below: overwritten
         for i in 0..batch {
             let fi = f.ptr_at(i * c * m);
-            // SAFETY: F_i is c×m at f + i·c·m, G_i c×c at g + i·c·c.
+            // F_i as stored: `c` rows of m (NCHW) or m rows of `c` (NHWC).
+            let (row, first_transposed) = match layout {
+                Layout::Nchw => (m, false),
+                Layout::Nhwc => (c, true),
+            };
+            // SAFETY: F_i is c·m values at f + i·c·m with rows of `row`, G_i c×c at
+            // g + i·c·c.
             unsafe {
                 self.gemm(
                     (c, m, c),
-                    (fi, m, false),
-                    (fi, m, true),
+                    (fi, row, first_transposed),
+                    (fi, row, !first_transposed),
                     (g.ptr_at(i * c * c), c),
                     scale,
                     0.0,
@@ -742,42 +845,47 @@ impl Gpu {
         Ok(g)
     }
 
-    /// `dF_i = scale·(dG_i + dG_iᵀ)·F_i`, as two accumulating SGEMMs (no symmetrising
-    /// kernel, no temporary).
+    /// `dF_i = scale·(dG_i + dG_iᵀ)·F_i`, in F's layout, as two accumulating SGEMMs (no
+    /// symmetrising kernel, no temporary).
     pub fn gram_backward(
         &self,
         f: &Floats,
         dg: &Floats,
-        batch: usize,
-        c: usize,
-        m: usize,
+        (batch, c, m): (usize, usize, usize),
         scale: f32,
+        layout: Layout,
     ) -> GpuResult<Floats> {
         check_len("gram input", f.len(), batch * c * m)?;
         check_len("gram gradient", dg.len(), batch * c * c)?;
         let df = self.uninit(batch * c * m)?; // the first product (β = 0) overwrites it
+        let row = match layout {
+            Layout::Nchw => m,
+            Layout::Nhwc => c,
+        };
         for i in 0..batch {
             let (fi, dgi, dfi) = (
                 f.ptr_at(i * c * m),
                 dg.ptr_at(i * c * c),
                 df.ptr_at(i * c * m),
             );
-            // SAFETY: as in `gram`; dG_i is c×c, F_i and dF_i c×m.
-            unsafe { self.gram_gradient_product(c, m, dgi, (fi, m), (dfi, m), scale)? };
+            // SAFETY: as in `gram`; dG_i is c×c, F_i and dF_i c·m values with rows of `row`.
+            unsafe {
+                self.gram_gradient_product((c, m, layout), dgi, (fi, row), (dfi, row), scale)?
+            };
         }
         Ok(df)
     }
 
     /// `out = scale·(dG + dGᵀ)·F` for one image's `cols` positions: two SGEMMs, the second
-    /// accumulating, so dG + dGᵀ is never formed.
+    /// accumulating, so dG + dGᵀ is never formed. NHWC: F and out are stored transposed
+    /// (`cols` rows of c), and the products are `scale·F·(dG + dGᵀ)` of those.
     ///
     /// # Safety
-    /// `dg` covers c×c values; `f` and `out` cover c rows of `cols` values at their row
-    /// strides.
+    /// `dg` covers c×c values; `f` and `out` cover the `cols` positions of c channels at
+    /// their row strides.
     unsafe fn gram_gradient_product(
         &self,
-        c: usize,
-        cols: usize,
+        (c, cols, layout): (usize, usize, Layout),
         dg: u64,
         (f, ldf): (u64, usize),
         (out, ldo): (u64, usize),
@@ -786,15 +894,26 @@ impl Gpu {
         for (trans, beta) in [(false, 0.0), (true, 1.0)] {
             // SAFETY: forwarded from the caller.
             unsafe {
-                self.gemm(
-                    (c, c, cols),
-                    (dg, c, trans),
-                    (f, ldf, false),
-                    (out, ldo),
-                    scale,
-                    beta,
-                    false,
-                )?
+                match layout {
+                    Layout::Nchw => self.gemm(
+                        (c, c, cols),
+                        (dg, c, trans),
+                        (f, ldf, false),
+                        (out, ldo),
+                        scale,
+                        beta,
+                        false,
+                    )?,
+                    Layout::Nhwc => self.gemm(
+                        (cols, c, c),
+                        (f, ldf, false),
+                        (dg, c, trans),
+                        (out, ldo),
+                        scale,
+                        beta,
+                        false,
+                    )?,
+                }
             };
         }
         Ok(())
@@ -807,10 +926,9 @@ impl Gpu {
         &self,
         f: &mut Floats,
         dg: &Floats,
-        batch: usize,
-        c: usize,
-        m: usize,
+        (batch, c, m): (usize, usize, usize),
         scale: f32,
+        layout: Layout,
     ) -> GpuResult<()> {
         check_len("gram input", f.len(), batch * c * m)?;
         check_len("gram gradient", dg.len(), batch * c * c)?;
@@ -823,29 +941,33 @@ impl Gpu {
             let dgi = dg.ptr_at(i * c * c);
             for n0 in (0..m).step_by(band) {
                 let cols = band.min(m - n0);
-                let f_band = f.ptr_at(i * c * m + n0);
-                // SAFETY: dG_i is c×c; the band is c rows of `cols` values at row stride m
-                // inside F; the product buffer holds c·band ≥ c·cols values.
+                // The band as a matrix in F: its first value, row stride, rows and row
+                // length; the product holds it compactly.
+                let (f_band, f_row, rows, row_len) = match layout {
+                    Layout::Nchw => (f.ptr_at(i * c * m + n0), m, c, cols),
+                    Layout::Nhwc => (f.ptr_at(i * c * m + n0 * c), c, cols, c),
+                };
+                // SAFETY: dG_i is c×c; the band is `rows` rows of `row_len` values at row
+                // stride `f_row` inside F; the product buffer holds c·band ≥ c·cols values.
                 unsafe {
                     self.gram_gradient_product(
-                        c,
-                        cols,
+                        (c, cols, layout),
                         dgi,
-                        (f_band, m),
-                        (product.ptr_at(0), cols),
+                        (f_band, f_row),
+                        (product.ptr_at(0), row_len),
                         scale,
                     )?
                 };
                 let args = [
                     product.arg(),
-                    Arg::I64(cols as i64),
+                    Arg::I64(row_len as i64),
                     Arg::Ptr(f_band),
-                    Arg::I64(m as i64),
-                    Arg::I64(c as i64),
-                    Arg::I64(cols as i64),
+                    Arg::I64(f_row as i64),
+                    Arg::I64(rows as i64),
+                    Arg::I64(row_len as i64),
                 ];
-                // SAFETY: c rows of `cols` values, compact in the product buffer and at row
-                // stride m in F's band (as for the products above).
+                // SAFETY: `rows` rows of `row_len` values, compact in the product buffer and
+                // at row stride `f_row` in F's band (as for the products above).
                 unsafe { self.launch("copy2d", c * cols, &args)? };
             }
         }
@@ -943,39 +1065,45 @@ impl Gpu {
         Ok(())
     }
 
-    /// `y = conv(x, w) + b`, then `max(·, 0)` when `relu`; NCHW, any batch.
+    /// `y = conv(x, w) + b`, then `max(·, 0)` when `relu`; any batch. NCHW with KCRS
+    /// weights, or, with [`Layout::Nhwc`], NHWC x and y with KRSC weights (only through a
+    /// convolution library: see [`Gpu::convolves_nhwc`]).
     pub fn conv2d(
         &self,
-        x: &Floats,
-        w: &Floats,
-        bias: Option<&Floats>,
+        (x, w, bias): (&Floats, &Floats, Option<&Floats>),
         c: &Conv2dParams,
         relu: bool,
+        layout: Layout,
     ) -> GpuResult<Floats> {
         Self::check_conv(c, x.len(), w.len())?;
-        let (p, cout) = (c.out_h() * c.out_w(), c.out_channels);
+        let cout = c.out_channels;
         let y = self.uninit(c.output_len())?;
-        match self.conv_engine() {
+        match (self.conv_engine(), layout) {
             // SAFETY: x, w and y hold the input, weights and output of c (checked above).
-            Some(engine) => unsafe {
+            (Some(engine), _) => unsafe {
                 engine.forward(
                     &*self.runtime,
                     c,
-                    self.conv_options(),
+                    self.conv_options(layout),
                     (x.ptr_at(0), w.ptr_at(0), y.ptr_at(0)),
                 )?
             },
-            None => self.im2col_forward(x, w, c, &y)?,
+            (None, Layout::Nchw) => self.im2col_forward(x, w, c, &y)?,
+            (None, Layout::Nhwc) => return Err(NHWC_NEEDS_A_LIBRARY.into()),
         }
         if let Some(b) = bias {
             check_len("convolution bias", b.len(), cout)?;
-            let planes = (c.batch * cout) as i64;
+            // The bias kernels add b[(i / plane) % cout]: NHWC is a plane of one value.
+            let plane = match layout {
+                Layout::Nchw => c.out_h() * c.out_w(),
+                Layout::Nhwc => 1,
+            };
             let args = [
                 y.arg(),
                 b.arg(),
                 Arg::I32(i32_of(cout, "channel count")?),
-                Arg::I64(planes),
-                Arg::I32(i32_of(p, "plane size")?),
+                Arg::I64((y.len() / plane.max(1)) as i64),
+                Arg::I32(i32_of(plane, "plane size")?),
             ];
             // One pass for bias and ReLU together.
             let kernel = if relu { "add_bias_relu" } else { "add_bias" };
@@ -987,28 +1115,30 @@ impl Gpu {
         Ok(y)
     }
 
-    /// `dx += ∂L/∂x` of the convolution from `dy`: per band, `dcols = Wᵀ·dy_band` and its
-    /// gather into the input rows the band read.
+    /// `dx += ∂L/∂x` of the convolution from `dy`, all in `layout` (as in [`Gpu::conv2d`]):
+    /// by the convolution library, or per band, `dcols = Wᵀ·dy_band` and its gather into the
+    /// input rows the band read.
     pub fn conv2d_backward_input_add(
         &self,
-        dy: &Floats,
-        w: &Floats,
+        (dy, w): (&Floats, &Floats),
         c: &Conv2dParams,
         dx: &mut Floats,
+        layout: Layout,
     ) -> GpuResult<()> {
         Self::check_conv(c, dx.len(), w.len())?;
         check_len("convolution output gradient", dy.len(), c.output_len())?;
-        match self.conv_engine() {
+        match (self.conv_engine(), layout) {
             // SAFETY: dy, w and dx hold the output, weights and input of c (checked above).
-            Some(engine) => unsafe {
+            (Some(engine), _) => unsafe {
                 engine.backward_data_add(
                     &*self.runtime,
                     c,
-                    self.conv_options(),
+                    self.conv_options(layout),
                     (dy.ptr_at(0), w.ptr_at(0), dx.ptr_at(0)),
                 )
             },
-            None => self.im2col_backward_input_add(dy, w, c, dx),
+            (None, Layout::Nchw) => self.im2col_backward_input_add(dy, w, c, dx),
+            (None, Layout::Nhwc) => Err(NHWC_NEEDS_A_LIBRARY.into()),
         }
     }
 

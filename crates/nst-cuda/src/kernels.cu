@@ -1,5 +1,6 @@
 // nst CUDA kernels, compiled at run time by NVRTC (no CUDA toolkit needed at build time).
-// The f32 counterparts of nst-cpu's kernels, same NCHW layouts; products go to cuBLAS.
+// The f32 counterparts of nst-cpu's kernels, same NCHW layouts (pooling also NHWC);
+// products go to cuBLAS.
 // Every kernel uses a grid-stride loop, so any grid size covers any n.
 
 #define GRID_STRIDE(i, n) \
@@ -94,18 +95,30 @@ __global__ void relu_mask_apply(const unsigned int* bits, float* dy, long long n
 
 // 2×2, stride 2, floor mode; argmax is the winner's place in its window, 2·row + column, one
 // byte an output as on the CPU (first maximum in row-major order wins ties, as in PyTorch).
+//
+// Both layouts with one indexing: `images` images of h×w pixels with `channels` values per
+// pixel, interleaved (NHWC). NCHW is the case channels = 1 with one "image" per plane
+// (images = N·C), so the NCHW callers pass that.
+__device__ __forceinline__ long long pool_window(long long i, int channels, int h, int w, int oh, int ow) {
+    long long pixel = i / channels; // output pixel, counted over all images
+    int c = (int)(i % channels);
+    long long image = pixel / ((long long)oh * ow);
+    int p = (int)(pixel % ((long long)oh * ow));
+    int oy = p / ow, ox = p % ow;
+    return ((image * h + 2 * oy) * w + 2 * ox) * channels + c; // the window's top-left
+}
+
 __global__ void max_pool2x2_forward(const float* x, float* y, unsigned char* argmax,
-                                    long long planes, int h, int w, int oh, int ow) {
-    GRID_STRIDE(i, planes * oh * ow) {
-        long long plane = i / ((long long)oh * ow);
-        int p = (int)(i % ((long long)oh * ow));
-        int oy = p / ow, ox = p % ow;
-        const float* src = x + plane * h * w;
+                                    long long images, int channels, int h, int w, int oh,
+                                    int ow) {
+    GRID_STRIDE(i, images * oh * ow * channels) {
+        const float* src = x + pool_window(i, channels, h, w, oh, ow);
+        long long row = (long long)w * channels;
         int code = 0;
-        float v = src[(2 * oy) * w + 2 * ox];
+        float v = src[0];
         for (int dy = 0; dy < 2; dy++)
             for (int dx = 0; dx < 2; dx++) {
-                float s = src[(2 * oy + dy) * w + 2 * ox + dx];
+                float s = src[dy * row + dx * channels];
                 if (s > v || (s != s && v == v)) { v = s; code = 2 * dy + dx; }
             }
         y[i] = v;
@@ -115,34 +128,33 @@ __global__ void max_pool2x2_forward(const float* x, float* y, unsigned char* arg
 
 // dx must be zeroed first; windows do not overlap, so each input gets at most one write.
 __global__ void max_pool2x2_backward(const float* dy, const unsigned char* argmax, float* dx,
-                                     long long planes, int h, int w, int oh, int ow) {
-    GRID_STRIDE(i, planes * oh * ow) {
-        long long plane = i / ((long long)oh * ow);
-        int p = (int)(i % ((long long)oh * ow));
-        int oy = p / ow, ox = p % ow, code = argmax[i];
-        dx[plane * h * w + (2 * oy + (code >> 1)) * w + 2 * ox + (code & 1)] = dy[i];
+                                     long long images, int channels, int h, int w, int oh,
+                                     int ow) {
+    GRID_STRIDE(i, images * oh * ow * channels) {
+        int code = argmax[i];
+        long long at = pool_window(i, channels, h, w, oh, ow) +
+                       (long long)(code >> 1) * w * channels + (code & 1) * channels;
+        dx[at] = dy[i];
     }
 }
 
-__global__ void avg_pool2x2_forward(const float* x, float* y, long long planes, int h, int w,
-                                    int oh, int ow) {
-    GRID_STRIDE(i, planes * oh * ow) {
-        long long plane = i / ((long long)oh * ow);
-        int p = (int)(i % ((long long)oh * ow));
-        const float* s = x + plane * h * w + (2 * (p / ow)) * w + 2 * (p % ow);
-        y[i] = 0.25f * (s[0] + s[1] + s[w] + s[w + 1]);
+__global__ void avg_pool2x2_forward(const float* x, float* y, long long images, int channels,
+                                    int h, int w, int oh, int ow) {
+    GRID_STRIDE(i, images * oh * ow * channels) {
+        const float* s = x + pool_window(i, channels, h, w, oh, ow);
+        long long row = (long long)w * channels;
+        y[i] = 0.25f * (s[0] + s[channels] + s[row] + s[row + channels]);
     }
 }
 
 // dx must be zeroed first (rows/columns beyond the floor keep zero gradient).
-__global__ void avg_pool2x2_backward(const float* dy, float* dx, long long planes, int h, int w,
-                                     int oh, int ow) {
-    GRID_STRIDE(i, planes * oh * ow) {
-        long long plane = i / ((long long)oh * ow);
-        int p = (int)(i % ((long long)oh * ow));
-        float* d = dx + plane * h * w + (2 * (p / ow)) * w + 2 * (p % ow);
+__global__ void avg_pool2x2_backward(const float* dy, float* dx, long long images, int channels,
+                                     int h, int w, int oh, int ow) {
+    GRID_STRIDE(i, images * oh * ow * channels) {
+        float* d = dx + pool_window(i, channels, h, w, oh, ow);
+        long long row = (long long)w * channels;
         float g = 0.25f * dy[i];
-        d[0] = g; d[1] = g; d[w] = g; d[w + 1] = g;
+        d[0] = g; d[channels] = g; d[row] = g; d[row + channels] = g;
     }
 }
 
@@ -161,10 +173,15 @@ __global__ void scaled_mul(float s, const float* x, const float* y, float* out, 
 }
 
 // y[c][r] = x[r][c] for a row-major rows × cols matrix.
-__global__ void transpose2d(const float* x, float* y, long long rows, long long cols) {
-    GRID_STRIDE(i, rows * cols) {
-        long long r = i / cols, c = i % cols;
-        y[c * rows + r] = x[i];
+// y_b = x_bᵀ for `batch` row-major rows × cols matrices one after another: a matrix
+// transpose (batch 1), NCHW ↔ NHWC (one matrix per image: C × H·W ↔ H·W × C), and a
+// convolution's weights KCRS → KRSC (one matrix per output channel: C × R·S).
+__global__ void transpose2d(const float* x, float* y, long long batch, long long rows,
+                            long long cols) {
+    GRID_STRIDE(i, batch * rows * cols) {
+        long long m = rows * cols, b = i / m, j = i % m;
+        long long r = j / cols, c = j % cols;
+        y[b * m + c * rows + r] = x[i];
     }
 }
 

@@ -15,7 +15,7 @@
 //! exactly as it would break a GPU.
 
 use crate::blas::Sgemm;
-use nst_params::{AlgorithmSearch, Conv2dParams};
+use nst_params::{AlgorithmSearch, Conv2dParams, Layout};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -93,10 +93,14 @@ pub struct ConvOptions {
     pub tf32: bool,
     /// Measure the candidates, or take the library's heuristic ranking.
     pub search: AlgorithmSearch,
+    /// How x, y (and dx, dy) lie in memory; with [`Layout::Nhwc`] the weights are KRSC (each
+    /// output channel's C values per kernel tap side by side), as cuDNN's NHWC filters are.
+    pub layout: Layout,
 }
 
-/// Convolutions by a vendor library (cuDNN on a GPU), where a runtime has one: NCHW f32
-/// cross-correlation of all `p.batch` images, on device memory of `runtime`.
+/// Convolutions by a vendor library (cuDNN on a GPU), where a runtime has one: f32
+/// cross-correlation of all `p.batch` images, NCHW or NHWC ([`ConvOptions::layout`]), on
+/// device memory of `runtime`.
 pub trait ConvEngine: Send + Sync {
     /// The library and its version, for the user.
     fn describe(&self) -> String;

@@ -255,8 +255,10 @@ fn pooling_matches_nst_cpu_with_ties_and_nan() {
     x[10] = f32::NAN;
     let dy = values(p.output_len(), 8);
     let (xp, dyp) = (x.as_ptr(), dy.as_ptr());
-    let (planes, hh, ww, oh, ow) = (
+    // NCHW: one "image" per plane, of one channel (see kernels.cu's pool_window).
+    let (planes, one, hh, ww, oh, ow) = (
         p.planes as i64,
+        1i32,
         p.in_h as i32,
         p.in_w as i32,
         p.out_h() as i32,
@@ -266,7 +268,7 @@ fn pooling_matches_nst_cpu_with_ties_and_nan() {
     let mut y = vec![0.0f32; p.output_len()];
     let mut arg = vec![9u8; p.output_len()];
     let (yp, argp) = (y.as_mut_ptr(), arg.as_mut_ptr());
-    launch!(h, "max_pool2x2_forward"; xp, yp, argp, planes, hh, ww, oh, ow);
+    launch!(h, "max_pool2x2_forward"; xp, yp, argp, planes, one, hh, ww, oh, ow);
     let (mut want_y, mut want_arg) = (vec![0.0; p.output_len()], vec![0u8; p.output_len()]);
     pool::max_pool_forward(&p, &x, &mut want_y, &mut want_arg);
     assert_close(&y, &want_y, 0.0, "max pool y");
@@ -274,16 +276,16 @@ fn pooling_matches_nst_cpu_with_ties_and_nan() {
 
     let mut dx = vec![0.0f32; p.input_len()];
     let (argc, dxp) = (arg.as_ptr(), dx.as_mut_ptr());
-    launch!(h, "max_pool2x2_backward"; dyp, argc, dxp, planes, hh, ww, oh, ow);
+    launch!(h, "max_pool2x2_backward"; dyp, argc, dxp, planes, one, hh, ww, oh, ow);
     let mut want_dx = vec![0.0; p.input_len()];
     pool::max_pool_backward(&p, &dy, &want_arg, &mut want_dx);
     assert_close(&dx, &want_dx, 0.0, "max pool dx");
 
-    launch!(h, "avg_pool2x2_forward"; xp, yp, planes, hh, ww, oh, ow);
+    launch!(h, "avg_pool2x2_forward"; xp, yp, planes, one, hh, ww, oh, ow);
     pool::avg_pool_forward(&p, &x, &mut want_y);
     assert_close(&y, &want_y, 1e-7, "avg pool y");
     dx.fill(0.0);
-    launch!(h, "avg_pool2x2_backward"; dyp, dxp, planes, hh, ww, oh, ow);
+    launch!(h, "avg_pool2x2_backward"; dyp, dxp, planes, one, hh, ww, oh, ow);
     pool::avg_pool_backward(&p, &dy, &mut want_dx);
     assert_close(&dx, &want_dx, 0.0, "avg pool dx");
 }

@@ -6,6 +6,30 @@
 
 use nst_cpu::{conv, elementwise, gram, pool, relu, AdamParams, Conv2dParams, ConvAlgorithm};
 use nst_cuda::{kernels, Gpu};
+use nst_params::Layout;
+
+/// `batch` images of `channels` planes of `pixels` values (NCHW) in NHWC order, or back
+/// (`to_nhwc` false), written out from the definition.
+fn relaid<T: Copy>(v: &[T], [batch, channels, pixels]: [usize; 3], to_nhwc: bool) -> Vec<T> {
+    assert_eq!(v.len(), batch * channels * pixels);
+    let mut out = v.to_vec();
+    for b in 0..batch {
+        for c in 0..channels {
+            for p in 0..pixels {
+                let (nchw, nhwc) = (
+                    (b * channels + c) * pixels + p,
+                    (b * pixels + p) * channels + c,
+                );
+                if to_nhwc {
+                    out[nhwc] = v[nchw];
+                } else {
+                    out[nchw] = v[nhwc];
+                }
+            }
+        }
+    }
+    out
+}
 
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     // A small LCG: reproducible, no dev-dependency.
@@ -301,11 +325,18 @@ fn elementwise_and_reductions_match_nst_cpu() {
     }
 }
 
+/// Pooling in both layouts (NHWC: the same results in NHWC order, winners included).
 #[test]
 fn pooling_matches_nst_cpu_with_ties_and_nan() {
     for (on, g) in gpus() {
-        for (planes, in_h, in_w) in [(3, 7, 9), (2, 8, 8), (1, 1, 3)] {
-            let p = pool::Pool2dParams { planes, in_h, in_w };
+        for (batch, channels, in_h, in_w) in
+            [(1, 3, 7, 9), (2, 1, 8, 8), (1, 1, 1, 3), (2, 5, 6, 7)]
+        {
+            let p = pool::Pool2dParams {
+                planes: batch * channels,
+                in_h,
+                in_w,
+            };
             let mut x: Vec<f32> = rand_vec(p.input_len(), 7)
                 .iter()
                 .map(|v| (v * 4.0).round())
@@ -314,34 +345,63 @@ fn pooling_matches_nst_cpu_with_ties_and_nan() {
                 x[10] = f32::NAN;
             }
             let dy = rand_vec(p.output_len(), 8);
-            let (gx, gdy) = (g.upload(&x).unwrap(), g.upload(&dy).unwrap());
             let (mut y, mut arg) = (vec![0.0; p.output_len()], vec![0u8; p.output_len()]);
             pool::max_pool_forward(&p, &x, &mut y, &mut arg);
-            let (gy, garg) = g.max_pool(&gx, &p).unwrap();
-            close_nan(&gy.to_vec().unwrap(), &y, &format!("{on} max pool {p:?}"));
-            assert_eq!(garg.to_vec().unwrap(), arg, "{on} max pool winners {p:?}");
             let mut dx = vec![0.0; p.input_len()];
             pool::max_pool_backward(&p, &dy, &arg, &mut dx);
-            assert_eq!(
-                g.max_pool_backward(&gdy, &garg, &p)
-                    .unwrap()
-                    .to_vec()
-                    .unwrap(),
-                dx,
-                "{on} max pool dx"
-            );
-            pool::avg_pool_forward(&p, &x, &mut y);
-            close_nan(
-                &g.avg_pool(&gx, &p).unwrap().to_vec().unwrap(),
-                &y,
-                &format!("{on} avg pool"),
-            );
-            pool::avg_pool_backward(&p, &dy, &mut dx);
-            assert_eq!(
-                g.avg_pool_backward(&gdy, &p).unwrap().to_vec().unwrap(),
-                dx,
-                "{on} avg pool dx"
-            );
+            let mut avg_y = vec![0.0; p.output_len()];
+            pool::avg_pool_forward(&p, &x, &mut avg_y);
+            let mut avg_dx = vec![0.0; p.input_len()];
+            pool::avg_pool_backward(&p, &dy, &mut avg_dx);
+            let inputs = [batch, channels, in_h * in_w];
+            let outputs = [batch, channels, p.out_h() * p.out_w()];
+            for layout in [Layout::Nchw, Layout::Nhwc] {
+                // Host values in `layout`'s order, and the kernels' channel count for it.
+                let (laid, channels_last) = match layout {
+                    Layout::Nchw => (false, None),
+                    Layout::Nhwc => (true, Some(channels)),
+                };
+                let at = |v: &[f32], shape| {
+                    if laid {
+                        relaid(v, shape, true)
+                    } else {
+                        v.to_vec()
+                    }
+                };
+                let what = format!("{on} {layout} {p:?} ×{channels}");
+                let (gx, gdy) = (
+                    g.upload(&at(&x, inputs)).unwrap(),
+                    g.upload(&at(&dy, outputs)).unwrap(),
+                );
+                let (gy, garg) = g.max_pool(&gx, &p, channels_last).unwrap();
+                close_nan(
+                    &gy.to_vec().unwrap(),
+                    &at(&y, outputs),
+                    &format!("{what} max"),
+                );
+                let want_arg = if laid {
+                    relaid(&arg, outputs, true)
+                } else {
+                    arg.clone()
+                };
+                assert_eq!(garg.to_vec().unwrap(), want_arg, "{what} max pool winners");
+                let gdx = g.max_pool_backward(&gdy, &garg, &p, channels_last).unwrap();
+                assert_eq!(gdx.to_vec().unwrap(), at(&dx, inputs), "{what} max pool dx");
+                close_nan(
+                    &g.avg_pool(&gx, &p, channels_last)
+                        .unwrap()
+                        .to_vec()
+                        .unwrap(),
+                    &at(&avg_y, outputs),
+                    &format!("{what} avg pool"),
+                );
+                let gdx = g.avg_pool_backward(&gdy, &p, channels_last).unwrap();
+                assert_eq!(
+                    gdx.to_vec().unwrap(),
+                    at(&avg_dx, inputs),
+                    "{what} avg pool dx"
+                );
+            }
         }
     }
 }
@@ -401,37 +461,60 @@ fn products_and_gram_match_nst_cpu() {
                 &mut want_df[i * c * m..][..c * m],
             );
         }
-        let (gf, gdg) = (g.upload(&f).unwrap(), g.upload(&dg).unwrap());
-        close(
-            &g.gram(&gf, batch, c, m, scale).unwrap().to_vec().unwrap(),
-            &want,
-            1e-6,
-            &format!("{on} gram"),
-        );
-        close(
-            &g.gram_backward(&gf, &gdg, batch, c, m, scale)
-                .unwrap()
-                .to_vec()
-                .unwrap(),
-            &want_df,
-            1e-6,
-            &format!("{on} gram backward"),
-        );
-        // In place, in one band and in bands of 7 positions (the last one partial: 45 = 6·7 + 3).
-        for (bands, gpu) in [
-            ("one band", g.clone()),
-            ("bands of 7", g.clone().with_cols_budget(7 * c)),
-        ] {
-            let mut df = gpu.upload(&f).unwrap();
-            gpu.gram_backward_in_place(&mut df, &gdg, batch, c, m, scale)
-                .unwrap();
+        let gdg = g.upload(&dg).unwrap();
+        let shape = [batch, c, m];
+        // NHWC: F stored as m × c per image; the same G, and dF in F's layout.
+        for layout in [Layout::Nchw, Layout::Nhwc] {
+            let at = |v: &[f32]| match layout {
+                Layout::Nchw => v.to_vec(),
+                Layout::Nhwc => relaid(v, shape, true),
+            };
+            let gf = g.upload(&at(&f)).unwrap();
+            let what = format!("{on} {layout}");
             close(
-                &df.to_vec().unwrap(),
-                &want_df,
+                &g.gram(&gf, (batch, c, m), scale, layout)
+                    .unwrap()
+                    .to_vec()
+                    .unwrap(),
+                &want,
                 1e-6,
-                &format!("{on} gram backward in place, {bands}"),
+                &format!("{what} gram"),
             );
+            close(
+                &g.gram_backward(&gf, &gdg, (batch, c, m), scale, layout)
+                    .unwrap()
+                    .to_vec()
+                    .unwrap(),
+                &at(&want_df),
+                1e-6,
+                &format!("{what} gram backward"),
+            );
+            // In place, in one band and in bands of 7 positions (the last one partial:
+            // 45 = 6·7 + 3).
+            for (bands, gpu) in [
+                ("one band", g.clone()),
+                ("bands of 7", g.clone().with_cols_budget(7 * c)),
+            ] {
+                let mut df = gpu.upload(&at(&f)).unwrap();
+                gpu.gram_backward_in_place(&mut df, &gdg, (batch, c, m), scale, layout)
+                    .unwrap();
+                close(
+                    &df.to_vec().unwrap(),
+                    &at(&want_df),
+                    1e-6,
+                    &format!("{what} gram backward in place, {bands}"),
+                );
+            }
         }
+        let gf = g.upload(&f).unwrap();
+        let nhwc = g.nchw_to_nhwc(&gf, batch, c, m).unwrap();
+        assert_eq!(
+            nhwc.to_vec().unwrap(),
+            relaid(&f, shape, true),
+            "{on} to NHWC"
+        );
+        let back = g.nhwc_to_nchw(&nhwc, batch, c, m).unwrap();
+        assert_eq!(back.to_vec().unwrap(), f, "{on} back to NCHW");
         let t = g.transpose(&gf, c, batch * m).unwrap().to_vec().unwrap();
         for r in 0..c {
             for col in 0..batch * m {
@@ -497,11 +580,14 @@ fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
             let g32 = g.clone().with_tf32_convolutions(true);
             let got = g32
                 .conv2d(
-                    &g32.upload(&x).unwrap(),
-                    &g32.upload(&wt).unwrap(),
-                    Some(&g32.upload(&b).unwrap()),
+                    (
+                        &g32.upload(&x).unwrap(),
+                        &g32.upload(&wt).unwrap(),
+                        Some(&g32.upload(&b).unwrap()),
+                    ),
                     &c,
                     false,
+                    Layout::Nchw,
                 )
                 .unwrap()
                 .to_vec()
@@ -556,10 +642,12 @@ fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
                     g.upload(&b).unwrap(),
                     g.upload(&dy).unwrap(),
                 );
-                let gy = g.conv2d(&gx, &gw, Some(&gb), &c, true).unwrap();
+                let gy = g
+                    .conv2d((&gx, &gw, Some(&gb)), &c, true, Layout::Nchw)
+                    .unwrap();
                 close(&gy.to_vec().unwrap(), &y, 1e-5, &format!("{what} forward"));
                 let mut gdx = g.upload(&dx0).unwrap();
-                g.conv2d_backward_input_add(&gdy, &gw, &c, &mut gdx)
+                g.conv2d_backward_input_add((&gdy, &gw), &c, &mut gdx, Layout::Nchw)
                     .unwrap();
                 close(
                     &gdx.to_vec().unwrap(),
@@ -581,6 +669,31 @@ fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
                     &format!("{what} bias gradient"),
                 );
             }
+            // NHWC x, y, dy and dx with KRSC weights, through the convolution library: the
+            // same values in NHWC order.
+            let what = format!("{on} nhwc {c:?}");
+            let (inputs, outputs) = ([batch, cin, h * w], [batch, cout, c.out_h() * c.out_w()]);
+            let krsc = g
+                .nchw_to_nhwc(&g.upload(&wt).unwrap(), cout, cin, kh * kw)
+                .unwrap();
+            let (gx, gb, gdy) = (
+                g.upload(&relaid(&x, inputs, true)).unwrap(),
+                g.upload(&b).unwrap(),
+                g.upload(&relaid(&dy, outputs, true)).unwrap(),
+            );
+            let gy = g.conv2d((&gx, &krsc, Some(&gb)), &c, true, Layout::Nhwc);
+            if !g.convolves_nhwc() {
+                let e = gy.expect_err("NHWC without a convolution library");
+                assert!(e.contains("need a convolution library"), "{what}: {e}");
+                continue;
+            }
+            let gy = relaid(&gy.unwrap().to_vec().unwrap(), outputs, false);
+            close(&gy, &y, 1e-5, &format!("{what} forward"));
+            let mut gdx = g.upload(&relaid(&dx0, inputs, true)).unwrap();
+            g.conv2d_backward_input_add((&gdy, &krsc), &c, &mut gdx, Layout::Nhwc)
+                .unwrap();
+            let gdx = relaid(&gdx.to_vec().unwrap(), inputs, false);
+            close(&gdx, &dx, 1e-5, &format!("{what} input gradient"));
         }
     }
 }

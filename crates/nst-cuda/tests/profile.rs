@@ -36,7 +36,12 @@ fn profile_counts_each_operation_by_name() {
     let weights = g.upload(&vec![0.25; c.weight_len()]).unwrap();
     g.clone()
         .with_library_convolutions(false)
-        .conv2d(&input, &weights, None, &c, false)
+        .conv2d(
+            (&input, &weights, None),
+            &c,
+            false,
+            nst_params::Layout::Nchw,
+        )
         .unwrap();
 
     let table = profile::report(50).unwrap();

@@ -1,8 +1,9 @@
 //! # nst-params
 //!
 //! What an op is asked to do, independent of the device that does it: the shapes of a
-//! convolution and of a pooling layer, Adam's hyperparameters, and which convolution
-//! algorithm the caller wants (and, on a GPU, how it is picked). Every backend (`nst-cpu`,
+//! convolution and of a pooling layer, Adam's hyperparameters, which convolution
+//! algorithm the caller wants (and, on a GPU, how it is picked), and how a GPU lays out its
+//! activations. Every backend (`nst-cpu`,
 //! `nst-cuda`) and the tensor layer above them (`nst-tensor`) take these same types, so a
 //! shape is worked out once and means the same thing on every device.
 //!
@@ -10,8 +11,10 @@
 
 mod adam;
 mod conv;
+mod layout;
 mod pool;
 
 pub use adam::AdamParams;
 pub use conv::{AlgorithmSearch, Conv2dParams, ConvAlgorithm};
+pub use layout::Layout;
 pub use pool::Pool2dParams;
