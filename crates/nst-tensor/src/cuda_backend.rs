@@ -15,7 +15,7 @@ use crate::{Device, Precision, Result, TensorError};
 /// Opt-in GPU time per operation (`NST_CUDA_PROFILE=1`; see [`nst_cuda::profile`]).
 pub use nst_cuda::profile;
 use nst_cuda::{DeviceBuffer, Floats, Gpu};
-use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Pool2dParams};
+use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Layout, Pool2dParams};
 use std::sync::{Mutex, OnceLock};
 
 /// A device opened once per process (a `Gpu` is a shared handle: cloning it is cheap), or
@@ -32,6 +32,8 @@ pub struct CudaDevice {
     gpu: Gpu,
     ordinal: usize,
     emulated: bool,
+    /// How activations are stored where the convolution library can take that layout.
+    layout: Layout,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -68,6 +70,7 @@ impl CudaDevice {
             gpu,
             ordinal,
             emulated: false,
+            layout: Layout::Nchw,
         })
     }
 
@@ -75,14 +78,30 @@ impl CudaDevice {
     /// the CPU (needs `g++`; slow — for tests). See `nst_cuda::emulator`.
     pub fn emulated() -> Result<Self> {
         static EMULATOR: OnceLock<Opened> = OnceLock::new();
-        let gpu = EMULATOR
-            .get_or_init(Gpu::emulated)
+        Self::emulator(EMULATOR.get_or_init(Gpu::emulated))
+    }
+
+    /// The CUDA emulator with a convolution library, as a GPU with cuDNN has (nst-cpu's
+    /// convolution standing in for it): tests the paths only such a library takes, NHWC
+    /// activations among them.
+    pub fn emulated_with_library() -> Result<Self> {
+        static EMULATOR: OnceLock<Opened> = OnceLock::new();
+        Self::emulator(EMULATOR.get_or_init(|| {
+            Ok(Gpu::on(
+                nst_cuda::emulator::Emulator::with_library_convolutions()?,
+            ))
+        }))
+    }
+
+    fn emulator(opened: &Opened) -> Result<Self> {
+        let gpu = opened
             .clone()
             .map_err(|reason| TensorError::CudaUnavailable { reason })?;
         Ok(CudaDevice {
             gpu,
             ordinal: 0,
             emulated: true,
+            layout: Layout::Nchw,
         })
     }
 
@@ -104,6 +123,26 @@ impl CudaDevice {
         CudaDevice {
             gpu: self.gpu.clone().with_algorithm_search(search),
             ..self.clone()
+        }
+    }
+
+    /// The same device storing convolutions' activations in `layout` where its convolution
+    /// library can take it (cuDNN can; the im2col kernels are NCHW only, so there it changes
+    /// nothing). Tensors of either are interchangeable: their values are the same, and
+    /// operations convert where layouts meet (see [`Layout`]).
+    pub fn with_layout(&self, layout: Layout) -> CudaDevice {
+        CudaDevice {
+            layout,
+            ..self.clone()
+        }
+    }
+
+    /// How this device stores convolutions' activations: the layout asked for, where the
+    /// convolution library can take it, else NCHW.
+    pub fn layout(&self) -> Layout {
+        match self.layout {
+            Layout::Nhwc if self.gpu.convolves_nhwc() => Layout::Nhwc,
+            _ => Layout::Nchw,
         }
     }
 
@@ -155,26 +194,92 @@ impl CudaDevice {
     }
 
     fn storage(&self, buf: Floats) -> CudaStorage {
+        self.storage_as(buf, Stored::AsShaped)
+    }
+
+    fn storage_as(&self, buf: Floats, stored: Stored) -> CudaStorage {
         CudaStorage {
             buf,
+            stored,
+            krsc: OnceLock::new(),
             device: Device::Cuda(self.clone()),
         }
     }
 }
 
-/// A tensor's data in device memory.
+/// How a CUDA storage's values lie in device memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stored {
+    /// In the order of the tensor's shape (NCHW for a 4-D tensor), as on every device.
+    AsShaped,
+    /// Channels last: `batch` images of `channels` channels of `pixels` pixels, NHWC.
+    Nhwc {
+        batch: usize,
+        channels: usize,
+        pixels: usize,
+    },
+}
+
+impl Stored {
+    /// The same images and channels over `pixels` pixels (a pooling layer's other side).
+    fn with_pixels(self, pixels: usize) -> Stored {
+        match self {
+            Stored::AsShaped => Stored::AsShaped,
+            Stored::Nhwc {
+                batch, channels, ..
+            } => Stored::Nhwc {
+                batch,
+                channels,
+                pixels,
+            },
+        }
+    }
+
+    /// The NHWC channel count, if NHWC.
+    fn channels_last(self) -> Option<usize> {
+        match self {
+            Stored::AsShaped => None,
+            Stored::Nhwc { channels, .. } => Some(channels),
+        }
+    }
+}
+
+/// A convolution's input with fewer channels than this (an RGB image) stays NCHW on a device
+/// whose activations are NHWC: the optimizer works on it, and converting its three channels
+/// around the first convolution costs little (PyTorch's `channels_last` converts its input
+/// the same way).
+const NHWC_MIN_CHANNELS: usize = 4;
+
+/// A tensor's data in device memory: in the tensor's own order, or, on a device that keeps its
+/// activations NHWC ([`CudaDevice::with_layout`]), channels last. Either way it holds the same
+/// tensor: every operation that reads values in order converts (see [`Stored`]).
 #[derive(Debug)]
 pub struct CudaStorage {
     buf: Floats,
+    stored: Stored,
+    /// A 4-D weight's KRSC copy for NHWC convolutions, made on first use and kept while the
+    /// values do not change (every `&mut` access drops it: see [`CudaStorage::buf_mut`]).
+    krsc: OnceLock<Floats>,
     device: Device,
+}
+
+/// ReLU's one-bit mask on the device, with the order of the values it was taken from.
+#[derive(Debug)]
+pub struct CudaReluMask {
+    bits: DeviceBuffer<u32>,
+    stored: Stored,
+}
+
+/// Max pooling's winners on the device, with the order of the pooled values.
+#[derive(Debug)]
+pub struct CudaPoolWinners {
+    winners: DeviceBuffer<u8>,
+    stored: Stored,
 }
 
 impl CudaStorage {
     fn gpu(&self) -> &Gpu {
-        match &self.device {
-            Device::Cuda(d) => &d.gpu,
-            Device::Cpu => unreachable!("CUDA storage always holds a CUDA device"),
-        }
+        &self.cuda_device().gpu
     }
 
     fn cuda_device(&self) -> &CudaDevice {
@@ -184,9 +289,158 @@ impl CudaStorage {
         }
     }
 
-    /// Wraps a result of this storage's device.
+    /// Wraps a result of this storage's device, stored in the tensor's order.
     fn wrap(&self, r: nst_cuda::GpuResult<Floats>) -> Result<Self> {
-        Ok(self.cuda_device().storage(r.map_err(failed)?))
+        self.wrap_as(r, Stored::AsShaped)
+    }
+
+    /// Wraps a result of this storage's device, stored as `stored` says.
+    fn wrap_as(&self, r: nst_cuda::GpuResult<Floats>, stored: Stored) -> Result<Self> {
+        Ok(self.cuda_device().storage_as(r.map_err(failed)?, stored))
+    }
+
+    /// The values for writing: the KRSC copy, if any, no longer matches them.
+    fn buf_mut(&mut self) -> &mut Floats {
+        self.krsc = OnceLock::new();
+        &mut self.buf
+    }
+
+    /// The values stored as `want`: borrowed when they already are, else converted.
+    fn stored_as(&self, want: Stored) -> Result<Values<'_>> {
+        if self.stored == want {
+            Ok(Values::Borrowed(&self.buf))
+        } else {
+            Ok(Values::Converted(self.converted(want)?))
+        }
+    }
+
+    /// A copy stored as `want` (through the tensor's order when both are NHWC of different
+    /// shapes).
+    fn converted(&self, want: Stored) -> Result<Floats> {
+        check_planes(self.len(), want)?;
+        let gpu = self.gpu();
+        let copy = match (self.stored, want) {
+            (Stored::AsShaped, Stored::AsShaped) => self.buf.try_clone(),
+            (
+                Stored::AsShaped,
+                Stored::Nhwc {
+                    batch,
+                    channels,
+                    pixels,
+                },
+            ) => gpu.nchw_to_nhwc(&self.buf, batch, channels, pixels),
+            (
+                Stored::Nhwc {
+                    batch,
+                    channels,
+                    pixels,
+                },
+                Stored::AsShaped,
+            ) => gpu.nhwc_to_nchw(&self.buf, batch, channels, pixels),
+            (
+                Stored::Nhwc {
+                    batch,
+                    channels,
+                    pixels,
+                },
+                Stored::Nhwc { .. },
+            ) => {
+                let flat = gpu.nhwc_to_nchw(&self.buf, batch, channels, pixels);
+                return self.wrap(flat)?.converted(want);
+            }
+        };
+        copy.map_err(failed)
+    }
+
+    /// The values in the tensor's order.
+    fn as_shaped(&self) -> Result<Values<'_>> {
+        self.stored_as(Stored::AsShaped)
+    }
+
+    /// `other`'s values stored as this storage's are: how two operands of an elementwise
+    /// operation meet.
+    fn matching<'a>(&self, other: &'a Self) -> Result<Values<'a>> {
+        other.stored_as(self.stored)
+    }
+
+    /// Converts in place to `want` (a no-op when it already is).
+    fn restore_as(&mut self, want: Stored) -> Result<()> {
+        if self.stored != want {
+            let converted = self.converted(want)?;
+            *self.buf_mut() = converted;
+            self.stored = want;
+        }
+        Ok(())
+    }
+
+    /// F for a Gram matrix of `batch` images of `c` channels of `m` positions: as stored when
+    /// it is NHWC of that shape, else in the tensor's order.
+    fn gram_operand(&self, batch: usize, c: usize, m: usize) -> Result<(Values<'_>, Layout)> {
+        if self.stored == nhwc(batch, c, m) {
+            Ok((Values::Borrowed(&self.buf), Layout::Nhwc))
+        } else {
+            Ok((self.as_shaped()?, Layout::Nchw))
+        }
+    }
+
+    /// A convolution's weights `[K, C, R, S]` as KRSC, for NHWC convolutions: made once.
+    fn krsc(&self, p: &Conv2dParams) -> Result<&Floats> {
+        if let Some(w) = self.krsc.get() {
+            return Ok(w);
+        }
+        let taps = p.kernel_h * p.kernel_w;
+        let w = self
+            .gpu()
+            .nchw_to_nhwc(&*self.as_shaped()?, p.out_channels, p.in_channels, taps)
+            .map_err(failed)?;
+        Ok(self.krsc.get_or_init(|| w))
+    }
+}
+
+/// A storage's values for reading: its own, or a converted copy.
+enum Values<'a> {
+    Borrowed(&'a Floats),
+    Converted(Floats),
+}
+
+impl std::ops::Deref for Values<'_> {
+    type Target = Floats;
+    fn deref(&self) -> &Floats {
+        match self {
+            Values::Borrowed(v) => v,
+            Values::Converted(v) => v,
+        }
+    }
+}
+
+/// An error unless `len` values can be `stored` as it says.
+fn check_planes(len: usize, stored: Stored) -> Result<()> {
+    match stored {
+        Stored::Nhwc {
+            batch,
+            channels,
+            pixels,
+        } if batch * channels * pixels != len => Err(failed(format!(
+            "{len} values are not {batch} images of {channels} channels of {pixels} pixels"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// How a Gram gradient of `(batch, c, m)` computed in `layout` is stored.
+fn gram_stored(layout: Layout, (batch, c, m): (usize, usize, usize)) -> Stored {
+    match layout {
+        Layout::Nchw => Stored::AsShaped,
+        Layout::Nhwc => nhwc(batch, c, m),
+    }
+}
+
+/// NHWC storage of `batch` images of `channels` channels of `pixels` pixels.
+fn nhwc(batch: usize, channels: usize, pixels: usize) -> Stored {
+    Stored::Nhwc {
+        batch,
+        channels,
+        pixels,
     }
 }
 
@@ -207,10 +461,8 @@ impl BackendDevice for CudaDevice {
 }
 
 impl BackendStorage for CudaStorage {
-    /// Each window's winner, `2·row + column`, one byte an output.
-    type PoolIndices = DeviceBuffer<u8>;
-    /// 32 elements per word, nst-cpu's layout.
-    type ReluMask = DeviceBuffer<u32>;
+    type PoolIndices = CudaPoolWinners;
+    type ReluMask = CudaReluMask;
     /// One double in device memory, with the device that holds it.
     type Scalar = (DeviceBuffer<f64>, CudaDevice);
 
@@ -223,14 +475,16 @@ impl BackendStorage for CudaStorage {
     }
 
     fn to_vec(&self) -> Result<Vec<f32>> {
-        self.buf.to_vec().map_err(failed)
+        self.as_shaped()?.to_vec().map_err(failed)
     }
 
     fn try_clone(&self) -> Result<Self> {
-        self.wrap(self.buf.try_clone())
+        self.wrap_as(self.buf.try_clone(), self.stored)
     }
 
-    /// The algorithm choice is the CPU's (Winograd or not); the GPU has its own.
+    /// The algorithm choice is the CPU's (Winograd or not); the GPU has its own. On a device
+    /// with NHWC activations, x is taken NHWC (converted if it is not: the image), w as KRSC,
+    /// and y is NHWC.
     fn conv2d(
         &self,
         w: &Self,
@@ -239,20 +493,40 @@ impl BackendStorage for CudaStorage {
         _algo: ConvAlgorithm,
         relu: bool,
     ) -> Result<Self> {
-        self.wrap(
-            self.gpu()
-                .conv2d(&self.buf, &w.buf, b.map(|b| &b.buf), p, relu),
-        )
+        let gpu = self.gpu();
+        let bias = b.map(|b| b.as_shaped()).transpose()?;
+        let bias = bias.as_deref();
+        match self.cuda_device().layout() {
+            Layout::Nchw => {
+                let (x, w) = (self.as_shaped()?, w.as_shaped()?);
+                self.wrap(gpu.conv2d((&x, &w, bias), p, relu, Layout::Nchw))
+            }
+            Layout::Nhwc => {
+                let x = self.stored_as(nhwc(p.batch, p.in_channels, p.in_h * p.in_w))?;
+                let y = gpu.conv2d((&x, w.krsc(p)?, bias), p, relu, Layout::Nhwc);
+                let stored = nhwc(p.batch, p.out_channels, p.out_h() * p.out_w());
+                self.wrap_as(y, stored)
+            }
+        }
     }
 
+    /// NHWC devices: dx is NHWC, except for inputs of fewer than [`NHWC_MIN_CHANNELS`]
+    /// channels (the image), whose gradient comes back in the tensor's order.
     fn conv2d_backward_input(
         &self,
         w: &Self,
         p: &Conv2dParams,
         algo: ConvAlgorithm,
     ) -> Result<Self> {
-        let mut dx = self.wrap(self.gpu().zeros(p.input_len()))?;
+        let zeros = self.gpu().zeros(p.input_len());
+        let mut dx = match self.cuda_device().layout() {
+            Layout::Nchw => self.wrap(zeros)?,
+            Layout::Nhwc => self.wrap_as(zeros, nhwc(p.batch, p.in_channels, p.in_h * p.in_w))?,
+        };
         self.conv2d_backward_input_accumulate(w, p, algo, &mut dx)?;
+        if p.in_channels < NHWC_MIN_CHANNELS {
+            dx.restore_as(Stored::AsShaped)?;
+        }
         Ok(dx)
     }
 
@@ -260,11 +534,27 @@ impl BackendStorage for CudaStorage {
         &self,
         w: &Self,
         p: &Conv2dParams,
-        _algo: ConvAlgorithm,
+        algo: ConvAlgorithm,
         dx: &mut Self,
     ) -> Result<()> {
-        self.gpu()
-            .conv2d_backward_input_add(&self.buf, &w.buf, p, &mut dx.buf)
+        let gpu = self.cuda_device().gpu.clone();
+        let (layout, dx_stored) = match self.cuda_device().layout() {
+            Layout::Nchw => (Layout::Nchw, Stored::AsShaped),
+            Layout::Nhwc => (Layout::Nhwc, nhwc(p.batch, p.in_channels, p.in_h * p.in_w)),
+        };
+        if dx.stored != dx_stored {
+            // A gradient kept in the other order: add a fresh one (converted) into it.
+            let fresh = self.conv2d_backward_input(w, p, algo)?;
+            return dx.add_assign(&fresh);
+        }
+        let (dy, w) = match layout {
+            Layout::Nchw => (self.as_shaped()?, w.as_shaped()?),
+            Layout::Nhwc => (
+                self.stored_as(nhwc(p.batch, p.out_channels, p.out_h() * p.out_w()))?,
+                Values::Borrowed(w.krsc(p)?),
+            ),
+        };
+        gpu.conv2d_backward_input_add((&dy, &w), p, dx.buf_mut(), layout)
             .map_err(failed)
     }
 
@@ -276,40 +566,61 @@ impl BackendStorage for CudaStorage {
     ) -> Result<(Self, Option<Self>)> {
         let (dw, db) = self
             .gpu()
-            .conv2d_backward_weight(&self.buf, &dy.buf, p, with_bias)
+            .conv2d_backward_weight(&*self.as_shaped()?, &*dy.as_shaped()?, p, with_bias)
             .map_err(failed)?;
         let device = self.cuda_device();
         Ok((device.storage(dw), db.map(|db| device.storage(db))))
     }
 
     fn relu(&self) -> Result<Self> {
-        self.wrap(self.gpu().relu(&self.buf))
+        self.wrap_as(self.gpu().relu(&self.buf), self.stored)
     }
 
-    fn relu_mask(&self) -> Result<DeviceBuffer<u32>> {
-        self.gpu().relu_mask(&self.buf).map_err(failed)
+    fn relu_mask(&self) -> Result<CudaReluMask> {
+        Ok(CudaReluMask {
+            bits: self.gpu().relu_mask(&self.buf).map_err(failed)?,
+            stored: self.stored,
+        })
     }
 
-    fn apply_relu_mask(&mut self, mask: &DeviceBuffer<u32>) -> Result<()> {
+    fn apply_relu_mask(&mut self, mask: &CudaReluMask) -> Result<()> {
+        self.restore_as(mask.stored)?;
         let gpu = self.cuda_device().gpu.clone();
-        gpu.apply_relu_mask(&mut self.buf, mask).map_err(failed)
+        gpu.apply_relu_mask(self.buf_mut(), &mask.bits)
+            .map_err(failed)
     }
 
-    fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, DeviceBuffer<u8>)> {
-        let (y, winners) = self.gpu().max_pool(&self.buf, p).map_err(failed)?;
-        Ok((self.cuda_device().storage(y), winners))
+    fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, CudaPoolWinners)> {
+        let (y, winners) = self
+            .gpu()
+            .max_pool(&self.buf, p, self.stored.channels_last())
+            .map_err(failed)?;
+        let stored = self.stored.with_pixels(p.out_h() * p.out_w());
+        let y = self.cuda_device().storage_as(y, stored);
+        Ok((y, CudaPoolWinners { winners, stored }))
     }
 
-    fn max_pool2d_backward(&self, indices: &DeviceBuffer<u8>, p: &Pool2dParams) -> Result<Self> {
-        self.wrap(self.gpu().max_pool_backward(&self.buf, indices, p))
+    fn max_pool2d_backward(&self, indices: &CudaPoolWinners, p: &Pool2dParams) -> Result<Self> {
+        let dy = self.stored_as(indices.stored)?;
+        let channels_last = indices.stored.channels_last();
+        let dx = self
+            .gpu()
+            .max_pool_backward(&dy, &indices.winners, p, channels_last);
+        self.wrap_as(dx, indices.stored.with_pixels(p.in_h * p.in_w))
     }
 
     fn avg_pool2d(&self, p: &Pool2dParams) -> Result<Self> {
-        self.wrap(self.gpu().avg_pool(&self.buf, p))
+        let y = self
+            .gpu()
+            .avg_pool(&self.buf, p, self.stored.channels_last());
+        self.wrap_as(y, self.stored.with_pixels(p.out_h() * p.out_w()))
     }
 
     fn avg_pool2d_backward(&self, p: &Pool2dParams) -> Result<Self> {
-        self.wrap(self.gpu().avg_pool_backward(&self.buf, p))
+        let dx = self
+            .gpu()
+            .avg_pool_backward(&self.buf, p, self.stored.channels_last());
+        self.wrap_as(dx, self.stored.with_pixels(p.in_h * p.in_w))
     }
 
     fn matmul(
@@ -321,14 +632,14 @@ impl BackendStorage for CudaStorage {
         trans_a: bool,
         trans_b: bool,
     ) -> Result<Self> {
-        self.wrap(
-            self.gpu()
-                .matmul(&self.buf, &b.buf, (m, k, n), trans_a, trans_b),
-        )
+        let (a, b) = (self.as_shaped()?, b.as_shaped()?);
+        self.wrap(self.gpu().matmul(&a, &b, (m, k, n), trans_a, trans_b))
     }
 
+    /// NHWC features (F stored transposed) give the same G by `Fᵀ·F` of what is stored.
     fn gram(&self, batch: usize, c: usize, m: usize, scale: f32) -> Result<Self> {
-        self.wrap(self.gpu().gram(&self.buf, batch, c, m, scale))
+        let (f, layout) = self.gram_operand(batch, c, m)?;
+        self.wrap(self.gpu().gram(&f, (batch, c, m), scale, layout))
     }
 
     fn gram_backward(
@@ -339,10 +650,11 @@ impl BackendStorage for CudaStorage {
         m: usize,
         scale: f32,
     ) -> Result<Self> {
-        self.wrap(
-            self.gpu()
-                .gram_backward(&self.buf, &dg.buf, batch, c, m, scale),
-        )
+        let (f, layout) = self.gram_operand(batch, c, m)?;
+        let df = self
+            .gpu()
+            .gram_backward(&f, &*dg.as_shaped()?, (batch, c, m), scale, layout);
+        self.wrap_as(df, gram_stored(layout, (batch, c, m)))
     }
 
     fn gram_backward_in_place(
@@ -353,39 +665,53 @@ impl BackendStorage for CudaStorage {
         m: usize,
         scale: f32,
     ) -> Result<()> {
+        let layout = if self.stored == nhwc(batch, c, m) {
+            Layout::Nhwc
+        } else {
+            self.restore_as(Stored::AsShaped)?;
+            Layout::Nchw
+        };
         let gpu = self.cuda_device().gpu.clone();
-        gpu.gram_backward_in_place(&mut self.buf, &dg.buf, batch, c, m, scale)
+        let dg = dg.as_shaped()?;
+        gpu.gram_backward_in_place(self.buf_mut(), &dg, (batch, c, m), scale, layout)
             .map_err(failed)
     }
 
     fn transpose(&self, rows: usize, cols: usize) -> Result<Self> {
-        self.wrap(self.gpu().transpose(&self.buf, rows, cols))
+        self.wrap(self.gpu().transpose(&*self.as_shaped()?, rows, cols))
     }
 
     fn binary(&self, b: &Self, op: BinaryOp) -> Result<Self> {
         let gpu = self.gpu();
-        self.wrap(match op {
-            BinaryOp::Add => gpu.axpby(1.0, &self.buf, 1.0, &b.buf),
-            BinaryOp::Sub => gpu.axpby(1.0, &self.buf, -1.0, &b.buf),
-            BinaryOp::Mul => gpu.scaled_mul(1.0, &self.buf, &b.buf),
-        })
+        let b = self.matching(b)?;
+        self.wrap_as(
+            match op {
+                BinaryOp::Add => gpu.axpby(1.0, &self.buf, 1.0, &b),
+                BinaryOp::Sub => gpu.axpby(1.0, &self.buf, -1.0, &b),
+                BinaryOp::Mul => gpu.scaled_mul(1.0, &self.buf, &b),
+            },
+            self.stored,
+        )
     }
 
     fn scaled_mul(&self, b: &Self, s: f32) -> Result<Self> {
-        self.wrap(self.gpu().scaled_mul(s, &self.buf, &b.buf))
+        let b = self.matching(b)?;
+        self.wrap_as(self.gpu().scaled_mul(s, &self.buf, &b), self.stored)
     }
 
     fn scale(&self, s: f32) -> Result<Self> {
-        self.wrap(self.gpu().scale(s, &self.buf))
+        self.wrap_as(self.gpu().scale(s, &self.buf), self.stored)
     }
 
     fn square(&self) -> Result<Self> {
-        self.wrap(self.gpu().scaled_mul(1.0, &self.buf, &self.buf))
+        let x = &self.buf;
+        self.wrap_as(self.gpu().scaled_mul(1.0, x, x), self.stored)
     }
 
     fn add_assign(&mut self, other: &Self) -> Result<()> {
         let gpu = self.cuda_device().gpu.clone();
-        gpu.axpby_in_place(1.0, &mut self.buf, 1.0, &other.buf)
+        let other = self.matching(other)?;
+        gpu.axpby_in_place(1.0, self.buf_mut(), 1.0, &other)
             .map_err(failed)
     }
 
@@ -398,28 +724,30 @@ impl BackendStorage for CudaStorage {
     }
 
     fn squared_distance(&self, b: &Self) -> Result<Self> {
-        self.wrap(self.gpu().squared_distance(&self.buf, &b.buf))
+        let b = self.matching(b)?;
+        self.wrap(self.gpu().squared_distance(&self.buf, &b))
     }
 
     fn scaled_difference_in_place(&mut self, b: &Self, g: &Self, s: f32) -> Result<()> {
         let gpu = self.cuda_device().gpu.clone();
-        gpu.scaled_difference_in_place(&mut self.buf, &b.buf, &g.buf, s)
+        let b = self.matching(b)?;
+        gpu.scaled_difference_in_place(self.buf_mut(), &b, &g.buf, s)
             .map_err(failed)
     }
 
     fn axpby(&self, alpha: f32, y: &Self, beta: f32) -> Result<Self> {
-        self.wrap(self.gpu().axpby(alpha, &self.buf, beta, &y.buf))
+        let y = self.matching(y)?;
+        self.wrap_as(self.gpu().axpby(alpha, &self.buf, beta, &y), self.stored)
     }
 
     fn dot(&self, y: &Self) -> Result<f64> {
-        self.gpu().dot(&self.buf, &y.buf).map_err(failed)
+        let y = self.matching(y)?;
+        self.gpu().dot(&self.buf, &y).map_err(failed)
     }
 
     fn dot_scalar(&self, y: &Self) -> Result<Self::Scalar> {
-        let d = self
-            .gpu()
-            .dot_on_device(&self.buf, &y.buf)
-            .map_err(failed)?;
+        let y = self.matching(y)?;
+        let d = self.gpu().dot_on_device(&self.buf, &y).map_err(failed)?;
         Ok((d, self.cuda_device().clone()))
     }
 
@@ -436,13 +764,16 @@ impl BackendStorage for CudaStorage {
     }
 
     fn add_scaled(&self, y: &Self, (coef, _): &Self::Scalar, factor: f64) -> Result<Self> {
-        self.wrap(self.gpu().axpy_device_coef(&self.buf, &y.buf, coef, factor))
+        let y = self.matching(y)?;
+        let out = self.gpu().axpy_device_coef(&self.buf, &y, coef, factor);
+        self.wrap_as(out, self.stored)
     }
 
     fn dot_scalar_scaled(&self, y: &Self, r: f64) -> Result<Self::Scalar> {
+        let y = self.matching(y)?;
         let d = self
             .gpu()
-            .dot_scaled_on_device(&self.buf, &y.buf, r)
+            .dot_scaled_on_device(&self.buf, &y, r)
             .map_err(failed)?;
         Ok((d, self.cuda_device().clone()))
     }
@@ -455,18 +786,25 @@ impl BackendStorage for CudaStorage {
         factor: f64,
         dot_with: Option<(&Self, f64)>,
     ) -> Result<(Self, Option<Self::Scalar>)> {
+        let y = self.matching(y)?;
+        let dot_with = dot_with
+            .map(|(v, r)| Ok::<_, TensorError>((self.matching(v)?, r)))
+            .transpose()?;
         let (out, dot) = self
             .gpu()
             .axpy_coef_dot(
                 &self.buf,
-                &y.buf,
+                &y,
                 (coef, minus.map(|(m, _)| m)),
                 factor,
-                dot_with.map(|(v, r)| (&v.buf, r)),
+                dot_with.as_ref().map(|(v, r)| (&**v, *r)),
             )
             .map_err(failed)?;
         let dev = self.cuda_device();
-        Ok((dev.storage(out), dot.map(|d| (d, dev.clone()))))
+        Ok((
+            dev.storage_as(out, self.stored),
+            dot.map(|d| (d, dev.clone())),
+        ))
     }
 
     fn abs_sum(&self) -> Result<f64> {
@@ -479,7 +817,100 @@ impl BackendStorage for CudaStorage {
 
     fn adam_update(&mut self, g: &Self, m: &mut Self, v: &mut Self, p: &AdamParams) -> Result<()> {
         let gpu = self.cuda_device().gpu.clone();
-        gpu.adam_update(&mut self.buf, &g.buf, &mut m.buf, &mut v.buf, p)
+        m.restore_as(self.stored)?;
+        v.restore_as(self.stored)?;
+        let g = self.matching(g)?;
+        gpu.adam_update(self.buf_mut(), &g, m.buf_mut(), v.buf_mut(), p)
             .map_err(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{nhwc, CudaStorage, Stored};
+    use crate::storage::Storage;
+    use crate::{Device, Layout, Tensor};
+
+    fn cuda(t: &Tensor) -> &CudaStorage {
+        match t.storage() {
+            Storage::Cuda(s) => s,
+            Storage::Cpu(_) => panic!("a CUDA tensor"),
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// An NHWC device really stores its activations NHWC (so the NHWC halves of the device
+    /// tests exercise that layout), and every value read back is the NCHW device's.
+    #[test]
+    fn nhwc_devices_store_activations_channels_last_and_agree_with_nchw() {
+        let Ok(base) = Device::cuda_emulated_with_library() else {
+            assert!(std::env::var_os("NST_REQUIRE_EMULATOR").is_none());
+            return;
+        };
+        let run = |dev: &Device| {
+            let x = Tensor::variable(values(3 * 6 * 5, 1), &[1, 3, 6, 5], dev).unwrap();
+            let w = Tensor::from_vec(values(8 * 3 * 9, 2), &[8, 3, 3, 3], dev).unwrap();
+            let b = Tensor::from_vec(values(8, 3), &[8], dev).unwrap();
+            let y = x.conv2d_relu(&w, Some(&b), 1, 1).unwrap();
+            let pooled = y.max_pool2d().unwrap();
+            let loss = pooled.gram(0.5).unwrap().square().unwrap().sum().unwrap();
+            let grads = loss.backward().unwrap();
+            let dx = grads.get(&x).unwrap().clone();
+            (x, y, pooled, loss, dx)
+        };
+        let (x, y, pooled, loss, dx) = run(&base.with_layout(Layout::Nhwc));
+        assert_eq!(cuda(&x).stored, Stored::AsShaped, "the image as uploaded");
+        assert_eq!(cuda(&y).stored, nhwc(1, 8, 30));
+        assert_eq!(cuda(&pooled).stored, nhwc(1, 8, 6));
+        // The gradient of a 3-channel input comes back in the tensor's order.
+        assert_eq!(cuda(&dx).stored, Stored::AsShaped);
+        // What is stored is y's values pixel by pixel.
+        let (raw, logical) = (cuda(&y).buf.to_vec().unwrap(), y.to_vec().unwrap());
+        for c in 0..8 {
+            for p in 0..30 {
+                assert_eq!(raw[p * 8 + c], logical[c * 30 + p], "channel {c} pixel {p}");
+            }
+        }
+
+        let (_, y0, pooled0, loss0, dx0) = run(&base);
+        assert_eq!(cuda(&y0).stored, Stored::AsShaped);
+        assert_eq!(y.to_vec().unwrap(), y0.to_vec().unwrap());
+        assert_eq!(pooled.to_vec().unwrap(), pooled0.to_vec().unwrap());
+        let (l, l0) = (loss.to_vec().unwrap()[0], loss0.to_vec().unwrap()[0]);
+        assert!((l - l0).abs() <= 1e-6 * l0.abs(), "{l} vs {l0}");
+        for (a, b) in dx.to_vec().unwrap().iter().zip(dx0.to_vec().unwrap()) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    /// Operands stored differently meet in one order: sums, products and dot products of an
+    /// NHWC and an NCHW storage of the same tensor are the tensor's.
+    #[test]
+    fn operands_in_two_layouts_meet_in_one() {
+        let Ok(base) = Device::cuda_emulated_with_library() else {
+            return;
+        };
+        let dev = base.with_layout(Layout::Nhwc);
+        let x = Tensor::from_vec(values(2 * 16, 4), &[1, 2, 4, 4], &dev).unwrap();
+        let w = Tensor::from_vec(values(5 * 2, 5), &[5, 2, 1, 1], &dev).unwrap();
+        let y = x.conv2d(&w, None, 1, 0).unwrap(); // NHWC, 5 channels
+        let flat = Tensor::from_vec(y.to_vec().unwrap(), y.dims(), &dev).unwrap();
+        assert_eq!(cuda(&flat).stored, Stored::AsShaped);
+        let want: Vec<f32> = y.to_vec().unwrap().iter().map(|v| 2.0 * v).collect();
+        assert_eq!(y.add(&flat).unwrap().to_vec().unwrap(), want);
+        assert_eq!(flat.add(&y).unwrap().to_vec().unwrap(), want);
+        let sq: f64 = y
+            .to_vec()
+            .unwrap()
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum();
+        let d = y.dot(&flat).unwrap();
+        assert!((d - sq).abs() <= 1e-6 * sq, "{d} vs {sq}");
     }
 }

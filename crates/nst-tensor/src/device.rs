@@ -4,7 +4,7 @@ use crate::backend::BackendDevice;
 use crate::cpu_backend::CpuDevice;
 use crate::cuda_backend::CudaDevice;
 use crate::Result;
-use nst_params::AlgorithmSearch;
+use nst_params::{AlgorithmSearch, Layout};
 use std::fmt;
 
 /// How a GPU computes convolutions. The CPU always computes in f32.
@@ -45,6 +45,13 @@ impl Device {
         Ok(Device::Cuda(CudaDevice::emulated()?))
     }
 
+    /// The CUDA emulator with a convolution library standing in for cuDNN (nst-cpu's
+    /// convolution): the paths only such a library takes, NHWC activations among them
+    /// ([`Device::with_layout`]), tested without a GPU.
+    pub fn cuda_emulated_with_library() -> Result<Device> {
+        Ok(Device::Cuda(CudaDevice::emulated_with_library()?))
+    }
+
     /// CUDA device 0 when it can be used, else the CPU together with the reason CUDA was not
     /// used (one line, for the user).
     pub fn best_available() -> (Device, Option<String>) {
@@ -81,6 +88,25 @@ impl Device {
         match self {
             Device::Cpu => Device::Cpu,
             Device::Cuda(d) => Device::Cuda(d.with_algorithm_search(search)),
+        }
+    }
+
+    /// The same device storing its convolutions' activations in `layout` (a GPU with cuDNN;
+    /// see [`CudaDevice::with_layout`]). Results are the same values either way; the CPU is
+    /// unchanged (always NCHW).
+    pub fn with_layout(&self, layout: Layout) -> Device {
+        match self {
+            Device::Cpu => Device::Cpu,
+            Device::Cuda(d) => Device::Cuda(d.with_layout(layout)),
+        }
+    }
+
+    /// How this device stores its convolutions' activations (NCHW on the CPU, and on a GPU
+    /// that cannot take NHWC).
+    pub fn layout(&self) -> Layout {
+        match self {
+            Device::Cpu => Layout::Nchw,
+            Device::Cuda(d) => d.layout(),
         }
     }
 

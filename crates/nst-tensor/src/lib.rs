@@ -72,7 +72,9 @@ pub use backward::Grads;
 pub use device::{Device, Precision};
 pub use error::TensorError;
 pub use grad_mode::{is_grad_enabled, no_grad};
-pub use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Pool2dParams};
+pub use nst_params::{
+    AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Layout, Pool2dParams,
+};
 pub use ops::conv::Conv2dOptions;
 pub use ops::vector::Scalar;
 pub use tensor::Tensor;

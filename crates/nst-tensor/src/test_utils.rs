@@ -1,7 +1,9 @@
 //! Running one test on every device: [`test_device!`](crate::test_device) turns a function
 //! `fn name(dev: &Device) -> …` into the tests `name::cpu`, `name::cuda` and
-//! `name::cuda_emulated` (candle-core's `test_device!` and dfdx's `TestDevice` are the
-//! models).
+//! `name::cuda_emulated`, and `name::cuda_nhwc` and `name::cuda_emulated_nhwc` on the same
+//! devices keeping their activations NHWC ([`Device::with_layout`]; the emulator then with its
+//! stand-in for cuDNN, which NHWC needs) (candle-core's `test_device!` and dfdx's
+//! `TestDevice` are the models).
 //!
 //! `cuda_emulated` runs the CUDA backend — its storage, every kernel, every cuBLAS call's
 //! arguments — on the CPU through the emulator ([`Device::cuda_emulated`]), so the CUDA code
@@ -18,12 +20,12 @@
 //! Set `NST_REQUIRE_CUDA=1` to make a missing GPU fail the `cuda` tests instead (the GPU check
 //! script does), and `NST_REQUIRE_EMULATOR=1` likewise for the emulator (CI does).
 
-use crate::Device;
+use crate::{Device, Layout};
 use std::fmt::Debug;
 use std::io::Write;
 
-/// Defines the tests `<name>::cpu`, `<name>::cuda` and `<name>::cuda_emulated` that call
-/// `name(&device)`. `name` returns
+/// Defines the tests `<name>::cpu`, `<name>::cuda`, `<name>::cuda_emulated`,
+/// `<name>::cuda_nhwc` and `<name>::cuda_emulated_nhwc` that call `name(&device)`. `name` returns
 /// `()` or a `Result` whose error is `Debug`.
 ///
 /// ```
@@ -69,6 +71,20 @@ macro_rules! __paste_device_tests {
                     $crate::test_utils::Outcome::check(super::$name(&dev));
                 }
             }
+            #[test]
+            fn cuda_nhwc() {
+                let test = concat!(module_path!(), "::cuda_nhwc");
+                if let Some(dev) = $crate::test_utils::cuda_nhwc_or_skip(test) {
+                    $crate::test_utils::Outcome::check(super::$name(&dev));
+                }
+            }
+            #[test]
+            fn cuda_emulated_nhwc() {
+                let test = concat!(module_path!(), "::cuda_emulated_nhwc");
+                if let Some(dev) = $crate::test_utils::emulated_nhwc_or_skip(test) {
+                    $crate::test_utils::Outcome::check(super::$name(&dev));
+                }
+            }
         }
     };
 }
@@ -81,6 +97,34 @@ pub fn cuda_or_skip(test: &str) -> Option<Device> {
 /// The CUDA emulator, or `None` after reporting the test as skipped.
 pub fn emulator_or_skip(test: &str) -> Option<Device> {
     device_or_skip(test, Device::cuda_emulated(), "NST_REQUIRE_EMULATOR")
+}
+
+/// CUDA device 0 keeping activations NHWC, or `None` after reporting the test as skipped
+/// (also where the GPU has no cuDNN, which NHWC needs).
+pub fn cuda_nhwc_or_skip(test: &str) -> Option<Device> {
+    device_or_skip(test, nhwc(Device::cuda(0)), "NST_REQUIRE_CUDA")
+}
+
+/// The CUDA emulator with its stand-in convolution library, keeping activations NHWC, or
+/// `None` after reporting the test as skipped.
+pub fn emulated_nhwc_or_skip(test: &str) -> Option<Device> {
+    device_or_skip(
+        test,
+        nhwc(Device::cuda_emulated_with_library()),
+        "NST_REQUIRE_EMULATOR",
+    )
+}
+
+/// The device keeping activations NHWC, or why it cannot.
+fn nhwc(device: crate::Result<Device>) -> crate::Result<Device> {
+    let device = device?.with_layout(Layout::Nhwc);
+    if device.layout() == Layout::Nhwc {
+        Ok(device)
+    } else {
+        Err(crate::TensorError::CudaUnavailable {
+            reason: "NHWC activations need cuDNN, which did not load".into(),
+        })
+    }
 }
 
 fn device_or_skip(test: &str, device: crate::Result<Device>, require: &str) -> Option<Device> {
