@@ -14,6 +14,10 @@
 //! and TF32 off (against our fp32) or on (PyTorch's default for cuDNN convolutions; matmul
 //! stays f32, as by default), against our tf32.
 //!
+//! `--layout nhwc` keeps our CUDA activations NHWC (cuDNN's channels-last convolutions; see
+//! `nst_tensor::Layout`); the PyTorch peer stays NCHW, its default, so the ratio answers
+//! whether NHWC makes ours faster than PyTorch as people run it.
+//!
 //! `--memory lean` runs ours in nst's lean memory mode (what `nst` picks where the fast one
 //! does not fit: relu1_1 recomputed, freed memory returned at once); the default is the fast
 //! one.
@@ -26,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use nst_image::{load_rgb, Planes};
 use nst_loss::{LossSpec, LossWeights, Objective};
 use nst_optim::{Evaluation, Lbfgs, LbfgsConfig, Optimizer, Step};
-use nst_tensor::{ConvAlgorithm, Device, Precision, Tensor};
+use nst_tensor::{ConvAlgorithm, Device, Layout, Precision, Tensor};
 use nst_vgg::{geometry, Layer, Pooling, Vgg19};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -219,12 +223,13 @@ fn run_child(cmd: &mut Command) -> Result<Measurement, String> {
 }
 
 /// `xtask bench-worker --size N --iters K [--device cpu|cuda|cuda-emulated] [--precision fp32|tf32]
-/// [--memory fast|lean] [--dump DIR]`: one measurement as a JSON line; with
+/// [--layout nchw|nhwc] [--memory fast|lean] [--dump DIR]`: one measurement as a JSON line; with
 /// `NST_CUDA_PROFILE=1`, also the GPU time per operation of the timed iterations on stderr.
 pub fn worker(args: &[String]) -> Result<()> {
     let (mut size, mut iters, mut dump, mut device) = (None, 5, None, Device::Cpu);
     let mut lean = false;
     let mut precision = Precision::Fp32;
+    let mut layout = Layout::Nchw;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().with_context(|| format!("{a} needs a value"));
@@ -250,12 +255,13 @@ pub fn worker(args: &[String]) -> Result<()> {
                     other => bail!("unknown precision {other} (expected fp32 or tf32)"),
                 }
             }
+            "--layout" => layout = value()?.parse().map_err(anyhow::Error::msg)?,
             "--memory" => lean = parse_memory_mode(value()?)?,
             other => bail!("unknown bench-worker option {other}"),
         }
     }
     let m = time_on(
-        &device.with_precision(precision),
+        &device.with_precision(precision).with_layout(layout),
         size.context("--size is required")?,
         iters,
         dump.as_deref(),
@@ -302,6 +308,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut iters = 5;
     let (mut cpu, mut cuda) = (true, true);
     let mut memory = "fast".to_string();
+    let mut layout = Layout::Nchw;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -326,6 +333,10 @@ pub fn run(args: &[String]) -> Result<()> {
                         other => bail!("unknown device {other} (expected cpu, cuda or both)"),
                     }
                 }
+            }
+            "--layout" => {
+                let name = it.next().context("--layout needs nchw or nhwc")?;
+                layout = name.parse().map_err(anyhow::Error::msg)?;
             }
             "--memory" => {
                 memory = it.next().context("--memory needs fast or lean")?.clone();
@@ -356,6 +367,7 @@ pub fn run(args: &[String]) -> Result<()> {
             eprintln!("{device} {precision} {size}²: {iters} iterations…");
             let mut cmd = Command::new(&exe);
             cmd.args(["bench-worker", "--device", device, "--precision", precision])
+                .args(["--layout", &layout.to_string()])
                 .args(["--size", &size.to_string(), "--iters", &iters.to_string()])
                 .args(["--memory", &memory]);
             if dump {
@@ -413,8 +425,9 @@ pub fn run(args: &[String]) -> Result<()> {
                     None => worker("cuda", precision, peer && !dumped),
                 };
                 dumped |= peer && result.is_ok();
+                let nhwc = if layout == Layout::Nhwc { " nhwc" } else { "" };
                 rows.push(Row {
-                    device: format!("nst {setting}"),
+                    device: format!("nst {setting}{nhwc}"),
                     setting,
                     ours: true,
                     size,

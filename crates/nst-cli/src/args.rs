@@ -4,7 +4,7 @@ use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind, Precis
 use anyhow::{bail, ensure, Result};
 use clap::Parser;
 use nst_image::OutputFormat;
-use nst_tensor::ConvAlgorithm;
+use nst_tensor::{ConvAlgorithm, Layout};
 use nst_vgg::{Layer, Pooling};
 use std::path::PathBuf;
 
@@ -319,6 +319,8 @@ impl Args {
             )
             .map_err(anyhow::Error::msg)?,
             search_every_scale: std::env::var("NST_SEARCH_EVERY_SCALE").is_ok_and(|v| v == "1"),
+            layout: Layout::from_env_value(std::env::var(Layout::ENV_VAR).ok().as_deref())
+                .map_err(anyhow::Error::msg)?,
         })
     }
 }

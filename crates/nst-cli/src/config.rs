@@ -1,6 +1,6 @@
 //! A validated description of one style-transfer run.
 
-use nst_tensor::ConvAlgorithm;
+use nst_tensor::{ConvAlgorithm, Layout};
 use nst_vgg::{Layer, Pooling};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -140,6 +140,11 @@ pub struct Config {
     /// and every scale's (`NST_SEARCH_EVERY_SCALE=1`), not only the final scale's image: to
     /// measure what the search costs and saves (see `pipeline::algorithm_search`).
     pub search_every_scale: bool,
+    /// On a GPU with cuDNN, how activations are stored (from `NST_CUDA_LAYOUT`: NCHW by
+    /// default; NHWC to measure whether tensor cores gain from it). The results are the same
+    /// values either way.
+    #[serde(serialize_with = "display")]
+    pub layout: Layout,
 }
 
 fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {

@@ -38,7 +38,8 @@
 //! **On a GPU** the same check runs against the device's free memory (plus what its pool
 //! holds unused; `NST_GPU_MEMORY_LIMIT` overrides it) with its own estimate,
 //! [`estimate_gpu_peak_bytes`]: `GPU_BASE + im2col band + GPU_PER_ACTIVATION · A + optimizer
-//! state (+ cuDNN's workspace limit where cuDNN is used)`. The input images stay on the host.
+//! state (+ cuDNN's workspace limit and the weights' KRSC copies where cuDNN is used)`. The
+//! input images stay on the host.
 //! The constants come from the emulator's allocator, which counts exactly the device
 //! allocations of the CUDA path (im2col, one iteration, `--device cuda-emulated --scales 1
 //! --iters 1`): 218 MiB at 256×170, 443 MiB at 512×341, 871 MiB at 1024×681, which the
@@ -73,6 +74,10 @@ const GPU_COLS_BYTES_PER_PIXEL: f64 = 4.0 * 576.0;
 const GPU_COLS_MAX_BYTES: f64 = 256.0 * MIB;
 /// GPU: the most workspace cuDNN's chosen algorithms may use (`nst_cuda::cudnn`).
 const GPU_CUDNN_WORKSPACE_BYTES: f64 = 1024.0 * MIB;
+/// GPU with cuDNN: the KRSC copies of the weights that NHWC activations (`NST_CUDA_LAYOUT`)
+/// convolve with, 12,940,992 values to relu5_1; counted whatever the layout, a small margin
+/// for NCHW runs.
+const GPU_NHWC_WEIGHT_BYTES: f64 = 4.0 * 12_940_992.0;
 /// Image-sized vectors an optimizer step holds besides its history (x, g, d, the step).
 const OPTIMIZER_VECTORS: f64 = 6.0;
 /// Full-resolution f32 RGB copies of each input image held through a run.
@@ -160,7 +165,7 @@ pub fn estimate_gpu_peak_bytes(w: &Workload, cudnn: bool) -> f64 {
     let image = 4.0 * (w.channels * width * height) as f64;
     let pixels = (width * height) as f64;
     let convolutions = if cudnn {
-        GPU_CUDNN_WORKSPACE_BYTES
+        GPU_CUDNN_WORKSPACE_BYTES + GPU_NHWC_WEIGHT_BYTES
     } else {
         (GPU_COLS_BYTES_PER_PIXEL * pixels).min(GPU_COLS_MAX_BYTES)
     };

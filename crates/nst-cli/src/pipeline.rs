@@ -213,13 +213,15 @@ fn select_device(cfg: &Config, progress: &mut dyn Progress) -> Result<Device> {
         DeviceChoice::Cpu => Device::Cpu,
         DeviceChoice::Cuda => Device::cuda(0)
             .map_err(|e| anyhow!("--device cuda: {e}"))?
-            .with_precision(precision),
+            .with_precision(precision)
+            .with_layout(cfg.layout),
         DeviceChoice::CudaEmulated => Device::cuda_emulated()
             .map_err(|e| anyhow!("--device cuda-emulated: {e}"))?
-            .with_precision(precision),
+            .with_precision(precision)
+            .with_layout(cfg.layout),
         DeviceChoice::Auto => {
             let (device, why_not_cuda) = Device::best_available();
-            let device = device.with_precision(precision);
+            let device = device.with_precision(precision).with_layout(cfg.layout);
             progress.device_chosen(&device.to_string(), why_not_cuda.as_deref());
             device
         }

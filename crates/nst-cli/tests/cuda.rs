@@ -91,6 +91,62 @@ fn the_cuda_path_matches_the_cpu_end_to_end() {
     assert!(b < total(cuda, 0) * 0.9, "the CUDA run optimises: {b}");
 }
 
+/// `NST_CUDA_LAYOUT=nhwc` on a device with a convolution library (the emulator's stand-in for
+/// cuDNN): the device line says so, and the run computes what the NCHW run does, up to the
+/// summation order of its Gram matrices and losses.
+#[test]
+fn nhwc_activations_give_the_nchw_run() {
+    if !emulator_or_skip("nhwc_activations_give_the_nchw_run") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut reports = vec![];
+    for layout in ["nchw", "nhwc"] {
+        let (out, rep) = (
+            dir.path().join(format!("{layout}.png")),
+            dir.path().join(format!("{layout}.json")),
+        );
+        let args = with(
+            tiny(&out),
+            &["--device", "cuda-emulated", "--report", path_str(&rep)],
+        );
+        let env = [
+            ("NST_EMULATOR_CONV_LIBRARY", "1"),
+            ("NST_CUDA_LAYOUT", layout),
+            ("NST_CACHE_DIR", ""),
+        ];
+        run_ok_with_env(&args, &env);
+        reports.push(report(&rep));
+    }
+    let (nchw, nhwc) = (&reports[0], &reports[1]);
+    assert_eq!(nchw["device"], "cuda emulator, tf32");
+    assert_eq!(nhwc["device"], "cuda emulator, tf32, nhwc");
+    assert_eq!(nhwc["settings"]["layout"], "nhwc", "{}", nhwc["settings"]);
+    let (a, b) = (total(nchw, 0), total(nhwc, 0));
+    assert!(
+        ((a - b) / a).abs() <= 1e-5,
+        "loss at the start: nchw {a} vs nhwc {b}"
+    );
+    let last = nchw["trace"].as_array().unwrap().len() - 1;
+    let (a, b) = (total(nchw, last), total(nhwc, last));
+    assert!(
+        ((a - b) / a).abs() <= 2e-2,
+        "after {last} iterations: nchw {a} vs nhwc {b}"
+    );
+    // A layout name the run does not know is a one-line error.
+    let out = dir.path().join("bad.png");
+    let o = std::process::Command::new(NST)
+        .args(tiny(&out))
+        .env("NST_CUDA_LAYOUT", "nwhc")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("NST_CUDA_LAYOUT: unknown layout"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
 /// 100 MB holds the weights and every buffer of the first scale (91×61) but not the second
 /// (128×85): past the memory preflight (told there is plenty), the run must stop there with
 /// the previous scale's image written.

@@ -668,7 +668,7 @@ impl Gpu {
     /// channel, NHWC (`Some(C)`) `planes / C` images of C channels.
     fn pool_args(p: &Pool2dParams, channels_last: Option<usize>) -> GpuResult<[Arg; 6]> {
         let channels = channels_last.unwrap_or(1);
-        if channels == 0 || p.planes % channels != 0 {
+        if channels == 0 || !p.planes.is_multiple_of(channels) {
             return Err(format!(
                 "{} planes are not images of {channels} channels",
                 p.planes

@@ -161,9 +161,12 @@ impl fmt::Display for Device {
                 } else {
                     write!(f, "cuda:{} ({})", d.ordinal(), d.name())?;
                 }
-                match d.precision() {
-                    Precision::Fp32 => Ok(()),
-                    Precision::Tf32 => f.write_str(", tf32"),
+                if d.precision() == Precision::Tf32 {
+                    f.write_str(", tf32")?;
+                }
+                match d.layout() {
+                    Layout::Nchw => Ok(()),
+                    Layout::Nhwc => f.write_str(", nhwc"),
                 }
             }
         }
