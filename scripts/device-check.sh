@@ -3,7 +3,7 @@
 # Rust toolchain and no network. Build beforehand, on x86-64 Linux with the toolchain:
 #   scripts/device-build.sh        (→ target/device-bin/, 30 MB: carry only that folder)
 # then on the GPU machine, from the repository root:
-#   scripts/device-check.sh        (about 5–6 minutes on an H200; each step has its own timeout)
+#   scripts/device-check.sh        (about 6–7 minutes on an H200; each step has its own timeout)
 # Everything it prints also goes, with the logs, the images and the reports, to one folder:
 # $NST_DEVICE_OUT, else $OUT (the device tool's output folder), else target/device-check;
 # with NST_DEVICE_PACK=file.tgz, also packed into that one archive at the end.
@@ -12,10 +12,11 @@
 # skipping), including the PyTorch float64 reference tests of VGG-19, the losses and L-BFGS
 # run on CUDA; the L-BFGS trace with cuDNN's algorithm choices logged, and without cuDNN;
 # compute-sanitizer memcheck on the kernel parity tests; nst on the README example with
-# --device cuda at tf32 (twice: the same bits?), fp32, and tf32 searching for every shape's
-# algorithms (the images and reports); one 4096² iteration (peak GPU memory); the GPU time
-# per operation (NST_CUDA_PROFILE=1); the bench, ours against PyTorch on CUDA at 512², 1024²
-# and 2048², then on the CPU at 512².
+# --device cuda at tf32 (twice: the same bits?), fp32, tf32 searching for every shape's
+# algorithms, and tf32 with NHWC activations (the images and reports); one 4096² iteration
+# (peak GPU memory); the GPU time per operation (NST_CUDA_PROFILE=1, NCHW and NHWC); the
+# bench, ours against PyTorch on CUDA at 512², 1024² and 2048², ours again with NHWC
+# activations, PyTorch alone in NHWC, then the bench on the CPU at 512².
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${NST_DEVICE_BIN:-target/device-bin}
@@ -101,17 +102,20 @@ else
     echo "compute-sanitizer not found (not on PATH nor in /usr/local/cuda/bin)"
 fi
 
-step "nst on the README example, --device cuda (tf32 twice, fp32, tf32 searching every shape)"
+step "nst on the README example, --device cuda (tf32 twice, fp32, tf32 searching every shape, tf32 NHWC)"
 # tf32 searches for the final scale's algorithms and keeps them; tf32_again takes them from
 # the cache (what that saves: compare the final scale's time before its first step).
 # tf32_search_all: cuDNN's algorithm search for every shape (NST_SEARCH_EVERY_SCALE=1: every
 # scale's and the targets', as before the heuristic picks), with an empty cache: what the
 # heuristic picks save in one-off time and cost in iterations (compare its lines with tf32's).
-for run in tf32 tf32_again fp32 tf32_search_all; do
+# tf32_nhwc: activations stored NHWC (NST_CUDA_LAYOUT=nhwc), its own empty cache: whether
+# cuDNN's tensor-core convolutions gain from the layout (compare its ms/iter with tf32's).
+for run in tf32 tf32_again fp32 tf32_search_all tf32_nhwc; do
     precision=${run%%_*}
-    search_all=0; cache="$OUT/cache/readme"
+    search_all=0; cache="$OUT/cache/readme"; layout=nchw
     [ "$run" = tf32_search_all ] && { search_all=1; cache="$OUT/cache/readme-search-all"; }
-    NST_CACHE_DIR=$cache NST_SEARCH_EVERY_SCALE=$search_all \
+    [ "$run" = tf32_nhwc ] && { layout=nhwc; cache="$OUT/cache/readme-nhwc"; }
+    NST_CACHE_DIR=$cache NST_SEARCH_EVERY_SCALE=$search_all NST_CUDA_LAYOUT=$layout \
         timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
         -s examples/style_vangogh_starry_night.jpg -o "$OUT/result_cuda_$run.png" \
         --device cuda --precision "$precision" --report "$OUT/result_cuda_$run.json" \
@@ -152,12 +156,13 @@ echo "rc=$?"; tail -1 "$OUT/logs/big_4096.log"
 "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print('4096: peak GPU %.0f MiB, %.0f ms/iter' % (r['peak_device_bytes']/2**20, r['timing']['ms_per_iter_median']))" "$OUT/big_4096.json" 2>/dev/null
 
 step "where the GPU time goes (NST_CUDA_PROFILE=1: each operation timed alone, 3 iterations)"
-for cfg in "tf32 512" "fp32 512" "tf32 2048"; do
-    read -r precision size <<<"$cfg"
+for cfg in "tf32 512 nchw" "fp32 512 nchw" "tf32 2048 nchw" "tf32 512 nhwc"; do
+    read -r precision size layout <<<"$cfg"
+    name="${precision}_${size}_$layout"
     NST_CUDA_PROFILE=1 timeout 120 "$BIN/xtask" bench-worker --device cuda \
-        --precision "$precision" --size "$size" --iters 3 \
-        >"$OUT/logs/profile_${precision}_$size.json" 2>"$OUT/logs/profile_${precision}_$size.txt"
-    echo "-- $precision $size² (rc=$?)"; head -25 "$OUT/logs/profile_${precision}_$size.txt"
+        --precision "$precision" --size "$size" --iters 3 --layout "$layout" \
+        >"$OUT/logs/profile_$name.json" 2>"$OUT/logs/profile_$name.txt"
+    echo "-- $precision $size² $layout (rc=$?)"; head -25 "$OUT/logs/profile_$name.txt"
 done
 
 step "the README example with NST_CUDA_PROFILE=1 (one-off costs: NVRTC, algorithm choices)"
@@ -178,6 +183,11 @@ step "bench: ours against PyTorch, on CUDA (fp32, tf32) and then on the CPU"
 timeout 360 "$BIN/xtask" bench --device cuda --sizes "${NST_BENCH_SIZES:-512,1024,2048}" \
     --iters "${NST_BENCH_ITERS:-10}" --peer 2>"$OUT/logs/bench.log" | tee "$OUT/bench.md"
 cp target/bench/bench.json "$OUT/bench.json" 2>/dev/null
+
+step "bench: ours with NHWC activations (NST_CUDA_LAYOUT=nhwc), against the NCHW rows above"
+timeout 200 "$BIN/xtask" bench --device cuda --sizes 512,1024 \
+    --iters "${NST_BENCH_ITERS:-10}" --layout nhwc 2>"$OUT/logs/bench-nhwc.log" |
+    tee "$OUT/bench-nhwc.md"
 
 step "PyTorch alone: how much NHWC (channels_last) or deterministic algorithms change its time"
 # What decides the next GPU work: cuDNN's tensor-core convolutions prefer NHWC, and nst (like

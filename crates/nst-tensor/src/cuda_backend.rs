@@ -373,6 +373,22 @@ impl CudaStorage {
         Ok(())
     }
 
+    /// The operand of a pooling op over `planes` planes of `pixels` pixels and how it is
+    /// stored: as it is when NHWC of those planes (images × channels) and pixels, else in the
+    /// tensor's order (a reshape may have regrouped an NHWC tensor's planes).
+    fn pool_operand(&self, planes: usize, pixels: usize) -> Result<(Values<'_>, Stored)> {
+        match self.stored {
+            Stored::Nhwc {
+                batch,
+                channels,
+                pixels: p,
+            } if batch * channels == planes && p == pixels => {
+                Ok((Values::Borrowed(&self.buf), self.stored))
+            }
+            _ => Ok((self.as_shaped()?, Stored::AsShaped)),
+        }
+    }
+
     /// F for a Gram matrix of `batch` images of `c` channels of `m` positions: as stored when
     /// it is NHWC of that shape, else in the tensor's order.
     fn gram_operand(&self, batch: usize, c: usize, m: usize) -> Result<(Values<'_>, Layout)> {
@@ -591,11 +607,12 @@ impl BackendStorage for CudaStorage {
     }
 
     fn max_pool2d(&self, p: &Pool2dParams) -> Result<(Self, CudaPoolWinners)> {
+        let (x, stored) = self.pool_operand(p.planes, p.in_h * p.in_w)?;
         let (y, winners) = self
             .gpu()
-            .max_pool(&self.buf, p, self.stored.channels_last())
+            .max_pool(&x, p, stored.channels_last())
             .map_err(failed)?;
-        let stored = self.stored.with_pixels(p.out_h() * p.out_w());
+        let stored = stored.with_pixels(p.out_h() * p.out_w());
         let y = self.cuda_device().storage_as(y, stored);
         Ok((y, CudaPoolWinners { winners, stored }))
     }
@@ -610,17 +627,15 @@ impl BackendStorage for CudaStorage {
     }
 
     fn avg_pool2d(&self, p: &Pool2dParams) -> Result<Self> {
-        let y = self
-            .gpu()
-            .avg_pool(&self.buf, p, self.stored.channels_last());
-        self.wrap_as(y, self.stored.with_pixels(p.out_h() * p.out_w()))
+        let (x, stored) = self.pool_operand(p.planes, p.in_h * p.in_w)?;
+        let y = self.gpu().avg_pool(&x, p, stored.channels_last());
+        self.wrap_as(y, stored.with_pixels(p.out_h() * p.out_w()))
     }
 
     fn avg_pool2d_backward(&self, p: &Pool2dParams) -> Result<Self> {
-        let dx = self
-            .gpu()
-            .avg_pool_backward(&self.buf, p, self.stored.channels_last());
-        self.wrap_as(dx, self.stored.with_pixels(p.in_h * p.in_w))
+        let (dy, stored) = self.pool_operand(p.planes, p.out_h() * p.out_w())?;
+        let dx = self.gpu().avg_pool_backward(&dy, p, stored.channels_last());
+        self.wrap_as(dx, stored.with_pixels(p.in_h * p.in_w))
     }
 
     fn matmul(
@@ -912,5 +927,20 @@ mod tests {
             .sum();
         let d = y.dot(&flat).unwrap();
         assert!((d - sq).abs() <= 1e-6 * sq, "{d} vs {sq}");
+        // A reshape that regroups an NHWC tensor's planes (5 channels of 4×4 → 10 of 2×4) is
+        // pooled as its shape says.
+        let regrouped = [1, 10, 2, 4];
+        for (a, b) in [
+            (
+                y.reshape(&regrouped).unwrap(),
+                flat.reshape(&regrouped).unwrap(),
+            ),
+            (y.clone(), flat.clone()),
+        ] {
+            let (pa, pb) = (a.avg_pool2d().unwrap(), b.avg_pool2d().unwrap());
+            assert_eq!(pa.to_vec().unwrap(), pb.to_vec().unwrap(), "{:?}", a.dims());
+            let (ma, mb) = (a.max_pool2d().unwrap(), b.max_pool2d().unwrap());
+            assert_eq!(ma.to_vec().unwrap(), mb.to_vec().unwrap(), "{:?}", a.dims());
+        }
     }
 }
