@@ -685,8 +685,8 @@ impl Gpu {
     }
 
     /// 2×2 stride-2 max pooling: the output and each window's winner (`2·row + column`), in
-    /// the input's layout (`channels_last`: NHWC with that many channels; see
-    /// [`Gpu::pool_args`]).
+    /// the input's layout: NCHW for `channels_last` = None, else NHWC with that many
+    /// channels (`p.planes` is then images × channels).
     pub fn max_pool(
         &self,
         x: &Floats,
