@@ -252,7 +252,7 @@ const NHWC_MIN_CHANNELS: usize = 4;
 
 /// A tensor's data in device memory: in the tensor's own order, or, on a device that keeps its
 /// activations NHWC ([`CudaDevice::with_layout`]), channels last. Either way it holds the same
-/// tensor: every operation that reads values in order converts (see [`Stored`]).
+/// tensor: every operation that reads values in order converts where two layouts meet.
 #[derive(Debug)]
 pub struct CudaStorage {
     buf: Floats,
@@ -526,7 +526,7 @@ impl BackendStorage for CudaStorage {
         }
     }
 
-    /// NHWC devices: dx is NHWC, except for inputs of fewer than [`NHWC_MIN_CHANNELS`]
+    /// NHWC devices: dx is NHWC, except for inputs of fewer than four
     /// channels (the image), whose gradient comes back in the tensor's order.
     fn conv2d_backward_input(
         &self,
