@@ -252,7 +252,7 @@ const NHWC_MIN_CHANNELS: usize = 4;
 
 /// A tensor's data in device memory: in the tensor's own order, or, on a device that keeps its
 /// activations NHWC ([`CudaDevice::with_layout`]), channels last. Either way it holds the same
-/// tensor: every operation that reads values in order converts where two layouts meet.
+/// tensor: operations convert where two layouts meet, and `to_vec` gives the tensor's order.
 #[derive(Debug)]
 pub struct CudaStorage {
     buf: Floats,
