@@ -147,6 +147,13 @@ elif cmp -s "$OUT/result_cuda_tf32.png" "$OUT/result_cuda_tf32_again.png" &&
 else
     echo "the two tf32 runs differ (image or loss trace): not deterministic"; status=1
 fi
+# NHWC computes the same up to rounding: its final loss beside NCHW's.
+"$PY" - "$OUT/result_cuda_tf32.json" "$OUT/result_cuda_tf32_nhwc.json" 2>/dev/null <<'PY' ||
+import json, sys
+a, b = (json.load(open(f))["trace"][-1]["total"] for f in sys.argv[1:])
+print(f"final loss tf32 nchw {a:.6e}, nhwc {b:.6e}: {abs(a - b) / a:.2e} apart")
+PY
+    echo "no NCHW and NHWC reports to compare"
 
 step "one 4096² iteration on the GPU (peak memory)"
 timeout 240 "$BIN/nst" -c examples/content_chelsea.png -s examples/style_vangogh_starry_night.jpg \
@@ -184,14 +191,15 @@ timeout 360 "$BIN/xtask" bench --device cuda --sizes "${NST_BENCH_SIZES:-512,102
     --iters "${NST_BENCH_ITERS:-10}" --peer 2>"$OUT/logs/bench.log" | tee "$OUT/bench.md"
 cp target/bench/bench.json "$OUT/bench.json" 2>/dev/null
 
-step "bench: ours with NHWC activations (NST_CUDA_LAYOUT=nhwc), against the NCHW rows above"
-timeout 200 "$BIN/xtask" bench --device cuda --sizes 512,1024 \
+step "bench: ours with NHWC activations (bench --layout nhwc), against the NCHW rows above"
+timeout 200 "$BIN/xtask" bench --device cuda --sizes "${NST_BENCH_SIZES:-512,1024}" \
     --iters "${NST_BENCH_ITERS:-10}" --layout nhwc 2>"$OUT/logs/bench-nhwc.log" |
     tee "$OUT/bench-nhwc.md"
+cp target/bench/bench.json "$OUT/bench-nhwc.json" 2>/dev/null
 
 step "PyTorch alone: how much NHWC (channels_last) or deterministic algorithms change its time"
-# What decides the next GPU work: cuDNN's tensor-core convolutions prefer NHWC, and nst (like
-# this peer) keeps NCHW; nst also takes deterministic algorithms where PyTorch does not. The
+# Beside ours in NHWC above: what PyTorch gains from channels_last itself, and what cuDNN's
+# deterministic algorithms (which nst takes, PyTorch not) cost it. The
 # same pixels and iterations as the bench above (target/bench/*.f32), whose PyTorch rows are
 # the NCHW, nondeterministic baseline.
 for cfg in "512 on channels_last" "1024 on channels_last" "1024 off channels_last" \

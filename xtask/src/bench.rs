@@ -260,8 +260,12 @@ pub fn worker(args: &[String]) -> Result<()> {
             other => bail!("unknown bench-worker option {other}"),
         }
     }
+    let device = device.with_precision(precision).with_layout(layout);
+    if device.layout() != layout {
+        bail!("{layout} activations need cuDNN, which {device} does not use");
+    }
     let m = time_on(
-        &device.with_precision(precision).with_layout(layout),
+        &device,
         size.context("--size is required")?,
         iters,
         dump.as_deref(),

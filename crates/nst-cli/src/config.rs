@@ -142,7 +142,7 @@ pub struct Config {
     pub search_every_scale: bool,
     /// On a GPU with cuDNN, how activations are stored (from `NST_CUDA_LAYOUT`: NCHW by
     /// default; NHWC to measure whether tensor cores gain from it). The results are the same
-    /// values either way.
+    /// up to rounding (other algorithms, another summation order).
     #[serde(serialize_with = "display")]
     pub layout: Layout,
 }

@@ -93,7 +93,9 @@ fn the_cuda_path_matches_the_cpu_end_to_end() {
 
 /// `NST_CUDA_LAYOUT=nhwc` on a device with a convolution library (the emulator's stand-in for
 /// cuDNN): the device line says so, and the run computes what the NCHW run does, up to the
-/// summation order of its Gram matrices and losses.
+/// summation order of its Gram matrices and losses. In fp32: TF32's rounding noise makes
+/// L-BFGS's first steps erratic (see the README's `--precision`), and one run with OpenBLAS's
+/// SGEMMs ended 10% apart after 6 tf32 iterations.
 #[test]
 fn nhwc_activations_give_the_nchw_run() {
     if !emulator_or_skip("nhwc_activations_give_the_nchw_run") {
@@ -108,7 +110,14 @@ fn nhwc_activations_give_the_nchw_run() {
         );
         let args = with(
             tiny(&out),
-            &["--device", "cuda-emulated", "--report", path_str(&rep)],
+            &[
+                "--device",
+                "cuda-emulated",
+                "--precision",
+                "fp32",
+                "--report",
+                path_str(&rep),
+            ],
         );
         let env = [
             ("NST_EMULATOR_CONV_LIBRARY", "1"),
@@ -119,8 +128,8 @@ fn nhwc_activations_give_the_nchw_run() {
         reports.push(report(&rep));
     }
     let (nchw, nhwc) = (&reports[0], &reports[1]);
-    assert_eq!(nchw["device"], "cuda emulator, tf32");
-    assert_eq!(nhwc["device"], "cuda emulator, tf32, nhwc");
+    assert_eq!(nchw["device"], "cuda emulator");
+    assert_eq!(nhwc["device"], "cuda emulator, nhwc");
     assert_eq!(nhwc["settings"]["layout"], "nhwc", "{}", nhwc["settings"]);
     let (a, b) = (total(nchw, 0), total(nhwc, 0));
     assert!(
@@ -417,7 +426,7 @@ fn measured_algorithms_are_remembered_by_the_next_run() {
     let searched = count(&first, "search: ");
     assert!(searched >= 10, "{first:?}");
     assert_eq!(count(&first, "remembered: "), 0, "{first:?}");
-    let file = std::fs::read_to_string(cache.join("conv-algorithms-v1.tsv")).unwrap();
+    let file = std::fs::read_to_string(cache.join("conv-algorithms-v2.tsv")).unwrap();
     assert_eq!(file.lines().count(), searched, "{file}");
 
     let second = choices(&args);

@@ -2,7 +2,7 @@
 //! seen before skips cuDNN's algorithm search, and picks the same algorithms as before (the
 //! same bits, run after run). MIOpen's find-db and TensorRT's timing cache do the same.
 //!
-//! One text file, `conv-algorithms-v1.tsv` in the cache folder ([`default_dir`]), one line a
+//! One text file, `conv-algorithms-v2.tsv` in the cache folder ([`default_dir`]), one line a
 //! choice: the library (GPU, driver and cuDNN versions: a choice is valid only where it was
 //! measured), the shape, the algorithm's number and its workspace in bytes. Lines that do not
 //! parse are skipped, and a remembered algorithm the library no longer runs for its shape is
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The file's name in the cache folder (the version changes with its format).
-pub const FILE_NAME: &str = "conv-algorithms-v1.tsv";
+pub const FILE_NAME: &str = "conv-algorithms-v2.tsv";
 
 /// Most lines the file keeps; past this it starts again from this process's choices (a
 /// run adds about 20, so this is hundreds of distinct sizes).

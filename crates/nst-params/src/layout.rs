@@ -25,9 +25,10 @@ impl Layout {
     /// never do).
     pub const ENV_VAR: &'static str = "NST_CUDA_LAYOUT";
 
-    /// The layout for the value of [`Layout::ENV_VAR`] (the default when unset); an error
-    /// names the variable.
+    /// The layout for the value of [`Layout::ENV_VAR`] (the default when unset or empty); an
+    /// error names the variable.
     pub fn from_env_value(value: Option<&str>) -> Result<Self, String> {
+        let value = value.filter(|v| !v.trim().is_empty());
         value.map_or(Ok(Self::default()), |v| {
             v.parse().map_err(|e| format!("{}: {e}", Self::ENV_VAR))
         })
@@ -65,6 +66,7 @@ mod tests {
         assert_eq!(" nchw".parse(), Ok(Layout::Nchw));
         assert!("nwhc".parse::<Layout>().is_err());
         assert_eq!(Layout::from_env_value(None), Ok(Layout::Nchw));
+        assert_eq!(Layout::from_env_value(Some("")), Ok(Layout::Nchw));
         let e = Layout::from_env_value(Some("hwcn")).unwrap_err();
         assert!(e.starts_with("NST_CUDA_LAYOUT: unknown layout"), "{e}");
         assert_eq!(Layout::Nhwc.to_string().parse(), Ok(Layout::Nhwc));

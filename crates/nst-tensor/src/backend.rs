@@ -5,9 +5,10 @@
 //! The pattern is candle-core's `backend.rs`: `Storage` (crate-private) is an enum with one
 //! variant per device and forwards each call to the variant's implementation, so adding a
 //! device means implementing these two traits and adding an arm. Kernels take whole,
-//! contiguous buffers (NCHW for images) and return new storage on the same device; the few
-//! in-place methods exist where reusing a buffer measurably saves memory (gradient
-//! accumulation, masking a gradient, the optimizer's update).
+//! contiguous buffers (NCHW for images, as the shapes say; a CUDA storage may hold its values
+//! NHWC and converts where they are read in order) and return new storage on the same
+//! device; the few in-place methods exist where reusing a buffer measurably saves memory
+//! (gradient accumulation, masking a gradient, the optimizer's update).
 //!
 //! Names of gradients follow llm.c: `dy` is ∂L/∂y for an op's output y, `dx`, `dw`, `db` the
 //! gradients it produces.

@@ -244,10 +244,11 @@ impl Stored {
     }
 }
 
-/// A convolution's input with fewer channels than this (an RGB image) stays NCHW on a device
-/// whose activations are NHWC: the optimizer works on it, and converting its three channels
-/// around the first convolution costs little (PyTorch's `channels_last` converts its input
-/// the same way).
+/// On a device whose activations are NHWC, tensors of fewer channels than this stay NCHW: the
+/// RGB image, which the optimizer works on, and VGG's 1×1 colour preprocessing (3 → 3
+/// channels), which runs NCHW. The first convolution with more channels converts its
+/// 3-channel input to NHWC and returns that input's gradient NCHW: a 3-channel transpose
+/// each way per evaluation (PyTorch's `channels_last` converts its input the same way).
 const NHWC_MIN_CHANNELS: usize = 4;
 
 /// A tensor's data in device memory: in the tensor's own order, or, on a device that keeps its
@@ -371,6 +372,16 @@ impl CudaStorage {
             self.stored = want;
         }
         Ok(())
+    }
+
+    /// The layout convolution `p` runs in on this storage's device: the device's, except NCHW
+    /// where both sides have fewer than [`NHWC_MIN_CHANNELS`] channels.
+    fn conv_layout(&self, p: &Conv2dParams) -> Layout {
+        let few = |channels| channels < NHWC_MIN_CHANNELS;
+        match self.cuda_device().layout() {
+            Layout::Nhwc if few(p.in_channels) && few(p.out_channels) => Layout::Nchw,
+            layout => layout,
+        }
     }
 
     /// The operand of a pooling op over `planes` planes of `pixels` pixels and how it is
@@ -500,7 +511,7 @@ impl BackendStorage for CudaStorage {
 
     /// The algorithm choice is the CPU's (Winograd or not); the GPU has its own. On a device
     /// with NHWC activations, x is taken NHWC (converted if it is not: the image), w as KRSC,
-    /// and y is NHWC.
+    /// and y is NHWC (except between few channels: see `NHWC_MIN_CHANNELS`).
     fn conv2d(
         &self,
         w: &Self,
@@ -512,7 +523,7 @@ impl BackendStorage for CudaStorage {
         let gpu = self.gpu();
         let bias = b.map(|b| b.as_shaped()).transpose()?;
         let bias = bias.as_deref();
-        match self.cuda_device().layout() {
+        match self.conv_layout(p) {
             Layout::Nchw => {
                 let (x, w) = (self.as_shaped()?, w.as_shaped()?);
                 self.wrap(gpu.conv2d((&x, &w, bias), p, relu, Layout::Nchw))
@@ -526,8 +537,8 @@ impl BackendStorage for CudaStorage {
         }
     }
 
-    /// NHWC devices: dx is NHWC, except for inputs of fewer than four
-    /// channels (the image), whose gradient comes back in the tensor's order.
+    /// NHWC devices: dx is NHWC, except for inputs of fewer than four channels (the image),
+    /// whose gradient comes back in the tensor's order.
     fn conv2d_backward_input(
         &self,
         w: &Self,
@@ -535,7 +546,7 @@ impl BackendStorage for CudaStorage {
         algo: ConvAlgorithm,
     ) -> Result<Self> {
         let zeros = self.gpu().zeros(p.input_len());
-        let mut dx = match self.cuda_device().layout() {
+        let mut dx = match self.conv_layout(p) {
             Layout::Nchw => self.wrap(zeros)?,
             Layout::Nhwc => self.wrap_as(zeros, nhwc(p.batch, p.in_channels, p.in_h * p.in_w))?,
         };
@@ -554,7 +565,7 @@ impl BackendStorage for CudaStorage {
         dx: &mut Self,
     ) -> Result<()> {
         let gpu = self.cuda_device().gpu.clone();
-        let (layout, dx_stored) = match self.cuda_device().layout() {
+        let (layout, dx_stored) = match self.conv_layout(p) {
             Layout::Nchw => (Layout::Nchw, Stored::AsShaped),
             Layout::Nhwc => (Layout::Nhwc, nhwc(p.batch, p.in_channels, p.in_h * p.in_w)),
         };
@@ -867,11 +878,19 @@ mod tests {
             assert!(std::env::var_os("NST_REQUIRE_EMULATOR").is_none());
             return;
         };
+        // VGG's shape: a 1×1 colour convolution (3 → 3 channels), then 3 → 8 channels.
+        let colour = Tensor::from_vec(values(9, 5), &[3, 3, 1, 1], &base).unwrap();
         let run = |dev: &Device| {
             let x = Tensor::variable(values(3 * 6 * 5, 1), &[1, 3, 6, 5], dev).unwrap();
             let w = Tensor::from_vec(values(8 * 3 * 9, 2), &[8, 3, 3, 3], dev).unwrap();
             let b = Tensor::from_vec(values(8, 3), &[8], dev).unwrap();
-            let y = x.conv2d_relu(&w, Some(&b), 1, 1).unwrap();
+            let x3 = x.conv2d(&colour, None, 1, 0).unwrap();
+            assert_eq!(
+                cuda(&x3).stored,
+                Stored::AsShaped,
+                "3 → 3 channels stay NCHW"
+            );
+            let y = x3.conv2d_relu(&w, Some(&b), 1, 1).unwrap();
             let pooled = y.max_pool2d().unwrap();
             let loss = pooled.gram(0.5).unwrap().square().unwrap().sum().unwrap();
             let grads = loss.backward().unwrap();
@@ -879,6 +898,10 @@ mod tests {
             (x, y, pooled, loss, dx)
         };
         let (x, y, pooled, loss, dx) = run(&base.with_layout(Layout::Nhwc));
+        assert!(
+            cuda(&colour).krsc.get().is_none(),
+            "no KRSC copy for an NCHW convolution"
+        );
         assert_eq!(cuda(&x).stored, Stored::AsShaped, "the image as uploaded");
         assert_eq!(cuda(&y).stored, nhwc(1, 8, 30));
         assert_eq!(cuda(&pooled).stored, nhwc(1, 8, 6));

@@ -92,8 +92,8 @@ impl Device {
     }
 
     /// The same device storing its convolutions' activations in `layout` (a GPU with cuDNN;
-    /// see [`CudaDevice::with_layout`]). Results are the same values either way; the CPU is
-    /// unchanged (always NCHW).
+    /// see [`CudaDevice::with_layout`]). Results are the same up to rounding (cuDNN's NHWC
+    /// algorithms, another summation order); the CPU is unchanged (always NCHW).
     pub fn with_layout(&self, layout: Layout) -> Device {
         match self {
             Device::Cpu => Device::Cpu,
