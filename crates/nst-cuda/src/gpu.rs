@@ -892,29 +892,14 @@ impl Gpu {
         scale: f32,
     ) -> GpuResult<()> {
         for (trans, beta) in [(false, 0.0), (true, 1.0)] {
-            // SAFETY: forwarded from the caller.
-            unsafe {
-                match layout {
-                    Layout::Nchw => self.gemm(
-                        (c, c, cols),
-                        (dg, c, trans),
-                        (f, ldf, false),
-                        (out, ldo),
-                        scale,
-                        beta,
-                        false,
-                    )?,
-                    Layout::Nhwc => self.gemm(
-                        (cols, c, c),
-                        (f, ldf, false),
-                        (dg, c, trans),
-                        (out, ldo),
-                        scale,
-                        beta,
-                        false,
-                    )?,
-                }
+            let (dg, f) = ((dg, c, trans), (f, ldf, false));
+            // NCHW: dG(ᵀ)·F, c × cols; NHWC: F·dG(ᵀ), cols × c.
+            let (shape, a, b) = match layout {
+                Layout::Nchw => ((c, c, cols), dg, f),
+                Layout::Nhwc => ((cols, c, c), f, dg),
             };
+            // SAFETY: forwarded from the caller.
+            unsafe { self.gemm(shape, a, b, (out, ldo), scale, beta, false)? };
         }
         Ok(())
     }
