@@ -264,14 +264,16 @@ pub struct CudaStorage {
     device: Device,
 }
 
-/// ReLU's one-bit mask on the device, with the order of the values it was taken from.
+/// ReLU's one-bit mask on the device (32 values a word, nst-cpu's packing), with the order of
+/// the values it was taken from.
 #[derive(Debug)]
 pub struct CudaReluMask {
     bits: DeviceBuffer<u32>,
     stored: Stored,
 }
 
-/// Max pooling's winners on the device, with the order of the pooled values.
+/// Max pooling's winners on the device (each window's, `2·row + column`, one byte an output),
+/// with the order of the pooled values.
 #[derive(Debug)]
 pub struct CudaPoolWinners {
     winners: DeviceBuffer<u8>,
