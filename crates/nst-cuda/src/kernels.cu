@@ -99,9 +99,12 @@ __global__ void relu_mask_apply(const unsigned int* bits, float* dy, long long n
 // Both layouts with one indexing: `images` images of h×w pixels with `channels` values per
 // pixel, interleaved (NHWC). NCHW is the case channels = 1 with one "image" per plane
 // (images = N·C), so the NCHW callers pass that.
-__device__ __forceinline__ long long pool_window(long long i, int channels, int h, int w, int oh, int ow) {
-    long long pixel = i / channels; // output pixel, counted over all images
-    int c = (int)(i % channels);
+__device__ __forceinline__ long long pool_window(long long i, int channels, int h, int w,
+                                                 int oh, int ow) {
+    // The output pixel, counted over all images, and the channel. NCHW (one channel) skips
+    // the 64-bit division, which a GPU does in software.
+    long long pixel = channels == 1 ? i : i / channels;
+    int c = channels == 1 ? 0 : (int)(i % channels);
     long long image = pixel / ((long long)oh * ow);
     int p = (int)(pixel % ((long long)oh * ow));
     int oy = p / ow, ox = p % ow;
@@ -172,7 +175,6 @@ __global__ void scaled_mul(float s, const float* x, const float* y, float* out, 
     GRID_STRIDE(i, n) { out[i] = s * x[i] * y[i]; }
 }
 
-// y[c][r] = x[r][c] for a row-major rows × cols matrix.
 // y_b = x_bᵀ for `batch` row-major rows × cols matrices one after another: a matrix
 // transpose (batch 1), NCHW ↔ NHWC (one matrix per image: C × H·W ↔ H·W × C), and a
 // convolution's weights KCRS → KRSC (one matrix per output channel: C × R·S).
