@@ -25,6 +25,15 @@ const BLOCK: u32 = 256;
 /// SGEMM is already large) and would cost GPU memory at large image sizes.
 pub const COLS_BUDGET: usize = 1 << 26;
 
+/// The row length of one image's features `F[c × m]` as stored: m positions a row (NCHW), or
+/// c channels a row (NHWC, F stored transposed).
+fn gram_row(layout: Layout, c: usize, m: usize) -> usize {
+    match layout {
+        Layout::Nchw => m,
+        Layout::Nhwc => c,
+    }
+}
+
 /// The error of an NHWC convolution without a convolution library.
 const NHWC_NEEDS_A_LIBRARY: &str =
     "NHWC convolutions need a convolution library (cuDNN); the im2col kernels are NCHW";
@@ -821,13 +830,11 @@ impl Gpu {
     ) -> GpuResult<Floats> {
         check_len("gram input", f.len(), batch * c * m)?;
         let g = self.uninit(batch * c * c)?; // β = 0 below: overwritten
+        let row = gram_row(layout, c, m);
+        // F·Fᵀ of c rows (NCHW), or Fᵀ·F of m rows (NHWC): the transposed operand comes first.
+        let first_transposed = layout == Layout::Nhwc;
         for i in 0..batch {
             let fi = f.ptr_at(i * c * m);
-            // F_i as stored: `c` rows of m (NCHW) or m rows of `c` (NHWC).
-            let (row, first_transposed) = match layout {
-                Layout::Nchw => (m, false),
-                Layout::Nhwc => (c, true),
-            };
             // SAFETY: F_i is c·m values at f + i·c·m with rows of `row`, G_i c×c at
             // g + i·c·c.
             unsafe {
@@ -858,10 +865,7 @@ impl Gpu {
         check_len("gram input", f.len(), batch * c * m)?;
         check_len("gram gradient", dg.len(), batch * c * c)?;
         let df = self.uninit(batch * c * m)?; // the first product (β = 0) overwrites it
-        let row = match layout {
-            Layout::Nchw => m,
-            Layout::Nhwc => c,
-        };
+        let row = gram_row(layout, c, m);
         for i in 0..batch {
             let (fi, dgi, dfi) = (
                 f.ptr_at(i * c * m),

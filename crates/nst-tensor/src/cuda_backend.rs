@@ -386,6 +386,15 @@ impl CudaStorage {
         }
     }
 
+    /// How convolution `p`'s input (and so its gradient dx) is stored when it runs in
+    /// [`CudaStorage::conv_layout`].
+    fn conv_input_stored(&self, p: &Conv2dParams) -> Stored {
+        match self.conv_layout(p) {
+            Layout::Nchw => Stored::AsShaped,
+            Layout::Nhwc => input_nhwc(p),
+        }
+    }
+
     /// The operand of a pooling op over `planes` planes of `pixels` pixels and how it is
     /// stored: as it is when NHWC of those planes (images × channels) and pixels, else in the
     /// tensor's order (a reshape may have regrouped an NHWC tensor's planes).
@@ -402,13 +411,21 @@ impl CudaStorage {
         }
     }
 
-    /// F for a Gram matrix of `batch` images of `c` channels of `m` positions: as stored when
-    /// it is NHWC of that shape, else in the tensor's order.
-    fn gram_operand(&self, batch: usize, c: usize, m: usize) -> Result<(Values<'_>, Layout)> {
+    /// How a Gram matrix of `batch` images of `c` channels of `m` positions reads F: as stored
+    /// when it is NHWC of that shape, else in the tensor's order.
+    fn gram_layout(&self, batch: usize, c: usize, m: usize) -> Layout {
         if self.stored == nhwc(batch, c, m) {
-            Ok((Values::Borrowed(&self.buf), Layout::Nhwc))
+            Layout::Nhwc
         } else {
-            Ok((self.as_shaped()?, Layout::Nchw))
+            Layout::Nchw
+        }
+    }
+
+    /// F for that Gram matrix (see [`CudaStorage::gram_layout`]), and the layout it is in.
+    fn gram_operand(&self, batch: usize, c: usize, m: usize) -> Result<(Values<'_>, Layout)> {
+        match self.gram_layout(batch, c, m) {
+            Layout::Nhwc => Ok((Values::Borrowed(&self.buf), Layout::Nhwc)),
+            Layout::Nchw => Ok((self.as_shaped()?, Layout::Nchw)),
         }
     }
 
@@ -462,6 +479,16 @@ fn gram_stored(layout: Layout, (batch, c, m): (usize, usize, usize)) -> Stored {
         Layout::Nchw => Stored::AsShaped,
         Layout::Nhwc => nhwc(batch, c, m),
     }
+}
+
+/// A convolution's input x (and dx) stored NHWC.
+fn input_nhwc(p: &Conv2dParams) -> Stored {
+    nhwc(p.batch, p.in_channels, p.in_h * p.in_w)
+}
+
+/// A convolution's output y (and dy) stored NHWC.
+fn output_nhwc(p: &Conv2dParams) -> Stored {
+    nhwc(p.batch, p.out_channels, p.out_h() * p.out_w())
 }
 
 /// NHWC storage of `batch` images of `channels` channels of `pixels` pixels.
@@ -531,9 +558,9 @@ impl BackendStorage for CudaStorage {
                 self.wrap(gpu.conv2d((&x, &w, bias), p, relu, Layout::Nchw))
             }
             Layout::Nhwc => {
-                let x = self.stored_as(nhwc(p.batch, p.in_channels, p.in_h * p.in_w))?;
+                let x = self.stored_as(input_nhwc(p))?;
                 let y = gpu.conv2d((&x, w.krsc(p)?, bias), p, relu, Layout::Nhwc);
-                let stored = nhwc(p.batch, p.out_channels, p.out_h() * p.out_w());
+                let stored = output_nhwc(p);
                 self.wrap_as(y, stored)
             }
         }
@@ -548,10 +575,7 @@ impl BackendStorage for CudaStorage {
         algo: ConvAlgorithm,
     ) -> Result<Self> {
         let zeros = self.gpu().zeros(p.input_len());
-        let mut dx = match self.conv_layout(p) {
-            Layout::Nchw => self.wrap(zeros)?,
-            Layout::Nhwc => self.wrap_as(zeros, nhwc(p.batch, p.in_channels, p.in_h * p.in_w))?,
-        };
+        let mut dx = self.wrap_as(zeros, self.conv_input_stored(p))?;
         self.conv2d_backward_input_accumulate(w, p, algo, &mut dx)?;
         if p.in_channels < NHWC_MIN_CHANNELS {
             dx.restore_as(Stored::AsShaped)?;
@@ -567,11 +591,8 @@ impl BackendStorage for CudaStorage {
         dx: &mut Self,
     ) -> Result<()> {
         let gpu = self.cuda_device().gpu.clone();
-        let (layout, dx_stored) = match self.conv_layout(p) {
-            Layout::Nchw => (Layout::Nchw, Stored::AsShaped),
-            Layout::Nhwc => (Layout::Nhwc, nhwc(p.batch, p.in_channels, p.in_h * p.in_w)),
-        };
-        if dx.stored != dx_stored {
+        let layout = self.conv_layout(p);
+        if dx.stored != self.conv_input_stored(p) {
             // A gradient kept in the other order: add a fresh one (converted) into it.
             let fresh = self.conv2d_backward_input(w, p, algo)?;
             return dx.add_assign(&fresh);
@@ -579,7 +600,7 @@ impl BackendStorage for CudaStorage {
         let (dy, w) = match layout {
             Layout::Nchw => (self.as_shaped()?, w.as_shaped()?),
             Layout::Nhwc => (
-                self.stored_as(nhwc(p.batch, p.out_channels, p.out_h() * p.out_w()))?,
+                self.stored_as(output_nhwc(p))?,
                 Values::Borrowed(w.krsc(p)?),
             ),
         };
@@ -693,12 +714,10 @@ impl BackendStorage for CudaStorage {
         m: usize,
         scale: f32,
     ) -> Result<()> {
-        let layout = if self.stored == nhwc(batch, c, m) {
-            Layout::Nhwc
-        } else {
+        let layout = self.gram_layout(batch, c, m);
+        if layout == Layout::Nchw {
             self.restore_as(Stored::AsShaped)?;
-            Layout::Nchw
-        };
+        }
         let gpu = self.cuda_device().gpu.clone();
         let dg = dg.as_shaped()?;
         gpu.gram_backward_in_place(self.buf_mut(), &dg, (batch, c, m), scale, layout)

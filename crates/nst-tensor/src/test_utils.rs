@@ -57,33 +57,25 @@ macro_rules! __paste_device_tests {
             fn cpu() {
                 $crate::test_utils::Outcome::check(super::$name(&$crate::Device::Cpu));
             }
-            #[test]
-            fn cuda() {
-                let test = concat!(module_path!(), "::cuda");
-                if let Some(dev) = $crate::test_utils::cuda_or_skip(test) {
-                    $crate::test_utils::Outcome::check(super::$name(&dev));
-                }
-            }
-            #[test]
-            fn cuda_emulated() {
-                let test = concat!(module_path!(), "::cuda_emulated");
-                if let Some(dev) = $crate::test_utils::emulator_or_skip(test) {
-                    $crate::test_utils::Outcome::check(super::$name(&dev));
-                }
-            }
-            #[test]
-            fn cuda_nhwc() {
-                let test = concat!(module_path!(), "::cuda_nhwc");
-                if let Some(dev) = $crate::test_utils::cuda_nhwc_or_skip(test) {
-                    $crate::test_utils::Outcome::check(super::$name(&dev));
-                }
-            }
-            #[test]
-            fn cuda_emulated_nhwc() {
-                let test = concat!(module_path!(), "::cuda_emulated_nhwc");
-                if let Some(dev) = $crate::test_utils::emulated_nhwc_or_skip(test) {
-                    $crate::test_utils::Outcome::check(super::$name(&dev));
-                }
+            $crate::__device_test_half!($name, cuda, cuda_or_skip);
+            $crate::__device_test_half!($name, cuda_emulated, emulator_or_skip);
+            $crate::__device_test_half!($name, cuda_nhwc, cuda_nhwc_or_skip);
+            $crate::__device_test_half!($name, cuda_emulated_nhwc, emulated_nhwc_or_skip);
+        }
+    };
+}
+
+/// Implementation detail of [`test_device!`]: the test `$half` that runs `$name` on the
+/// device `test_utils::$open` gives, or reports itself skipped.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __device_test_half {
+    ($name:ident, $half:ident, $open:ident) => {
+        #[test]
+        fn $half() {
+            let test = concat!(module_path!(), "::", stringify!($half));
+            if let Some(dev) = $crate::test_utils::$open(test) {
+                $crate::test_utils::Outcome::check(super::$name(&dev));
             }
         }
     };
