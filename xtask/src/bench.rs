@@ -222,7 +222,7 @@ fn run_child(cmd: &mut Command) -> Result<Measurement, String> {
     parse_measurement(&out.stdout).map_err(|e| e.to_string())
 }
 
-/// `xtask bench-worker --size N --iters K [--device cpu|cuda|cuda-emulated] [--precision fp32|tf32]
+/// `xtask bench-worker --size N --iters K [--device cpu|cuda|cuda-emulated|cuda-emulated-library] [--precision fp32|tf32]
 /// [--layout nchw|nhwc] [--memory fast|lean] [--dump DIR]`: one measurement as a JSON line; with
 /// `NST_CUDA_PROFILE=1`, also the GPU time per operation of the timed iterations on stderr.
 pub fn worker(args: &[String]) -> Result<()> {
@@ -243,9 +243,12 @@ pub fn worker(args: &[String]) -> Result<()> {
                     "cuda" => Device::cuda(0)?,
                     // The CUDA path on the CPU (slow): to try this worker without a GPU.
                     "cuda-emulated" => Device::cuda_emulated()?,
-                    other => {
-                        bail!("unknown device {other} (expected cpu, cuda or cuda-emulated)")
-                    }
+                    // The same with nst-cpu standing in for cuDNN (NHWC needs a library).
+                    "cuda-emulated-library" => Device::cuda_emulated_with_library()?,
+                    other => bail!(
+                        "unknown device {other} (expected cpu, cuda, cuda-emulated or \
+                         cuda-emulated-library)"
+                    ),
                 }
             }
             "--precision" => {
