@@ -172,14 +172,14 @@ for cfg in "tf32 512 nchw" "fp32 512 nchw" "tf32 2048 nchw" "tf32 512 nhwc"; do
     echo "-- $precision $size² $layout (rc=$?)"; head -25 "$OUT/logs/profile_$name.txt"
 done
 
-step "the README example with NST_CUDA_PROFILE=1 (one-off costs: NVRTC, algorithm choices)"
+step "the README example with NST_CUDA_PROFILE=1 (one-off costs: the kernels, algorithm choices)"
 NST_CACHE_DIR="$OUT/cache/profile-readme" NST_CUDA_PROFILE=1 \
     timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
     -s examples/style_vangogh_starry_night.jpg -o "$OUT/logs/profiled.png" --device cuda -q \
     2>"$OUT/logs/profile_readme.txt"
 echo "rc=$?"; head -30 "$OUT/logs/profile_readme.txt"
 for what in "conv algorithm search" "conv algorithm heuristics" "conv algorithm remembered" \
-    "nvrtc"; do
+    "kernels"; do
     grep -F "× $what" "$OUT/logs/profile_readme.txt" | awk -v what="$what" \
         '{ms += $1; n += $4} END { printf "one-off, %s: %.0f ms in %d calls\n", what, ms, n }'
 done

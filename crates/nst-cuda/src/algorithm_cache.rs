@@ -2,7 +2,8 @@
 //! seen before skips cuDNN's algorithm search, and picks the same algorithms as before (the
 //! same bits, run after run). MIOpen's find-db and TensorRT's timing cache do the same.
 //!
-//! One text file, `conv-algorithms-v2.tsv` in the cache folder ([`default_dir`]), one line a
+//! One text file, `conv-algorithms-v2.tsv` in the cache folder
+//! ([`crate::cache_dir::default_dir`]), one line a
 //! choice: the library (GPU, driver and cuDNN versions: a choice is valid only where it was
 //! measured), the shape, the algorithm's number and its workspace in bytes. Lines that do not
 //! parse are skipped, and a remembered algorithm the library no longer runs for its shape is
@@ -14,10 +15,7 @@
 
 use crate::conv_choice::ChoiceKey;
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The file's name in the cache folder (the version changes with its format).
@@ -26,24 +24,6 @@ pub const FILE_NAME: &str = "conv-algorithms-v2.tsv";
 /// Most lines the file keeps; past this it starts again from this process's choices (a
 /// run adds about 20, so this is hundreds of distinct sizes).
 const MOST_LINES: usize = 10_000;
-
-/// The cache folder: `$NST_CACHE_DIR` (empty: no cache), else `$XDG_CACHE_HOME/nst`, else
-/// `$HOME/.cache/nst`.
-pub fn default_dir() -> Option<PathBuf> {
-    dir_from(|name| std::env::var_os(name))
-}
-
-/// [`default_dir`] with the environment read through `var`.
-fn dir_from(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
-    let set = |name| var(name).filter(|v| !v.is_empty());
-    match var("NST_CACHE_DIR") {
-        Some(dir) if dir.is_empty() => None,
-        Some(dir) => Some(PathBuf::from(dir)),
-        None => set("XDG_CACHE_HOME")
-            .map(|d| PathBuf::from(d).join("nst"))
-            .or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".cache/nst"))),
-    }
-}
 
 /// The choices one library measured, by shape: what this process found in the file, plus
 /// what it measured since.
@@ -130,7 +110,6 @@ impl AlgorithmCache {
     /// The file as it is now, with `mine` (this process's measurements) over the same keys
     /// of this library.
     fn write(&self, file: &Path, mine: HashMap<&String, (u32, usize)>) -> std::io::Result<()> {
-        static WRITES: AtomicU64 = AtomicU64::new(0);
         let mut lines: Vec<String> = std::fs::read_to_string(file)
             .unwrap_or_default()
             .lines()
@@ -150,20 +129,7 @@ impl AlgorithmCache {
             .collect();
         ours.sort();
         lines.extend(ours);
-        std::fs::create_dir_all(file.parent().unwrap_or(Path::new(".")))?;
-        // A name no one else uses, created new (never through a link someone planted).
-        let n = WRITES.fetch_add(1, Ordering::Relaxed);
-        let partial = file.with_extension(format!("partial-{}-{n}", std::process::id()));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&partial)
-            .and_then(|mut f| f.write_all(lines.concat().as_bytes()))
-            .and_then(|()| std::fs::rename(&partial, file));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&partial);
-        }
-        written
+        crate::cache_dir::replace_file(file, lines.concat().as_bytes())
     }
 }
 
@@ -320,33 +286,5 @@ mod tests {
         let c = AlgorithmCache::open(Some(&not_a_dir), "GPU");
         c.put(&key(4, Direction::Forward), 1, 2);
         assert_eq!(c.get(&key(4, Direction::Forward)), Some((1, 2)));
-    }
-
-    /// An environment of `pairs` for [`dir_from`].
-    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
-        move |name| {
-            let found = pairs.iter().find(|(n, _)| *n == name);
-            found.map(|(_, v)| OsString::from(v))
-        }
-    }
-
-    #[test]
-    fn the_cache_folder_follows_the_environment() {
-        let all = [
-            ("NST_CACHE_DIR", "/x/nst-cache"),
-            ("XDG_CACHE_HOME", "/x/cache"),
-            ("HOME", "/home/u"),
-        ];
-        assert_eq!(dir_from(env(&all)), Some(PathBuf::from("/x/nst-cache")));
-        let off = [("NST_CACHE_DIR", ""), ("HOME", "/home/u")];
-        assert_eq!(dir_from(env(&off)), None);
-        let xdg = [("XDG_CACHE_HOME", "/x/cache"), ("HOME", "/home/u")];
-        assert_eq!(dir_from(env(&xdg)), Some(PathBuf::from("/x/cache/nst")));
-        let home = [("XDG_CACHE_HOME", ""), ("HOME", "/home/u")];
-        assert_eq!(
-            dir_from(env(&home)),
-            Some(PathBuf::from("/home/u/.cache/nst"))
-        );
-        assert_eq!(dir_from(env(&[])), None);
     }
 }

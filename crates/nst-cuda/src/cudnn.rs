@@ -279,7 +279,7 @@ impl Cudnn {
             handle,
             version,
             plans: Mutex::new(HashMap::new()),
-            cache: AlgorithmCache::open(crate::algorithm_cache::default_dir().as_deref(), &library),
+            cache: AlgorithmCache::open(crate::cache_dir::default_dir().as_deref(), &library),
             workspace: Mutex::new((0, 0)),
         })
     }

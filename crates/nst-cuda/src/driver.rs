@@ -15,8 +15,8 @@
 //! jobs on a worker thread, and the driver API's context is per thread.
 
 use crate::blas::Sgemm;
-use crate::kernels;
 use crate::runtime::{Arg, ConvEngine, DevicePtr, GpuResult, KernelParams, Runtime};
+use crate::{compiled_kernels, kernels};
 use cudarc::cublas::{sys::cublasMath_t, CudaBlas};
 use cudarc::driver::sys::{self, CUmemPool_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
@@ -59,10 +59,28 @@ impl CudaRuntime {
             .new_stream()
             .map_err(|e| err("stream creation", e))?;
         let compiling = std::time::Instant::now();
-        let module = context
-            .load_module(kernels::compile()?)
-            .map_err(|e| err("module load", e))?;
-        crate::profile::record(|| "nvrtc compile + module load".into(), compiling.elapsed());
+        let arch = context
+            .compute_capability()
+            .map_err(|e| err("compute capability query", e))?;
+        let cache = crate::cache_dir::default_dir();
+        let kernels = compiled_kernels::load(cache.as_deref(), arch)?;
+        let mut origin = kernels.origin;
+        let module = match context.load_module(kernels.code.for_driver()) {
+            Ok(module) => module,
+            // Code an earlier run kept that this driver will not load: compile it afresh.
+            Err(_) if origin == compiled_kernels::Origin::Cache => {
+                let kernels = compiled_kernels::compile_afresh(cache.as_deref(), arch)?;
+                origin = kernels.origin;
+                context
+                    .load_module(kernels.code.for_driver())
+                    .map_err(|e| err("module load", e))?
+            }
+            Err(e) => return Err(err("module load", e)),
+        };
+        crate::profile::record(
+            || format!("{} + module load", origin.describe()),
+            compiling.elapsed(),
+        );
         let mut functions = HashMap::new();
         for &kernel in kernels::KERNEL_NAMES {
             let f = module

@@ -7,7 +7,8 @@
 //! - [`probe`]: finds device 0 (or says in one line why not).
 //! - [`kernels`]: the CUDA C source of every kernel nst-cpu has (im2col, bias, kernel flip,
 //!   ReLU, max/avg pooling forward and backward, elementwise, f64 reductions, Adam), compiled
-//!   to PTX by NVRTC at run time; CI compiles it with no GPU.
+//!   by NVRTC at run time; CI compiles it with no GPU. [`compiled_kernels`]: the kernels
+//!   compiled for the GPU's architecture, kept between runs ([`cache_dir`]: where).
 //! - [`blas`]: row-major products as cuBLAS calls, with a host reference of the calls.
 //! - [`gpu::Gpu`]: device, stream, loaded kernels and a cuBLAS handle, with the operations
 //!   the parity tests check against nst-cpu (convolution as im2col + SGEMM among them).
@@ -24,6 +25,8 @@
 
 pub mod algorithm_cache;
 pub mod blas;
+pub mod cache_dir;
+pub mod compiled_kernels;
 pub mod conv_choice;
 pub mod cudnn;
 pub mod driver;

@@ -11,8 +11,8 @@
 //! convolution's channels and input size; and the one-off costs: `conv algorithm search: …`
 //! (cuDNN's `cudnnFind*`, once per shape that searches), `conv algorithm heuristics: …`
 //! (its `cudnnGet*_v7`) and `conv algorithm remembered: …` (a choice from an earlier run,
-//! taking no time; see [`crate::conv_choice`]), and `nvrtc compile + module load` (once per
-//! process).
+//! taking no time; see [`crate::conv_choice`]), and the kernels' `… + module load` (once per
+//! process: compiled by NVRTC, or from the cache; see [`crate::compiled_kernels`]).
 //! The `nst` command prints the table at its end (with the one-off costs);
 //! `xtask bench-worker` after its warm-up (without them).
 
