@@ -459,6 +459,7 @@ impl ConvEngine for Cudnn {
         p: &Conv2dParams,
         options: ConvOptions,
         (x, w, y): (DevicePtr, DevicePtr, DevicePtr),
+        accumulate: bool,
     ) -> GpuResult<()> {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
         let plan = self.plan(&mut plans, p, options)?;
@@ -500,7 +501,8 @@ impl ConvEngine for Cudnn {
         let how = (p, options, Direction::Forward);
         let (algo, need) = self.algorithm(runtime, how, &mut plan.forward, calls)?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        // β = 1 adds into y (a convolution split into groups of input channels).
+        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         // Timed here, not around the whole call, so the search above is not counted twice.
         crate::profile::timed(
             runtime,

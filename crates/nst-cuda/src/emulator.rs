@@ -182,6 +182,10 @@ pub struct Emulator {
     limit: Option<u64>,
     /// Whether it offers a convolution library (as cuDNN on a GPU), emulated by nst-cpu.
     library_convolutions: bool,
+    /// The most values a tensor of one library call may have (cuDNN's 2³¹ − 1 unless
+    /// `NST_EMULATOR_LIBRARY_MAX_ELEMENTS` says less: how tests make the split of a large
+    /// convolution into channel groups happen at small sizes).
+    library_max_elements: usize,
     /// The stand-in library's algorithm choices, made by cuDNN's rule
     /// ([`crate::conv_choice`]): there is one algorithm, but the choices are timed and
     /// counted in the profile as on a GPU.
@@ -208,6 +212,17 @@ impl Emulator {
         Self::with(true)
     }
 
+    /// [`Emulator::with_library_convolutions`] whose library takes at most `max_elements`
+    /// values a tensor (cuDNN: 2³¹ − 1), so that [`crate::Gpu`] splits larger convolutions
+    /// into channel groups at test sizes.
+    pub fn with_library_limited_to(max_elements: usize) -> GpuResult<Arc<Emulator>> {
+        let mut emulator = Self::with(true)?;
+        Arc::get_mut(&mut emulator)
+            .expect("just made")
+            .library_max_elements = max_elements.max(1);
+        Ok(emulator)
+    }
+
     fn with(library_convolutions: bool) -> GpuResult<Arc<Emulator>> {
         available()?;
         let limit = match std::env::var("NST_EMULATOR_MEMORY_LIMIT") {
@@ -216,10 +231,22 @@ impl Emulator {
             })?),
             Err(_) => None,
         };
+        let library_max_elements = match std::env::var("NST_EMULATOR_LIBRARY_MAX_ELEMENTS") {
+            Ok(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| {
+                    format!("NST_EMULATOR_LIBRARY_MAX_ELEMENTS must be a positive count, not {v:?}")
+                })?,
+            Err(_) => i32::MAX as usize,
+        };
         let cache_dir = std::env::var_os("NST_CACHE_DIR").filter(|d| !d.is_empty());
         Ok(Arc::new(Emulator {
             limit,
             library_convolutions,
+            library_max_elements,
             conv_cache: match cache_dir {
                 Some(dir) => AlgorithmCache::open(Some(Path::new(&dir)), "emulated library"),
                 None => AlgorithmCache::none(),
@@ -464,13 +491,19 @@ impl ConvEngine for Emulator {
         "emulated convolution library".into()
     }
 
+    fn max_elements(&self) -> usize {
+        self.library_max_elements
+    }
+
     unsafe fn forward(
         &self,
         runtime: &dyn Runtime,
         p: &Conv2dParams,
         options: ConvOptions,
         (x, w, y): (DevicePtr, DevicePtr, DevicePtr),
+        accumulate: bool,
     ) -> GpuResult<()> {
+        self.check_library_limit(p)?;
         self.choose_algorithm(runtime, p, options, Direction::Forward)?;
         let tf32 = options.tf32;
         // SAFETY: the caller guarantees the operands cover p's shapes, y apart from x and w.
@@ -482,17 +515,25 @@ impl ConvEngine for Emulator {
             )
         };
         let (x, w) = (rounded(x, tf32), rounded(w, tf32));
+        let mut out = vec![0.0; p.output_len()];
         match options.layout {
-            Layout::Nchw => conv::conv2d_forward(p, ConvAlgorithm::Im2col, &x, &w[..], None, y),
+            Layout::Nchw => {
+                conv::conv2d_forward(p, ConvAlgorithm::Im2col, &x, &w[..], None, &mut out)
+            }
             Layout::Nhwc => {
                 let (x, w) = (
                     nchw_of(&x, &input_planes(p)),
                     nchw_of(&w, &weight_planes(p)),
                 );
-                let mut out = vec![0.0; p.output_len()];
-                conv::conv2d_forward(p, ConvAlgorithm::Im2col, &x, &w, None, &mut out);
-                y.copy_from_slice(&nhwc_of(&out, &output_planes(p)));
+                let mut nchw = vec![0.0; p.output_len()];
+                conv::conv2d_forward(p, ConvAlgorithm::Im2col, &x, &w, None, &mut nchw);
+                out = nhwc_of(&nchw, &output_planes(p));
             }
+        }
+        if accumulate {
+            y.iter_mut().zip(out).for_each(|(y, v)| *y += v);
+        } else {
+            y.copy_from_slice(&out);
         }
         Ok(())
     }
@@ -504,6 +545,7 @@ impl ConvEngine for Emulator {
         options: ConvOptions,
         (dy, w, dx): (DevicePtr, DevicePtr, DevicePtr),
     ) -> GpuResult<()> {
+        self.check_library_limit(p)?;
         self.choose_algorithm(runtime, p, options, Direction::BackwardData)?;
         let tf32 = options.tf32;
         // SAFETY: as in `forward`.
@@ -535,6 +577,20 @@ impl ConvEngine for Emulator {
 }
 
 impl Emulator {
+    /// Refuses a call with a tensor over the library's limit, as cuDNN does.
+    fn check_library_limit(&self, p: &Conv2dParams) -> GpuResult<()> {
+        let most = [p.input_len(), p.output_len(), p.weight_len()]
+            .into_iter()
+            .max();
+        match most {
+            Some(n) if n > self.library_max_elements => Err(format!(
+                "emulated convolution library: a tensor of {n} values is over its limit of {}",
+                self.library_max_elements
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The stand-in library's algorithm choice for a call: as cuDNN chooses (a search or the
     /// heuristics, once per shape, direction and precision), where there is only one.
     fn choose_algorithm(

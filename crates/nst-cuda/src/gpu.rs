@@ -57,6 +57,87 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// One convolution-library call of a convolution split by [`library_calls`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LibraryCall {
+    /// The call's shape: one image (or all, unsplit), some input and output channels.
+    p: Conv2dParams,
+    /// Where the call's input (x or dx) and output (y or dy) start, in values.
+    x_at: usize,
+    y_at: usize,
+    /// The first output and input channel of its weights.
+    first_channels: (usize, usize),
+    /// Whether a forward call adds into y (every input group after the first).
+    accumulate: bool,
+}
+
+/// The library calls that compute convolution `c`: one, where every tensor of `c` has at
+/// most `limit` values; else (cuDNN takes at most 2³¹ − 1 values a tensor: a 64-channel
+/// activation of 5793² pixels is over) one call per image, group of output channels and
+/// group of input channels, each group as many channels as keep a call's tensors within
+/// the limit. A forward call adds into y after the first input group (y = Σ over the input
+/// groups); the input gradient sums over the output groups the same way. NCHW only: with one
+/// image, a group of channels is one contiguous block of x or y (NHWC interleaves them).
+fn library_calls(c: &Conv2dParams, layout: Layout, limit: usize) -> GpuResult<Vec<LibraryCall>> {
+    let whole = LibraryCall {
+        p: *c,
+        x_at: 0,
+        y_at: 0,
+        first_channels: (0, 0),
+        accumulate: false,
+    };
+    if c.input_len() <= limit && c.output_len() <= limit && c.weight_len() <= limit {
+        return Ok(vec![whole]);
+    }
+    let too_large = |why: &str| {
+        format!(
+            "a convolution of {}×{} pixels, {} → {} channels, is too large for the \
+             convolution library ({limit} values a tensor){why}",
+            c.in_w, c.in_h, c.in_channels, c.out_channels
+        )
+    };
+    if layout == Layout::Nhwc {
+        return Err(too_large(" with NHWC activations: unset NST_CUDA_LAYOUT"));
+    }
+    let (in_plane, out_plane) = (c.in_h * c.in_w, c.out_h() * c.out_w());
+    let taps = c.kernel_h * c.kernel_w;
+    // Channels a group can have: its planes within the limit, and then its share of the
+    // weights (most_out × most_in × taps; VGG's are far below the limit).
+    let most_out = (limit / out_plane.max(1))
+        .min(limit / taps.max(1))
+        .min(c.out_channels);
+    let most_in = (limit / in_plane.max(1)).min(limit / (most_out * taps).max(1));
+    if most_in == 0 || most_out == 0 {
+        return Err(too_large(": one channel is over it"));
+    }
+    let groups = |total: usize, most: usize| -> Vec<(usize, usize)> {
+        (0..total)
+            .step_by(most)
+            .map(|first| (first, most.min(total - first)))
+            .collect()
+    };
+    let mut calls = vec![];
+    for image in 0..c.batch {
+        for &(k0, kn) in &groups(c.out_channels, most_out) {
+            for &(c0, cn) in &groups(c.in_channels, most_in) {
+                calls.push(LibraryCall {
+                    p: Conv2dParams {
+                        batch: 1,
+                        in_channels: cn,
+                        out_channels: kn,
+                        ..*c
+                    },
+                    x_at: (image * c.in_channels + c0) * in_plane,
+                    y_at: (image * c.out_channels + k0) * out_plane,
+                    first_channels: (k0, c0),
+                    accumulate: c0 > 0,
+                });
+            }
+        }
+    }
+    Ok(calls)
+}
+
 fn i32_of(v: usize, what: &str) -> GpuResult<i32> {
     i32::try_from(v).map_err(|_| format!("{what} {v} is too large for the CUDA kernels"))
 }
@@ -1068,15 +1149,7 @@ impl Gpu {
         let cout = c.out_channels;
         let y = self.uninit(c.output_len())?;
         match (self.conv_engine(), layout) {
-            // SAFETY: x, w and y hold the input, weights and output of c (checked above).
-            (Some(engine), _) => unsafe {
-                engine.forward(
-                    &*self.runtime,
-                    c,
-                    self.conv_options(layout),
-                    (x.ptr_at(0), w.ptr_at(0), y.ptr_at(0)),
-                )?
-            },
+            (Some(engine), _) => self.library_forward(engine, (x, w, &y), c, layout)?,
             (None, Layout::Nchw) => self.im2col_forward(x, w, c, &y)?,
             (None, Layout::Nhwc) => return Err(NHWC_NEEDS_A_LIBRARY.into()),
         }
@@ -1117,18 +1190,96 @@ impl Gpu {
         Self::check_conv(c, dx.len(), w.len())?;
         check_len("convolution output gradient", dy.len(), c.output_len())?;
         match (self.conv_engine(), layout) {
-            // SAFETY: dy, w and dx hold the output, weights and input of c (checked above).
-            (Some(engine), _) => unsafe {
-                engine.backward_data_add(
-                    &*self.runtime,
-                    c,
-                    self.conv_options(layout),
-                    (dy.ptr_at(0), w.ptr_at(0), dx.ptr_at(0)),
-                )
-            },
+            (Some(engine), _) => self.library_backward_input_add(engine, (dy, w, dx), c, layout),
             (None, Layout::Nchw) => self.im2col_backward_input_add(dy, w, c, dx),
             (None, Layout::Nhwc) => Err(NHWC_NEEDS_A_LIBRARY.into()),
         }
+    }
+
+    /// `y = conv(x, w)` by the convolution library: one call, or, where a tensor has more
+    /// values than the library takes in one call ([`ConvEngine::max_elements`]), one call
+    /// per image and pair of channel groups (see [`library_calls`]).
+    fn library_forward(
+        &self,
+        engine: &dyn ConvEngine,
+        (x, w, y): (&Floats, &Floats, &Floats),
+        c: &Conv2dParams,
+        layout: Layout,
+    ) -> GpuResult<()> {
+        let options = self.conv_options(layout);
+        for call in library_calls(c, layout, engine.max_elements())? {
+            let w_part = self.weight_part(w, c, &call)?;
+            let w_ptr = w_part.as_ref().map_or(w.ptr_at(0), |part| part.ptr_at(0));
+            // SAFETY: each call's operands lie inside x, w (or its copied part) and y, which
+            // hold the input, weights and output of c (checked by the caller).
+            unsafe {
+                engine.forward(
+                    &*self.runtime,
+                    &call.p,
+                    options,
+                    (x.ptr_at(call.x_at), w_ptr, y.ptr_at(call.y_at)),
+                    call.accumulate,
+                )?
+            };
+        }
+        Ok(())
+    }
+
+    /// `dx += ∂L/∂x` by the convolution library, in calls as [`Gpu::library_forward`]'s
+    /// (each adds its part into dx, so the groups of output channels sum up there).
+    fn library_backward_input_add(
+        &self,
+        engine: &dyn ConvEngine,
+        (dy, w, dx): (&Floats, &Floats, &mut Floats),
+        c: &Conv2dParams,
+        layout: Layout,
+    ) -> GpuResult<()> {
+        let options = self.conv_options(layout);
+        for call in library_calls(c, layout, engine.max_elements())? {
+            let w_part = self.weight_part(w, c, &call)?;
+            let w_ptr = w_part.as_ref().map_or(w.ptr_at(0), |part| part.ptr_at(0));
+            // SAFETY: as in `library_forward`, with dy for y and dx for x.
+            unsafe {
+                engine.backward_data_add(
+                    &*self.runtime,
+                    &call.p,
+                    options,
+                    (dy.ptr_at(call.y_at), w_ptr, dx.ptr_at(call.x_at)),
+                )?
+            };
+        }
+        Ok(())
+    }
+
+    /// The weights of one [`LibraryCall`]'s channel groups, copied together (KCRS), or
+    /// `None` when the call takes all of `w`.
+    fn weight_part(
+        &self,
+        w: &Floats,
+        c: &Conv2dParams,
+        call: &LibraryCall,
+    ) -> GpuResult<Option<Floats>> {
+        let (k0, c0) = call.first_channels;
+        let taps = c.kernel_h * c.kernel_w;
+        if call.p.in_channels == c.in_channels && call.p.out_channels == c.out_channels {
+            return Ok(None);
+        }
+        let (rows, row_len) = (call.p.out_channels, call.p.in_channels * taps);
+        let part = self.uninit(rows * row_len)?;
+        let src_stride = c.in_channels * taps;
+        let args = [
+            Arg::Ptr(w.ptr_at(k0 * src_stride + c0 * taps)),
+            Arg::I64(src_stride as i64),
+            part.arg(),
+            Arg::I64(row_len as i64),
+            Arg::I64(rows as i64),
+            Arg::I64(row_len as i64),
+        ];
+        // SAFETY: `rows` output channels from k0, each `row_len` values from input channel
+        // c0 at stride src_stride inside w (the groups lie inside c's channels); the part
+        // holds rows·row_len values.
+        unsafe { self.launch("copy2d", rows * row_len, &args)? };
+        Ok(Some(part))
     }
 
     /// The input gradient by one SGEMM per band and the gather `col2im_add`.

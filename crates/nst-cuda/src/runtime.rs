@@ -104,7 +104,14 @@ pub struct ConvOptions {
 pub trait ConvEngine: Send + Sync {
     /// The library and its version, for the user.
     fn describe(&self) -> String;
-    /// `y = conv(x, w)` (no bias) for `operands` `(x, w, y)`.
+    /// The most values one tensor of a call may have: cuDNN's legacy API indexes with 32
+    /// bits (a larger tensor is `CUDNN_STATUS_NOT_SUPPORTED`), so [`crate::Gpu`] splits
+    /// larger convolutions into calls on groups of channels.
+    fn max_elements(&self) -> usize {
+        i32::MAX as usize
+    }
+    /// `y = conv(x, w)` (no bias) for `operands` `(x, w, y)`, or `y += conv(x, w)` when
+    /// `accumulate`.
     ///
     /// # Safety
     /// `x`, `w` and `y` cover the input, weights and output of `p`, on `runtime`.
@@ -114,6 +121,7 @@ pub trait ConvEngine: Send + Sync {
         p: &Conv2dParams,
         options: ConvOptions,
         operands: (DevicePtr, DevicePtr, DevicePtr),
+        accumulate: bool,
     ) -> GpuResult<()>;
     /// `dx += ∂L/∂x` from `dy` for `operands` `(dy, w, dx)` (the convolution's input
     /// gradient, added in place).

@@ -697,3 +697,212 @@ fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
         }
     }
 }
+
+/// A convolution with a tensor over the library's limit (cuDNN: 2³¹ − 1 values) runs as calls
+/// on groups of channels, per image: the emulator's library refuses larger tensors, as cuDNN
+/// does, so these pass only if every call was split. Groups of uneven sizes, both
+/// directions, batches, strides.
+#[test]
+fn a_convolution_over_the_library_limit_runs_in_channel_groups() {
+    use nst_cuda::emulator::Emulator;
+    let shapes = [
+        // (batch, cin, h, w, cout, k, stride, pad, limit): the limit gives groups of 3 input
+        // and 3 output channels; batches only; groups of one channel; a 1×1 convolution;
+        // weights over the limit where x and y are not (groups of one input channel).
+        (2, 5, 6, 7, 7, 3, 1, 1, 3 * 42),
+        (2, 4, 6, 5, 6, 3, 1, 1, 6 * 30),
+        (1, 4, 9, 8, 6, 3, 2, 0, 72),
+        (1, 8, 5, 5, 3, 1, 1, 0, 2 * 25),
+        (1, 6, 3, 3, 8, 3, 1, 1, 100),
+    ];
+    for (batch, cin, h, w, cout, k, stride, pad, limit) in shapes {
+        let c = Conv2dParams {
+            batch,
+            in_channels: cin,
+            in_h: h,
+            in_w: w,
+            out_channels: cout,
+            kernel_h: k,
+            kernel_w: k,
+            stride,
+            pad,
+        };
+        let what = format!("{c:?} at most {limit} values a tensor");
+        let g = Gpu::on(Emulator::with_library_limited_to(limit).unwrap());
+        let (x, wt, b, dy, dx0) = (
+            rand_vec(c.input_len(), 14),
+            rand_vec(c.weight_len(), 15),
+            rand_vec(cout, 16),
+            rand_vec(c.output_len(), 17),
+            rand_vec(c.input_len(), 18),
+        );
+        let mut y = vec![0.0; c.output_len()];
+        conv::conv2d_relu_forward(&c, ConvAlgorithm::Im2col, &x, &wt, Some(&b), &mut y);
+        let mut dx = dx0.clone();
+        conv::conv2d_backward_input_accumulate(&c, ConvAlgorithm::Im2col, &dy, &wt, &mut dx);
+
+        let (gx, gw, gb, gdy) = (
+            g.upload(&x).unwrap(),
+            g.upload(&wt).unwrap(),
+            g.upload(&b).unwrap(),
+            g.upload(&dy).unwrap(),
+        );
+        let gy = g.conv2d((&gx, &gw, Some(&gb)), &c, true, Layout::Nchw);
+        close(
+            &gy.unwrap().to_vec().unwrap(),
+            &y,
+            1e-5,
+            &format!("{what}: forward"),
+        );
+        let mut gdx = g.upload(&dx0).unwrap();
+        g.conv2d_backward_input_add((&gdy, &gw), &c, &mut gdx, Layout::Nchw)
+            .unwrap();
+        close(
+            &gdx.to_vec().unwrap(),
+            &dx,
+            1e-5,
+            &format!("{what}: input gradient"),
+        );
+        // NHWC interleaves the channels, so a group is not one block: a one-line error.
+        let e = g
+            .conv2d((&gx, &gw, None), &c, false, Layout::Nhwc)
+            .expect_err("NHWC over the limit");
+        assert!(e.contains("unset NST_CUDA_LAYOUT"), "{what}: {e}");
+    }
+    // One channel's plane over the limit cannot be split by channels: a one-line error.
+    let g = Gpu::on(Emulator::with_library_limited_to(20).unwrap());
+    let c = Conv2dParams {
+        batch: 1,
+        in_channels: 2,
+        in_h: 5,
+        in_w: 5,
+        out_channels: 2,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 1,
+        pad: 1,
+    };
+    let (gx, gw) = (
+        g.upload(&rand_vec(c.input_len(), 1)).unwrap(),
+        g.upload(&rand_vec(c.weight_len(), 2)).unwrap(),
+    );
+    let e = g
+        .conv2d((&gx, &gw, None), &c, false, Layout::Nchw)
+        .expect_err("a plane over the limit");
+    assert!(e.contains("one channel is over it"), "{e}");
+}
+
+/// On a GPU with cuDNN and 24 GB to spare (device-check.sh runs it on the H200): VGG's first
+/// convolution (3 → 64 channels) at 5800², whose output (2.15e9 values) is over cuDNN's
+/// 2³¹ − 1 values a tensor. The forward pass runs as groups of output channels (63 and 1),
+/// the input gradient sums over them. Checked at sampled pixels, corners and the group
+/// boundary included, against sums in f64 on the CPU (all of it would take the CPU minutes).
+#[test]
+fn a_convolution_over_two_giga_values_runs_on_a_gpu() {
+    let Ok(g) = Gpu::open(0) else {
+        eprintln!("skipped: no GPU");
+        return;
+    };
+    let free = g.runtime().available_bytes().unwrap_or(0);
+    if g.conv_library().is_none() || free < 24 << 30 {
+        eprintln!("skipped: needs cuDNN and 24 GB of GPU memory ({free} bytes free)");
+        return;
+    }
+    let side = 5800; // 64 · 5800² = 2.153e9 > 2³¹ − 1
+    let c = Conv2dParams {
+        batch: 1,
+        in_channels: 3,
+        in_h: side,
+        in_w: side,
+        out_channels: 64,
+        kernel_h: 3,
+        kernel_w: 3,
+        stride: 1,
+        pad: 1,
+    };
+    assert!(c.output_len() > i32::MAX as usize);
+    let (x, wt, b) = (
+        rand_vec(c.input_len(), 21),
+        rand_vec(c.weight_len(), 22),
+        rand_vec(64, 23),
+    );
+    let at = |ch: usize, r: isize, col: isize| -> f64 {
+        let inside = (0..side as isize).contains(&r) && (0..side as isize).contains(&col);
+        if inside {
+            x[(ch * side + r as usize) * side + col as usize] as f64
+        } else {
+            0.0
+        }
+    };
+    let tap = |k: usize, ch: usize, i: usize, j: usize| wt[((k * 3 + ch) * 3 + i) * 3 + j] as f64;
+    // Pixels: the corners, the middle, and a pseudo-random spread.
+    let mut pixels = vec![(0, 0), (0, side - 1), (side - 1, 0), (side - 1, side - 1)];
+    pixels.push((side / 2, side / 2));
+    pixels.extend((0..200u64).map(|i| {
+        let h = (i.wrapping_mul(2654435761) % side as u64) as usize;
+        (h, (i.wrapping_mul(40503) * 7 % side as u64) as usize)
+    }));
+
+    let gy = g
+        .conv2d(
+            (
+                &g.upload(&x).unwrap(),
+                &g.upload(&wt).unwrap(),
+                Some(&g.upload(&b).unwrap()),
+            ),
+            &c,
+            true,
+            Layout::Nchw,
+        )
+        .unwrap_or_else(|e| panic!("forward at {side}²: {e}"));
+    let y = gy.to_vec().unwrap();
+    drop(gy);
+    let mut worst = 0.0f64;
+    for &(r, col) in &pixels {
+        for k in [0, 1, 31, 62, 63] {
+            let mut want = b[k] as f64;
+            for ch in 0..3 {
+                for (i, j) in (0..3).flat_map(|i| (0..3).map(move |j| (i, j))) {
+                    want += tap(k, ch, i, j)
+                        * at(
+                            ch,
+                            r as isize + i as isize - 1,
+                            col as isize + j as isize - 1,
+                        );
+                }
+            }
+            let got = y[(k * side + r) * side + col] as f64;
+            worst = worst.max((got - want.max(0.0)).abs());
+        }
+    }
+    assert!(
+        worst < 1e-4,
+        "forward at {side}²: {worst:.2e} from the f64 sums"
+    );
+    drop(y);
+
+    // dy = 1 everywhere: dx[ch, r, col] is the sum of the taps that read (r, col).
+    let gdy = g.full(1.0, c.output_len()).unwrap();
+    let mut gdx = g.full(0.0, c.input_len()).unwrap();
+    g.conv2d_backward_input_add((&gdy, &g.upload(&wt).unwrap()), &c, &mut gdx, Layout::Nchw)
+        .unwrap_or_else(|e| panic!("input gradient at {side}²: {e}"));
+    let dx = gdx.to_vec().unwrap();
+    let mut worst = 0.0f64;
+    for &(r, col) in &pixels {
+        for ch in 0..3 {
+            let mut want = 0.0;
+            for (i, j) in (0..3).flat_map(|i| (0..3).map(move |j| (i, j))) {
+                // Output (r + 1 − i, col + 1 − j) reads (r, col) through tap (i, j).
+                let (orow, ocol) = (r as isize + 1 - i as isize, col as isize + 1 - j as isize);
+                if (0..side as isize).contains(&orow) && (0..side as isize).contains(&ocol) {
+                    want += (0..64).map(|k| tap(k, ch, i, j)).sum::<f64>();
+                }
+            }
+            worst = worst.max((dx[(ch * side + r) * side + col] as f64 - want).abs());
+        }
+    }
+    assert!(
+        worst < 1e-3,
+        "input gradient at {side}²: {worst:.2e} from the f64 sums"
+    );
+}
