@@ -1416,3 +1416,67 @@ fn check_len(what: &str, got: usize, want: usize) -> GpuResult<()> {
         Err(format!("{what}: {got} values where {want} were expected"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// VGG-19's 3×3 convolution of `cin` → `cout` channels on `w`×`h` pixels, one image.
+    fn vgg_conv(cin: usize, cout: usize, w: usize, h: usize) -> Conv2dParams {
+        Conv2dParams {
+            batch: 1,
+            in_channels: cin,
+            in_h: h,
+            in_w: w,
+            out_channels: cout,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+            pad: 1,
+        }
+    }
+
+    /// At real sizes (nothing allocated): every call within cuDNN's limit, and each pair of
+    /// channel groups once, the first of each output group writing and the rest adding.
+    #[test]
+    fn library_calls_cover_every_channel_pair_within_cudnn_limit() {
+        let cudnn = i32::MAX as usize;
+        // Under the limit: one call, the whole convolution.
+        let c = vgg_conv(64, 64, 4096, 2725);
+        let calls = library_calls(&c, Layout::Nchw, cudnn).unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!((calls[0].p, calls[0].accumulate), (c, false));
+        // 8192×5449 (the README example's aspect at --size 8192): 64 × 44.6M values, so
+        // groups of 48 and 16 channels on each side of conv1_2; conv1_1's input has 3.
+        for (c, groups) in [
+            (vgg_conv(64, 64, 8192, 5449), 4),
+            (vgg_conv(3, 64, 8192, 5449), 2),
+            (vgg_conv(64, 128, 4096, 2724), 1),
+        ] {
+            let calls = library_calls(&c, Layout::Nchw, cudnn).unwrap();
+            assert_eq!(calls.len(), groups, "{c:?}");
+            let mut seen = vec![vec![0; c.in_channels]; c.out_channels];
+            for call in &calls {
+                let p = &call.p;
+                assert!(p.input_len().max(p.output_len()).max(p.weight_len()) <= cudnn);
+                let (k0, c0) = call.first_channels;
+                assert_eq!(call.accumulate, c0 > 0);
+                assert_eq!(call.x_at, c0 * c.in_h * c.in_w);
+                assert_eq!(call.y_at, k0 * c.out_h() * c.out_w());
+                for row in &mut seen[k0..k0 + p.out_channels] {
+                    row[c0..c0 + p.in_channels].iter_mut().for_each(|n| *n += 1);
+                }
+            }
+            assert!(seen.iter().flatten().all(|&n| n == 1), "{c:?}");
+        }
+        let big = vgg_conv(64, 64, 8192, 5449);
+        let first = &library_calls(&big, Layout::Nchw, cudnn).unwrap()[0];
+        assert_eq!((first.p.in_channels, first.p.out_channels), (48, 48));
+        // NHWC is not split: a one-line error naming what to do.
+        let e = library_calls(&big, Layout::Nhwc, cudnn).unwrap_err();
+        assert!(
+            e.contains("unset NST_CUDA_LAYOUT") && !e.contains('\n'),
+            "{e}"
+        );
+    }
+}
