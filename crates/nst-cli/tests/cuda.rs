@@ -155,6 +155,19 @@ fn nhwc_activations_and_convolutions_in_channel_groups_give_the_plain_run() {
             "after {last} iterations: nchw {a} vs {name} {b}"
         );
     }
+    // The limit reaches the run: one below a channel's plane is a one-line error.
+    let out = dir.path().join("small.png");
+    let o = std::process::Command::new(NST)
+        .args(with(tiny(&out), &["--device", "cuda-emulated"]))
+        .env("NST_EMULATOR_CONV_LIBRARY", "1")
+        .env("NST_EMULATOR_LIBRARY_MAX_ELEMENTS", "1000")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("one channel is over it"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     // A layout name the run does not know is a one-line error.
     let out = dir.path().join("bad.png");
     let o = std::process::Command::new(NST)

@@ -73,9 +73,9 @@ class BlockRunner {
   public:
     static constexpr unsigned MOST_THREADS = 1024;  // CUDA's most threads a block
 
-    // Runs block `block_index` of `kernel` on workers 0..block and waits for them.
+    // Runs block `block_index` of `kernel` on workers 0..block (1 ≤ block ≤ MOST_THREADS)
+    // and waits for them.
     void run(const Entry& kernel, void** params, unsigned block_index, unsigned block) {
-        block = block < MOST_THREADS ? block : MOST_THREADS;
         while (workers_ < block) {
             std::thread([this, t = workers_] { work(t); }).detach();
             ++workers_;
@@ -122,12 +122,14 @@ extern "C" {
 int nst_kernel_count() { return sizeof(KERNELS) / sizeof(KERNELS[0]); }
 const char* nst_kernel_name(int i) { return KERNELS[i].name; }
 
-// 0 on success, -1 for an unknown kernel. Launches run one at a time, like the kernels of
+// 0 on success, -1 for an unknown kernel, -2 for a block size CUDA would refuse. Launches run one at a time, like the kernels of
 // one CUDA stream: gridDim, blockDim and the barrier are process-wide.
 int nst_launch(const char* name, unsigned grid_x, unsigned block_x, void** params) {
     static std::mutex one_at_a_time;
     static BlockRunner* runner = new BlockRunner;  // never destroyed (see BlockRunner)
     std::lock_guard<std::mutex> lock(one_at_a_time);
+    // CUDA takes 1 to 1024 threads a block (the emulator asks for at most 32).
+    if (block_x == 0 || block_x > BlockRunner::MOST_THREADS) return -2;
     for (const Entry& e : KERNELS) {
         if (std::strcmp(e.name, name) != 0) continue;
         gridDim = dim3{grid_x, 1, 1};

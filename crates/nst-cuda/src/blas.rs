@@ -98,11 +98,16 @@ impl Sgemm {
         Sgemm { tf32, ..self }
     }
 
-    /// Whether the leading dimensions satisfy cuBLAS's rules (it rejects the call otherwise).
+    /// Whether the leading dimensions satisfy cuBLAS's rules (it rejects the call otherwise),
+    /// and every size and leading dimension fits the 32-bit `int` cuBLAS takes.
     pub fn is_valid(&self) -> bool {
         let a_rows = if self.trans_a { self.k } else { self.m };
         let b_rows = if self.trans_b { self.n } else { self.k };
-        self.lda >= a_rows.max(1) && self.ldb >= b_rows.max(1) && self.ldc >= self.m.max(1)
+        let ints = [self.m, self.n, self.k, self.lda, self.ldb, self.ldc];
+        ints.iter().all(|&v| v <= i32::MAX as usize)
+            && self.lda >= a_rows.max(1)
+            && self.ldb >= b_rows.max(1)
+            && self.ldc >= self.m.max(1)
     }
 
     /// The call as cudarc takes it.
@@ -177,7 +182,16 @@ pub fn to_tf32(v: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::to_tf32;
+    use super::{to_tf32, Sgemm};
+
+    #[test]
+    fn a_call_past_cublas_32_bit_sizes_is_invalid() {
+        let big = i32::MAX as usize + 1;
+        assert!(Sgemm::row_major(64, 4096, 64, false, true, 1.0, 0.0).is_valid());
+        // A Gram matrix of 64 channels over more than 2³¹ − 1 pixels: k and a stride too big.
+        assert!(!Sgemm::row_major(64, big, 64, false, true, 1.0, 0.0).is_valid());
+        assert!(!Sgemm::row_major(1, 1, big, false, false, 1.0, 0.0).is_valid());
+    }
 
     #[test]
     fn tf32_keeps_ten_mantissa_bits_rounding_half_away() {

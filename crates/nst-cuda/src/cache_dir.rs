@@ -28,6 +28,18 @@ fn dir_from(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
     }
 }
 
+/// Whether files can be made in `dir` (created if missing): a new file is made and removed.
+pub(crate) fn writable(dir: &Path) -> bool {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let made = std::fs::create_dir_all(dir).is_ok()
+        && std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .is_ok();
+    made && std::fs::remove_file(&probe).is_ok()
+}
+
 /// Puts `bytes` in `file` whole: written to a new temporary file beside it, then renamed over
 /// it, so that a crash or a concurrent writer never leaves a torn file (the last rename wins).
 pub(crate) fn replace_file(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -93,5 +105,11 @@ mod tests {
         let blocked = dir.path().join("plain");
         std::fs::write(&blocked, "x").unwrap();
         assert!(replace_file(&blocked.join("f.bin"), b"y").is_err());
+        assert!(!writable(&blocked));
+        assert!(writable(&dir.path().join("new/folder")));
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("new/folder"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "the probe is removed: {left:?}");
     }
 }

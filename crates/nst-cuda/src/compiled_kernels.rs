@@ -14,11 +14,14 @@
 //! architecture, the options, and the source's length and hash), a second with the code's
 //! checksum, then the code. A file whose first line is not this build's, or whose checksum
 //! fails, is compiled afresh and replaced, so two nst versions on one machine take turns
-//! (each costing a compile), and a damaged file is never loaded. It is written to a new
+//! (each costing a compile), and a damaged file is never loaded. (NVRTC gives its version
+//! as major.minor only: after a patch release of NVRTC, code from the one before is still
+//! loaded. The folder is trusted as the binary is: the checksum finds damage, not forgery.) It is written to a new
 //! file that is then renamed over the old one, so it is never torn.
 //!
-//! Without a cache folder (`NST_CACHE_DIR=` empty), or where NVRTC cannot compile for the
-//! GPU's architecture (a GPU newer than NVRTC), the kernels are PTX, as before.
+//! Without a cache folder (`NST_CACHE_DIR=` empty) or one that cannot be written, where NVRTC
+//! cannot compile for the GPU's architecture (a GPU newer than NVRTC), or where the driver
+//! refuses the CUBIN, the kernels are PTX, as before.
 
 use crate::kernels;
 use std::path::{Path, PathBuf};
@@ -59,8 +62,8 @@ pub enum Origin {
         /// Whether the code was written to the cache folder.
         kept: bool,
     },
-    /// Compiled now to PTX, for the reason given (no cache folder, or no CUBIN for this
-    /// architecture).
+    /// Compiled now to PTX, for the reason given (no cache folder or one that cannot be
+    /// written, no CUBIN for this architecture, or CUBIN the driver refused).
     Ptx(String),
 }
 
@@ -84,7 +87,7 @@ pub fn load(dir: Option<&Path>, arch: (i32, i32)) -> Result<Kernels, String> {
         return ptx("no cache folder".into());
     };
     let Some(nvrtc) = kernels::nvrtc_version() else {
-        return ptx("no NVRTC version".into());
+        return ptx("NVRTC did not give its version".into());
     };
     let key = key(nvrtc, arch);
     let file = file(dir, arch);
@@ -94,16 +97,12 @@ pub fn load(dir: Option<&Path>, arch: (i32, i32)) -> Result<Kernels, String> {
             origin: Origin::Cache,
         });
     }
-    compile_and_keep(&file, &key, arch)
-}
-
-/// Compiles the kernels for `arch` and replaces what `dir` holds: for when the cached code
-/// did not load (a driver that refuses it, say).
-pub fn compile_afresh(dir: Option<&Path>, arch: (i32, i32)) -> Result<Kernels, String> {
-    match (dir, kernels::nvrtc_version()) {
-        (Some(dir), Some(nvrtc)) => compile_and_keep(&file(dir, arch), &key(nvrtc, arch), arch),
-        _ => ptx("no cache folder".into()),
+    // CUBIN that cannot be kept would be compiled again by every run (1.3–1.5 s here), where
+    // the driver keeps what it compiles from PTX in its own cache.
+    if !crate::cache_dir::writable(dir) {
+        return ptx("the cache folder cannot be written".into());
     }
+    compile_and_keep(&file, &key, arch)
 }
 
 /// CUBIN compiled now and written to `file` under `key`; PTX where no CUBIN compiles.
@@ -121,7 +120,9 @@ fn compile_and_keep(file: &Path, key: &str, arch: (i32, i32)) -> Result<Kernels,
     }
 }
 
-fn ptx(why: String) -> Result<Kernels, String> {
+/// The kernels as PTX, compiled now, for the reason `why` (also for when the driver refuses
+/// CUBIN, cached or fresh: it compiles PTX itself).
+pub fn ptx(why: String) -> Result<Kernels, String> {
     Ok(Kernels {
         code: Code::Ptx(kernels::compile()?),
         origin: Origin::Ptx(why),
@@ -281,17 +282,20 @@ mod tests {
         assert_eq!(third.origin, Origin::Compiled { kept: true });
         assert_eq!(cubin(third), code, "NVRTC is deterministic");
         assert_eq!(load(Some(dir.path()), arch).unwrap().origin, Origin::Cache);
-        // An architecture NVRTC does not know: PTX, with NVRTC's reason.
+        // An architecture NVRTC does not know: PTX, with NVRTC's reason (its error code).
         let unknown = load(Some(dir.path()), (1, 0)).unwrap();
         assert!(
-            matches!(&unknown.origin, Origin::Ptx(why) if why.contains("sm_10")),
+            matches!(&unknown.origin, Origin::Ptx(why) if why.contains("NVRTC_ERROR")),
             "{:?}",
             unknown.origin
         );
-        // A cache folder that is a file: compiled, not kept, no error.
+        // A cache folder that cannot be written (a file): PTX, no error.
         let blocked = dir.path().join("plain");
         std::fs::write(&blocked, "x").unwrap();
         let unkept = load(Some(&blocked), arch).unwrap();
-        assert_eq!(unkept.origin, Origin::Compiled { kept: false });
+        assert_eq!(
+            unkept.origin,
+            Origin::Ptx("the cache folder cannot be written".into())
+        );
     }
 }

@@ -8,7 +8,9 @@
 //!   every later call;
 //! - a **heuristic** choice (the library's own ranking, nothing run: `cudnnGet*_v7`) serves
 //!   heuristic calls only. The first measured call of that shape searches, and its result
-//!   replaces the heuristic one. A heuristic choice that fails falls back to a search.
+//!   replaces the heuristic one. A heuristic choice that fails falls back to a search, and a
+//!   search that fails (cuDNN's allocates operands of its own, which the largest shapes may
+//!   not have memory for) to the heuristic pick, for good.
 //! - a choice **measured in an earlier run** ([`crate::algorithm_cache`]) serves a call that
 //!   wants a search (or whose heuristics failed) instead of the search, once the library says
 //!   it still runs it and with what workspace. Heuristic calls never take it, so what a run
@@ -102,8 +104,11 @@ pub(crate) fn choose_once<A: AlgorithmId>(
             return Ok((c.algo, c.workspace));
         }
     }
+    // Asked at most once: by a heuristic call, or after a failed search.
+    let mut heuristic = Some(heuristic);
+    let mut ask_heuristics = || heuristic.take().map_or(Err(String::new()), |h| h());
     let heuristic_pick = match wanted {
-        AlgorithmSearch::Heuristic => heuristic().ok(),
+        AlgorithmSearch::Heuristic => ask_heuristics().ok(),
         AlgorithmSearch::Measured => None,
     };
     let remembered = || {
@@ -122,11 +127,20 @@ pub(crate) fn choose_once<A: AlgorithmId>(
                 crate::profile::record(name, std::time::Duration::ZERO);
                 (AlgorithmSearch::Measured, pick)
             }
-            None => {
-                let (algo, workspace) = measure()?;
-                cache.put(key, algo.id(), workspace);
-                (AlgorithmSearch::Measured, (algo, workspace))
-            }
+            None => match measure() {
+                Ok((algo, workspace)) => {
+                    cache.put(key, algo.id(), workspace);
+                    (AlgorithmSearch::Measured, (algo, workspace))
+                }
+                // cuDNN's search allocates operands of its own: for the largest shapes it
+                // can run out of memory. The heuristic pick then stands in for its result
+                // for good (not kept on disk), so later calls do not search again.
+                Err(e) if wanted == AlgorithmSearch::Measured => match ask_heuristics() {
+                    Ok(pick) => (AlgorithmSearch::Measured, pick),
+                    Err(_) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            },
         },
     };
     *slot = Some(Chosen {
@@ -319,6 +333,36 @@ mod tests {
         );
         assert_eq!((counts.0.get(), counts.1.get()), (1, 1));
         assert_eq!(slot.unwrap().workspace, 64);
+    }
+
+    #[test]
+    fn a_failed_search_takes_the_heuristic_pick_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = AlgorithmCache::open(Some(dir.path()), "GPU");
+        let searches = Cell::new(0);
+        let mut slot = None;
+        for _ in 0..3 {
+            let measure = || {
+                searches.set(searches.get() + 1);
+                Err::<(u32, usize), _>("out of memory".to_string())
+            };
+            let ways = (measure, || Ok((2, 32)), |_: u32| Some(16));
+            let got = choose_once(&mut slot, AlgorithmSearch::Measured, (&cache, &key()), ways);
+            assert_eq!(got, Ok((2, 32)));
+        }
+        assert_eq!(searches.get(), 1, "one failed search, not one a call");
+        assert_eq!(
+            AlgorithmCache::open(Some(dir.path()), "GPU").get(&key()),
+            None
+        );
+        // Both failing: the search's error.
+        let ways = (
+            || Err::<(u32, usize), _>("out of memory".to_string()),
+            || Err("no heuristic".to_string()),
+            |_: u32| Some(16),
+        );
+        let got = choose_once(&mut None, AlgorithmSearch::Measured, (&cache, &key()), ways);
+        assert_eq!(got, Err("out of memory".to_string()));
     }
 
     #[test]

@@ -67,12 +67,13 @@ impl CudaRuntime {
         let mut origin = kernels.origin;
         let module = match context.load_module(kernels.code.for_driver()) {
             Ok(module) => module,
-            // Code an earlier run kept that this driver will not load: compile it afresh.
-            Err(_) if origin == compiled_kernels::Origin::Cache => {
-                let kernels = compiled_kernels::compile_afresh(cache.as_deref(), arch)?;
-                origin = kernels.origin;
+            // CUBIN this driver will not load (kept or just compiled: NVRTC gives the same
+            // bytes again): PTX, which the driver compiles itself.
+            Err(e) if !matches!(origin, compiled_kernels::Origin::Ptx(_)) => {
+                let ptx = compiled_kernels::ptx(format!("the driver refused CUBIN: {e:?}"))?;
+                origin = ptx.origin;
                 context
-                    .load_module(kernels.code.for_driver())
+                    .load_module(ptx.code.for_driver())
                     .map_err(|e| err("module load", e))?
             }
             Err(e) => return Err(err("module load", e)),

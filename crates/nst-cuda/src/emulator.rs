@@ -376,10 +376,13 @@ impl Runtime for Emulator {
         // SAFETY: the caller guarantees the arguments match the kernel; the pointer array
         // and the values it points at live until the call returns.
         let rc = unsafe { (lib.launch)(kernel.as_ptr(), grid, block, pointers.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(format!("no CUDA kernel named {name}"));
+        match rc {
+            0 => Ok(()),
+            -2 => Err(format!(
+                "{name}: {block} threads a block is not a CUDA block size"
+            )),
+            _ => Err(format!("no CUDA kernel named {name}")),
         }
-        Ok(())
     }
 
     unsafe fn sgemm(

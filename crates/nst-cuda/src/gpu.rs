@@ -321,7 +321,12 @@ impl Gpu {
         let call =
             Sgemm::row_major_strided(m, k, n, (trans_a, lda), (trans_b, ldb), ldc, alpha, beta)
                 .with_tf32(tf32);
-        debug_assert!(call.is_valid(), "{call:?}");
+        if !call.is_valid() {
+            // Only a size past 2³¹ − 1 gets here (the strides are right by construction).
+            return Err(format!(
+                "a product of {m}×{k}×{n} is too large for cuBLAS (2³¹ − 1 a dimension)"
+            ));
+        }
         let name = || format!("sgemm {m}×{k}×{n}{}", if tf32 { " tf32" } else { "" });
         crate::profile::timed(&*self.runtime, name, || {
             // SAFETY: the row-major call's first operand is b (see Sgemm::row_major); the
