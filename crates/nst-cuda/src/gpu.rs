@@ -14,6 +14,7 @@
 //! gradients; they are here for the general autodiff.
 
 use crate::blas::Sgemm;
+use crate::conv_choice::Direction;
 use crate::runtime::{Arg, ConvEngine, ConvOptions, DeviceBuffer, DeviceValue, GpuResult, Runtime};
 use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, Layout, Pool2dParams};
 use std::sync::Arc;
@@ -1154,7 +1155,9 @@ impl Gpu {
         let cout = c.out_channels;
         let y = self.uninit(c.output_len())?;
         match (self.conv_engine(), layout) {
-            (Some(engine), _) => self.library_forward(engine, (x, w, &y), c, layout)?,
+            (Some(engine), _) => {
+                self.library_convolution(engine, Direction::Forward, (x, w, &y), c, layout)?
+            }
             (None, Layout::Nchw) => self.im2col_forward(x, w, c, &y)?,
             (None, Layout::Nhwc) => return Err(NHWC_NEEDS_A_LIBRARY.into()),
         }
@@ -1195,62 +1198,55 @@ impl Gpu {
         Self::check_conv(c, dx.len(), w.len())?;
         check_len("convolution output gradient", dy.len(), c.output_len())?;
         match (self.conv_engine(), layout) {
-            (Some(engine), _) => self.library_backward_input_add(engine, (dy, w, dx), c, layout),
+            (Some(engine), _) => {
+                let operands = (&*dx, w, dy);
+                self.library_convolution(engine, Direction::BackwardData, operands, c, layout)
+            }
             (None, Layout::Nchw) => self.im2col_backward_input_add(dy, w, c, dx),
             (None, Layout::Nhwc) => Err(NHWC_NEEDS_A_LIBRARY.into()),
         }
     }
 
-    /// `y = conv(x, w)` by the convolution library: one call, or, where a tensor has more
-    /// values than the library takes in one call ([`ConvEngine::max_elements`]), one call
-    /// per image and pair of channel groups (see [`library_calls`]).
-    fn library_forward(
+    /// `y = conv(x, w)` (`direction` Forward, `(x, w, y)`) or `dx += ∂L/∂x` (BackwardData,
+    /// `(dx, w, dy)`) by the convolution library: one call, or, where a tensor has more values
+    /// than the library takes in one call ([`ConvEngine::max_elements`]), one call per image
+    /// and pair of channel groups (see [`library_calls`]; forward calls after an output
+    /// group's first add into y, and every input-gradient call adds into dx).
+    fn library_convolution(
         &self,
         engine: &dyn ConvEngine,
-        (x, w, y): (&Floats, &Floats, &Floats),
+        direction: Direction,
+        (x_side, w, y_side): (&Floats, &Floats, &Floats),
         c: &Conv2dParams,
         layout: Layout,
     ) -> GpuResult<()> {
         let options = self.conv_options(layout);
+        // Each pair of groups' weights, copied once for all images.
+        let mut parts = std::collections::HashMap::new();
         for call in library_calls(c, layout, engine.max_elements())? {
-            let w_part = self.weight_part(w, c, &call)?;
-            let w_ptr = w_part.as_ref().map_or(w.ptr_at(0), |part| part.ptr_at(0));
-            // SAFETY: each call's operands lie inside x, w (or its copied part) and y, which
-            // hold the input, weights and output of c (checked by the caller).
-            unsafe {
-                engine.forward(
-                    &*self.runtime,
-                    &call.p,
-                    options,
-                    (x.ptr_at(call.x_at), w_ptr, y.ptr_at(call.y_at)),
-                    call.accumulate,
-                )?
+            let part = match parts.entry(call.first_channels) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.weight_part(w, c, &call)?)
+                }
             };
-        }
-        Ok(())
-    }
-
-    /// `dx += ∂L/∂x` by the convolution library, in calls as [`Gpu::library_forward`]'s
-    /// (each adds its part into dx, so the groups of output channels sum up there).
-    fn library_backward_input_add(
-        &self,
-        engine: &dyn ConvEngine,
-        (dy, w, dx): (&Floats, &Floats, &mut Floats),
-        c: &Conv2dParams,
-        layout: Layout,
-    ) -> GpuResult<()> {
-        let options = self.conv_options(layout);
-        for call in library_calls(c, layout, engine.max_elements())? {
-            let w_part = self.weight_part(w, c, &call)?;
-            let w_ptr = w_part.as_ref().map_or(w.ptr_at(0), |part| part.ptr_at(0));
-            // SAFETY: as in `library_forward`, with dy for y and dx for x.
+            let w_ptr = part.as_ref().map_or(w.ptr_at(0), |part| part.ptr_at(0));
+            let (x, y) = (x_side.ptr_at(call.x_at), y_side.ptr_at(call.y_at));
+            // SAFETY: each call's operands lie inside x (dx), w (or its copied part) and y
+            // (dy), which hold the input, weights and output of c (checked by the caller).
             unsafe {
-                engine.backward_data_add(
-                    &*self.runtime,
-                    &call.p,
-                    options,
-                    (dy.ptr_at(call.y_at), w_ptr, dx.ptr_at(call.x_at)),
-                )?
+                match direction {
+                    Direction::Forward => engine.forward(
+                        &*self.runtime,
+                        &call.p,
+                        options,
+                        (x, w_ptr, y),
+                        call.accumulate,
+                    )?,
+                    Direction::BackwardData => {
+                        engine.backward_data_add(&*self.runtime, &call.p, options, (y, w_ptr, x))?
+                    }
+                }
             };
         }
         Ok(())
