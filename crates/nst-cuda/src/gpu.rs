@@ -98,7 +98,9 @@ fn library_calls(c: &Conv2dParams, layout: Layout, limit: usize) -> GpuResult<Ve
         )
     };
     if layout == Layout::Nhwc {
-        return Err(too_large(" with NHWC activations: unset NST_CUDA_LAYOUT"));
+        return Err(too_large(
+            " in NHWC, which cannot be split into channel groups",
+        ));
     }
     let (in_plane, out_plane) = (c.in_h * c.in_w, c.out_h() * c.out_w());
     let taps = c.kernel_h * c.kernel_w;
@@ -205,6 +207,21 @@ impl Gpu {
     /// The convolution library in use (cuDNN and its version), if any.
     pub fn conv_library(&self) -> Option<String> {
         self.conv_engine().map(|e| e.describe())
+    }
+
+    /// Whether the convolution library takes `p` in one call in `layout`: every tensor
+    /// within its limit ([`ConvEngine::max_elements`]; cuDNN: 2³¹ − 1 values), or NCHW,
+    /// which [`Gpu::conv2d`] splits into channel groups (NHWC interleaves them). Without a
+    /// library, NCHW only.
+    pub fn conv_library_takes(&self, p: &Conv2dParams, layout: Layout) -> bool {
+        match (self.conv_engine(), layout) {
+            (_, Layout::Nchw) => true,
+            (None, Layout::Nhwc) => false,
+            (Some(engine), Layout::Nhwc) => {
+                let largest = p.input_len().max(p.output_len()).max(p.weight_len());
+                largest <= engine.max_elements()
+            }
+        }
     }
 
     /// Whether convolutions can take NHWC operands: only a convolution library's can (the
@@ -1475,9 +1492,6 @@ mod tests {
         assert_eq!((first.p.in_channels, first.p.out_channels), (48, 48));
         // NHWC is not split: a one-line error naming what to do.
         let e = library_calls(&big, Layout::Nhwc, cudnn).unwrap_err();
-        assert!(
-            e.contains("unset NST_CUDA_LAYOUT") && !e.contains('\n'),
-            "{e}"
-        );
+        assert!(e.contains("cannot be split") && !e.contains('\n'), "{e}");
     }
 }

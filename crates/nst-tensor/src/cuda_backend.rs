@@ -377,11 +377,14 @@ impl CudaStorage {
     }
 
     /// The layout convolution `p` runs in on this storage's device: the device's, except NCHW
-    /// where both sides have fewer than [`NHWC_MIN_CHANNELS`] channels.
+    /// where both sides have fewer than [`NHWC_MIN_CHANNELS`] channels, or where a tensor of
+    /// `p` is more than the convolution library takes in one call (cuDNN: 2³¹ − 1 values;
+    /// only NCHW convolutions are split into calls on channel groups).
     fn conv_layout(&self, p: &Conv2dParams) -> Layout {
         let few = |channels| channels < NHWC_MIN_CHANNELS;
         match self.cuda_device().layout() {
             Layout::Nhwc if few(p.in_channels) && few(p.out_channels) => Layout::Nchw,
+            Layout::Nhwc if !self.gpu().conv_library_takes(p, Layout::Nhwc) => Layout::Nchw,
             layout => layout,
         }
     }
@@ -945,6 +948,51 @@ mod tests {
         for (a, b) in dx.to_vec().unwrap().iter().zip(dx0.to_vec().unwrap()) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }
+    }
+
+    /// A convolution over what the library takes in one call runs NCHW on an NHWC device (in
+    /// channel groups; NHWC could not be split), and the next one that fits runs NHWC again:
+    /// the values and the gradient are the NCHW device's.
+    #[test]
+    fn an_nhwc_device_runs_a_convolution_over_the_library_limit_nchw() {
+        let Ok(emulator) = nst_cuda::emulator::Emulator::with_library_limited_to(200) else {
+            assert!(std::env::var_os("NST_REQUIRE_EMULATOR").is_none());
+            return;
+        };
+        let limited = Device::Cuda(super::CudaDevice {
+            gpu: nst_cuda::Gpu::on(emulator),
+            ordinal: 0,
+            emulated: true,
+            layout: Layout::Nchw,
+        });
+        let run = |dev: &Device| {
+            // 4 → 8 channels on 6×5: weights 288 and output 240 values, over 200.
+            let x = Tensor::variable(values(4 * 30, 1), &[1, 4, 6, 5], dev).unwrap();
+            let w = Tensor::from_vec(values(8 * 4 * 9, 2), &[8, 4, 3, 3], dev).unwrap();
+            let w2 = Tensor::from_vec(values(4 * 8, 3), &[4, 8, 1, 1], dev).unwrap();
+            let y = x.conv2d_relu(&w, None, 1, 1).unwrap();
+            let pooled = y.max_pool2d().unwrap();
+            let z = pooled.conv2d(&w2, None, 1, 0).unwrap(); // 48, 32 and 24 values
+            let loss = z.gram(0.5).unwrap().square().unwrap().sum().unwrap();
+            let dx = loss.backward().unwrap().get(&x).unwrap().clone();
+            (y, z, loss, dx)
+        };
+        let (y, z, loss, dx) = run(&limited.with_layout(Layout::Nhwc));
+        assert_eq!(cuda(&y).stored, Stored::AsShaped, "over the limit: NCHW");
+        assert_eq!(cuda(&z).stored, nhwc(1, 4, 6), "within it: NHWC");
+        let (y0, z0, loss0, dx0) = run(&Device::cuda_emulated_with_library().unwrap());
+        let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+            for (a, b) in a.iter().zip(&b) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{what}: {a} vs {b}"
+                );
+            }
+        };
+        close(y.to_vec().unwrap(), y0.to_vec().unwrap(), "y");
+        close(z.to_vec().unwrap(), z0.to_vec().unwrap(), "z");
+        close(loss.to_vec().unwrap(), loss0.to_vec().unwrap(), "loss");
+        close(dx.to_vec().unwrap(), dx0.to_vec().unwrap(), "dx");
     }
 
     /// Operands stored differently meet in one order: sums, products and dot products of an
