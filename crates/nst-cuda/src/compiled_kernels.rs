@@ -3,7 +3,7 @@
 //!
 //! Without this, every process compiles `kernels.cu` to PTX with NVRTC (0.32–0.47 s on this
 //! 2-core CPU, NVRTC 13.5), and the driver then compiles that PTX to the GPU's machine code (a
-//! pass as long as NVRTC's own for CUBIN, 1.3–1.5 s here, which the driver keeps in its own
+//! pass as long as NVRTC's own for CUBIN, 1.3–2.3 s here, which the driver keeps in its own
 //! JIT cache when that is on). Compiling straight to the GPU's machine code (CUBIN,
 //! `--gpu-architecture=sm_XY`) once, and keeping it, lets later runs load the kernels from a
 //! 280 KB file. The first run pays one CUBIN compile instead of PTX plus the driver's pass.
@@ -97,7 +97,7 @@ pub fn load(dir: Option<&Path>, arch: (i32, i32)) -> Result<Kernels, String> {
             origin: Origin::Cache,
         });
     }
-    // CUBIN that cannot be kept would be compiled again by every run (1.3–1.5 s here), where
+    // CUBIN that cannot be kept would be compiled again by every run (1.3–2.3 s here), where
     // the driver keeps what it compiles from PTX in its own cache.
     if !crate::cache_dir::writable(dir) {
         return ptx("the cache folder cannot be written".into());
