@@ -14,10 +14,10 @@
 //! architecture, the options, and the source's length and hash), a second with the code's
 //! checksum, then the code. A file whose first line is not this build's, or whose checksum
 //! fails, is compiled afresh and replaced, so two nst versions on one machine take turns
-//! (each costing a compile), and a damaged file is never loaded. (NVRTC gives its version
-//! as major.minor only: after a patch release of NVRTC, code from the one before is still
-//! loaded. The folder is trusted as the binary is: the checksum finds damage, not forgery.) It is written to a new
-//! file that is then renamed over the old one, so it is never torn.
+//! (each costing a compile), and a damaged file is never loaded. It is written to a new file
+//! that is then renamed over the old one, so it is never torn. (NVRTC gives its version as
+//! major.minor only: after a patch release of NVRTC, code from the one before is still
+//! loaded. The folder is trusted as the binary is: the checksum finds damage, not forgery.)
 //!
 //! Without a cache folder (`NST_CACHE_DIR=` empty) or one that cannot be written, where NVRTC
 //! cannot compile for the GPU's architecture (a GPU newer than NVRTC), or where the driver
@@ -138,7 +138,8 @@ pub fn file(dir: &Path, (major, minor): (i32, i32)) -> PathBuf {
 /// under another key is not this build's code.
 pub fn key((nvrtc_major, nvrtc_minor): (i32, i32), (major, minor): (i32, i32)) -> String {
     format!(
-        "nst kernels v1; nvrtc {nvrtc_major}.{nvrtc_minor}; sm_{major}{minor}; {}; source {} bytes, fnv1a64 {:016x}",
+        "nst kernels v1; nvrtc {nvrtc_major}.{nvrtc_minor}; sm_{major}{minor}; {}; \
+         source {} bytes, fnv1a64 {:016x}",
         kernels::OPTIONS.join(" "),
         kernels::SOURCE.len(),
         fnv1a64(kernels::SOURCE.as_bytes())
