@@ -122,8 +122,9 @@ extern "C" {
 int nst_kernel_count() { return sizeof(KERNELS) / sizeof(KERNELS[0]); }
 const char* nst_kernel_name(int i) { return KERNELS[i].name; }
 
-// 0 on success, -1 for an unknown kernel, -2 for a block size CUDA would refuse. Launches run one at a time, like the kernels of
-// one CUDA stream: gridDim, blockDim and the barrier are process-wide.
+// 0 on success, -1 for an unknown kernel, -2 for a block size CUDA would refuse. Launches
+// run one at a time, like the kernels of one CUDA stream: gridDim, blockDim and the barrier
+// are process-wide.
 int nst_launch(const char* name, unsigned grid_x, unsigned block_x, void** params) {
     static std::mutex one_at_a_time;
     static BlockRunner* runner = new BlockRunner;  // never destroyed (see BlockRunner)
