@@ -157,12 +157,18 @@ print(f"final loss tf32 nchw {a:.6e}, nhwc {b:.6e}: {abs(a - b) / a:.2e} apart")
 PY
     echo "no NCHW and NHWC reports to compare"
 
+# One iteration of the README example at --size $1: its peak GPU memory, time per iteration
+# and time before the first step (image big_$1.png, report big_$1.json, log logs/big_$1.log).
+big_iteration() {
+    timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
+        -s examples/style_vangogh_starry_night.jpg -o "$OUT/big_$1.png" --device cuda \
+        --size "$1" --scales 1 --iters 1 --report "$OUT/big_$1.json" >"$OUT/logs/big_$1.log" 2>&1
+    echo "rc=$?"; tail -1 "$OUT/logs/big_$1.log"
+    "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); t=r['timing']; print('%s: peak GPU %.0f MiB, %.0f ms/iter, %.1f s before the first step' % (sys.argv[2], r['peak_device_bytes']/2**20, t['ms_per_iter_median'], t['scales'][-1]['before_first_iter_s']))" "$OUT/big_$1.json" "$1" 2>/dev/null
+}
+
 step "one 4096² iteration on the GPU (peak memory)"
-timeout 240 "$BIN/nst" -c examples/content_chelsea.png -s examples/style_vangogh_starry_night.jpg \
-    -o "$OUT/big_4096.png" --device cuda --size 4096 --scales 1 --iters 1 \
-    --report "$OUT/big_4096.json" >"$OUT/logs/big_4096.log" 2>&1
-echo "rc=$?"; tail -1 "$OUT/logs/big_4096.log"
-"$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print('4096: peak GPU %.0f MiB, %.0f ms/iter' % (r['peak_device_bytes']/2**20, r['timing']['ms_per_iter_median']))" "$OUT/big_4096.json" 2>/dev/null
+big_iteration 4096
 
 step "where the GPU time goes (NST_CUDA_PROFILE=1: each operation timed alone, 3 iterations)"
 for cfg in "tf32 512 nchw" "fp32 512 nchw" "tf32 2048 nchw" "tf32 512 nhwc"; do
@@ -221,11 +227,7 @@ timeout 120 "$BIN/xtask" bench --device cpu --sizes 512 --iters 3 --peer \
 step "one 8192² iteration (8192×5449: past cuDNN's 2³¹ values a tensor, so convolutions in channel groups)"
 # Last, because its algorithm search at this size may be long: if the time runs out, only
 # this is lost. Its 8192×5449 image is not kept.
-timeout 240 "$BIN/nst" -c examples/content_chelsea.png -s examples/style_vangogh_starry_night.jpg \
-    -o "$OUT/big_8192.png" --device cuda --size 8192 --scales 1 --iters 1 \
-    --report "$OUT/big_8192.json" >"$OUT/logs/big_8192.log" 2>&1
-echo "rc=$?"; tail -1 "$OUT/logs/big_8192.log"
-"$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); t=r['timing']; print('8192: peak GPU %.0f MiB, %.0f ms/iter, %.1f s before the first step' % (r['peak_device_bytes']/2**20, t['ms_per_iter_median'], t['scales'][-1]['before_first_iter_s']))" "$OUT/big_8192.json" 2>/dev/null
+big_iteration 8192
 rm -f "$OUT/big_8192.png"
 
 echo; echo "status $status; logs, images and reports in $OUT"

@@ -2,16 +2,15 @@
 //! seen before skips cuDNN's algorithm search, and picks the same algorithms as before (the
 //! same bits, run after run). MIOpen's find-db and TensorRT's timing cache do the same.
 //!
-//! One text file, `conv-algorithms-v2.tsv` in the cache folder
-//! ([`crate::cache_dir::default_dir`]), one line a
-//! choice: the library (GPU, driver and cuDNN versions: a choice is valid only where it was
-//! measured), the shape, the algorithm's number and its workspace in bytes. Lines that do not
+//! One text file, `conv-algorithms-v2.tsv` in the cache folder ([`crate::cache_dir::default_dir`]),
+//! one line a choice: the library (GPU, driver and cuDNN versions: a choice is valid only where it
+//! was measured), the shape, the algorithm's number and its workspace in bytes. Lines that do not
 //! parse are skipped, and a remembered algorithm the library no longer runs for its shape is
-//! searched for again (see [`crate::conv_choice`]). A process writes only what it measured
-//! itself, into the file as it is at that moment, through a new temporary file renamed over
-//! the old one: a crash never leaves a torn file, and a concurrent run loses at most a line
-//! (no lock), which only costs a search. A cache that cannot be read or written changes
-//! nothing but speed: it is never an error (`NST_CUDNN_LOG=1` says why it was not written).
+//! searched for again (see [`crate::conv_choice`]). A process writes only what it measured itself,
+//! into the file as it is at that moment, through a new temporary file renamed over the old one: a
+//! crash never leaves a torn file, and a concurrent run loses at most a line (no lock), which only
+//! costs a search. A cache that cannot be read or written changes nothing but speed: it is never an
+//! error (`NST_CUDNN_LOG=1` says why it was not written).
 
 use crate::conv_choice::ChoiceKey;
 use std::collections::{HashMap, HashSet};

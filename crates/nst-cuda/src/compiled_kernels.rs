@@ -8,16 +8,15 @@
 //! `--gpu-architecture=sm_XY`) once, and keeping it, lets later runs load the kernels from a
 //! 280 KB file. The first run pays one CUBIN compile instead of PTX plus the driver's pass.
 //!
-//! One file per architecture, `kernels-sm_XY.cubin` in the cache folder
-//! ([`crate::cache_dir`]):
-//! a first line saying what the code was compiled from ([`key`]: NVRTC's version, the
-//! architecture, the options, and the source's length and hash), a second with the code's
-//! checksum, then the code. A file whose first line is not this build's, or whose checksum
-//! fails, is compiled afresh and replaced, so two nst versions on one machine take turns
-//! (each costing a compile), and a damaged file is never loaded. It is written to a new file
-//! that is then renamed over the old one, so it is never torn. (NVRTC gives its version as
-//! major.minor only: after a patch release of NVRTC, code from the one before is still
-//! loaded. The folder is trusted as the binary is: the checksum finds damage, not forgery.)
+//! One file per architecture, `kernels-sm_XY.cubin` in the cache folder ([`crate::cache_dir`]): a
+//! first line saying what the code was compiled from ([`key`]: NVRTC's version, the architecture,
+//! the options, and the source's length and hash), a second with the code's checksum, then the
+//! code. A file whose first line is not this build's, or whose checksum fails, is compiled afresh
+//! and replaced, so two nst versions on one machine take turns (each costing a compile), and a
+//! damaged file is never loaded. It is written to a new file that is then renamed over the old one,
+//! so it is never torn. (NVRTC gives its version as major.minor only: after a patch release of
+//! NVRTC, code from the one before is still loaded. The folder is trusted as the binary is: the
+//! checksum finds damage, not forgery.)
 //!
 //! Without a cache folder (`NST_CACHE_DIR=` empty) or one that cannot be written, where NVRTC
 //! cannot compile for the GPU's architecture (a GPU newer than NVRTC), or where the driver

@@ -218,14 +218,19 @@ impl Emulator {
     /// values a tensor (cuDNN: 2³¹ − 1), so that [`crate::Gpu`] splits larger convolutions
     /// into channel groups at test sizes.
     pub fn with_library_limited_to(max_elements: usize) -> GpuResult<Arc<Emulator>> {
-        let mut emulator = Self::with(true)?;
-        Arc::get_mut(&mut emulator)
-            .expect("just made")
-            .library_max_elements = max_elements.max(1);
-        Ok(emulator)
+        Self::with_limit(true, Some(max_elements.max(1)))
     }
 
     fn with(library_convolutions: bool) -> GpuResult<Arc<Emulator>> {
+        Self::with_limit(library_convolutions, None)
+    }
+
+    /// An emulator; its library's limit is `library_max_elements`, else
+    /// `NST_EMULATOR_LIBRARY_MAX_ELEMENTS`, else cuDNN's.
+    fn with_limit(
+        library_convolutions: bool,
+        library_max_elements: Option<usize>,
+    ) -> GpuResult<Arc<Emulator>> {
         available()?;
         let limit = match std::env::var("NST_EMULATOR_MEMORY_LIMIT") {
             Ok(v) => Some(v.trim().parse::<u64>().map_err(|_| {
@@ -233,8 +238,10 @@ impl Emulator {
             })?),
             Err(_) => None,
         };
-        let library_max_elements = match std::env::var("NST_EMULATOR_LIBRARY_MAX_ELEMENTS") {
-            Ok(v) => v
+        let from_env = std::env::var("NST_EMULATOR_LIBRARY_MAX_ELEMENTS");
+        let library_max_elements = match (library_max_elements, from_env) {
+            (Some(n), _) => n,
+            (None, Ok(v)) => v
                 .trim()
                 .parse::<usize>()
                 .ok()
@@ -242,7 +249,7 @@ impl Emulator {
                 .ok_or_else(|| {
                     format!("NST_EMULATOR_LIBRARY_MAX_ELEMENTS must be a positive count, not {v:?}")
                 })?,
-            Err(_) => i32::MAX as usize,
+            (None, Err(_)) => i32::MAX as usize,
         };
         let cache_dir = std::env::var_os("NST_CACHE_DIR").filter(|d| !d.is_empty());
         Ok(Arc::new(Emulator {
@@ -584,16 +591,14 @@ impl ConvEngine for Emulator {
 impl Emulator {
     /// Refuses a call with a tensor over the library's limit, as cuDNN does.
     fn check_library_limit(&self, p: &Conv2dParams) -> GpuResult<()> {
-        let most = [p.input_len(), p.output_len(), p.weight_len()]
-            .into_iter()
-            .max();
-        match most {
-            Some(n) if n > self.library_max_elements => Err(format!(
+        let n = p.largest_len();
+        if n > self.library_max_elements {
+            return Err(format!(
                 "emulated convolution library: a tensor of {n} values is over its limit of {}",
                 self.library_max_elements
-            )),
-            _ => Ok(()),
+            ));
         }
+        Ok(())
     }
 
     /// The stand-in library's algorithm choice for a call: as cuDNN chooses (a search or the

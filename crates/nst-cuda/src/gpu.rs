@@ -17,6 +17,7 @@ use crate::blas::Sgemm;
 use crate::conv_choice::Direction;
 use crate::runtime::{Arg, ConvEngine, ConvOptions, DeviceBuffer, DeviceValue, GpuResult, Runtime};
 use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, Layout, Pool2dParams};
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::Arc;
 
 /// Threads per block on a GPU; the reduction kernels' shared arrays are sized for it.
@@ -87,7 +88,7 @@ fn library_calls(c: &Conv2dParams, layout: Layout, limit: usize) -> GpuResult<Ve
         first_channels: (0, 0),
         accumulate: false,
     };
-    if c.input_len() <= limit && c.output_len() <= limit && c.weight_len() <= limit {
+    if c.largest_len() <= limit {
         return Ok(vec![whole]);
     }
     let too_large = |why: &str| {
@@ -209,18 +210,14 @@ impl Gpu {
         self.conv_engine().map(|e| e.describe())
     }
 
-    /// Whether the convolution library takes `p` in one call in `layout`: every tensor
-    /// within its limit ([`ConvEngine::max_elements`]; cuDNN: 2³¹ − 1 values), or NCHW,
-    /// which [`Gpu::conv2d`] splits into channel groups (NHWC interleaves them). Without a
-    /// library, NCHW only.
+    /// Whether [`Gpu::conv2d`] can run `p` in `layout`: through the convolution library in
+    /// one call (every tensor within [`ConvEngine::max_elements`]; cuDNN: 2³¹ − 1 values) or,
+    /// in NCHW, in calls on channel groups (NHWC interleaves them).
+    /// Without a library, NCHW only (im2col).
     pub fn conv_library_takes(&self, p: &Conv2dParams, layout: Layout) -> bool {
-        match (self.conv_engine(), layout) {
-            (_, Layout::Nchw) => true,
-            (None, Layout::Nhwc) => false,
-            (Some(engine), Layout::Nhwc) => {
-                let largest = p.input_len().max(p.output_len()).max(p.weight_len());
-                largest <= engine.max_elements()
-            }
+        match self.conv_engine() {
+            Some(engine) => library_calls(p, layout, engine.max_elements()).is_ok(),
+            None => layout == Layout::Nchw,
         }
     }
 
@@ -1239,13 +1236,11 @@ impl Gpu {
     ) -> GpuResult<()> {
         let options = self.conv_options(layout);
         // Each pair of groups' weights, copied once for all images.
-        let mut parts = std::collections::HashMap::new();
+        let mut parts = HashMap::new();
         for call in library_calls(c, layout, engine.max_elements())? {
             let part = match parts.entry(call.first_channels) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(self.weight_part(w, c, &call)?)
-                }
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => new.insert(self.weight_part(w, c, &call)?),
             };
             let w_ptr = part.as_ref().map_or(w.ptr_at(0), |part| part.ptr_at(0));
             let (x, y) = (x_side.ptr_at(call.x_at), y_side.ptr_at(call.y_at));

@@ -58,6 +58,12 @@ impl Conv2dParams {
     pub fn output_len(&self) -> usize {
         self.batch * self.out_channels * self.out_h() * self.out_w()
     }
+    /// Elements of the largest of x, w and y (what a library's per-tensor limit is about).
+    pub fn largest_len(&self) -> usize {
+        self.input_len()
+            .max(self.weight_len())
+            .max(self.output_len())
+    }
     /// Multiply-adds ×2 of the forward pass as a direct convolution (the input gradient
     /// costs the same).
     pub fn flops(&self) -> f64 {

@@ -993,12 +993,6 @@ mod tests {
                 .sum();
             let norm: f64 = b.iter().map(|b| (*b as f64).powi(2)).sum();
             let e = (diff / norm.max(1e-30)).sqrt();
-            let most = a
-                .iter()
-                .zip(&b)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            eprintln!("{what}: relative error {e:.2e}, largest difference {most:.2e}");
             assert!(e <= 1e-5, "{what}: relative error {e:.2e}");
         };
         close(y.to_vec().unwrap(), y0.to_vec().unwrap(), "y");
