@@ -1,9 +1,11 @@
 //! General matrix multiply, `C = β·C + α·op(A)·op(B)`, on row-major slices.
 //!
-//! The default backend is the `gemm` crate (runtime-dispatched AVX2/AVX-512 kernels, rayon
-//! threads); with the `openblas` feature it is ndarray's `general_mat_mul` on the system
-//! OpenBLAS. Both take arbitrary strides, which convolution uses to multiply bands of a
+//! The default backend is the `gemm` crate's f32 kernels (`gemm-f32`: runtime-dispatched
+//! AVX2/AVX-512 kernels, rayon threads); with the `openblas` feature it is ndarray's
+//! `general_mat_mul` on the system OpenBLAS. Both take arbitrary strides, which convolution uses to multiply bands of a
 //! larger matrix in place.
+
+use gemm_common::Parallelism;
 
 /// How a matrix sits in memory: element (r, c) is at `offset + r·row_stride + c·col_stride`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,40 +151,74 @@ pub(crate) unsafe fn gemm_raw_serial(
 /// As [`gemm_raw_serial`]: every element the strides reach is inside its allocation, and
 /// `dst` is not read or written by anyone else meanwhile.
 pub(crate) unsafe fn gemm_raw_serial_strided(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     dst: (*mut f32, usize, usize),
     a: (*const f32, usize, usize),
     b: (*const f32, usize, usize),
 ) {
-    // SAFETY: forwarded from the caller; see the gemm crate's contract in `backend`.
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_f32(mnk, dst, false, a, b, (0.0, 1.0), Parallelism::None) }
+}
+
+/// One product through the `gemm` crate's f32 kernels, `dst = α_g·dst + β_g·lhs·rhs` in that
+/// crate's naming (α_g scales the old `dst`, which is read only when `read_dst`; β_g scales
+/// the product), each operand a pointer with its (row, column) strides.
+///
+/// This is the `gemm` facade's `gemm::gemm` for f32 without its type dispatch, so that the
+/// build compiles only the f32 kernels (`gemm-f32`). Like the facade, it hands the kernels a
+/// column-major destination, their preference: where `dst`'s columns are closer together
+/// than its rows it computes the transpose instead, dstᵀ = rhsᵀ·lhsᵀ (swapping the sizes,
+/// the operands and each one's strides). The facade's other step, flipping negative
+/// strides, has nothing to do here: strides are `usize`.
+///
+/// # Safety
+/// As the crate's `gemm`: every element the sizes and strides reach lies inside its
+/// allocation, and `dst` overlaps neither operand.
+unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    dst: (*mut f32, usize, usize),
+    read_dst: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    (alpha, beta): (f32, f32),
+    parallelism: Parallelism,
+) {
+    let swap = |(p, rows, cols): (*const f32, usize, usize)| (p, cols, rows);
+    let ((m, n), dst, lhs, rhs) = if dst.2 < dst.1 {
+        ((n, m), (dst.0, dst.2, dst.1), swap(rhs), swap(lhs))
+    } else {
+        ((m, n), dst, lhs, rhs)
+    };
+    // SAFETY: forwarded from the caller; the transposed call reads and writes the same
+    // elements.
     unsafe {
-        gemm::gemm(
+        gemm_f32::gemm::f32::get_gemm_fn()(
             m,
             n,
             k,
             dst.0,
             dst.2 as isize,
             dst.1 as isize,
+            read_dst,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            alpha,
+            beta,
             false,
-            a.0,
-            a.2 as isize,
-            a.1 as isize,
-            b.0,
-            b.2 as isize,
-            b.1 as isize,
-            0.0,
-            1.0,
             false,
             false,
-            false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
 
 #[cfg(not(feature = "openblas"))]
 mod backend {
-    use super::MatLayout;
+    use super::{gemm_f32, MatLayout, Parallelism};
 
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm(
@@ -195,36 +231,22 @@ mod backend {
         c: &mut [f32],
         lc: MatLayout,
     ) {
-        // The gemm crate computes dst := α_g·dst + β_g·lhs·rhs (its names are swapped
-        // relative to BLAS): our beta scales the old C, our alpha the product.
-        let read_dst = beta != 0.0;
         let parallelism = if lc.rows * lc.cols * la.cols >= 64 * 64 * 64 {
-            gemm::Parallelism::Rayon(0)
+            Parallelism::Rayon(0)
         } else {
-            gemm::Parallelism::None
+            Parallelism::None
         };
         // SAFETY: the asserts in `gemm_strided` guarantee every index the layouts describe
         // lies inside the slices, and `c` is borrowed mutably so it cannot alias `a` or `b`.
         unsafe {
-            gemm::gemm(
-                lc.rows,
-                lc.cols,
-                la.cols,
-                c.as_mut_ptr(),
-                lc.col_stride as isize,
-                lc.row_stride as isize,
-                read_dst,
-                a.as_ptr(),
-                la.col_stride as isize,
-                la.row_stride as isize,
-                b.as_ptr(),
-                lb.col_stride as isize,
-                lb.row_stride as isize,
-                beta,
-                alpha,
-                false,
-                false,
-                false,
+            gemm_f32(
+                (lc.rows, lc.cols, la.cols),
+                (c.as_mut_ptr(), lc.row_stride, lc.col_stride),
+                beta != 0.0,
+                (a.as_ptr(), la.row_stride, la.col_stride),
+                (b.as_ptr(), lb.row_stride, lb.col_stride),
+                // The crate's α scales the old C (our beta), its β the product (our alpha).
+                (beta, alpha),
                 parallelism,
             );
         }

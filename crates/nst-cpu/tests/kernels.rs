@@ -1,7 +1,7 @@
 //! Every kernel against a naive loop implementation on random inputs with awkward shapes.
 
 use nst_cpu::{
-    conv::*, elementwise, gemm::matmul, gram::*, linalg::*, pool::*, relu::*, AdamParams,
+    conv::*, elementwise, gemm::matmul, gram::*, linalg::*, pool::*, relu::*, AdamParams, MatLayout,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -272,6 +272,83 @@ fn matmul_all_transposes() {
                     1e-5,
                     &format!("matmul {m}x{k}x{n} ta={ta} tb={tb}"),
                 );
+            }
+        }
+    }
+}
+
+/// `gemm_strided` with each operand, C included, row-major, column-major or a band of a wider
+/// matrix: the GEMM kernels are handed a column-major C, so a row-major one is computed as
+/// its transpose (nst-cpu's `gemm_f32`), and both ways must give `β·C + α·A·B`.
+#[test]
+fn gemm_strided_any_layout() {
+    use nst_cpu::gemm::gemm_strided;
+    let mut rng = StdRng::seed_from_u64(14);
+    // A layout of a rows × cols matrix in a buffer: row-major, column-major, or row-major
+    // inside a buffer 3 columns wider (the bands convolution multiplies in place).
+    let layout = |kind: usize, rows: usize, cols: usize| match kind {
+        0 => MatLayout::row_major(rows, cols),
+        1 => MatLayout::row_major(cols, rows).t(),
+        _ => MatLayout {
+            row_stride: cols + 3,
+            ..MatLayout::row_major(rows, cols)
+        },
+    };
+    let len = |l: MatLayout| (l.rows - 1) * l.row_stride + (l.cols - 1) * l.col_stride + 1;
+    // The small shapes take the serial path, the last the threaded one (≥ 64³ products).
+    for &(m, k, n) in &[(1, 1, 1), (5, 3, 9), (33, 17, 8), (70, 66, 90)] {
+        for (kinds, (alpha, beta)) in [
+            ([0, 0, 0], (1.0, 0.0)),
+            ([1, 1, 1], (0.5, 1.0)),
+            ([2, 1, 0], (-2.0, 0.25)),
+            ([0, 2, 1], (1.0, 0.0)),
+            ([1, 0, 2], (0.75, -1.0)),
+        ] {
+            let (la, lb, lc) = (
+                layout(kinds[0], m, k),
+                layout(kinds[1], k, n),
+                layout(kinds[2], m, n),
+            );
+            let (a, b) = (rand_vec(&mut rng, len(la)), rand_vec(&mut rng, len(lb)));
+            let mut c = rand_vec(&mut rng, len(lc));
+            if beta == 0.0 {
+                // β = 0 ignores C, NaN included.
+                c.fill(f32::NAN);
+            }
+            let at = |x: &[f32], l: MatLayout, r: usize, col: usize| {
+                x[r * l.row_stride + col * l.col_stride] as f64
+            };
+            let want: Vec<f64> = (0..m * n)
+                .map(|ij| {
+                    let (i, j) = (ij / n, ij % n);
+                    let old = if beta == 0.0 {
+                        0.0
+                    } else {
+                        beta as f64 * at(&c, lc, i, j)
+                    };
+                    let product: f64 = (0..k).map(|l| at(&a, la, i, l) * at(&b, lb, l, j)).sum();
+                    old + alpha as f64 * product
+                })
+                .collect();
+            let before = c.clone();
+            gemm_strided(alpha, &a, la, &b, lb, beta, &mut c, lc);
+            let got: Vec<f32> = (0..m * n)
+                .map(|ij| at(&c, lc, ij / n, ij % n) as f32)
+                .collect();
+            assert_close(
+                &got,
+                &want,
+                1e-5,
+                &format!("gemm {m}x{k}x{n} layouts {kinds:?}"),
+            );
+            // Nothing outside C's elements changes (the padding of a band).
+            let inside: std::collections::HashSet<usize> = (0..m * n)
+                .map(|ij| (ij / n) * lc.row_stride + (ij % n) * lc.col_stride)
+                .collect();
+            for (idx, (x, y)) in c.iter().zip(&before).enumerate() {
+                if !inside.contains(&idx) {
+                    assert_eq!(x.to_bits(), y.to_bits(), "element {idx} outside C changed");
+                }
             }
         }
     }
