@@ -16,7 +16,8 @@
 # algorithms, and tf32 with NHWC activations (the images and reports); one 4096² iteration
 # (peak GPU memory); the GPU time per operation (NST_CUDA_PROFILE=1, NCHW and NHWC); the
 # bench, ours against PyTorch on CUDA at 512², 1024² and 2048², ours again with NHWC
-# activations, PyTorch alone in NHWC, then the bench on the CPU at 512²; last, one 8192²
+# activations, PyTorch alone in NHWC, PyTorch's time per GPU kernel at 1024² (torch.profiler)
+# beside ours, then the bench on the CPU at 512²; last, one 8192²
 # iteration (past cuDNN's 2³¹ values a tensor: convolutions in channel groups).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -171,7 +172,9 @@ step "one 4096² iteration on the GPU (peak memory)"
 big_iteration 4096
 
 step "where the GPU time goes (NST_CUDA_PROFILE=1: each operation timed alone, 3 iterations)"
-for cfg in "tf32 512 nchw" "fp32 512 nchw" "tf32 2048 nchw" "tf32 512 nhwc"; do
+# tf32 1024² is where nst is furthest from PyTorch: set it beside PyTorch's own profile at the
+# same size (torch_profile_1024.txt, written in the PyTorch step below).
+for cfg in "tf32 512 nchw" "fp32 512 nchw" "tf32 1024 nchw" "tf32 2048 nchw" "tf32 512 nhwc"; do
     read -r precision size layout <<<"$cfg"
     name="${precision}_${size}_$layout"
     NST_CUDA_PROFILE=1 timeout 120 "$BIN/xtask" bench-worker --device cuda \
@@ -205,7 +208,7 @@ timeout 200 "$BIN/xtask" bench --device cuda --sizes "${NST_BENCH_SIZES:-512,102
     tee "$OUT/bench-nhwc.md"
 cp target/bench/bench.json "$OUT/bench-nhwc.json" 2>/dev/null
 
-step "PyTorch alone: how much NHWC (channels_last) or deterministic algorithms change its time"
+step "PyTorch alone: how much NHWC (channels_last) or deterministic algorithms change its time, and its profile"
 # Beside ours in NHWC above: what PyTorch gains from channels_last itself, and what cuDNN's
 # deterministic algorithms (which nst takes, PyTorch not) cost it. The
 # same pixels and iterations as the bench above (target/bench/*.f32), whose PyTorch rows are
@@ -221,6 +224,16 @@ for cfg in "512 on channels_last" "1024 on channels_last" "1024 off channels_las
         --memory-format "$format" $flag 2>>"$OUT/logs/peer-formats.log")
     echo "$size² tf32 $tf32 $format ${flag:-}: $result"
 done
+# PyTorch's GPU time per kernel at 1024² tf32 (its default setting), to set beside ours
+# (logs/profile_tf32_1024_nchw.txt above): which kind of work nst spends more time on.
+if [ -f target/bench/content_1024.f32 ]; then
+    timeout 90 "$PY" xtask/peer/torch_nst.py --weights weights/vgg19.safetensors \
+        --content target/bench/content_1024.f32 --style target/bench/style_1024.f32 \
+        --size 1024 --iters 3 --threads 16 --device cuda --tf32 on \
+        --profile "$OUT/logs/torch_profile_1024.txt" 2>>"$OUT/logs/peer-formats.log"
+    echo "-- PyTorch's profile, 1024² tf32 (rc=$?)"; head -30 "$OUT/logs/torch_profile_1024.txt"
+    echo "-- ours, 1024² tf32"; head -30 "$OUT/logs/profile_tf32_1024_nchw.txt"
+fi
 timeout 120 "$BIN/xtask" bench --device cpu --sizes 512 --iters 3 --peer \
     2>"$OUT/logs/bench-cpu.log" | tee "$OUT/bench-cpu.md"
 

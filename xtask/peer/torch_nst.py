@@ -11,11 +11,16 @@ loss at the start, to check both sides computed the same thing) and peak_rss_byt
 
     python3 torch_nst.py --weights W --content C.f32 --style S.f32 --size N --iters K --threads T
         [--device cpu|cuda] [--tf32 on|off] [--memory-format nchw|channels_last] [--deterministic]
+        [--profile FILE]
 
 With --device cuda it sets torch.backends.cudnn.benchmark = True (algorithm search, as the
 fastest published PyTorch neural-style setups do), synchronises before reading the clock,
 uses TF32 for cuDNN convolutions unless --tf32 off (on is PyTorch's default; matmul stays f32,
 also its default), and adds peak_gpu_bytes (torch.cuda.max_memory_allocated after the warm-up iteration).
+
+With --profile FILE it then runs PROFILE_ITERS more iterations under torch.profiler and writes
+where their time went to FILE (see write_profile), to set beside nst's own NST_CUDA_PROFILE
+table: scripts/device-check.sh runs both at 1024², where nst's time is furthest from PyTorch's.
 """
 
 import argparse
@@ -23,6 +28,7 @@ import json
 import resource
 import statistics
 import struct
+import sys
 import time
 
 import numpy as np
@@ -35,6 +41,7 @@ STYLE_LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 STYLE_WEIGHTS = [0.1, 0.2, 0.4, 0.2, 0.1]
 CONTENT_LAYER = "relu4_2"
 DEEPEST = "relu5_1"
+PROFILE_ITERS = 3
 
 
 def load_vgg(path):
@@ -90,6 +97,66 @@ def gram_hat(f):
     return m @ m.t() / m.shape[1]
 
 
+def kernel_kind(name):
+    """A GPU kernel's kind, from its name (cuDNN's and cuBLAS's names, as of cuDNN 9)."""
+    n = name.lower()
+    if "nchwtonhwc" in n or "nhwctonchw" in n:
+        return "cuDNN layout conversion"
+    if "dgrad" in n:
+        return "convolution backward-data"
+    if "wgrad" in n:
+        return "convolution backward-filter (should be none)"
+    if "fprop" in n or "convolve" in n or "conv" in n or "winograd" in n:
+        return "convolution forward (and other cuDNN kernels)"
+    if "gemm" in n or "gemv" in n or "splitk" in n:
+        return "GEMM (Gram matrices and their gradients)"
+    return "elementwise, pooling, reductions, copies"
+
+
+def device_us(event, prefix):
+    """An event's (self_) device time in µs: `device_time_total` since PyTorch 2.4, before
+    that `cuda_time_total`."""
+    for name in (f"{prefix}device_time_total", f"{prefix}cuda_time_total"):
+        if hasattr(event, name):
+            return getattr(event, name)
+    return 0.0
+
+
+def write_profile(prof, args, iters):
+    """The profile as text: on CUDA, each GPU kernel's own time per iteration (largest first)
+    and the totals by kind; the aten operators' device time (a parent's includes its
+    children's, so those rows overlap); on the CPU, the operators' own CPU time."""
+    cuda = args.device == "cuda"
+    head = (f"PyTorch {torch.__version__}, {args.device}, {args.size}², tf32 {args.tf32}, "
+            f"{args.memory_format}, deterministic {args.deterministic}: ms per iteration over "
+            f"{iters} profiled iterations\n")
+    kernels, operators = [], []
+    for e in prof.key_averages():
+        on_device = getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+        if cuda and on_device:
+            kernels.append((device_us(e, "self_") / iters / 1e3, e.count / iters, e.key))
+        elif cuda and e.key.startswith("aten::"):
+            operators.append((device_us(e, "") / iters / 1e3, e.count / iters, e.key))
+        elif not cuda:
+            operators.append((e.self_cpu_time_total / iters / 1e3, e.count / iters, e.key))
+    lines = [head]
+    if cuda:
+        total = sum(ms for ms, _, _ in kernels)
+        lines.append(f"GPU kernels: {total:.3f} ms per iteration in all\n\nby kind (from the kernels' names):")
+        kinds = {}
+        for ms, _, name in kernels:
+            kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+        lines += [f"{ms:9.3f} ms  {kind}" for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1])]
+        lines.append("\nkernels (ms, launches per iteration, name):")
+        lines += [f"{ms:9.3f} ms {n:6.1f}  {name[:160]}" for ms, n, name in sorted(kernels, reverse=True)]
+        lines.append("\naten operators' device time (including their children's):")
+    else:
+        lines.append("aten operators' own CPU time:")
+    lines += [f"{ms:9.3f} ms {n:6.1f}  {name}"
+              for ms, n, name in sorted(operators, reverse=True)[:30] if ms > 0]
+    return "\n".join(lines) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     for arg in ["--weights", "--content", "--style"]:
@@ -105,6 +172,8 @@ def main():
     ap.add_argument("--memory-format", default="nchw", choices=["nchw", "channels_last"])
     ap.add_argument("--deterministic", action="store_true",
                     help="torch.backends.cudnn.deterministic = True (as nst's algorithm choice)")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="after timing, profile PROFILE_ITERS iterations and write the table here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.device == "cuda":
@@ -169,7 +238,22 @@ def main():
         result["tf32"] = args.tf32 == "on"
         result["memory_format"] = args.memory_format
         result["deterministic"] = args.deterministic
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
+    if args.profile:
+        # After the measurements are out, so neither the profiler's cost nor its failure
+        # (a torch whose profiler API differs) can touch them.
+        try:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if args.device == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            with torch.profiler.profile(activities=activities) as prof:
+                for _ in range(PROFILE_ITERS):
+                    opt.step(closure)
+                sync()
+            with open(args.profile, "w") as f:
+                f.write(write_profile(prof, args, PROFILE_ITERS))
+        except Exception as e:  # noqa: BLE001 - reported, the measurement stands
+            print(f"profile failed: {e!r}", file=sys.stderr)
 
 
 if __name__ == "__main__":
