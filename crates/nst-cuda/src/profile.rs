@@ -14,7 +14,9 @@
 //! taking no time; see [`crate::conv_choice`]), and the kernels' `… + module load` (once per
 //! process: compiled by NVRTC, or from the cache; see [`crate::compiled_kernels`]).
 //! The `nst` command prints the table at its end (with the one-off costs);
-//! `xtask bench-worker` after its warm-up (without them).
+//! `xtask bench-worker` after its warm-up (without them). A line under the title sums the rows
+//! by kind (cuDNN forward, cuDNN backward-data, SGEMM, nst's kernels, one-off costs), as
+//! `xtask/peer/torch_nst.py --profile` sums PyTorch's kernels.
 
 use crate::runtime::{GpuResult, Runtime};
 use nst_params::Conv2dParams;
@@ -90,12 +92,49 @@ pub fn report(rows: usize) -> Option<String> {
         total.as_secs_f64() * 1e3,
         if calls == 1 { "" } else { "s" }
     );
+    out += &kinds_line(&table);
     for (name, (calls, took)) in lines.into_iter().take(rows) {
         let ms = took.as_secs_f64() * 1e3;
         let share = 100.0 * took.as_secs_f64() / total.as_secs_f64().max(1e-12);
         out += &format!("{ms:10.2} ms {share:5.1}% {calls:7} × {name}\n");
     }
     Some(out)
+}
+
+/// The kind of work a table row is: cuDNN's convolutions each way, cuBLAS's SGEMMs (Gram
+/// matrices and their gradients; the im2col products without cuDNN), nst's own kernels, and
+/// the one-off costs (algorithm choices, the kernels' compile or load).
+fn kind(name: &str) -> &'static str {
+    if name.starts_with("cudnn forward") {
+        "convolution forward"
+    } else if name.starts_with("cudnn backward-data") {
+        "convolution backward-data"
+    } else if name.starts_with("sgemm") {
+        "SGEMM"
+    } else if name.starts_with("conv algorithm") || name.contains("module load") {
+        "one-off"
+    } else {
+        "nst's kernels"
+    }
+}
+
+/// `by kind: 5.10 ms convolution forward, …`, the largest first: the sums to set beside
+/// PyTorch's profile of the same iteration (`xtask/peer/torch_nst.py --profile`, which sums
+/// its kernels by the same kinds).
+fn kinds_line(table: &Table) -> String {
+    let mut kinds: Vec<(&str, Duration)> = vec![];
+    for (name, (_, took)) in table {
+        match kinds.iter_mut().find(|(k, _)| *k == kind(name)) {
+            Some((_, sum)) => *sum += *took,
+            None => kinds.push((kind(name), *took)),
+        }
+    }
+    kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let parts: Vec<String> = kinds
+        .iter()
+        .map(|(k, t)| format!("{:.2} ms {k}", t.as_secs_f64() * 1e3))
+        .collect();
+    format!("by kind: {}\n", parts.join(", "))
 }
 
 /// A convolution for the profile table: `64→128 3×3 at 256×256` (batch when above 1).

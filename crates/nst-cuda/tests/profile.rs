@@ -53,11 +53,22 @@ fn profile_counts_each_operation_by_name() {
     // Output channels × patch length × output positions.
     assert_eq!(calls_in(&table, "sgemm 3×18×20"), 1);
     assert!(table.starts_with("GPU time per operation"), "{table}");
+    // The second line sums the rows by kind: the SGEMM, and the five kernel launches.
+    let kinds = table.lines().nth(1).unwrap();
+    assert!(kinds.starts_with("by kind: "), "{table}");
+    assert!(
+        kinds.contains(" ms SGEMM") && kinds.contains(" ms nst's kernels"),
+        "{table}"
+    );
+    assert!(
+        !kinds.contains("convolution forward"),
+        "no cuDNN call was made: {table}"
+    );
 
     profile::reset();
     g.relu(&x).unwrap();
     let table = profile::report(50).unwrap();
-    assert_eq!(table.lines().count(), 2, "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
     assert_eq!(calls_in(&table, "relu_forward"), 1);
 }
 
