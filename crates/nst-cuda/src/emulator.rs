@@ -273,6 +273,37 @@ impl Emulator {
         // SAFETY: as the caller guarantees.
         unsafe { std::slice::from_raw_parts(ptr as *const f32, len) }
     }
+
+    /// Runs kernel `name` on `grid` blocks of `block` threads as asked (CUDA's 1 to 1024
+    /// threads a block), where [`Runtime::launch`] runs at most [`MAX_BLOCKS`] blocks of
+    /// [`MAX_THREADS`]: for tests of code that depends on the block's shape, such as a warp
+    /// vote in each of a block's warps.
+    ///
+    /// # Safety
+    /// As [`Runtime::launch`]: the arguments match the kernel and cover what it reads and
+    /// writes at any grid size.
+    pub unsafe fn launch_exactly(
+        &self,
+        name: &str,
+        grid: u32,
+        block: u32,
+        args: &[Arg],
+    ) -> GpuResult<()> {
+        let lib = library()?;
+        let mut params = KernelParams::new(args);
+        let mut pointers = params.pointers();
+        let kernel = CString::new(name).map_err(|e| e.to_string())?;
+        // SAFETY: the caller guarantees the arguments match the kernel; the pointer array
+        // and the values it points at live until the call returns.
+        let rc = unsafe { (lib.launch)(kernel.as_ptr(), grid, block, pointers.as_mut_ptr()) };
+        match rc {
+            0 => Ok(()),
+            -2 => Err(format!(
+                "{name}: {block} threads a block is not a CUDA block size"
+            )),
+            _ => Err(format!("no CUDA kernel named {name}")),
+        }
+    }
 }
 
 /// One past the last element index a column-major `rows × cols` operand with leading
@@ -375,21 +406,9 @@ impl Runtime for Emulator {
         block: u32,
         args: &[Arg],
     ) -> GpuResult<()> {
-        let lib = library()?;
-        let mut params = KernelParams::new(args);
-        let mut pointers = params.pointers();
-        let kernel = CString::new(name).map_err(|e| e.to_string())?;
         let (grid, block) = (grid.clamp(1, MAX_BLOCKS), block.clamp(1, MAX_THREADS));
-        // SAFETY: the caller guarantees the arguments match the kernel; the pointer array
-        // and the values it points at live until the call returns.
-        let rc = unsafe { (lib.launch)(kernel.as_ptr(), grid, block, pointers.as_mut_ptr()) };
-        match rc {
-            0 => Ok(()),
-            -2 => Err(format!(
-                "{name}: {block} threads a block is not a CUDA block size"
-            )),
-            _ => Err(format!("no CUDA kernel named {name}")),
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_exactly(name, grid, block, args) }
     }
 
     unsafe fn sgemm(

@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 /// Threads per block on a GPU; the reduction kernels' shared arrays are sized for it.
 const BLOCK: u32 = 256;
+// Whole warps: relu_mask_pack's warp vote needs every lane of a warp.
+const _: () = assert!(BLOCK % 32 == 0);
 
 /// Most values of one band's patch matrix (256 MiB): larger bands are barely faster (the
 /// SGEMM is already large) and would cost GPU memory at large image sizes.
@@ -435,8 +437,9 @@ impl Gpu {
         let words = y.len().div_ceil(32);
         let bits = DeviceBuffer::<u32>::uninit(&self.runtime, words)?;
         let args = [y.arg(), bits.arg(), Arg::I64(y.len() as i64)];
-        // SAFETY: y holds len values, bits ⌈len/32⌉ words.
-        unsafe { self.launch("relu_mask_pack", words, &args)? };
+        // One thread a value: each warp of 32 packs a word.
+        // SAFETY: y holds len values, bits ⌈len/32⌉ words; BLOCK is a multiple of 32.
+        unsafe { self.launch("relu_mask_pack", words * 32, &args)? };
         Ok(bits)
     }
 

@@ -72,17 +72,21 @@ __global__ void relu_forward(const float* x, float* y, long long n) {
 }
 
 // What a frozen layer keeps of its ReLU's output for the backward pass: bit (i % 32) of word
-// i / 32 is y[i] > 0 (NaN is not), the layout of nst_cpu::relu::relu_mask_pack. One thread per
-// word, so no two threads write the same word.
+// i / 32 is y[i] > 0 (NaN is not), the layout of nst_cpu::relu::relu_mask_pack. One warp a
+// word: lane l tests y[32·word + l] and the warp's vote is the word, so a warp reads 32
+// consecutive floats at once. (One thread a word, the first version, had each thread read
+// its own 128 bytes one float at a time: every load touched 32 cache lines.) The loop runs
+// the same words for every lane of a warp, as __ballot_sync's full mask requires, so
+// blockDim.x must be a multiple of 32 (Gpu launches 256).
 __global__ void relu_mask_pack(const float* y, unsigned int* bits, long long n) {
     long long words = (n + 31) / 32;
-    GRID_STRIDE(w, words) {
-        unsigned int word = 0u;
-        long long base = w * 32;
-        for (int b = 0; b < 32 && base + b < n; ++b) {
-            word |= (y[base + b] > 0.0f ? 1u : 0u) << b;
-        }
-        bits[w] = word;
+    long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    long long warps = (long long)blockDim.x * gridDim.x / 32;
+    int lane = threadIdx.x % 32;
+    for (long long w = warp; w < words; w += warps) {
+        long long i = w * 32 + lane;
+        unsigned int word = __ballot_sync(0xffffffffu, i < n && y[i] > 0.0f);
+        if (lane == 0) bits[w] = word;
     }
 }
 

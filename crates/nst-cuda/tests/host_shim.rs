@@ -1,18 +1,11 @@
 //! The CUDA kernels of `kernels.cu`, compiled as C++ for the host through a small shim
-//! (`host/cuda_host.h`, `host/launch.cpp`) and run on the CPU against the nst-cpu kernels.
-//! This checks their indexing, grid-stride loops, shared-memory reductions, atomics and
-//! argument order without a GPU (what NVRTC in CI cannot: it only compiles them). Arguments
-//! are passed as cuLaunchKernel takes them, an array of pointers to each value.
-//!
-//! Needs `g++` (C++20); without it the tests print SKIPPED and the reason.
-
-//! The CUDA kernels of `kernels.cu`, compiled as C++ for the host through a small shim
 //! (`host/cuda_host.h`, `host/launch.cpp`, loaded by `nst_cuda::emulator`) and run on the CPU
 //! against the nst-cpu kernels, one kernel at a time on host arrays. This checks their
-//! indexing, grid-stride loops, shared-memory reductions, atomics and argument order without
-//! a GPU (what NVRTC in CI cannot: it only compiles them). Arguments are passed as
-//! cuLaunchKernel takes them, an array of pointers to each value. (`tests/kernels.rs` checks
-//! the operations built from these kernels, through device buffers.)
+//! indexing, grid-stride loops, shared-memory reductions, atomics, warp votes and argument
+//! order without a GPU (what NVRTC in CI cannot: it only compiles them). Arguments are
+//! passed as cuLaunchKernel takes them, an array of pointers to each value.
+//! (`tests/kernels.rs` checks the operations built from these kernels, through device
+//! buffers.)
 //!
 //! Needs `g++` (C++20); without it the tests print SKIPPED and the reason.
 
@@ -182,6 +175,36 @@ fn elementwise_relu_and_adam_match_nst_cpu() {
     assert_close(&xs, &xc, 0.0, "adam x");
     assert_close(&m, &mc, 0.0, "adam m");
     assert_close(&v, &vc, 0.0, "adam v");
+}
+
+/// relu_mask_pack's warp vote (`__ballot_sync`) with several warps a block, which the
+/// emulator's own launches (one warp a block) never have: 3 blocks of 96 threads and one of
+/// 1024, at lengths that leave the last word partial, give nst-cpu's words. A block size
+/// CUDA refuses is an error.
+#[test]
+fn warp_votes_in_blocks_of_several_warps() {
+    let Some(h) = host() else { return };
+    for n in [1usize, 31, 33, 1000, 5000] {
+        let mut y = values(n, 9);
+        if n > 40 {
+            (y[7], y[8], y[40]) = (0.0, -0.0, f32::NAN);
+        }
+        let mut want = vec![0; relu::relu_mask_words(n)];
+        relu::relu_mask_pack(&y, &mut want);
+        for (grid, block) in [(3, 96), (1, 1024), (2, 32)] {
+            let mut bits = vec![u32::MAX; want.len()];
+            let (yp, bp, len) = (y.as_ptr(), bits.as_mut_ptr(), n as i64);
+            let args = [yp.to_arg(), bp.to_arg(), len.to_arg()];
+            // SAFETY: y holds n values, bits ⌈n/32⌉ words; the kernel is grid-stride.
+            unsafe { h.launch_exactly("relu_mask_pack", grid, block, &args) }.unwrap();
+            assert_eq!(bits, want, "n = {n}, {grid} blocks of {block}");
+        }
+    }
+    for block in [0, 1025] {
+        // SAFETY: refused before any argument is read.
+        let err = unsafe { h.launch_exactly("relu_forward", 1, block, &[]) }.unwrap_err();
+        assert!(err.contains("not a CUDA block size"), "{err}");
+    }
 }
 
 #[test]
