@@ -23,7 +23,7 @@ use std::sync::Arc;
 /// Threads per block on a GPU; the reduction kernels' shared arrays are sized for it.
 const BLOCK: u32 = 256;
 // Whole warps: relu_mask_pack's warp vote needs every lane of a warp.
-const _: () = assert!(BLOCK % 32 == 0);
+const _: () = assert!(BLOCK & 31 == 0);
 
 /// Most values of one band's patch matrix (256 MiB): larger bands are barely faster (the
 /// SGEMM is already large) and would cost GPU memory at large image sizes.
