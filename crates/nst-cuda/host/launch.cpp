@@ -40,6 +40,7 @@ const Entry KERNELS[] = {
     KERNEL(col2im_add),
     KERNEL(add_bias),
     KERNEL(add_bias_relu),
+    KERNEL(add_bias_relu_mask),
     KERNEL(relu_forward),
     KERNEL(relu_mask_pack),
     KERNEL(relu_mask_apply),
@@ -138,16 +139,16 @@ int nst_launch(const char* name, unsigned grid_x, unsigned block_x, void** param
         blockDim = dim3{block_x, 1, 1};
         std::barrier<> barrier(block_x);
         nst_block_barrier = &barrier;
-        // A vote per warp: 32 lanes, or what is left of the block for the last one.
-        std::vector<std::unique_ptr<NstWarpVote>> votes;
+        // A barrier per warp: 32 lanes, or what is left of the block for the last one.
+        std::vector<std::unique_ptr<NstWarp>> warps;
         for (unsigned first = 0; first < block_x; first += 32) {
-            votes.push_back(std::make_unique<NstWarpVote>(std::min(32u, block_x - first)));
+            warps.push_back(std::make_unique<NstWarp>(std::min(32u, block_x - first)));
         }
-        nst_warp_votes = &votes;
+        nst_warps = &warps;
         // Blocks one after another, so `__shared__` (a static) is one block's at a time.
         for (unsigned b = 0; b < grid_x; b++) runner->run(e, params, b, block_x);
         nst_block_barrier = nullptr;
-        nst_warp_votes = nullptr;
+        nst_warps = nullptr;
         return 0;
     }
     return -1;

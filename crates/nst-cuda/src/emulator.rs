@@ -276,8 +276,8 @@ impl Emulator {
 
     /// Runs kernel `name` on `grid` blocks of `block` threads as asked (CUDA's 1 to 1024
     /// threads a block), where [`Runtime::launch`] runs at most [`MAX_BLOCKS`] blocks of
-    /// [`MAX_THREADS`]: for tests of code that depends on the block's shape, such as a warp
-    /// vote in each of a block's warps.
+    /// [`MAX_THREADS`]: for tests of code that depends on the block's shape, such as
+    /// `__syncwarp` in each of a block's warps.
     ///
     /// # Safety
     /// As [`Runtime::launch`]: the arguments match the kernel and cover what it reads and

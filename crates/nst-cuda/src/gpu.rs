@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 /// Threads per block on a GPU; the reduction kernels' shared arrays are sized for it.
 const BLOCK: u32 = 256;
-// Whole warps: relu_mask_pack's warp vote needs every lane of a warp.
+// Whole warps: the ReLU mask kernels' __syncwarp needs every lane of a warp.
 const _: () = assert!(BLOCK & 31 == 0);
 
 /// Most values of one band's patch matrix (256 MiB): larger bands are barely faster (the
@@ -437,7 +437,7 @@ impl Gpu {
         let words = y.len().div_ceil(32);
         let bits = DeviceBuffer::<u32>::uninit(&self.runtime, words)?;
         let args = [y.arg(), bits.arg(), Arg::I64(y.len() as i64)];
-        // One thread a value: each warp of 32 packs a word.
+        // One thread a value (a warp packs 32 words at a time, grid-stride).
         // SAFETY: y holds len values, bits ⌈len/32⌉ words; BLOCK is a multiple of 32.
         unsafe { self.launch("relu_mask_pack", words * 32, &args)? };
         Ok(bits)
@@ -1168,8 +1168,52 @@ impl Gpu {
         relu: bool,
         layout: Layout,
     ) -> GpuResult<Floats> {
+        let y = self.convolve((x, w), c, layout)?;
+        if let Some(b) = bias {
+            let kernel = if relu { "add_bias_relu" } else { "add_bias" };
+            let args = self.bias_args(&y, b, c, layout)?;
+            // One pass for bias and ReLU together.
+            // SAFETY: y holds batch·cout planes of p values; b cout values.
+            unsafe { self.launch(kernel, y.len(), &args)? };
+        } else if relu {
+            self.relu_into(&y, &y)?;
+        }
+        Ok(y)
+    }
+
+    /// [`Gpu::conv2d`] with ReLU, and the packed mask of its output ([`Gpu::relu_mask`]):
+    /// with a bias, the mask is made in the same pass as the bias and ReLU
+    /// (`add_bias_relu_mask`), so the output is not read again for it.
+    pub fn conv2d_relu_masked(
+        &self,
+        (x, w, bias): (&Floats, &Floats, Option<&Floats>),
+        c: &Conv2dParams,
+        layout: Layout,
+    ) -> GpuResult<(Floats, DeviceBuffer<u32>)> {
+        let Some(b) = bias else {
+            let y = self.conv2d((x, w, None), c, true, layout)?;
+            let bits = self.relu_mask(&y)?;
+            return Ok((y, bits));
+        };
+        let y = self.convolve((x, w), c, layout)?;
+        let bits = DeviceBuffer::<u32>::uninit(&self.runtime, y.len().div_ceil(32))?;
+        let mut args = self.bias_args(&y, b, c, layout)?.to_vec();
+        args.insert(2, bits.arg());
+        // One thread a value, as in relu_mask.
+        // SAFETY: as add_bias_relu, and bits holds ⌈len/32⌉ words; BLOCK is whole warps.
+        unsafe { self.launch("add_bias_relu_mask", y.len().div_ceil(32) * 32, &args)? };
+        Ok((y, bits))
+    }
+
+    /// The convolution alone, `conv(x, w)`: by the library where one is loaded, else im2col
+    /// and SGEMM (NCHW only).
+    fn convolve(
+        &self,
+        (x, w): (&Floats, &Floats),
+        c: &Conv2dParams,
+        layout: Layout,
+    ) -> GpuResult<Floats> {
         Self::check_conv(c, x.len(), w.len())?;
-        let cout = c.out_channels;
         let y = self.uninit(c.output_len())?;
         match (self.conv_engine(), layout) {
             (Some(engine), _) => {
@@ -1178,28 +1222,31 @@ impl Gpu {
             (None, Layout::Nchw) => self.im2col_forward(x, w, c, &y)?,
             (None, Layout::Nhwc) => return Err(NHWC_NEEDS_A_LIBRARY.into()),
         }
-        if let Some(b) = bias {
-            check_len("convolution bias", b.len(), cout)?;
-            // The bias kernels add b[(i / plane) % cout]: NHWC is a plane of one value.
-            let plane = match layout {
-                Layout::Nchw => c.out_h() * c.out_w(),
-                Layout::Nhwc => 1,
-            };
-            let args = [
-                y.arg(),
-                b.arg(),
-                Arg::I32(i32_of(cout, "channel count")?),
-                Arg::I64((y.len() / plane.max(1)) as i64),
-                Arg::I32(i32_of(plane, "plane size")?),
-            ];
-            // One pass for bias and ReLU together.
-            let kernel = if relu { "add_bias_relu" } else { "add_bias" };
-            // SAFETY: y holds batch·cout planes of p values; b cout values.
-            unsafe { self.launch(kernel, y.len(), &args)? };
-        } else if relu {
-            self.relu_into(&y, &y)?;
-        }
         Ok(y)
+    }
+
+    /// The bias kernels' arguments `(y, b, channels, planes, plane)`: they add
+    /// `b[(i / plane) % channels]`, so NHWC is a plane of one value.
+    fn bias_args(
+        &self,
+        y: &Floats,
+        b: &Floats,
+        c: &Conv2dParams,
+        layout: Layout,
+    ) -> GpuResult<[Arg; 5]> {
+        let cout = c.out_channels;
+        check_len("convolution bias", b.len(), cout)?;
+        let plane = match layout {
+            Layout::Nchw => c.out_h() * c.out_w(),
+            Layout::Nhwc => 1,
+        };
+        Ok([
+            y.arg(),
+            b.arg(),
+            Arg::I32(i32_of(cout, "channel count")?),
+            Arg::I64((y.len() / plane.max(1)) as i64),
+            Arg::I32(i32_of(plane, "plane size")?),
+        ])
     }
 
     /// `dx += ∂L/∂x` of the convolution from `dy`, all in `layout` (as in [`Gpu::conv2d`]):

@@ -72,21 +72,69 @@ __global__ void relu_forward(const float* x, float* y, long long n) {
 }
 
 // What a frozen layer keeps of its ReLU's output for the backward pass: bit (i % 32) of word
-// i / 32 is y[i] > 0 (NaN is not), the layout of nst_cpu::relu::relu_mask_pack. One warp a
-// word: lane l tests y[32·word + l] and the warp's vote is the word, so a warp reads 32
-// consecutive floats at once. (One thread a word, the first version, had each thread read
-// its own 128 bytes one float at a time: every load touched 32 cache lines.) The loop runs
-// the same words for every lane of a warp, as __ballot_sync's full mask requires, so
-// blockDim.x must be a multiple of 32 (Gpu launches 256).
+// i / 32 is y[i] > 0 (NaN is not), the layout of nst_cpu::relu::relu_mask_pack.
+//
+// A warp packs a chunk of 32 words (1024 values) at a time. Lane l reads values 32k + l
+// (k = 0..31) of the chunk, so each of the warp's loads reads 128 consecutive bytes, and
+// gathers their signs as bit k of one register: its column of the chunk's 32×32 bit matrix.
+// Word k is row k, bit l of every lane's column: transposed through shared memory
+// (mask_words_of_columns), with one __syncwarp a chunk. (The first version had each thread
+// read its own word's 128 bytes one value at a time, every load touching 32 cache lines; a
+// __ballot_sync per word was coalesced too, but 32 times the warp synchronisations.)
+// blockDim.x must be a multiple of 32 (Gpu launches 256), at most 1024.
+
+// Word `lane` of a chunk from the 32 lanes' columns, through `columns` (this warp's 32
+// words of shared memory for this chunk). Chunks alternate between two such arrays: a lane
+// can write the next chunk's column only after every lane has reached the next
+// __syncwarp, that is, after they all finished reading this one.
+__device__ __forceinline__ unsigned int mask_words_of_columns(unsigned int* columns,
+                                                              unsigned int column, int lane) {
+    columns[lane] = column;
+    __syncwarp();
+    unsigned int word = 0u;
+    for (int l = 0; l < 32; l++) word |= ((columns[l] >> lane) & 1u) << l;
+    return word;
+}
+
 __global__ void relu_mask_pack(const float* y, unsigned int* bits, long long n) {
-    long long words = (n + 31) / 32;
+    __shared__ unsigned int columns[2][32][32];  // [chunk parity][warp of the block][lane]
+    long long words = (n + 31) / 32, chunks = (words + 31) / 32;
     long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     long long warps = (long long)blockDim.x * gridDim.x / 32;
-    int lane = threadIdx.x % 32;
-    for (long long w = warp; w < words; w += warps) {
-        long long i = w * 32 + lane;
-        unsigned int word = __ballot_sync(0xffffffffu, i < n && y[i] > 0.0f);
-        if (lane == 0) bits[w] = word;
+    int lane = threadIdx.x % 32, parity = 0;
+    for (long long chunk = warp; chunk < chunks; chunk += warps, parity ^= 1) {
+        unsigned int column = 0u;
+        for (int k = 0; k < 32; k++) {
+            long long i = (chunk * 32 + k) * 32 + lane;
+            if (i < n && y[i] > 0.0f) column |= 1u << k;
+        }
+        unsigned int word = mask_words_of_columns(columns[parity][threadIdx.x / 32], column, lane);
+        if (chunk * 32 + lane < words) bits[chunk * 32 + lane] = word;
+    }
+}
+
+// add_bias_relu and relu_mask_pack in one pass: bit (i % 32) of bits[i / 32] is whether
+// the output y[i] is positive, so a frozen layer's mask costs no second read of y. A warp
+// does a chunk of 32 words at a time, as relu_mask_pack does (same requirements).
+__global__ void add_bias_relu_mask(float* y, const float* b, unsigned int* bits, int channels,
+                                   long long planes, int hw) {
+    __shared__ unsigned int columns[2][32][32];  // [chunk parity][warp of the block][lane]
+    long long n = planes * hw, words = (n + 31) / 32, chunks = (words + 31) / 32;
+    long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    long long warps = (long long)blockDim.x * gridDim.x / 32;
+    int lane = threadIdx.x % 32, parity = 0;
+    for (long long chunk = warp; chunk < chunks; chunk += warps, parity ^= 1) {
+        unsigned int column = 0u;
+        for (int k = 0; k < 32; k++) {
+            long long i = (chunk * 32 + k) * 32 + lane;
+            if (i >= n) continue;
+            float v = y[i] + b[(i / hw) % channels];
+            v = v > 0.0f ? v : 0.0f;  // NaN becomes 0, as in add_bias_relu
+            y[i] = v;
+            if (v > 0.0f) column |= 1u << k;
+        }
+        unsigned int word = mask_words_of_columns(columns[parity][threadIdx.x / 32], column, lane);
+        if (chunk * 32 + lane < words) bits[chunk * 32 + lane] = word;
     }
 }
 

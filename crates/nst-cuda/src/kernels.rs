@@ -19,6 +19,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "col2im_add",
     "add_bias",
     "add_bias_relu",
+    "add_bias_relu_mask",
     "relu_forward",
     "relu_mask_pack",
     "relu_mask_apply",

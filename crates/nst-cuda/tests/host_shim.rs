@@ -1,7 +1,7 @@
 //! The CUDA kernels of `kernels.cu`, compiled as C++ for the host through a small shim
 //! (`host/cuda_host.h`, `host/launch.cpp`, loaded by `nst_cuda::emulator`) and run on the CPU
 //! against the nst-cpu kernels, one kernel at a time on host arrays. This checks their
-//! indexing, grid-stride loops, shared-memory reductions, atomics, warp votes and argument
+//! indexing, grid-stride loops, shared-memory reductions, atomics, `__syncwarp` and argument
 //! order without a GPU (what NVRTC in CI cannot: it only compiles them). Arguments are
 //! passed as cuLaunchKernel takes them, an array of pointers to each value.
 //! (`tests/kernels.rs` checks the operations built from these kernels, through device
@@ -177,14 +177,15 @@ fn elementwise_relu_and_adam_match_nst_cpu() {
     assert_close(&v, &vc, 0.0, "adam v");
 }
 
-/// relu_mask_pack's warp vote (`__ballot_sync`) with several warps a block, which the
-/// emulator's own launches (one warp a block) never have: 3 blocks of 96 threads and one of
-/// 1024, at lengths that leave the last word partial, give nst-cpu's words. A block size
-/// CUDA refuses is an error.
+/// relu_mask_pack with several warps a block, which the emulator's own launches (one warp a
+/// block) never have: each warp packs chunks of 32 words through shared memory and
+/// `__syncwarp`. 3 blocks of 96 threads, one of 1024 and 2 of 32, at lengths that leave the
+/// last word and the last chunk partial, and (40 000 values: 40 chunks) with warps that do
+/// several chunks, give nst-cpu's words. A block size CUDA refuses is an error.
 #[test]
-fn warp_votes_in_blocks_of_several_warps() {
+fn relu_masks_in_blocks_of_several_warps() {
     let Some(h) = host() else { return };
-    for n in [1usize, 31, 33, 1000, 5000] {
+    for n in [1usize, 31, 33, 1000, 5000, 40_000] {
         let mut y = values(n, 9);
         if n > 40 {
             (y[7], y[8], y[40]) = (0.0, -0.0, f32::NAN);
@@ -373,8 +374,35 @@ fn bias_and_relu_in_one_pass_match_bias_then_relu() {
         let sum = *v + b[(i / hw as usize) % channels as usize];
         *v = if sum > 0.0 { sum } else { 0.0 };
     }
+    let before = y.clone();
     let (yp, bp) = (y.as_mut_ptr(), b.as_ptr());
     launch!(h, "add_bias_relu"; yp, bp, channels, planes, hw);
     assert_close(&y, &want, 0.0, "add_bias_relu");
     assert!(y.iter().all(|v| *v >= 0.0), "ReLU output: {y:?}");
+
+    // The same pass making the output's mask as well: the same values, and relu_mask_pack's
+    // words of them. 42 values leave the last word partial; blocks of one warp (the
+    // emulator's own) and of three.
+    let mut want_bits = vec![0; relu::relu_mask_words(want.len())];
+    relu::relu_mask_pack(&want, &mut want_bits);
+    for (grid, block) in [(3, 32), (2, 96)] {
+        let mut y = before.clone();
+        let mut bits = vec![u32::MAX; want_bits.len()];
+        let (yp, bitsp) = (y.as_mut_ptr(), bits.as_mut_ptr());
+        let args = [
+            yp.to_arg(),
+            bp.to_arg(),
+            bitsp.to_arg(),
+            channels.to_arg(),
+            planes.to_arg(),
+            hw.to_arg(),
+        ];
+        // SAFETY: y holds planes·hw values, b one per channel, bits ⌈len/32⌉ words.
+        unsafe { h.launch_exactly("add_bias_relu_mask", grid, block, &args) }.unwrap();
+        assert_close(&y, &want, 0.0, "add_bias_relu_mask values");
+        assert_eq!(
+            bits, want_bits,
+            "add_bias_relu_mask bits, {grid} blocks of {block}"
+        );
+    }
 }

@@ -698,6 +698,72 @@ fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
     }
 }
 
+/// `conv2d_relu_masked` (the convolution, then bias, ReLU and the packed mask in one pass)
+/// against `conv2d` with ReLU: the same output, and a mask whose bits are the output's signs
+/// (nst-cpu's packing of the values it returned). With and without a bias (the latter packs
+/// in a pass of its own), NCHW and, through a convolution library, NHWC.
+#[test]
+fn a_convolution_with_its_relu_mask_matches_conv_then_mask() {
+    for (on, g) in gpus() {
+        // 5·7·6 = 210 outputs leave the mask's last word partial; 64 → 32 channels at 12×10.
+        for (batch, cin, h, w, cout) in [(2, 3, 7, 6, 5), (1, 64, 12, 10, 32)] {
+            let c = Conv2dParams {
+                batch,
+                in_channels: cin,
+                in_h: h,
+                in_w: w,
+                out_channels: cout,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 1,
+                pad: 1,
+            };
+            let (x, wt, b) = (
+                g.upload(&rand_vec(c.input_len(), 11)).unwrap(),
+                g.upload(&rand_vec(c.weight_len(), 12)).unwrap(),
+                g.upload(&rand_vec(cout, 13)).unwrap(),
+            );
+            let krsc = g.nchw_to_nhwc(&wt, cout, cin, 9).unwrap();
+            let layouts = if g.convolves_nhwc() {
+                vec![(Layout::Nchw, &wt), (Layout::Nhwc, &krsc)]
+            } else {
+                vec![(Layout::Nchw, &wt)]
+            };
+            for (layout, weights) in layouts {
+                for bias in [Some(&b), None] {
+                    let what = format!("{on} {layout:?} bias {} {c:?}", bias.is_some());
+                    let nhwc_x;
+                    let x = match layout {
+                        Layout::Nchw => &x,
+                        Layout::Nhwc => {
+                            nhwc_x = g.nchw_to_nhwc(&x, batch, cin, h * w).unwrap();
+                            &nhwc_x
+                        }
+                    };
+                    let plain = g.conv2d((x, weights, bias), &c, true, layout).unwrap();
+                    let (y, bits) = g
+                        .conv2d_relu_masked((x, weights, bias), &c, layout)
+                        .unwrap();
+                    let y = y.to_vec().unwrap();
+                    close(
+                        &y,
+                        &plain.to_vec().unwrap(),
+                        1e-6,
+                        &format!("{what}: values"),
+                    );
+                    let mut want = vec![0; relu::relu_mask_words(y.len())];
+                    relu::relu_mask_pack(&y, &mut want);
+                    assert_eq!(bits.to_vec().unwrap(), want, "{what}: mask");
+                    assert!(
+                        want.iter().any(|&w| w != 0),
+                        "{what}: some outputs positive"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A convolution with a tensor over the library's limit (cuDNN: 2³¹ − 1 values) runs as calls
 /// on groups of channels, per image: the emulator's library refuses larger tensors, as cuDNN
 /// does, so these pass only if every call was split. Groups of uneven sizes, both

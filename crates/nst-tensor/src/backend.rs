@@ -63,6 +63,20 @@ pub trait BackendStorage: Sized {
         algo: ConvAlgorithm,
         relu: bool,
     ) -> Result<Self>;
+    /// `max(conv(x, w) + b, 0)` (self is x) and its [`BackendStorage::relu_mask`], for a
+    /// layer whose backward pass will run: a backend may make the mask in the same pass over
+    /// the output as the bias and ReLU (the CUDA backend does).
+    fn conv2d_relu_masked(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        p: &Conv2dParams,
+        algo: ConvAlgorithm,
+    ) -> Result<(Self, Self::ReluMask)> {
+        let y = self.conv2d(w, b, p, algo, true)?;
+        let mask = y.relu_mask()?;
+        Ok((y, mask))
+    }
     /// `dx = ∂L/∂x` of the convolution `p` from `dy` (self) and the weights.
     fn conv2d_backward_input(
         &self,

@@ -569,6 +569,38 @@ impl BackendStorage for CudaStorage {
         }
     }
 
+    /// The mask comes from the pass that adds the bias and applies ReLU (see
+    /// `Gpu::conv2d_relu_masked`), in the order the output is stored.
+    fn conv2d_relu_masked(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        p: &Conv2dParams,
+        _algo: ConvAlgorithm,
+    ) -> Result<(Self, CudaReluMask)> {
+        let gpu = self.gpu();
+        let bias = b.map(|b| b.as_shaped()).transpose()?;
+        let bias = bias.as_deref();
+        let (y, bits) = match self.conv_layout(p) {
+            Layout::Nchw => {
+                let (x, w) = (self.as_shaped()?, w.as_shaped()?);
+                let (y, bits) = gpu
+                    .conv2d_relu_masked((&x, &w, bias), p, Layout::Nchw)
+                    .map_err(failed)?;
+                (self.wrap(Ok(y))?, bits)
+            }
+            Layout::Nhwc => {
+                let x = self.stored_as(input_nhwc(p))?;
+                let (y, bits) = gpu
+                    .conv2d_relu_masked((&x, w.krsc(p)?, bias), p, Layout::Nhwc)
+                    .map_err(failed)?;
+                (self.wrap_as(Ok(y), output_nhwc(p))?, bits)
+            }
+        };
+        let stored = y.stored;
+        Ok((y, CudaReluMask { bits, stored }))
+    }
+
     /// NHWC devices: dx is NHWC, except for inputs of fewer than four channels (the image),
     /// whose gradient comes back in the tensor's order.
     fn conv2d_backward_input(

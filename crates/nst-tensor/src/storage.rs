@@ -163,6 +163,35 @@ impl Storage {
         })
     }
 
+    /// [`BackendStorage::conv2d_relu_masked`] on the operands' device.
+    pub(crate) fn conv2d_relu_masked(
+        &self,
+        w: &Self,
+        b: Option<&Self>,
+        p: &Conv2dParams,
+        algo: ConvAlgorithm,
+    ) -> Result<(Self, ReluMask)> {
+        Ok(match (self, w, b) {
+            (Storage::Cpu(x), Storage::Cpu(w), None) => {
+                let (y, mask) = x.conv2d_relu_masked(w, None, p, algo)?;
+                (Storage::Cpu(y), ReluMask::Cpu(mask))
+            }
+            (Storage::Cpu(x), Storage::Cpu(w), Some(Storage::Cpu(b))) => {
+                let (y, mask) = x.conv2d_relu_masked(w, Some(b), p, algo)?;
+                (Storage::Cpu(y), ReluMask::Cpu(mask))
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), None) => {
+                let (y, mask) = x.conv2d_relu_masked(w, None, p, algo)?;
+                (Storage::Cuda(y), ReluMask::Cuda(mask))
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), Some(Storage::Cuda(b))) => {
+                let (y, mask) = x.conv2d_relu_masked(w, Some(b), p, algo)?;
+                (Storage::Cuda(y), ReluMask::Cuda(mask))
+            }
+            _ => return Err(TensorError::DeviceMismatch { op: "conv2d" }),
+        })
+    }
+
     pub(crate) fn conv2d_backward_input(
         &self,
         w: &Self,

@@ -107,15 +107,18 @@ impl Tensor {
         if p.out_h() == 0 || p.out_w() == 0 {
             return Err(mismatch());
         }
-        let y =
-            self.storage()
-                .conv2d(w.storage(), b.map(|b| b.storage()), &p, o.algorithm, o.relu)?;
         let shape = [p.batch, p.out_channels, p.out_h(), p.out_w()];
         let mut inputs = vec![self, w];
         inputs.extend(b);
-        let mask = (o.relu && Tensor::will_record(&inputs))
-            .then(|| y.relu_mask())
-            .transpose()?;
+        let (x, w_s, b_s) = (self.storage(), w.storage(), b.map(|b| b.storage()));
+        // A ReLU whose backward will run keeps its output's mask, made with the output where
+        // the backend can (one pass over it instead of two).
+        let (y, mask) = if o.relu && Tensor::will_record(&inputs) {
+            let (y, mask) = x.conv2d_relu_masked(w_s, b_s, &p, o.algorithm)?;
+            (y, Some(mask))
+        } else {
+            (x.conv2d(w_s, b_s, &p, o.algorithm, o.relu)?, None)
+        };
         let weights_learn = w.requires_grad() || b.is_some_and(Tensor::requires_grad);
         Ok(Tensor::from_op(y, &shape, &inputs, || Op::Conv2d {
             x: self.node(),
