@@ -78,38 +78,45 @@ __global__ void relu_forward(const float* x, float* y, long long n) {
 // (k = 0..31) of the chunk, so each of the warp's loads reads 128 consecutive bytes, and
 // gathers their signs as bit k of one register: its column of the chunk's 32×32 bit matrix.
 // Word k is row k, bit l of every lane's column: transposed through shared memory
-// (mask_words_of_columns), with one __syncwarp a chunk. (The first version had each thread
+// (store_mask_word), with one __syncwarp a chunk. (The first version had each thread
 // read its own word's 128 bytes one value at a time, every load touching 32 cache lines; a
 // __ballot_sync per word was coalesced too, but 32 times the warp synchronisations.)
 // blockDim.x must be a multiple of 32 (Gpu launches 256), at most 1024.
 
-// Word `lane` of a chunk from the 32 lanes' columns, through `columns` (this warp's 32
-// words of shared memory for this chunk). Chunks alternate between two such arrays: a lane
-// can write the next chunk's column only after every lane has reached the next
-// __syncwarp, that is, after they all finished reading this one.
-__device__ __forceinline__ unsigned int mask_words_of_columns(unsigned int* columns,
-                                                              unsigned int column, int lane) {
-    columns[lane] = column;
+// The chunks of mask words a warp packs: a grid-stride loop over the ⌈n/1024⌉ chunks of n
+// values, the same for every lane of a warp (as __syncwarp requires).
+#define WARP_CHUNKS(chunk, n)                                                          \
+    for (long long chunk = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;     \
+         chunk < ((n) + 1023) / 1024; chunk += (long long)blockDim.x * gridDim.x / 32)
+
+// Stores word `lane` of `chunk` (of the ⌈n/32⌉ words of `bits`) from the 32 lanes'
+// columns: row `lane` of the chunk's bit matrix is bit `lane` of every column, read back
+// through shared memory after one __syncwarp. The warp alternates (`parity`) between two
+// arrays of 32 words: a lane can write its next column only after every lane has reached
+// the next __syncwarp, that is, after they all finished reading this chunk's array.
+__device__ __forceinline__ void store_mask_word(unsigned int* bits, long long n,
+                                                long long chunk, unsigned int column,
+                                                int& parity) {
+    __shared__ unsigned int columns[2][32][32];  // [parity][warp of the block][lane]
+    int lane = threadIdx.x % 32;
+    unsigned int* mine = columns[parity][threadIdx.x / 32];
+    parity ^= 1;
+    mine[lane] = column;
     __syncwarp();
     unsigned int word = 0u;
-    for (int l = 0; l < 32; l++) word |= ((columns[l] >> lane) & 1u) << l;
-    return word;
+    for (int l = 0; l < 32; l++) word |= ((mine[l] >> lane) & 1u) << l;
+    if (chunk * 32 + lane < (n + 31) / 32) bits[chunk * 32 + lane] = word;
 }
 
 __global__ void relu_mask_pack(const float* y, unsigned int* bits, long long n) {
-    __shared__ unsigned int columns[2][32][32];  // [chunk parity][warp of the block][lane]
-    long long words = (n + 31) / 32, chunks = (words + 31) / 32;
-    long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    long long warps = (long long)blockDim.x * gridDim.x / 32;
     int lane = threadIdx.x % 32, parity = 0;
-    for (long long chunk = warp; chunk < chunks; chunk += warps, parity ^= 1) {
-        unsigned int column = 0u;
+    WARP_CHUNKS(chunk, n) {
+        unsigned int column = 0u;  // bit k: value 32k + lane of the chunk is positive
         for (int k = 0; k < 32; k++) {
             long long i = (chunk * 32 + k) * 32 + lane;
             if (i < n && y[i] > 0.0f) column |= 1u << k;
         }
-        unsigned int word = mask_words_of_columns(columns[parity][threadIdx.x / 32], column, lane);
-        if (chunk * 32 + lane < words) bits[chunk * 32 + lane] = word;
+        store_mask_word(bits, n, chunk, column, parity);
     }
 }
 
@@ -118,12 +125,9 @@ __global__ void relu_mask_pack(const float* y, unsigned int* bits, long long n) 
 // does a chunk of 32 words at a time, as relu_mask_pack does (same requirements).
 __global__ void add_bias_relu_mask(float* y, const float* b, unsigned int* bits, int channels,
                                    long long planes, int hw) {
-    __shared__ unsigned int columns[2][32][32];  // [chunk parity][warp of the block][lane]
-    long long n = planes * hw, words = (n + 31) / 32, chunks = (words + 31) / 32;
-    long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    long long warps = (long long)blockDim.x * gridDim.x / 32;
+    long long n = planes * hw;
     int lane = threadIdx.x % 32, parity = 0;
-    for (long long chunk = warp; chunk < chunks; chunk += warps, parity ^= 1) {
+    WARP_CHUNKS(chunk, n) {
         unsigned int column = 0u;
         for (int k = 0; k < 32; k++) {
             long long i = (chunk * 32 + k) * 32 + lane;
@@ -133,8 +137,7 @@ __global__ void add_bias_relu_mask(float* y, const float* b, unsigned int* bits,
             y[i] = v;
             if (v > 0.0f) column |= 1u << k;
         }
-        unsigned int word = mask_words_of_columns(columns[parity][threadIdx.x / 32], column, lane);
-        if (chunk * 32 + lane < words) bits[chunk * 32 + lane] = word;
+        store_mask_word(bits, n, chunk, column, parity);
     }
 }
 
