@@ -22,8 +22,15 @@ use std::sync::Arc;
 
 /// Threads per block on a GPU; the reduction kernels' shared arrays are sized for it.
 const BLOCK: u32 = 256;
-// Whole warps: the ReLU mask kernels' __syncwarp needs every lane of a warp.
-const _: () = assert!(BLOCK & 31 == 0);
+// Whole warps (the ReLU mask kernels' __syncwarp needs every lane of a warp), and no more
+// than CUDA's 1024 threads (their shared arrays have room for 32 warps).
+const _: () = assert!(BLOCK & 31 == 0 && BLOCK <= 1024);
+
+/// Threads for a ReLU mask kernel over `n` values: one warp for each chunk of 32 words
+/// (1024 values), which it packs at once (`relu_mask_pack` in kernels.cu).
+fn mask_threads(n: usize) -> usize {
+    n.div_ceil(1024) * 32
+}
 
 /// Most values of one band's patch matrix (256 MiB): larger bands are barely faster (the
 /// SGEMM is already large) and would cost GPU memory at large image sizes.
@@ -437,9 +444,8 @@ impl Gpu {
         let words = y.len().div_ceil(32);
         let bits = DeviceBuffer::<u32>::uninit(&self.runtime, words)?;
         let args = [y.arg(), bits.arg(), Arg::I64(y.len() as i64)];
-        // One thread a value (a warp packs 32 words at a time, grid-stride).
-        // SAFETY: y holds len values, bits ⌈len/32⌉ words; BLOCK is a multiple of 32.
-        unsafe { self.launch("relu_mask_pack", words * 32, &args)? };
+        // SAFETY: y holds len values, bits ⌈len/32⌉ words; BLOCK is whole warps.
+        unsafe { self.launch("relu_mask_pack", mask_threads(y.len()), &args)? };
         Ok(bits)
     }
 
@@ -1199,9 +1205,8 @@ impl Gpu {
         let bits = DeviceBuffer::<u32>::uninit(&self.runtime, y.len().div_ceil(32))?;
         let mut args = self.bias_args(&y, b, c, layout)?.to_vec();
         args.insert(2, bits.arg());
-        // One thread a value, as in relu_mask.
         // SAFETY: as add_bias_relu, and bits holds ⌈len/32⌉ words; BLOCK is whole warps.
-        unsafe { self.launch("add_bias_relu_mask", y.len().div_ceil(32) * 32, &args)? };
+        unsafe { self.launch("add_bias_relu_mask", mask_threads(y.len()), &args)? };
         Ok((y, bits))
     }
 

@@ -84,10 +84,11 @@ __global__ void relu_forward(const float* x, float* y, long long n) {
 // blockDim.x must be a multiple of 32 (Gpu launches 256), at most 1024.
 
 // The chunks of mask words a warp packs: a grid-stride loop over the ⌈n/1024⌉ chunks of n
-// values, the same for every lane of a warp (as __syncwarp requires).
-#define WARP_CHUNKS(chunk, n)                                                          \
-    for (long long chunk = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;     \
-         chunk < ((n) + 1023) / 1024; chunk += (long long)blockDim.x * gridDim.x / 32)
+// values, counted in the block's warps (threadIdx.x / 32), so the same for every lane of a
+// warp, as __syncwarp requires. One warp a chunk is what the launches ask for.
+#define WARP_CHUNKS(chunk, n)                                                              \
+    for (long long chunk = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;    \
+         chunk < ((n) + 1023) / 1024; chunk += (long long)gridDim.x * (blockDim.x / 32))
 
 // Stores word `lane` of `chunk` (of the ⌈n/32⌉ words of `bits`) from the 32 lanes'
 // columns: row `lane` of the chunk's bit matrix is bit `lane` of every column, read back

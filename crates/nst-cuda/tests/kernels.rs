@@ -5,7 +5,7 @@
 //! or a GPU the tests print `skipped: <reason>`.
 
 use nst_cpu::{conv, elementwise, gram, pool, relu, AdamParams, Conv2dParams, ConvAlgorithm};
-use nst_cuda::{kernels, Gpu};
+use nst_cuda::{kernels, Arg, Gpu};
 use nst_params::Layout;
 
 /// `batch` images of `channels` planes of `pixels` values (NCHW) in NHWC order, or back
@@ -759,6 +759,56 @@ fn a_convolution_with_its_relu_mask_matches_conv_then_mask() {
                         "{what}: some outputs positive"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// The ReLU mask kernels launched on one block of 256 threads over 40 000 values (40 chunks
+/// of 1024, the last partial, as is the last word): each warp packs several chunks, so the
+/// double-buffered shared arrays are reused across `__syncwarp`s, on the GPU as in the
+/// emulator (whose block is one warp, which then packs all 40). Against nst-cpu's words.
+#[test]
+fn a_warp_packing_several_mask_chunks_gives_nst_cpus_words() {
+    let n = 40_000usize;
+    let mut y = rand_vec(n, 21);
+    (y[3], y[4], y[39_999]) = (0.0, -0.0, f32::NAN);
+    let bias = rand_vec(8, 22);
+    let mut after_bias: Vec<f32> = (0..n).map(|i| y[i] + bias[(i / 5000) % 8]).collect();
+    for v in &mut after_bias {
+        *v = if *v > 0.0 { *v } else { 0.0 };
+    }
+    for (on, g) in gpus() {
+        for fused in [false, true] {
+            let want_values = if fused { &after_bias } else { &y };
+            let mut want = vec![0; relu::relu_mask_words(n)];
+            relu::relu_mask_pack(want_values, &mut want);
+            let (gy, gb) = (g.upload(&y).unwrap(), g.upload(&bias).unwrap());
+            let bits = g.upload(&vec![u32::MAX; want.len()]).unwrap();
+            let (name, args) = if fused {
+                // 8 planes of 5000 values, one channel each.
+                let args = vec![
+                    gy.arg(),
+                    gb.arg(),
+                    bits.arg(),
+                    Arg::I32(8),
+                    Arg::I64(8),
+                    Arg::I32(5000),
+                ];
+                ("add_bias_relu_mask", args)
+            } else {
+                (
+                    "relu_mask_pack",
+                    vec![gy.arg(), bits.arg(), Arg::I64(n as i64)],
+                )
+            };
+            // SAFETY: the arguments are the kernel's, y holds n values, bias 8, bits
+            // ⌈n/32⌉ words.
+            unsafe { g.runtime().launch(name, 1, 256, &args) }.unwrap();
+            assert_eq!(bits.to_vec().unwrap(), want, "{on} {name}: mask");
+            if fused {
+                let got = gy.to_vec().unwrap();
+                assert_eq!(got, after_bias, "{on} {name}: values");
             }
         }
     }
