@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The prepared check for a machine with an NVIDIA GPU, CUDA 13, cuDNN 9 and PyTorch, but no
 # Rust toolchain and no network. Build beforehand, on x86-64 Linux with the toolchain:
-#   scripts/device-build.sh        (→ target/device-bin/, 30 MB: carry only that folder)
+#   scripts/device-build.sh        (→ target/device-bin/, 33 MB: carry only that folder)
 # then on the GPU machine, from the repository root:
-#   scripts/device-check.sh        (about 6–7 minutes on an H200; each step has its own timeout)
+#   scripts/device-check.sh        (about 7 minutes on an H200; each step has its own timeout)
 # Everything it prints also goes, with the logs, the images and the reports, to one folder:
 # $NST_DEVICE_OUT, else $OUT (the device tool's output folder), else target/device-check;
 # with NST_DEVICE_PACK=file.tgz, also packed into that one archive at the end.
