@@ -208,7 +208,7 @@ timeout 200 "$BIN/xtask" bench --device cuda --sizes "${NST_BENCH_SIZES:-512,102
     tee "$OUT/bench-nhwc.md"
 cp target/bench/bench.json "$OUT/bench-nhwc.json" 2>/dev/null
 
-step "PyTorch alone: how much NHWC (channels_last) or deterministic algorithms change its time, and its profile"
+step "PyTorch alone: NHWC (channels_last), deterministic algorithms, and its GPU profile"
 # Beside ours in NHWC above: what PyTorch gains from channels_last itself, and what cuDNN's
 # deterministic algorithms (which nst takes, PyTorch not) cost it. The
 # same pixels and iterations as the bench above (target/bench/*.f32), whose PyTorch rows are

@@ -142,13 +142,16 @@ def write_profile(prof, args, iters):
     lines = [head]
     if cuda:
         total = sum(ms for ms, _, _ in kernels)
-        lines.append(f"GPU kernels: {total:.3f} ms per iteration in all\n\nby kind (from the kernels' names):")
+        lines.append(f"GPU kernels: {total:.3f} ms per iteration in all\n")
+        lines.append("by kind (from the kernels' names):")
         kinds = {}
         for ms, _, name in kernels:
             kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
-        lines += [f"{ms:9.3f} ms  {kind}" for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1])]
+        by_time = sorted(kinds.items(), key=lambda kv: -kv[1])
+        lines += [f"{ms:9.3f} ms  {kind}" for kind, ms in by_time]
         lines.append("\nkernels (ms, launches per iteration, name):")
-        lines += [f"{ms:9.3f} ms {n:6.1f}  {name[:160]}" for ms, n, name in sorted(kernels, reverse=True)]
+        lines += [f"{ms:9.3f} ms {n:6.1f}  {name[:160]}"
+                  for ms, n, name in sorted(kernels, reverse=True)]
         lines.append("\naten operators' device time (including their children's):")
     else:
         lines.append("aten operators' own CPU time:")

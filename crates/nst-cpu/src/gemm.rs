@@ -2,8 +2,8 @@
 //!
 //! The default backend is the `gemm` crate's f32 kernels (`gemm-f32`: runtime-dispatched
 //! AVX2/AVX-512 kernels, rayon threads); with the `openblas` feature it is ndarray's
-//! `general_mat_mul` on the system OpenBLAS. Both take arbitrary strides, which convolution uses to multiply bands of a
-//! larger matrix in place.
+//! `general_mat_mul` on the system OpenBLAS. Both take arbitrary strides, which convolution
+//! uses to multiply bands of a larger matrix in place.
 
 use gemm_common::Parallelism;
 

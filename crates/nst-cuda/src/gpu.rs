@@ -1203,8 +1203,9 @@ impl Gpu {
         };
         let y = self.convolve((x, w), c, layout)?;
         let bits = DeviceBuffer::<u32>::uninit(&self.runtime, y.len().div_ceil(32))?;
-        let mut args = self.bias_args(&y, b, c, layout)?.to_vec();
-        args.insert(2, bits.arg());
+        // add_bias_relu's arguments with the mask after the bias.
+        let [y_arg, b_arg, channels, planes, plane] = self.bias_args(&y, b, c, layout)?;
+        let args = [y_arg, b_arg, bits.arg(), channels, planes, plane];
         // SAFETY: as add_bias_relu, and bits holds ⌈len/32⌉ words; BLOCK is whole warps.
         unsafe { self.launch("add_bias_relu_mask", mask_threads(y.len()), &args)? };
         Ok((y, bits))
@@ -1491,17 +1492,7 @@ mod tests {
 
     /// VGG-19's 3×3 convolution of `cin` → `cout` channels on `w`×`h` pixels, one image.
     fn vgg_conv(cin: usize, cout: usize, w: usize, h: usize) -> Conv2dParams {
-        Conv2dParams {
-            batch: 1,
-            in_channels: cin,
-            in_h: h,
-            in_w: w,
-            out_channels: cout,
-            kernel_h: 3,
-            kernel_w: 3,
-            stride: 1,
-            pad: 1,
-        }
+        Conv2dParams::same_3x3(1, cin, h, w, cout)
     }
 
     /// At real sizes (nothing allocated): every call within cuDNN's limit, and each pair of

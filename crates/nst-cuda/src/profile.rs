@@ -122,13 +122,11 @@ fn kind(name: &str) -> &'static str {
 /// PyTorch's profile of the same iteration (`xtask/peer/torch_nst.py --profile`, which sums
 /// its kernels by the same kinds).
 fn kinds_line(table: &Table) -> String {
-    let mut kinds: Vec<(&str, Duration)> = vec![];
+    let mut sums: HashMap<&str, Duration> = HashMap::new();
     for (name, (_, took)) in table {
-        match kinds.iter_mut().find(|(k, _)| *k == kind(name)) {
-            Some((_, sum)) => *sum += *took,
-            None => kinds.push((kind(name), *took)),
-        }
+        *sums.entry(kind(name)).or_default() += *took;
     }
+    let mut kinds: Vec<_> = sums.into_iter().collect();
     kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     let parts: Vec<String> = kinds
         .iter()

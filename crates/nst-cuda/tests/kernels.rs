@@ -707,17 +707,7 @@ fn a_convolution_with_its_relu_mask_matches_conv_then_mask() {
     for (on, g) in gpus() {
         // 5·7·6 = 210 outputs leave the mask's last word partial; 64 → 32 channels at 12×10.
         for (batch, cin, h, w, cout) in [(2, 3, 7, 6, 5), (1, 64, 12, 10, 32)] {
-            let c = Conv2dParams {
-                batch,
-                in_channels: cin,
-                in_h: h,
-                in_w: w,
-                out_channels: cout,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: 1,
-                pad: 1,
-            };
+            let c = Conv2dParams::same_3x3(batch, cin, h, w, cout);
             let (x, wt, b) = (
                 g.upload(&rand_vec(c.input_len(), 11)).unwrap(),
                 g.upload(&rand_vec(c.weight_len(), 12)).unwrap(),
@@ -888,17 +878,7 @@ fn a_convolution_over_the_library_limit_runs_in_channel_groups() {
     }
     // One channel's plane over the limit cannot be split by channels: a one-line error.
     let g = Gpu::on(Emulator::with_library_limited_to(20).unwrap());
-    let c = Conv2dParams {
-        batch: 1,
-        in_channels: 2,
-        in_h: 5,
-        in_w: 5,
-        out_channels: 2,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride: 1,
-        pad: 1,
-    };
+    let c = Conv2dParams::same_3x3(1, 2, 5, 5, 2);
     let (gx, gw) = (
         g.upload(&rand_vec(c.input_len(), 1)).unwrap(),
         g.upload(&rand_vec(c.weight_len(), 2)).unwrap(),
@@ -936,17 +916,7 @@ fn a_convolution_over_two_giga_values_runs_on_a_gpu() {
         return;
     }
     let side = 5800; // 64 · 5800² = 2.153e9 > 2³¹ − 1
-    let c = Conv2dParams {
-        batch: 1,
-        in_channels: 3,
-        in_h: side,
-        in_w: side,
-        out_channels: 64,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride: 1,
-        pad: 1,
-    };
+    let c = Conv2dParams::same_3x3(1, 3, side, side, 64);
     assert!(c.output_len() > i32::MAX as usize);
     let (x, wt, b) = (
         rand_vec(c.input_len(), 21),

@@ -30,6 +30,27 @@ pub struct Conv2dParams {
 }
 
 impl Conv2dParams {
+    /// A 3×3 convolution, stride 1, padding 1: the output keeps the input's size. Every
+    /// convolution of VGG-19 has this shape (and it is the one Winograd takes).
+    pub fn same_3x3(
+        batch: usize,
+        in_channels: usize,
+        in_h: usize,
+        in_w: usize,
+        out_channels: usize,
+    ) -> Self {
+        Self {
+            batch,
+            in_channels,
+            in_h,
+            in_w,
+            out_channels,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+            pad: 1,
+        }
+    }
     /// Output height (floor mode). Zero when the kernel does not fit.
     pub fn out_h(&self) -> usize {
         (self.in_h + 2 * self.pad)

@@ -360,6 +360,30 @@ impl CudaStorage {
         self.stored_as(Stored::AsShaped)
     }
 
+    /// Convolution `p` of this storage (x) with `w` as it runs on this device: its layout
+    /// ([`CudaStorage::conv_layout`]), x and w in that layout (NHWC: x converted if it is not,
+    /// w as KRSC), and how its output is stored.
+    fn conv_operands<'a>(
+        &'a self,
+        w: &'a Self,
+        p: &Conv2dParams,
+    ) -> Result<(Layout, Values<'a>, Values<'a>, Stored)> {
+        Ok(match self.conv_layout(p) {
+            Layout::Nchw => (
+                Layout::Nchw,
+                self.as_shaped()?,
+                w.as_shaped()?,
+                Stored::AsShaped,
+            ),
+            Layout::Nhwc => (
+                Layout::Nhwc,
+                self.stored_as(input_nhwc(p))?,
+                Values::Borrowed(w.krsc(p)?),
+                output_nhwc(p),
+            ),
+        })
+    }
+
     /// `other`'s values stored as this storage's are: how two operands of an elementwise
     /// operation meet.
     fn matching<'a>(&self, other: &'a Self) -> Result<Values<'a>> {
@@ -552,21 +576,12 @@ impl BackendStorage for CudaStorage {
         _algo: ConvAlgorithm,
         relu: bool,
     ) -> Result<Self> {
-        let gpu = self.gpu();
         let bias = b.map(|b| b.as_shaped()).transpose()?;
-        let bias = bias.as_deref();
-        match self.conv_layout(p) {
-            Layout::Nchw => {
-                let (x, w) = (self.as_shaped()?, w.as_shaped()?);
-                self.wrap(gpu.conv2d((&x, &w, bias), p, relu, Layout::Nchw))
-            }
-            Layout::Nhwc => {
-                let x = self.stored_as(input_nhwc(p))?;
-                let y = gpu.conv2d((&x, w.krsc(p)?, bias), p, relu, Layout::Nhwc);
-                let stored = output_nhwc(p);
-                self.wrap_as(y, stored)
-            }
-        }
+        let (layout, x, w, stored) = self.conv_operands(w, p)?;
+        let y = self
+            .gpu()
+            .conv2d((&x, &w, bias.as_deref()), p, relu, layout);
+        self.wrap_as(y, stored)
     }
 
     /// The mask comes from the pass that adds the bias and applies ReLU (see
@@ -578,27 +593,13 @@ impl BackendStorage for CudaStorage {
         p: &Conv2dParams,
         _algo: ConvAlgorithm,
     ) -> Result<(Self, CudaReluMask)> {
-        let gpu = self.gpu();
         let bias = b.map(|b| b.as_shaped()).transpose()?;
-        let bias = bias.as_deref();
-        let (y, bits) = match self.conv_layout(p) {
-            Layout::Nchw => {
-                let (x, w) = (self.as_shaped()?, w.as_shaped()?);
-                let (y, bits) = gpu
-                    .conv2d_relu_masked((&x, &w, bias), p, Layout::Nchw)
-                    .map_err(failed)?;
-                (self.wrap(Ok(y))?, bits)
-            }
-            Layout::Nhwc => {
-                let x = self.stored_as(input_nhwc(p))?;
-                let (y, bits) = gpu
-                    .conv2d_relu_masked((&x, w.krsc(p)?, bias), p, Layout::Nhwc)
-                    .map_err(failed)?;
-                (self.wrap_as(Ok(y), output_nhwc(p))?, bits)
-            }
-        };
-        let stored = y.stored;
-        Ok((y, CudaReluMask { bits, stored }))
+        let (layout, x, w, stored) = self.conv_operands(w, p)?;
+        let (y, bits) = self
+            .gpu()
+            .conv2d_relu_masked((&x, &w, bias.as_deref()), p, layout)
+            .map_err(failed)?;
+        Ok((self.wrap_as(Ok(y), stored)?, CudaReluMask { bits, stored }))
     }
 
     /// NHWC devices: dx is NHWC, except for inputs of fewer than four channels (the image),

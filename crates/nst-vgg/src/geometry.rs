@@ -38,17 +38,7 @@ pub fn conv_shapes(deepest: Layer, height: usize, width: usize) -> Vec<(Layer, C
         match layer.kind() {
             LayerKind::Conv(i) => shapes.push((
                 layer,
-                Conv2dParams {
-                    batch: 1,
-                    in_channels: CONV_CHANNELS[i].0,
-                    in_h: h,
-                    in_w: w,
-                    out_channels: CONV_CHANNELS[i].1,
-                    kernel_h: 3,
-                    kernel_w: 3,
-                    stride: 1,
-                    pad: 1,
-                },
+                Conv2dParams::same_3x3(1, CONV_CHANNELS[i].0, h, w, CONV_CHANNELS[i].1),
             )),
             LayerKind::Pool => (h, w) = (h / 2, w / 2),
             LayerKind::Relu => {}

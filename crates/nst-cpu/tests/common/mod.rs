@@ -4,15 +4,5 @@ use nst_cpu::Conv2dParams;
 
 /// A 3×3, stride-1, padding-1 convolution (the shape Winograd takes).
 pub fn conv3x3(batch: usize, cin: usize, h: usize, w: usize, cout: usize) -> Conv2dParams {
-    Conv2dParams {
-        batch,
-        in_channels: cin,
-        in_h: h,
-        in_w: w,
-        out_channels: cout,
-        kernel_h: 3,
-        kernel_w: 3,
-        stride: 1,
-        pad: 1,
-    }
+    Conv2dParams::same_3x3(batch, cin, h, w, cout)
 }
