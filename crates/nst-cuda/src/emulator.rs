@@ -18,8 +18,16 @@
 //! - **Undefined behaviour**: the kernels are compiled with `-fsanitize=undefined` and no
 //!   recovery, so an out-of-bounds index into a `__shared__` array, a signed overflow in an
 //!   index or a misaligned access aborts the test with the line (checked by planting an
-//!   index past a reduction's shared array: "index 256 out of bounds"). AddressSanitizer
-//!   cannot be loaded into a Rust test process through `dlopen`; the guard words stand in.
+//!   index past a reduction's shared array: "index 256 out of bounds").
+//! - **Out-of-bounds accesses and data races** ([`Sanitizer`], `NST_EMULATOR_SANITIZER`):
+//!   the kernels can also be compiled with AddressSanitizer or ThreadSanitizer, for a
+//!   process that has the sanitizer's runtime preloaded (`LD_PRELOAD`; a Rust test process
+//!   cannot `dlopen` it later). Under ASan the guard words are poisoned, so a kernel that
+//!   reads past a device buffer is reported too, not only one that writes there. Under TSan,
+//!   two threads of a block touching the same memory without a `__syncthreads` or
+//!   `__syncwarp` between them are a reported race, whatever order they happened to run in:
+//!   CUDA's `compute-sanitizer --tool racecheck`, on the CPU. nst-cuda's kernel tests rerun
+//!   themselves under both (`tests/common/mod.rs`).
 //! - **cuBLAS**: [`Sgemm`] calls are executed with cuBLAS's column-major semantics by
 //!   nst-cpu's strided GEMM (fast enough to run VGG-19 through the emulator in tests).
 //!
@@ -69,8 +77,13 @@ fn library() -> GpuResult<&'static Library> {
             let path = compile()?;
             // SAFETY: our own library, just compiled from the sources above; its static
             // initialisers only build the kernel table.
-            let lib = unsafe { libloading::Library::new(&path) }
-                .map_err(|e| format!("cannot load the emulated kernels: {e}"))?;
+            let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| {
+                let hint = match Sanitizer::from_env().ok().and_then(|s| s.runtime_library()) {
+                    Some(runtime) => format!(" ({runtime} must be in LD_PRELOAD)"),
+                    None => String::new(),
+                };
+                format!("cannot load the emulated kernels{hint}: {e}")
+            })?;
             // SAFETY: launch.cpp defines nst_launch with exactly this signature.
             let launch = unsafe { lib.get::<LaunchFn>(b"nst_launch\0").map(|f| *f) }
                 .map_err(|e| format!("the emulated kernels lack nst_launch: {e}"))?;
@@ -92,8 +105,8 @@ fn source_hash(flags: &[&str]) -> u64 {
 
 /// Compiles the kernels for the host (or finds them compiled by an earlier process).
 fn compile() -> GpuResult<PathBuf> {
-    const FLAGS: [&str; 9] = [
-        "-fsanitize=undefined",
+    let flags: [&str; 9] = [
+        Sanitizer::from_env()?.flag(),
         "-fno-sanitize-recover=undefined",
         "-std=c++20",
         "-O2",
@@ -103,7 +116,7 @@ fn compile() -> GpuResult<PathBuf> {
         "-Wall",
         "-Werror",
     ];
-    let dir = std::env::temp_dir().join(format!("nst-cuda-emulator-{:016x}", source_hash(&FLAGS)));
+    let dir = std::env::temp_dir().join(format!("nst-cuda-emulator-{:016x}", source_hash(&flags)));
     let lib = dir.join("libnst_kernels_host.so");
     if lib.exists() {
         return Ok(lib);
@@ -120,7 +133,7 @@ fn compile() -> GpuResult<PathBuf> {
     // with a complete library.
     let partial = dir.join(format!("partial-{}.so", std::process::id()));
     let out = std::process::Command::new("g++")
-        .args(FLAGS)
+        .args(flags)
         .arg("-o")
         .arg(&partial)
         .arg(dir.join("host/launch.cpp"))
@@ -134,6 +147,91 @@ fn compile() -> GpuResult<PathBuf> {
     }
     std::fs::rename(&partial, &lib).map_err(|e| format!("cannot place the emulator: {e}"))?;
     Ok(lib)
+}
+
+/// The sanitizers the emulated kernels can be compiled with, chosen by
+/// `NST_EMULATOR_SANITIZER` (`address`, `thread`; unset: UBSan only). UBSan is always on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sanitizer {
+    /// UndefinedBehaviorSanitizer alone (linked into the kernels' library: nothing to preload).
+    Undefined,
+    /// AddressSanitizer and UBSan: reads and writes out of bounds, guard words included.
+    Address,
+    /// ThreadSanitizer and UBSan: data races between the threads of a block.
+    Thread,
+}
+
+impl Sanitizer {
+    /// The variable that chooses it.
+    pub const VARIABLE: &'static str = "NST_EMULATOR_SANITIZER";
+
+    /// The one `NST_EMULATOR_SANITIZER` asks for; an unknown value is an error.
+    pub fn from_env() -> GpuResult<Sanitizer> {
+        match std::env::var(Self::VARIABLE).as_deref() {
+            Err(_) | Ok("") | Ok("undefined") => Ok(Sanitizer::Undefined),
+            Ok("address") => Ok(Sanitizer::Address),
+            Ok("thread") => Ok(Sanitizer::Thread),
+            Ok(other) => Err(format!(
+                "{}={other}: expected address, thread or undefined",
+                Self::VARIABLE
+            )),
+        }
+    }
+
+    /// Its value of `NST_EMULATOR_SANITIZER`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sanitizer::Undefined => "undefined",
+            Sanitizer::Address => "address",
+            Sanitizer::Thread => "thread",
+        }
+    }
+
+    /// The runtime library a process must preload (`LD_PRELOAD`) to load kernels compiled
+    /// with it, as g++ names it (`g++ -print-file-name=` gives its path).
+    pub fn runtime_library(self) -> Option<&'static str> {
+        match self {
+            Sanitizer::Undefined => None,
+            Sanitizer::Address => Some("libasan.so"),
+            Sanitizer::Thread => Some("libtsan.so"),
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Sanitizer::Undefined => "-fsanitize=undefined",
+            Sanitizer::Address => "-fsanitize=address,undefined",
+            Sanitizer::Thread => "-fsanitize=thread,undefined",
+        }
+    }
+}
+
+/// AddressSanitizer's manual poisoning, where its runtime is in the process: `poison`
+/// makes `len` bytes at `ptr` unaddressable to instrumented code (the kernels), or
+/// addressable again. Does nothing without ASan.
+fn asan_mark(ptr: *const u8, len: usize, poison: bool) {
+    type Mark = unsafe extern "C" fn(*const u8, usize);
+    static MARKS: OnceLock<Option<(Mark, Mark)>> = OnceLock::new();
+    let marks = MARKS.get_or_init(|| {
+        if Sanitizer::from_env() != Ok(Sanitizer::Address) {
+            return None;
+        }
+        let this = libloading::os::unix::Library::this();
+        // SAFETY: ASan's public interface (sanitizer/asan_interface.h) declares both as
+        // `void f(void const volatile *addr, size_t size)`. The process never unloads its
+        // preloaded runtime, so leaking `this` keeps the pointers valid.
+        let marks = unsafe {
+            let poison = this.get::<Mark>(b"__asan_poison_memory_region\0").ok()?;
+            let unpoison = this.get::<Mark>(b"__asan_unpoison_memory_region\0").ok()?;
+            (*poison, *unpoison)
+        };
+        std::mem::forget(this);
+        Some(marks)
+    });
+    if let Some((poison_fn, unpoison_fn)) = marks {
+        // SAFETY: callers pass a range inside one live allocation of theirs.
+        unsafe { (if poison { poison_fn } else { unpoison_fn })(ptr, len) }
+    }
 }
 
 /// Whether the emulator can run here (compiles it on first use), or why not.
@@ -335,6 +433,9 @@ impl Runtime for Emulator {
         // reads what nothing wrote.
         block[..words].fill(0x7fc0_0001_7fc0_0001);
         let ptr = block.as_mut_ptr() as DevicePtr;
+        // Under ASan, everything past the buffer's last byte (padding and guard words).
+        let end = block.len() * 8;
+        asan_mark((ptr as *const u8).wrapping_add(bytes), end - bytes, true);
         self.allocations
             .lock()
             .map_err(|_| "emulator state poisoned".to_string())?
@@ -363,6 +464,7 @@ impl Runtime for Emulator {
         };
         drop(map);
         self.in_use.fetch_sub(bytes as u64, Ordering::Relaxed);
+        asan_mark(block.as_ptr().cast(), block.len() * 8, false);
         let words = bytes.div_ceil(8);
         // Bytes between the data's end and its last word are padding, not guards.
         if block[words..].iter().any(|&w| w != GUARD) {

@@ -9,6 +9,8 @@
 //!
 //! Needs `g++` (C++20); without it the tests print SKIPPED and the reason.
 
+mod common;
+
 use nst_cpu::{elementwise, pool, relu, AdamParams};
 use nst_cuda::emulator::{self, Emulator};
 use nst_cuda::{Arg, Runtime};
@@ -405,4 +407,14 @@ fn bias_and_relu_in_one_pass_match_bias_then_relu() {
             "add_bias_relu_mask bits, {grid} blocks of {block}"
         );
     }
+}
+
+/// Every test above again, with the kernels under AddressSanitizer (each host array's end
+/// is guarded, so a kernel reading one value past it fails) and under ThreadSanitizer (a
+/// missing `__syncthreads`, or the mask kernels' shared array without its double buffer,
+/// is a reported race even when the threads happened to run in a harmless order). Both
+/// mutations, tried, fail this test.
+#[test]
+fn the_kernels_pass_under_address_and_thread_sanitizers() {
+    common::rerun_under_sanitizers(&["the_kernels_pass_under_address_and_thread_sanitizers"]);
 }

@@ -4,6 +4,8 @@
 //! (`kernels.cu` compiled for the host), and on a GPU where there is one. Without NVRTC, g++
 //! or a GPU the tests print `skipped: <reason>`.
 
+mod common;
+
 use nst_cpu::{conv, elementwise, gram, pool, relu, AdamParams, Conv2dParams, ConvAlgorithm};
 use nst_cuda::{kernels, Arg, Gpu};
 use nst_params::Layout;
@@ -97,6 +99,9 @@ fn gpus() -> Vec<(&'static str, Gpu)> {
     // calls one (bias, ReLU, accumulation, batches) against nst-cpu.
     if let Ok(e) = nst_cuda::emulator::Emulator::with_library_convolutions() {
         out.push(("emulator with a conv library", Gpu::on(e)));
+    }
+    if common::in_sanitized_rerun() {
+        return out;
     }
     match Gpu::open(0) {
         Ok(g) => {
@@ -1002,4 +1007,16 @@ fn a_convolution_over_two_giga_values_runs_on_a_gpu() {
         worst < 1e-3,
         "input gradient at {side}²: {worst:.2e} from the f64 sums"
     );
+}
+
+/// The emulator's halves of the tests above again, with the kernels under AddressSanitizer
+/// (the emulator poisons what follows each device buffer, so a kernel reading past one
+/// fails) and ThreadSanitizer (data races between a block's threads).
+#[test]
+fn the_operations_pass_under_address_and_thread_sanitizers() {
+    common::rerun_under_sanitizers(&[
+        "the_operations_pass_under_address_and_thread_sanitizers",
+        "every_kernel_compiles_with_nvrtc",
+        "a_convolution_over_two_giga_values_runs_on_a_gpu",
+    ]);
 }
