@@ -9,13 +9,16 @@
 //! when to do which is [`crate::conv_choice`]'s rule. One workspace buffer grows to the
 //! largest need and is reused. TF32: `CUDNN_DEFAULT_MATH` lets cuDNN use tensor cores with
 //! TF32 operands (PyTorch's `allow_tf32 = True`); `CUDNN_FMA_MATH` keeps f32 (PyTorch with
-//! TF32 off).
+//! TF32 off). An algorithm is chosen with the math type cuDNN reported it in, and run in that
+//! math type (`Math`), as PyTorch does.
 //!
 //! First run on a GPU on 2026-11-28 (an H200, cuDNN 9.14): the CUDA tests, the reference
 //! tests and the README example passed through it then (`scripts/device-check.sh`). Added
 //! since, and not yet run on a GPU: the heuristic picks (`cudnnGet*_v7`), the results read as
-//! numbers (`RawResult`), the workspace query of a remembered choice and the choices kept
-//! on disk. The code around it (bias, ReLU, accumulation, batches, the choice rule) is also
+//! numbers (`RawResult`), the workspace query of a remembered choice, the choices kept on
+//! disk, and the math type set per call (from a 2026-11-29 review against cuDNN's API and
+//! PyTorch's use of it: the first GPU run ran every algorithm in the descriptor's math type,
+//! whatever math type the search had measured it in). The code around it (bias, ReLU, accumulation, batches, the choice rule) is also
 //! tested through the same interface in the emulator ([`ConvEngine`] implemented with
 //! nst-cpu's convolution). `NST_CUDNN=0` turns it off (every convolution then takes the
 //! im2col + cuBLAS path); `NST_CUDNN_LOG=1` prints each search's and heuristic pick's
@@ -45,8 +48,10 @@ fn check(what: &str, status: cudnnStatus_t) -> GpuResult<()> {
     }
 }
 
-/// How many algorithms a `cudnnFind*` or `cudnnGet*_v7` call may report.
-const SEARCHED: usize = 8;
+/// How many algorithms a `cudnnFind*` or `cudnnGet*_v7` call may report: room for every
+/// algorithm (8 forward, 6 backward-data) in each math type it may be reported in, so that
+/// a preference ([`choose`]) never misses one because faster ones filled the list.
+const SEARCHED: usize = 32;
 
 /// One result of a `cudnnFind*` or `cudnnGet*_v7` call as cuDNN writes it
 /// (`cudnnConvolutionFwdAlgoPerf_t` or `cudnnConvolutionBwdDataAlgoPerf_t`, which have the
@@ -73,6 +78,91 @@ const _: () = assert!(
             == std::mem::align_of::<cudnnConvolutionFwdAlgoPerf_t>()
 );
 
+/// The math types nst runs cuDNN's convolutions in (`cudnnMathType_t`).
+///
+/// cuDNN runs an algorithm in the math type set on the convolution descriptor at the call,
+/// and a search or the heuristics report each algorithm with the math type it was measured
+/// or ranked in. The same algorithm in another math type can be another kernel, with another
+/// speed and workspace, so the pair is what is chosen ([`Algorithm`]), and its math type is
+/// set before each call and each workspace query, as PyTorch does
+/// (`cudnnSetConvolutionMathType(desc, perf.mathType)`). Never
+/// `CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION`, which may round f32 operands to f16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Math {
+    /// `CUDNN_DEFAULT_MATH`: tensor cores with TF32 operands allowed (Ampere and later).
+    Default,
+    /// `CUDNN_TENSOR_OP_MATH`: tensor cores (TF32 for f32 operands).
+    TensorOp,
+    /// `CUDNN_FMA_MATH`: f32 arithmetic only.
+    Fma,
+}
+
+impl Math {
+    const ALL: [Math; 3] = [Math::Default, Math::TensorOp, Math::Fma];
+
+    /// What a search or the heuristics run in: `CUDNN_DEFAULT_MATH` for TF32 (PyTorch's
+    /// `allow_tf32 = True`), `CUDNN_FMA_MATH` for f32 (PyTorch with TF32 off).
+    fn searched(tf32: bool) -> Math {
+        if tf32 {
+            Math::Default
+        } else {
+            Math::Fma
+        }
+    }
+
+    fn cudnn(self) -> cudnnMathType_t {
+        match self {
+            Math::Default => cudnnMathType_t::CUDNN_DEFAULT_MATH,
+            Math::TensorOp => cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+            Math::Fma => cudnnMathType_t::CUDNN_FMA_MATH,
+        }
+    }
+
+    /// The math type numbered `n` by cuDNN, if nst runs convolutions in it.
+    fn from_number(n: u32) -> Option<Math> {
+        Math::ALL.into_iter().find(|m| m.cudnn() as u32 == n)
+    }
+}
+
+/// Sets the math type `conv`'s next calls (searches, workspace queries, convolutions) run in.
+///
+/// # Safety
+/// `conv` is a live convolution descriptor, not in use by another thread.
+unsafe fn set_math(conv: sys::cudnnConvolutionDescriptor_t, math: Math) -> cudnnStatus_t {
+    // SAFETY: as the caller guarantees.
+    unsafe { sys::cudnnSetConvolutionMathType(conv, math.cudnn()) }
+}
+
+/// `first`'s status if it failed, else `then()`'s: two cuDNN calls as one.
+fn and_then(first: cudnnStatus_t, then: impl FnOnce() -> cudnnStatus_t) -> cudnnStatus_t {
+    if first == cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        then()
+    } else {
+        first
+    }
+}
+
+/// A chosen algorithm with the math type it runs in (see [`Math`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Algorithm<A> {
+    algo: A,
+    math: Math,
+}
+
+/// An algorithm's number in [`crate::algorithm_cache`]: the algorithm's, plus 2¹⁶ × the
+/// math type's.
+impl<A: AlgorithmId> AlgorithmId for Algorithm<A> {
+    fn id(self) -> u32 {
+        self.algo.id() | (self.math.cudnn() as u32) << 16
+    }
+    fn from_id(id: u32) -> Option<Self> {
+        Some(Algorithm {
+            algo: A::from_id(id & 0xffff)?,
+            math: Math::from_number(id >> 16)?,
+        })
+    }
+}
+
 /// What [`choose`] reads from one result.
 struct Found<A> {
     /// The algorithm ran (a search) or is supported (the heuristics).
@@ -80,7 +170,17 @@ struct Found<A> {
     memory: usize,
     algo: A,
     deterministic: bool,
-    tensor_cores: bool,
+    /// The math type it was measured or ranked in; `None` for one that may round to f16
+    /// (`CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION`) or that this cuDNN added.
+    math: Option<Math>,
+}
+
+impl<A> Found<A> {
+    /// Whether it ran on tensor cores: not f32 arithmetic. (`CUDNN_DEFAULT_MATH` results are
+    /// counted as f32, as cuDNN reports the tensor-core kernels as `CUDNN_TENSOR_OP_MATH`.)
+    fn tensor_cores(&self) -> bool {
+        !matches!(self.math, Some(Math::Fma | Math::Default))
+    }
 }
 
 /// The results of one call as [`Found`], leaving out algorithms cuDNN numbers but nst does
@@ -88,8 +188,6 @@ struct Found<A> {
 fn found<A: AlgorithmId>(results: &[RawResult]) -> Vec<Found<A>> {
     const SUCCESS: u32 = cudnnStatus_t::CUDNN_STATUS_SUCCESS as u32;
     const DETERMINISTIC: u32 = sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC as u32;
-    const FMA: u32 = cudnnMathType_t::CUDNN_FMA_MATH as u32;
-    const DEFAULT: u32 = cudnnMathType_t::CUDNN_DEFAULT_MATH as u32;
     results
         .iter()
         .filter_map(|r| {
@@ -98,8 +196,7 @@ fn found<A: AlgorithmId>(results: &[RawResult]) -> Vec<Found<A>> {
                 memory: r.memory,
                 algo: A::from_id(r.algo)?,
                 deterministic: r.determinism == DETERMINISTIC,
-                // The two tensor-op math types, or one this cuDNN added: not f32.
-                tensor_cores: r.math != FMA && r.math != DEFAULT,
+                math: Math::from_number(r.math),
             })
         })
         .collect()
@@ -125,25 +222,32 @@ fn found<A: AlgorithmId>(results: &[RawResult]) -> Vec<Found<A>> {
 /// nearer, see `nst-optim/tests/reference.rs`).
 ///
 /// When no algorithm meets a preference, the fastest usable one is taken. Returns
-/// (algorithm, workspace bytes).
+/// (algorithm, workspace bytes); the algorithm runs in the math type it was reported with
+/// under TF32 (`CUDNN_DEFAULT_MATH`, the descriptor's, for one nst does not run), and always
+/// in `CUDNN_FMA_MATH` in f32.
 fn choose<A: Copy + std::fmt::Debug>(
     results: &[Found<A>],
     what: &str,
     tf32: bool,
-) -> GpuResult<(A, usize)> {
+) -> GpuResult<(Algorithm<A>, usize)> {
     let usable = |r: &&Found<A>| r.ok && r.memory <= WORKSPACE_LIMIT;
-    let wanted = |r: &&Found<A>| usable(r) && (tf32 || !r.tensor_cores);
+    let wanted = |r: &&Found<A>| usable(r) && (tf32 || !r.tensor_cores());
     let pick = (results.iter().filter(wanted).find(|r| r.deterministic))
         .or_else(|| results.iter().find(wanted))
         .or_else(|| results.iter().find(usable));
     let r = pick.ok_or_else(|| format!("cuDNN found no {what} algorithm for this shape"))?;
     if std::env::var("NST_CUDNN_LOG").is_ok_and(|v| v == "1") {
         eprintln!(
-            "cuDNN {what}: {:?}, {} bytes of workspace, deterministic {}, tensor cores {}",
-            r.algo, r.memory, r.deterministic, r.tensor_cores
+            "cuDNN {what}: {:?} in {:?} math, {} bytes of workspace, deterministic {}",
+            r.algo, r.math, r.memory, r.deterministic
         );
     }
-    Ok((r.algo, r.memory))
+    let math = match (tf32, r.math) {
+        (true, Some(math)) => math,
+        (true, None) => Math::Default,
+        (false, _) => Math::Fma,
+    };
+    Ok((Algorithm { algo: r.algo, math }, r.memory))
 }
 
 /// The results of a search or of the heuristics (`how`) made by `call`, which writes up to
@@ -220,7 +324,9 @@ impl AlgorithmId for sys::cudnnConvolutionBwdDataAlgo_t {
 
 /// The three cuDNN calls behind one direction's algorithm choice, on its descriptors: the
 /// search (`cudnnFind*`) and the heuristics (`cudnnGet*_v7`), each writing up to `SEARCHED`
-/// results and their count, and the workspace an algorithm needs.
+/// results and their count, and the workspace an algorithm needs in its math type. Each
+/// sets the descriptor's math type first: a call of the other direction may have left its
+/// own there.
 struct AlgorithmCalls<S, H, W> {
     search: S,
     heuristics: H,
@@ -233,8 +339,8 @@ struct Plan {
     y: sys::cudnnTensorDescriptor_t,
     w: sys::cudnnFilterDescriptor_t,
     conv: sys::cudnnConvolutionDescriptor_t,
-    forward: Option<Chosen<sys::cudnnConvolutionFwdAlgo_t>>,
-    backward_data: Option<Chosen<sys::cudnnConvolutionBwdDataAlgo_t>>,
+    forward: Option<Chosen<Algorithm<sys::cudnnConvolutionFwdAlgo_t>>>,
+    backward_data: Option<Chosen<Algorithm<sys::cudnnConvolutionBwdDataAlgo_t>>>,
 }
 
 /// cuDNN on one device and stream.
@@ -270,9 +376,10 @@ impl Cudnn {
         unsafe { cudarc::cudnn::result::set_stream(handle, stream as _) }
             .map_err(|e| format!("cuDNN stream: {e:?}"))?;
         // What a remembered choice depends on: the device, cuDNN, and `choose`'s rule (its
-        // preferences, bumped by hand when they change, and the workspace limit).
+        // preferences, bumped by hand when they change, and the workspace limit). Rule 2: an
+        // algorithm is kept with its math type.
         let library = format!(
-            "{device}, {}, choice rule 1 within {WORKSPACE_LIMIT} bytes",
+            "{device}, {}, choice rule 2 within {WORKSPACE_LIMIT} bytes",
             describe_version(version)
         );
         Ok(Cudnn {
@@ -326,11 +433,6 @@ impl Cudnn {
                 forward: None,
                 backward_data: None,
             };
-            let math = if tf32 {
-                cudnnMathType_t::CUDNN_DEFAULT_MATH
-            } else {
-                cudnnMathType_t::CUDNN_FMA_MATH
-            };
             // SAFETY: fresh descriptors, set once with valid dimensions.
             unsafe {
                 r::set_tensor4d_descriptor(plan.x, format, f32t, [n, c, h, w])
@@ -351,7 +453,8 @@ impl Cudnn {
                     f32t,
                 )
                 .map_err(e("convolution descriptor"))?;
-                r::set_convolution_math_type(plan.conv, math).map_err(e("math type"))?;
+                r::set_convolution_math_type(plan.conv, Math::searched(tf32).cudnn())
+                    .map_err(e("math type"))?;
             }
             slot.insert(plan);
         }
@@ -364,13 +467,13 @@ impl Cudnn {
         &self,
         runtime: &dyn Runtime,
         (p, options, direction): (&Conv2dParams, ConvOptions, Direction),
-        slot: &mut Option<Chosen<A>>,
+        slot: &mut Option<Chosen<Algorithm<A>>>,
         calls: AlgorithmCalls<
             impl FnOnce(*mut RawResult, &mut i32) -> cudnnStatus_t,
             impl FnOnce(*mut RawResult, &mut i32) -> cudnnStatus_t,
-            impl FnOnce(A, &mut usize) -> cudnnStatus_t,
+            impl FnOnce(Algorithm<A>, &mut usize) -> cudnnStatus_t,
         >,
-    ) -> GpuResult<(A, usize)> {
+    ) -> GpuResult<(Algorithm<A>, usize)> {
         // Only formatted on a new choice: this runs for every convolution of every iteration.
         let what = || format!("{direction} {p:?}");
         let tf32 = options.tf32;
@@ -464,43 +567,53 @@ impl ConvEngine for Cudnn {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
         let plan = self.plan(&mut plans, p, options)?;
         let (x_desc, w_desc, conv, y_desc, h) = (plan.x, plan.w, plan.conv, plan.y, self.handle);
-        // SAFETY (the three calls): valid descriptors; cuDNN writes at most SEARCHED results
-        // (RawResult has their layout). The search runs each algorithm on scratch memory of
-        // its own; the heuristics and the workspace query run nothing.
+        let searched = Math::searched(options.tf32);
+        // SAFETY (the three calls): valid descriptors, used under the plans' lock; cuDNN
+        // writes at most SEARCHED results (RawResult has their layout). The search runs each
+        // algorithm on scratch memory of its own; the heuristics and the workspace query run
+        // nothing.
         let calls = AlgorithmCalls {
             search: |out: *mut RawResult, count: &mut i32| unsafe {
-                sys::cudnnFindConvolutionForwardAlgorithm(
-                    h,
-                    x_desc,
-                    w_desc,
-                    conv,
-                    y_desc,
-                    SEARCHED as i32,
-                    count,
-                    out.cast(),
-                )
+                and_then(set_math(conv, searched), || {
+                    sys::cudnnFindConvolutionForwardAlgorithm(
+                        h,
+                        x_desc,
+                        w_desc,
+                        conv,
+                        y_desc,
+                        SEARCHED as i32,
+                        count,
+                        out.cast(),
+                    )
+                })
             },
             heuristics: |out: *mut RawResult, count: &mut i32| unsafe {
-                sys::cudnnGetConvolutionForwardAlgorithm_v7(
-                    h,
-                    x_desc,
-                    w_desc,
-                    conv,
-                    y_desc,
-                    SEARCHED as i32,
-                    count,
-                    out.cast(),
-                )
+                and_then(set_math(conv, searched), || {
+                    sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                        h,
+                        x_desc,
+                        w_desc,
+                        conv,
+                        y_desc,
+                        SEARCHED as i32,
+                        count,
+                        out.cast(),
+                    )
+                })
             },
-            workspace: |algo, bytes: &mut usize| unsafe {
-                sys::cudnnGetConvolutionForwardWorkspaceSize(
-                    h, x_desc, w_desc, conv, y_desc, algo, bytes,
-                )
+            workspace: |a: Algorithm<_>, bytes: &mut usize| unsafe {
+                and_then(set_math(conv, a.math), || {
+                    sys::cudnnGetConvolutionForwardWorkspaceSize(
+                        h, x_desc, w_desc, conv, y_desc, a.algo, bytes,
+                    )
+                })
             },
         };
         let how = (p, options, Direction::Forward);
-        let (algo, need) = self.algorithm(runtime, how, &mut plan.forward, calls)?;
+        let (chosen, need) = self.algorithm(runtime, how, &mut plan.forward, calls)?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
+        // SAFETY: as above.
+        check("math type", unsafe { set_math(conv, chosen.math) })?;
         // β = 1 adds into y (a convolution split into groups of input channels).
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         // Timed here, not around the whole call, so the search above is not counted twice.
@@ -519,7 +632,7 @@ impl ConvEngine for Cudnn {
                         plan.w,
                         w as *const c_void,
                         plan.conv,
-                        algo,
+                        chosen.algo,
                         ws as *mut c_void,
                         ws_bytes,
                         &beta as *const f32 as *const c_void,
@@ -541,41 +654,50 @@ impl ConvEngine for Cudnn {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
         let plan = self.plan(&mut plans, p, options)?;
         let (x_desc, w_desc, conv, y_desc, h) = (plan.x, plan.w, plan.conv, plan.y, self.handle);
+        let searched = Math::searched(options.tf32);
         // SAFETY (the three calls): as in `forward`.
         let calls = AlgorithmCalls {
             search: |out: *mut RawResult, count: &mut i32| unsafe {
-                sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                    h,
-                    w_desc,
-                    y_desc,
-                    conv,
-                    x_desc,
-                    SEARCHED as i32,
-                    count,
-                    out.cast(),
-                )
+                and_then(set_math(conv, searched), || {
+                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                        h,
+                        w_desc,
+                        y_desc,
+                        conv,
+                        x_desc,
+                        SEARCHED as i32,
+                        count,
+                        out.cast(),
+                    )
+                })
             },
             heuristics: |out: *mut RawResult, count: &mut i32| unsafe {
-                sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                    h,
-                    w_desc,
-                    y_desc,
-                    conv,
-                    x_desc,
-                    SEARCHED as i32,
-                    count,
-                    out.cast(),
-                )
+                and_then(set_math(conv, searched), || {
+                    sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                        h,
+                        w_desc,
+                        y_desc,
+                        conv,
+                        x_desc,
+                        SEARCHED as i32,
+                        count,
+                        out.cast(),
+                    )
+                })
             },
-            workspace: |algo, bytes: &mut usize| unsafe {
-                sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
-                    h, w_desc, y_desc, conv, x_desc, algo, bytes,
-                )
+            workspace: |a: Algorithm<_>, bytes: &mut usize| unsafe {
+                and_then(set_math(conv, a.math), || {
+                    sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                        h, w_desc, y_desc, conv, x_desc, a.algo, bytes,
+                    )
+                })
             },
         };
         let how = (p, options, Direction::BackwardData);
-        let (algo, need) = self.algorithm(runtime, how, &mut plan.backward_data, calls)?;
+        let (chosen, need) = self.algorithm(runtime, how, &mut plan.backward_data, calls)?;
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
+        // SAFETY: as above.
+        check("math type", unsafe { set_math(conv, chosen.math) })?;
         // β = 1: the gradient is added into dx (another use's gradient may be there).
         let (alpha, beta) = (1.0f32, 1.0f32);
         crate::profile::timed(
@@ -592,7 +714,7 @@ impl ConvEngine for Cudnn {
                         plan.y,
                         dy as *const c_void,
                         plan.conv,
-                        algo,
+                        chosen.algo,
                         ws as *mut c_void,
                         ws_bytes,
                         &beta as *const f32 as *const c_void,
@@ -607,7 +729,7 @@ impl ConvEngine for Cudnn {
 
 #[cfg(test)]
 mod tests {
-    use super::{choose, found, Found, RawResult, WORKSPACE_LIMIT};
+    use super::{choose, found, Algorithm, Found, Math, RawResult, WORKSPACE_LIMIT};
 
     /// A result named `algo`, successful, with no workspace, deterministic and f32.
     fn result(algo: u32) -> Found<u32> {
@@ -616,7 +738,7 @@ mod tests {
             memory: 0,
             algo,
             deterministic: true,
-            tensor_cores: false,
+            math: Some(Math::Fma),
         }
     }
 
@@ -634,7 +756,7 @@ mod tests {
                 ..result(1)
             },
             Found {
-                tensor_cores: true,
+                math: Some(Math::TensorOp),
                 ..result(2)
             },
             Found {
@@ -644,14 +766,39 @@ mod tests {
             result(5),
             result(6),
         ];
-        assert_eq!(choose(&results, "test", false).unwrap().0, 5);
+        assert_eq!(choose(&results, "test", false).unwrap().0.algo, 5);
         // TF32 allows tensor cores.
-        assert_eq!(choose(&results, "test", true).unwrap().0, 2);
+        assert_eq!(choose(&results, "test", true).unwrap().0.algo, 2);
+    }
+
+    #[test]
+    fn an_algorithm_runs_in_the_math_type_it_was_measured_in_and_f32_only_in_fma() {
+        let chosen = |math, tf32| {
+            let results = [Found {
+                math,
+                memory: 96,
+                ..result(3)
+            }];
+            choose(&results, "test", tf32).unwrap()
+        };
+        let tensor_op = Algorithm {
+            algo: 3,
+            math: Math::TensorOp,
+        };
+        assert_eq!(chosen(Some(Math::TensorOp), true), (tensor_op, 96));
+        assert_eq!(chosen(Some(Math::Fma), true).0.math, Math::Fma);
+        assert_eq!(chosen(Some(Math::Default), true).0.math, Math::Default);
+        // One nst does not run (f16 conversion, or new): the descriptor's own, DEFAULT.
+        assert_eq!(chosen(None, true).0.math, Math::Default);
+        // f32 never lets cuDNN use tensor cores, whatever the result says.
+        for math in [Some(Math::TensorOp), Some(Math::Default), None] {
+            assert_eq!(chosen(math, false).0.math, Math::Fma);
+        }
     }
 
     #[test]
     fn raw_results_are_read_as_numbers() {
-        use super::cudnnMathType_t as Math;
+        use super::cudnnMathType_t as CudnnMath;
         use super::sys::cudnnConvolutionFwdAlgo_t as Fwd;
         let raw = |algo, status, determinism, math: u32| RawResult {
             algo,
@@ -662,24 +809,31 @@ mod tests {
             ..Default::default()
         };
         let results = [
-            raw(1, 0, 1, Math::CUDNN_FMA_MATH as u32),
-            // An algorithm number and a math type this cuDNN added: the first is left out,
-            // the second counts as tensor cores (not f32).
+            raw(1, 0, 1, CudnnMath::CUDNN_FMA_MATH as u32),
+            // An algorithm number this cuDNN added: left out.
             raw(8, 0, 1, 3),
+            // A math type this cuDNN added: kept, but not one nst runs in (nor f32).
             raw(6, 9, 0, 7),
-            raw(0, 0, 0, Math::CUDNN_TENSOR_OP_MATH as u32),
-            raw(2, 0, 1, Math::CUDNN_DEFAULT_MATH as u32),
+            raw(0, 0, 0, CudnnMath::CUDNN_TENSOR_OP_MATH as u32),
+            raw(2, 0, 1, CudnnMath::CUDNN_DEFAULT_MATH as u32),
+            raw(
+                3,
+                0,
+                1,
+                CudnnMath::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION as u32,
+            ),
         ];
         let f = found::<Fwd>(&results);
-        assert_eq!(f.len(), 4);
         let summary: Vec<_> = f
             .iter()
             .map(|r| {
+                let tensor_cores = r.tensor_cores();
                 (
                     r.algo as u32,
                     r.ok,
                     r.deterministic,
-                    r.tensor_cores,
+                    r.math,
+                    tensor_cores,
                     r.memory,
                 )
             })
@@ -687,10 +841,11 @@ mod tests {
         assert_eq!(
             summary,
             [
-                (1, true, true, false, 64),
-                (6, false, false, true, 64),
-                (0, true, false, true, 64),
-                (2, true, true, false, 64),
+                (1, true, true, Some(Math::Fma), false, 64),
+                (6, false, false, None, true, 64),
+                (0, true, false, Some(Math::TensorOp), true, 64),
+                (2, true, true, Some(Math::Default), false, 64),
+                (3, true, true, None, true, 64),
             ]
         );
     }
@@ -714,6 +869,24 @@ mod tests {
             Fwd::from_id(1),
             Some(Fwd::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM)
         );
+        // With its math type: cuDNN's number (FMA is 3) in the high half.
+        let pair = Algorithm {
+            algo: Bwd::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+            math: Math::Fma,
+        };
+        assert_eq!(pair.id(), 3 << 16 | 1);
+        assert_eq!(Algorithm::<Bwd>::from_id(pair.id()), Some(pair));
+        for math in Math::ALL {
+            let algo = Fwd::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING;
+            let id = Algorithm { algo, math }.id();
+            assert_eq!(
+                Algorithm::<Fwd>::from_id(id),
+                Some(Algorithm { algo, math })
+            );
+        }
+        // f16 conversion (2) and unknown math types are never read back.
+        assert_eq!(Algorithm::<Bwd>::from_id(2 << 16 | 1), None);
+        assert_eq!(Algorithm::<Bwd>::from_id(9 << 16 | 1), None);
     }
 
     #[test]
@@ -723,12 +896,21 @@ mod tests {
             memory: 64,
             ..result(7)
         }];
-        assert_eq!(choose(&nondeterministic, "test", false).unwrap(), (7, 64));
+        let fma7 = Algorithm {
+            algo: 7,
+            math: Math::Fma,
+        };
+        assert_eq!(
+            choose(&nondeterministic, "test", false).unwrap(),
+            (fma7, 64)
+        );
         let only_tensor_cores = [Found {
-            tensor_cores: true,
+            math: Some(Math::TensorOp),
             ..result(8)
         }];
-        assert_eq!(choose(&only_tensor_cores, "test", false).unwrap().0, 8);
+        // f32 still runs it, in FMA math.
+        let f32_pick = choose(&only_tensor_cores, "test", false).unwrap().0;
+        assert_eq!((f32_pick.algo, f32_pick.math), (8, Math::Fma));
         let none = [Found {
             ok: false,
             ..result(9)

@@ -24,15 +24,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Device `ordinal` with the nst kernels loaded and a cuBLAS handle on its stream.
+///
+/// Fields drop in order: cuDNN's handle first, while the stream it works on and the context
+/// are alive (the stream goes with the last of `stream` and `blas`, the context after both).
 pub struct CudaRuntime {
+    /// cuDNN, or why not (then convolutions are im2col + SGEMM).
+    cudnn: Result<crate::cudnn::Cudnn, String>,
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     pool: sys::CUmemoryPool,
     name: String,
-    /// cuDNN, or why not (then convolutions are im2col + SGEMM).
-    cudnn: Result<crate::cudnn::Cudnn, String>,
+}
+
+impl Drop for CudaRuntime {
+    /// Gives cuDNN's workspace back to the pool (the fields then drop, cuDNN first).
+    fn drop(&mut self) {
+        if let Ok(c) = &self.cudnn {
+            c.release(self);
+        }
+    }
 }
 
 // SAFETY: the memory pool handle is a driver object usable from any thread whose current
@@ -118,13 +130,13 @@ impl CudaRuntime {
             crate::cudnn::Cudnn::new(stream.cu_stream(), &device)
         };
         Ok(CudaRuntime {
+            cudnn,
             context,
             stream,
             blas,
             functions,
             pool,
             name,
-            cudnn,
         })
     }
 
