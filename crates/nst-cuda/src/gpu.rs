@@ -123,6 +123,10 @@ fn library_calls(c: &Conv2dParams, layout: Layout, limit: usize) -> GpuResult<Ve
     if most_in == 0 || most_out == 0 {
         return Err(too_large(": one channel is over it"));
     }
+    // Groups of a multiple of 4 channels where they can be, so that every group starts 16
+    // bytes into an aligned image even when a plane has an odd number of pixels: cuDNN
+    // measured its algorithms on aligned buffers, and vectorised kernels may require it.
+    let (most_out, most_in) = (whole_quads(most_out), whole_quads(most_in));
     let groups = |total: usize, most: usize| -> Vec<(usize, usize)> {
         (0..total)
             .step_by(most)
@@ -149,6 +153,15 @@ fn library_calls(c: &Conv2dParams, layout: Layout, limit: usize) -> GpuResult<Ve
         }
     }
     Ok(calls)
+}
+
+/// `n` rounded down to a multiple of 4, if it is at least 4.
+fn whole_quads(n: usize) -> usize {
+    if n >= 4 {
+        n & !3
+    } else {
+        n
+    }
 }
 
 fn i32_of(v: usize, what: &str) -> GpuResult<i32> {
@@ -1511,6 +1524,9 @@ mod tests {
             (vgg_conv(64, 64, 8192, 5449), 4),
             (vgg_conv(3, 64, 8192, 5449), 2),
             (vgg_conv(64, 128, 4096, 2724), 1),
+            // An odd number of pixels a plane: 63 channels would fit, groups take 60 so
+            // that each starts 16-byte aligned.
+            (vgg_conv(64, 64, 5793, 5793), 4),
         ] {
             let calls = library_calls(&c, Layout::Nchw, cudnn).unwrap();
             assert_eq!(calls.len(), groups, "{c:?}");
@@ -1522,6 +1538,7 @@ mod tests {
                 assert_eq!(call.accumulate, c0 > 0);
                 assert_eq!(call.x_at, c0 * c.in_h * c.in_w);
                 assert_eq!(call.y_at, k0 * c.out_h() * c.out_w());
+                assert!(call.x_at % 4 == 0 && call.y_at % 4 == 0, "{c:?} {call:?}");
                 for row in &mut seen[k0..k0 + p.out_channels] {
                     row[c0..c0 + p.in_channels].iter_mut().for_each(|n| *n += 1);
                 }
