@@ -5,6 +5,8 @@
 # races in kernels.cu at the shapes VGG-19 really uses, which nst-cuda's own tests (which
 # rerun themselves under both in `cargo test`) check only at small ones. No GPU needed;
 # needs g++ with libasan and libtsan (Debian: g++ brings both). About 5 minutes on 2 cores.
+# The emulator's blocks are 32 threads here; NST_EMULATOR_FULL_BLOCKS=1 runs the GPU's 256
+# (as nst-cuda's own reruns do), but makes this take hours (gradcheck alone: 22 s → 8 min).
 #
 #   scripts/emulator-sanitizers.sh [address|thread ...]
 set -euo pipefail

@@ -9,7 +9,8 @@
 //!   `__syncthreads`, blocks one after another, launches one at a time like one stream.
 //!   Every kernel has a grid-stride loop, so the emulator shrinks launches to at most
 //!   [`MAX_BLOCKS`] blocks of [`MAX_THREADS`] threads and still covers every element with the
-//!   same code. The threads are started once and each woken through its own semaphore for
+//!   same code. `NST_EMULATOR_FULL_BLOCKS=1` keeps the blocks as large as asked (the GPU's
+//!   256 threads, 8 warps), about 10 times slower: the sanitizer reruns use it. The threads are started once and each woken through its own semaphore for
 //!   a block: starting 64 threads a launch made nst-tensor's tests take 77 s on this 2-core
 //!   machine, one condition variable waking them all 18 s, the semaphores 6 s.
 //! - **Memory**: "device pointers" are host addresses of 8-byte-aligned allocations, each
@@ -293,6 +294,9 @@ pub struct Emulator {
     /// Its measured choices kept on disk, as cuDNN's are: only where `NST_CACHE_DIR` names a
     /// folder (tests), never in the user's cache.
     conv_cache: AlgorithmCache,
+    /// Whether launches run blocks of as many threads as asked (`NST_EMULATOR_FULL_BLOCKS=1`),
+    /// not at most [`MAX_THREADS`].
+    full_blocks: bool,
     /// Live allocations by address.
     allocations: Mutex<HashMap<DevicePtr, Allocation>>,
     in_use: AtomicU64,
@@ -358,6 +362,7 @@ impl Emulator {
                 Some(dir) => AlgorithmCache::open(Some(Path::new(&dir)), "emulated library"),
                 None => AlgorithmCache::none(),
             },
+            full_blocks: std::env::var("NST_EMULATOR_FULL_BLOCKS").is_ok_and(|v| v == "1"),
             ..Default::default()
         }))
     }
@@ -501,6 +506,11 @@ impl Runtime for Emulator {
         MAX_BLOCKS
     }
 
+    /// Blocks of at most [`MAX_THREADS`] threads, or, with `NST_EMULATOR_FULL_BLOCKS=1`, of as
+    /// many as asked (the GPU's 256: [`crate::gpu`]'s `BLOCK`), so that the threads of several
+    /// warps share a block's `__shared__` memory and barriers as on the GPU. That makes every
+    /// launch wake 8 times the threads; the sanitizer reruns use it (`tests/common/mod.rs`), so
+    /// ThreadSanitizer checks the block shape the GPU runs.
     unsafe fn launch(
         &self,
         name: &'static str,
@@ -508,7 +518,8 @@ impl Runtime for Emulator {
         block: u32,
         args: &[Arg],
     ) -> GpuResult<()> {
-        let (grid, block) = (grid.clamp(1, MAX_BLOCKS), block.clamp(1, MAX_THREADS));
+        let most_threads = if self.full_blocks { block } else { MAX_THREADS };
+        let (grid, block) = (grid.clamp(1, MAX_BLOCKS), block.clamp(1, most_threads));
         // SAFETY: forwarded from the caller.
         unsafe { self.launch_exactly(name, grid, block, args) }
     }

@@ -61,15 +61,19 @@ impl ToArg for f32 {
     }
 }
 
+/// The GPU's threads a block (`Gpu` launches 256). The emulator runs 32 of them, or all
+/// with `NST_EMULATOR_FULL_BLOCKS=1` (the sanitizer reruns).
+const BLOCK: u32 = 256;
+
 /// `launch!(host, "name"; a, b, c)`: the (already bound) argument variables, in order. 3
-/// blocks of 32 threads (the emulator runs at most 2: grid-stride loops wrap for every size
-/// used here).
+/// blocks of [`BLOCK`] threads (the emulator runs at most 2: grid-stride loops wrap for every
+/// size used here).
 macro_rules! launch {
     ($host:expr, $name:expr; $($arg:ident),*) => {{
         let args = [$($arg.to_arg()),*];
         // SAFETY: each call site binds the kernel's parameters in order, with host arrays of
         // the sizes the kernel indexes.
-        unsafe { $host.launch($name, 3, 32, &args) }.unwrap()
+        unsafe { $host.launch($name, 3, BLOCK, &args) }.unwrap()
     }};
 }
 
@@ -242,11 +246,11 @@ fn reductions_match_nst_cpu_and_propagate_nan() {
             op_c.to_arg(),
         ];
         // SAFETY: a and b hold len values, partial one double per block.
-        unsafe { h.launch("reduce_partial", blocks as u32, 32, &args) }.unwrap();
+        unsafe { h.launch("reduce_partial", blocks as u32, BLOCK, &args) }.unwrap();
         let (pc, scale) = (partial.as_ptr(), 1.0f64);
         let args = [pc.to_arg(), outp.to_arg(), blocks.to_arg(), Arg::F64(scale)];
         // SAFETY: MAX_BLOCKS partials in, one double out.
-        unsafe { h.launch("reduce_finish", 1, 32, &args) }.unwrap();
+        unsafe { h.launch("reduce_finish", 1, BLOCK, &args) }.unwrap();
         assert!(partial.iter().all(|p| p.is_finite()), "{partial:?}");
         assert!(
             (out - want).abs() <= 1e-9 * want.abs().max(1.0),

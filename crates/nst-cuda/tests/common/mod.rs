@@ -94,6 +94,8 @@ fn rerun(sanitizer: Sanitizer, runtime: &str, skip: &[&str], no_aslr: bool) -> O
         cmd.args(["--skip", test]);
     }
     cmd.env(Sanitizer::VARIABLE, sanitizer.name())
+        // The GPU's blocks of 256 threads (8 warps), not the emulator's usual 32.
+        .env("NST_EMULATOR_FULL_BLOCKS", "1")
         .env("LD_PRELOAD", runtime)
         .env("ASAN_OPTIONS", "detect_leaks=0")
         .env(
