@@ -133,15 +133,6 @@ unsafe fn set_math(conv: sys::cudnnConvolutionDescriptor_t, math: Math) -> cudnn
     unsafe { sys::cudnnSetConvolutionMathType(conv, math.cudnn()) }
 }
 
-/// `first`'s status if it failed, else `then()`'s: two cuDNN calls as one.
-fn and_then(first: cudnnStatus_t, then: impl FnOnce() -> cudnnStatus_t) -> cudnnStatus_t {
-    if first == cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-        then()
-    } else {
-        first
-    }
-}
-
 /// A chosen algorithm with the math type it runs in (see [`Math`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Algorithm<A> {
@@ -176,8 +167,8 @@ struct Found<A> {
 }
 
 impl<A> Found<A> {
-    /// Whether it ran on tensor cores: not f32 arithmetic. (`CUDNN_DEFAULT_MATH` results are
-    /// counted as f32, as cuDNN reports the tensor-core kernels as `CUDNN_TENSOR_OP_MATH`.)
+    /// Whether it was reported in tensor-core math (`CUDNN_TENSOR_OP_MATH`, or a math type
+    /// nst does not run): f32 prefers the others, and runs the one it takes in FMA math.
     fn tensor_cores(&self) -> bool {
         !matches!(self.math, Some(Math::Fma | Math::Default))
     }
@@ -324,9 +315,8 @@ impl AlgorithmId for sys::cudnnConvolutionBwdDataAlgo_t {
 
 /// The three cuDNN calls behind one direction's algorithm choice, on its descriptors: the
 /// search (`cudnnFind*`) and the heuristics (`cudnnGet*_v7`), each writing up to `SEARCHED`
-/// results and their count, and the workspace an algorithm needs in its math type. Each
-/// sets the descriptor's math type first: a call of the other direction may have left its
-/// own there.
+/// results and their count, and the workspace an algorithm needs (in the math type
+/// `Cudnn::algorithm` sets first).
 struct AlgorithmCalls<S, H, W> {
     search: S,
     heuristics: H,
@@ -463,40 +453,57 @@ impl Cudnn {
 
     /// The algorithm and workspace for one direction of a shape, chosen by
     /// [`crate::conv_choice`]'s rule with `calls` (see [`AlgorithmCalls`]) and kept in `slot`.
-    fn algorithm<A: AlgorithmId + std::fmt::Debug>(
+    ///
+    /// Sets `conv`'s math type for each of `calls` (the search's, or the algorithm's for its
+    /// workspace: the other direction's call may have left its own there) and, before it
+    /// returns, the chosen algorithm's, for the convolution to run in.
+    ///
+    /// # Safety
+    /// `conv` is the plan's live descriptor, used by this thread alone (under the plans' lock).
+    unsafe fn algorithm<A: AlgorithmId + std::fmt::Debug>(
         &self,
         runtime: &dyn Runtime,
         (p, options, direction): (&Conv2dParams, ConvOptions, Direction),
-        slot: &mut Option<Chosen<Algorithm<A>>>,
+        (conv, slot): (
+            sys::cudnnConvolutionDescriptor_t,
+            &mut Option<Chosen<Algorithm<A>>>,
+        ),
         calls: AlgorithmCalls<
             impl FnOnce(*mut RawResult, &mut i32) -> cudnnStatus_t,
             impl FnOnce(*mut RawResult, &mut i32) -> cudnnStatus_t,
-            impl FnOnce(Algorithm<A>, &mut usize) -> cudnnStatus_t,
+            impl FnOnce(A, &mut usize) -> cudnnStatus_t,
         >,
     ) -> GpuResult<(Algorithm<A>, usize)> {
         // Only formatted on a new choice: this runs for every convolution of every iteration.
         let what = || format!("{direction} {p:?}");
         let tf32 = options.tf32;
         let choice = (direction, p);
+        // SAFETY (every set_math below): as the caller guarantees.
+        let searched = || check("math type", unsafe { set_math(conv, Math::searched(tf32)) });
         let measure = || {
+            searched()?;
             let results = ranked(runtime, AlgorithmSearch::Measured, choice, calls.search)?;
             choose(&results, &what(), tf32)
         };
         let heuristic = || {
             let what = format!("{} (heuristic)", what());
-            let results = ranked(
-                runtime,
-                AlgorithmSearch::Heuristic,
-                choice,
-                calls.heuristics,
-            );
+            let results = searched().and_then(|()| {
+                ranked(
+                    runtime,
+                    AlgorithmSearch::Heuristic,
+                    choice,
+                    calls.heuristics,
+                )
+            });
             logged_heuristic(results.and_then(|r| choose(&r, &what, tf32)), &what)
         };
-        let workspace_of = |algo| {
+        let workspace_of = |a: Algorithm<A>| {
             let mut bytes = 0;
-            let status = (calls.workspace)(algo, &mut bytes);
-            (status == cudnnStatus_t::CUDNN_STATUS_SUCCESS && bytes <= WORKSPACE_LIMIT)
-                .then_some(bytes)
+            let ok = cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+            let fits = unsafe { set_math(conv, a.math) } == ok
+                && (calls.workspace)(a.algo, &mut bytes) == ok
+                && bytes <= WORKSPACE_LIMIT;
+            fits.then_some(bytes)
         };
         let key = ChoiceKey {
             p: *p,
@@ -505,7 +512,10 @@ impl Cudnn {
             direction,
         };
         let ways = (measure, heuristic, workspace_of);
-        choose_once(slot, options.search, (&self.cache, &key), ways)
+        let (chosen, workspace) = choose_once(slot, options.search, (&self.cache, &key), ways)?;
+        // SAFETY: as the caller guarantees.
+        check("math type", unsafe { set_math(conv, chosen.math) })?;
+        Ok((chosen, workspace))
     }
 
     /// A workspace of at least `bytes`, grown (never shrunk) as needed.
@@ -567,53 +577,45 @@ impl ConvEngine for Cudnn {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
         let plan = self.plan(&mut plans, p, options)?;
         let (x_desc, w_desc, conv, y_desc, h) = (plan.x, plan.w, plan.conv, plan.y, self.handle);
-        let searched = Math::searched(options.tf32);
-        // SAFETY (the three calls): valid descriptors, used under the plans' lock; cuDNN
-        // writes at most SEARCHED results (RawResult has their layout). The search runs each
-        // algorithm on scratch memory of its own; the heuristics and the workspace query run
-        // nothing.
+        // SAFETY (the three calls): valid descriptors; cuDNN writes at most SEARCHED results
+        // (RawResult has their layout). The search runs each algorithm on scratch memory of
+        // its own; the heuristics and the workspace query run nothing.
         let calls = AlgorithmCalls {
             search: |out: *mut RawResult, count: &mut i32| unsafe {
-                and_then(set_math(conv, searched), || {
-                    sys::cudnnFindConvolutionForwardAlgorithm(
-                        h,
-                        x_desc,
-                        w_desc,
-                        conv,
-                        y_desc,
-                        SEARCHED as i32,
-                        count,
-                        out.cast(),
-                    )
-                })
+                sys::cudnnFindConvolutionForwardAlgorithm(
+                    h,
+                    x_desc,
+                    w_desc,
+                    conv,
+                    y_desc,
+                    SEARCHED as i32,
+                    count,
+                    out.cast(),
+                )
             },
             heuristics: |out: *mut RawResult, count: &mut i32| unsafe {
-                and_then(set_math(conv, searched), || {
-                    sys::cudnnGetConvolutionForwardAlgorithm_v7(
-                        h,
-                        x_desc,
-                        w_desc,
-                        conv,
-                        y_desc,
-                        SEARCHED as i32,
-                        count,
-                        out.cast(),
-                    )
-                })
+                sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                    h,
+                    x_desc,
+                    w_desc,
+                    conv,
+                    y_desc,
+                    SEARCHED as i32,
+                    count,
+                    out.cast(),
+                )
             },
-            workspace: |a: Algorithm<_>, bytes: &mut usize| unsafe {
-                and_then(set_math(conv, a.math), || {
-                    sys::cudnnGetConvolutionForwardWorkspaceSize(
-                        h, x_desc, w_desc, conv, y_desc, a.algo, bytes,
-                    )
-                })
+            workspace: |algo, bytes: &mut usize| unsafe {
+                sys::cudnnGetConvolutionForwardWorkspaceSize(
+                    h, x_desc, w_desc, conv, y_desc, algo, bytes,
+                )
             },
         };
         let how = (p, options, Direction::Forward);
-        let (chosen, need) = self.algorithm(runtime, how, &mut plan.forward, calls)?;
+        // SAFETY: the plan's descriptor, under the plans' lock.
+        let (chosen, need) =
+            unsafe { self.algorithm(runtime, how, (conv, &mut plan.forward), calls)? };
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
-        // SAFETY: as above.
-        check("math type", unsafe { set_math(conv, chosen.math) })?;
         // β = 1 adds into y (a convolution split into groups of input channels).
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         // Timed here, not around the whole call, so the search above is not counted twice.
@@ -654,50 +656,43 @@ impl ConvEngine for Cudnn {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
         let plan = self.plan(&mut plans, p, options)?;
         let (x_desc, w_desc, conv, y_desc, h) = (plan.x, plan.w, plan.conv, plan.y, self.handle);
-        let searched = Math::searched(options.tf32);
         // SAFETY (the three calls): as in `forward`.
         let calls = AlgorithmCalls {
             search: |out: *mut RawResult, count: &mut i32| unsafe {
-                and_then(set_math(conv, searched), || {
-                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                        h,
-                        w_desc,
-                        y_desc,
-                        conv,
-                        x_desc,
-                        SEARCHED as i32,
-                        count,
-                        out.cast(),
-                    )
-                })
+                sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                    h,
+                    w_desc,
+                    y_desc,
+                    conv,
+                    x_desc,
+                    SEARCHED as i32,
+                    count,
+                    out.cast(),
+                )
             },
             heuristics: |out: *mut RawResult, count: &mut i32| unsafe {
-                and_then(set_math(conv, searched), || {
-                    sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                        h,
-                        w_desc,
-                        y_desc,
-                        conv,
-                        x_desc,
-                        SEARCHED as i32,
-                        count,
-                        out.cast(),
-                    )
-                })
+                sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                    h,
+                    w_desc,
+                    y_desc,
+                    conv,
+                    x_desc,
+                    SEARCHED as i32,
+                    count,
+                    out.cast(),
+                )
             },
-            workspace: |a: Algorithm<_>, bytes: &mut usize| unsafe {
-                and_then(set_math(conv, a.math), || {
-                    sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
-                        h, w_desc, y_desc, conv, x_desc, a.algo, bytes,
-                    )
-                })
+            workspace: |algo, bytes: &mut usize| unsafe {
+                sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                    h, w_desc, y_desc, conv, x_desc, algo, bytes,
+                )
             },
         };
         let how = (p, options, Direction::BackwardData);
-        let (chosen, need) = self.algorithm(runtime, how, &mut plan.backward_data, calls)?;
+        // SAFETY: the plan's descriptor, under the plans' lock.
+        let (chosen, need) =
+            unsafe { self.algorithm(runtime, how, (conv, &mut plan.backward_data), calls)? };
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
-        // SAFETY: as above.
-        check("math type", unsafe { set_math(conv, chosen.math) })?;
         // β = 1: the gradient is added into dx (another use's gradient may be there).
         let (alpha, beta) = (1.0f32, 1.0f32);
         crate::profile::timed(
