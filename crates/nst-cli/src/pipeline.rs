@@ -639,7 +639,12 @@ fn optimise(
             (StopReason::Failed { .. }, _) => unreachable!("handled above"),
             (_, None) => unreachable!("a finished or interrupted run has a finite iterate"),
         }
-        // The next scale has other shapes: let go of this one's scratch buffers.
+        // The next scale has other shapes: let go of this scale's tensors (its targets, the
+        // last iterates, the optimizer's history: up to 2 GiB), then of the memory they leave
+        // cached. Trimmed with them alive, as it was, the cache kept them all through the
+        // next scale, in sizes that scale's larger tensors cannot reuse.
+        drop((run, objective, content, styles));
+        optimizer.reset();
         device.release_cached_memory();
     }
     Ok(Optimised {
