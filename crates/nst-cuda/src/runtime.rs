@@ -29,9 +29,25 @@ pub type GpuResult<T> = Result<T, String>;
 /// The out-of-memory error of every runtime: how much failed, and what to do about it.
 pub fn out_of_memory(bytes: usize, detail: impl std::fmt::Display) -> String {
     format!(
-        "the GPU could not allocate {:.1} MiB ({detail}); try a smaller --size",
-        bytes as f64 / (1u64 << 20) as f64
+        "the GPU could not allocate {} ({detail}); try a smaller --size",
+        human_bytes(bytes)
     )
+}
+
+/// `bytes` in the largest binary unit that leaves at least 1 of it ("512 bytes", "4.0 KiB",
+/// "2.5 GiB"): a failed allocation of a few words does not read "0.0 MiB".
+fn human_bytes(bytes: usize) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// One kernel argument, of one of the C types our kernels take.
@@ -123,17 +139,19 @@ pub trait ConvEngine: Send + Sync {
         operands: (DevicePtr, DevicePtr, DevicePtr),
         accumulate: bool,
     ) -> GpuResult<()>;
-    /// `dx += ∂L/∂x` from `dy` for `operands` `(dy, w, dx)` (the convolution's input
-    /// gradient, added in place).
+    /// `dx = ∂L/∂x` from `dy` for `operands` `(dy, w, dx)` (the convolution's input
+    /// gradient), or `dx += ∂L/∂x` with `accumulate`. Without it dx is not read: it may hold
+    /// anything, NaN included (cuDNN's β = 0).
     ///
     /// # Safety
     /// `dy`, `w` and `dx` cover the output, weights and input of `p`, on `runtime`.
-    unsafe fn backward_data_add(
+    unsafe fn backward_data(
         &self,
         runtime: &dyn Runtime,
         p: &Conv2dParams,
         options: ConvOptions,
         operands: (DevicePtr, DevicePtr, DevicePtr),
+        accumulate: bool,
     ) -> GpuResult<()>;
 }
 
@@ -356,5 +374,27 @@ mod tests {
             assert_eq!(*(ptrs[2] as *const i64), -3);
             assert_eq!(*(ptrs[3] as *const f32), 1.5);
         }
+    }
+
+    #[test]
+    fn out_of_memory_names_the_size_in_a_unit_that_shows_it() {
+        let sizes = [
+            (8, "8 bytes"),
+            (1023, "1023 bytes"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (64 << 20, "64.0 MiB"),
+            (44_500_000_000, "41.4 GiB"),
+            (3 << 40, "3.0 TiB"),
+            (5 << 50, "5120.0 TiB"),
+        ];
+        for (bytes, shown) in sizes {
+            assert_eq!(human_bytes(bytes), shown);
+        }
+        let e = out_of_memory(12, "CUDA_ERROR_OUT_OF_MEMORY");
+        assert_eq!(
+            e,
+            "the GPU could not allocate 12 bytes (CUDA_ERROR_OUT_OF_MEMORY); try a smaller --size"
+        );
     }
 }
