@@ -646,12 +646,13 @@ impl ConvEngine for Cudnn {
         )
     }
 
-    unsafe fn backward_data_add(
+    unsafe fn backward_data(
         &self,
         runtime: &dyn Runtime,
         p: &Conv2dParams,
         options: ConvOptions,
         (dy, w, dx): (DevicePtr, DevicePtr, DevicePtr),
+        accumulate: bool,
     ) -> GpuResult<()> {
         let mut plans = self.plans.lock().map_err(|_| "cuDNN state poisoned")?;
         let plan = self.plan(&mut plans, p, options)?;
@@ -693,8 +694,9 @@ impl ConvEngine for Cudnn {
         let (chosen, need) =
             unsafe { self.algorithm(runtime, how, (conv, &mut plan.backward_data), calls)? };
         let (ws, ws_bytes) = self.workspace(runtime, need)?;
-        // β = 1: the gradient is added into dx (another use's gradient may be there).
-        let (alpha, beta) = (1.0f32, 1.0f32);
+        // β = 1 adds into dx (another use's gradient, or another output group's part); with
+        // β = 0 cuDNN does not read dx.
+        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         crate::profile::timed(
             runtime,
             || format!("cudnn backward-data {}", crate::profile::conv_name(p)),

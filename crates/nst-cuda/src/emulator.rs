@@ -682,12 +682,13 @@ impl ConvEngine for Emulator {
         Ok(())
     }
 
-    unsafe fn backward_data_add(
+    unsafe fn backward_data(
         &self,
         runtime: &dyn Runtime,
         p: &Conv2dParams,
         options: ConvOptions,
         (dy, w, dx): (DevicePtr, DevicePtr, DevicePtr),
+        accumulate: bool,
     ) -> GpuResult<()> {
         self.check_library_limit(p)?;
         self.choose_algorithm(runtime, p, options, Direction::BackwardData)?;
@@ -700,6 +701,10 @@ impl ConvEngine for Emulator {
                 std::slice::from_raw_parts_mut(dx as *mut f32, p.input_len()),
             )
         };
+        if !accumulate {
+            // β = 0: whatever dx held (fresh device memory is NaN patterns) is not read.
+            dx.fill(0.0);
+        }
         let (dy, w) = (rounded(dy, tf32), rounded(w, tf32));
         let algo = ConvAlgorithm::Im2col;
         match options.layout {

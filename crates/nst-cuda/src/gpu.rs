@@ -1236,7 +1236,8 @@ impl Gpu {
         let y = self.uninit(c.output_len())?;
         match (self.conv_engine(), layout) {
             (Some(engine), _) => {
-                self.library_convolution(engine, Direction::Forward, (x, w, &y), c, layout)?
+                let operands = (x, w, &y);
+                self.library_convolution(engine, Direction::Forward, operands, c, layout, false)?
             }
             (None, Layout::Nchw) => self.im2col_forward(x, w, c, &y)?,
             (None, Layout::Nhwc) => return Err(NHWC_NEEDS_A_LIBRARY.into()),
@@ -1268,6 +1269,40 @@ impl Gpu {
         ])
     }
 
+    /// `∂L/∂x` of the convolution from `dy`, all in `layout` (as in [`Gpu::conv2d`]), in a new
+    /// buffer: written by the convolution library (no zeroing first, and no read of what was
+    /// there: cuDNN's β = 0 where nothing is added), else added into zeros by
+    /// [`Gpu::conv2d_backward_input_add`].
+    pub fn conv2d_backward_input(
+        &self,
+        (dy, w): (&Floats, &Floats),
+        c: &Conv2dParams,
+        layout: Layout,
+    ) -> GpuResult<Floats> {
+        match self.conv_engine() {
+            Some(engine) => {
+                Self::check_conv(c, c.input_len(), w.len())?;
+                check_len("convolution output gradient", dy.len(), c.output_len())?;
+                let dx = self.uninit(c.input_len())?;
+                let operands = (&dx, w, dy);
+                self.library_convolution(
+                    engine,
+                    Direction::BackwardData,
+                    operands,
+                    c,
+                    layout,
+                    false,
+                )?;
+                Ok(dx)
+            }
+            None => {
+                let mut dx = self.zeros(c.input_len())?;
+                self.conv2d_backward_input_add((dy, w), c, &mut dx, layout)?;
+                Ok(dx)
+            }
+        }
+    }
+
     /// `dx += ∂L/∂x` of the convolution from `dy`, all in `layout` (as in [`Gpu::conv2d`]):
     /// by the convolution library, or per band, `dcols = Wᵀ·dy_band` and its gather into the
     /// input rows the band read.
@@ -1283,18 +1318,20 @@ impl Gpu {
         match (self.conv_engine(), layout) {
             (Some(engine), _) => {
                 let operands = (&*dx, w, dy);
-                self.library_convolution(engine, Direction::BackwardData, operands, c, layout)
+                self.library_convolution(engine, Direction::BackwardData, operands, c, layout, true)
             }
             (None, Layout::Nchw) => self.im2col_backward_input_add(dy, w, c, dx),
             (None, Layout::Nhwc) => Err(NHWC_NEEDS_A_LIBRARY.into()),
         }
     }
 
-    /// `y = conv(x, w)` (`direction` Forward, `(x, w, y)`) or `dx += ∂L/∂x` (BackwardData,
-    /// `(dx, w, dy)`) by the convolution library: one call, or, where a tensor has more values
-    /// than the library takes in one call ([`ConvEngine::max_elements`]), one call per image
-    /// and pair of channel groups (see [`library_calls`]; forward calls after an output
-    /// group's first add into y, and every input-gradient call adds into dx).
+    /// `y = conv(x, w)` (`direction` Forward, `(x, w, y)`) or `dx = ∂L/∂x` (BackwardData,
+    /// `(dx, w, dy)`; `dx += ∂L/∂x` with `add_into_dx`) by the convolution library: one call,
+    /// or, where a tensor has more values than the library takes in one call
+    /// ([`ConvEngine::max_elements`]), one call per image and pair of channel groups (see
+    /// [`library_calls`]; forward calls after an output group's first add into y, and
+    /// input-gradient calls after an input group's first, that of output group 0, add into
+    /// dx).
     fn library_convolution(
         &self,
         engine: &dyn ConvEngine,
@@ -1302,6 +1339,7 @@ impl Gpu {
         (x_side, w, y_side): (&Floats, &Floats, &Floats),
         c: &Conv2dParams,
         layout: Layout,
+        add_into_dx: bool,
     ) -> GpuResult<()> {
         let options = self.conv_options(layout);
         // Each pair of groups' weights, copied once for all images.
@@ -1325,7 +1363,10 @@ impl Gpu {
                         call.accumulate,
                     )?,
                     Direction::BackwardData => {
-                        engine.backward_data_add(&*self.runtime, &call.p, options, (y, w_ptr, x))?
+                        // Calls run output group by output group: group 0's come first.
+                        let add = add_into_dx || call.first_channels.0 > 0;
+                        let operands = (y, w_ptr, x);
+                        engine.backward_data(&*self.runtime, &call.p, options, operands, add)?
                     }
                 }
             };

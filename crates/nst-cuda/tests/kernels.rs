@@ -564,6 +564,10 @@ fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
             conv::conv2d_relu_forward(&c, ConvAlgorithm::Im2col, &x, &wt, Some(&b), &mut y);
             let mut dx = dx0.clone();
             conv::conv2d_backward_input_accumulate(&c, ConvAlgorithm::Im2col, &dy, &wt, &mut dx);
+            // The input gradient alone (Gpu::conv2d_backward_input: a fresh buffer).
+            let mut fresh_dx = vec![0.0; c.input_len()];
+            let im2col = ConvAlgorithm::Im2col;
+            conv::conv2d_backward_input_accumulate(&c, im2col, &dy, &wt, &mut fresh_dx);
             let (mut dw, mut db) = (vec![0.0; c.weight_len()], vec![0.0; cout]);
             conv::conv2d_backward_weight(&c, &x, &dy, &mut dw, Some(&mut db));
             // TF32 convolutions: the products of operands rounded to TF32, so the CPU's
@@ -660,6 +664,13 @@ fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
                     1e-5,
                     &format!("{what} input gradient"),
                 );
+                let fresh = g.conv2d_backward_input((&gdy, &gw), &c, Layout::Nchw);
+                close(
+                    &fresh.unwrap().to_vec().unwrap(),
+                    &fresh_dx,
+                    1e-5,
+                    &format!("{what} fresh input gradient"),
+                );
                 let (gdw, gdb) = g.conv2d_backward_weight(&gx, &gdy, &c, true).unwrap();
                 close(
                     &gdw.to_vec().unwrap(),
@@ -699,6 +710,14 @@ fn convolution_matches_nst_cpu_in_one_band_and_in_many() {
                 .unwrap();
             let gdx = relaid(&gdx.to_vec().unwrap(), inputs, false);
             close(&gdx, &dx, 1e-5, &format!("{what} input gradient"));
+            let fresh = g.conv2d_backward_input((&gdy, &krsc), &c, Layout::Nhwc);
+            let fresh = relaid(&fresh.unwrap().to_vec().unwrap(), inputs, false);
+            close(
+                &fresh,
+                &fresh_dx,
+                1e-5,
+                &format!("{what} fresh input gradient"),
+            );
         }
     }
 }
@@ -874,6 +893,17 @@ fn a_convolution_over_the_library_limit_runs_in_channel_groups() {
             &dx,
             1e-5,
             &format!("{what}: input gradient"),
+        );
+        // A fresh input gradient: the calls of output group 0 write (β = 0) what the later
+        // groups add to, into memory that held NaN patterns.
+        let mut fresh = vec![0.0; c.input_len()];
+        conv::conv2d_backward_input_accumulate(&c, ConvAlgorithm::Im2col, &dy, &wt, &mut fresh);
+        let gfresh = g.conv2d_backward_input((&gdy, &gw), &c, Layout::Nchw);
+        close(
+            &gfresh.unwrap().to_vec().unwrap(),
+            &fresh,
+            1e-5,
+            &format!("{what}: fresh input gradient"),
         );
         // NHWC interleaves the channels, so a group is not one block: a one-line error.
         let e = g

@@ -456,6 +456,23 @@ impl CudaStorage {
         }
     }
 
+    /// The operands of convolution `p`'s input gradient in `layout`, this storage being dy:
+    /// dy and the weights `w` as the layout wants them (NHWC: dy NHWC, `w` KRSC).
+    fn backward_input_operands<'a>(
+        &'a self,
+        w: &'a Self,
+        p: &Conv2dParams,
+        layout: Layout,
+    ) -> Result<(Values<'a>, Values<'a>)> {
+        Ok(match layout {
+            Layout::Nchw => (self.as_shaped()?, w.as_shaped()?),
+            Layout::Nhwc => (
+                self.stored_as(output_nhwc(p))?,
+                Values::Borrowed(w.krsc(p)?),
+            ),
+        })
+    }
+
     /// A convolution's weights `[K, C, R, S]` as KRSC, for NHWC convolutions: made once.
     fn krsc(&self, p: &Conv2dParams) -> Result<&Floats> {
         if let Some(w) = self.krsc.get() {
@@ -603,16 +620,18 @@ impl BackendStorage for CudaStorage {
     }
 
     /// NHWC devices: dx is NHWC, except for inputs of fewer than four channels (the image),
-    /// whose gradient comes back in the tensor's order.
+    /// whose gradient comes back in the tensor's order. (`_algo` is the CPU's choice; the GPU
+    /// runs its library's, or im2col.)
     fn conv2d_backward_input(
         &self,
         w: &Self,
         p: &Conv2dParams,
-        algo: ConvAlgorithm,
+        _algo: ConvAlgorithm,
     ) -> Result<Self> {
-        let zeros = self.gpu().zeros(p.input_len());
-        let mut dx = self.wrap_as(zeros, self.conv_input_stored(p))?;
-        self.conv2d_backward_input_accumulate(w, p, algo, &mut dx)?;
+        let layout = self.conv_layout(p);
+        let (dy, w) = self.backward_input_operands(w, p, layout)?;
+        let fresh = self.gpu().conv2d_backward_input((&dy, &w), p, layout);
+        let mut dx = self.wrap_as(fresh, self.conv_input_stored(p))?;
         if p.in_channels < NHWC_MIN_CHANNELS {
             dx.restore_as(Stored::AsShaped)?;
         }
@@ -633,13 +652,7 @@ impl BackendStorage for CudaStorage {
             let fresh = self.conv2d_backward_input(w, p, algo)?;
             return dx.add_assign(&fresh);
         }
-        let (dy, w) = match layout {
-            Layout::Nchw => (self.as_shaped()?, w.as_shaped()?),
-            Layout::Nhwc => (
-                self.stored_as(output_nhwc(p))?,
-                Values::Borrowed(w.krsc(p)?),
-            ),
-        };
+        let (dy, w) = self.backward_input_operands(w, p, layout)?;
         gpu.conv2d_backward_input_add((&dy, &w), p, dx.buf_mut(), layout)
             .map_err(failed)
     }
