@@ -18,9 +18,9 @@
 //! numbers (`RawResult`), the workspace query of a remembered choice, the choices kept on
 //! disk, and the math type set per call (from a 2026-11-29 review against cuDNN's API and
 //! PyTorch's use of it: the first GPU run ran every algorithm in the descriptor's math type,
-//! whatever math type the search had measured it in). The code around it (bias, ReLU, accumulation, batches, the choice rule) is also
-//! tested through the same interface in the emulator ([`ConvEngine`] implemented with
-//! nst-cpu's convolution). `NST_CUDNN=0` turns it off (every convolution then takes the
+//! whatever math type the search had measured it in). The code around it (bias, ReLU,
+//! accumulation, batches, the choice rule) is also tested through the same interface in the
+//! emulator ([`ConvEngine`] implemented with nst-cpu's convolution). `NST_CUDNN=0` turns it off (every convolution then takes the
 //! im2col + cuBLAS path); `NST_CUDNN_LOG=1` prints each search's and heuristic pick's
 //! algorithm.
 

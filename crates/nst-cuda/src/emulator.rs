@@ -10,9 +10,10 @@
 //!   Every kernel has a grid-stride loop, so the emulator shrinks launches to at most
 //!   [`MAX_BLOCKS`] blocks of [`MAX_THREADS`] threads and still covers every element with the
 //!   same code. `NST_EMULATOR_FULL_BLOCKS=1` keeps the blocks as large as asked (the GPU's
-//!   256 threads, 8 warps), about 10 times slower: the sanitizer reruns use it. The threads are started once and each woken through its own semaphore for
-//!   a block: starting 64 threads a launch made nst-tensor's tests take 77 s on this 2-core
-//!   machine, one condition variable waking them all 18 s, the semaphores 6 s.
+//!   256 threads, 8 warps), about 10 times slower: the sanitizer reruns use it. The threads
+//!   are started once and each woken through its own semaphore for a block: starting 64
+//!   threads a launch made nst-tensor's tests take 77 s on this 2-core machine, one
+//!   condition variable waking them all 18 s, the semaphores 6 s.
 //! - **Memory**: "device pointers" are host addresses of 8-byte-aligned allocations, each
 //!   followed by guard words that [`Runtime::free`] checks: a kernel writing past the end of
 //!   a buffer fails loudly instead of silently corrupting a neighbour, as it could on a GPU.
