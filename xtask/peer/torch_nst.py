@@ -146,7 +146,8 @@ def write_profile(prof, args, iters):
         lines.append("by kind (from the kernels' names):")
         kinds = {}
         for ms, _, name in kernels:
-            kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms
+            kind = kernel_kind(name)
+            kinds[kind] = kinds.get(kind, 0.0) + ms
         by_time = sorted(kinds.items(), key=lambda kv: -kv[1])
         lines += [f"{ms:9.3f} ms  {kind}" for kind, ms in by_time]
         lines.append("\nkernels (ms, launches per iteration, name):")

@@ -10,9 +10,6 @@ use nst_cpu::conv::{
 use nst_cpu::kernel_cache::{self, KernelCache};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-mod common;
-use common::conv3x3;
-
 const FASTEST: ConvAlgorithm = ConvAlgorithm::Fastest;
 
 fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
@@ -106,7 +103,7 @@ fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_sw
     kernel_cache::set_enabled(true);
 
     // Winograd both ways (16 → 24 channels, and the gradient 24 → 16), odd sizes, 2 images.
-    let p = conv3x3(2, 16, 13, 11, 24);
+    let p = Conv2dParams::same_3x3(2, 16, 13, 11, 24);
     let w = rand_vec(&mut rng, p.weight_len());
     let cache = KernelCache::new();
     check_filled(&p, &w, &cache, &mut rng, 2, "both slots");
@@ -134,13 +131,13 @@ fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_sw
 
     // The same weights seen with other channel counts (a reshaped tensor) are transformed
     // afresh for them.
-    let swapped = conv3x3(1, 24, 9, 10, 16);
+    let swapped = Conv2dParams::same_3x3(1, 24, 9, 10, 16);
     check_same_bits(&swapped, &w, &cache, &mut rng);
     assert_eq!(cache.bytes(), 2 * slot_bytes(&swapped));
 
     // conv1_1's shape: its forward goes by im2col (3 input channels, nothing cached), its
     // input gradient (64 → 3) by Winograd.
-    let first = conv3x3(1, 3, 17, 12, 64);
+    let first = Conv2dParams::same_3x3(1, 3, 17, 12, 64);
     let w1 = rand_vec(&mut rng, first.weight_len());
     let cache1 = KernelCache::new();
     check_filled(&first, &w1, &cache1, &mut rng, 1, "gradient slot only");
@@ -156,8 +153,8 @@ fn the_cache_gives_the_same_bits_keeps_its_kernels_and_follows_shapes_and_the_sw
     // is 64×32 = 2048 tiles, 256×132 is 64×33. A cache used for a convolution too large to
     // keep drops what it held (an earlier, smaller size's kernels).
     assert_eq!(kernel_cache::KEEP_MAX_TILES, 2048);
-    let largest_kept = conv3x3(1, 16, 256, 128, 16);
-    let too_large = conv3x3(1, 16, 256, 132, 16);
+    let largest_kept = Conv2dParams::same_3x3(1, 16, 256, 128, 16);
+    let too_large = Conv2dParams::same_3x3(1, 16, 256, 132, 16);
     let w2 = rand_vec(&mut rng, largest_kept.weight_len());
     let cache2 = KernelCache::new();
     check_filled(&largest_kept, &w2, &cache2, &mut rng, 2, "2048 tiles");

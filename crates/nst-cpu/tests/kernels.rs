@@ -5,8 +5,6 @@ use nst_cpu::{
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-mod common;
-
 fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -621,7 +619,7 @@ fn sym3_eigen_agrees_with_lapack() {
 #[test]
 fn winograd_matches_naive_on_awkward_shapes() {
     let mut rng = StdRng::seed_from_u64(11);
-    let p = common::conv3x3;
+    let p = Conv2dParams::same_3x3;
     // 1×1, sizes that are not multiples of the 4×4 output block, batch 2, 3 channels, and
     // enough tiles (60×61 → 240) to span several 8-tile lane groups with a partial last one.
     for p in [

@@ -1,10 +1,7 @@
 //! The AVX2 paths give bit for bit what the baseline paths give (its own process: it switches
 //! them off and on for the whole process).
 
-mod common;
-
-use common::conv3x3;
-use nst_cpu::{simd, winograd};
+use nst_cpu::{simd, winograd, Conv2dParams};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Every way of writing the output, on shapes with whole rows of 8 tiles, rows that end in a
@@ -13,10 +10,10 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 fn winograd_avx2_matches_the_baseline_exactly() {
     let mut rng = StdRng::seed_from_u64(5);
     for p in [
-        conv3x3(1, 3, 64, 64, 8),
-        conv3x3(1, 5, 21, 45, 6),
-        conv3x3(1, 4, 37, 131, 3),
-        conv3x3(1, 2, 5, 7, 2),
+        Conv2dParams::same_3x3(1, 3, 64, 64, 8),
+        Conv2dParams::same_3x3(1, 5, 21, 45, 6),
+        Conv2dParams::same_3x3(1, 4, 37, 131, 3),
+        Conv2dParams::same_3x3(1, 2, 5, 7, 2),
     ] {
         let x: Vec<f32> = (0..p.input_len())
             .map(|_| rng.random_range(-1.0..1.0))

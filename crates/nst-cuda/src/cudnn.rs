@@ -20,9 +20,9 @@
 //! PyTorch's use of it: the first GPU run ran every algorithm in the descriptor's math type,
 //! whatever math type the search had measured it in). The code around it (bias, ReLU,
 //! accumulation, batches, the choice rule) is also tested through the same interface in the
-//! emulator ([`ConvEngine`] implemented with nst-cpu's convolution). `NST_CUDNN=0` turns it off (every convolution then takes the
-//! im2col + cuBLAS path); `NST_CUDNN_LOG=1` prints each search's and heuristic pick's
-//! algorithm.
+//! emulator ([`ConvEngine`] implemented with nst-cpu's convolution). `NST_CUDNN=0` turns it
+//! off (every convolution then takes the im2col + cuBLAS path); `NST_CUDNN_LOG=1` prints
+//! each search's and heuristic pick's algorithm.
 
 use crate::algorithm_cache::AlgorithmCache;
 use crate::conv_choice::{self, choose_once, AlgorithmId, ChoiceKey, Chosen, Direction};
@@ -233,11 +233,8 @@ fn choose<A: Copy + std::fmt::Debug>(
             r.algo, r.math, r.memory, r.deterministic
         );
     }
-    let math = match (tf32, r.math) {
-        (true, Some(math)) => math,
-        (true, None) => Math::Default,
-        (false, _) => Math::Fma,
-    };
+    // The searched math type, unless TF32 and cuDNN reported one nst runs.
+    let math = r.math.filter(|_| tf32).unwrap_or(Math::searched(tf32));
     Ok((Algorithm { algo: r.algo, math }, r.memory))
 }
 
@@ -443,8 +440,6 @@ impl Cudnn {
                     f32t,
                 )
                 .map_err(e("convolution descriptor"))?;
-                r::set_convolution_math_type(plan.conv, Math::searched(tf32).cudnn())
-                    .map_err(e("math type"))?;
             }
             slot.insert(plan);
         }

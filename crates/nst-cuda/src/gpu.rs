@@ -82,6 +82,15 @@ struct LibraryCall {
     accumulate: bool,
 }
 
+impl LibraryCall {
+    /// Whether the call's backward-data part adds into dx: every output group after the
+    /// first (the calls run output group by output group, so group 0's come first), or all
+    /// of them where dx already holds a gradient (`onto_gradient`).
+    fn adds_into_dx(&self, onto_gradient: bool) -> bool {
+        onto_gradient || self.first_channels.0 > 0
+    }
+}
+
 /// The library calls that compute convolution `c`: one, where every tensor of `c` has at
 /// most `limit` values; else (cuDNN takes at most 2³¹ − 1 values a tensor: a 64-channel
 /// activation of 5793² pixels is over) one call per image, group of output channels and
@@ -1363,8 +1372,7 @@ impl Gpu {
                         call.accumulate,
                     )?,
                     Direction::BackwardData => {
-                        // Calls run output group by output group: group 0's come first.
-                        let add = add_into_dx || call.first_channels.0 > 0;
+                        let add = call.adds_into_dx(add_into_dx);
                         let operands = (y, w_ptr, x);
                         engine.backward_data(&*self.runtime, &call.p, options, operands, add)?
                     }

@@ -368,19 +368,28 @@ impl CudaStorage {
         w: &'a Self,
         p: &Conv2dParams,
     ) -> Result<(Layout, Values<'a>, Values<'a>, Stored)> {
-        Ok(match self.conv_layout(p) {
-            Layout::Nchw => (
-                Layout::Nchw,
-                self.as_shaped()?,
-                w.as_shaped()?,
-                Stored::AsShaped,
-            ),
-            Layout::Nhwc => (
-                Layout::Nhwc,
-                self.stored_as(input_nhwc(p))?,
-                Values::Borrowed(w.krsc(p)?),
-                output_nhwc(p),
-            ),
+        let layout = self.conv_layout(p);
+        let (x, w) = self.with_weights_in(w, p, layout, input_nhwc(p))?;
+        let stored = match layout {
+            Layout::Nchw => Stored::AsShaped,
+            Layout::Nhwc => output_nhwc(p),
+        };
+        Ok((layout, x, w, stored))
+    }
+
+    /// This storage (a convolution `p`'s input or output gradient) and the weights `w` as a
+    /// convolution in `layout` reads them: NCHW both in the tensor's order; NHWC this one
+    /// stored as `nhwc`, the weights as KRSC.
+    fn with_weights_in<'a>(
+        &'a self,
+        w: &'a Self,
+        p: &Conv2dParams,
+        layout: Layout,
+        nhwc: Stored,
+    ) -> Result<(Values<'a>, Values<'a>)> {
+        Ok(match layout {
+            Layout::Nchw => (self.as_shaped()?, w.as_shaped()?),
+            Layout::Nhwc => (self.stored_as(nhwc)?, Values::Borrowed(w.krsc(p)?)),
         })
     }
 
@@ -454,23 +463,6 @@ impl CudaStorage {
             Layout::Nhwc => Ok((Values::Borrowed(&self.buf), Layout::Nhwc)),
             Layout::Nchw => Ok((self.as_shaped()?, Layout::Nchw)),
         }
-    }
-
-    /// The operands of convolution `p`'s input gradient in `layout`, this storage being dy:
-    /// dy and the weights `w` as the layout wants them (NHWC: dy NHWC, `w` KRSC).
-    fn backward_input_operands<'a>(
-        &'a self,
-        w: &'a Self,
-        p: &Conv2dParams,
-        layout: Layout,
-    ) -> Result<(Values<'a>, Values<'a>)> {
-        Ok(match layout {
-            Layout::Nchw => (self.as_shaped()?, w.as_shaped()?),
-            Layout::Nhwc => (
-                self.stored_as(output_nhwc(p))?,
-                Values::Borrowed(w.krsc(p)?),
-            ),
-        })
     }
 
     /// A convolution's weights `[K, C, R, S]` as KRSC, for NHWC convolutions: made once.
@@ -629,7 +621,7 @@ impl BackendStorage for CudaStorage {
         _algo: ConvAlgorithm,
     ) -> Result<Self> {
         let layout = self.conv_layout(p);
-        let (dy, w) = self.backward_input_operands(w, p, layout)?;
+        let (dy, w) = self.with_weights_in(w, p, layout, output_nhwc(p))?;
         let fresh = self.gpu().conv2d_backward_input((&dy, &w), p, layout);
         let mut dx = self.wrap_as(fresh, self.conv_input_stored(p))?;
         if p.in_channels < NHWC_MIN_CHANNELS {
@@ -652,7 +644,7 @@ impl BackendStorage for CudaStorage {
             let fresh = self.conv2d_backward_input(w, p, algo)?;
             return dx.add_assign(&fresh);
         }
-        let (dy, w) = self.backward_input_operands(w, p, layout)?;
+        let (dy, w) = self.with_weights_in(w, p, layout, output_nhwc(p))?;
         gpu.conv2d_backward_input_add((&dy, &w), p, dx.buf_mut(), layout)
             .map_err(failed)
     }

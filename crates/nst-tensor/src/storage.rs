@@ -104,6 +104,29 @@ macro_rules! on_same_device_value {
     };
 }
 
+/// A convolution's input, weights and optional bias, all on one device.
+enum ConvOperands<'a> {
+    Cpu(&'a CpuStorage, &'a CpuStorage, Option<&'a CpuStorage>),
+    Cuda(&'a CudaStorage, &'a CudaStorage, Option<&'a CudaStorage>),
+}
+
+impl<'a> ConvOperands<'a> {
+    /// `x`, `w` and `b` as their device's storages, or a device mismatch.
+    fn on_one_device(x: &'a Storage, w: &'a Storage, b: Option<&'a Storage>) -> Result<Self> {
+        Ok(match (x, w, b) {
+            (Storage::Cpu(x), Storage::Cpu(w), None) => ConvOperands::Cpu(x, w, None),
+            (Storage::Cpu(x), Storage::Cpu(w), Some(Storage::Cpu(b))) => {
+                ConvOperands::Cpu(x, w, Some(b))
+            }
+            (Storage::Cuda(x), Storage::Cuda(w), None) => ConvOperands::Cuda(x, w, None),
+            (Storage::Cuda(x), Storage::Cuda(w), Some(Storage::Cuda(b))) => {
+                ConvOperands::Cuda(x, w, Some(b))
+            }
+            _ => return Err(TensorError::DeviceMismatch { op: "conv2d" }),
+        })
+    }
+}
+
 impl Storage {
     /// Host data moved onto `device`.
     pub(crate) fn from_vec(data: Vec<f32>, device: &Device) -> Result<Self> {
@@ -145,21 +168,9 @@ impl Storage {
         algo: ConvAlgorithm,
         relu: bool,
     ) -> Result<Self> {
-        const OP: &str = "conv2d";
-        Ok(match (self, w, b) {
-            (Storage::Cpu(x), Storage::Cpu(w), None) => {
-                Storage::Cpu(x.conv2d(w, None, p, algo, relu)?)
-            }
-            (Storage::Cpu(x), Storage::Cpu(w), Some(Storage::Cpu(b))) => {
-                Storage::Cpu(x.conv2d(w, Some(b), p, algo, relu)?)
-            }
-            (Storage::Cuda(x), Storage::Cuda(w), None) => {
-                Storage::Cuda(x.conv2d(w, None, p, algo, relu)?)
-            }
-            (Storage::Cuda(x), Storage::Cuda(w), Some(Storage::Cuda(b))) => {
-                Storage::Cuda(x.conv2d(w, Some(b), p, algo, relu)?)
-            }
-            _ => return Err(TensorError::DeviceMismatch { op: OP }),
+        Ok(match ConvOperands::on_one_device(self, w, b)? {
+            ConvOperands::Cpu(x, w, b) => Storage::Cpu(x.conv2d(w, b, p, algo, relu)?),
+            ConvOperands::Cuda(x, w, b) => Storage::Cuda(x.conv2d(w, b, p, algo, relu)?),
         })
     }
 
@@ -171,24 +182,15 @@ impl Storage {
         p: &Conv2dParams,
         algo: ConvAlgorithm,
     ) -> Result<(Self, ReluMask)> {
-        Ok(match (self, w, b) {
-            (Storage::Cpu(x), Storage::Cpu(w), None) => {
-                let (y, mask) = x.conv2d_relu_masked(w, None, p, algo)?;
+        Ok(match ConvOperands::on_one_device(self, w, b)? {
+            ConvOperands::Cpu(x, w, b) => {
+                let (y, mask) = x.conv2d_relu_masked(w, b, p, algo)?;
                 (Storage::Cpu(y), ReluMask::Cpu(mask))
             }
-            (Storage::Cpu(x), Storage::Cpu(w), Some(Storage::Cpu(b))) => {
-                let (y, mask) = x.conv2d_relu_masked(w, Some(b), p, algo)?;
-                (Storage::Cpu(y), ReluMask::Cpu(mask))
-            }
-            (Storage::Cuda(x), Storage::Cuda(w), None) => {
-                let (y, mask) = x.conv2d_relu_masked(w, None, p, algo)?;
+            ConvOperands::Cuda(x, w, b) => {
+                let (y, mask) = x.conv2d_relu_masked(w, b, p, algo)?;
                 (Storage::Cuda(y), ReluMask::Cuda(mask))
             }
-            (Storage::Cuda(x), Storage::Cuda(w), Some(Storage::Cuda(b))) => {
-                let (y, mask) = x.conv2d_relu_masked(w, Some(b), p, algo)?;
-                (Storage::Cuda(y), ReluMask::Cuda(mask))
-            }
-            _ => return Err(TensorError::DeviceMismatch { op: "conv2d" }),
         })
     }
 
