@@ -36,6 +36,39 @@ fn mask_threads(n: usize) -> usize {
 /// SGEMM is already large) and would cost GPU memory at large image sizes.
 pub const COLS_BUDGET: usize = 1 << 26;
 
+/// [`Gpu::gram_backward_in_place`]'s scratch, the band of positions it multiplies at once, is
+/// at most this fraction of F where F is large: the scratch is what the in-place gradient
+/// costs on top of F, and relu1_1's gradient is formed as the backward pass starts, with every
+/// loss layer's features alive, where the GPU's memory peaks. With F whole as scratch (as the
+/// patch-matrix budget alone allowed up to 1024²), a 1024² iteration peaked at 989 MiB; with
+/// a quarter (the floor below), at 797 MiB (`xtask bench-worker --device
+/// cuda-emulated-library --size 1024 --iters 1`: the emulator counts every device allocation).
+const GRAM_SCRATCH_FRACTION: usize = 8;
+/// ... but a scratch of up to this many values (64 MiB) is taken whatever F's size: below it,
+/// more bands would add launches (three each) to save memory that hardly matters. So bands
+/// start at 1024² (relu1_1 in 4, relu2_1 in 2), the fraction rules from 2048², and
+/// [`COLS_BUDGET`] from about 2900² (256 MiB, as before).
+const GRAM_SCRATCH_FLOOR: usize = 1 << 24;
+
+/// Positions a band of [`Gpu::gram_backward_in_place`] covers (the last band may be
+/// narrower), for `c` channels and `m` positions: an eighth of them, or the floor's worth,
+/// whichever is more, but never more than `budget` values (and at least one position). It
+/// never shrinks as m grows, so neither do the memory estimates built on it.
+fn gram_band(c: usize, m: usize, budget: usize) -> usize {
+    let c = c.max(1);
+    m.div_ceil(GRAM_SCRATCH_FRACTION)
+        .max(GRAM_SCRATCH_FLOOR / c)
+        .min(budget / c)
+        .clamp(1, m.max(1))
+}
+
+/// Values of scratch [`Gpu::gram_backward_in_place`] allocates (with the default budget) for
+/// features of `c` channels at `m` positions: what the in-place Gram gradient costs on top of
+/// the features, for memory estimates.
+pub fn gram_scratch_values(c: usize, m: usize) -> usize {
+    c * gram_band(c, m, COLS_BUDGET)
+}
+
 /// The row length of one image's features `F[c × m]` as stored: m positions a row (NCHW), or
 /// c channels a row (NHWC, F stored transposed).
 fn gram_row(layout: Layout, c: usize, m: usize) -> usize {
@@ -1041,8 +1074,9 @@ impl Gpu {
     }
 
     /// [`Gpu::gram_backward`] written over F: each band of positions is multiplied into a
-    /// scratch buffer (at most the im2col budget), then copied back over the band (`copy2d`),
-    /// so the gradient needs no second buffer of F's size.
+    /// scratch buffer (an eighth of F, or 64 MiB for small F; at most the im2col budget: see
+    /// `gram_band`), then copied back over the band (`copy2d`), so the gradient needs no
+    /// second buffer of F's size.
     pub fn gram_backward_in_place(
         &self,
         f: &mut Floats,
@@ -1056,7 +1090,7 @@ impl Gpu {
         if c == 0 || m == 0 {
             return Ok(());
         }
-        let band = (self.cols_budget / c).clamp(1, m);
+        let band = gram_band(c, m, self.cols_budget);
         let product = self.uninit(c * band)?;
         for i in 0..batch {
             let dgi = dg.ptr_at(i * c * c);
@@ -1555,6 +1589,37 @@ mod tests {
     /// VGG-19's 3×3 convolution of `cin` → `cout` channels on `w`×`h` pixels, one image.
     fn vgg_conv(cin: usize, cout: usize, w: usize, h: usize) -> Conv2dParams {
         Conv2dParams::same_3x3(1, cin, h, w, cout)
+    }
+
+    /// The in-place Gram gradient's bands at VGG-19's style layers: an eighth of F at most
+    /// where F is large, F whole where it is small, the patch-matrix budget above all.
+    #[test]
+    fn gram_bands_keep_the_scratch_to_an_eighth_of_large_features() {
+        let m = 1024 * 1024;
+        // relu1_1 at 2048²: 256M values, bands of an eighth (32M values, 128 MiB).
+        assert_eq!(gram_band(64, 4 * m, COLS_BUDGET), m / 2);
+        // relu1_1 at 1024²: 64M values, the floor's 16M: four bands.
+        assert_eq!(gram_band(64, m, COLS_BUDGET), m / 4);
+        // relu2_1 at 1024² (128 × 512²): 32M values, two bands.
+        assert_eq!(gram_band(128, m / 4, COLS_BUDGET), m / 8);
+        // relu3_1 at 1024² (256 × 256²) and relu1_1 at 512²: the floor's 16M values, one.
+        assert_eq!(gram_band(256, m / 16, COLS_BUDGET), m / 16);
+        assert_eq!(gram_band(64, m / 4, COLS_BUDGET), m / 4);
+        // Just over the floor: a full band and one of 3 positions.
+        assert_eq!(gram_band(64, m / 4 + 3, COLS_BUDGET), m / 4);
+        // relu1_1 at 4096×2725: an eighth would be 89M values; the budget's 64M.
+        assert_eq!(gram_band(64, 4096 * 2725, COLS_BUDGET), COLS_BUDGET / 64);
+        // Never narrower for more positions.
+        let widths: Vec<usize> = (1..5000)
+            .map(|k| gram_band(64, k * 997, COLS_BUDGET))
+            .collect();
+        assert!(widths.windows(2).all(|w| w[0] <= w[1]));
+        // What memory estimates count: the band's values (relu1_1 at 1024²: 16M).
+        assert_eq!(gram_scratch_values(64, m), 1 << 24);
+        // A budget under one position's values still makes progress; empty F, one band.
+        assert_eq!(gram_band(64, 100, 7), 1);
+        assert_eq!(gram_band(64, 0, COLS_BUDGET), 1);
+        assert_eq!(gram_band(0, 5, COLS_BUDGET), 5);
     }
 
     /// At real sizes (nothing allocated): every call within cuDNN's limit, and each pair of

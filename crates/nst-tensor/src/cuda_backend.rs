@@ -18,6 +18,12 @@ use nst_cuda::{DeviceBuffer, Floats, Gpu};
 use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Layout, Pool2dParams};
 use std::sync::{Mutex, OnceLock};
 
+/// Device bytes a Gram gradient of `channels × positions` features takes on top of them
+/// (its features' buffer is reused, a band at a time): for memory estimates.
+pub fn gram_scratch_bytes(channels: usize, positions: usize) -> usize {
+    4 * nst_cuda::gpu::gram_scratch_values(channels, positions)
+}
+
 /// A device opened once per process (a `Gpu` is a shared handle: cloning it is cheap), or
 /// why it could not be.
 type Opened = std::result::Result<Gpu, String>;
