@@ -1039,6 +1039,44 @@ fn a_convolution_over_two_giga_values_runs_on_a_gpu() {
     );
 }
 
+/// The in-place Gram gradient over features just past the scratch floor (64 channels,
+/// 270000 positions: a band of 262144 and one of 7856) takes one band's scratch on top of F,
+/// the amount memory estimates count (`gram_scratch_values`), not F's size again, and gives
+/// nst-cpu's gradient. The emulator counts every device allocation.
+#[test]
+fn the_in_place_gram_gradient_takes_one_bands_scratch() {
+    if common::in_sanitized_rerun() {
+        return; // 17M values through copy2d: slow under the sanitizers, and no new kernel
+    }
+    let gpu = match Gpu::emulated() {
+        Ok(g) => g,
+        Err(why) if std::env::var_os("NST_REQUIRE_EMULATOR").is_some() => {
+            panic!("NST_REQUIRE_EMULATOR is set but {why}")
+        }
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
+    let (c, m, scale) = (64, 270_000, 0.5);
+    let (f, dg) = (rand_vec(c * m, 11), rand_vec(c * c, 12));
+    let mut df = gpu.upload(&f).unwrap();
+    let gdg = gpu.upload(&dg).unwrap();
+    // Nothing has been freed: the peak so far is F and dG.
+    let before = gpu.runtime().peak_bytes().unwrap();
+    gpu.gram_backward_in_place(&mut df, &gdg, (1, c, m), scale, Layout::Nchw)
+        .unwrap();
+    let extra = gpu.runtime().peak_bytes().unwrap() - before;
+    let scratch = 4 * nst_cuda::gpu::gram_scratch_values(c, m) as u64;
+    assert_eq!(extra, scratch);
+    assert_eq!(
+        scratch,
+        4 * 64 * 262_144,
+        "one band of the floor's 16M values"
+    );
+    let mut want = vec![0.0; c * m];
+    gram::gram_backward(&f, &dg, c, m, scale, &mut want);
+    let err = rel_err(&df.to_vec().unwrap(), &want);
+    assert!(err < 1e-6, "in-place gradient {err:e} from nst-cpu's");
+}
+
 /// The emulator's halves of the tests above again, with the kernels under AddressSanitizer
 /// (the emulator poisons what follows each device buffer, so a kernel reading past one
 /// fails) and ThreadSanitizer (data races between a block's threads).
