@@ -11,26 +11,26 @@
 //! nst-tensor), yet these, a gradient or two of the largest layers and what the allocator
 //! holds on to still grow in proportion to A.
 //!
-//! **Two modes** ([`MemoryMode`]): the preflight picks the fast one where it fits, else the
-//! lean one, else stops. Fast: the allocator keeps freed memory (no page faults in steady
-//! state), and the Winograd-transformed kernels of the convolutions small enough to profit
-//! are kept from one iteration to the next (to relu5_1: 406 MB at 512², 340 MB at 1024²,
-//! 76 MB at 2048², none at 4096²: `kernel_cache_bytes`). Lean: freed memory goes back to the
-//! OS at once, kernels are transformed at every use, and relu1_1's style term is recomputed
-//! in the backward pass. At 2048² (`cargo xtask bench --sizes 2048 --iters 1
-//! --peer [--memory lean]`, one run each, before the kernel cache) lean peaked at 2875 MiB
-//! against 5114 MiB and took 30.8 s an iteration against 19.0 s (PyTorch: 10408 MiB, 56 s).
-//! The constants come from `cargo xtask bench-worker [--memory lean]` peaks (default layers,
-//! 1–5 iterations, so little history), with blocks of 32 MiB or more kept only within their
-//! live high-water mark (`nst_tensor::allocator`): fast 844 MiB at 512², 1335 MiB at 1024²,
-//! 3331 MiB at 2048² (`BASE` 280 MiB and `PER_ACTIVATION` 0.6: +9 … +20%); lean 846 MiB at
-//! 1024², 2858 MiB at 2048² (0.45: +15 … +10%), where the peak is the first layers of a
-//! forward pass (relu1_1 and conv1_2's output, 0.4·A). Earlier, with every block in mimalloc,
-//! the fast mode peaked at 909, 1664 and 4196 MiB (`PER_ACTIVATION` 0.8); before the kernel
-//! cache was limited to small convolutions at 899–913, 1711–1743 and 4441–4461 MiB; before a
-//! loss layer's Gram gradient took its features' buffer at 700, 1684 and 5636 MiB; with
-//! four-byte pooling winners at 702–758, 1944 and 6052 MiB; and before the one-bit masks at
-//! 1016–1060, 3088 and 11716 MiB.
+//! **Two modes** ([`MemoryMode`]): the preflight picks the fast one where it fits, else the lean
+//! one, else the lean one with a shorter L-BFGS history (as many pairs as fit, down to the fewest;
+//! see [`check`]), else stops. Fast: the allocator keeps freed memory (no page faults in steady
+//! state), and the Winograd-transformed kernels of the convolutions small enough to profit are kept
+//! from one iteration to the next (to relu5_1: 406 MB at 512², 340 MB at 1024², 76 MB at 2048²,
+//! none at 4096²: `kernel_cache_bytes`). Lean: freed memory goes back to the OS at once, kernels
+//! are transformed at every use, and relu1_1's style term is recomputed in the backward pass. At
+//! 2048² (`cargo xtask bench --sizes 2048 --iters 1 --peer [--memory lean]`, one run each, before
+//! the kernel cache) lean peaked at 2875 MiB against 5114 MiB and took 30.8 s an iteration against
+//! 19.0 s (PyTorch: 10408 MiB, 56 s). The constants come from `cargo xtask bench-worker [--memory
+//! lean]` peaks (default layers, 1–5 iterations, so little history), with blocks of 32 MiB or more
+//! kept only within their live high-water mark (`nst_tensor::allocator`): fast 844 MiB at 512²,
+//! 1335 MiB at 1024², 3331 MiB at 2048² (`BASE` 280 MiB and `PER_ACTIVATION` 0.6: +9 … +20%); lean
+//! 846 MiB at 1024², 2858 MiB at 2048² (0.45: +15 … +10%), where the peak is the first layers of a
+//! forward pass (relu1_1 and conv1_2's output, 0.4·A). Earlier, with every block in mimalloc, the
+//! fast mode peaked at 909, 1664 and 4196 MiB (`PER_ACTIVATION` 0.8); before the kernel cache was
+//! limited to small convolutions at 899–913, 1711–1743 and 4441–4461 MiB; before a loss layer's
+//! Gram gradient took its features' buffer at 700, 1684 and 5636 MiB; with four-byte pooling
+//! winners at 702–758, 1944 and 6052 MiB; and before the one-bit masks at 1016–1060, 3088 and 11716
+//! MiB.
 //!
 //! `NST_MEMORY_LIMIT` (bytes, or with a K/M/G suffix) replaces the available memory, to test
 //! the check or to override it.
@@ -105,9 +105,23 @@ pub struct Workload {
     pub channels: usize,
     /// Image-sized vectors of optimizer history (2 per L-BFGS pair, 2 for Adam's moments).
     pub history_vectors: usize,
+    /// The fewest the optimizer can make do with where memory is short (2 per L-BFGS pair
+    /// down to its fewest pairs; Adam's two moments cannot shrink).
+    pub fewest_history_vectors: usize,
     /// Pixels of the input images at full resolution (content and styles), kept as f32 RGB
     /// twice for the whole run (as decoded, and colour-prepared).
     pub input_pixels: usize,
+}
+
+/// What the preflight settled on: the memory mode, and a shorter optimizer history where
+/// only that fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Fit {
+    /// The fastest mode that fits (with the history asked for, or with the shortest).
+    pub mode: MemoryMode,
+    /// `Some(vectors)` when the history asked for does not fit in any mode but this many
+    /// image-sized vectors of it do, in the leanest mode.
+    pub history_vectors: Option<usize>,
 }
 
 /// How a CPU run trades memory for time. The preflight picks the fast mode where its
@@ -292,25 +306,56 @@ fn parse_bytes(s: &str) -> Result<f64> {
     }
 }
 
-/// The fastest mode in which the workload of `--size requested_side` fits `available` bytes,
-/// or an error naming the estimate and the largest size that fits; `size_of(side)` gives the
-/// workload of `--size side`.
+/// How the workload of `--size requested_side` fits `available` bytes: in the fastest mode
+/// that holds it; else, in the leanest mode, with the longest optimizer history that fits
+/// (down to the fewest vectors it can do with); else an error naming the estimate and the
+/// largest size that fits. `size_of(side)` gives the workload of `--size side`.
+///
+/// A shorter L-BFGS history costs some convergence, not memory or time: at 256 px (the
+/// README example, 100 iterations a scale) the final loss was 0.7% higher with 20 pairs
+/// instead of 100, 1.5% with 10 and 2.6% with 5, and the pictures look alike. So it comes
+/// after the lean mode, which costs only time, and before refusing the size.
 pub fn check(
     requested_side: u32,
     available: f64,
     pool: Pool,
     size_of: impl Fn(u32) -> Workload,
-) -> Result<MemoryMode> {
+) -> Result<Fit> {
     let requested = size_of(requested_side);
     if let Some(&mode) = pool
         .modes()
         .iter()
         .find(|&&mode| pool.estimate(&requested, mode) <= available)
     {
-        return Ok(mode);
+        return Ok(Fit {
+            mode,
+            history_vectors: None,
+        });
     }
     let leanest = *pool.modes().last().expect("every pool has a mode");
-    let estimate_peak_bytes = |w: &Workload| pool.estimate(w, leanest);
+    let shortest = |w: &Workload| Workload {
+        history_vectors: w.fewest_history_vectors.min(w.history_vectors),
+        ..*w
+    };
+    // L-BFGS's vectors come in pairs: from the longest history down, a pair at a time.
+    let shorter = (shortest(&requested).history_vectors..requested.history_vectors)
+        .rev()
+        .skip(1)
+        .step_by(2)
+        .find(|&history_vectors| {
+            let w = Workload {
+                history_vectors,
+                ..requested
+            };
+            pool.estimate(&w, leanest) <= available
+        });
+    if let Some(vectors) = shorter {
+        return Ok(Fit {
+            mode: leanest,
+            history_vectors: Some(vectors),
+        });
+    }
+    let estimate_peak_bytes = |w: &Workload| pool.estimate(&shortest(w), leanest);
     let need = estimate_peak_bytes(&requested);
     // Largest side that fits (the estimate grows with the side).
     let (mut lo, mut hi) = (0u32, requested_side);
@@ -373,6 +418,7 @@ mod tests {
             size: (side as usize, side as usize),
             channels: 3,
             history_vectors,
+            fewest_history_vectors: history_vectors,
             // The bench's content and style images at the bench size.
             input_pixels: 2 * side as usize * side as usize,
         }
@@ -408,22 +454,25 @@ mod tests {
         // Measured, lean is 0.86 of fast at 2048² (2858 against 3331 MiB).
         assert!(lean < 0.9 * fast, "lean {lean} vs fast {fast}");
         assert_eq!(
-            check(2048, fast, Pool::Host, square).unwrap(),
+            check(2048, fast, Pool::Host, square).unwrap().mode,
             MemoryMode::Fast
         );
         assert_eq!(
-            check(2048, fast - 1.0, Pool::Host, square).unwrap(),
+            check(2048, fast - 1.0, Pool::Host, square).unwrap().mode,
             MemoryMode::Lean
         );
         assert_eq!(
-            check(2048, lean, Pool::Host, square).unwrap(),
+            check(2048, lean, Pool::Host, square).unwrap().mode,
             MemoryMode::Lean
         );
         assert!(check(2048, lean - 1.0, Pool::Host, square).is_err());
         // A GPU has no lean mode.
         let gpu = Pool::Gpu { cudnn: false };
         let need = estimate_gpu_peak_bytes(&square(2048), false);
-        assert_eq!(check(2048, need, gpu, square).unwrap(), MemoryMode::Fast);
+        assert_eq!(
+            check(2048, need, gpu, square).unwrap().mode,
+            MemoryMode::Fast
+        );
         assert!(check(2048, need - 1.0, gpu, square).is_err());
     }
 
@@ -458,6 +507,7 @@ mod tests {
                 size: (w, h),
                 channels: 3,
                 history_vectors: 2,
+                fewest_history_vectors: 2,
                 input_pixels: 0,
             };
             let est = estimate_gpu_peak_bytes(&workload, false) / MIB;
@@ -479,6 +529,7 @@ mod tests {
                 size: (w, h),
                 channels: 3,
                 history_vectors: 2,
+                fewest_history_vectors: 2,
                 input_pixels: 0,
             };
             let est = (estimate_gpu_peak_bytes(&workload, true)
@@ -490,6 +541,56 @@ mod tests {
                 "{w}×{h}: estimate {est:.0} MiB vs measured {measured_mib}"
             );
         }
+    }
+
+    /// Where no mode holds the history asked for, the leanest mode with the longest history
+    /// that fits, a pair (two vectors) at a time; below the fewest pairs, the size is refused.
+    #[test]
+    fn shortens_the_history_only_where_no_mode_holds_it() {
+        // 100 L-BFGS pairs asked for, 5 the fewest.
+        let asked = |side| Workload {
+            fewest_history_vectors: 10,
+            ..square_with_history(side, 200)
+        };
+        let with = |vectors| Workload {
+            history_vectors: vectors,
+            ..asked(2048)
+        };
+        let lean = |vectors| estimate_host_peak_bytes(&with(vectors), MemoryMode::Lean);
+        let fit = |available| check(2048, available, Pool::Host, asked);
+        assert_eq!(
+            fit(lean(200)).unwrap(),
+            Fit {
+                mode: MemoryMode::Lean,
+                history_vectors: None
+            }
+        );
+        // Memory for 37.5 pairs: 37 of them.
+        let shorter = Fit {
+            mode: MemoryMode::Lean,
+            history_vectors: Some(74),
+        };
+        assert_eq!(fit(lean(75)).unwrap(), shorter);
+        assert_eq!(fit(lean(74)).unwrap(), shorter);
+        assert_eq!(fit(lean(10)).unwrap().history_vectors, Some(10));
+        let err = fit(lean(10) - 1.0).unwrap_err().to_string();
+        // The need named is the leanest's with the fewest pairs.
+        assert!(err.contains(&readable(lean(10))), "{err}");
+        // On a GPU, the fast mode (its only one) with fewer pairs.
+        let gpu = Pool::Gpu { cudnn: true };
+        let need = estimate_gpu_peak_bytes(&with(50), true);
+        let fit = check(2048, need, gpu, asked).unwrap();
+        assert_eq!(
+            (fit.mode, fit.history_vectors),
+            (MemoryMode::Fast, Some(50))
+        );
+        // Adam's moments cannot shrink: no shorter history to try.
+        let adam = |side| Workload {
+            fewest_history_vectors: 2,
+            ..square_with_history(side, 2)
+        };
+        let need = estimate_host_peak_bytes(&adam(2048), MemoryMode::Lean);
+        assert!(check(2048, need - 1.0, Pool::Host, adam).is_err());
     }
 
     #[test]

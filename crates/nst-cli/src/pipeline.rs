@@ -35,6 +35,10 @@ use std::time::Instant;
 
 /// L-BFGS history is capped so its (s, y) pairs stay within this many bytes.
 const LBFGS_HISTORY_BYTES: usize = 2 << 30;
+/// The most (s, y) pairs L-BFGS keeps (torch.optim.LBFGS's default `history_size`)...
+const LBFGS_MOST_PAIRS: usize = 100;
+/// ... and the fewest, at large sizes or where memory is short (see `memory::check`).
+const LBFGS_FEWEST_PAIRS: usize = 5;
 
 /// What a finished run produced.
 #[derive(Debug)]
@@ -51,6 +55,8 @@ pub struct Outcome {
     pub peak_device_bytes: Option<u64>,
     /// How the run spent memory (chosen by the preflight to fit what is available).
     pub memory_mode: memory::MemoryMode,
+    /// The most (s, y) pairs L-BFGS kept (`None` with Adam).
+    pub lbfgs_history: Option<usize>,
 }
 
 /// The run was interrupted (Ctrl-C or SIGTERM); the best image so far was written.
@@ -139,6 +145,13 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     apply_memory_mode(plan.memory_mode, progress);
     let vgg = load_vgg(cfg, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
+    let history = lbfgs_pairs(prepared.content.channels, &plan);
+    if let Some(pairs) = plan.lbfgs_pairs {
+        let asked = lbfgs_history(prepared.content.channels, plan.output).min(cfg.iters as usize);
+        progress.note(&format!(
+            "memory is tight for this size: L-BFGS keeps {pairs} (s, y) pairs instead of {asked} (slightly slower convergence)"
+        ));
+    }
     let setup_s = started.elapsed().as_secs_f64();
     let optimised = optimise(cfg, &vgg, &images, &plan, &prepared, progress, interrupt)?;
     save_atomic(&prepared.to_output(&optimised.image), &cfg.output)?;
@@ -159,6 +172,9 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
         device: device.to_string(),
         peak_device_bytes: device.peak_device_memory_bytes(),
         memory_mode: plan.memory_mode,
+        // A scale of `iters` iterations makes at most `iters` pairs.
+        lbfgs_history: (cfg.optimizer == OptimizerKind::Lbfgs)
+            .then_some(history.min(cfg.iters as usize)),
     };
     if let Some(path) = &cfg.report {
         write_report(cfg, &outcome, path)?;
@@ -188,7 +204,9 @@ fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<Sca
             .map(|a| (a, memory::Pool::Gpu { cudnn }))
     };
     if let Some(available) = available {
-        plan.memory_mode = memory_preflight(cfg, sizes, &plan, available)?;
+        let fit = memory_preflight(cfg, sizes, &plan, available)?;
+        plan.memory_mode = fit.mode;
+        plan.lbfgs_pairs = fit.history_vectors.map(|v| v / 2);
     }
     Ok(plan)
 }
@@ -314,6 +332,9 @@ struct ScalePlan {
     deepest: Layer,
     /// Fast unless the preflight found that only the lean mode fits.
     memory_mode: memory::MemoryMode,
+    /// Fewer L-BFGS pairs than the size allows, where the preflight found that only that
+    /// fits.
+    lbfgs_pairs: Option<usize>,
 }
 
 impl ScalePlan {
@@ -344,6 +365,7 @@ impl ScalePlan {
             scales,
             deepest,
             memory_mode: memory::MemoryMode::Fast,
+            lbfgs_pairs: None,
         };
         for (si, &(w, h)) in plan.scales.iter().enumerate() {
             for (&style, path) in sizes.styles.iter().zip(&cfg.styles) {
@@ -498,7 +520,7 @@ fn optimise(
     interrupt: &AtomicBool,
 ) -> Result<Optimised> {
     let device = vgg.device();
-    let mut optimizer = new_optimizer(cfg, prepared.content.channels, plan.output);
+    let mut optimizer = new_optimizer(cfg, prepared.content.channels, plan);
     let spec = LossSpec {
         content_layers: cfg.content_layers.clone(),
         style_layers: cfg.style_layers.clone(),
@@ -683,7 +705,7 @@ fn memory_preflight(
     sizes: &InputSizes,
     plan: &ScalePlan,
     (available, pool): (f64, memory::Pool),
-) -> Result<memory::MemoryMode> {
+) -> Result<memory::Fit> {
     let (content_w, content_h) = sizes.content;
     let input_pixels = sizes.pixels();
     let channels = if cfg.preserve_colors == ColorMode::Luminance {
@@ -693,33 +715,45 @@ fn memory_preflight(
     };
     let workload = |side: u32| {
         let size = fit_longest_side(content_w, content_h, side);
-        let history_vectors = match cfg.optimizer {
-            OptimizerKind::Lbfgs => 2 * lbfgs_history(channels, size).min(cfg.iters as usize),
-            OptimizerKind::Adam => 2,
+        let (history_vectors, fewest_history_vectors) = match cfg.optimizer {
+            OptimizerKind::Lbfgs => {
+                let pairs = lbfgs_history(channels, size).min(cfg.iters as usize);
+                (2 * pairs, 2 * pairs.min(LBFGS_FEWEST_PAIRS))
+            }
+            OptimizerKind::Adam => (2, 2),
         };
         memory::Workload {
             deepest: plan.deepest,
             size,
             channels,
             history_vectors,
+            fewest_history_vectors,
             input_pixels,
         }
     };
     memory::check(cfg.size, available, pool, workload)
 }
 
-/// L-BFGS keeps as many (s, y) pairs as fit [`LBFGS_HISTORY_BYTES`] at this size (5 to 100).
+/// L-BFGS keeps as many (s, y) pairs as fit [`LBFGS_HISTORY_BYTES`] at this size
+/// ([`LBFGS_FEWEST_PAIRS`] to [`LBFGS_MOST_PAIRS`]).
 fn lbfgs_history(channels: usize, (w, h): (usize, usize)) -> usize {
     let pair_bytes = (2 * 4 * channels * w * h).max(1);
-    (LBFGS_HISTORY_BYTES / pair_bytes).clamp(5, 100)
+    (LBFGS_HISTORY_BYTES / pair_bytes).clamp(LBFGS_FEWEST_PAIRS, LBFGS_MOST_PAIRS)
 }
 
-/// The optimizer as configured.
-fn new_optimizer(cfg: &Config, channels: usize, size: (usize, usize)) -> Optimizer {
+/// The (s, y) pairs L-BFGS keeps at most in this run: as many as its output size allows,
+/// or fewer where the preflight found that only fewer fit the memory.
+fn lbfgs_pairs(channels: usize, plan: &ScalePlan) -> usize {
+    let history = lbfgs_history(channels, plan.output);
+    plan.lbfgs_pairs.map_or(history, |pairs| pairs.min(history))
+}
+
+/// The optimizer as configured, for the plan's output size (and its memory).
+fn new_optimizer(cfg: &Config, channels: usize, plan: &ScalePlan) -> Optimizer {
     match cfg.optimizer {
         OptimizerKind::Lbfgs => Optimizer::Lbfgs(Lbfgs::new(LbfgsConfig {
             lr: cfg.lr,
-            history: lbfgs_history(channels, size),
+            history: lbfgs_pairs(channels, plan),
             ..Default::default()
         })),
         OptimizerKind::Adam => Optimizer::Adam(Adam::new(AdamConfig {
@@ -795,6 +829,7 @@ fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
         peak_heap_bytes: heap_peak.as_ref().map(|(bytes, _)| *bytes),
         peak_heap_at: heap_peak.map(|(_, at)| at),
         memory_mode: outcome.memory_mode.name(),
+        lbfgs_history: outcome.lbfgs_history,
         settings: cfg,
     };
     let json = serde_json::to_string_pretty(&report)?;

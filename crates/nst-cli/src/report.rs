@@ -6,7 +6,8 @@
 //!             "scales": [{"width": …, "height": …, "iterations": …, "total_s": …,
 //!                         "before_first_iter_s": …, "ms_per_iter_median": …}, …]},
 //!  "device": "…", "output": [w, h], "peak_rss_bytes": …, "peak_device_bytes": …,
-//!  "peak_heap_bytes": …, "peak_heap_at": "…", "settings": {…}}
+//!  "peak_heap_bytes": …, "peak_heap_at": "…", "memory_mode": "fast", "lbfgs_history": 100,
+//!  "settings": {…}}
 //! ```
 //! `trace[k]` is the loss at the k-th iterate of the final scale (`trace[0]` at its start);
 //! `total = α·content + β·style + γ·tv`, where `style` is already `Σ w_l·J_s^l`.
@@ -85,6 +86,10 @@ pub struct Report<'a> {
     /// "fast", or "lean" where the preflight found that only the lean mode fits the memory
     /// available (see `memory::MemoryMode`).
     pub memory_mode: &'static str,
+    /// The most (s, y) pairs L-BFGS kept (absent with Adam): 100, or `--iters` if fewer,
+    /// fewer at sizes where 100 would pass 2 GiB (5 at least), and fewer still where the
+    /// preflight found that only a shorter history fits the memory (see `memory::check`).
+    pub lbfgs_history: Option<usize>,
     /// The resolved settings.
     pub settings: &'a Config,
 }

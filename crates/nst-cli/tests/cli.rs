@@ -346,6 +346,61 @@ fn memory_preflight_falls_back_to_the_lean_mode() {
     assert!(mean_and_finite(&out) > 20.0);
 }
 
+/// Memory for the lean mode with 5 L-BFGS pairs but not with the 20 asked for (`--iters 20`
+/// at 192×128: 0.59 MB a pair): the run goes ahead with as many pairs as fit, and the report
+/// says how many. The limit is the need the refusal names (the lean mode's with 5 pairs)
+/// plus room for about 7 more pairs; with ample memory, all 20.
+#[test]
+fn memory_preflight_shortens_the_lbfgs_history_where_only_that_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, report) = (dir.path().join("o.png"), dir.path().join("r.json"));
+    let args = with(
+        tiny(&out),
+        &["--size", "192", "--scales", "1", "--iters", "20"],
+    );
+    let args = with(args, &["--report", path_str(&report)]);
+    let run = |limit: &str| {
+        let o = Command::new(NST)
+            .args(&args)
+            .env("NST_MEMORY_LIMIT", limit)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let history = || {
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        (
+            r["lbfgs_history"].as_u64().unwrap(),
+            r["memory_mode"].clone(),
+        )
+    };
+    let (ok, stderr) = run("10M");
+    assert!(!ok, "{stderr}");
+    let need_mb: f64 = stderr
+        .split("needs about ")
+        .nth(1)
+        .and_then(
+            |rest| match rest.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+                [n, "MB"] => n.parse().ok(),
+                _ => None,
+            },
+        )
+        .unwrap_or_else(|| panic!("no need in {stderr}"));
+    let (ok, stderr) = run(&format!("{}M", need_mb + 4.0));
+    assert!(ok, "{stderr}");
+    let (pairs, mode) = history();
+    assert!((6..20).contains(&pairs), "{pairs}");
+    assert_eq!(mode, "lean");
+    assert!(mean_and_finite(&out) > 20.0);
+    let (ok, stderr) = run("100G");
+    assert!(ok, "{stderr}");
+    assert_eq!(history(), (20, "fast".into()));
+}
+
 #[test]
 fn bad_inputs_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
