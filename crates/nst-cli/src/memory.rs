@@ -117,11 +117,14 @@ pub struct Workload {
 /// only that fits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Fit {
-    /// The fastest mode that fits (with the history asked for, or with the shortest).
+    /// The fastest mode that holds the history asked for, or the leanest where none does.
     pub mode: MemoryMode,
     /// `Some(vectors)` when the history asked for does not fit in any mode but this many
     /// image-sized vectors of it do, in the leanest mode.
     pub history_vectors: Option<usize>,
+    /// The estimated peak of the run so planned, in bytes (for `--report`, to set beside
+    /// the measured peak).
+    pub estimated_peak_bytes: u64,
 }
 
 /// How a CPU run trades memory for time. The preflight picks the fast mode where its
@@ -311,7 +314,7 @@ fn parse_bytes(s: &str) -> Result<f64> {
 /// (down to the fewest vectors it can do with); else an error naming the estimate and the
 /// largest size that fits. `size_of(side)` gives the workload of `--size side`.
 ///
-/// A shorter L-BFGS history costs some convergence, not memory or time: at 256 px (the
+/// A shorter L-BFGS history costs some convergence, not time: at 256 px (the
 /// README example, 100 iterations a scale) the final loss was 0.7% higher with 20 pairs
 /// instead of 100, 1.5% with 10 and 2.6% with 5, and the pictures look alike. So it comes
 /// after the lean mode, which costs only time, and before refusing the size.
@@ -330,6 +333,7 @@ pub fn check(
         return Ok(Fit {
             mode,
             history_vectors: None,
+            estimated_peak_bytes: pool.estimate(&requested, mode) as u64,
         });
     }
     let leanest = *pool.modes().last().expect("every pool has a mode");
@@ -342,17 +346,19 @@ pub fn check(
         .rev()
         .skip(1)
         .step_by(2)
-        .find(|&history_vectors| {
+        .map(|history_vectors| {
             let w = Workload {
                 history_vectors,
                 ..requested
             };
-            pool.estimate(&w, leanest) <= available
-        });
-    if let Some(vectors) = shorter {
+            (history_vectors, pool.estimate(&w, leanest))
+        })
+        .find(|&(_, estimate)| estimate <= available);
+    if let Some((vectors, estimate)) = shorter {
         return Ok(Fit {
             mode: leanest,
             history_vectors: Some(vectors),
+            estimated_peak_bytes: estimate as u64,
         });
     }
     let estimate_peak_bytes = |w: &Workload| pool.estimate(&shortest(w), leanest);
@@ -497,19 +503,25 @@ mod tests {
         );
     }
 
+    /// `nst --scales 1 --iters 1` at w×h on a GPU: a pair of history vectors at most, and no
+    /// input images (they stay on the host).
+    fn one_iteration_on_a_gpu(w: usize, h: usize) -> Workload {
+        Workload {
+            deepest: "relu5_1".parse().unwrap(),
+            size: (w, h),
+            channels: 3,
+            history_vectors: 2,
+            fewest_history_vectors: 2,
+            input_pixels: 0,
+        }
+    }
+
     #[test]
     fn gpu_estimates_bracket_the_emulators_peaks() {
         // `nst --device cuda-emulated --size S --scales 1 --iters 1` (the example images,
         // content 512×341 scaled): the emulator's peak device allocation.
         for (w, h, measured_mib) in [(256, 170, 218.4), (512, 341, 442.6), (1024, 681, 871.4)] {
-            let workload = Workload {
-                deepest: "relu5_1".parse().unwrap(),
-                size: (w, h),
-                channels: 3,
-                history_vectors: 2,
-                fewest_history_vectors: 2,
-                input_pixels: 0,
-            };
+            let workload = one_iteration_on_a_gpu(w, h);
             let est = estimate_gpu_peak_bytes(&workload, false) / MIB;
             assert!(
                 est >= measured_mib && est <= 1.25 * measured_mib,
@@ -524,14 +536,7 @@ mod tests {
         // --iters 1`: the stand-in library takes no workspace and the layout is NCHW, so
         // those two terms are left out.
         for (w, h, measured_mib) in [(256, 170, 118.0), (512, 341, 236.3), (1024, 681, 602.9)] {
-            let workload = Workload {
-                deepest: "relu5_1".parse().unwrap(),
-                size: (w, h),
-                channels: 3,
-                history_vectors: 2,
-                fewest_history_vectors: 2,
-                input_pixels: 0,
-            };
+            let workload = one_iteration_on_a_gpu(w, h);
             let est = (estimate_gpu_peak_bytes(&workload, true)
                 - GPU_CUDNN_WORKSPACE_BYTES
                 - GPU_NHWC_WEIGHT_BYTES)
@@ -558,17 +563,17 @@ mod tests {
         };
         let lean = |vectors| estimate_host_peak_bytes(&with(vectors), MemoryMode::Lean);
         let fit = |available| check(2048, available, Pool::Host, asked);
-        assert_eq!(
-            fit(lean(200)).unwrap(),
-            Fit {
-                mode: MemoryMode::Lean,
-                history_vectors: None
-            }
-        );
+        let full = Fit {
+            mode: MemoryMode::Lean,
+            history_vectors: None,
+            estimated_peak_bytes: lean(200) as u64,
+        };
+        assert_eq!(fit(lean(200)).unwrap(), full);
         // Memory for 37.5 pairs: 37 of them.
         let shorter = Fit {
             mode: MemoryMode::Lean,
             history_vectors: Some(74),
+            estimated_peak_bytes: lean(74) as u64,
         };
         assert_eq!(fit(lean(75)).unwrap(), shorter);
         assert_eq!(fit(lean(74)).unwrap(), shorter);

@@ -57,6 +57,8 @@ pub struct Outcome {
     pub memory_mode: memory::MemoryMode,
     /// The most (s, y) pairs L-BFGS kept (`None` with Adam).
     pub lbfgs_history: Option<usize>,
+    /// The memory preflight's estimate of the peak (device memory on a GPU).
+    pub estimated_peak_bytes: Option<u64>,
 }
 
 /// The run was interrupted (Ctrl-C or SIGTERM); the best image so far was written.
@@ -175,6 +177,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
         // A scale of `iters` iterations makes at most `iters` pairs.
         lbfgs_history: (cfg.optimizer == OptimizerKind::Lbfgs)
             .then_some(history.min(cfg.iters as usize)),
+        estimated_peak_bytes: plan.estimated_peak_bytes,
     };
     if let Some(path) = &cfg.report {
         write_report(cfg, &outcome, path)?;
@@ -207,6 +210,7 @@ fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<Sca
         let fit = memory_preflight(cfg, sizes, &plan, available)?;
         plan.memory_mode = fit.mode;
         plan.lbfgs_pairs = fit.history_vectors.map(|v| v / 2);
+        plan.estimated_peak_bytes = Some(fit.estimated_peak_bytes);
     }
     Ok(plan)
 }
@@ -335,6 +339,9 @@ struct ScalePlan {
     /// Fewer L-BFGS pairs than the size allows, where the preflight found that only that
     /// fits.
     lbfgs_pairs: Option<usize>,
+    /// The preflight's estimate of the peak memory (`None` where the memory available
+    /// cannot be read, and the preflight does not run).
+    estimated_peak_bytes: Option<u64>,
 }
 
 impl ScalePlan {
@@ -366,6 +373,7 @@ impl ScalePlan {
             deepest,
             memory_mode: memory::MemoryMode::Fast,
             lbfgs_pairs: None,
+            estimated_peak_bytes: None,
         };
         for (si, &(w, h)) in plan.scales.iter().enumerate() {
             for (&style, path) in sizes.styles.iter().zip(&cfg.styles) {
@@ -830,6 +838,7 @@ fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
         peak_heap_at: heap_peak.map(|(_, at)| at),
         memory_mode: outcome.memory_mode.name(),
         lbfgs_history: outcome.lbfgs_history,
+        estimated_peak_bytes: outcome.estimated_peak_bytes,
         settings: cfg,
     };
     let json = serde_json::to_string_pretty(&report)?;

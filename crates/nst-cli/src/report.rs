@@ -7,7 +7,7 @@
 //!                         "before_first_iter_s": …, "ms_per_iter_median": …}, …]},
 //!  "device": "…", "output": [w, h], "peak_rss_bytes": …, "peak_device_bytes": …,
 //!  "peak_heap_bytes": …, "peak_heap_at": "…", "memory_mode": "fast", "lbfgs_history": 100,
-//!  "settings": {…}}
+//!  "estimated_peak_bytes": …, "settings": {…}}
 //! ```
 //! `trace[k]` is the loss at the k-th iterate of the final scale (`trace[0]` at its start);
 //! `total = α·content + β·style + γ·tv`, where `style` is already `Σ w_l·J_s^l`.
@@ -90,6 +90,10 @@ pub struct Report<'a> {
     /// fewer at sizes where 100 would pass 2 GiB (5 at least), and fewer still where the
     /// preflight found that only a shorter history fits the memory (see `memory::check`).
     pub lbfgs_history: Option<usize>,
+    /// The memory preflight's estimate of the peak (device memory on a GPU, else resident
+    /// memory), to set beside `peak_device_bytes` or `peak_rss_bytes`; absent where the
+    /// memory available could not be read (the preflight did not run).
+    pub estimated_peak_bytes: Option<u64>,
     /// The resolved settings.
     pub settings: &'a Config,
 }

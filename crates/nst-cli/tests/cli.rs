@@ -370,9 +370,11 @@ fn memory_preflight_shortens_the_lbfgs_history_where_only_that_fits() {
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
+    let read_report = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
+    };
     let history = || {
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let r = read_report();
         (
             r["lbfgs_history"].as_u64().unwrap(),
             r["memory_mode"].clone(),
@@ -395,6 +397,12 @@ fn memory_preflight_shortens_the_lbfgs_history_where_only_that_fits() {
     let (pairs, mode) = history();
     assert!((6..20).contains(&pairs), "{pairs}");
     assert_eq!(mode, "lean");
+    // The plan's estimate, in the report: within the limit, above the refusal's need.
+    let estimate = read_report()["estimated_peak_bytes"].as_f64().unwrap() / (1 << 20) as f64;
+    assert!(
+        estimate > need_mb && estimate <= need_mb + 4.0,
+        "{estimate} MiB"
+    );
     assert!(mean_and_finite(&out) > 20.0);
     let (ok, stderr) = run("100G");
     assert!(ok, "{stderr}");
