@@ -150,7 +150,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let history = lbfgs_pairs(prepared.content.channels, &plan);
     if let Some(pairs) = plan.lbfgs_pairs {
         let asked = lbfgs_history(prepared.content.channels, plan.output).min(cfg.iters as usize);
-        progress.note(&format!(
+        progress.warning(&format!(
             "memory is tight for this size: L-BFGS keeps {pairs} (s, y) pairs instead of {asked} (slightly slower convergence)"
         ));
     }
@@ -222,7 +222,7 @@ fn apply_memory_mode(mode: memory::MemoryMode, progress: &mut dyn Progress) {
     nst_tensor::allocator::return_freed_memory_at_once(lean);
     nst_tensor::cpu_backend::keep_transformed_kernels(!lean);
     if lean {
-        progress.note(
+        progress.warning(
             "memory is tight for this size: lean mode (relu1_1 recomputed, freed memory returned at once, convolution kernels transformed at every use), up to 1.8× the time per iteration",
         );
     }

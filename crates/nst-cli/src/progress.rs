@@ -37,6 +37,12 @@ pub trait Progress {
     fn scale_finished(&mut self);
     /// A one-line note (device in use, files written).
     fn note(&mut self, msg: &str);
+    /// How the run departs from what was asked so as to fit the memory available (the lean
+    /// mode, a shorter L-BFGS history), in one line. By default a note; a front end that
+    /// drops notes should still show these.
+    fn warning(&mut self, msg: &str) {
+        self.note(msg);
+    }
     /// `--device auto` chose `device` (in words); `why_not_cuda` says why it is not CUDA.
     /// By default a note: `device: DEVICE; WHY` (without `; WHY` when it is CUDA).
     fn device_chosen(&mut self, device: &str, why_not_cuda: Option<&str>) {

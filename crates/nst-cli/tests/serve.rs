@@ -684,6 +684,42 @@ fn serve_refuses_a_busy_port_in_one_line() {
     assert!(usage.contains("Usage: nst serve [OPTIONS]"), "{usage}");
 }
 
+/// A job that fits the server's memory only in the lean mode (`NST_MEMORY_LIMIT` as in the
+/// CLI's test of that mode) runs, and says so: a `warning` event (or the first `state`'s
+/// `warnings`, if it came before the stream opened) and the job's `warnings`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_must_run_lean_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("gallery"), &[("NST_MEMORY_LIMIT", "420M")]);
+    let id = job_id(&server, &[("size", "512"), ("iters", "2"), ("scales", "1")]).await;
+    let events = Events::open(&server, &id).await.all().await;
+    assert_eq!(
+        *kinds(&events).last().unwrap(),
+        "done",
+        "{:?}",
+        kinds(&events)
+    );
+    let said: Vec<&str> = events[0]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(
+            events
+                .iter()
+                .filter(|e| e["type"] == "warning")
+                .map(|e| &e["message"]),
+        )
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].starts_with("memory is tight for this size: lean mode"),
+        "{said:?}"
+    );
+    let (_, job) = get_json(&format!("{}/jobs/{id}", server.url)).await;
+    assert_eq!(job["warnings"], serde_json::json!(said));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_job_fails_alone() {
     let tmp = tempfile::tempdir().unwrap();

@@ -106,6 +106,9 @@ struct Job {
     preview: Option<Arc<Vec<u8>>>,
     previews: u32,
     device: Option<String>,
+    /// How the run departs from what was asked, to fit the memory (lean mode, a shorter
+    /// L-BFGS history).
+    warnings: Vec<String>,
     error: Option<String>,
     has_result: bool,
     interrupt: Arc<AtomicBool>,
@@ -130,6 +133,7 @@ impl Job {
             "iters": self.config.iters,
             "losses": self.losses,
             "device": self.device,
+            "warnings": self.warnings,
             "error": self.error,
             "preview": self.preview.as_ref().map(|_| format!("/jobs/{id}/preview?v={}", self.previews)),
             "image": self.has_result.then(|| format!("/gallery/{id}/{RESULT_FILE}")),
@@ -249,6 +253,7 @@ impl Jobs {
                 preview: None,
                 previews: 0,
                 device: None,
+                warnings: Vec::new(),
                 error: None,
                 has_result: false,
                 interrupt: Arc::new(AtomicBool::new(false)),
@@ -543,6 +548,14 @@ impl Progress for JobProgress {
     fn scale_finished(&mut self) {}
 
     fn note(&mut self, _: &str) {}
+
+    fn warning(&mut self, msg: &str) {
+        let message = msg.to_string();
+        self.jobs.update(self.id, |job| {
+            job.emit("warning", json!({ "message": message }));
+            job.warnings.push(message);
+        });
+    }
 
     fn device_chosen(&mut self, device: &str, _why_not_cuda: Option<&str>) {
         let device = device.to_string();

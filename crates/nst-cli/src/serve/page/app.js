@@ -11,6 +11,7 @@ const state = {
   following: null,        // job id shown in the canvas
   source: null,           // its EventSource
   losses: [],             // [{scale, iter, loss}]
+  warnings: [],           // what the server changed to fit its memory, one line each
   thumbUrls: [],          // object URLs of the shown thumbnails (revoked on re-render)
 };
 
@@ -151,6 +152,8 @@ function follow(id) {
   $("placeholder").textContent = "Waiting for the first picture…";
   $("progress-bar").style.width = "0";
   $("rate").textContent = "";
+  state.warnings = [];
+  showWarnings([]);
   drawLoss();
   const source = new EventSource(`/jobs/${id}/events`);
   state.source = source;
@@ -166,6 +169,17 @@ function follow(id) {
 }
 
 function setStatus(text) { $("status").textContent = text; }
+
+// What the server changed to fit its memory (lean mode, a shorter L-BFGS history).
+function showWarnings(list) {
+  const ul = $("warnings");
+  ul.replaceChildren(...list.map((text) => {
+    const li = document.createElement("li");
+    li.textContent = text;
+    return li;
+  }));
+  ul.hidden = !list.length;
+}
 
 function showProgress(scale, scales, iter, iters) {
   if (!scales || !iters) return;
@@ -188,6 +202,8 @@ function handle(ev) {
     case "state":
       current = { scale: ev.scale, scales: ev.scales, iters: ev.iters, width: ev.width, height: ev.height };
       state.losses = ev.losses || [];
+      state.warnings = ev.warnings || [];
+      showWarnings(state.warnings);
       drawLoss();
       if (ev.preview) showPreview(ev.preview);
       if (ev.state === "queued") setStatus(`Queued: number ${ev.position} in line`);
@@ -203,6 +219,10 @@ function handle(ev) {
       break;
     case "device":
       $("device-pill").textContent = ev.device;
+      break;
+    case "warning":
+      state.warnings.push(ev.message);
+      showWarnings(state.warnings);
       break;
     case "scale":
       current = ev;
