@@ -45,10 +45,12 @@
 //! allocations of the CUDA path (one iteration, `--device cuda-emulated --scales 1 --iters
 //! 1`): with im2col 218 MiB at 256×170, 443 MiB at 512×341, 871 MiB at 1024×681, which the
 //! constants reproduce within +3% … +14%; with the stand-in for cuDNN
-//! (`NST_EMULATOR_CONV_LIBRARY=1`) 118, 236 and 603 MiB, reproduced within +8% … +12%
+//! (`NST_EMULATOR_CONV_LIBRARY=1`) 118, 236 and 603 MiB, reproduced within +13% … +14%
 //! (without the workspace, which the stand-in does not take). On the H200, one 4096×2725
-//! iteration with cuDNN peaked at 9.2 GB (an older build, whose Gram scratch was the same at
-//! that size); the estimate for it is 9.4 GiB. The CUDA context
+//! iteration with cuDNN (`--scales 1 --iters 1`) peaked at "9.2 GB" (an older build, whose
+//! Gram scratch was the same at that size; recorded without its unit, so 8.6–9.2 GiB); the
+//! estimate for it is 9.7 GiB. `device-check.sh` prints the two side by side for the next
+//! GPU run. The CUDA context
 //! and cuDNN's own allocations are not counted (the free memory the driver reports already
 //! excludes the context).
 
@@ -75,9 +77,11 @@ const GPU_BASE_BYTES: f64 = 90.0 * MIB;
 /// emulator's peaks, plus 10%).
 const GPU_PER_ACTIVATION: f64 = 0.74;
 /// GPU, cuDNN: the same, relu1_1's Gram scratch aside (fit 0.46 to the emulator's peaks with
-/// its stand-in library, plus 10%). Less than im2col's: no patch matrices, and the backward
-/// pass's peak is where it starts, with the loss layers' features and that scratch alive.
-const GPU_CUDNN_PER_ACTIVATION: f64 = 0.51;
+/// its stand-in library, plus 20%: with 10%, the estimate for the one real GPU figure, a
+/// 4096×2725 iteration on the H200, came out at or just above it). Less than im2col's: no
+/// patch matrices, and the backward pass's peak is where it starts, with the loss layers'
+/// features and that scratch alive.
+const GPU_CUDNN_PER_ACTIVATION: f64 = 0.55;
 /// GPU: the im2col patch matrix of conv1_2 (576 values a pixel), up to the band limit
 /// (`nst_cuda::gpu::COLS_BUDGET` values).
 const GPU_COLS_BYTES_PER_PIXEL: f64 = 4.0 * 576.0;
@@ -115,13 +119,13 @@ pub struct Workload {
 
 /// What the preflight settled on: the memory mode, and a shorter optimizer history where
 /// only that fits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fit {
     /// The fastest mode that holds the history asked for, or the leanest where none does.
     pub mode: MemoryMode,
     /// `Some(vectors)` when the history asked for does not fit in any mode but this many
-    /// image-sized vectors of it do, in the leanest mode.
-    pub history_vectors: Option<usize>,
+    /// image-sized vectors of it do, in the leanest mode (L-BFGS: two a pair).
+    pub shortened_history_vectors: Option<usize>,
     /// The estimated peak of the run so planned, in bytes (for `--report`, to set beside
     /// the measured peak).
     pub estimated_peak_bytes: u64,
@@ -332,7 +336,7 @@ pub fn check(
     {
         return Ok(Fit {
             mode,
-            history_vectors: None,
+            shortened_history_vectors: None,
             estimated_peak_bytes: pool.estimate(&requested, mode) as u64,
         });
     }
@@ -357,7 +361,7 @@ pub fn check(
     if let Some((vectors, estimate)) = shorter {
         return Ok(Fit {
             mode: leanest,
-            history_vectors: Some(vectors),
+            shortened_history_vectors: Some(vectors),
             estimated_peak_bytes: estimate as u64,
         });
     }
@@ -382,8 +386,13 @@ pub fn check(
         Pool::Host => ("memory", "NST_MEMORY_LIMIT"),
         Pool::Gpu { .. } => ("GPU memory", "NST_GPU_MEMORY_LIMIT"),
     };
+    // Both figures are for the shortest history, which is what a size that fits would get.
+    let shortest_history = match shortest(&requested).history_vectors {
+        v if v < requested.history_vectors => format!(", with {} L-BFGS pairs", v / 2),
+        _ => String::new(),
+    };
     bail!(
-        "--size {requested_side} needs about {} of {memory} (estimated peak) but {} is available: {hint} ({variable} overrides the available amount)",
+        "--size {requested_side} needs about {} of {memory} (estimated peak{shortest_history}) but {} is available: {hint} ({variable} overrides the available amount)",
         readable(need),
         readable(available)
     )
@@ -565,19 +574,19 @@ mod tests {
         let fit = |available| check(2048, available, Pool::Host, asked);
         let full = Fit {
             mode: MemoryMode::Lean,
-            history_vectors: None,
+            shortened_history_vectors: None,
             estimated_peak_bytes: lean(200) as u64,
         };
         assert_eq!(fit(lean(200)).unwrap(), full);
         // Memory for 37.5 pairs: 37 of them.
         let shorter = Fit {
             mode: MemoryMode::Lean,
-            history_vectors: Some(74),
+            shortened_history_vectors: Some(74),
             estimated_peak_bytes: lean(74) as u64,
         };
         assert_eq!(fit(lean(75)).unwrap(), shorter);
         assert_eq!(fit(lean(74)).unwrap(), shorter);
-        assert_eq!(fit(lean(10)).unwrap().history_vectors, Some(10));
+        assert_eq!(fit(lean(10)).unwrap().shortened_history_vectors, Some(10));
         let err = fit(lean(10) - 1.0).unwrap_err().to_string();
         // The need named is the leanest's with the fewest pairs.
         assert!(err.contains(&readable(lean(10))), "{err}");
@@ -586,7 +595,7 @@ mod tests {
         let need = estimate_gpu_peak_bytes(&with(50), true);
         let fit = check(2048, need, gpu, asked).unwrap();
         assert_eq!(
-            (fit.mode, fit.history_vectors),
+            (fit.mode, fit.shortened_history_vectors),
             (MemoryMode::Fast, Some(50))
         );
         // Adam's moments cannot shrink: no shorter history to try.

@@ -209,7 +209,7 @@ fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<Sca
     if let Some(available) = available {
         let fit = memory_preflight(cfg, sizes, &plan, available)?;
         plan.memory_mode = fit.mode;
-        plan.lbfgs_pairs = fit.history_vectors.map(|v| v / 2);
+        plan.lbfgs_pairs = fit.shortened_history_vectors.map(|v| v / 2);
         plan.estimated_peak_bytes = Some(fit.estimated_peak_bytes);
     }
     Ok(plan)

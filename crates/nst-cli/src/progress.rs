@@ -38,8 +38,8 @@ pub trait Progress {
     /// A one-line note (device in use, files written).
     fn note(&mut self, msg: &str);
     /// How the run departs from what was asked so as to fit the memory available (the lean
-    /// mode, a shorter L-BFGS history), in one line. By default a note; a front end that
-    /// drops notes should still show these.
+    /// mode, a shorter L-BFGS history), in one line. By default a note (so `--quiet` drops
+    /// it, as it drops notes); `nst serve`'s jobs show these and drop the other notes.
     fn warning(&mut self, msg: &str) {
         self.note(msg);
     }

@@ -86,9 +86,10 @@ pub struct Report<'a> {
     /// "fast", or "lean" where the preflight found that only the lean mode fits the memory
     /// available (see `memory::MemoryMode`).
     pub memory_mode: &'static str,
-    /// The most (s, y) pairs L-BFGS kept (absent with Adam): 100, or `--iters` if fewer,
-    /// fewer at sizes where 100 would pass 2 GiB (5 at least), and fewer still where the
-    /// preflight found that only a shorter history fits the memory (see `memory::check`).
+    /// The most (s, y) pairs L-BFGS kept (absent with Adam): 100, or `--iters` if fewer;
+    /// fewer at sizes where 100 would pass 2 GiB (down to 5), and fewer still (down to 5)
+    /// where the preflight found that only a shorter history fits the memory (see
+    /// `memory::check`).
     pub lbfgs_history: Option<usize>,
     /// The memory preflight's estimate of the peak (device memory on a GPU, else resident
     /// memory), to set beside `peak_device_bytes` or `peak_rss_bytes`; absent where the

@@ -41,13 +41,15 @@ pub const COLS_BUDGET: usize = 1 << 26;
 /// costs on top of F, and relu1_1's gradient is formed as the backward pass starts, with every
 /// loss layer's features alive, where the GPU's memory peaks. With F whole as scratch (as the
 /// patch-matrix budget alone allowed up to 1024²), a 1024² iteration peaked at 989 MiB; with
-/// a quarter (the floor below), at 797 MiB (`xtask bench-worker --device
-/// cuda-emulated-library --size 1024 --iters 1`: the emulator counts every device allocation).
+/// these rules (at 1024², relu1_1 in four bands of the floor's size), at 797 MiB (`xtask
+/// bench-worker --device cuda-emulated-library --size 1024 --iters 1`: the emulator counts
+/// every device allocation).
 const GRAM_SCRATCH_FRACTION: usize = 8;
-/// ... but a scratch of up to this many values (64 MiB) is taken whatever F's size: below it,
-/// more bands would add launches (three each) to save memory that hardly matters. So bands
-/// start at 1024² (relu1_1 in 4, relu2_1 in 2), the fraction rules from 2048², and
-/// [`COLS_BUDGET`] from about 2900² (256 MiB, as before).
+/// ... but a scratch of up to this many values (64 MiB, or F whole where F is smaller) is
+/// taken whatever F's size: below it, more bands would add launches (three each) to save
+/// memory that hardly matters. For relu1_1 (64 channels), bands start above 512² (at 1024²:
+/// 4, and relu2_1 in 2), the fraction rules above about 1448², and [`COLS_BUDGET`] from
+/// about 2900² (256 MiB, as before).
 const GRAM_SCRATCH_FLOOR: usize = 1 << 24;
 
 /// Positions a band of [`Gpu::gram_backward_in_place`] covers (the last band may be
@@ -1074,8 +1076,8 @@ impl Gpu {
     }
 
     /// [`Gpu::gram_backward`] written over F: each band of positions is multiplied into a
-    /// scratch buffer (an eighth of F, or 64 MiB for small F; at most the im2col budget: see
-    /// `gram_band`), then copied back over the band (`copy2d`), so the gradient needs no
+    /// scratch buffer (an eighth of F, but up to 64 MiB or F whole where that is more; at most
+    /// the im2col budget: see `gram_band`), then copied back over the band (`copy2d`), so the gradient needs no
     /// second buffer of F's size.
     pub fn gram_backward_in_place(
         &self,
