@@ -266,7 +266,8 @@ fn the_gpu_memory_preflight_refuses_what_cannot_fit() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     for needle in [
         "error: --size 128 needs about",
-        "of GPU memory (estimated peak) but 95 MB is available",
+        // With 10 iterations the history asked for is 10 pairs; the figures assume 5.
+        "of GPU memory (estimated peak, with 5 L-BFGS pairs) but 95 MB is available",
         "the largest --size that fits is about",
         "NST_GPU_MEMORY_LIMIT",
     ] {
