@@ -144,11 +144,11 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let device = select_device(cfg, progress)?;
     let images = Images::load(cfg)?;
     let plan = checked_plan(cfg, &device, &images.sizes())?;
-    apply_memory_mode(plan.memory_mode, progress);
+    apply_memory_mode(plan.memory_mode(), progress);
     let vgg = load_vgg(cfg, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
     let history = lbfgs_pairs(prepared.content.channels, &plan);
-    if let Some(pairs) = plan.lbfgs_pairs {
+    if let Some(pairs) = plan.shortened_lbfgs_pairs() {
         let asked = lbfgs_history(prepared.content.channels, plan.output).min(cfg.iters as usize);
         progress.warning(&format!(
             "memory is tight for this size: L-BFGS keeps {pairs} (s, y) pairs instead of {asked} (slightly slower convergence)"
@@ -173,11 +173,11 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
         },
         device: device.to_string(),
         peak_device_bytes: device.peak_device_memory_bytes(),
-        memory_mode: plan.memory_mode,
+        memory_mode: plan.memory_mode(),
         // A scale of `iters` iterations makes at most `iters` pairs.
         lbfgs_history: (cfg.optimizer == OptimizerKind::Lbfgs)
             .then_some(history.min(cfg.iters as usize)),
-        estimated_peak_bytes: plan.estimated_peak_bytes,
+        estimated_peak_bytes: plan.memory.map(|fit| fit.estimated_peak_bytes),
     };
     if let Some(path) = &cfg.report {
         write_report(cfg, &outcome, path)?;
@@ -207,10 +207,7 @@ fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<Sca
             .map(|a| (a, memory::Pool::Gpu { cudnn }))
     };
     if let Some(available) = available {
-        let fit = memory_preflight(cfg, sizes, &plan, available)?;
-        plan.memory_mode = fit.mode;
-        plan.lbfgs_pairs = fit.shortened_history_vectors.map(|v| v / 2);
-        plan.estimated_peak_bytes = Some(fit.estimated_peak_bytes);
+        plan.memory = Some(memory_preflight(cfg, sizes, &plan, available)?);
     }
     Ok(plan)
 }
@@ -334,17 +331,23 @@ struct ScalePlan {
     /// (width, height) of each scale, coarse to fine.
     scales: Vec<(usize, usize)>,
     deepest: Layer,
-    /// Fast unless the preflight found that only the lean mode fits.
-    memory_mode: memory::MemoryMode,
-    /// Fewer L-BFGS pairs than the size allows, where the preflight found that only that
-    /// fits.
-    lbfgs_pairs: Option<usize>,
-    /// The preflight's estimate of the peak memory (`None` where the memory available
-    /// cannot be read, and the preflight does not run).
-    estimated_peak_bytes: Option<u64>,
+    /// What the memory preflight settled on (`None` where the memory available cannot be
+    /// read, and the preflight does not run).
+    memory: Option<memory::Fit>,
 }
 
 impl ScalePlan {
+    /// Fast unless the preflight found that only the lean mode fits.
+    fn memory_mode(&self) -> memory::MemoryMode {
+        self.memory.map_or(memory::MemoryMode::Fast, |fit| fit.mode)
+    }
+
+    /// Fewer L-BFGS pairs than the size allows, where the preflight found that only that
+    /// fits.
+    fn shortened_lbfgs_pairs(&self) -> Option<usize> {
+        self.memory?.shortened_history_vectors.map(|v| v / 2)
+    }
+
     fn new(cfg: &Config, sizes: &InputSizes) -> Result<Self> {
         let (content_w, content_h) = sizes.content;
         let all_layers = [&cfg.content_layers[..], &cfg.style_layers[..]].concat();
@@ -371,9 +374,7 @@ impl ScalePlan {
             output,
             scales,
             deepest,
-            memory_mode: memory::MemoryMode::Fast,
-            lbfgs_pairs: None,
-            estimated_peak_bytes: None,
+            memory: None,
         };
         for (si, &(w, h)) in plan.scales.iter().enumerate() {
             for (&style, path) in sizes.styles.iter().zip(&cfg.styles) {
@@ -561,7 +562,7 @@ fn optimise(
             .map_err(|e| keep_previous(e.into()))?;
         let objective = Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone())
             .map_err(|e| keep_previous(e.into()))?
-            .recomputing_first_layer(plan.memory_mode == memory::MemoryMode::Lean);
+            .recomputing_first_layer(plan.memory_mode() == memory::MemoryMode::Lean);
         let start = match &previous {
             Some(prev) => prev.resized(w, h),
             None => prepared.start(cfg, images.init.as_ref(), &content_planes),
@@ -753,7 +754,8 @@ fn lbfgs_history(channels: usize, (w, h): (usize, usize)) -> usize {
 /// or fewer where the preflight found that only fewer fit the memory.
 fn lbfgs_pairs(channels: usize, plan: &ScalePlan) -> usize {
     let history = lbfgs_history(channels, plan.output);
-    plan.lbfgs_pairs.map_or(history, |pairs| pairs.min(history))
+    plan.shortened_lbfgs_pairs()
+        .map_or(history, |pairs| pairs.min(history))
 }
 
 /// The optimizer as configured, for the plan's output size (and its memory).

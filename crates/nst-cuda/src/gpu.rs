@@ -1076,9 +1076,9 @@ impl Gpu {
     }
 
     /// [`Gpu::gram_backward`] written over F: each band of positions is multiplied into a
-    /// scratch buffer (an eighth of F, but up to 64 MiB or F whole where that is more; at most
-    /// the im2col budget: see `gram_band`), then copied back over the band (`copy2d`), so the gradient needs no
-    /// second buffer of F's size.
+    /// scratch buffer (an eighth of F, but up to 64 MiB or F whole where that is more; at
+    /// most the im2col budget: see `gram_band`), then copied back over the band (`copy2d`),
+    /// so the gradient needs no second buffer of F's size.
     pub fn gram_backward_in_place(
         &self,
         f: &mut Floats,

@@ -85,16 +85,24 @@ fn every_kernel_compiles_with_nvrtc() {
     );
 }
 
-/// The emulator and, where there is one, the GPU: every parity test runs on both.
-fn gpus() -> Vec<(&'static str, Gpu)> {
-    let mut out = vec![];
+/// A fresh emulator (its own allocation counts), or `None` with the reason printed where
+/// g++ is missing and NST_REQUIRE_EMULATOR is not set.
+fn emulator() -> Option<Gpu> {
     match Gpu::emulated() {
-        Ok(g) => out.push(("emulator", g)),
+        Ok(g) => Some(g),
         Err(why) if std::env::var_os("NST_REQUIRE_EMULATOR").is_some() => {
             panic!("NST_REQUIRE_EMULATOR is set but {why}")
         }
-        Err(why) => eprintln!("skipped emulator parity: {why}"),
+        Err(why) => {
+            eprintln!("skipped the emulator: {why}");
+            None
+        }
     }
+}
+
+/// The emulator and, where there is one, the GPU: every parity test runs on both.
+fn gpus() -> Vec<(&'static str, Gpu)> {
+    let mut out: Vec<_> = emulator().map(|g| ("emulator", g)).into_iter().collect();
     // The emulator with a convolution library, as a GPU with cuDNN has: the code that
     // calls one (bias, ReLU, accumulation, batches) against nst-cpu.
     if let Ok(e) = nst_cuda::emulator::Emulator::with_library_convolutions() {
@@ -1048,13 +1056,7 @@ fn the_in_place_gram_gradient_takes_one_bands_scratch() {
     if common::in_sanitized_rerun() {
         return; // 17M values through copy2d: slow under the sanitizers, and no new kernel
     }
-    let gpu = match Gpu::emulated() {
-        Ok(g) => g,
-        Err(why) if std::env::var_os("NST_REQUIRE_EMULATOR").is_some() => {
-            panic!("NST_REQUIRE_EMULATOR is set but {why}")
-        }
-        Err(why) => return eprintln!("skipped: {why}"),
-    };
+    let Some(gpu) = emulator() else { return };
     let (c, m, scale) = (64, 270_000, 0.5);
     let (f, dg) = (rand_vec(c * m, 11), rand_vec(c * c, 12));
     let mut df = gpu.upload(&f).unwrap();
