@@ -112,7 +112,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
 
-    /// Compute device: auto uses CUDA when present, else the CPU.
+    /// Compute device: auto uses CUDA when present and its memory holds the size, else the CPU.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 

@@ -215,7 +215,7 @@ pub fn estimate_gpu_peak_bytes(w: &Workload, cudnn: bool) -> f64 {
 /// reports (`None` when it does not).
 pub fn available_gpu_bytes(reported: Option<u64>) -> Result<Option<f64>> {
     if let Ok(v) = std::env::var("NST_GPU_MEMORY_LIMIT") {
-        return parse_bytes(&v).map(Some);
+        return parse_bytes("NST_GPU_MEMORY_LIMIT", &v).map(Some);
     }
     Ok(reported.map(|b| b as f64))
 }
@@ -256,7 +256,7 @@ impl Pool {
 /// `None` when neither can be read.
 pub fn available_bytes() -> Result<Option<f64>> {
     if let Ok(v) = std::env::var("NST_MEMORY_LIMIT") {
-        return parse_bytes(&v).map(Some);
+        return parse_bytes("NST_MEMORY_LIMIT", &v).map(Some);
     }
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
     let available = meminfo.as_deref().and_then(|m| {
@@ -282,19 +282,19 @@ pub fn available_bytes() -> Result<Option<f64>> {
     .map(|free| free + reusable))
 }
 
-/// Bytes for a message: "0.6 GB" from 0.5 GB up (as before), "95 MB" below, so that two
-/// small amounts do not both read "0.1 GB".
+/// Bytes for a message, in the binary units `NST_MEMORY_LIMIT` reads ("8G" is 8 GiB): "0.6 GiB"
+/// from 0.5 GiB up, "95 MiB" below, so that two small amounts do not both read "0.1 GiB".
 fn readable(bytes: f64) -> String {
     let gib = bytes / (MIB * 1024.0);
     if gib >= 0.5 {
-        format!("{gib:.1} GB")
+        format!("{gib:.1} GiB")
     } else {
-        format!("{:.0} MB", bytes / MIB)
+        format!("{:.0} MiB", bytes / MIB)
     }
 }
 
-/// `"512M"`, `"2G"`, `"1.5G"`, `"300000000"` → bytes.
-fn parse_bytes(s: &str) -> Result<f64> {
+/// `"512M"`, `"2G"`, `"1.5G"`, `"300000000"` → bytes; errors name `variable`.
+fn parse_bytes(variable: &str, s: &str) -> Result<f64> {
     let t = s.trim();
     let (number, unit) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_uppercase()),
@@ -305,11 +305,11 @@ fn parse_bytes(s: &str) -> Result<f64> {
         'K' => 1024.0,
         'M' => MIB,
         'G' => MIB * 1024.0,
-        _ => bail!("NST_MEMORY_LIMIT: unknown unit in {s:?} (use K, M or G)"),
+        _ => bail!("{variable}: unknown unit in {s:?} (use K, M or G)"),
     };
     match number.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v * scale),
-        _ => bail!("NST_MEMORY_LIMIT: {s:?} is not a positive size (e.g. 8G)"),
+        _ => bail!("{variable}: {s:?} is not a positive size (e.g. 8G)"),
     }
 }
 
@@ -391,12 +391,27 @@ pub fn check(
         v if v < requested.history_vectors => format!(", with {} L-BFGS pairs", v / 2),
         _ => String::new(),
     };
-    bail!(
+    Err(DoesNotFit(format!(
         "--size {requested_side} needs about {} of {memory} (estimated peak{shortest_history}) but {} is available: {hint} ({variable} overrides the available amount)",
         readable(need),
         readable(available)
-    )
+    ))
+    .into())
 }
+
+/// [`check`]'s refusal: the size cannot fit the memory in any mode, with the estimate, the
+/// amount available and the largest size that fits, in one line. A type of its own so that
+/// `--device auto` can tell it from other errors and try the CPU instead of a GPU.
+#[derive(Debug)]
+pub struct DoesNotFit(String);
+
+impl std::fmt::Display for DoesNotFit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DoesNotFit {}
 
 #[cfg(test)]
 mod tests {
@@ -609,9 +624,12 @@ mod tests {
 
     #[test]
     fn limits_parse_with_units() {
-        assert_eq!(parse_bytes("512M").unwrap(), 512.0 * MIB);
-        assert_eq!(parse_bytes("1.5g").unwrap(), 1.5 * 1024.0 * MIB);
-        assert_eq!(parse_bytes("4096").unwrap(), 4096.0);
-        assert!(parse_bytes("-1G").is_err() && parse_bytes("lots").is_err());
+        let parse = |s| parse_bytes("NST_GPU_MEMORY_LIMIT", s);
+        assert_eq!(parse("512M").unwrap(), 512.0 * MIB);
+        assert_eq!(parse("1.5g").unwrap(), 1.5 * 1024.0 * MIB);
+        assert_eq!(parse("4096").unwrap(), 4096.0);
+        assert!(parse("-1G").is_err());
+        let err = parse("lots").unwrap_err().to_string();
+        assert!(err.starts_with("NST_GPU_MEMORY_LIMIT: \"lots\""), "{err}");
     }
 }

@@ -143,7 +143,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let started = Instant::now();
     let device = select_device(cfg, progress)?;
     let images = Images::load(cfg)?;
-    let plan = checked_plan(cfg, &device, &images.sizes())?;
+    let (device, plan) = plan_on(cfg, device, &images.sizes(), progress, available_memory)?;
     apply_memory_mode(plan.memory_mode(), progress);
     let vgg = load_vgg(cfg, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
@@ -191,21 +191,68 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
 /// already) calls when a run is submitted, so that a run that cannot work is refused at once
 /// instead of failing when its turn comes.
 pub fn preflight(cfg: &Config) -> Result<()> {
-    let device = select_device(cfg, &mut crate::progress::Quiet)?;
-    checked_plan(cfg, &device, &InputSizes::read(cfg)?)?;
+    let quiet = &mut crate::progress::Quiet;
+    let device = select_device(cfg, quiet)?;
+    plan_on(
+        cfg,
+        device,
+        &InputSizes::read(cfg)?,
+        quiet,
+        available_memory,
+    )?;
     Ok(())
 }
 
-/// Stages 3 and 3b: the scale plan, and the memory preflight for it (host or GPU memory).
-fn checked_plan(cfg: &Config, device: &Device, sizes: &InputSizes) -> Result<ScalePlan> {
-    let mut plan = ScalePlan::new(cfg, sizes)?;
-    let available = if device.is_cpu() {
+/// Stages 3 and 3b: the scale plan, and the memory preflight for it on `device`, with
+/// `available(device)`'s memory. With `--device auto`, a GPU whose memory cannot hold the
+/// size in any way gives way to the CPU where the host's memory can: `auto` is a promise to
+/// run on what works, and a run on the CPU, however much slower, is better than none. It says
+/// so (a warning, then the device), and `--device cuda` refuses instead.
+fn plan_on(
+    cfg: &Config,
+    device: Device,
+    sizes: &InputSizes,
+    progress: &mut dyn Progress,
+    available: impl Fn(&Device) -> Result<Option<(f64, memory::Pool)>>,
+) -> Result<(Device, ScalePlan)> {
+    let refusal = match checked_plan(cfg, sizes, available(&device)?) {
+        Ok(plan) => return Ok((device, plan)),
+        Err(e) => e,
+    };
+    let auto_chose_a_gpu = cfg.device == DeviceChoice::Auto && !device.is_cpu();
+    if !auto_chose_a_gpu || !refusal.is::<memory::DoesNotFit>() {
+        return Err(refusal);
+    }
+    // Where the host cannot hold it either, the GPU's refusal stands (auto chose the GPU).
+    let Ok(plan) = checked_plan(cfg, sizes, available(&Device::Cpu)?) else {
+        return Err(refusal);
+    };
+    progress.warning(&format!(
+        "{refusal}; --device auto runs it on the CPU instead, which is much slower (--device cuda insists on the GPU)"
+    ));
+    progress.device_chosen(&Device::Cpu.to_string(), None);
+    Ok((Device::Cpu, plan))
+}
+
+/// The memory a run on `device` may use, and which: the host's for the CPU, the GPU's
+/// otherwise (`None` where it cannot be told).
+fn available_memory(device: &Device) -> Result<Option<(f64, memory::Pool)>> {
+    Ok(if device.is_cpu() {
         memory::available_bytes()?.map(|a| (a, memory::Pool::Host))
     } else {
         let cudnn = device.conv_library().is_some();
         memory::available_gpu_bytes(device.available_device_memory_bytes())?
             .map(|a| (a, memory::Pool::Gpu { cudnn }))
-    };
+    })
+}
+
+/// The scale plan, and the memory preflight for it where the `available` memory is known.
+fn checked_plan(
+    cfg: &Config,
+    sizes: &InputSizes,
+    available: Option<(f64, memory::Pool)>,
+) -> Result<ScalePlan> {
+    let mut plan = ScalePlan::new(cfg, sizes)?;
     if let Some(available) = available {
         plan.memory = Some(memory_preflight(cfg, sizes, &plan, available)?);
     }
@@ -326,6 +373,7 @@ fn load_vgg(cfg: &Config, device: &Device) -> Result<Vgg19> {
 
 /// Stage 3: the output size and the coarse-to-fine scales, each big enough to survive the
 /// poolings before the deepest loss layer, with the style images checked at every scale.
+#[derive(Debug)]
 struct ScalePlan {
     output: (usize, usize),
     /// (width, height) of each scale, coarse to fine.
@@ -846,4 +894,113 @@ fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
     let json = serde_json::to_string_pretty(&report)?;
     write_atomic(path, |w| Ok(std::io::Write::write_all(w, json.as_bytes())?))
         .with_context(|| format!("writing report {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Args;
+    use clap::Parser;
+
+    const GIB: f64 = (1u64 << 30) as f64;
+
+    /// Records what a run says.
+    #[derive(Default)]
+    struct Said(Vec<String>);
+
+    impl Progress for Said {
+        fn scale_started(&mut self, _: usize, _: usize, _: usize, _: usize, _: u32) {}
+        fn iteration(&mut self, _: &IterationInfo) {}
+        fn scale_finished(&mut self) {}
+        fn note(&mut self, msg: &str) {
+            self.0.push(msg.to_string());
+        }
+    }
+
+    fn config(device: &str, size: &str) -> Config {
+        let args = ["nst", "-c", "c.png", "-s", "s.png", "-o", "o.png"];
+        Args::try_parse_from(args.iter().chain(&["--device", device, "--size", size]))
+            .unwrap()
+            .into_config()
+            .unwrap()
+    }
+
+    /// The emulated GPU, or `None` (the test then says it is skipped) where g++ cannot build
+    /// the emulator and `NST_REQUIRE_EMULATOR` is unset.
+    fn emulated_gpu() -> Option<Device> {
+        match Device::cuda_emulated() {
+            Ok(device) => Some(device),
+            Err(e) if std::env::var_os("NST_REQUIRE_EMULATOR").is_some() => panic!("{e}"),
+            Err(e) => {
+                eprintln!("skipped: no CUDA emulator ({e})");
+                None
+            }
+        }
+    }
+
+    /// A GPU with `gpu` bytes free (im2col path) beside a host with `host` bytes available.
+    fn memory(gpu: f64, host: f64) -> impl Fn(&Device) -> Result<Option<(f64, memory::Pool)>> {
+        move |device: &Device| {
+            Ok(Some(if device.is_cpu() {
+                (host, memory::Pool::Host)
+            } else {
+                (gpu, memory::Pool::Gpu { cudnn: false })
+            }))
+        }
+    }
+
+    #[test]
+    fn auto_runs_on_the_cpu_where_only_the_hosts_memory_holds_the_size() {
+        let Some(gpu) = emulated_gpu() else { return };
+        // A 2048×1362 output: about 3.3 GiB on the GPU (im2col) even with 5 L-BFGS pairs,
+        // 4.7 GiB on the host in the fast mode.
+        let sizes = InputSizes {
+            content: (3000, 1995),
+            styles: vec![(1024, 800)],
+        };
+        let (small_gpu, big_gpu) = (
+            memory(2.0 * GIB, 16.0 * GIB),
+            memory(16.0 * GIB, 16.0 * GIB),
+        );
+        let small_both = memory(2.0 * GIB, 2.0 * GIB);
+
+        let auto = config("auto", "2048");
+        let mut said = Said::default();
+        let (device, plan) = plan_on(&auto, gpu.clone(), &sizes, &mut said, &small_gpu).unwrap();
+        assert!(device.is_cpu());
+        assert_eq!(plan.output, (2048, 1362));
+        assert_eq!(plan.memory_mode(), memory::MemoryMode::Fast);
+        let [warning, chosen] = &said.0[..] else {
+            panic!("{:?}", said.0)
+        };
+        assert!(
+            warning.starts_with("--size 2048 needs about")
+                && warning.contains("of GPU memory")
+                && warning.contains("but 2.0 GiB is available")
+                && warning.contains("--device auto runs it on the CPU instead"),
+            "{warning}"
+        );
+        assert!(chosen.starts_with("device: cpu"), "{chosen}");
+
+        // Where the GPU holds it, it stays there, and nothing is said.
+        let mut said = Said::default();
+        let (device, _) = plan_on(&auto, gpu.clone(), &sizes, &mut said, &big_gpu).unwrap();
+        assert!(!device.is_cpu() && said.0.is_empty(), "{:?}", said.0);
+
+        // Where neither holds it, the GPU's refusal stands.
+        let err = plan_on(&auto, gpu.clone(), &sizes, &mut said, &small_both).unwrap_err();
+        assert!(err.is::<memory::DoesNotFit>(), "{err}");
+        assert!(err.to_string().contains("of GPU memory"), "{err}");
+
+        // --device cuda insists on the GPU.
+        let cuda = config("cuda", "2048");
+        let err = plan_on(&cuda, gpu.clone(), &sizes, &mut said, &small_gpu).unwrap_err();
+        assert!(err.to_string().contains("of GPU memory"), "{err}");
+        assert!(said.0.is_empty(), "{:?}", said.0);
+
+        // Other errors are not memory's, and stand.
+        let unreadable = |_: &Device| Err(anyhow!("NST_GPU_MEMORY_LIMIT: \"lots\""));
+        let err = plan_on(&auto, gpu, &sizes, &mut said, unreadable).unwrap_err();
+        assert!(err.to_string().starts_with("NST_GPU_MEMORY_LIMIT"), "{err}");
+    }
 }

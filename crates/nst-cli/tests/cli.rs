@@ -303,7 +303,7 @@ fn memory_preflight_refuses_a_size_that_does_not_fit() {
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("--size 512 needs about") && stderr.contains("but 300 MB is available"),
+        stderr.contains("--size 512 needs about") && stderr.contains("but 300 MiB is available"),
         "{stderr}"
     );
     assert!(!out.exists());

@@ -267,7 +267,7 @@ fn the_gpu_memory_preflight_refuses_what_cannot_fit() {
     for needle in [
         "error: --size 128 needs about",
         // With 10 iterations the history asked for is 10 pairs; the figures assume 5.
-        "of GPU memory (estimated peak, with 5 L-BFGS pairs) but 95 MB is available",
+        "of GPU memory (estimated peak, with 5 L-BFGS pairs) but 95 MiB is available",
         "the largest --size that fits is about",
         "NST_GPU_MEMORY_LIMIT",
     ] {
