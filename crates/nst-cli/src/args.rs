@@ -1,12 +1,13 @@
 //! Command-line arguments and their validation.
 
 use crate::config::{ColorMode, Config, DeviceChoice, Init, OptimizerKind, PrecisionChoice};
+use crate::paths;
 use anyhow::{bail, ensure, Result};
 use clap::Parser;
 use nst_image::OutputFormat;
 use nst_tensor::{ConvAlgorithm, Layout};
 use nst_vgg::{Layer, Pooling};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Defaults, chosen by comparing results on the shared photos and paintings (see README).
 pub mod defaults {
@@ -193,23 +194,32 @@ pub fn scale_sides(size: u32, scales: Option<u32>) -> Vec<u32> {
 }
 
 impl Args {
+    /// The files the run writes can be written, and none is an input or another of them
+    /// (see [`crate::paths`]).
+    fn check_paths(&self) -> Result<()> {
+        paths::check_writable("-o", &self.output)?;
+        let mut outputs = vec![("-o", self.output.as_path())];
+        if let Some(report) = &self.report {
+            paths::check_writable("--report", report)?;
+            outputs.push(("--report", report));
+        }
+        let mut inputs = vec![("content image", self.content.as_path())];
+        inputs.extend(self.style.iter().map(|s| ("style image", s.as_path())));
+        if !matches!(self.init.as_str(), "content" | "noise") {
+            inputs.push(("--init image", Path::new(&self.init)));
+        }
+        if let Some(weights) = &self.weights {
+            inputs.push(("--weights file", weights));
+        }
+        paths::check_no_overwrite(&outputs, self.save_every.is_some(), &inputs)
+    }
+
     /// Checks every argument and resolves defaults into a [`Config`]; errors are one line and
     /// name the flag. Also reads `NST_CONV` (`fastest`, the default, or `im2col`/`direct`: the
     /// reference convolution, for comparisons); an unknown value is an error, not ignored.
     pub fn into_config(self) -> Result<Config> {
         OutputFormat::from_path(&self.output)?;
-        if let Some(parent) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            ensure!(
-                parent.is_dir(),
-                "output folder {} does not exist",
-                parent.display()
-            );
-        }
-        ensure!(
-            !self.output.is_dir(),
-            "output {} is a folder, not a file",
-            self.output.display()
-        );
+        self.check_paths()?;
         ensure!(
             self.size <= MAX_SIZE,
             "--size {} is too large (at most {MAX_SIZE})",

@@ -20,12 +20,14 @@
 //! - [`pipeline`]: the run as named stages (device, inputs, scale plan, colours, optimisation,
 //!   output), writing the best image on interruption or a non-finite loss.
 //! - [`memory`]: the memory preflight (estimated peak against what is available).
+//! - [`paths`]: the files a run writes, checked before it starts.
 //! - [`progress`], [`report`]: what the user sees while it runs and the JSON report.
 //! - [`serve`]: `nst serve`, the web page and HTTP API over the same pipeline.
 
 pub mod args;
 pub mod config;
 pub mod memory;
+pub mod paths;
 pub mod pipeline;
 pub mod progress;
 pub mod report;

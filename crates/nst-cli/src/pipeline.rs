@@ -646,7 +646,7 @@ fn optimise(
                         progress.preview(&info, &picture);
                     }
                     if save {
-                        let path = intermediate_path(&cfg.output, scale, k);
+                        let path = crate::paths::snapshot_path(&cfg.output, scale, k);
                         save_atomic(&picture, &path)
                             .with_context(|| format!("writing {}", path.display()))?;
                     }
@@ -859,19 +859,6 @@ fn trace_point(iter: u32, eval: &Evaluation) -> TracePoint {
         style: p[1],
         tv: p[2],
     }
-}
-
-/// `out.png` → `out_s3_0050.png`.
-fn intermediate_path(output: &Path, scale: usize, iter: u32) -> PathBuf {
-    let stem = output
-        .file_stem()
-        .map(|s| s.to_string_lossy())
-        .unwrap_or_default();
-    let ext = output
-        .extension()
-        .map(|s| s.to_string_lossy())
-        .unwrap_or_default();
-    output.with_file_name(format!("{stem}_s{scale}_{iter:04}.{ext}"))
 }
 
 /// Stage 6 (optional): the JSON report, written atomically.

@@ -434,6 +434,7 @@ fn bad_inputs_fail_cleanly() {
     // Both sides allowed, but 108 megapixels: refused from the header.
     let huge = write("huge.png", &png_with_size(12_000, 9_000));
     let bad_weights = write("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":");
+    let photo = write("photo.png", &png);
 
     let base = |c: &str| {
         vec![
@@ -489,10 +490,44 @@ fn bad_inputs_fail_cleanly() {
             "does not exist",
         ),
         (opt(&["-o", path_str(&d.join("out.gif"))]), ".gif"),
+        // Files the run would write over: refused before it starts.
+        (opt(&["--report", o]), "--report and -o are the same file"),
+        (
+            opt(&["--report", path_str(&d.join("missing_dir/r.json"))]),
+            "--report: folder",
+        ),
+        (
+            opt(&[
+                "--save-every",
+                "1",
+                "--report",
+                path_str(&d.join("never_s1_0001.png")),
+            ]),
+            "--save-every snapshots of -o",
+        ),
+        (
+            with(base(&photo), &["--init", &photo, "--report", &photo]),
+            "would overwrite the content image",
+        ),
     ];
     for (args, needle) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         expect_failure(&args, &out, needle);
     }
     assert!(!d.join("out.gif").exists() && !d.join("missing_dir").exists());
+    assert_eq!(
+        std::fs::read(&photo).unwrap(),
+        png,
+        "the content photo was written over"
+    );
+    // The output over the content photo.
+    let over_photo = [
+        "-c", &photo, "-s", STYLE, "-o", &photo, "--size", "64", "-q",
+    ];
+    expect_failure(&over_photo, &out, "-o");
+    assert_eq!(
+        std::fs::read(&photo).unwrap(),
+        png,
+        "the content photo was written over"
+    );
 }

@@ -328,12 +328,12 @@ pub fn write_atomic(
     let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| -> Result<()> {
         let file =
-            File::create(&tmp).map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
+            File::create(&tmp).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
         let mut w = BufWriter::new(file);
         write(&mut w)?;
         let file = w
             .into_inner()
-            .map_err(|e| anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
+            .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error()))?;
         file.sync_all()?;
         std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
         Ok(())
