@@ -43,7 +43,10 @@ pub const MAX_SIZE: u32 = 16384;
     version,
     about = "Repaint a photo in the style of a painting (neural style transfer, Gatys et al.)",
     after_help = "Example: nst -c photo.jpg -s painting.jpg -o out.png\nCtrl-C (or SIGTERM) writes the best image so far and exits with code 130 (143).\nnst serve: a local web page to do the same (see nst serve --help).",
-    max_term_width = 100
+    max_term_width = 100,
+    // `--seed -1` is a (bad) value, to be named as such, not an unknown option; so are the
+    // weights' `-1e-3` and `-.5` (`allow_hyphen_values`: clap's test does not take them).
+    allow_negative_numbers = true
 )]
 pub struct Args {
     /// Content photo (PNG, JPEG or WebP).
@@ -77,20 +80,25 @@ pub struct Args {
 
     /// Learning rate: L-BFGS step multiplier [default: 1], Adam step in 0..255 pixel units
     /// [default: 4].
-    #[arg(long, value_name = "X")]
+    #[arg(long, allow_hyphen_values = true, value_name = "X")]
     pub lr: Option<f32>,
 
     /// Content weight α.
-    #[arg(long, value_name = "X", default_value_t = defaults::CONTENT_WEIGHT)]
+    #[arg(long, allow_hyphen_values = true, value_name = "X", default_value_t = defaults::CONTENT_WEIGHT)]
     pub content_weight: f32,
 
     /// Style weight β: larger means more painterly.
-    #[arg(long, value_name = "X", default_value_t = defaults::STYLE_WEIGHT)]
+    #[arg(long, allow_hyphen_values = true, value_name = "X", default_value_t = defaults::STYLE_WEIGHT)]
     pub style_weight: f32,
 
     /// Weights w_l of the style layers, comma-separated, one per style layer
     /// [default: 0.1,0.2,0.4,0.2,0.1 for the default layers, else all 1].
-    #[arg(long, value_name = "a,b,c,d,e", value_delimiter = ',')]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "a,b,c,d,e",
+        value_delimiter = ','
+    )]
     pub style_layer_weights: Option<Vec<f32>>,
 
     /// Content layers, comma-separated VGG-19 layer names.
@@ -102,7 +110,7 @@ pub struct Args {
     pub style_layers: Vec<String>,
 
     /// Total-variation weight γ (smooths high-frequency noise).
-    #[arg(long, value_name = "X", default_value_t = defaults::TV_WEIGHT)]
+    #[arg(long, allow_hyphen_values = true, value_name = "X", default_value_t = defaults::TV_WEIGHT)]
     pub tv_weight: f32,
 
     /// Initial image: content, noise, or an image file.
@@ -110,7 +118,12 @@ pub struct Args {
     pub init: String,
 
     /// Random seed for --init noise.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "N",
+        default_value_t = 0
+    )]
     pub seed: u64,
 
     /// Compute device: auto uses CUDA when present and its memory holds the size, else the CPU.
@@ -132,7 +145,12 @@ pub struct Args {
     pub scales: Option<u32>,
 
     /// Blend weights of the style images, comma-separated, one per --style [default: equal].
-    #[arg(long, value_name = "w1,w2,..", value_delimiter = ',')]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        value_name = "w1,w2,..",
+        value_delimiter = ','
+    )]
     pub style_blend: Option<Vec<f32>>,
 
     /// Keep the content's colours: luminance-only transfer, or match the style's colours to the

@@ -141,9 +141,9 @@ impl std::error::Error for FailedMidRun {}
 /// Runs style transfer as configured. `interrupt` is polled between iterations.
 pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) -> Result<Outcome> {
     let started = Instant::now();
-    let device = select_device(cfg, progress)?;
+    let chosen = select_device(cfg)?;
     let images = Images::load(cfg)?;
-    let (device, plan) = plan_on(cfg, device, &images.sizes(), progress, available_memory)?;
+    let (device, plan) = plan_on(cfg, chosen, &images.sizes(), progress, available_memory)?;
     apply_memory_mode(plan.memory_mode(), progress);
     let vgg = load_vgg(cfg, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
@@ -191,11 +191,11 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
 /// already) calls when a run is submitted, so that a run that cannot work is refused at once
 /// instead of failing when its turn comes.
 pub fn preflight(cfg: &Config) -> Result<()> {
+    let chosen = select_device(cfg)?;
     let quiet = &mut crate::progress::Quiet;
-    let device = select_device(cfg, quiet)?;
     plan_on(
         cfg,
-        device,
+        chosen,
         &InputSizes::read(cfg)?,
         quiet,
         available_memory,
@@ -203,24 +203,34 @@ pub fn preflight(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Stages 3 and 3b: the scale plan, and the memory preflight for it on `device`, with
-/// `available(device)`'s memory. With `--device auto`, a GPU whose memory cannot hold the
-/// size in any way gives way to the CPU where the host's memory can: `auto` is a promise to
-/// run on what works, and a run on the CPU, however much slower, is better than none. It says
-/// so (a warning, then the device), and `--device cuda` refuses instead.
+/// Stages 3 and 3b: the scale plan, and the memory preflight for it on the device chosen,
+/// with `available(device)`'s memory; then, for `--device auto`, the device is named (once
+/// the plan stands, so that an error before it is the only line). With `auto`, a GPU whose
+/// memory cannot hold the size in any way gives way to the CPU where the host's memory can:
+/// `auto` is a promise to run on what works, and a run on the CPU, however much slower, is
+/// better than none. It says so (a warning), and `--device cuda` refuses instead.
 fn plan_on(
     cfg: &Config,
-    device: Device,
+    chosen: ChosenDevice,
     sizes: &InputSizes,
     progress: &mut dyn Progress,
     available: impl Fn(&Device) -> Result<Option<(f64, memory::Pool)>>,
 ) -> Result<(Device, ScalePlan)> {
+    let ChosenDevice {
+        device,
+        why_not_cuda,
+    } = chosen;
+    let auto = cfg.device == DeviceChoice::Auto;
     let refusal = match checked_plan(cfg, sizes, available(&device)?) {
-        Ok(plan) => return Ok((device, plan)),
+        Ok(plan) => {
+            if auto {
+                progress.device_chosen(&device.to_string(), why_not_cuda.as_deref());
+            }
+            return Ok((device, plan));
+        }
         Err(e) => e,
     };
-    let auto_chose_a_gpu = cfg.device == DeviceChoice::Auto && !device.is_cpu();
-    if !auto_chose_a_gpu || !refusal.is::<memory::DoesNotFit>() {
+    if !auto || device.is_cpu() || !refusal.is::<memory::DoesNotFit>() {
         return Err(refusal);
     }
     // Where the host cannot hold it either, the GPU's refusal stands (auto chose the GPU).
@@ -272,25 +282,33 @@ fn apply_memory_mode(mode: memory::MemoryMode, progress: &mut dyn Progress) {
     }
 }
 
-/// Stage 1: the device, as asked (`auto` says what it chose and why).
-fn select_device(cfg: &Config, progress: &mut dyn Progress) -> Result<Device> {
-    let precision = cfg.precision.precision();
-    Ok(match cfg.device {
-        DeviceChoice::Cpu => Device::Cpu,
-        DeviceChoice::Cuda => Device::cuda(0)
-            .map_err(|e| anyhow!("--device cuda: {e}"))?
-            .with_precision(precision)
-            .with_layout(cfg.layout),
-        DeviceChoice::CudaEmulated => Device::cuda_emulated()
-            .map_err(|e| anyhow!("--device cuda-emulated: {e}"))?
-            .with_precision(precision)
-            .with_layout(cfg.layout),
-        DeviceChoice::Auto => {
-            let (device, why_not_cuda) = Device::best_available();
-            let device = device.with_precision(precision).with_layout(cfg.layout);
-            progress.device_chosen(&device.to_string(), why_not_cuda.as_deref());
-            device
+/// The device stage 1 chose, and for `--device auto`, why not CUDA where it is not.
+struct ChosenDevice {
+    device: Device,
+    why_not_cuda: Option<String>,
+}
+
+/// Stage 1: the device, as asked (`auto` says what it chose and why, once the plan stands:
+/// see [`plan_on`]).
+fn select_device(cfg: &Config) -> Result<ChosenDevice> {
+    let (device, why_not_cuda) = match cfg.device {
+        DeviceChoice::Cpu => (Device::Cpu, None),
+        DeviceChoice::Cuda => {
+            let device = Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}"))?;
+            (device, None)
         }
+        DeviceChoice::CudaEmulated => {
+            let device =
+                Device::cuda_emulated().map_err(|e| anyhow!("--device cuda-emulated: {e}"))?;
+            (device, None)
+        }
+        DeviceChoice::Auto => Device::best_available(),
+    };
+    Ok(ChosenDevice {
+        device: device
+            .with_precision(cfg.precision.precision())
+            .with_layout(cfg.layout),
+        why_not_cuda,
     })
 }
 
@@ -925,6 +943,14 @@ mod tests {
         }
     }
 
+    /// `gpu`, as `--device auto` or `cuda` would have chosen it.
+    fn chosen(gpu: &Device) -> ChosenDevice {
+        ChosenDevice {
+            device: gpu.clone(),
+            why_not_cuda: None,
+        }
+    }
+
     /// A GPU with `gpu` bytes free (im2col path) beside a host with `host` bytes available.
     fn memory(gpu: f64, host: f64) -> impl Fn(&Device) -> Result<Option<(f64, memory::Pool)>> {
         move |device: &Device| {
@@ -953,11 +979,11 @@ mod tests {
 
         let auto = config("auto", "2048");
         let mut said = Said::default();
-        let (device, plan) = plan_on(&auto, gpu.clone(), &sizes, &mut said, &small_gpu).unwrap();
+        let (device, plan) = plan_on(&auto, chosen(&gpu), &sizes, &mut said, &small_gpu).unwrap();
         assert!(device.is_cpu());
         assert_eq!(plan.output, (2048, 1362));
         assert_eq!(plan.memory_mode(), memory::MemoryMode::Fast);
-        let [warning, chosen] = &said.0[..] else {
+        let [warning, device_line] = &said.0[..] else {
             panic!("{:?}", said.0)
         };
         assert!(
@@ -967,27 +993,33 @@ mod tests {
                 && warning.contains("--device auto runs it on the CPU instead"),
             "{warning}"
         );
-        assert!(chosen.starts_with("device: cpu"), "{chosen}");
+        assert!(device_line.starts_with("device: cpu"), "{device_line}");
 
         // Where the GPU holds it, it stays there, and nothing is said.
         let mut said = Said::default();
-        let (device, _) = plan_on(&auto, gpu.clone(), &sizes, &mut said, &big_gpu).unwrap();
-        assert!(!device.is_cpu() && said.0.is_empty(), "{:?}", said.0);
+        let (device, _) = plan_on(&auto, chosen(&gpu), &sizes, &mut said, &big_gpu).unwrap();
+        assert!(!device.is_cpu(), "{:?}", said.0);
+        assert!(
+            matches!(&said.0[..], [d] if d.starts_with("device: cuda")),
+            "{:?}",
+            said.0
+        );
+        said.0.clear();
 
         // Where neither holds it, the GPU's refusal stands.
-        let err = plan_on(&auto, gpu.clone(), &sizes, &mut said, &small_both).unwrap_err();
+        let err = plan_on(&auto, chosen(&gpu), &sizes, &mut said, &small_both).unwrap_err();
         assert!(err.is::<memory::DoesNotFit>(), "{err}");
         assert!(err.to_string().contains("of GPU memory"), "{err}");
 
         // --device cuda insists on the GPU.
         let cuda = config("cuda", "2048");
-        let err = plan_on(&cuda, gpu.clone(), &sizes, &mut said, &small_gpu).unwrap_err();
+        let err = plan_on(&cuda, chosen(&gpu), &sizes, &mut said, &small_gpu).unwrap_err();
         assert!(err.to_string().contains("of GPU memory"), "{err}");
         assert!(said.0.is_empty(), "{:?}", said.0);
 
         // Other errors are not memory's, and stand.
         let unreadable = |_: &Device| Err(anyhow!("NST_GPU_MEMORY_LIMIT: \"lots\""));
-        let err = plan_on(&auto, gpu, &sizes, &mut said, unreadable).unwrap_err();
+        let err = plan_on(&auto, chosen(&gpu), &sizes, &mut said, unreadable).unwrap_err();
         assert!(err.to_string().starts_with("NST_GPU_MEMORY_LIMIT"), "{err}");
     }
 }

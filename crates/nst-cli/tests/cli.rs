@@ -476,6 +476,11 @@ fn bad_inputs_fail_cleanly() {
         (opt(&["--style-weight", "nan"]), "--style-weight"),
         (opt(&["--content-weight", "inf"]), "--content-weight"),
         (opt(&["--tv-weight=-1"]), "--tv-weight"),
+        // Negative values are values (named by our check or clap's), not unknown options.
+        (opt(&["--style-weight", "-1e-3"]), "--style-weight must be"),
+        (opt(&["--tv-weight", "-.5"]), "--tv-weight must be"),
+        (opt(&["--style-blend", "-1"]), "--style-blend must be"),
+        (opt(&["--seed", "-1"]), "for '--seed"),
         (opt(&["--lr", "NaN"]), "--lr"),
         (
             opt(&["--style-layer-weights", "1,2"]),
@@ -520,6 +525,18 @@ fn bad_inputs_fail_cleanly() {
         png,
         "the content photo was written over"
     );
+    // Without -q, an error before the device is named is still the only line.
+    let missing = [
+        "-c",
+        "/nonexistent/photo.jpg",
+        "-s",
+        STYLE,
+        "-o",
+        o,
+        "--size",
+        "64",
+    ];
+    expect_failure(&missing, &out, "/nonexistent/photo.jpg");
     // The output over the content photo.
     let over_photo = [
         "-c", &photo, "-s", STYLE, "-o", &photo, "--size", "64", "-q",
