@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let (interrupt, signal) = watch_signals();
+    if !quiet {
+        acknowledge_interrupt(interrupt.clone());
+    }
     let mut progress: Box<dyn Progress> = if quiet {
         Box::new(Quiet)
     } else if std::io::stderr().is_terminal() {
@@ -71,6 +74,17 @@ fn watch_signals() -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
         let _ = signal_hook::flag::register(sig, interrupt.clone());
     }
     (interrupt, signal)
+}
+
+/// Says at once that the first signal was heard: the run stops only after the step under way
+/// (an evaluation, or a scale's targets), which at large sizes takes seconds to minutes.
+fn acknowledge_interrupt(interrupt: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        while !interrupt.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("stopping after the current step, then writing the best image so far (a second Ctrl-C quits at once)");
+    });
 }
 
 /// Prints the error and its causes on one line (Display, never Debug: no backtraces).

@@ -30,7 +30,7 @@ use nst_vgg::{geometry, Layer, Vgg19};
 use rand::{Rng, SeedableRng};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// L-BFGS history is capped so its (s, y) pairs stay within this many bytes.
@@ -633,6 +633,20 @@ fn optimise(
             Some(prev) => prev.resized(w, h),
             None => prepared.start(cfg, images.init.as_ref(), &content_planes),
         };
+        if interrupt.load(Ordering::Relaxed) {
+            // Interrupted while the scale was set up (its targets take seconds at large
+            // sizes): stop before the first evaluation, which takes as long again. The best
+            // so far is the previous scale's result, or, at the first scale, the start (what
+            // evaluating it first would have kept).
+            save_atomic(
+                &prepared.to_output(previous.as_ref().unwrap_or(&start)),
+                &cfg.output,
+            )?;
+            return Err(Interrupted {
+                saved: cfg.output.clone(),
+            }
+            .into());
+        }
         optimizer.reset();
         progress.scale_started(scale, plan.scales.len(), w, h, cfg.iters);
         let scale_started = Instant::now();

@@ -78,6 +78,44 @@ fn signals_write_the_best_image_and_exit_128_plus_signal() {
     }
 }
 
+/// SIGINT while a scale is set up (its targets, computed before the first iteration): heard
+/// at once, and the run stops before its first evaluation, writing the start image, which is
+/// all there is so far.
+#[test]
+fn a_signal_during_the_setup_stops_before_the_first_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    // 1024 px at one scale: seconds of targets on a CPU (where `auto` lands with no device
+    // visible, even on a GPU machine), so the signal lands before they are done.
+    let args = with(long_run(&out), &["--size", "1024"]);
+    let args: Vec<&String> = args.iter().filter(|a| *a != "-q").collect();
+    let mut child = Command::new(NST)
+        .args(args)
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The device is named once the plan stands, just before the targets.
+    let device = lines.next().unwrap().unwrap();
+    assert!(device.starts_with("device: "), "{device}");
+    send(&child, "INT");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    assert!(
+        rest[0].starts_with("stopping after the current step"),
+        "{rest:?}"
+    );
+    assert!(!rest.iter().any(|l| l.starts_with("scale 1/1")), "{rest:?}");
+    assert!(
+        rest.last().unwrap().starts_with("interrupted: wrote"),
+        "{rest:?}"
+    );
+    let img = image::open(&out).expect("the start image written on interrupt");
+    assert_eq!((img.width(), img.height()), (1024, 681));
+    assert_eq!(files_in(dir.path()), vec![out]);
+}
+
 /// `--save-every 1` into a small file system that fills up: a one-line error naming the
 /// file, no partial file, and the earlier output untouched.
 #[test]
