@@ -290,9 +290,14 @@ impl Args {
             Some(b) => {
                 ensure!(
                     b.len() == self.style.len(),
-                    "--style-blend has {} weights but {} --style images were given",
+                    "--style-blend has {} weights but {} --style {} given",
                     b.len(),
-                    self.style.len()
+                    self.style.len(),
+                    if self.style.len() == 1 {
+                        "image was"
+                    } else {
+                        "images were"
+                    }
                 );
                 let b: Vec<f32> = b
                     .iter()

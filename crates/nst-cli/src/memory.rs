@@ -293,23 +293,29 @@ fn readable(bytes: f64) -> String {
     }
 }
 
-/// `"512M"`, `"2G"`, `"1.5G"`, `"300000000"` → bytes; errors name `variable`.
+/// `"512M"`, `"2G"`, `"1.5G"`, `"8GB"`, `"8GiB"`, `"300000000"` → bytes, in binary units
+/// whichever way they are written (K, M, G, T, with or without `B` or `iB`, any case);
+/// errors name `variable`.
 fn parse_bytes(variable: &str, s: &str) -> Result<f64> {
-    let t = s.trim();
-    let (number, unit) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c.to_ascii_uppercase()),
-        _ => (t, 'B'),
-    };
-    let scale = match unit {
-        'B' => 1.0,
-        'K' => 1024.0,
-        'M' => MIB,
-        'G' => MIB * 1024.0,
-        _ => bail!("{variable}: unknown unit in {s:?} (use K, M or G)"),
-    };
+    let t = s.trim().to_ascii_uppercase();
+    let unit = |power: i32| 1024f64.powi(power);
+    let (number, scale) = [
+        ("T", unit(4)),
+        ("G", unit(3)),
+        ("M", unit(2)),
+        ("K", unit(1)),
+    ]
+    .iter()
+    .flat_map(|&(letter, scale)| {
+        ["IB", "B", ""].map(move |tail| (format!("{letter}{tail}"), scale))
+    })
+    .chain([("B".to_string(), 1.0)])
+    .find_map(|(suffix, scale)| t.strip_suffix(suffix.as_str()).map(|n| (n, scale)))
+    .unwrap_or((&t, 1.0));
     match number.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v * scale),
-        _ => bail!("{variable}: {s:?} is not a positive size (e.g. 8G)"),
+        Ok(_) => bail!("{variable}: {s:?} is not a positive size (e.g. 8G)"),
+        Err(_) => bail!("{variable}: {s:?} is not a size (e.g. 8G, 512M, 300000000)"),
     }
 }
 
@@ -628,8 +634,18 @@ mod tests {
         assert_eq!(parse("512M").unwrap(), 512.0 * MIB);
         assert_eq!(parse("1.5g").unwrap(), 1.5 * 1024.0 * MIB);
         assert_eq!(parse("4096").unwrap(), 4096.0);
-        assert!(parse("-1G").is_err());
-        let err = parse("lots").unwrap_err().to_string();
-        assert!(err.starts_with("NST_GPU_MEMORY_LIMIT: \"lots\""), "{err}");
+        assert_eq!(parse("4096 B").unwrap(), 4096.0);
+        for eight_gib in ["8G", "8GB", "8 GiB", "8gib"] {
+            assert_eq!(parse(eight_gib).unwrap(), 8.0 * 1024.0 * MIB, "{eight_gib}");
+        }
+        assert_eq!(parse("1T").unwrap(), 1024.0 * 1024.0 * MIB);
+        assert_eq!(parse("2kb").unwrap(), 2048.0);
+        let err = parse("-1G").unwrap_err().to_string();
+        assert!(err.contains("is not a positive size"), "{err}");
+        for bad in ["lots", "8X", "G", "8GG"] {
+            let err = parse(bad).unwrap_err().to_string();
+            let want = format!("NST_GPU_MEMORY_LIMIT: {bad:?} is not a size");
+            assert!(err.starts_with(&want), "{err}");
+        }
     }
 }

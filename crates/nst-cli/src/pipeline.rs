@@ -144,6 +144,14 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let chosen = select_device(cfg)?;
     let images = Images::load(cfg)?;
     let (device, plan) = plan_on(cfg, chosen, &images.sizes(), progress, available_memory)?;
+    if plan.scales.len() < cfg.scale_sides.len() {
+        progress.note(&format!(
+            "{} scales: smaller ones would be under the {} px a side that {} needs",
+            plan.scales.len(),
+            plan.deepest.min_input_side(),
+            plan.deepest
+        ));
+    }
     apply_memory_mode(plan.memory_mode(), progress);
     let vgg = load_vgg(cfg, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
@@ -382,10 +390,13 @@ impl InputSizes {
 /// Stage 2b: the network on the device.
 fn load_vgg(cfg: &Config, device: &Device) -> Result<Vgg19> {
     Ok(match &cfg.weights {
-        Some(p) => Vgg19::from_file(p, device, cfg.pooling),
-        None => Vgg19::embedded(device, cfg.pooling),
-    }
-    .map_err(|e| anyhow!("{e}"))?
+        // Every error but the file's own names the file.
+        Some(p) => Vgg19::from_file(p, device, cfg.pooling).map_err(|e| match e {
+            nst_vgg::VggError::Io { .. } => anyhow!("{e}"),
+            e => anyhow!("--weights {}: {e}", p.display()),
+        }),
+        None => Vgg19::embedded(device, cfg.pooling).map_err(|e| anyhow!("{e}")),
+    }?
     .with_conv_algorithm(cfg.conv_algorithm))
 }
 

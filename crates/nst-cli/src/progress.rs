@@ -151,7 +151,8 @@ impl Progress for Lines {
         height: usize,
         iters: u32,
     ) {
-        eprintln!("scale {scale}/{scales}: {width}×{height}, {iters} iterations");
+        let plural = if iters == 1 { "" } else { "s" };
+        eprintln!("scale {scale}/{scales}: {width}×{height}, {iters} iteration{plural}");
         self.last = Some(Instant::now());
     }
     fn iteration(&mut self, info: &IterationInfo) {

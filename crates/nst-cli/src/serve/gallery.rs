@@ -73,6 +73,11 @@ impl Gallery {
     /// Opens (creating it if needed) the gallery in `dir` and clears unfinished jobs left by
     /// an earlier server.
     pub fn open(dir: &Path) -> Result<Self> {
+        anyhow::ensure!(
+            !dir.exists() || dir.is_dir(),
+            "--dir {} is a file, not a folder",
+            dir.display()
+        );
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the gallery folder {}", dir.display()))?;
         let incoming = dir.join(INCOMING);
