@@ -15,22 +15,23 @@ pub mod defaults {
     pub const SIZE: u32 = 512;
     /// Iterations per scale.
     pub const ITERS: u32 = 100;
+    use nst_loss::defaults as loss;
     /// α.
-    pub const CONTENT_WEIGHT: f32 = 1.0;
+    pub const CONTENT_WEIGHT: f32 = loss::CONTENT_WEIGHT;
     /// β.
-    pub const STYLE_WEIGHT: f32 = 3e-4;
+    pub const STYLE_WEIGHT: f32 = loss::STYLE_WEIGHT;
     /// γ.
-    pub const TV_WEIGHT: f32 = 0.0;
-    /// Content layer.
+    pub const TV_WEIGHT: f32 = loss::TV_WEIGHT;
+    /// Content layer (`nst_loss::defaults::CONTENT_LAYERS`, as clap's default).
     pub const CONTENT_LAYERS: &str = "relu4_2";
-    /// Style layers.
+    /// Style layers (`nst_loss::defaults::STYLE_LAYERS`, as clap's default).
     pub const STYLE_LAYERS: &str = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1";
     /// w_l for the default style layers: the middle layers weigh most.
-    pub const STYLE_LAYER_WEIGHTS: [f32; 5] = [0.1, 0.2, 0.4, 0.2, 0.1];
+    pub const STYLE_LAYER_WEIGHTS: [f32; 5] = loss::STYLE_LAYER_WEIGHTS;
     /// Coarsest scale's longest side when `--scales` is not given.
     pub const COARSEST_SIDE: u32 = 128;
     /// Adam's step in pixel units (0..255).
-    pub const ADAM_LR: f32 = 4.0;
+    pub const ADAM_LR: f32 = nst_optim::AdamConfig::IMAGE_LR;
 }
 
 /// Largest output side accepted.
@@ -361,6 +362,29 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_are_the_loss_crates() {
+        assert_eq!(
+            defaults::CONTENT_LAYERS,
+            nst_loss::defaults::CONTENT_LAYERS.join(",")
+        );
+        assert_eq!(
+            defaults::STYLE_LAYERS,
+            nst_loss::defaults::STYLE_LAYERS.join(",")
+        );
+        let args = ["nst", "-c", "c.png", "-s", "s.png", "-o", "o.png"];
+        let cfg = Args::try_parse_from(args).unwrap().into_config().unwrap();
+        let spec = nst_loss::LossSpec::default();
+        assert_eq!(cfg.content_layers, spec.content_layers);
+        assert_eq!(cfg.style_layers, spec.style_layers);
+        assert_eq!(cfg.style_layer_weights, spec.weights.style_layers);
+        let weights = (cfg.content_weight, cfg.style_weight, cfg.tv_weight);
+        assert_eq!(
+            weights,
+            (spec.weights.content, spec.weights.style, spec.weights.tv)
+        );
+    }
 
     #[test]
     fn scales_step_by_root_two_from_128() {

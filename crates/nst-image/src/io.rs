@@ -47,10 +47,9 @@ impl Planes {
     /// The planes of a `[1, C, H, W]` tensor (copied to the host).
     pub fn from_tensor(t: &Tensor) -> Result<Self, TensorError> {
         let [1, channels, height, width] = *t.dims() else {
-            return Err(TensorError::ShapeMismatch {
+            return Err(TensorError::Invalid {
                 op: "Planes::from_tensor",
-                lhs: t.dims().to_vec(),
-                rhs: vec![1, 3, 0, 0],
+                reason: format!("expects a [1, C, H, W] tensor, got {:?}", t.dims()),
             });
         };
         Ok(Planes {

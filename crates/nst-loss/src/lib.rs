@@ -18,7 +18,8 @@
 //!
 //! [`Objective`] puts them together on VGG-19 features: the total
 //! `J = α·Σ J_c + β·Σ_l w_l·J_s^l + γ·TV` of an image and its gradient, with the targets
-//! computed once (see [`objective`]).
+//! computed once (see [`objective`]); `LossSpec::default()` is nst's choice of layers and
+//! weights ([`defaults`]).
 
 mod content;
 pub mod objective;
@@ -26,6 +27,6 @@ mod style;
 mod tv;
 
 pub use content::content_loss;
-pub use objective::{LossSpec, LossWeights, Objective, ObjectiveError, ObjectiveValue};
+pub use objective::{defaults, LossSpec, LossWeights, Objective, ObjectiveError, ObjectiveValue};
 pub use style::{blend_grams, gram_hat, style_layer_loss, style_loss};
 pub use tv::tv_loss;

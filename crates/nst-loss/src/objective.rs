@@ -30,7 +30,29 @@ pub struct LossWeights {
     pub style_layers: Vec<f32>,
 }
 
-/// Which layers make up the objective, with its weights.
+/// nst's default objective: the layers of Gatys et al. (content at relu4_2, style at
+/// relu1_1 … relu5_1, the middle layers weighted most) and the weights the `nst` command
+/// uses. β = 3e-4 was chosen by looking at four photo × painting pairs at 256 px: with 1e-3
+/// a face was lost, with 1e-2 an object disappeared, 1e-4 kept the photos but the style was
+/// faint; 3e-4 kept them recognisable with clearly painted texture (see the repository's
+/// README). TV smoothing at γ = 30 hardly changed the pictures, so it is off.
+pub mod defaults {
+    /// α, on the content term.
+    pub const CONTENT_WEIGHT: f32 = 1.0;
+    /// β, on the style term (for images in 0..255 and the default layers).
+    pub const STYLE_WEIGHT: f32 = 3e-4;
+    /// γ, on total variation (off).
+    pub const TV_WEIGHT: f32 = 0.0;
+    /// The content layer.
+    pub const CONTENT_LAYERS: [&str; 1] = ["relu4_2"];
+    /// The style layers...
+    pub const STYLE_LAYERS: [&str; 5] = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"];
+    /// ... and their weights w_l: the middle layers weigh most.
+    pub const STYLE_LAYER_WEIGHTS: [f32; 5] = [0.1, 0.2, 0.4, 0.2, 0.1];
+}
+
+/// Which layers make up the objective, with its weights. `LossSpec::default()` is nst's
+/// ([`defaults`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossSpec {
     /// Layers whose content losses add up (at least one).
@@ -39,6 +61,27 @@ pub struct LossSpec {
     pub style_layers: Vec<Layer>,
     /// α, β, γ and w_l.
     pub weights: LossWeights,
+}
+
+impl Default for LossSpec {
+    fn default() -> Self {
+        let layers = |names: &[&str]| -> Vec<Layer> {
+            names
+                .iter()
+                .map(|n| n.parse().expect("the default layers are VGG-19's"))
+                .collect()
+        };
+        Self {
+            content_layers: layers(&defaults::CONTENT_LAYERS),
+            style_layers: layers(&defaults::STYLE_LAYERS),
+            weights: LossWeights {
+                content: defaults::CONTENT_WEIGHT,
+                style: defaults::STYLE_WEIGHT,
+                tv: defaults::TV_WEIGHT,
+                style_layers: defaults::STYLE_LAYER_WEIGHTS.to_vec(),
+            },
+        }
+    }
 }
 
 /// Why an objective could not be built or evaluated.
@@ -73,6 +116,8 @@ pub struct ObjectiveValue {
 /// The objective at one image size: fixed targets plus the network.
 pub struct Objective<'a> {
     vgg: &'a Vgg19,
+    /// The content image's shape: the image evaluated must have it.
+    image_dims: Vec<usize>,
     content_layers: Vec<Layer>,
     style_layers: Vec<Layer>,
     content_targets: Vec<Tensor>,
@@ -127,6 +172,12 @@ impl<'a> Objective<'a> {
                 blend.len()
             )));
         }
+        check_weights(&weights, blend)?;
+        // The image evaluated has the content's size, and goes through every layer.
+        let deepest = content_layers.iter().chain(&style_layers).max();
+        if let (Some(&deepest), &[_, _, height, width]) = (deepest, content.dims()) {
+            nst_vgg::geometry::check_input_size(deepest, height, width)?;
+        }
         let gray_to_rgb = match content.dims().get(1) {
             Some(1) => Some(Tensor::full(1.0, &[3, 1, 1, 1], vgg.device())?),
             _ => None,
@@ -155,6 +206,7 @@ impl<'a> Objective<'a> {
         })?;
         Ok(Self {
             vgg,
+            image_dims: content.dims().to_vec(),
             content_layers,
             style_layers,
             content_targets,
@@ -199,6 +251,13 @@ impl<'a> Objective<'a> {
     /// J and ∂J/∂x at image `x` (`[1, C, H, W]`, 0..255, the content image's size and
     /// channels).
     pub fn evaluate(&self, x: &Tensor) -> Result<ObjectiveValue, ObjectiveError> {
+        if x.dims() != self.image_dims {
+            return Err(ObjectiveError::Spec(format!(
+                "the image is {:?} but the objective was built for {:?} (its content image's shape: build one per size)",
+                x.dims(),
+                self.image_dims
+            )));
+        }
         nst_tensor::memory_trace::set_phase("forward: VGG-19 and the losses", x.dims());
         let x = x.to_variable();
         let rgb = to_rgb(self.gray_to_rgb.as_ref(), &x)?;
@@ -259,6 +318,32 @@ impl<'a> Objective<'a> {
             tv: tv.map_or(Ok(0.0), |t| t.to_scalar().map(f64::from))?,
         })
     }
+}
+
+/// Every weight finite and ≥ 0, and the blend's not all 0 (a NaN weight would make every
+/// loss NaN, and blend weights summing to 0 would divide by 0).
+fn check_weights(weights: &LossWeights, blend: &[f32]) -> Result<(), ObjectiveError> {
+    let named = [
+        ("content weight α", weights.content),
+        ("style weight β", weights.style),
+        ("TV weight γ", weights.tv),
+    ];
+    let layers = weights
+        .style_layers
+        .iter()
+        .map(|&w| ("style layer weight", w));
+    let blends = blend.iter().map(|&b| ("blend weight", b));
+    for (what, w) in named.into_iter().chain(layers).chain(blends) {
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(ObjectiveError::Spec(format!(
+                "{what} {w} is not a finite number ≥ 0"
+            )));
+        }
+    }
+    if blend.iter().sum::<f32>() <= 0.0 {
+        return Err(ObjectiveError::Spec("the blend weights are all 0".into()));
+    }
+    Ok(())
 }
 
 /// The network's RGB input: the image itself, or a one-channel image replicated by the

@@ -6,10 +6,9 @@ use nst_tensor::{Result, Tensor, TensorError};
 pub fn gram_hat(features: &Tensor) -> Result<Tensor> {
     let d = features.dims();
     if d.len() != 4 {
-        return Err(TensorError::ShapeMismatch {
+        return Err(TensorError::Invalid {
             op: "gram_hat",
-            lhs: d.to_vec(),
-            rhs: vec![1, 0, 0, 0],
+            reason: format!("expects features [N, C, H, W], got {d:?}"),
         });
     }
     let g = features.gram(1.0 / (d[2] * d[3]) as f32)?;
@@ -24,7 +23,8 @@ pub fn gram_hat(features: &Tensor) -> Result<Tensor> {
 /// and a target normalised Gram matrix `Ĝ_S` (`[C, C]`, see [`gram_hat`]).
 pub fn style_layer_loss(generated: &Tensor, target_gram_hat: &Tensor) -> Result<Tensor> {
     let g = gram_hat(generated)?;
-    let c = target_gram_hat.dims()[0] as f32;
+    // C from the features (a target of another shape is then squared_distance's error).
+    let c = g.dims()[0] as f32;
     g.squared_distance(target_gram_hat)?
         .scale(1.0 / (4.0 * c * c))
 }
@@ -32,10 +32,14 @@ pub fn style_layer_loss(generated: &Tensor, target_gram_hat: &Tensor) -> Result<
 /// `J_s = Σ_l w_l · J_s^l` over matching lists of generated features, target Ĝ and weights.
 pub fn style_loss(generated: &[Tensor], targets: &[Tensor], weights: &[f32]) -> Result<Tensor> {
     if generated.len() != targets.len() || targets.len() != weights.len() || generated.is_empty() {
-        return Err(TensorError::ShapeMismatch {
+        return Err(TensorError::Invalid {
             op: "style_loss",
-            lhs: vec![generated.len(), targets.len()],
-            rhs: vec![weights.len()],
+            reason: format!(
+                "{} features, {} targets and {} weights: one of each per layer, at least one",
+                generated.len(),
+                targets.len(),
+                weights.len()
+            ),
         });
     }
     let terms = generated
@@ -57,10 +61,13 @@ pub(crate) fn weighted_sum(terms: &[Tensor], weights: &[f32]) -> Result<Tensor> 
             None => term,
         });
     }
-    total.ok_or(TensorError::ShapeMismatch {
+    total.ok_or_else(|| TensorError::Invalid {
         op: "style_loss",
-        lhs: vec![terms.len()],
-        rhs: vec![weights.len()],
+        reason: format!(
+            "{} terms and {} weights: one weight per term, at least one",
+            terms.len(),
+            weights.len()
+        ),
     })
 }
 
@@ -68,10 +75,13 @@ pub(crate) fn weighted_sum(terms: &[Tensor], weights: &[f32]) -> Result<Tensor> 
 /// Weights must be non-negative with a positive sum (checked by the caller's validation).
 pub fn blend_grams(grams: &[Tensor], blend: &[f32]) -> Result<Tensor> {
     if grams.is_empty() || grams.len() != blend.len() {
-        return Err(TensorError::ShapeMismatch {
+        return Err(TensorError::Invalid {
             op: "blend_grams",
-            lhs: vec![grams.len()],
-            rhs: vec![blend.len()],
+            reason: format!(
+                "{} Gram matrices and {} blend weights: one weight per matrix, at least one",
+                grams.len(),
+                blend.len()
+            ),
         });
     }
     let total: f32 = blend.iter().sum();

@@ -329,3 +329,62 @@ fn objective_rejects_mismatched_specifications() {
     )
     .is_err());
 }
+
+/// What a caller can get wrong is an error that says what, never a panic or a silent NaN.
+#[test]
+fn objective_refuses_bad_weights_small_images_and_other_sizes() {
+    let dev = Device::Cpu;
+    let vgg = Vgg19::embedded(&dev, Pooling::Max).unwrap();
+    let img = |side: usize| Tensor::full(100.0, &[1, 3, side, side], &dev).unwrap();
+    let build = |content: &Tensor, spec: LossSpec, blend: &[f32]| {
+        let styles = vec![img(32); blend.len()];
+        Objective::new(&vgg, content, &styles, blend, spec)
+    };
+    let message = |r: Result<Objective, ObjectiveError>| r.err().unwrap().to_string();
+
+    let mut nan_style = LossSpec::default();
+    nan_style.weights.style = f32::NAN;
+    assert_eq!(
+        message(build(&img(32), nan_style, &[1.0])),
+        "loss specification: style weight β NaN is not a finite number ≥ 0"
+    );
+    let mut negative_layer = LossSpec::default();
+    negative_layer.weights.style_layers[2] = -1.0;
+    let err = message(build(&img(32), negative_layer, &[1.0]));
+    assert!(err.contains("style layer weight -1 is not"), "{err}");
+    assert_eq!(
+        message(build(&img(32), LossSpec::default(), &[0.0, 0.0])),
+        "loss specification: the blend weights are all 0"
+    );
+
+    // relu5_1 is past four poolings: 16 px a side at least.
+    assert_eq!(
+        message(build(&img(8), LossSpec::default(), &[1.0])),
+        "a 8×8 image is too small for VGG-19 up to relu5_1, which needs at least 16 px a side"
+    );
+    let objective = build(&img(16), LossSpec::default(), &[1.0]).unwrap();
+    let err = objective.evaluate(&img(24)).err().unwrap().to_string();
+    assert!(
+        err.contains("[1, 3, 24, 24] but the objective was built for [1, 3, 16, 16]"),
+        "{err}"
+    );
+    assert!(objective.evaluate(&img(16)).unwrap().total.is_finite());
+
+    // A target that is not a C×C matrix: an error (it was an index out of bounds).
+    let features = Tensor::full(1.0, &[1, 4, 3, 3], &dev).unwrap();
+    let scalar = Tensor::scalar(1.0, &dev).unwrap();
+    assert!(style_layer_loss(&features, &scalar).is_err());
+    let target = Tensor::full(1.0, &[4, 4], &dev).unwrap();
+    assert!(style_layer_loss(&features, &target).is_ok());
+    let targets = [target.clone(), target];
+    let err = style_loss(std::slice::from_ref(&features), &targets, &[1.0]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "style_loss: 1 features, 2 targets and 1 weights: one of each per layer, at least one"
+    );
+    let err = gram_hat(&Tensor::full(1.0, &[4, 3, 3], &dev).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "gram_hat: expects features [N, C, H, W], got [4, 3, 3]"
+    );
+}

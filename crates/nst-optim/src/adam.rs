@@ -3,10 +3,13 @@
 use crate::{Evaluation, Step};
 use nst_tensor::{AdamParams, Result, Tensor};
 
-/// Adam's hyper-parameters.
+/// Adam's hyper-parameters. The default is PyTorch's (`lr` 1e-3), for parameters of order 1;
+/// [`AdamConfig::for_images`] is what `nst` uses on images in 0..255.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamConfig {
-    /// Step size (in the units of the parameters: 0..255 pixel values for images).
+    /// Step size (in the units of the parameters: 0..255 pixel values for images). Adam's
+    /// steps are about `lr` per parameter whatever the gradient's scale, so 1e-3 moves an
+    /// image by a thousandth of a grey level an iteration: nothing visible in hundreds.
     pub lr: f32,
     /// Decay of the first moment.
     pub beta1: f32,
@@ -14,6 +17,20 @@ pub struct AdamConfig {
     pub beta2: f32,
     /// Added to √v̂ to avoid division by zero.
     pub eps: f32,
+}
+
+impl AdamConfig {
+    /// Adam's step for images in 0..255 as `nst --optimizer adam` runs it: 4 grey levels an
+    /// iteration at first, which repaints an image in a few hundred iterations.
+    pub const IMAGE_LR: f32 = 4.0;
+
+    /// The default with [`AdamConfig::IMAGE_LR`].
+    pub fn for_images() -> Self {
+        Self {
+            lr: Self::IMAGE_LR,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for AdamConfig {

@@ -15,6 +15,15 @@ pub enum TensorError {
         /// The second operand's (or the expected) shape.
         rhs: Vec<usize>,
     },
+    /// The arguments do not fit the operation in a way two shapes cannot say: a tensor of
+    /// the wrong rank, lists of different lengths.
+    #[error("{op}: {reason}")]
+    Invalid {
+        /// The operation.
+        op: &'static str,
+        /// What it expects and what it got, in words.
+        reason: String,
+    },
     /// A data buffer does not have as many elements as its shape.
     #[error("data has {got} elements but shape {shape:?} needs {want}")]
     DataLength {

@@ -12,7 +12,9 @@
 //! - Ops: `conv2d` (optionally with a fused ReLU, [`Conv2dOptions`]), `relu`, `max_pool2d`,
 //!   `avg_pool2d`, `matmul`, `gram`, `reshape`, `transpose`, `add`, `sub`, `mul`, `scale`,
 //!   `square`, `sum`, `mean`, plus untracked vector helpers for optimizers (`dot`, `axpby`,
-//!   `abs_sum`, `adam_step`, …).
+//!   `abs_sum`, `adam_step`, …). Elementwise ops take operands of one shape (no
+//!   broadcasting): `scale` multiplies by a constant, and a learned scalar is a `[1, 1]`
+//!   variable used through `matmul`.
 //! - Devices: a tensor's data is a [`storage`](backend) of its [`Device`]: `Device::Cpu`
 //!   (rayon kernels of `nst-cpu`) or `Device::Cuda`. Each device implements one trait of
 //!   kernels, [`backend::BackendStorage`]; ops and the backward pass call only that, so

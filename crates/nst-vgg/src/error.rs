@@ -50,7 +50,19 @@ pub enum VggError {
         /// The first bad element.
         index: usize,
     },
-    /// A tensor operation failed (e.g. the image is too small for the requested depth).
+    /// The image is too small to reach a layer: each pooling before it halves the image.
+    #[error("a {height}×{width} image is too small for VGG-19 up to {layer}, which needs at least {min_side} px a side")]
+    ImageTooSmall {
+        /// The image's height.
+        height: usize,
+        /// Its width.
+        width: usize,
+        /// The deepest layer asked for.
+        layer: String,
+        /// The shortest side that reaches it.
+        min_side: usize,
+    },
+    /// A tensor operation failed (shapes, device, memory).
     #[error(transparent)]
     Tensor(#[from] nst_tensor::TensorError),
 }

@@ -5,6 +5,7 @@
 
 use crate::layer::{Layer, LayerKind};
 use crate::weights::CONV_CHANNELS;
+use crate::VggError;
 use nst_tensor::Conv2dParams;
 
 impl Layer {
@@ -22,6 +23,21 @@ impl Layer {
         let own = u32::from(self.kind() == LayerKind::Pool);
         1 << (self.pools_before() + own)
     }
+}
+
+/// Whether a `height × width` image reaches `deepest` ([`Layer::min_input_side`]), else
+/// [`VggError::ImageTooSmall`] saying so.
+pub fn check_input_size(deepest: Layer, height: usize, width: usize) -> Result<(), VggError> {
+    let min_side = deepest.min_input_side();
+    if height.min(width) >= min_side {
+        return Ok(());
+    }
+    Err(VggError::ImageTooSmall {
+        height,
+        width,
+        layer: deepest.to_string(),
+        min_side,
+    })
 }
 
 /// The deepest of `layers` (the network runs up to it), or `None` if there are none.

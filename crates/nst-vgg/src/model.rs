@@ -115,8 +115,13 @@ impl Vgg19 {
     }
 
     /// The activations at `layers` (returned in the same order) for an RGB image in 0..255,
-    /// `[N, 3, H, W]`. Runs the network only up to the deepest requested layer.
+    /// `[N, 3, H, W]`. Runs the network only up to the deepest requested layer, which the
+    /// image must be large enough to reach ([`Layer::min_input_side`]: each pooling halves
+    /// it), else [`VggError::ImageTooSmall`].
     pub fn features(&self, rgb: &Tensor, layers: &[Layer]) -> Result<Vec<Tensor>, VggError> {
+        if let (Some(&deepest), &[_, _, height, width]) = (layers.iter().max(), rgb.dims()) {
+            crate::geometry::check_input_size(deepest, height, width)?;
+        }
         Ok(self.tensor_features(rgb, layers)?)
     }
 

@@ -1,6 +1,6 @@
 //! VGG-19 activations against the PyTorch float64 reference, and weight-loading errors.
 
-use nst_tensor::{test_device, Device};
+use nst_tensor::{test_device, Device, Tensor};
 use nst_testdata::{rel_err, Reference};
 use nst_vgg::{Layer, Pooling, Vgg19, VggError};
 
@@ -233,4 +233,24 @@ fn header_errors_are_one_printable_line() {
     );
     assert!(!e.chars().any(|c| c.is_control()), "{e:?}");
     assert!(e.chars().count() <= 400, "{} characters", e.chars().count());
+}
+
+/// An image too small for the deepest layer asked for is an error naming both, not a shape
+/// mismatch deep in the network.
+#[test]
+fn features_refuse_an_image_too_small_for_the_deepest_layer() {
+    let vgg = Vgg19::embedded(&Device::Cpu, Pooling::Max).unwrap();
+    let image = |side| Tensor::full(100.0, &[1, 3, side, side], &Device::Cpu).unwrap();
+    let layers: Vec<Layer> = ["relu1_1", "relu5_1"].map(|n| n.parse().unwrap()).to_vec();
+    let err = vgg.features(&image(15), &layers).err().unwrap();
+    assert!(
+        matches!(err, VggError::ImageTooSmall { min_side: 16, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "a 15×15 image is too small for VGG-19 up to relu5_1, which needs at least 16 px a side"
+    );
+    let features = vgg.features(&image(16), &layers).unwrap();
+    assert_eq!(features[1].dims(), &[1, 512, 1, 1]);
 }

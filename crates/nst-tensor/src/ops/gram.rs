@@ -11,10 +11,12 @@ fn layout(x: &Tensor) -> Result<(usize, usize, usize)> {
     match *x.dims() {
         [c, m] => Ok((1, c, m)),
         [n, c, h, w] => Ok((n, c, h * w)),
-        _ => Err(TensorError::ShapeMismatch {
+        _ => Err(TensorError::Invalid {
             op: "gram",
-            lhs: x.dims().to_vec(),
-            rhs: vec![0, 0, 0, 0],
+            reason: format!(
+                "expects a [C, M] or [N, C, H, W] tensor, got {:?}",
+                x.dims()
+            ),
         }),
     }
 }

@@ -23,10 +23,9 @@ impl Tensor {
     /// The transpose of a 2-D tensor (copied into row-major order).
     pub fn transpose(&self) -> Result<Tensor> {
         let [r, c] = *self.dims() else {
-            return Err(TensorError::ShapeMismatch {
+            return Err(TensorError::Invalid {
                 op: "transpose",
-                lhs: self.dims().to_vec(),
-                rhs: vec![0, 0],
+                reason: format!("expects a 2-D tensor, got {:?}", self.dims()),
             });
         };
         let t = self.storage().transpose(r, c)?;
