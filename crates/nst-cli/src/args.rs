@@ -190,13 +190,22 @@ fn parse_layers(flag: &str, names: &[String]) -> Result<Vec<Layer>> {
         !names.is_empty() && names.iter().all(|n| !n.trim().is_empty()),
         "{flag} needs at least one layer name"
     );
-    names
+    let layers: Vec<Layer> = names
         .iter()
         .map(|n| {
             n.parse::<Layer>()
                 .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    // A layer twice would count twice: more likely a slip than a way to weigh it.
+    if let Some(twice) = layers
+        .iter()
+        .enumerate()
+        .find_map(|(i, l)| layers[..i].contains(l).then_some(l))
+    {
+        bail!("{flag}: {twice} is listed twice");
+    }
+    Ok(layers)
 }
 
 /// Longest sides of the scales, coarse to fine, ending at `size`; √2 apart.

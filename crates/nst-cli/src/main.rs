@@ -17,6 +17,16 @@ static ALLOCATOR: nst_tensor::allocator::Allocator = nst_tensor::allocator::Allo
 
 fn main() -> ExitCode {
     nst_tensor::allocator::keep_freed_memory();
+    // `nst help`, `nst help serve` and `nst serve help`, as users of git and cargo type them
+    // (clap's --help prints the help and exits).
+    let words: Vec<_> = std::env::args_os().skip(1).collect();
+    match &words[..] {
+        [help] if help == "help" => drop(Args::parse_from(["nst", "--help"])),
+        [a, b] if (a == "help" && b == "serve") || (a == "serve" && b == "help") => {
+            drop(ServeArgs::parse_from(["nst serve", "--help"]))
+        }
+        _ => {}
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
         // `nst serve …`: its own arguments; the one-shot form needs -c/-s/-o, so a first
         // argument `serve` cannot mean anything else.

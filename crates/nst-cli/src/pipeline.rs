@@ -711,6 +711,14 @@ fn optimise(
         )
         .map_err(keep_previous)?;
         progress.scale_finished();
+        if run.stop == StopReason::Finished && steps_ms.len() < cfg.iters as usize {
+            // L-BFGS found nothing more to gain: say so, or a quick finish looks like a fault.
+            progress.note(&format!(
+                "scale {scale}: converged after {} of {} iterations",
+                steps_ms.len(),
+                cfg.iters
+            ));
+        }
         scale_timings.push(ScaleTiming {
             width: w,
             height: h,

@@ -387,7 +387,7 @@ fn memory_preflight_shortens_the_lbfgs_history_where_only_that_fits() {
         .nth(1)
         .and_then(
             |rest| match rest.split_whitespace().take(2).collect::<Vec<_>>()[..] {
-                [n, "MB"] => n.parse().ok(),
+                [n, "MiB"] => n.parse().ok(),
                 _ => None,
             },
         )
@@ -468,6 +468,10 @@ fn bad_inputs_fail_cleanly() {
         (opt(&["--weights", bad_weights.as_str()]), "safetensors"),
         (opt(&["--style-layers", "relu1_1,relu9_9"]), "relu9_9"),
         (opt(&["--content-layers", "fc7"]), "fc7"),
+        (
+            opt(&["--style-layers", "relu1_1,relu2_1,relu1_1"]),
+            "--style-layers: relu1_1 is listed twice",
+        ),
         (opt(&["--size", "0"]), "--size"),
         (opt(&["--iters", "0"]), "--iters"),
         (opt(&["--size=-5"]), "--size"),
@@ -546,5 +550,38 @@ fn bad_inputs_fail_cleanly() {
         std::fs::read(&photo).unwrap(),
         png,
         "the content photo was written over"
+    );
+}
+
+/// `nst help` and `nst serve help` are the help; a run that ends early because L-BFGS has
+/// nothing to gain (no style term: the content image is already the optimum) says so.
+#[test]
+fn help_words_and_an_early_convergence_are_answered() {
+    for (args, usage) in [
+        (&["help"][..], "Usage: nst [OPTIONS]"),
+        (&["serve", "help"], "Usage: nst serve [OPTIONS]"),
+        (&["help", "serve"], "Usage: nst serve [OPTIONS]"),
+    ] {
+        let o = nst(args);
+        assert!(o.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(usage),
+            "{args:?}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    let args = with(tiny(&out), &["--style-weight", "0", "--device", "cpu"]);
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "-q")
+        .collect();
+    let o = nst(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("scale 1: converged after 0 of 6 iterations"),
+        "{stderr}"
     );
 }

@@ -50,8 +50,6 @@ pub struct ServeArgs {
 
 /// Runs the server until Ctrl-C or SIGTERM.
 pub fn run(args: &ServeArgs) -> Result<()> {
-    let gallery = gallery::Gallery::open(&args.dir)?;
-    let jobs = jobs::Jobs::new(gallery);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,6 +60,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .block_on(tokio::net::TcpListener::bind(address))
         .with_context(|| format!("cannot listen on {address}"))?;
     let address = listener.local_addr()?;
+    // Only once the port is ours: a server that cannot start leaves no gallery behind.
+    let jobs = jobs::Jobs::new(gallery::Gallery::open(&args.dir)?);
     if !args.host.is_loopback() {
         eprintln!("warning: listening on {address}: anyone who can reach this machine can use it");
     }
