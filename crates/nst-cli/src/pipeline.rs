@@ -102,7 +102,7 @@ impl fmt::Display for NonFiniteLoss {
             Some(p) => write!(f, "; wrote the last finite image to {}", p.display())?,
             None => write!(f, "; no image was written")?,
         }
-        write!(f, " (try a smaller --lr or --style-weight)")
+        write!(f, " (try a smaller --lr, or smaller loss weights)")
     }
 }
 

@@ -38,14 +38,24 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
 
-    /// Address to listen on. The default answers only this machine; another address lets
-    /// anyone who can reach it upload images and use this machine's processor.
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    /// Address to listen on (an IP address, or localhost). The default answers only this
+    /// machine; another address lets anyone who can reach it upload images and use this
+    /// machine's processor.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST), value_parser = host_address)]
     pub host: IpAddr,
 
     /// Folder of finished results (image + settings.json each); kept across restarts.
     #[arg(long, value_name = "DIR", default_value = "nst-gallery")]
     pub dir: PathBuf,
+}
+
+/// `--host`: an IP address, or `localhost` (127.0.0.1), which is what most people type.
+fn host_address(s: &str) -> Result<IpAddr, String> {
+    if s.eq_ignore_ascii_case("localhost") {
+        return Ok(Ipv4Addr::LOCALHOST.into());
+    }
+    s.parse()
+        .map_err(|_| "not an IP address (e.g. 127.0.0.1, 0.0.0.0 or ::1) nor localhost".into())
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -128,5 +138,23 @@ async fn stop_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_takes_ip_addresses_and_localhost() {
+        assert_eq!(host_address("localhost"), Ok(Ipv4Addr::LOCALHOST.into()));
+        assert_eq!(host_address("0.0.0.0"), Ok(Ipv4Addr::UNSPECIFIED.into()));
+        assert_eq!(
+            host_address("::1"),
+            Ok(std::net::Ipv6Addr::LOCALHOST.into())
+        );
+        assert!(host_address("example.com")
+            .unwrap_err()
+            .contains("not an IP address"));
     }
 }
