@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 
 /// Defaults, chosen by comparing results on the shared photos and paintings (see README).
 pub mod defaults {
+    use nst_loss::defaults as loss;
+
     /// Longest side of the output.
     pub const SIZE: u32 = 512;
     /// Iterations per scale.
     pub const ITERS: u32 = 100;
-    use nst_loss::defaults as loss;
     /// α.
     pub const CONTENT_WEIGHT: f32 = loss::CONTENT_WEIGHT;
     /// β.
@@ -119,12 +120,7 @@ pub struct Args {
     pub init: String,
 
     /// Random seed for --init noise.
-    #[arg(
-        long,
-        allow_hyphen_values = true,
-        value_name = "N",
-        default_value_t = 0
-    )]
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
 
     /// Compute device: auto uses CUDA when present and its memory holds the size, else the CPU.

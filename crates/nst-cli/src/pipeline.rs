@@ -166,7 +166,9 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let optimised = optimise(cfg, &vgg, &images, &plan, &prepared, progress, interrupt)?;
     save_atomic(&prepared.to_output(&optimised.image), &cfg.output)?;
     let (out_w, out_h) = plan.output;
-    progress.note(&format!("wrote {} ({out_w}×{out_h})", cfg.output.display()));
+    if !optimised.interrupted {
+        progress.note(&format!("wrote {} ({out_w}×{out_h})", cfg.output.display()));
+    }
     let outcome = Outcome {
         output_size: plan.output,
         trace: optimised.trace,
@@ -188,7 +190,13 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
         estimated_peak_bytes: plan.memory.map(|fit| fit.estimated_peak_bytes),
     };
     if let Some(path) = &cfg.report {
-        write_report(cfg, &outcome, path)?;
+        write_report(cfg, &outcome, optimised.interrupted, path)?;
+    }
+    if optimised.interrupted {
+        return Err(Interrupted {
+            saved: cfg.output.clone(),
+        }
+        .into());
     }
     Ok(outcome)
 }
@@ -566,9 +574,13 @@ impl Prepared {
 /// What stage 5 produced: the final working image, and the final scale's trace and step
 /// times.
 struct Optimised {
+    /// The result, or where the run was interrupted, the best image so far.
     image: Planes,
     trace: Vec<TracePoint>,
     scales: Vec<ScaleTiming>,
+    /// Stopped by Ctrl-C, SIGTERM or a cancelled job: the image, trace and timings are what
+    /// there was by then (the report is written all the same).
+    interrupted: bool,
 }
 
 /// Writes `best` as the output and returns the error that reports it (or the write's
@@ -649,14 +661,12 @@ fn optimise(
             // sizes): stop before the first evaluation, which takes as long again. The best
             // so far is the previous scale's result, or, at the first scale, the start (what
             // evaluating it first would have kept).
-            save_atomic(
-                &prepared.to_output(previous.as_ref().unwrap_or(&start)),
-                &cfg.output,
-            )?;
-            return Err(Interrupted {
-                saved: cfg.output.clone(),
-            }
-            .into());
+            return Ok(Optimised {
+                image: previous.clone().unwrap_or(start),
+                trace,
+                scales: scale_timings,
+                interrupted: true,
+            });
         }
         optimizer.reset();
         progress.scale_started(scale, plan.scales.len(), w, h, cfg.iters);
@@ -750,11 +760,12 @@ fn optimise(
         match (run.stop, best) {
             (StopReason::Finished, Some(best)) => image = Some(best),
             (StopReason::Interrupted, Some(best)) => {
-                save_atomic(&prepared.to_output(&best), &cfg.output)?;
-                return Err(Interrupted {
-                    saved: cfg.output.clone(),
-                }
-                .into());
+                return Ok(Optimised {
+                    image: best,
+                    trace,
+                    scales: scale_timings,
+                    interrupted: true,
+                });
             }
             (StopReason::NonFinite { iter }, best) => {
                 let saved = match best {
@@ -781,6 +792,7 @@ fn optimise(
         image: image.context("no scale to optimise")?,
         trace,
         scales: scale_timings,
+        interrupted: false,
     })
 }
 
@@ -913,9 +925,10 @@ fn trace_point(iter: u32, eval: &Evaluation) -> TracePoint {
 }
 
 /// Stage 6 (optional): the JSON report, written atomically.
-fn write_report(cfg: &Config, outcome: &Outcome, path: &Path) -> Result<()> {
+fn write_report(cfg: &Config, outcome: &Outcome, interrupted: bool, path: &Path) -> Result<()> {
     let heap_peak = nst_tensor::memory_trace::peak();
     let report = Report {
+        interrupted,
         trace: &outcome.trace,
         timing: outcome.timing.clone(),
         device: outcome.device.clone(),

@@ -65,7 +65,10 @@ pub struct ScaleTiming {
 /// The whole report.
 #[derive(Debug, Serialize)]
 pub struct Report<'a> {
-    /// Final-scale loss trace.
+    /// Whether the run was interrupted (Ctrl-C, SIGTERM): the trace and the timings then
+    /// stop where it did, and the image written is the best one so far.
+    pub interrupted: bool,
+    /// Final-scale loss trace (empty where the run was interrupted before the final scale).
     pub trace: &'a [TracePoint],
     /// Timing.
     pub timing: Timing,

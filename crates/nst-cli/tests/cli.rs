@@ -34,6 +34,7 @@ fn transfers_style_and_writes_report() {
     assert!(mean > 20.0 && mean < 235.0, "suspicious image mean {mean}");
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["interrupted"], false);
     let trace = r["trace"].as_array().unwrap();
     assert_eq!(trace.len(), 9, "trace[0..=iters]");
     let s = &r["settings"];

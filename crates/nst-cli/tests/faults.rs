@@ -65,7 +65,9 @@ fn signals_write_the_best_image_and_exit_128_plus_signal() {
     for (signal, code) in [("INT", 130), ("TERM", 143)] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("o.png");
-        let (child, lines) = start_running(&long_run(&out));
+        let report = dir.path().join("r.json");
+        let args = with(long_run(&out), &["--report", path_str(&report)]);
+        let (child, lines) = start_running(&args);
         send(&child, signal);
         let mut child = child;
         let rest: Vec<String> = lines.map_while(Result::ok).collect();
@@ -74,7 +76,13 @@ fn signals_write_the_best_image_and_exit_128_plus_signal() {
         assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
         let img = image::open(&out).expect("best image written on interrupt");
         assert_eq!((img.width(), img.height()), (128, 85));
-        assert_eq!(files_in(dir.path()), vec![out], "SIG{signal}: stray files");
+        // The report of the iterations so far, marked as interrupted.
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(written["interrupted"], true, "{written}");
+        assert!(written["trace"].as_array().unwrap().len() > 1, "{written}");
+        let files = files_in(dir.path());
+        assert_eq!(files, vec![out, report], "SIG{signal}: stray files");
     }
 }
 
@@ -87,7 +95,11 @@ fn a_signal_during_the_setup_stops_before_the_first_evaluation() {
     let out = dir.path().join("o.png");
     // 1024 px at one scale: seconds of targets on a CPU (where `auto` lands with no device
     // visible, even on a GPU machine), so the signal lands before they are done.
-    let args = with(long_run(&out), &["--size", "1024"]);
+    let report = dir.path().join("r.json");
+    let args = with(
+        long_run(&out),
+        &["--size", "1024", "--report", path_str(&report)],
+    );
     let args: Vec<&String> = args.iter().filter(|a| *a != "-q").collect();
     let mut child = Command::new(NST)
         .args(args)
@@ -113,7 +125,17 @@ fn a_signal_during_the_setup_stops_before_the_first_evaluation() {
     );
     let img = image::open(&out).expect("the start image written on interrupt");
     assert_eq!((img.width(), img.height()), (1024, 681));
-    assert_eq!(files_in(dir.path()), vec![out]);
+    // The report too, saying so: no trace (no iteration ran), one scale's timing.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(report["trace"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(
+        report["timing"]["scales"].as_array().unwrap().len(),
+        0,
+        "{report}"
+    );
+    assert_eq!(files_in(dir.path()).len(), 2, "stray files");
 }
 
 /// `--save-every 1` into a small file system that fills up: a one-line error naming the

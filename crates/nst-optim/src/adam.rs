@@ -20,8 +20,8 @@ pub struct AdamConfig {
 }
 
 impl AdamConfig {
-    /// Adam's step for images in 0..255 as `nst --optimizer adam` runs it: 4 grey levels an
-    /// iteration at first, which repaints an image in a few hundred iterations.
+    /// Adam's step for images in 0..255 as `nst --optimizer adam` runs it (its `--lr`
+    /// default): each pixel moves by up to about 4 grey levels an iteration.
     pub const IMAGE_LR: f32 = 4.0;
 
     /// The default with [`AdamConfig::IMAGE_LR`].
