@@ -7,6 +7,7 @@ use clap::Parser;
 use nst_image::OutputFormat;
 use nst_tensor::{ConvAlgorithm, Layout};
 use nst_vgg::{Layer, Pooling};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// Defaults, chosen by comparing results on the shared photos and paintings (see README).
@@ -47,7 +48,7 @@ pub const MAX_SIZE: u32 = 16384;
     after_help = "Example: nst -c photo.jpg -s painting.jpg -o out.png\nCtrl-C (or SIGTERM) writes the best image so far and exits with code 130 (143).\nnst serve: a local web page to do the same (see nst serve --help).",
     max_term_width = 100,
     // `--seed -1` is a (bad) value, to be named as such, not an unknown option; so are the
-    // weights' `-1e-3` and `-.5` (`allow_hyphen_values`: clap's test does not take them).
+    // weights' `-1e-3` and `-.5`, which clap's test does not take (see `join_negative_values`).
     allow_negative_numbers = true
 )]
 pub struct Args {
@@ -82,22 +83,22 @@ pub struct Args {
 
     /// Learning rate: L-BFGS step multiplier [default: 1], Adam step in 0..255 pixel units
     /// [default: 4].
-    #[arg(long, allow_hyphen_values = true, value_name = "X")]
+    #[arg(long, value_parser = number, value_name = "X")]
     pub lr: Option<f32>,
 
     /// Content weight α.
-    #[arg(long, allow_hyphen_values = true, value_name = "X", default_value_t = defaults::CONTENT_WEIGHT)]
+    #[arg(long, value_parser = number, value_name = "X", default_value_t = defaults::CONTENT_WEIGHT)]
     pub content_weight: f32,
 
     /// Style weight β: larger means more painterly.
-    #[arg(long, allow_hyphen_values = true, value_name = "X", default_value_t = defaults::STYLE_WEIGHT)]
+    #[arg(long, value_parser = number, value_name = "X", default_value_t = defaults::STYLE_WEIGHT)]
     pub style_weight: f32,
 
     /// Weights w_l of the style layers, comma-separated, one per style layer
     /// [default: 0.1,0.2,0.4,0.2,0.1 for the default layers, else all 1].
     #[arg(
         long,
-        allow_hyphen_values = true,
+        value_parser = number,
         value_name = "a,b,c,d,e",
         value_delimiter = ','
     )]
@@ -112,7 +113,7 @@ pub struct Args {
     pub style_layers: Vec<String>,
 
     /// Total-variation weight γ (smooths high-frequency noise).
-    #[arg(long, allow_hyphen_values = true, value_name = "X", default_value_t = defaults::TV_WEIGHT)]
+    #[arg(long, value_parser = number, value_name = "X", default_value_t = defaults::TV_WEIGHT)]
     pub tv_weight: f32,
 
     /// Initial image: content, noise, or an image file.
@@ -144,7 +145,7 @@ pub struct Args {
     /// Blend weights of the style images, comma-separated, one per --style [default: equal].
     #[arg(
         long,
-        allow_hyphen_values = true,
+        value_parser = number,
         value_name = "w1,w2,..",
         value_delimiter = ','
     )]
@@ -171,6 +172,56 @@ pub struct Args {
     /// Print nothing but errors.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// The options whose values are real numbers or lists of them.
+const NUMBER_OPTIONS: [&str; 6] = [
+    "--lr",
+    "--content-weight",
+    "--style-weight",
+    "--tv-weight",
+    "--style-layer-weights",
+    "--style-blend",
+];
+
+/// The command line with each negative value of [`NUMBER_OPTIONS`] joined to its option
+/// (`--style-weight -1e-3` → `--style-weight=-1e-3`), for clap to parse: it takes `-1e-3` and
+/// `-.5` for options, and would say "unexpected argument '-1'" of a value the user typed; its
+/// way around that, letting these options take any value that starts with a hyphen, would
+/// make `--style-weight --size 64` take `--size` for the weight. The checks of
+/// [`Args::into_config`] then refuse the negative value by name.
+pub fn join_negative_values(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let negative_numbers =
+        |v: &str| v.starts_with('-') && v.split(',').all(|n| n.trim().parse::<f64>().is_ok());
+    let mut joined = Vec::new();
+    let mut args = args.into_iter().peekable();
+    while let Some(arg) = args.next() {
+        let option = arg.to_str().filter(|a| NUMBER_OPTIONS.contains(a));
+        match (option, args.peek().and_then(|v| v.to_str())) {
+            (Some(option), Some(value)) if negative_numbers(value) => {
+                joined.push(format!("{option}={value}").into());
+                args.next();
+            }
+            _ => joined.push(arg),
+        }
+    }
+    joined
+}
+
+/// A number as f32, refusing one too large for it: Rust reads `1e40` as infinity, and the
+/// finite check that follows would then say "got inf" of a number nobody typed.
+fn number(s: &str) -> std::result::Result<f32, String> {
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if v.is_infinite() && !s.to_ascii_lowercase().contains("inf") {
+        return Err(format!(
+            "{s} is too large (f32 holds up to {:.1e})",
+            f32::MAX
+        ));
+    }
+    Ok(v)
 }
 
 fn finite_non_negative(name: &str, v: f32) -> Result<f32> {
@@ -367,6 +418,49 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negative_values_are_joined_to_their_options() {
+        let joined = |args: &[&str]| -> Vec<String> {
+            let args = args.iter().map(OsString::from);
+            let joined = join_negative_values(args);
+            joined
+                .iter()
+                .map(|a| a.to_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            joined(&[
+                "nst",
+                "--style-weight",
+                "-1e-3",
+                "--tv-weight",
+                "-.5",
+                "--size",
+                "64"
+            ]),
+            [
+                "nst",
+                "--style-weight=-1e-3",
+                "--tv-weight=-.5",
+                "--size",
+                "64"
+            ]
+        );
+        assert_eq!(
+            joined(&["--style-layer-weights", "-1,2,3", "--lr", "-inf"]),
+            ["--style-layer-weights=-1,2,3", "--lr=-inf"]
+        );
+        // Not values: another option, a name; and options that take no number.
+        for args in [
+            &["--style-weight", "--size", "64"][..],
+            &["--lr", "-q"],
+            &["--seed", "-1"],
+            &["-o", "-1.png"],
+        ] {
+            assert_eq!(joined(args), args);
+        }
+    }
 
     #[test]
     fn the_defaults_are_the_loss_crates() {

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         };
     }
-    let args = Args::parse();
+    let args = Args::parse_from(nst_cli::args::join_negative_values(std::env::args_os()));
     let quiet = args.quiet;
     let config = match args.into_config() {
         Ok(c) => c,

@@ -214,7 +214,7 @@ pub fn estimate_gpu_peak_bytes(w: &Workload, cudnn: bool) -> f64 {
 /// Device memory a run on a GPU may use: `NST_GPU_MEMORY_LIMIT` if set, else what the device
 /// reports (`None` when it does not).
 pub fn available_gpu_bytes(reported: Option<u64>) -> Result<Option<f64>> {
-    if let Ok(v) = std::env::var("NST_GPU_MEMORY_LIMIT") {
+    if let Some(v) = limit_variable("NST_GPU_MEMORY_LIMIT") {
         return parse_bytes("NST_GPU_MEMORY_LIMIT", &v).map(Some);
     }
     Ok(reported.map(|b| b as f64))
@@ -255,7 +255,7 @@ impl Pool {
 /// running job ends before the next starts, so that memory will serve the run being checked).
 /// `None` when neither can be read.
 pub fn available_bytes() -> Result<Option<f64>> {
-    if let Ok(v) = std::env::var("NST_MEMORY_LIMIT") {
+    if let Some(v) = limit_variable("NST_MEMORY_LIMIT") {
         return parse_bytes("NST_MEMORY_LIMIT", &v).map(Some);
     }
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
@@ -280,6 +280,12 @@ pub fn available_bytes() -> Result<Option<f64>> {
         (a, c) => a.or(c),
     }
     .map(|free| free + reusable))
+}
+
+/// The value of a memory limit variable, if set to something (set but empty is unset, as
+/// `NST_MEMORY_LIMIT= nst …` is meant).
+fn limit_variable(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// Bytes for a message, in the binary units `NST_MEMORY_LIMIT` reads ("8G" is 8 GiB): "0.6 GiB"

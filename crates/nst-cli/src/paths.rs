@@ -57,14 +57,20 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// A file `flag` will write: its folder exists, is a folder and takes a new file (tried by
-/// creating and removing one), and the path itself is not a folder.
+/// A file `flag` will write: not a folder; a device or pipe (`/dev/null`), which is written
+/// in place; else a file whose folder (through a link, the folder of the file it names)
+/// exists, is a folder and takes a new file (tried by creating and removing one), since it
+/// is written beside it and renamed into place (see [`nst_image::write_atomic`]).
 pub fn check_writable(flag: &str, path: &Path) -> Result<()> {
     ensure!(
         !path.is_dir(),
         "{flag} {} is a folder, not a file",
         path.display()
     );
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Ok(());
+    }
+    let path = &nst_image::written_file(path);
     let folder = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

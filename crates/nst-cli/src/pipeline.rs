@@ -143,6 +143,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let started = Instant::now();
     let chosen = select_device(cfg)?;
     let images = Images::load(cfg)?;
+    let weights = read_weights(cfg)?;
     let (device, plan) = plan_on(cfg, chosen, &images.sizes(), progress, available_memory)?;
     if plan.scales.len() < cfg.scale_sides.len() {
         progress.note(&format!(
@@ -153,7 +154,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
         ));
     }
     apply_memory_mode(plan.memory_mode(), progress);
-    let vgg = load_vgg(cfg, &device)?;
+    let vgg = load_vgg(cfg, weights.as_deref(), &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
     let history = lbfgs_pairs(prepared.content.channels, &plan);
     if let Some(pairs) = plan.shortened_lbfgs_pairs() {
@@ -395,15 +396,25 @@ impl InputSizes {
     }
 }
 
-/// Stage 2b: the network on the device.
-fn load_vgg(cfg: &Config, device: &Device) -> Result<Vgg19> {
-    Ok(match &cfg.weights {
-        // Every error but the file's own names the file.
-        Some(p) => Vgg19::from_file(p, device, cfg.pooling).map_err(|e| match e {
-            nst_vgg::VggError::Io { .. } => anyhow!("{e}"),
-            e => anyhow!("--weights {}: {e}", p.display()),
-        }),
-        None => Vgg19::embedded(device, cfg.pooling).map_err(|e| anyhow!("{e}")),
+/// Stage 2b: other weights than the shipped ones (`--weights`), read and checked before the
+/// plan so that a bad file is the only thing said.
+fn read_weights(cfg: &Config) -> Result<Option<Vec<u8>>> {
+    let Some(path) = &cfg.weights else {
+        return Ok(None);
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow!("cannot read weights {}: {e}", path.display()))?;
+    nst_vgg::weights::load(&bytes).map_err(|e| anyhow!("--weights {}: {e}", path.display()))?;
+    Ok(Some(bytes))
+}
+
+/// Stage 2c: the network on the device, with the `weights` read in stage 2b, else the
+/// shipped ones.
+fn load_vgg(cfg: &Config, weights: Option<&[u8]>, device: &Device) -> Result<Vgg19> {
+    Ok(match (weights, &cfg.weights) {
+        (Some(bytes), Some(path)) => Vgg19::from_safetensors(bytes, device, cfg.pooling)
+            .map_err(|e| anyhow!("--weights {}: {e}", path.display())),
+        _ => Vgg19::embedded(device, cfg.pooling).map_err(|e| anyhow!("{e}")),
     }?
     .with_conv_algorithm(cfg.conv_algorithm))
 }

@@ -486,6 +486,8 @@ fn bad_inputs_fail_cleanly() {
         (opt(&["--tv-weight", "-.5"]), "--tv-weight must be"),
         (opt(&["--style-blend", "-1"]), "--style-blend must be"),
         (opt(&["--seed", "-1"]), "for '--seed"),
+        (opt(&["--content-weight", "1e40"]), "1e40 is too large"),
+        (opt(&["--style-blend", "1,x"]), "\"x\" is not a number"),
         (opt(&["--lr", "NaN"]), "--lr"),
         (
             opt(&["--style-layer-weights", "1,2"]),
@@ -542,6 +544,13 @@ fn bad_inputs_fail_cleanly() {
         "64",
     ];
     expect_failure(&missing, &out, "/nonexistent/photo.jpg");
+    let bad_weights_loud = with(base(CONTENT), &["--weights", &bad_weights]);
+    let bad_weights_loud: Vec<&str> = bad_weights_loud
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "-q")
+        .collect();
+    expect_failure(&bad_weights_loud, &out, "--weights");
     // The output over the content photo.
     let over_photo = [
         "-c", &photo, "-s", STYLE, "-o", &photo, "--size", "64", "-q",
@@ -555,7 +564,8 @@ fn bad_inputs_fail_cleanly() {
 }
 
 /// `nst help` and `nst serve help` are the help; a run that ends early because L-BFGS has
-/// nothing to gain (no style term: the content image is already the optimum) says so.
+/// nothing to gain (no style term: the content image is already the optimum) says so; a
+/// report can go to /dev/null.
 #[test]
 fn help_words_and_an_early_convergence_are_answered() {
     for (args, usage) in [
@@ -572,7 +582,17 @@ fn help_words_and_an_early_convergence_are_answered() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.png");
-    let args = with(tiny(&out), &["--style-weight", "0", "--device", "cpu"]);
+    // The report to /dev/null, as people do: written into it, not renamed over it (which,
+    // for root, put a regular file in its place).
+    let extra = [
+        "--style-weight",
+        "0",
+        "--device",
+        "cpu",
+        "--report",
+        "/dev/null",
+    ];
+    let args = with(tiny(&out), &extra);
     let args: Vec<&str> = args
         .iter()
         .map(String::as_str)
@@ -585,4 +605,7 @@ fn help_words_and_an_early_convergence_are_answered() {
         stderr.contains("scale 1: converged after 0 of 6 iterations"),
         "{stderr}"
     );
+    use std::os::unix::fs::FileTypeExt;
+    let null = std::fs::metadata("/dev/null").unwrap().file_type();
+    assert!(null.is_char_device(), "/dev/null is no longer a device");
 }

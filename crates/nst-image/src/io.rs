@@ -311,11 +311,24 @@ pub fn save_atomic(img: &RgbImage, path: &Path) -> Result<()> {
 
 /// Writes a file atomically: `write` fills a temporary file in the same folder, which is
 /// synced and then renamed over `path`, so a reader never sees a partial file and a failure
-/// leaves none behind.
+/// leaves none behind. A link is written through: the file it names is replaced, the link
+/// kept. What is not a regular file — a device such as `/dev/null`, a terminal, a pipe — is
+/// written in place, as a shell's `>` would: a rename would put a regular file in its place
+/// (for root, in place of `/dev/null` itself).
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
 ) -> Result<()> {
+    let target = written_file(path);
+    let path = target.as_path();
+    if let Some(file) = special_file(path) {
+        let file = file.map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+        let mut w = BufWriter::new(file);
+        write(&mut w)?;
+        w.into_inner()
+            .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error()))?;
+        return Ok(());
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -343,9 +356,69 @@ pub fn write_atomic(
     result
 }
 
+/// The file a write to `path` lands in: the file a link names (so the link is kept), else
+/// `path` itself (also for a link that names nothing that can be resolved, such as
+/// `/dev/stdout` on a pipe: it is then written through as a special file).
+pub fn written_file(path: &Path) -> PathBuf {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    match is_link.then(|| std::fs::canonicalize(path)) {
+        Some(Ok(target)) => target,
+        _ => path.to_path_buf(),
+    }
+}
+
+/// `path` opened for writing in place when it exists and is neither a regular file nor a
+/// folder (a device, a terminal, a pipe); `None` for anything else.
+fn special_file(path: &Path) -> Option<std::io::Result<File>> {
+    let meta = std::fs::metadata(path).ok()?;
+    let special = !meta.is_file() && !meta.is_dir();
+    special.then(|| std::fs::OpenOptions::new().write(true).open(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link is written through and kept; a pipe (like `/dev/null`, `/dev/stdout`: not a
+    /// regular file) is written in place, not replaced by a regular file.
+    #[test]
+    fn writes_go_through_links_and_into_special_files() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = std::env::temp_dir().join(format!("nst-write-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (real, link) = (dir.join("real.json"), dir.join("link.json"));
+        std::fs::write(&real, "old").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomic(&link, |w| Ok(std::io::Write::write_all(w, b"new")?)).unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "new");
+
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || tx.send(std::fs::read_to_string(fifo).unwrap()));
+        }
+        write_atomic(&fifo, |w| Ok(std::io::Write::write_all(w, b"through")?)).unwrap();
+        // A pipe replaced by a file would leave the reader waiting: fail, don't hang.
+        let read = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(read.as_deref(), Ok("through"));
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        let stray: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(stray.len(), 3, "{stray:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn fit_keeps_aspect_and_exact_side() {

@@ -27,6 +27,6 @@ pub mod io;
 pub use image;
 
 pub use io::{
-    decode_rgb, fit_longest_side, load_rgb, one_line, save_atomic, write_atomic, OutputFormat,
-    Planes,
+    decode_rgb, fit_longest_side, load_rgb, one_line, save_atomic, write_atomic, written_file,
+    OutputFormat, Planes,
 };
