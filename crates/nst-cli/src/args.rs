@@ -184,12 +184,12 @@ const NUMBER_OPTIONS: [&str; 6] = [
     "--style-blend",
 ];
 
-/// The command line with each negative value of [`NUMBER_OPTIONS`] joined to its option
-/// (`--style-weight -1e-3` → `--style-weight=-1e-3`), for clap to parse: it takes `-1e-3` and
-/// `-.5` for options, and would say "unexpected argument '-1'" of a value the user typed; its
-/// way around that, letting these options take any value that starts with a hyphen, would
-/// make `--style-weight --size 64` take `--size` for the weight. The checks of
-/// [`Args::into_config`] then refuse the negative value by name.
+/// The command line with each negative value of an option that takes numbers (`--lr`, the
+/// weights, `--style-blend`) joined to it (`--style-weight -1e-3` → `--style-weight=-1e-3`),
+/// for clap to parse: it takes `-1e-3` and `-.5` for options, and would say "unexpected
+/// argument '-1'" of a value the user typed; its way around that, letting these options take
+/// any value that starts with a hyphen, would make `--style-weight --size 64` take `--size`
+/// for the weight. The checks of [`Args::into_config`] then refuse the negative value by name.
 pub fn join_negative_values(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let negative_numbers =
         |v: &str| v.starts_with('-') && v.split(',').all(|n| n.trim().parse::<f64>().is_ok());
