@@ -121,7 +121,7 @@ pub struct Args {
     pub init: String,
 
     /// Random seed for --init noise.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = seed)]
     pub seed: u64,
 
     /// Compute device: auto uses CUDA when present and its memory holds the size, else the CPU.
@@ -224,6 +224,14 @@ fn number(s: &str) -> std::result::Result<f32, String> {
     Ok(v)
 }
 
+/// A seed: a whole number from 0 to 2⁶⁴ − 1 (clap's own message for `-1` is "invalid digit
+/// found in string").
+fn seed(s: &str) -> std::result::Result<u64, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number from 0 to {}", u64::MAX))
+}
+
 fn finite_non_negative(name: &str, v: f32) -> Result<f32> {
     ensure!(
         v.is_finite() && v >= 0.0,
@@ -286,7 +294,12 @@ impl Args {
         if let Some(weights) = &self.weights {
             inputs.push(("--weights file", weights));
         }
-        paths::check_no_overwrite(&outputs, self.save_every.is_some(), &inputs)
+        let snapshots = self.save_every.map(|every| paths::Snapshots {
+            every,
+            iters: self.iters,
+            scales: scale_sides(self.size, self.scales).len(),
+        });
+        paths::check_no_overwrite(&outputs, snapshots, &inputs)
     }
 
     /// Checks every argument and resolves defaults into a [`Config`]; errors are one line and

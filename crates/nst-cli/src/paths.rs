@@ -13,21 +13,39 @@ pub fn snapshot_path(output: &Path, scale: usize, iter: u32) -> PathBuf {
     output.with_file_name(format!("{stem}_s{scale}_{iter:04}.{ext}"))
 }
 
-/// Whether `path` could be a snapshot of `output` (`{stem}_s{N}_{NNNN…}.{ext}` beside it).
-fn is_snapshot_of(output: &Path, path: &Path) -> bool {
-    let (stem, ext) = stem_and_extension(output);
-    let Some(name) = path.file_name().map(|n| n.to_string_lossy()) else {
-        return false;
-    };
-    let Some(rest) = name
-        .strip_prefix(&format!("{stem}_s"))
-        .and_then(|r| r.strip_suffix(&format!(".{ext}")))
-    else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let numbered = matches!(rest.split_once('_'), Some((s, i)) if digits(s) && digits(i));
-    numbered && same_file(&output.with_file_name(&*name), path)
+/// The snapshots a run writes with `--save-every`: every `every` iterations up to `iters`,
+/// at each of at most `scales` scales.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshots {
+    /// `--save-every`.
+    pub every: u32,
+    /// Iterations per scale.
+    pub iters: u32,
+    /// The most scales the run can have (a plan may drop the smallest).
+    pub scales: usize,
+}
+
+impl Snapshots {
+    /// Whether `path` is one of the snapshots of `output` this run writes.
+    fn include(&self, output: &Path, path: &Path) -> bool {
+        let (stem, ext) = stem_and_extension(output);
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy()) else {
+            return false;
+        };
+        let numbers = name
+            .strip_prefix(&format!("{stem}_s"))
+            .and_then(|r| r.strip_suffix(&format!(".{ext}")))
+            .and_then(|r| r.split_once('_'))
+            .and_then(|(s, i)| Some((s.parse::<usize>().ok()?, i.parse::<u32>().ok()?)));
+        let Some((scale, iter)) = numbers else {
+            return false;
+        };
+        let written = (1..=self.scales).contains(&scale)
+            && (1..=self.iters).contains(&iter)
+            && iter.is_multiple_of(self.every);
+        // The name as the run spells it (`_0050`, not `_50`), beside the output.
+        written && same_file(&snapshot_path(output, scale, iter), path)
+    }
 }
 
 fn stem_and_extension(path: &Path) -> (String, String) {
@@ -89,10 +107,10 @@ pub fn check_writable(flag: &str, path: &Path) -> Result<()> {
 }
 
 /// No file the run writes (`outputs`, as `(flag, path)`; the first is the output image, whose
-/// snapshots count too when `snapshots`) is another of them or one of the `inputs`.
+/// `snapshots` count too) is another of them or one of the `inputs`.
 pub fn check_no_overwrite(
     outputs: &[(&str, &Path)],
-    snapshots: bool,
+    snapshots: Option<Snapshots>,
     inputs: &[(&str, &Path)],
 ) -> Result<()> {
     for (i, &(flag, path)) in outputs.iter().enumerate() {
@@ -111,10 +129,10 @@ pub fn check_no_overwrite(
             );
         }
     }
-    if let (true, Some(&(flag, output))) = (snapshots, outputs.first()) {
+    if let (Some(snapshots), Some(&(flag, output))) = (snapshots, outputs.first()) {
         for &(other, path) in outputs[1..].iter().chain(inputs) {
             ensure!(
-                !is_snapshot_of(output, path),
+                !snapshots.include(output, path),
                 "the --save-every snapshots of {flag} {} would overwrite the {other}, {} (give another file name)",
                 output.display(),
                 path.display()
@@ -133,16 +151,27 @@ mod tests {
         let out = Path::new("/tmp/x/out.png");
         let s = snapshot_path(out, 3, 50);
         assert_eq!(s, Path::new("/tmp/x/out_s3_0050.png"));
-        assert!(is_snapshot_of(out, &s));
-        assert!(is_snapshot_of(out, Path::new("/tmp/x/out_s12_123456.png")));
+        // Every 10 iterations of 100, at 3 scales.
+        let snapshots = Snapshots {
+            every: 10,
+            iters: 100,
+            scales: 3,
+        };
+        assert!(snapshots.include(out, &s));
+        assert!(snapshots.include(out, Path::new("/tmp/x/out_s1_0100.png")));
         for other in [
             "/tmp/x/out_s3_0050.jpg",
             "/tmp/y/out_s3_0050.png",
             "/tmp/x/out_s_0050.png",
+            "/tmp/x/out_sa_0050.png",
+            "/tmp/x/out_s3_50.png",   // not how the run spells it
+            "/tmp/x/out_s3_0055.png", // not a multiple of 10
+            "/tmp/x/out_s3_0110.png", // past the last iteration
+            "/tmp/x/out_s4_0050.png", // past the last scale
+            "/tmp/x/out_s0_0050.png",
         ] {
-            assert!(!is_snapshot_of(out, Path::new(other)), "{other}");
+            assert!(!snapshots.include(out, Path::new(other)), "{other}");
         }
-        assert!(!is_snapshot_of(out, Path::new("/tmp/x/out_sa_0050.png")));
     }
 
     #[test]
@@ -153,22 +182,27 @@ mod tests {
         std::fs::write(&photo, b"x").unwrap();
         let out = dir.join("out.png");
         let inputs = [("content image", photo.as_path())];
+        let every_one = Snapshots {
+            every: 1,
+            iters: 6,
+            scales: 1,
+        };
         let ok = check_no_overwrite(
             &[("-o", &out), ("--report", &dir.join("r.json"))],
-            true,
+            Some(every_one),
             &inputs,
         );
         assert!(ok.is_ok(), "{ok:?}");
 
         // The same file by another spelling, through `..`.
         let again = dir.join("sub/../photo.png");
-        let err = check_no_overwrite(&[("-o", &again)], false, &inputs).unwrap_err();
+        let err = check_no_overwrite(&[("-o", &again)], None, &inputs).unwrap_err();
         assert!(
             err.to_string()
                 .contains("would overwrite the content image"),
             "{err}"
         );
-        let err = check_no_overwrite(&[("-o", &out), ("--report", &out)], false, &inputs)
+        let err = check_no_overwrite(&[("-o", &out), ("--report", &out)], None, &inputs)
             .unwrap_err()
             .to_string();
         assert!(
@@ -178,11 +212,20 @@ mod tests {
         // A report named like a snapshot: refused only when there are snapshots.
         let snapshot_named = dir.join("out_s1_0001.png");
         let outputs = [("-o", out.as_path()), ("--report", &snapshot_named)];
-        let err = check_no_overwrite(&outputs, true, &inputs)
+        let err = check_no_overwrite(&outputs, Some(every_one), &inputs)
             .unwrap_err()
             .to_string();
         assert!(err.contains("--save-every snapshots of -o"), "{err}");
-        assert!(check_no_overwrite(&outputs, false, &inputs).is_ok());
+        assert!(check_no_overwrite(&outputs, None, &inputs).is_ok());
+        // Nor when the run stops before that snapshot (6 iterations, every 2: 2, 4, 6).
+        let every_two = Snapshots {
+            every: 2,
+            iters: 6,
+            ..every_one
+        };
+        let late = dir.join("out_s1_0008.png");
+        let outputs = [("-o", out.as_path()), ("--report", &late)];
+        assert!(check_no_overwrite(&outputs, Some(every_two), &inputs).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
