@@ -76,11 +76,16 @@ fn signals_write_the_best_image_and_exit_128_plus_signal() {
         assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
         let img = image::open(&out).expect("best image written on interrupt");
         assert_eq!((img.width(), img.height()), (128, 85));
-        // The report of the iterations so far, marked as interrupted.
+        // The report of the iterations so far, marked as interrupted: at least the start's
+        // evaluation (the signal comes after "scale 1/1"; how many steps follow depends on
+        // the machine's speed).
         let written: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
         assert_eq!(written["interrupted"], true, "{written}");
-        assert!(written["trace"].as_array().unwrap().len() > 1, "{written}");
+        assert!(
+            !written["trace"].as_array().unwrap().is_empty(),
+            "{written}"
+        );
         let files = files_in(dir.path());
         assert_eq!(files, vec![out, report], "SIG{signal}: stray files");
     }
