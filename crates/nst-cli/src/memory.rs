@@ -341,15 +341,16 @@ pub fn check(
     size_of: impl Fn(u32) -> Workload,
 ) -> Result<Fit> {
     let requested = size_of(requested_side);
-    if let Some(&mode) = pool
+    if let Some((mode, estimate)) = pool
         .modes()
         .iter()
-        .find(|&&mode| pool.estimate(&requested, mode) <= available)
+        .map(|&mode| (mode, pool.estimate(&requested, mode)))
+        .find(|&(_, estimate)| estimate <= available)
     {
         return Ok(Fit {
             mode,
             shortened_history_vectors: None,
-            estimated_peak_bytes: pool.estimate(&requested, mode) as u64,
+            estimated_peak_bytes: estimate as u64,
         });
     }
     let leanest = *pool.modes().last().expect("every pool has a mode");

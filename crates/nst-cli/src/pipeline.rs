@@ -26,6 +26,7 @@ use nst_optim::{
     minimize, Adam, AdamConfig, Evaluation, Lbfgs, LbfgsConfig, Optimizer, StopReason,
 };
 use nst_tensor::{AlgorithmSearch, Device, Tensor};
+use nst_vgg::weights::ConvWeights;
 use nst_vgg::{geometry, Layer, Vgg19};
 use rand::{Rng, SeedableRng};
 use std::fmt;
@@ -154,7 +155,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
         ));
     }
     apply_memory_mode(plan.memory_mode(), progress);
-    let vgg = load_vgg(cfg, weights.as_deref(), &device)?;
+    let vgg = load_vgg(cfg, weights, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
     let history = lbfgs_pairs(prepared.content.channels, &plan);
     if let Some(pairs) = plan.shortened_lbfgs_pairs() {
@@ -398,25 +399,27 @@ impl InputSizes {
 
 /// Stage 2b: other weights than the shipped ones (`--weights`), read and checked before the
 /// plan so that a bad file is the only thing said.
-fn read_weights(cfg: &Config) -> Result<Option<Vec<u8>>> {
+fn read_weights(cfg: &Config) -> Result<Option<Vec<ConvWeights>>> {
     let Some(path) = &cfg.weights else {
         return Ok(None);
     };
     let bytes =
         std::fs::read(path).map_err(|e| anyhow!("cannot read weights {}: {e}", path.display()))?;
-    nst_vgg::weights::load(&bytes).map_err(|e| anyhow!("--weights {}: {e}", path.display()))?;
-    Ok(Some(bytes))
+    let weights =
+        nst_vgg::weights::load(&bytes).map_err(|e| anyhow!("--weights {}: {e}", path.display()))?;
+    Ok(Some(weights))
 }
 
 /// Stage 2c: the network on the device, with the `weights` read in stage 2b, else the
-/// shipped ones.
-fn load_vgg(cfg: &Config, weights: Option<&[u8]>, device: &Device) -> Result<Vgg19> {
-    Ok(match (weights, &cfg.weights) {
-        (Some(bytes), Some(path)) => Vgg19::from_safetensors(bytes, device, cfg.pooling)
-            .map_err(|e| anyhow!("--weights {}: {e}", path.display())),
-        _ => Vgg19::embedded(device, cfg.pooling).map_err(|e| anyhow!("{e}")),
-    }?
-    .with_conv_algorithm(cfg.conv_algorithm))
+/// shipped ones (what can fail here is the device: the file was checked in stage 2b).
+fn load_vgg(cfg: &Config, weights: Option<Vec<ConvWeights>>, device: &Device) -> Result<Vgg19> {
+    let vgg = match weights {
+        Some(weights) => Vgg19::from_weights(weights, device, cfg.pooling),
+        None => Vgg19::embedded(device, cfg.pooling),
+    };
+    Ok(vgg
+        .map_err(|e| anyhow!("{e}"))?
+        .with_conv_algorithm(cfg.conv_algorithm))
 }
 
 /// Stage 3: the output size and the coarse-to-fine scales, each big enough to survive the
@@ -987,19 +990,6 @@ mod tests {
             .unwrap()
     }
 
-    /// The emulated GPU, or `None` (the test then says it is skipped) where g++ cannot build
-    /// the emulator and `NST_REQUIRE_EMULATOR` is unset.
-    fn emulated_gpu() -> Option<Device> {
-        match Device::cuda_emulated() {
-            Ok(device) => Some(device),
-            Err(e) if std::env::var_os("NST_REQUIRE_EMULATOR").is_some() => panic!("{e}"),
-            Err(e) => {
-                eprintln!("skipped: no CUDA emulator ({e})");
-                None
-            }
-        }
-    }
-
     /// `gpu`, as `--device auto` or `cuda` would have chosen it.
     fn chosen(gpu: &Device) -> ChosenDevice {
         ChosenDevice {
@@ -1021,7 +1011,11 @@ mod tests {
 
     #[test]
     fn auto_runs_on_the_cpu_where_only_the_hosts_memory_holds_the_size() {
-        let Some(gpu) = emulated_gpu() else { return };
+        let test =
+            "pipeline::tests::auto_runs_on_the_cpu_where_only_the_hosts_memory_holds_the_size";
+        let Some(gpu) = nst_tensor::test_utils::emulator_or_skip(test) else {
+            return;
+        };
         // A 2048×1362 output: about 3.3 GiB on the GPU (im2col) even with 5 L-BFGS pairs,
         // 4.7 GiB on the host in the fast mode.
         let sizes = InputSizes {

@@ -1,7 +1,8 @@
 //! The JSON report written by `--report FILE`.
 //!
 //! ```json
-//! {"trace": [{"iter": 0, "total": …, "content": …, "style": …, "tv": …}, …],
+//! {"interrupted": false,
+//!  "trace": [{"iter": 0, "total": …, "content": …, "style": …, "tv": …}, …],
 //!  "timing": {"ms_per_iter_median": …, "total_s": …, "setup_s": …,
 //!             "scales": [{"width": …, "height": …, "iterations": …, "total_s": …,
 //!                         "before_first_iter_s": …, "ms_per_iter_median": …}, …]},

@@ -545,12 +545,7 @@ fn bad_inputs_fail_cleanly() {
     ];
     expect_failure(&missing, &out, "/nonexistent/photo.jpg");
     let bad_weights_loud = with(base(CONTENT), &["--weights", &bad_weights]);
-    let bad_weights_loud: Vec<&str> = bad_weights_loud
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != "-q")
-        .collect();
-    expect_failure(&bad_weights_loud, &out, "--weights");
+    expect_failure(&loud(&bad_weights_loud), &out, "--weights");
     // The output over the content photo.
     let over_photo = [
         "-c", &photo, "-s", STYLE, "-o", &photo, "--size", "64", "-q",
@@ -593,12 +588,7 @@ fn help_words_and_an_early_convergence_are_answered() {
         "/dev/null",
     ];
     let args = with(tiny(&out), &extra);
-    let args: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| *a != "-q")
-        .collect();
-    let o = nst(&args);
+    let o = nst(&loud(&args));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     assert!(

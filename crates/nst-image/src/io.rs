@@ -321,12 +321,15 @@ pub fn write_atomic(
 ) -> Result<()> {
     let target = written_file(path);
     let path = target.as_path();
-    if let Some(file) = special_file(path) {
-        let file = file.map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+    // `write` through a buffer into `file`, flushed: the file, or why `path` cannot be written.
+    let fill = |file: File| -> Result<File> {
         let mut w = BufWriter::new(file);
         write(&mut w)?;
         w.into_inner()
-            .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error()))?;
+            .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error()))
+    };
+    if let Some(file) = special_file(path) {
+        fill(file.map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?)?;
         return Ok(());
     }
     let dir = path
@@ -341,12 +344,7 @@ pub fn write_atomic(
     let result = (|| -> Result<()> {
         let file =
             File::create(&tmp).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
-        let mut w = BufWriter::new(file);
-        write(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error()))?;
-        file.sync_all()?;
+        fill(file)?.sync_all()?;
         std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
         Ok(())
     })();

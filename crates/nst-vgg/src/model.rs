@@ -67,7 +67,17 @@ impl Vgg19 {
         device: &Device,
         pooling: Pooling,
     ) -> Result<Self, VggError> {
-        let convs = weights::load(bytes)?
+        Self::from_weights(weights::load(bytes)?, device, pooling)
+    }
+
+    /// Weights already read ([`weights::load`]: checked, one entry per convolution), put on
+    /// `device`; for a caller that reads and checks a file before it chooses the device.
+    pub fn from_weights(
+        convs: Vec<weights::ConvWeights>,
+        device: &Device,
+        pooling: Pooling,
+    ) -> Result<Self, VggError> {
+        let convs = convs
             .into_iter()
             .map(|c| {
                 let w = Tensor::from_vec(c.weight, &[c.out_channels, c.in_channels, 3, 3], device)?;

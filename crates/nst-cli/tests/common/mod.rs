@@ -85,6 +85,14 @@ pub fn tiny(out: &Path) -> Vec<String> {
     .collect()
 }
 
+/// `args` without `-q`: for tests of what a run prints.
+pub fn loud(args: &[String]) -> Vec<&str> {
+    args.iter()
+        .map(String::as_str)
+        .filter(|a| *a != "-q")
+        .collect()
+}
+
 /// `args` with `extra` flag/value pairs replacing earlier values of the same flag (clap
 /// rejects repeats), except `-s`, which is repeatable and appends.
 pub fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
