@@ -44,9 +44,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let (interrupt, signal) = watch_signals();
-    if !quiet {
-        acknowledge_interrupt(interrupt.clone());
-    }
+    let acknowledgement = (!quiet).then(|| acknowledge_interrupt(interrupt.clone()));
     let mut progress: Box<dyn Progress> = if quiet {
         Box::new(Quiet)
     } else if std::io::stderr().is_terminal() {
@@ -57,6 +55,11 @@ fn main() -> ExitCode {
     let code = match pipeline::run(&config, progress.as_mut(), &interrupt) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            // The run stops within milliseconds where its ops are small: say "stopping"
+            // first all the same.
+            if let Some(said) = acknowledgement {
+                let _ = said.join();
+            }
             eprintln!("{e}");
             ExitCode::from(128 + signal.load(Ordering::SeqCst) as u8)
         }
@@ -69,8 +72,8 @@ fn main() -> ExitCode {
     code
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM: the first finishes the current iteration, writes the best
-/// image and exits with 128 + the signal's number (130, 143), as shells report a process
+/// SIGINT (Ctrl-C) and SIGTERM: the first stops the run within one op (a convolution), writes
+/// the best image and exits with 128 + the signal's number (130, 143), as shells report a process
 /// killed by it; a second one ends the process at once. Returns the flag the pipeline polls
 /// and the number of the signal that raised it.
 fn watch_signals() -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
@@ -86,15 +89,15 @@ fn watch_signals() -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
     (interrupt, signal)
 }
 
-/// Says at once that the first signal was heard: the run stops only after the step under way
-/// (an evaluation, or a scale's targets), which at large sizes takes seconds to minutes.
-fn acknowledge_interrupt(interrupt: Arc<AtomicBool>) {
+/// Says at once that the first signal was heard: the run stops at the next op, which at large
+/// sizes on a CPU may take seconds (one convolution over a large image).
+fn acknowledge_interrupt(interrupt: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !interrupt.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
         }
-        eprintln!("stopping after the current step, then writing the best image so far (a second Ctrl-C quits at once)");
-    });
+        eprintln!("stopping: writing the best image so far (a second Ctrl-C quits at once)");
+    })
 }
 
 /// Prints the error and its causes on one line (Display, never Debug: no backtraces).

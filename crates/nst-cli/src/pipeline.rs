@@ -25,7 +25,7 @@ use nst_loss::{LossSpec, LossWeights, Objective};
 use nst_optim::{
     minimize, Adam, AdamConfig, Evaluation, Lbfgs, LbfgsConfig, Optimizer, StopReason,
 };
-use nst_tensor::{AlgorithmSearch, Device, Tensor};
+use nst_tensor::{interruptible, AlgorithmSearch, Device, Tensor};
 use nst_vgg::weights::ConvWeights;
 use nst_vgg::{geometry, Layer, Vgg19};
 use rand::{Rng, SeedableRng};
@@ -139,7 +139,8 @@ impl fmt::Display for FailedMidRun {
 
 impl std::error::Error for FailedMidRun {}
 
-/// Runs style transfer as configured. `interrupt` is polled between iterations.
+/// Runs style transfer as configured. Once `interrupt` is raised, the run stops within one op
+/// (see [`nst_tensor::interruptible`]) and writes the best image so far.
 pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) -> Result<Outcome> {
     let started = Instant::now();
     let chosen = select_device(cfg)?;
@@ -663,25 +664,31 @@ fn optimise(
         let content = content_planes
             .to_tensor(&targets_device)
             .map_err(|e| keep_previous(e.into()))?;
-        let objective = Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone())
-            .map_err(|e| keep_previous(e.into()))?
-            .recomputing_first_layer(plan.memory_mode() == memory::MemoryMode::Lean);
         let start = match &previous {
             Some(prev) => prev.resized(w, h),
             None => prepared.start(cfg, images.init.as_ref(), &content_planes),
         };
-        if interrupt.load(Ordering::Relaxed) {
-            // Interrupted while the scale was set up (its targets take seconds at large
-            // sizes): stop before the first evaluation, which takes as long again. The best
-            // so far is the previous scale's result, or, at the first scale, the start (what
-            // evaluating it first would have kept).
-            return Ok(Optimised {
-                image: previous.clone().unwrap_or(start),
-                trace,
-                scales: scale_timings,
-                interrupted: true,
-            });
-        }
+        // Interrupted while the scale is set up (its targets take seconds to minutes at large
+        // sizes, and stop within one op): stop before the first evaluation, which takes as
+        // long again. The best so far is the previous scale's result, or, at the first
+        // scale, the start (what evaluating it first would have kept).
+        let objective = interruptible(interrupt, || {
+            Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone())
+        });
+        let objective = match objective {
+            _ if interrupt.load(Ordering::Relaxed) => {
+                return Ok(Optimised {
+                    image: previous.clone().unwrap_or(start),
+                    trace,
+                    scales: scale_timings,
+                    interrupted: true,
+                });
+            }
+            Ok(objective) => {
+                objective.recomputing_first_layer(plan.memory_mode() == memory::MemoryMode::Lean)
+            }
+            Err(e) => return Err(keep_previous(e.into())),
+        };
         optimizer.reset();
         progress.scale_started(scale, plan.scales.len(), w, h, cfg.iters);
         let scale_started = Instant::now();
@@ -722,11 +729,11 @@ fn optimise(
             Ok(())
         };
         let evaluate = |x: &Tensor| -> Result<Evaluation> { evaluation(&objective, x) };
-        let start = start
+        let start_tensor = start
             .to_tensor(&image_device)
             .map_err(|e| keep_previous(e.into()))?;
         let run = minimize(
-            start,
+            start_tensor,
             &evaluate,
             &mut optimizer,
             cfg.iters,
@@ -773,9 +780,11 @@ fn optimise(
         let best = run.best.as_ref().map(Planes::from_tensor).transpose()?;
         match (run.stop, best) {
             (StopReason::Finished, Some(best)) => image = Some(best),
-            (StopReason::Interrupted, Some(best)) => {
+            (StopReason::Interrupted, best) => {
+                // Interrupted during the start's evaluation, the scale has no iterate: the
+                // best so far is its start, as above.
                 return Ok(Optimised {
-                    image: best,
+                    image: best.or(previous).unwrap_or(start),
                     trace,
                     scales: scale_timings,
                     interrupted: true,
@@ -792,7 +801,7 @@ fn optimise(
                 return Err(NonFiniteLoss { scale, iter, saved }.into());
             }
             (StopReason::Failed { .. }, _) => unreachable!("handled above"),
-            (_, None) => unreachable!("a finished or interrupted run has a finite iterate"),
+            (StopReason::Finished, None) => unreachable!("a finished run has a finite iterate"),
         }
         // The next scale has other shapes: let go of this scale's tensors (its targets, the
         // last iterates, the optimizer's history: up to 2 GiB), then of the memory they leave

@@ -57,36 +57,47 @@ fn long_run(out: &Path) -> Vec<String> {
     )
 }
 
-/// SIGINT and SIGTERM mid-iteration: the best image so far is written (atomically: nothing
-/// else is left in the folder) and the exit code is 128 + the signal (130, 143).
+/// SIGINT and SIGTERM once two iterations have run (their snapshots are written): the best
+/// image so far is written (atomically: nothing but it, the report and the snapshots is left
+/// in the folder) and the exit code is 128 + the signal (130, 143).
 #[test]
 fn signals_write_the_best_image_and_exit_128_plus_signal() {
     for (signal, code) in [("INT", 130), ("TERM", 143)] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("o.png");
         let report = dir.path().join("r.json");
-        let args = with(long_run(&out), &["--report", path_str(&report)]);
-        let (child, lines) = start_running(&args);
+        let args = with(
+            long_run(&out),
+            &["--report", path_str(&report), "--save-every", "1"],
+        );
+        let (mut child, lines) = start_running(&args);
+        while !dir.path().join("o_s1_0002.png").exists() {
+            assert!(child.try_wait().unwrap().is_none(), "nst ended early");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         send(&child, signal);
-        let mut child = child;
         let rest: Vec<String> = lines.map_while(Result::ok).collect();
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(code), "SIG{signal}: {rest:?}");
         assert!(rest.iter().any(|l| l.contains("interrupted")), "{rest:?}");
         let img = image::open(&out).expect("best image written on interrupt");
         assert_eq!((img.width(), img.height()), (128, 85));
-        // The report of the iterations so far, marked as interrupted: at least the start's
-        // evaluation (the signal comes after "scale 1/1"; how many steps follow depends on
-        // the machine's speed).
+        // The report of the iterations so far, marked as interrupted: the start and at least
+        // the two iterations whose snapshots were written.
         let written: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
         assert_eq!(written["interrupted"], true, "{written}");
-        assert!(
-            !written["trace"].as_array().unwrap().is_empty(),
-            "{written}"
-        );
+        assert!(written["trace"].as_array().unwrap().len() >= 3, "{written}");
+        let snapshot = |p: &PathBuf| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("o_s1_") && name.ends_with(".png")
+        };
         let files = files_in(dir.path());
-        assert_eq!(files, vec![out, report], "SIG{signal}: stray files");
+        let others: Vec<_> = files.iter().filter(|p| !snapshot(p)).collect();
+        assert_eq!(others, vec![&out, &report], "SIG{signal}: stray files");
+        for snapshot in files.iter().filter(|p| snapshot(p)) {
+            image::open(snapshot).expect("snapshots are whole images");
+        }
     }
 }
 
@@ -118,7 +129,7 @@ fn a_signal_during_the_setup_stops_before_the_first_evaluation() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
     assert!(
-        rest[0].starts_with("stopping after the current step"),
+        rest[0].starts_with("stopping: writing the best image so far"),
         "{rest:?}"
     );
     assert!(!rest.iter().any(|l| l.starts_with("scale 1/1")), "{rest:?}");
@@ -138,6 +149,52 @@ fn a_signal_during_the_setup_stops_before_the_first_evaluation() {
         0,
         "{report}"
     );
+    assert_eq!(files_in(dir.path()).len(), 2, "stray files");
+}
+
+/// SIGINT during the first evaluation (VGG-19 forward and backward at 1024 px: seconds on a
+/// CPU, where the signal lands within milliseconds of the scale's start): the evaluation is
+/// abandoned, not finished, so no iterate is recorded, and the start image is written.
+#[test]
+fn a_signal_during_an_evaluation_abandons_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    let report = dir.path().join("r.json");
+    let args = with(
+        long_run(&out),
+        &["--size", "1024", "--report", path_str(&report)],
+    );
+    let mut child = Command::new(NST)
+        .args(loud(&args))
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // "scale 1/1" comes after the targets, just before the first evaluation.
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("scale 1/1") {
+            break;
+        }
+    }
+    send(&child, "INT");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    assert!(
+        rest.last().unwrap().starts_with("interrupted: wrote"),
+        "{rest:?}"
+    );
+    let img = image::open(&out).expect("the start image written on interrupt");
+    assert_eq!((img.width(), img.height()), (1024, 681));
+    // Without the evaluation's own check, the start's evaluation would finish and be in the
+    // trace.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(report["trace"].as_array().unwrap().len(), 0, "{report}");
+    let scales = report["timing"]["scales"].as_array().unwrap();
+    assert_eq!(scales.len(), 1, "{report}");
+    assert_eq!(scales[0]["iterations"], 0, "{report}");
     assert_eq!(files_in(dir.path()).len(), 2, "stray files");
 }
 

@@ -1,12 +1,13 @@
 //! The optimisation loop with the safeguards a long run needs: the best iterate (lowest
 //! finite loss) is kept, a NaN or infinite loss or gradient stops the run at once (an
-//! optimizer would only wander off from there), and an interrupt flag is honoured between
-//! iterations, and an error after the start (a device out of memory, a failing callback)
-//! ends the run with the best iterate and the error both returned, so that a caller can
-//! always write out the best image found so far.
+//! optimizer would only wander off from there), an interrupt flag is honoured between
+//! iterations and within an evaluation (through [`nst_tensor::interruptible`]: at large sizes
+//! one evaluation takes minutes on a CPU), and an error after the start (a device out of
+//! memory, a failing callback) ends the run with the best iterate and the error both
+//! returned, so that a caller can always write out the best image found so far.
 
 use crate::{Evaluation, Optimizer, Step};
-use nst_tensor::{Tensor, TensorError};
+use nst_tensor::{interruptible, Tensor, TensorError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -15,7 +16,8 @@ use std::time::Instant;
 pub enum StopReason {
     /// All iterations ran, or the optimizer converged.
     Finished,
-    /// The interrupt flag was raised.
+    /// The interrupt flag was raised (between iterations, or during an evaluation, which
+    /// was then abandoned).
     Interrupted,
     /// The loss or its gradient became NaN or infinite at this iterate.
     NonFinite {
@@ -32,7 +34,8 @@ pub enum StopReason {
 /// What [`minimize`] found.
 #[derive(Debug)]
 pub struct Minimized<E = TensorError> {
-    /// The iterate with the lowest finite loss; `None` only if even the start was not finite.
+    /// The iterate with the lowest finite loss; `None` only if even the start was not finite,
+    /// or the run was interrupted while the start was evaluated.
     pub best: Option<Tensor>,
     /// Its loss (+∞ when there is none).
     pub best_loss: f64,
@@ -49,9 +52,13 @@ pub type OnIterate<'a, E> = dyn FnMut(u32, &Tensor, &Evaluation, Option<f64>) ->
 ///
 /// `on_iterate(k, x_k, f(x_k), ms)` sees every finite iterate, k = 0 (the start) up to
 /// `iters`, with the milliseconds of the step that produced it (`None` for the start).
-/// `interrupt` is polled before each step. An error evaluating the start is returned as
-/// `Err`; any later error (from a step, an evaluation or `on_iterate`) ends the run as
-/// [`StopReason::Failed`], with the best iterate so far and the error.
+/// `interrupt` is polled before each step, and the evaluations run inside
+/// [`nst_tensor::interruptible`] with it: an evaluation that fails once the flag is raised
+/// (with [`TensorError::Interrupted`], or anything that error became in `E`) ends the run as
+/// [`StopReason::Interrupted`], keeping the best iterate so far. Any other error evaluating
+/// the start is returned as `Err`; any later error (from a step, an evaluation or
+/// `on_iterate`) ends the run as [`StopReason::Failed`], with the best iterate so far and the
+/// error.
 pub fn minimize<E: From<TensorError>>(
     start: Tensor,
     evaluate: &dyn Fn(&Tensor) -> Result<Evaluation, E>,
@@ -60,8 +67,20 @@ pub fn minimize<E: From<TensorError>>(
     interrupt: &AtomicBool,
     on_iterate: &mut OnIterate<'_, E>,
 ) -> Result<Minimized<E>, E> {
+    let interrupted = || interrupt.load(Ordering::Relaxed);
     let mut x = start;
-    let mut eval = evaluate(&x)?;
+    let mut eval = match interruptible(interrupt, || evaluate(&x)) {
+        Ok(eval) => eval,
+        Err(_) if interrupted() => {
+            return Ok(Minimized {
+                best: None,
+                best_loss: f64::INFINITY,
+                stop: StopReason::Interrupted,
+                error: None,
+            })
+        }
+        Err(e) => return Err(e),
+    };
     let mut best: Option<(f64, Tensor)> = None;
     let mut step_ms = None;
     let mut k = 0u32;
@@ -79,22 +98,33 @@ pub fn minimize<E: From<TensorError>>(
             if k == iters {
                 return Ok(Some(StopReason::Finished));
             }
-            if interrupt.load(Ordering::Relaxed) {
+            if interrupted() {
                 return Ok(Some(StopReason::Interrupted));
             }
             let t0 = Instant::now();
-            match optimizer.step(&x, &eval, &mut |x: &Tensor| evaluate(x))? {
-                Step::Moved {
-                    x: next,
-                    eval: known,
-                } => {
-                    eval = match known {
-                        Some(e) => e,
-                        None => evaluate(&next)?,
-                    };
-                    x = next;
-                }
-                Step::Converged => return Ok(Some(StopReason::Finished)),
+            let step = interruptible(interrupt, || -> Result<_, E> {
+                Ok(
+                    match optimizer.step(&x, &eval, &mut |x: &Tensor| evaluate(x))? {
+                        Step::Moved {
+                            x: next,
+                            eval: known,
+                        } => {
+                            let eval = match known {
+                                Some(e) => e,
+                                None => evaluate(&next)?,
+                            };
+                            Some((next, eval))
+                        }
+                        Step::Converged => None,
+                    },
+                )
+            });
+            match step {
+                Ok(Some((next, next_eval))) => (x, eval) = (next, next_eval),
+                Ok(None) => return Ok(Some(StopReason::Finished)),
+                // The flag made an op fail: the step was abandoned, not failed.
+                Err(_) if interrupted() => return Ok(Some(StopReason::Interrupted)),
+                Err(e) => return Err(e),
             }
             step_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
             k += 1;
@@ -199,6 +229,65 @@ mod tests {
         .unwrap();
         assert_eq!((run.stop, count), (StopReason::Interrupted, 1));
         assert_eq!(run.best.unwrap().to_vec().unwrap(), vec![3.0]);
+    }
+
+    /// Raised during the fourth evaluation (in the middle of it: after the flag, its
+    /// matrix product is refused), as Ctrl-C would be: the run ends as interrupted, not as
+    /// failed, with the best of the three iterates evaluated in full. Raised during the
+    /// start's evaluation, there is no iterate, and still no error.
+    #[test]
+    fn a_flag_raised_during_an_evaluation_abandons_it() {
+        let calls = std::cell::Cell::new(0);
+        let interrupt = AtomicBool::new(false);
+        let evaluate = |x: &Tensor| -> R<Evaluation> {
+            calls.set(calls.get() + 1);
+            if calls.get() == 4 {
+                interrupt.store(true, Ordering::Relaxed);
+            }
+            let loss = x.reshape(&[1, 1])?.matmul(&x.reshape(&[1, 1])?)?;
+            Ok(Evaluation::new(loss.to_scalar()? as f64, x.scale(2.0)?))
+        };
+        let mut opt = Optimizer::Adam(Adam::new(AdamConfig {
+            lr: 0.5,
+            ..Default::default()
+        }));
+        let start = Tensor::from_vec(vec![3.0], &[1], &Device::Cpu).unwrap();
+        let mut seen = Vec::new();
+        let mut on_iterate = |_, x: &Tensor, e: &Evaluation, _| -> R<()> {
+            seen.push((x.to_vec()?, e.loss));
+            Ok(())
+        };
+        let run = minimize(
+            start.clone(),
+            &evaluate,
+            &mut opt,
+            10,
+            &interrupt,
+            &mut on_iterate,
+        )
+        .unwrap();
+        assert_eq!(run.stop, StopReason::Interrupted);
+        assert!(run.error.is_none());
+        assert_eq!(seen.len(), 3, "the start and two steps were evaluated");
+        assert_eq!(run.best_loss, seen[2].1, "Adam's steps all went down here");
+        assert_eq!(run.best.unwrap().to_vec().unwrap(), seen[2].0);
+
+        calls.set(3);
+        interrupt.store(false, Ordering::Relaxed);
+        let run = minimize(
+            start,
+            &evaluate,
+            &mut opt,
+            10,
+            &interrupt,
+            &mut |_, _, _, _| panic!("no iterate was evaluated"),
+        )
+        .unwrap();
+        assert_eq!(
+            (run.stop, run.best_loss),
+            (StopReason::Interrupted, f64::INFINITY)
+        );
+        assert!(run.best.is_none() && run.error.is_none());
     }
 
     /// A device error after a few iterations (here the fourth evaluation runs out of

@@ -7,7 +7,7 @@ use crate::Result;
 use std::collections::{BTreeMap, HashMap};
 
 /// Gradients of a scalar with respect to the variables it depends on, keyed by tensor id.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Grads {
     by_id: HashMap<u64, Tensor>,
 }
@@ -108,6 +108,7 @@ impl Tensor {
             let Some(grad) = pending.take(id) else {
                 continue;
             };
+            crate::interrupt::check()?;
             let op = lock(&node).take();
             match op {
                 Some(op) => {

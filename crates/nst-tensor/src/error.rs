@@ -61,6 +61,9 @@ pub enum TensorError {
         /// What is missing, in one line.
         reason: String,
     },
+    /// The flag of [`interruptible`](crate::interruptible) was raised: the op did not run.
+    #[error("interrupted")]
+    Interrupted,
     /// A CUDA operation failed on the device (out of memory names the size that failed).
     #[error("{message}")]
     CudaFailed {

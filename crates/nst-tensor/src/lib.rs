@@ -15,6 +15,9 @@
 //!   `abs_sum`, `adam_step`, …). Elementwise ops take operands of one shape (no
 //!   broadcasting): `scale` multiplies by a constant, and a learned scalar is a `[1, 1]`
 //!   variable used through `matmul`.
+//! - Stopping: inside [`interruptible`], raising a flag from another thread makes the next
+//!   convolution, matrix product, Gram matrix or backward step return
+//!   [`TensorError::Interrupted`], so a long evaluation ends within one op.
 //! - Devices: a tensor's data is a [`storage`](backend) of its [`Device`]: `Device::Cpu`
 //!   (rayon kernels of `nst-cpu`) or `Device::Cuda`. Each device implements one trait of
 //!   kernels, [`backend::BackendStorage`]; ops and the backward pass call only that, so
@@ -63,6 +66,7 @@ pub mod cuda_backend;
 mod device;
 mod error;
 mod grad_mode;
+mod interrupt;
 pub mod memory_trace;
 mod op;
 mod ops;
@@ -74,6 +78,7 @@ pub use backward::Grads;
 pub use device::{Device, Precision};
 pub use error::TensorError;
 pub use grad_mode::{is_grad_enabled, no_grad};
+pub use interrupt::interruptible;
 pub use nst_params::{
     AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Layout, Pool2dParams,
 };

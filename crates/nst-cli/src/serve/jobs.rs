@@ -8,8 +8,8 @@
 //! `GET /jobs/{id}/preview`.
 //!
 //! A job's run is the CLI's pipeline ([`crate::pipeline::run`]) with a [`Progress`] that
-//! records into the job. Cancel sets the run's interrupt flag, which the pipeline polls
-//! between iterations: it stops within one iteration and writes the best image so far, which
+//! records into the job. Cancel sets the run's interrupt flag, which the run's ops check
+//! ([`nst_tensor::interruptible`]): it stops within one op and writes the best image so far, which
 //! goes to the gallery like a finished one. A panic inside a run is caught and fails that
 //! job only.
 

@@ -75,6 +75,7 @@ impl Tensor {
 
     /// The convolution with every option explicit (see [`Conv2dOptions`]).
     pub fn conv2d_with(&self, w: &Tensor, b: Option<&Tensor>, o: Conv2dOptions) -> Result<Tensor> {
+        crate::interrupt::check()?;
         let (x_dims, w_dims) = (self.dims(), w.dims());
         let mismatch = || TensorError::ShapeMismatch {
             op: "conv2d",

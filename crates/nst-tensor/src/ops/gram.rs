@@ -25,6 +25,7 @@ impl Tensor {
     /// `scale · F·Fᵀ` where F is each image's features as a `C × (H·W)` matrix:
     /// `[N, C, H, W]` → `[N, C, C]`, or `[C, M]` → `[C, C]`.
     pub fn gram(&self, scale: f32) -> Result<Tensor> {
+        crate::interrupt::check()?;
         let (n, c, m) = layout(self)?;
         let g = self.storage().gram(n, c, m, scale)?;
         let shape: Vec<usize> = if self.dims().len() == 2 {

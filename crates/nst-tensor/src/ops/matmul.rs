@@ -7,6 +7,7 @@ use crate::{Result, Tensor, TensorError};
 impl Tensor {
     /// `self[m, k] · b[k, n]` → `[m, n]`.
     pub fn matmul(&self, b: &Tensor) -> Result<Tensor> {
+        crate::interrupt::check()?;
         let (ad, bd) = (self.dims(), b.dims());
         if ad.len() != 2 || bd.len() != 2 || ad[1] != bd[0] {
             return Err(TensorError::ShapeMismatch {

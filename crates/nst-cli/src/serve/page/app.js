@@ -238,7 +238,7 @@ function handle(ev) {
       showPreview(ev.url);
       break;
     case "cancelling":
-      setStatus("Cancelling after this iteration…");
+      setStatus("Cancelling…");
       break;
     case "done": case "cancelled": case "failed":
       finished(ev.type, ev);
