@@ -345,7 +345,7 @@ impl Images {
             .styles
             .iter()
             .map(|p| load_rgb(p, "style image").map(|i| Planes::from_rgb(&i)))
-            .collect::<Result<_>>()?;
+            .collect::<Result<_, _>>()?;
         let init = match &cfg.init {
             Init::File(p) => Some(Planes::from_rgb(&load_rgb(p, "init image")?)),
             _ => None,
@@ -609,7 +609,7 @@ fn keep_best_and_fail(
     reason: String,
 ) -> anyhow::Error {
     if let Err(e) = save_atomic(&prepared.to_output(best), &cfg.output) {
-        return e.context(format!(
+        return anyhow::Error::new(e).context(format!(
             "{reason}; and the best image so far could not be written"
         ));
     }
@@ -721,8 +721,7 @@ fn optimise(
                     }
                     if save {
                         let path = crate::paths::snapshot_path(&cfg.output, scale, k);
-                        save_atomic(&picture, &path)
-                            .with_context(|| format!("writing {}", path.display()))?;
+                        save_atomic(&picture, &path)?;
                     }
                 }
             }
@@ -966,8 +965,9 @@ fn write_report(cfg: &Config, outcome: &Outcome, interrupted: bool, path: &Path)
         settings: cfg,
     };
     let json = serde_json::to_string_pretty(&report)?;
-    write_atomic(path, |w| Ok(std::io::Write::write_all(w, json.as_bytes())?))
-        .with_context(|| format!("writing report {}", path.display()))
+    Ok(write_atomic(path, |w| {
+        std::io::Write::write_all(w, json.as_bytes())
+    })?)
 }
 
 #[cfg(test)]

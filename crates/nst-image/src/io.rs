@@ -3,7 +3,7 @@
 //! Images travel through the pipeline as planar f32 RGB in 0..255 ("planes": `[C, H, W]`
 //! row-major, the layout of a `[1, C, H, W]` tensor).
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::ImageError;
 use image::{ImageFormat, ImageReader, Limits, RgbImage};
 use nst_tensor::{Device, Tensor, TensorError};
 use std::fs::File;
@@ -189,48 +189,56 @@ pub fn fit_longest_side(width: usize, height: usize, side: u32) -> (usize, usize
 
 /// Reads an image file as 8-bit RGB (gray and alpha are converted), with size limits.
 /// `what` names the role ("content image") in error messages.
-pub fn load_rgb(path: &Path, what: &str) -> Result<RgbImage> {
+pub fn load_rgb(path: &Path, what: &str) -> Result<RgbImage, ImageError> {
     let name = format!("{what} {}", path.display());
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read {name}: {e}"))?;
-    decode_rgb(&bytes, &name)
+    match std::fs::read(path) {
+        Ok(bytes) => decode_rgb(&bytes, &name),
+        Err(cause) => Err(ImageError::Read { name, cause }),
+    }
 }
 
 /// Decodes an image held in memory (PNG, JPEG or WebP; gray, alpha and 16-bit are converted
 /// to 8-bit RGB) with the same limits as [`load_rgb`]: sides of at most [`MAX_INPUT_SIDE`],
 /// at most [`MAX_INPUT_BYTES`] decoded, no truncated JPEG. `name` ("content image a.jpg")
 /// starts the one-line error messages.
-pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
+pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
+    let name = || name.to_string();
     if bytes.is_empty() {
-        bail!("{name} is an empty file");
+        return Err(ImageError::Empty { name: name() });
     }
+    // Guessing reads the bytes in memory: it cannot fail.
     let new_reader = || {
         ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
-            .context("reading the header")
+            .expect("reading from memory")
     };
-    let mut reader = new_reader()?;
-    let format = reader
-        .format()
-        .ok_or_else(|| anyhow!("{name} is not a PNG, JPEG or WebP image"))?;
+    let mut reader = new_reader();
+    let Some(format) = reader.format() else {
+        return Err(ImageError::UnknownFormat { name: name() });
+    };
     // zune-jpeg fills in a truncated JPEG silently; a complete one ends with the EOI marker.
     if format == ImageFormat::Jpeg && !jpeg_has_end_marker(bytes) {
-        bail!("{name} is a truncated JPEG (no end-of-image marker)");
+        return Err(ImageError::TruncatedJpeg { name: name() });
     }
     // Sizes from the header, before anything is decoded.
-    if let Ok((w, h)) = new_reader()?.into_dimensions() {
-        let pixels = w as u64 * h as u64;
+    if let Ok((width, height)) = new_reader().into_dimensions() {
+        let pixels = width as u64 * height as u64;
         if pixels > MAX_INPUT_PIXELS {
-            bail!(
-                "{name} is {w}×{h} ({:.0} megapixels), more than the {} nst accepts: downscale it first",
-                pixels as f64 / 1e6,
-                MAX_INPUT_PIXELS / 1_000_000
-            );
+            let name = name();
+            return Err(ImageError::TooManyPixels {
+                name,
+                width,
+                height,
+            });
         }
         if format == ImageFormat::Jpeg && pixels > MAX_JPEG_PIXELS_PER_BYTE * bytes.len() as u64 {
-            bail!(
-                "{name} claims {w}×{h} pixels but has only {} bytes: a corrupt or malicious JPEG",
-                bytes.len()
-            );
+            let (name, bytes) = (name(), bytes.len());
+            return Err(ImageError::ImplausibleJpeg {
+                name,
+                width,
+                height,
+                bytes,
+            });
         }
     }
     let mut limits = Limits::default();
@@ -238,9 +246,10 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage> {
     limits.max_image_height = Some(MAX_INPUT_SIDE);
     limits.max_alloc = Some(MAX_INPUT_BYTES);
     reader.limits(limits);
-    let img = reader
-        .decode()
-        .map_err(|e| anyhow!("cannot decode {name}: {}", one_line(&e.to_string())))?;
+    let img = reader.decode().map_err(|e| ImageError::Decode {
+        name: name(),
+        reason: one_line(&e.to_string()),
+    })?;
     Ok(img.to_rgb8())
 }
 
@@ -279,33 +288,37 @@ pub enum OutputFormat {
 
 impl OutputFormat {
     /// The format for `path`'s extension, or an error naming the supported ones.
-    pub fn from_path(path: &Path) -> Result<Self> {
+    pub fn from_path(path: &Path) -> Result<Self, ImageError> {
         let ext = path
             .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
         match ext.as_deref() {
             Some("png") => Ok(Self::Png),
             Some("jpg" | "jpeg") => Ok(Self::Jpeg),
             Some("webp") => Ok(Self::WebP),
-            Some(other) => bail!("cannot write .{other} files: use an output ending in .png, .jpg, .jpeg or .webp ({})", path.display()),
-            None => bail!("output {} has no extension: use .png, .jpg, .jpeg or .webp", path.display()),
+            _ => Err(ImageError::UnsupportedOutput {
+                path: path.to_path_buf(),
+                extension: ext,
+            }),
         }
     }
 }
 
 /// Writes `img` to `path` atomically, in the format its extension names (see [`write_atomic`]).
-pub fn save_atomic(img: &RgbImage, path: &Path) -> Result<()> {
+pub fn save_atomic(img: &RgbImage, path: &Path) -> Result<(), ImageError> {
     let format = OutputFormat::from_path(path)?;
     write_atomic(path, |w| {
         match format {
-            OutputFormat::Png => img.write_to(w, ImageFormat::Png)?,
+            OutputFormat::Png => img.write_to(w, ImageFormat::Png),
             OutputFormat::Jpeg => {
-                image::codecs::jpeg::JpegEncoder::new_with_quality(w, 95).encode_image(img)?
+                image::codecs::jpeg::JpegEncoder::new_with_quality(w, 95).encode_image(img)
             }
-            OutputFormat::WebP => img.write_to(w, ImageFormat::WebP)?,
+            OutputFormat::WebP => img.write_to(w, ImageFormat::WebP),
         }
-        Ok(())
+        .map_err(|e| match e {
+            image::ImageError::IoError(e) => e,
+            e => std::io::Error::other(one_line(&e.to_string())),
+        })
     })
 }
 
@@ -314,44 +327,48 @@ pub fn save_atomic(img: &RgbImage, path: &Path) -> Result<()> {
 /// leaves none behind. A link is written through: the file it names is replaced, the link
 /// kept. What is not a regular file — a device such as `/dev/null`, a terminal, a pipe — is
 /// written in place, as a shell's `>` would: a rename would put a regular file in its place
-/// (for root, in place of `/dev/null` itself).
+/// (for root, in place of `/dev/null` itself). Any failure, `write`'s own included, is
+/// [`ImageError::Write`] naming the file.
 pub fn write_atomic(
     path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
-) -> Result<()> {
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<(), ImageError> {
     let target = written_file(path);
     let path = target.as_path();
-    // `write` through a buffer into `file`, flushed: the file, or why `path` cannot be written.
-    let fill = |file: File| -> Result<File> {
+    let failed = |cause| ImageError::Write {
+        path: path.to_path_buf(),
+        cause,
+    };
+    // `write` through a buffer into `file`, flushed.
+    let fill = |file: File| -> std::io::Result<File> {
         let mut w = BufWriter::new(file);
         write(&mut w)?;
-        w.into_inner()
-            .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error()))
+        w.into_inner().map_err(|e| e.into_error())
     };
     if let Some(file) = special_file(path) {
-        fill(file.map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?)?;
-        return Ok(());
+        return file.and_then(fill).map(drop).map_err(failed);
     }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .context("output has no file name")?
-        .to_string_lossy();
-    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> Result<()> {
-        let file =
-            File::create(&tmp).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
-        fill(file)?.sync_all()?;
-        std::fs::rename(&tmp, path).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
-        Ok(())
-    })();
+    let Some(name) = path.file_name() else {
+        let no_name = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name");
+        return Err(failed(no_name));
+    };
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = File::create(&tmp)
+        .and_then(fill)
+        .and_then(|file| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.map_err(failed)
 }
 
 /// The file a write to `path` lands in: the file a link names (so the link is kept), else
@@ -387,7 +404,7 @@ mod tests {
         let (real, link) = (dir.join("real.json"), dir.join("link.json"));
         std::fs::write(&real, "old").unwrap();
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        write_atomic(&link, |w| Ok(std::io::Write::write_all(w, b"new")?)).unwrap();
+        write_atomic(&link, |w| std::io::Write::write_all(w, b"new")).unwrap();
         assert!(std::fs::symlink_metadata(&link)
             .unwrap()
             .file_type()
@@ -405,7 +422,7 @@ mod tests {
             let fifo = fifo.clone();
             std::thread::spawn(move || tx.send(std::fs::read_to_string(fifo).unwrap()));
         }
-        write_atomic(&fifo, |w| Ok(std::io::Write::write_all(w, b"through")?)).unwrap();
+        write_atomic(&fifo, |w| std::io::Write::write_all(w, b"through")).unwrap();
         // A pipe replaced by a file would leave the reader waiting: fail, don't hang.
         let read = rx.recv_timeout(std::time::Duration::from_secs(10));
         assert_eq!(read.as_deref(), Ok("through"));
@@ -486,6 +503,76 @@ mod tests {
             err,
             "b.jpg claims 8000×8000 pixels but has only 717 bytes: a corrupt or malicious JPEG"
         );
+    }
+
+    /// Each way an input or an output fails is its own variant, so a caller can tell a
+    /// missing file from a bad one, and its message is the CLI's one line.
+    #[test]
+    fn failures_are_typed_and_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("nst-errors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.png");
+        let err = load_rgb(&missing, "style image").unwrap_err();
+        let ImageError::Read { cause, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(cause.kind(), std::io::ErrorKind::NotFound);
+        assert!(err
+            .to_string()
+            .starts_with(&format!("cannot read style image {}: ", missing.display())));
+
+        assert!(matches!(
+            decode_rgb(b"", "e"),
+            Err(ImageError::Empty { .. })
+        ));
+        let err = decode_rgb(b"just some text", "t").unwrap_err();
+        assert!(matches!(err, ImageError::UnknownFormat { .. }), "{err:?}");
+        let mut png = Vec::new();
+        RgbImage::new(4, 4)
+            .write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .unwrap();
+        let mut jpeg = Vec::new();
+        RgbImage::new(16, 16)
+            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        let err = decode_rgb(&jpeg[..jpeg.len() - 2], "cut.jpg").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cut.jpg is a truncated JPEG (no end-of-image marker)"
+        );
+        let err = decode_rgb(&png[..png.len() - 20], "cut.png").unwrap_err();
+        let ImageError::Decode { name, reason } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(name, "cut.png");
+        assert!(!reason.is_empty() && !reason.contains('\n'), "{reason}");
+        assert_eq!(decode_rgb(&png, "ok").unwrap().dimensions(), (4, 4));
+
+        let err = save_atomic(&RgbImage::new(2, 2), &dir.join("x.gif")).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::UnsupportedOutput { extension: Some(e), .. } if e == "gif"),
+            "{err:?}"
+        );
+        // Into a folder that does not exist: the output named, and nothing left behind.
+        let nowhere = dir.join("no/such/folder/o.png");
+        let err = save_atomic(&RgbImage::new(2, 2), &nowhere).unwrap_err();
+        let ImageError::Write { path, cause } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            (path, cause.kind()),
+            (&nowhere, std::io::ErrorKind::NotFound)
+        );
+        // A failure of the caller's own writer is reported the same way, without a
+        // temporary file left behind.
+        let out = dir.join("r.json");
+        let err = write_atomic(&out, |_| Err(std::io::Error::other("serialising failed")));
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            format!("cannot write {}: serialising failed", out.display())
+        );
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "stray files");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Gallery {
         let incoming = self.incoming(id);
         let json = serde_json::to_vec_pretty(settings)?;
         nst_image::write_atomic(&incoming.join(SETTINGS_FILE), |w| {
-            Ok(std::io::Write::write_all(w, &json)?)
+            std::io::Write::write_all(w, &json)
         })?;
         let entry = self.dir.join(id.to_string());
         std::fs::rename(&incoming, &entry)
