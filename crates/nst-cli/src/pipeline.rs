@@ -46,8 +46,12 @@ const LBFGS_FEWEST_PAIRS: usize = 5;
 pub struct Outcome {
     /// Output width and height.
     pub output_size: (usize, usize),
-    /// Loss at each iterate of the final scale.
+    /// Loss at each iterate of the last scale that reached one: the final scale, or where
+    /// the run was interrupted, the scale it stopped in (or the one before, if it stopped
+    /// before its first iterate).
     pub trace: Vec<TracePoint>,
+    /// Which scale `trace` is from (1 = the coarsest); `None` if no iterate was reached.
+    pub trace_scale: Option<usize>,
     /// Timing.
     pub timing: Timing,
     /// The device used, in words.
@@ -175,6 +179,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
     let outcome = Outcome {
         output_size: plan.output,
         trace: optimised.trace,
+        trace_scale: optimised.trace_scale,
         timing: Timing {
             ms_per_iter_median: optimised
                 .scales
@@ -586,12 +591,13 @@ impl Prepared {
     }
 }
 
-/// What stage 5 produced: the final working image, and the final scale's trace and step
-/// times.
+/// What stage 5 produced: the final working image, the last trace and the step times.
 struct Optimised {
     /// The result, or where the run was interrupted, the best image so far.
     image: Planes,
+    /// The losses of the last scale that reached an iterate (see [`Outcome::trace`]).
     trace: Vec<TracePoint>,
+    trace_scale: Option<usize>,
     scales: Vec<ScaleTiming>,
     /// Stopped by Ctrl-C, SIGTERM or a cancelled job: the image, trace and timings are what
     /// there was by then (the report is written all the same).
@@ -646,6 +652,7 @@ fn optimise(
     };
     let mut image: Option<Planes> = None;
     let (mut trace, mut scale_timings) = (Vec::new(), Vec::new());
+    let mut trace_scale = None;
     for (si, &(w, h)) in plan.scales.iter().enumerate() {
         let (scale, final_scale) = (si + 1, si + 1 == plan.scales.len());
         let scale_setup = Instant::now();
@@ -680,6 +687,7 @@ fn optimise(
                 return Ok(Optimised {
                     image: previous.clone().unwrap_or(start),
                     trace,
+                    trace_scale,
                     scales: scale_timings,
                     interrupted: true,
                 });
@@ -698,9 +706,13 @@ fn optimise(
                 before_first_iter_s = scale_setup.elapsed().as_secs_f64();
             }
             steps_ms.extend(step_ms);
-            if final_scale {
-                trace.push(trace_point(k, eval));
+            if k == 0 {
+                // Each scale's trace replaces the last one's: the report keeps the final
+                // scale's or, where the run is interrupted, that of the scale it stopped in.
+                trace.clear();
+                trace_scale = Some(scale);
             }
+            trace.push(trace_point(k, eval));
             if k > 0 {
                 let info = IterationInfo {
                     scale,
@@ -785,6 +797,7 @@ fn optimise(
                 return Ok(Optimised {
                     image: best.or(previous).unwrap_or(start),
                     trace,
+                    trace_scale,
                     scales: scale_timings,
                     interrupted: true,
                 });
@@ -813,6 +826,7 @@ fn optimise(
     Ok(Optimised {
         image: image.context("no scale to optimise")?,
         trace,
+        trace_scale,
         scales: scale_timings,
         interrupted: false,
     })
@@ -952,6 +966,7 @@ fn write_report(cfg: &Config, outcome: &Outcome, interrupted: bool, path: &Path)
     let report = Report {
         interrupted,
         trace: &outcome.trace,
+        trace_scale: outcome.trace_scale,
         timing: outcome.timing.clone(),
         device: outcome.device.clone(),
         output: [outcome.output_size.0, outcome.output_size.1],

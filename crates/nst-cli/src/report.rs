@@ -2,7 +2,7 @@
 //!
 //! ```json
 //! {"interrupted": false,
-//!  "trace": [{"iter": 0, "total": …, "content": …, "style": …, "tv": …}, …],
+//!  "trace": [{"iter": 0, "total": …, "content": …, "style": …, "tv": …}, …], "trace_scale": 5,
 //!  "timing": {"ms_per_iter_median": …, "total_s": …, "setup_s": …,
 //!             "scales": [{"width": …, "height": …, "iterations": …, "total_s": …,
 //!                         "before_first_iter_s": …, "ms_per_iter_median": …}, …]},
@@ -10,7 +10,8 @@
 //!  "peak_heap_bytes": …, "peak_heap_at": "…", "memory_mode": "fast", "lbfgs_history": 100,
 //!  "estimated_peak_bytes": …, "settings": {…}}
 //! ```
-//! `trace[k]` is the loss at the k-th iterate of the final scale (`trace[0]` at its start);
+//! `trace[k]` is the loss at the k-th iterate of the final scale (`trace[0]` at its start), or
+//! of the scale an interrupted run stopped in (`trace_scale` says which);
 //! `total = α·content + β·style + γ·tv`, where `style` is already `Σ w_l·J_s^l`.
 
 use crate::config::Config;
@@ -19,7 +20,7 @@ use serde::Serialize;
 /// One point of the loss trace.
 #[derive(Clone, Debug, Serialize)]
 pub struct TracePoint {
-    /// Iterate number at the final scale.
+    /// Iterate number within the trace's scale.
     pub iter: u32,
     /// α·content + β·style + γ·tv.
     pub total: f64,
@@ -69,8 +70,12 @@ pub struct Report<'a> {
     /// Whether the run was interrupted (Ctrl-C, SIGTERM): the trace and the timings then
     /// stop where it did, and the image written is the best one so far.
     pub interrupted: bool,
-    /// Final-scale loss trace (empty where the run was interrupted before the final scale).
+    /// The loss at each iterate of the final scale or, where the run was interrupted, of the
+    /// scale it stopped in (of the one before, if it stopped before that scale's first
+    /// iterate; empty if it stopped before any).
     pub trace: &'a [TracePoint],
+    /// Which scale the trace is from, 1 to the number of scales (`null` with an empty trace).
+    pub trace_scale: Option<usize>,
     /// Timing.
     pub timing: Timing,
     /// The device used.

@@ -37,6 +37,8 @@ fn transfers_style_and_writes_report() {
     assert_eq!(r["interrupted"], false);
     let trace = r["trace"].as_array().unwrap();
     assert_eq!(trace.len(), 9, "trace[0..=iters]");
+    let scales = r["timing"]["scales"].as_array().unwrap().len();
+    assert_eq!(r["trace_scale"], scales, "the final scale's trace");
     let s = &r["settings"];
     let (a, b, g) = (
         s["content_weight"].as_f64().unwrap(),

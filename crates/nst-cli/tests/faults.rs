@@ -152,18 +152,21 @@ fn a_signal_during_the_setup_stops_before_the_first_evaluation() {
     assert_eq!(files_in(dir.path()).len(), 2, "stray files");
 }
 
-/// SIGINT during the first evaluation (VGG-19 forward and backward at 1024 px: seconds on a
-/// CPU, where the signal lands within milliseconds of the scale's start): the evaluation is
-/// abandoned, not finished, so no iterate is recorded, and the start image is written.
+/// SIGINT during the second scale's first evaluation (VGG-19 forward and backward at 1024
+/// px: seconds on a CPU, where the signal lands within milliseconds of the scale's start):
+/// the evaluation is abandoned, not finished, so the second scale records no iterate. Its
+/// start, the first scale's result resized, is written, and the report's trace is the first
+/// scale's, saying so.
 #[test]
 fn a_signal_during_an_evaluation_abandons_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.png");
     let report = dir.path().join("r.json");
     let args = with(
-        long_run(&out),
-        &["--size", "1024", "--report", path_str(&report)],
+        tiny(&out),
+        &["--size", "1024", "--scales", "2", "--iters", "2"],
     );
+    let args = with(args, &["--report", path_str(&report)]);
     let mut child = Command::new(NST)
         .args(loud(&args))
         .env("CUDA_VISIBLE_DEVICES", "")
@@ -171,9 +174,9 @@ fn a_signal_during_an_evaluation_abandons_it() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    // "scale 1/1" comes after the targets, just before the first evaluation.
+    // "scale 2/2" comes after the targets, just before the first evaluation.
     for line in lines.by_ref() {
-        if line.unwrap().starts_with("scale 1/1") {
+        if line.unwrap().starts_with("scale 2/2") {
             break;
         }
     }
@@ -186,15 +189,21 @@ fn a_signal_during_an_evaluation_abandons_it() {
     );
     let img = image::open(&out).expect("the start image written on interrupt");
     assert_eq!((img.width(), img.height()), (1024, 681));
-    // Without the evaluation's own check, the start's evaluation would finish and be in the
-    // trace.
+    // Without the evaluation's own check, the second scale's start would be evaluated and
+    // its trace would replace the first scale's.
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(report["interrupted"], true, "{report}");
-    assert_eq!(report["trace"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["trace_scale"], 1, "{report}");
+    let trace = report["trace"].as_array().unwrap();
+    let iters: Vec<u64> = trace.iter().map(|t| t["iter"].as_u64().unwrap()).collect();
+    assert_eq!(iters, [0, 1, 2], "{report}");
     let scales = report["timing"]["scales"].as_array().unwrap();
-    assert_eq!(scales.len(), 1, "{report}");
-    assert_eq!(scales[0]["iterations"], 0, "{report}");
+    let taken: Vec<u64> = scales
+        .iter()
+        .map(|s| s["iterations"].as_u64().unwrap())
+        .collect();
+    assert_eq!(taken, [2, 0], "{report}");
     assert_eq!(files_in(dir.path()).len(), 2, "stray files");
 }
 
