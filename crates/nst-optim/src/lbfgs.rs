@@ -242,11 +242,9 @@ mod tests {
     #[test]
     fn fused_two_loop_recursion_matches_the_unfused_one_bit_for_bit() {
         let mut devices = vec![Device::Cpu];
-        match Device::cuda_emulated() {
-            Ok(d) => devices.push(d),
-            Err(e) if std::env::var_os("NST_REQUIRE_EMULATOR").is_some() => panic!("{e}"),
-            Err(e) => eprintln!("skipped the emulator: {e}"),
-        }
+        devices.extend(nst_tensor::test_utils::emulator_or_skip(
+            "fused_two_loop_recursion_matches_the_unfused_one_bit_for_bit (emulator)",
+        ));
         for dev in &devices {
             let g = vector(1, dev);
             for n in [0, 1, 2, 5] {

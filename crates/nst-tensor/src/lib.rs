@@ -28,6 +28,11 @@
 //! - Tests run per device with [`test_device!`] (see [`test_utils`]).
 //!
 //! ## Feature flags
+//! - `cuda` (on): the CUDA backend and its emulator (`nst-cuda`, cudarc; the CUDA libraries
+//!   are loaded at run time, so building needs none). Without it, [`cuda_backend`] is a
+//!   backend no device can be made for: [`Device::cuda`] answers
+//!   [`TensorError::CudaUnavailable`] ("this build has no CUDA backend"), and the build
+//!   skips cudarc (about 35 s of a two-core release build).
 //! - `openblas` (off): the CPU backend's GEMM on the system OpenBLAS (see `nst-cpu`).
 //! - `mimalloc` (off): `allocator`, the allocator nst's binaries use (mimalloc keeping freed
 //!   memory: page faults were 8–10% of an iteration with the system allocator).
@@ -62,6 +67,10 @@ pub mod allocator;
 pub mod backend;
 mod backward;
 pub mod cpu_backend;
+#[cfg(feature = "cuda")]
+pub mod cuda_backend;
+#[cfg(not(feature = "cuda"))]
+#[path = "no_cuda_backend.rs"]
 pub mod cuda_backend;
 mod device;
 mod error;
