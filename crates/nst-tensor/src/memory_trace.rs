@@ -2,10 +2,11 @@
 //! was doing when the peak was reached.
 //!
 //! The counting is done by a global allocator that calls [`allocated`] and [`freed`] — nst's
-//! binaries use [`crate::allocator::Allocator`] (feature `mimalloc`), which does. What the
+//! binaries use `nst_tensor::allocator::Allocator` (feature `mimalloc`), which does. What the
 //! program is doing is a *phase* that the code sets as it goes: `Objective::new` sets
-//! "targets", `Objective::evaluate` "forward", the backward pass sets `backward of OP → [output shape]` before each op's
-//! rule, the optimizers set "optimizer step". Without a counting allocator, [`peak`] says so
+//! "targets", `Objective::evaluate` "forward", the backward pass sets
+//! `backward of OP → [output shape]` before each op's rule, the optimizers set
+//! "optimizer step". Without a counting allocator, [`peak`] says so
 //! (`None`).
 //!
 //! The counts are heap bytes in use (what tensors and buffers hold), not resident memory: the
