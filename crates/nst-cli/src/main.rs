@@ -52,14 +52,17 @@ fn main() -> ExitCode {
     } else {
         Box::new(Lines::new(Duration::from_secs(5)))
     };
-    let code = match pipeline::run(&config, progress.as_mut(), &interrupt) {
+    let result = pipeline::run(&config, progress.as_mut(), &interrupt);
+    if interrupt.load(Ordering::SeqCst) {
+        // The run stops within milliseconds where its ops are small: say "stopping" before
+        // what it ended with all the same.
+        if let Some(said) = acknowledgement {
+            let _ = said.join();
+        }
+    }
+    let code = match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
-            // The run stops within milliseconds where its ops are small: say "stopping"
-            // first all the same.
-            if let Some(said) = acknowledgement {
-                let _ = said.join();
-            }
             eprintln!("{e}");
             ExitCode::from(128 + signal.load(Ordering::SeqCst) as u8)
         }

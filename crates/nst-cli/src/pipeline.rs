@@ -21,13 +21,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;
 use nst_image::color::{join_luminance, match_colors, match_luminance, split_luminance};
 use nst_image::{fit_longest_side, load_rgb, save_atomic, write_atomic, Planes};
-use nst_loss::{LossSpec, LossWeights, Objective};
+use nst_loss::{LossSpec, LossWeights, Objective, ObjectiveError};
 use nst_optim::{
     minimize, Adam, AdamConfig, Evaluation, Lbfgs, LbfgsConfig, Optimizer, StopReason,
 };
-use nst_tensor::{interruptible, AlgorithmSearch, Device, Tensor};
+use nst_tensor::{interruptible, AlgorithmSearch, Device, Tensor, TensorError};
 use nst_vgg::weights::ConvWeights;
-use nst_vgg::{geometry, Layer, Vgg19};
+use nst_vgg::{geometry, Layer, Vgg19, VggError};
 use rand::{Rng, SeedableRng};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -681,8 +681,10 @@ fn optimise(
         // scale, the start (what evaluating it first would have kept).
         let objective = interruptible(interrupt, || {
             Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone())
-        });
+        })
+        .map_err(anyhow::Error::from);
         let objective = match objective {
+            Err(e) if !is_interruption(&e) => return Err(keep_previous(e)),
             _ if interrupt.load(Ordering::Relaxed) => {
                 return Ok(Optimised {
                     image: previous.clone().unwrap_or(start),
@@ -695,7 +697,7 @@ fn optimise(
             Ok(objective) => {
                 objective.recomputing_first_layer(plan.memory_mode() == memory::MemoryMode::Lean)
             }
-            Err(e) => return Err(keep_previous(e.into())),
+            Err(e) => return Err(keep_previous(e)),
         };
         optimizer.reset();
         progress.scale_started(scale, plan.scales.len(), w, h, cfg.iters);
@@ -769,7 +771,15 @@ fn optimise(
             before_first_iter_s,
             ms_per_iter_median: median(&steps_ms),
         });
-        if let StopReason::Failed { iter } = run.stop {
+        let stop = match (run.stop, &run.error) {
+            // Something other than the flag failed as it was raised (the GPU out of memory
+            // at that moment): report that, keeping the best image as for any failure.
+            (StopReason::Interrupted, Some(e)) if !is_interruption(e) => StopReason::Failed {
+                iter: steps_ms.len() as u32,
+            },
+            (stop, _) => stop,
+        };
+        if let StopReason::Failed { iter } = stop {
             // This scale's best iterate, else the previous scale's result: the work done so
             // far, as the output, before the error is reported.
             let reason = run
@@ -789,7 +799,7 @@ fn optimise(
             });
         }
         let best = run.best.as_ref().map(Planes::from_tensor).transpose()?;
-        match (run.stop, best) {
+        match (stop, best) {
             (StopReason::Finished, Some(best)) => image = Some(best),
             (StopReason::Interrupted, best) => {
                 // Interrupted during the start's evaluation, the scale has no iterate: the
@@ -939,6 +949,22 @@ fn styles_at_scale(
         .collect()
 }
 
+/// Whether `e` is an op refusing to run because the interrupt flag was raised
+/// ([`TensorError::Interrupted`], as it comes through the losses and the network).
+fn is_interruption(e: &anyhow::Error) -> bool {
+    let interrupted = |t: &TensorError| *t == TensorError::Interrupted;
+    e.chain().any(|cause| {
+        let vgg = |v: &VggError| matches!(v, VggError::Tensor(t) if interrupted(t));
+        cause.downcast_ref::<TensorError>().is_some_and(interrupted)
+            || cause.downcast_ref::<VggError>().is_some_and(vgg)
+            || match cause.downcast_ref::<ObjectiveError>() {
+                Some(ObjectiveError::Tensor(t)) => interrupted(t),
+                Some(ObjectiveError::Vgg(v)) => vgg(v),
+                _ => false,
+            }
+    })
+}
+
 /// The objective's value as the optimizers see it, with its terms for the report.
 fn evaluation(objective: &Objective, x: &Tensor) -> Result<Evaluation> {
     let v = objective.evaluate(x)?;
@@ -992,6 +1018,27 @@ mod tests {
     use clap::Parser;
 
     const GIB: f64 = (1u64 << 30) as f64;
+
+    /// The flag's refusal is recognised however the losses and the network wrapped it, and
+    /// with context added; other failures are not.
+    #[test]
+    fn interruptions_are_told_from_other_failures() {
+        let interrupted = TensorError::Interrupted;
+        let wrapped = [
+            anyhow::Error::from(interrupted.clone()),
+            ObjectiveError::Tensor(interrupted.clone()).into(),
+            ObjectiveError::Vgg(VggError::Tensor(interrupted.clone())).into(),
+            VggError::Tensor(interrupted).into(),
+        ];
+        for e in wrapped {
+            assert!(is_interruption(&e.context("scale 2")));
+        }
+        let oom = TensorError::CudaFailed {
+            message: "out of memory".into(),
+        };
+        assert!(!is_interruption(&ObjectiveError::Tensor(oom).into()));
+        assert!(!is_interruption(&anyhow!("interrupted")));
+    }
 
     /// Records what a run says.
     #[derive(Default)]

@@ -41,7 +41,11 @@ pub struct Minimized<E = TensorError> {
     pub best_loss: f64,
     /// Why the run stopped.
     pub stop: StopReason,
-    /// The error that ended the run, with [`StopReason::Failed`].
+    /// The error that ended the run, with [`StopReason::Failed`]. With
+    /// [`StopReason::Interrupted`], the error of the evaluation that was abandoned:
+    /// [`TensorError::Interrupted`] as `E`, unless something else failed at the same moment
+    /// (a caller that cares can tell them apart); `None` if the flag stopped the run between
+    /// iterations.
     pub error: Option<E>,
 }
 
@@ -55,7 +59,9 @@ pub type OnIterate<'a, E> = dyn FnMut(u32, &Tensor, &Evaluation, Option<f64>) ->
 /// `interrupt` is polled before each step, and the evaluations run inside
 /// [`nst_tensor::interruptible`] with it: an evaluation that fails once the flag is raised
 /// (with [`TensorError::Interrupted`], or anything that error became in `E`) ends the run as
-/// [`StopReason::Interrupted`], keeping the best iterate so far. Any other error evaluating
+/// [`StopReason::Interrupted`], keeping the best iterate so far and the error (see
+/// [`Minimized::error`]), and resets `optimizer`, whose state the abandoned step may have
+/// left half-updated. Any other error evaluating
 /// the start is returned as `Err`; any later error (from a step, an evaluation or
 /// `on_iterate`) ends the run as [`StopReason::Failed`], with the best iterate so far and the
 /// error.
@@ -71,12 +77,12 @@ pub fn minimize<E: From<TensorError>>(
     let mut x = start;
     let mut eval = match interruptible(interrupt, || evaluate(&x)) {
         Ok(eval) => eval,
-        Err(_) if interrupted() => {
+        Err(e) if interrupted() => {
             return Ok(Minimized {
                 best: None,
                 best_loss: f64::INFINITY,
                 stop: StopReason::Interrupted,
-                error: None,
+                error: Some(e),
             })
         }
         Err(e) => return Err(e),
@@ -122,8 +128,6 @@ pub fn minimize<E: From<TensorError>>(
             match step {
                 Ok(Some((next, next_eval))) => (x, eval) = (next, next_eval),
                 Ok(None) => return Ok(Some(StopReason::Finished)),
-                // The flag made an op fail: the step was abandoned, not failed.
-                Err(_) if interrupted() => return Ok(Some(StopReason::Interrupted)),
                 Err(e) => return Err(e),
             }
             step_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
@@ -133,6 +137,14 @@ pub fn minimize<E: From<TensorError>>(
         match iteration() {
             Ok(None) => {}
             Ok(Some(stop)) => break stop,
+            // The flag made an op fail: the step was abandoned, not failed. The optimizer
+            // may have updated its state for a point it never saw evaluated (L-BFGS's last
+            // iterate, Adam's step count): forget it, so that it can be used again.
+            Err(e) if interrupted() => {
+                optimizer.reset();
+                error = Some(e);
+                break StopReason::Interrupted;
+            }
             Err(e) => {
                 error = Some(e);
                 break StopReason::Failed { iter: k };
@@ -267,10 +279,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(run.stop, StopReason::Interrupted);
-        assert!(run.error.is_none());
+        assert_eq!(run.error, Some(TensorError::Interrupted));
         assert_eq!(seen.len(), 3, "the start and two steps were evaluated");
         assert_eq!(run.best_loss, seen[2].1, "Adam's steps all went down here");
         assert_eq!(run.best.unwrap().to_vec().unwrap(), seen[2].0);
+
+        // The abandoned step had moved Adam's count and moments on: they were reset, so the
+        // optimizer now runs exactly as a new one does.
+        let (calls_before, lowered) = (calls.replace(100), AtomicBool::new(false));
+        let iterates = |opt: &mut Optimizer| {
+            let mut xs = Vec::new();
+            let run = minimize(
+                start.clone(),
+                &evaluate,
+                opt,
+                3,
+                &lowered,
+                &mut |_, x, _, _| {
+                    xs.push(x.to_vec()?);
+                    Ok(())
+                },
+            );
+            assert_eq!(run.unwrap().stop, StopReason::Finished);
+            xs
+        };
+        let fresh = iterates(&mut Optimizer::Adam(Adam::new(AdamConfig {
+            lr: 0.5,
+            ..Default::default()
+        })));
+        assert_eq!(iterates(&mut opt), fresh);
+        calls.set(calls_before);
 
         calls.set(3);
         interrupt.store(false, Ordering::Relaxed);
@@ -287,7 +325,8 @@ mod tests {
             (run.stop, run.best_loss),
             (StopReason::Interrupted, f64::INFINITY)
         );
-        assert!(run.best.is_none() && run.error.is_none());
+        assert!(run.best.is_none());
+        assert_eq!(run.error, Some(TensorError::Interrupted));
     }
 
     /// A device error after a few iterations (here the fourth evaluation runs out of

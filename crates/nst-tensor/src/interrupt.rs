@@ -11,6 +11,8 @@
 //!
 //! The flag is per thread, like [`no_grad`](crate::no_grad): ops are dispatched from the
 //! caller's thread (rayon's workers only run inside one op), so that is where it is read.
+//! Call it, like `no_grad`, from a thread outside rayon's pool: a pool thread waiting inside
+//! an op may run other queued work on its stack, which would then see this flag.
 
 use crate::{Result, TensorError};
 use std::sync::atomic::{AtomicBool, Ordering};

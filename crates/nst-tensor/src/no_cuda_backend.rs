@@ -1,6 +1,8 @@
 //! The CUDA backend of a build without the `cuda` feature (nst-tensor with
-//! `default-features = false`): the same names as the real one, so the rest of the crate and
-//! its users compile unchanged, but no [`CudaDevice`] can be made. Its constructors answer
+//! `default-features = false`): the names the rest of this crate uses ([`CudaDevice`] and its
+//! methods, [`CudaStorage`] and the backend traits), so that it compiles unchanged, but no
+//! [`CudaDevice`] can be made. The GPU-only extras of the real module (`profile`,
+//! `gram_scratch_bytes`) are not here: `nst` and `cargo xtask` always build with CUDA. Its constructors answer
 //! with [`TensorError::CudaUnavailable`] saying why, and every other method is unreachable
 //! by construction: both types hold [`Infallible`], a type with no values, so their bodies
 //! are `match self.0 {}` (no panics, no stubs that could run). The pattern is candle-core's

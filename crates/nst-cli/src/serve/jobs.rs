@@ -323,8 +323,8 @@ impl Jobs {
         Some((state, job.events.subscribe()))
     }
 
-    /// Cancels a job: a waiting one leaves the queue, a running one stops after its current
-    /// iteration (keeping its best image). `Ok(false)` for an unknown job.
+    /// Cancels a job: a waiting one leaves the queue, a running one stops within one op (a
+    /// convolution), keeping its best image. `Ok(false)` for an unknown job.
     pub fn cancel(&self, id: JobId) -> Result<bool, AlreadyFinished> {
         let mut table = self.lock();
         let Some(job) = table.jobs.get_mut(&id) else {

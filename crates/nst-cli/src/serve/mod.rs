@@ -107,7 +107,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             () = stop_signal() => {}
         }
         eprintln!("nst serve: stopping (the running job keeps its best image; Ctrl-C again quits at once)");
-        // A second signal ends the process without waiting for the job's iteration.
+        // A second signal ends the process without waiting for the job to write its image.
         tokio::spawn(async {
             stop_signal().await;
             std::process::exit(130);
