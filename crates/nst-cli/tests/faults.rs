@@ -41,6 +41,37 @@ fn send(child: &Child, signal: &str) {
     assert!(ok.success());
 }
 
+/// Starts nst with plain progress lines on the CPU (where `auto` lands with no device
+/// visible, even on a GPU machine, so that the sizes below take seconds).
+fn start_on_the_cpu(args: &[String]) -> (Child, Lines<BufReader<ChildStderr>>) {
+    let mut child = Command::new(NST)
+        .args(loud(args))
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// Sends SIGINT and returns the rest of stderr, checking that the run ended as interrupted
+/// (exit code 130, the last line saying what it wrote).
+fn interrupt(mut child: Child, lines: Lines<BufReader<ChildStderr>>) -> Vec<String> {
+    send(&child, "INT");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    assert!(
+        rest.last().unwrap().starts_with("interrupted: wrote"),
+        "{rest:?}"
+    );
+    rest
+}
+
+/// A `--report` file.
+fn read_report(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// Files in `dir` that are not complete, decodable images (partial or temporary files).
 fn broken_files(dir: &Path) -> Vec<PathBuf> {
     files_in(dir)
@@ -84,8 +115,7 @@ fn signals_write_the_best_image_and_exit_128_plus_signal() {
         assert_eq!((img.width(), img.height()), (128, 85));
         // The report of the iterations so far, marked as interrupted: the start and at least
         // the two iterations whose snapshots were written.
-        let written: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let written = read_report(&report);
         assert_eq!(written["interrupted"], true, "{written}");
         assert!(written["trace"].as_array().unwrap().len() >= 3, "{written}");
         let snapshot = |p: &PathBuf| {
@@ -115,33 +145,20 @@ fn a_signal_during_the_setup_stops_before_the_first_evaluation() {
         long_run(&out),
         &["--size", "1024", "--report", path_str(&report)],
     );
-    let mut child = Command::new(NST)
-        .args(loud(&args))
-        .env("CUDA_VISIBLE_DEVICES", "")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (child, mut lines) = start_on_the_cpu(&args);
     // The device is named once the plan stands, just before the targets.
     let device = lines.next().unwrap().unwrap();
     assert!(device.starts_with("device: "), "{device}");
-    send(&child, "INT");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
+    let rest = interrupt(child, lines);
     assert!(
         rest[0].starts_with("stopping: writing the best image so far"),
         "{rest:?}"
     );
     assert!(!rest.iter().any(|l| l.starts_with("scale 1/1")), "{rest:?}");
-    assert!(
-        rest.last().unwrap().starts_with("interrupted: wrote"),
-        "{rest:?}"
-    );
     let img = image::open(&out).expect("the start image written on interrupt");
     assert_eq!((img.width(), img.height()), (1024, 681));
     // The report too, saying so: no trace and no scale's timing (no iteration ran).
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let report = read_report(&report);
     assert_eq!(report["interrupted"], true, "{report}");
     assert_eq!(report["trace"].as_array().unwrap().len(), 0, "{report}");
     assert_eq!(
@@ -167,32 +184,19 @@ fn a_signal_during_an_evaluation_abandons_it() {
         &["--size", "1024", "--scales", "2", "--iters", "2"],
     );
     let args = with(args, &["--report", path_str(&report)]);
-    let mut child = Command::new(NST)
-        .args(loud(&args))
-        .env("CUDA_VISIBLE_DEVICES", "")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (child, mut lines) = start_on_the_cpu(&args);
     // "scale 2/2" comes after the targets, just before the first evaluation.
     for line in lines.by_ref() {
         if line.unwrap().starts_with("scale 2/2") {
             break;
         }
     }
-    send(&child, "INT");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert_eq!(child.wait().unwrap().code(), Some(130), "{rest:?}");
-    assert!(
-        rest.last().unwrap().starts_with("interrupted: wrote"),
-        "{rest:?}"
-    );
+    interrupt(child, lines);
     let img = image::open(&out).expect("the start image written on interrupt");
     assert_eq!((img.width(), img.height()), (1024, 681));
     // Without the evaluation's own check, the second scale's start would be evaluated and
     // its trace would replace the first scale's.
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let report = read_report(&report);
     assert_eq!(report["interrupted"], true, "{report}");
     assert_eq!(report["trace_scale"], 1, "{report}");
     let trace = report["trace"].as_array().unwrap();
