@@ -47,18 +47,16 @@ pub(crate) fn check() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Device, Tensor};
+    use crate::{test_device, Device, Tensor};
 
-    fn net() -> (Tensor, Tensor) {
-        let dev = Device::Cpu;
-        let x = Tensor::variable((0..16).map(|i| i as f32).collect(), &[1, 1, 4, 4], &dev);
-        let w = Tensor::from_vec(vec![0.5; 9], &[1, 1, 3, 3], &dev);
+    fn net(dev: &Device) -> (Tensor, Tensor) {
+        let x = Tensor::variable((0..16).map(|i| i as f32).collect(), &[1, 1, 4, 4], dev);
+        let w = Tensor::from_vec(vec![0.5; 9], &[1, 1, 3, 3], dev);
         (x.unwrap(), w.unwrap())
     }
 
-    #[test]
-    fn a_raised_flag_stops_the_expensive_ops_and_backward() {
-        let (x, w) = net();
+    fn a_raised_flag_stops_the_expensive_ops_and_backward(dev: &Device) {
+        let (x, w) = net(dev);
         let raised = AtomicBool::new(true);
         let stopped = |r: Result<Tensor>| assert_eq!(r.unwrap_err(), TensorError::Interrupted);
         interruptible(&raised, || {
@@ -71,7 +69,8 @@ mod tests {
         // Outside the scope the flag means nothing.
         assert!(x.conv2d(&w, None, 1, 1).is_ok());
 
-        // A graph built before the flag was raised: its backward stops at the first step.
+        // A graph built before the flag was raised: its backward stops at the first step,
+        // and the device is still usable afterwards.
         let lowered = AtomicBool::new(false);
         let loss = x
             .conv2d(&w, None, 1, 1)
@@ -84,11 +83,15 @@ mod tests {
             lowered.store(true, Ordering::Relaxed);
             assert_eq!(loss.backward().unwrap_err(), TensorError::Interrupted);
         });
+        let again = x.conv2d(&w, None, 1, 1).unwrap().sum().unwrap().backward();
+        // ∂/∂x of Σ conv(x, w) with 0.5 everywhere in w: 0.5 × how many outputs see each x.
+        let dx = again.unwrap().get(&x).unwrap().to_vec().unwrap();
+        assert_eq!((dx[0], dx[5]), (0.5 * 4.0, 0.5 * 9.0));
     }
+    test_device!(a_raised_flag_stops_the_expensive_ops_and_backward);
 
-    #[test]
-    fn the_innermost_flag_counts_and_the_outer_one_is_restored() {
-        let (x, w) = net();
+    fn the_innermost_flag_counts_and_the_outer_one_is_restored(dev: &Device) {
+        let (x, w) = net(dev);
         let (raised, lowered) = (AtomicBool::new(true), AtomicBool::new(false));
         interruptible(&raised, || {
             assert!(interruptible(&lowered, || x.conv2d(&w, None, 1, 1)).is_ok());
@@ -100,4 +103,5 @@ mod tests {
         });
         assert!(grads.unwrap().get(&x).is_some());
     }
+    test_device!(the_innermost_flag_counts_and_the_outer_one_is_restored);
 }
