@@ -107,6 +107,9 @@ impl Progress for Bar {
         .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(format!("{scale}/{scales} {width}×{height}"));
+        // Redrawn every second, not only at each iteration: at 4096² on a CPU one takes a
+        // minute, and a clock that stands still for that long looks like a hang.
+        bar.enable_steady_tick(Duration::from_secs(1));
         self.bar = Some(bar);
     }
     fn iteration(&mut self, info: &IterationInfo) {
