@@ -76,8 +76,8 @@ fn main() -> ExitCode {
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM: the first stops the run within one op (a convolution), writes
-/// the best image and exits with 128 + the signal's number (130, 143), as shells report a process
-/// killed by it; a second one ends the process at once. Returns the flag the pipeline polls
+/// the best image and exits with 128 + the signal's number (130, 143), as shells report a
+/// process killed by it; a second one ends the process at once. Returns the flag the pipeline polls
 /// and the number of the signal that raised it.
 fn watch_signals() -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
     use signal_hook::consts::{SIGINT, SIGTERM};

@@ -2,7 +2,8 @@
 //!
 //! ```json
 //! {"interrupted": false,
-//!  "trace": [{"iter": 0, "total": …, "content": …, "style": …, "tv": …}, …], "trace_scale": 5,
+//!  "trace": [{"iter": 0, "total": …, "content": …, "style": …, "tv": …}, …],
+//!  "trace_scale": 5,
 //!  "timing": {"ms_per_iter_median": …, "total_s": …, "setup_s": …,
 //!             "scales": [{"width": …, "height": …, "iterations": …, "total_s": …,
 //!                         "before_first_iter_s": …, "ms_per_iter_median": …}, …]},

@@ -61,10 +61,9 @@ pub type OnIterate<'a, E> = dyn FnMut(u32, &Tensor, &Evaluation, Option<f64>) ->
 /// (with [`TensorError::Interrupted`], or anything that error became in `E`) ends the run as
 /// [`StopReason::Interrupted`], keeping the best iterate so far and the error (see
 /// [`Minimized::error`]), and resets `optimizer`, whose state the abandoned step may have
-/// left half-updated. Any other error evaluating
-/// the start is returned as `Err`; any later error (from a step, an evaluation or
-/// `on_iterate`) ends the run as [`StopReason::Failed`], with the best iterate so far and the
-/// error.
+/// left half-updated. Any other error evaluating the start is returned as `Err`; any later
+/// error (from a step, an evaluation or `on_iterate`) ends the run as [`StopReason::Failed`],
+/// with the best iterate so far and the error.
 pub fn minimize<E: From<TensorError>>(
     start: Tensor,
     evaluate: &dyn Fn(&Tensor) -> Result<Evaluation, E>,
@@ -125,10 +124,9 @@ pub fn minimize<E: From<TensorError>>(
                     },
                 )
             });
-            match step {
-                Ok(Some((next, next_eval))) => (x, eval) = (next, next_eval),
-                Ok(None) => return Ok(Some(StopReason::Finished)),
-                Err(e) => return Err(e),
+            match step? {
+                Some((next, next_eval)) => (x, eval) = (next, next_eval),
+                None => return Ok(Some(StopReason::Finished)),
             }
             step_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
             k += 1;

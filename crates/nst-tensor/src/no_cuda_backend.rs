@@ -2,9 +2,9 @@
 //! `default-features = false`): the names the rest of this crate uses ([`CudaDevice`] and its
 //! methods, [`CudaStorage`] and the backend traits), so that it compiles unchanged, but no
 //! [`CudaDevice`] can be made. The GPU-only extras of the real module (`profile`,
-//! `gram_scratch_bytes`) are not here: `nst` and `cargo xtask` always build with CUDA. Its constructors answer
-//! with [`TensorError::CudaUnavailable`] saying why, and every other method is unreachable
-//! by construction: both types hold [`Infallible`], a type with no values, so their bodies
+//! `gram_scratch_bytes`) are not here: `nst` and `cargo xtask` always build with CUDA. Its
+//! constructors answer with [`TensorError::CudaUnavailable`] saying why, and every other
+//! method is unreachable by construction: both types hold [`Infallible`], a type with no values, so their bodies
 //! are `match self.0 {}` (no panics, no stubs that could run). The pattern is candle-core's
 //! dummy CUDA backend.
 //!
