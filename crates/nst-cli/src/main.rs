@@ -9,7 +9,7 @@ use nst_cli::serve::{self, ServeArgs};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[global_allocator]
@@ -44,21 +44,22 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let (interrupt, signal) = watch_signals();
-    let acknowledgement = (!quiet).then(|| acknowledge_interrupt(interrupt.clone()));
-    let mut progress: Box<dyn Progress> = if quiet {
-        Box::new(Quiet)
+    let (mut progress, say): (Box<dyn Progress>, Say) = if quiet {
+        (Box::new(Quiet), Box::new(|_: &str| {}))
     } else if std::io::stderr().is_terminal() {
-        Box::new(Bar::new())
+        let bar = Bar::new();
+        let say = Box::new(bar.printer());
+        (Box::new(bar), say)
     } else {
-        Box::new(Lines::new(Duration::from_secs(5)))
+        let lines = Lines::new(Duration::from_secs(5));
+        (Box::new(lines), Box::new(|msg: &str| eprintln!("{msg}")))
     };
+    let acknowledgement = Acknowledgement::start(interrupt.clone(), say);
     let result = pipeline::run(&config, progress.as_mut(), &interrupt);
-    if interrupt.load(Ordering::SeqCst) {
-        // The run stops within milliseconds where its ops are small: say "stopping" before
-        // what it ended with all the same.
-        if let Some(said) = acknowledgement {
-            let _ = said.join();
-        }
+    if !acknowledgement.run_over() && !quiet && interrupt.load(Ordering::SeqCst) {
+        // The run stopped before the watcher woke (within milliseconds where its ops are
+        // small): say it here, before what it ended with.
+        eprintln!("{STOPPING}");
     }
     let code = match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -92,15 +93,44 @@ fn watch_signals() -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
     (interrupt, signal)
 }
 
-/// Says at once that the first signal was heard: the run stops at the next op, which at large
-/// sizes on a CPU may take seconds (one convolution over a large image).
-fn acknowledge_interrupt(interrupt: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !interrupt.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("stopping: writing the best image so far (a second Ctrl-C quits at once)");
-    })
+/// Prints a line from another thread.
+type Say = Box<dyn Fn(&str) + Send>;
+
+const STOPPING: &str = "stopping: writing the best image so far (a second Ctrl-C quits at once)";
+
+/// Says at once that the first signal was heard: the run stops at the next op, which at
+/// large sizes on a CPU may take seconds (one convolution over a large image). A watcher
+/// thread says it while the run goes on, through the progress display (above the bar). Once
+/// the run is over it stays silent, and `main` says it instead: a line printed through the
+/// bars after the last one finished would erase it.
+struct Acknowledgement {
+    /// (the run is over, the watcher has spoken)
+    state: Arc<Mutex<(bool, bool)>>,
+}
+
+impl Acknowledgement {
+    fn start(interrupt: Arc<AtomicBool>, say: Say) -> Self {
+        let state = Arc::new(Mutex::new((false, false)));
+        let watched = state.clone();
+        std::thread::spawn(move || {
+            while !interrupt.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let mut state = watched.lock().unwrap_or_else(|e| e.into_inner());
+            if !state.0 {
+                say(STOPPING);
+                state.1 = true;
+            }
+        });
+        Self { state }
+    }
+
+    /// Marks the run over; whether the watcher had already spoken.
+    fn run_over(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = true;
+        state.1
+    }
 }
 
 /// Prints the error and its causes on one line (Display, never Debug: no backtraces).

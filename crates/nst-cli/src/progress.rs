@@ -1,6 +1,6 @@
 //! What the user sees while a run goes on.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::time::{Duration, Instant};
 
 /// One iteration's figures.
@@ -75,12 +75,26 @@ impl Progress for Quiet {
 /// An indicatif bar on a terminal: scale, iteration, loss, it/s, ETA.
 pub struct Bar {
     bar: Option<ProgressBar>,
+    /// Where the bars are drawn: lines printed through it go above them, from any thread.
+    lines: MultiProgress,
 }
 
 impl Bar {
     /// A bar drawn on stderr.
     pub fn new() -> Self {
-        Self { bar: None }
+        Self {
+            bar: None,
+            lines: MultiProgress::new(),
+        }
+    }
+
+    /// Prints a line above the bar from another thread (a plain `eprintln!` there lands on
+    /// the bar's own line, and the next redraw garbles it).
+    pub fn printer(&self) -> impl Fn(&str) + Send + 'static {
+        let lines = self.lines.clone();
+        move |msg| {
+            let _ = lines.println(msg);
+        }
     }
 }
 
@@ -99,7 +113,7 @@ impl Progress for Bar {
         height: usize,
         iters: u32,
     ) {
-        let bar = ProgressBar::new(iters as u64);
+        let bar = self.lines.add(ProgressBar::new(iters as u64));
         let style = ProgressStyle::with_template(
             "scale {prefix} {bar:30.cyan/blue} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
         )
@@ -119,8 +133,10 @@ impl Progress for Bar {
         }
     }
     fn scale_finished(&mut self) {
+        // Left where it stopped: `finish` would fill it, as if an interrupted or converged
+        // scale had run all its iterations.
         if let Some(bar) = self.bar.take() {
-            bar.finish();
+            bar.abandon();
         }
     }
     fn note(&mut self, msg: &str) {
