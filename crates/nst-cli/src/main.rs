@@ -104,22 +104,27 @@ const STOPPING: &str = "stopping: writing the best image so far (a second Ctrl-C
 /// the run is over it stays silent, and `main` says it instead: a line printed through the
 /// bars after the last one finished would erase it.
 struct Acknowledgement {
-    /// (the run is over, the watcher has spoken)
-    state: Arc<Mutex<(bool, bool)>>,
+    state: Arc<Mutex<Spoken>>,
+}
+
+#[derive(Default)]
+struct Spoken {
+    run_over: bool,
+    by_watcher: bool,
 }
 
 impl Acknowledgement {
     fn start(interrupt: Arc<AtomicBool>, say: Say) -> Self {
-        let state = Arc::new(Mutex::new((false, false)));
+        let state = Arc::new(Mutex::new(Spoken::default()));
         let watched = state.clone();
         std::thread::spawn(move || {
             while !interrupt.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let mut state = watched.lock().unwrap_or_else(|e| e.into_inner());
-            if !state.0 {
+            let mut spoken = watched.lock().unwrap_or_else(|e| e.into_inner());
+            if !spoken.run_over {
                 say(STOPPING);
-                state.1 = true;
+                spoken.by_watcher = true;
             }
         });
         Self { state }
@@ -127,9 +132,9 @@ impl Acknowledgement {
 
     /// Marks the run over; whether the watcher had already spoken.
     fn run_over(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.0 = true;
-        state.1
+        let mut spoken = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        spoken.run_over = true;
+        spoken.by_watcher
     }
 }
 

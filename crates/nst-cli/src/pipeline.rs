@@ -684,8 +684,12 @@ fn optimise(
         })
         .map_err(anyhow::Error::from);
         let objective = match objective {
+            Ok(objective) if !interrupt.load(Ordering::Relaxed) => {
+                objective.recomputing_first_layer(plan.memory_mode() == memory::MemoryMode::Lean)
+            }
             Err(e) if !is_interruption(&e) => return Err(keep_previous(e)),
-            _ if interrupt.load(Ordering::Relaxed) => {
+            // Interrupted: set up in full just before the flag, or refused an op after it.
+            _ => {
                 return Ok(Optimised {
                     image: previous.clone().unwrap_or(start),
                     trace,
@@ -694,10 +698,6 @@ fn optimise(
                     interrupted: true,
                 });
             }
-            Ok(objective) => {
-                objective.recomputing_first_layer(plan.memory_mode() == memory::MemoryMode::Lean)
-            }
-            Err(e) => return Err(keep_previous(e)),
         };
         optimizer.reset();
         progress.scale_started(scale, plan.scales.len(), w, h, cfg.iters);

@@ -224,20 +224,18 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<RgbImage, ImageError> {
     if let Ok((width, height)) = new_reader().into_dimensions() {
         let pixels = width as u64 * height as u64;
         if pixels > MAX_INPUT_PIXELS {
-            let name = name();
             return Err(ImageError::TooManyPixels {
-                name,
+                name: name(),
                 width,
                 height,
             });
         }
         if format == ImageFormat::Jpeg && pixels > MAX_JPEG_PIXELS_PER_BYTE * bytes.len() as u64 {
-            let (name, bytes) = (name(), bytes.len());
             return Err(ImageError::ImplausibleJpeg {
-                name,
+                name: name(),
                 width,
                 height,
-                bytes,
+                bytes: bytes.len(),
             });
         }
     }

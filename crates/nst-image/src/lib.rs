@@ -5,8 +5,8 @@
 //!
 //! - [`io`]: decoding PNG, JPEG and WebP with limits (side length, decoded bytes, truncated
 //!   JPEGs) and one-line errors ([`ImageError`], one variant per reason); [`Planes`], planar
-//!   f32 RGB in 0..255 (the layout of a `[1, C, H, W]` tensor) with separable resampling; atomic encoding ([`save_atomic`],
-//!   [`write_atomic`]: a reader never sees a partial file).
+//!   f32 RGB in 0..255 (the layout of a `[1, C, H, W]` tensor) with separable resampling;
+//!   atomic encoding ([`save_atomic`], [`write_atomic`]: a reader never sees a partial file).
 //! - [`color`]: colour preservation (luminance-only transfer, colour matching).
 //!
 //! ```

@@ -4,9 +4,9 @@
 //! [`CudaDevice`] can be made. The GPU-only extras of the real module (`profile`,
 //! `gram_scratch_bytes`) are not here: `nst` and `cargo xtask` always build with CUDA. Its
 //! constructors answer with [`TensorError::CudaUnavailable`] saying why, and every other
-//! method is unreachable by construction: both types hold [`Infallible`], a type with no values, so their bodies
-//! are `match self.0 {}` (no panics, no stubs that could run). The pattern is candle-core's
-//! dummy CUDA backend.
+//! method is unreachable by construction: both types hold [`Infallible`], a type with no
+//! values, so their bodies are `match self.0 {}` (no panics, no stubs that could run). The
+//! pattern is candle-core's dummy CUDA backend.
 //!
 //! What it saves: the `cudarc` and `nst-cuda` crates (about 35 s of a release build on two
 //! cores, 2026-11-29) and the CUDA libraries' loading code, for users who only want the CPU.
