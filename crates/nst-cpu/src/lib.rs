@@ -29,8 +29,9 @@ mod scratch;
 mod shared_out;
 pub mod simd;
 mod system_buffer;
+pub mod window;
 pub mod winograd;
 pub use scratch::release_scratch;
 
 pub use gemm::{matmul, MatLayout};
-pub use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
+pub use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams, Window2dParams};

@@ -54,6 +54,7 @@ const Entry KERNELS[] = {
     KERNEL(scaled_difference),
     KERNEL(transpose2d),
     KERNEL(copy2d),
+    KERNEL(copy_window),
     KERNEL(broadcast_first),
     KERNEL(double_to_float),
     KERNEL(scalar_scale),

@@ -16,7 +16,7 @@
 use crate::blas::Sgemm;
 use crate::conv_choice::Direction;
 use crate::runtime::{Arg, ConvEngine, ConvOptions, DeviceBuffer, DeviceValue, GpuResult, Runtime};
-use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, Layout, Pool2dParams};
+use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, Layout, Pool2dParams, Window2dParams};
 use std::collections::hash_map::{Entry, HashMap};
 use std::sync::Arc;
 
@@ -563,6 +563,46 @@ impl Gpu {
         pixels: usize,
     ) -> GpuResult<Floats> {
         self.transpose_each(x, batch, pixels, channels)
+    }
+
+    /// `dst`'s window = `src`'s (`accumulate`: `+=`), the rest of `dst` as it was (nst-cpu's
+    /// `copy_window`): a tile cropped out of planes, or pasted back into them.
+    pub fn copy_window(
+        &self,
+        src: &Floats,
+        dst: &mut Floats,
+        p: &Window2dParams,
+        accumulate: bool,
+    ) -> GpuResult<()> {
+        if !p.fits() {
+            return Err(format!("copy_window: the window {p:?} is outside a side"));
+        }
+        check_len("window source", src.len(), p.src_len())?;
+        check_len("window destination", dst.len(), p.dst_len())?;
+        let n = p.window_len();
+        if n == 0 {
+            return Ok(());
+        }
+        let long = |v: usize| Arg::I64(v as i64);
+        let args = [
+            src.arg(),
+            dst.arg(),
+            long(p.planes),
+            long(p.src_size.0),
+            long(p.src_size.1),
+            long(p.dst_size.0),
+            long(p.dst_size.1),
+            long(p.src_origin.0),
+            long(p.src_origin.1),
+            long(p.dst_origin.0),
+            long(p.dst_origin.1),
+            long(p.size.0),
+            long(p.size.1),
+            Arg::I32(i32::from(accumulate)),
+        ];
+        // SAFETY: the window lies inside both sides (checked above), whose lengths are
+        // `planes` planes of their sizes.
+        unsafe { self.launch("copy_window", n, &args) }
     }
 
     /// `n` copies of `v[0]`.

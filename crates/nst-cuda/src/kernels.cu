@@ -253,6 +253,22 @@ __global__ void copy2d(const float* src, long long src_stride, float* dst, long 
     }
 }
 
+// The rows × cols window of every plane: dst[p][dst_top + r][dst_left + c] = (or +=)
+// src[p][src_top + r][src_left + c], planes of src_h × src_w and dst_h × dst_w values
+// (nst-cpu's copy_window: a tile cropped out of an image or features, or pasted back).
+__global__ void copy_window(const float* src, float* dst, long long planes, long long src_h,
+                            long long src_w, long long dst_h, long long dst_w,
+                            long long src_top, long long src_left, long long dst_top,
+                            long long dst_left, long long rows, long long cols,
+                            int accumulate) {
+    GRID_STRIDE(i, planes * rows * cols) {
+        long long m = rows * cols, p = i / m, r = (i % m) / cols, c = i % cols;
+        float v = src[(p * src_h + src_top + r) * src_w + src_left + c];
+        float* d = &dst[(p * dst_h + dst_top + r) * dst_w + dst_left + c];
+        *d = accumulate ? *d + v : v;
+    }
+}
+
 // out[i] = v[0]: the backward of a sum, without the scalar leaving the device.
 __global__ void broadcast_first(const float* v, float* out, long long n) {
     GRID_STRIDE(i, n) { out[i] = v[0]; }

@@ -32,6 +32,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "scaled_mul",
     "transpose2d",
     "copy2d",
+    "copy_window",
     "broadcast_first",
     "scaled_difference",
     "double_to_float",

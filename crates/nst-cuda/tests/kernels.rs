@@ -6,7 +6,10 @@
 
 mod common;
 
-use nst_cpu::{conv, elementwise, gram, pool, relu, AdamParams, Conv2dParams, ConvAlgorithm};
+use nst_cpu::{
+    conv, elementwise, gram, pool, relu, window, AdamParams, Conv2dParams, ConvAlgorithm,
+    Window2dParams,
+};
 use nst_cuda::{kernels, Arg, Gpu};
 use nst_params::Layout;
 
@@ -416,6 +419,44 @@ fn pooling_matches_nst_cpu_with_ties_and_nan() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn windows_match_nst_cpu() {
+    for (on, g) in gpus() {
+        // (planes, source size, origin, window size): a tile inside, one at the far corner,
+        // a single column, the whole plane, and an empty window.
+        for (planes, src_size, origin, size) in [
+            (3, (9, 11), (2, 3), (5, 4)),
+            (2, (8, 8), (3, 5), (5, 3)),
+            (1, (7, 1), (0, 0), (7, 1)),
+            (4, (5, 6), (0, 0), (5, 6)),
+            (2, (4, 4), (1, 1), (0, 3)),
+        ] {
+            let crop = Window2dParams::crop(planes, src_size, origin, size);
+            let src = rand_vec(crop.src_len(), 11);
+            let mut want = vec![0.0; crop.dst_len()];
+            window::copy_window(&crop, &src, &mut want, false);
+            let mut got = g.full(0.0, crop.dst_len()).unwrap();
+            g.copy_window(&g.upload(&src).unwrap(), &mut got, &crop, false)
+                .unwrap();
+            assert_eq!(got.to_vec().unwrap(), want, "{on} crop {crop:?}");
+            // Pasted back and added into other values: exact, as on the CPU.
+            let back = crop.reversed();
+            let base = rand_vec(back.dst_len(), 12);
+            let mut want_sum = base.clone();
+            window::copy_window(&back, &want, &mut want_sum, true);
+            let mut sum = g.upload(&base).unwrap();
+            g.copy_window(&got, &mut sum, &back, true).unwrap();
+            assert_eq!(sum.to_vec().unwrap(), want_sum, "{on} paste {back:?}");
+        }
+        let outside = Window2dParams::crop(1, (4, 4), (2, 0), (3, 4));
+        let mut dst = g.full(0.0, outside.dst_len()).unwrap();
+        let err = g
+            .copy_window(&g.full(0.0, 16).unwrap(), &mut dst, &outside, false)
+            .unwrap_err();
+        assert!(err.contains("outside"), "{on}: {err}");
     }
 }
 

@@ -14,7 +14,7 @@
 //! gradients it produces.
 
 use crate::{Device, Result};
-use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
+use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams, Window2dParams};
 
 /// Elementwise binary operations on equal-length buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +166,10 @@ pub trait BackendStorage: Sized {
     fn scale(&self, s: f32) -> Result<Self>;
     /// `x²`.
     fn square(&self) -> Result<Self>;
+    /// `dst`'s window = this storage's window (`accumulate`: `+=`), the rest of `dst` as it
+    /// was: a tile cropped out of planes, or pasted back into them (the window fits both;
+    /// the caller checks).
+    fn copy_window(&self, dst: &mut Self, p: &Window2dParams, accumulate: bool) -> Result<()>;
     /// `self += other`: how gradients from several uses of a tensor accumulate.
     fn add_assign(&mut self, other: &Self) -> Result<()>;
     /// Σx accumulated in f64, as a one-element buffer on the device.

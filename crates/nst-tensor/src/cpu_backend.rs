@@ -6,8 +6,8 @@
 use crate::backend::{BackendDevice, BackendStorage, BinaryOp};
 use crate::{Device, Result};
 use nst_cpu::kernel_cache::{KernelCache, Weights};
-use nst_cpu::{conv, elementwise as k, gram, pool, relu};
-use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
+use nst_cpu::{conv, elementwise as k, gram, pool, relu, window};
+use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams, Window2dParams};
 
 /// The CPU as a device (its threads are rayon's global pool).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -307,6 +307,11 @@ impl BackendStorage for CpuStorage {
 
     fn square(&self) -> Result<Self> {
         Ok(self.map_new(k::square))
+    }
+
+    fn copy_window(&self, dst: &mut Self, p: &Window2dParams, accumulate: bool) -> Result<()> {
+        window::copy_window(p, &self.data, dst.data_mut(), accumulate);
+        Ok(())
     }
 
     fn add_assign(&mut self, other: &Self) -> Result<()> {

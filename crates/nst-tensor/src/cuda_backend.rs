@@ -15,7 +15,9 @@ use crate::{Device, Precision, Result, TensorError};
 /// Opt-in GPU time per operation (`NST_CUDA_PROFILE=1`; see [`nst_cuda::profile`]).
 pub use nst_cuda::profile;
 use nst_cuda::{DeviceBuffer, Floats, Gpu};
-use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Layout, Pool2dParams};
+use nst_params::{
+    AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Layout, Pool2dParams, Window2dParams,
+};
 use std::sync::{Mutex, OnceLock};
 
 /// Device bytes a Gram gradient of `channels × positions` features takes on top of them
@@ -800,6 +802,15 @@ impl BackendStorage for CudaStorage {
     fn square(&self) -> Result<Self> {
         let x = &self.buf;
         self.wrap_as(self.gpu().scaled_mul(1.0, x, x), self.stored)
+    }
+
+    fn copy_window(&self, dst: &mut Self, p: &Window2dParams, accumulate: bool) -> Result<()> {
+        // Windows are cut in the tensors' own order: NHWC values are converted first.
+        let src = self.as_shaped()?;
+        dst.restore_as(Stored::AsShaped)?;
+        let gpu = dst.cuda_device().gpu.clone();
+        gpu.copy_window(&src, dst.buf_mut(), p, accumulate)
+            .map_err(failed)
     }
 
     fn add_assign(&mut self, other: &Self) -> Result<()> {

@@ -13,7 +13,9 @@
 
 use crate::backend::{BackendDevice, BackendStorage, BinaryOp};
 use crate::{Device, Precision, Result, TensorError};
-use nst_params::{AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Layout, Pool2dParams};
+use nst_params::{
+    AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Layout, Pool2dParams, Window2dParams,
+};
 use std::convert::Infallible;
 
 fn unavailable() -> TensorError {
@@ -223,6 +225,9 @@ impl BackendStorage for CudaStorage {
         match self.0 {}
     }
     fn square(&self) -> Result<Self> {
+        match self.0 {}
+    }
+    fn copy_window(&self, _: &mut Self, _: &Window2dParams, _: bool) -> Result<()> {
         match self.0 {}
     }
     fn add_assign(&mut self, _: &Self) -> Result<()> {

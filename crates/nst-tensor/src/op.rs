@@ -6,7 +6,7 @@ use crate::ops;
 use crate::storage::{PoolIndices, ReluMask, Storage};
 use crate::tensor::{Node, NodeRef, Tensor};
 use crate::Result;
-use nst_params::{Conv2dParams, ConvAlgorithm, Pool2dParams};
+use nst_params::{Conv2dParams, ConvAlgorithm, Pool2dParams, Window2dParams};
 use std::sync::Arc;
 
 /// Each variant holds its inputs' nodes (for the graph) and only the values its backward
@@ -50,6 +50,10 @@ pub(crate) enum Op {
     },
     Reshape {
         x: NodeRef,
+    },
+    Crop {
+        x: NodeRef,
+        p: Window2dParams,
     },
     /// Recomputed in backward ([`Tensor::checkpoint`]): the inputs' values and the function.
     Checkpoint {
@@ -101,6 +105,7 @@ impl Op {
             Op::Matmul { .. } => "backward of matmul",
             Op::Gram { .. } => "backward of gram",
             Op::Reshape { .. } => "backward of reshape",
+            Op::Crop { .. } => "backward of crop",
             Op::Transpose { .. } => "backward of transpose",
             Op::Add { .. } => "backward of add",
             Op::Sub { .. } => "backward of sub",
@@ -140,6 +145,7 @@ impl Op {
             ),
             Op::Relu { x, mask } => ops::relu::backward(&x, &mask, grad),
             Op::Reshape { x } => Ok(vec![(x, grad)]),
+            Op::Crop { x, p } => ops::window::crop_backward(&x, &p, &grad),
             Op::MaxPool { x, p, indices } => ops::pool::max_backward(&x, &p, &indices, &grad),
             Op::AvgPool { x, p } => ops::pool::avg_backward(&x, &p, &grad),
             Op::Matmul { a, b } => ops::matmul::backward(&a, &b, &grad),
@@ -167,6 +173,7 @@ impl Op {
             | Op::MaxPool { x, .. }
             | Op::AvgPool { x, .. }
             | Op::Reshape { x }
+            | Op::Crop { x, .. }
             | Op::Transpose { x }
             | Op::Scale { x, .. }
             | Op::Sum { x } => vec![x],

@@ -6,7 +6,7 @@ use crate::backend::{BackendDevice, BackendStorage, BinaryOp};
 use crate::cpu_backend::{CpuDevice, CpuStorage};
 use crate::cuda_backend::CudaStorage;
 use crate::{Device, Result, TensorError};
-use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams};
+use nst_params::{AdamParams, Conv2dParams, ConvAlgorithm, Pool2dParams, Window2dParams};
 
 /// Tensor data on its device.
 #[derive(Debug)]
@@ -367,6 +367,15 @@ impl Storage {
 
     pub(crate) fn square(&self) -> Result<Self> {
         Ok(on_device!(self, s => s.square()))
+    }
+
+    pub(crate) fn copy_window(
+        &self,
+        dst: &mut Self,
+        p: &Window2dParams,
+        accumulate: bool,
+    ) -> Result<()> {
+        on_same_device_value!("window", self, dst, (a, b) => a.copy_window(b, p, accumulate))
     }
 
     pub(crate) fn add_assign(&mut self, other: &Self) -> Result<()> {

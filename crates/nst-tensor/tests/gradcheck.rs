@@ -207,6 +207,63 @@ fn pooling_gradients(dev: &Device) {
 }
 test_device!(pooling_gradients);
 
+fn crop_gradients(dev: &Device) {
+    let mut rng = StdRng::seed_from_u64(31);
+    gradcheck(
+        dev,
+        "crop",
+        &[uniform(&mut rng, &[2, 3, 6, 7])],
+        1e-2,
+        |t| t[0].crop(1, 2, 4, 3).unwrap(),
+    );
+    // Of a convolution's output, which an NHWC device stores channels last.
+    let (x, w) = (
+        uniform(&mut rng, &[1, 8, 6, 6]),
+        uniform(&mut rng, &[8, 8, 3, 3]),
+    );
+    gradcheck(dev, "conv2d then crop", &[x, w], 1e-2, |t| {
+        t[0].conv2d(&t[1], None, 1, 1)
+            .unwrap()
+            .crop(2, 1, 3, 4)
+            .unwrap()
+    });
+}
+test_device!(crop_gradients);
+
+/// Crops and pasted windows against values written out by hand.
+fn windows_hold_what_was_cut(dev: &Device) {
+    let x = Tensor::from_vec((0..24).map(|v| v as f32).collect(), &[1, 2, 3, 4], dev).unwrap();
+    let tile = x.crop(1, 2, 2, 2).unwrap();
+    assert_eq!(tile.dims(), [1, 2, 2, 2]);
+    assert_eq!(
+        tile.to_vec().unwrap(),
+        [6.0, 7.0, 10.0, 11.0, 18.0, 19.0, 22.0, 23.0]
+    );
+    let sum = Tensor::full(1.0, &[1, 2, 3, 4], dev)
+        .unwrap()
+        .add_window(&tile, 0, 1)
+        .unwrap();
+    let mut want = vec![1.0; 24];
+    for (i, v) in [(1, 6.0), (2, 7.0), (5, 10.0), (6, 11.0)] {
+        want[i] += v;
+        want[12 + i] += v + 12.0;
+    }
+    assert_eq!(sum.to_vec().unwrap(), want);
+    // A window past the edge, a patch of other channels and a variable are refused.
+    assert!(x
+        .crop(2, 0, 2, 4)
+        .unwrap_err()
+        .to_string()
+        .contains("not inside"));
+    assert!(x.clone().add_window(&tile, 0, 3).is_err());
+    let other_channels = Tensor::zeros(&[1, 1, 2, 2], dev).unwrap();
+    assert!(x.clone().add_window(&other_channels, 0, 0).is_err());
+    let variable = x.to_variable();
+    assert!(variable.clone().add_window(&tile, 0, 0).is_err());
+    assert!(no_grad(|| variable.add_window(&tile, 0, 0)).is_ok());
+}
+test_device!(windows_hold_what_was_cut);
+
 fn matmul_transpose_reshape_gradients(dev: &Device) {
     let mut rng = StdRng::seed_from_u64(4);
     let inputs = [uniform(&mut rng, &[3, 5]), uniform(&mut rng, &[5, 4])];

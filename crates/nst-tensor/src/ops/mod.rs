@@ -11,3 +11,4 @@ pub(crate) mod reduce;
 pub(crate) mod relu;
 pub(crate) mod shape;
 pub(crate) mod vector;
+pub(crate) mod window;
