@@ -14,6 +14,8 @@
 //!   algorithm is the caller's choice ([`Vgg19::with_conv_algorithm`]).
 //! - [`geometry`]: layer sizes for an image — poolings before a layer, the smallest image a
 //!   layer accepts, every convolution's shape and the FLOPs of an iteration.
+//! - [`tiles`]: an image cut into tiles (a core plus a halo covering its receptive field)
+//!   whose features are exactly the whole image's, for images too large to run at once.
 //!
 //! ```
 //! use nst_tensor::{Device, Tensor};
@@ -31,6 +33,7 @@ mod error;
 pub mod geometry;
 mod layer;
 mod model;
+pub mod tiles;
 pub mod weights;
 
 pub use error::VggError;
