@@ -24,6 +24,7 @@
 mod content;
 pub mod objective;
 mod style;
+mod tiled;
 mod tv;
 
 pub use content::content_loss;

@@ -12,6 +12,7 @@
 //! by a fixed 1×1 convolution, so the gradient reaches the one channel.
 
 use crate::style::weighted_sum;
+use crate::tiled::{self, Tiling};
 use crate::{blend_grams, content_loss, gram_hat, style_layer_loss, tv_loss};
 use nst_tensor::{no_grad, Tensor, TensorError};
 use nst_vgg::{Layer, Vgg19, VggError};
@@ -128,6 +129,9 @@ pub struct Objective<'a> {
     /// Whether style layers of the first convolution are recomputed in the backward pass
     /// instead of kept ([`Objective::recomputing_first_layer`]).
     recompute_first_layer: bool,
+    /// The tiles, for an objective evaluated tile by tile ([`Objective::new_tiled`]); the
+    /// content targets are then per tile, and `content_targets` is empty.
+    tiling: Option<Tiling>,
 }
 
 /// The deepest layer [`Objective::recomputing_first_layer`] recomputes: relu1_1, made by
@@ -147,6 +151,36 @@ impl<'a> Objective<'a> {
         styles: &[Tensor],
         blend: &[f32],
         spec: LossSpec,
+    ) -> Result<Self, ObjectiveError> {
+        Self::build(vgg, content, styles, blend, spec, None)
+    }
+
+    /// [`Objective::new`] for images too large to run through the network at once: the
+    /// targets and every evaluation go tile by tile, each tile a core of at most `core_side`
+    /// pixels a side plus a halo covering its receptive field ([`nst_vgg::tiles`]), and give
+    /// the whole image's J and ∂J/∂x up to summation order. Memory is then one tile's pass
+    /// (a `core_side + 160` square to relu5_1) plus the content targets; time is about that of
+    /// the whole image's forward pass more, plus the halos' share (see [`crate::tiled`]).
+    /// Style images are cut into tiles of the same side. Relu1_1's recomputation
+    /// ([`Objective::recomputing_first_layer`]) does not apply.
+    pub fn new_tiled(
+        vgg: &'a Vgg19,
+        content: &Tensor,
+        styles: &[Tensor],
+        blend: &[f32],
+        spec: LossSpec,
+        core_side: usize,
+    ) -> Result<Self, ObjectiveError> {
+        Self::build(vgg, content, styles, blend, spec, Some(core_side))
+    }
+
+    fn build(
+        vgg: &'a Vgg19,
+        content: &Tensor,
+        styles: &[Tensor],
+        blend: &[f32],
+        spec: LossSpec,
+        core_side: Option<usize>,
     ) -> Result<Self, ObjectiveError> {
         let LossSpec {
             content_layers,
@@ -187,11 +221,23 @@ impl<'a> Objective<'a> {
             "targets: VGG-19 on the content and style images",
             content.dims(),
         );
+        let tiling = core_side
+            .map(|side| {
+                let layers = (&content_layers[..], &style_layers[..]);
+                Tiling::new(vgg, &rgb, content, layers, side)
+            })
+            .transpose()?;
         let (content_targets, style_targets) = no_grad(|| -> Result<_, ObjectiveError> {
-            let content_targets = vgg.features(&rgb(content)?, &content_layers)?;
+            let content_targets = match tiling {
+                Some(_) => Vec::new(),
+                None => vgg.features(&rgb(content)?, &content_layers)?,
+            };
             let per_image = styles
                 .iter()
                 .map(|s| -> Result<Vec<Tensor>, ObjectiveError> {
+                    if let Some(side) = core_side {
+                        return tiled::gram_hats(vgg, &rgb, s, &style_layers, side);
+                    }
                     let feats = vgg.features(&rgb(s)?, &style_layers)?;
                     Ok(feats.iter().map(gram_hat).collect::<Result<_, _>>()?)
                 })
@@ -214,6 +260,7 @@ impl<'a> Objective<'a> {
             weights,
             gray_to_rgb,
             recompute_first_layer: false,
+            tiling,
         })
     }
 
@@ -257,6 +304,18 @@ impl<'a> Objective<'a> {
                 x.dims(),
                 self.image_dims
             )));
+        }
+        if let Some(tiling) = &self.tiling {
+            let rgb = |image: &Tensor| to_rgb(self.gray_to_rgb.as_ref(), image);
+            let layers = (&self.content_layers[..], &self.style_layers[..]);
+            return tiling.evaluate(
+                self.vgg,
+                &rgb,
+                x,
+                layers,
+                &self.style_targets,
+                &self.weights,
+            );
         }
         nst_tensor::memory_trace::set_phase("forward: VGG-19 and the losses", x.dims());
         let x = x.to_variable();
