@@ -115,6 +115,9 @@ pub struct Workload {
     /// Pixels of the input images at full resolution (content and styles), kept as f32 RGB
     /// twice for the whole run (as decoded, and colour-prepared).
     pub input_pixels: usize,
+    /// Values of the content layers' features at the final size: the content targets, which
+    /// a run in tiles keeps whole while each tile's activations come and go.
+    pub content_target_elems: usize,
 }
 
 /// What the preflight settled on: the memory mode, and a shorter optimizer history where
@@ -129,6 +132,10 @@ pub struct Fit {
     /// The estimated peak of the run so planned, in bytes (for `--report`, to set beside
     /// the measured peak).
     pub estimated_peak_bytes: u64,
+    /// `Some(side)` when the network runs tile by tile, each tile a core of at most `side`
+    /// pixels a side plus a margin (`nst_loss::Objective::new_tiled`): where the whole image's
+    /// activations do not fit in any mode.
+    pub tile_side: Option<usize>,
 }
 
 /// How a CPU run trades memory for time. The preflight picks the fast mode where its
@@ -209,6 +216,40 @@ pub fn estimate_gpu_peak_bytes(w: &Workload, cudnn: bool) -> f64 {
         + convolutions
         + per_activation * activations
         + (w.history_vectors as f64 + OPTIMIZER_VECTORS) * image
+}
+
+/// The smallest tile core the preflight plans: below it, the margins (80 px a side to
+/// relu5_1) would more than double the pixels each tile runs the network on (256 + 160 =
+/// 416: 2.6× its core's pixels).
+pub const MIN_TILE_SIDE: usize = 256;
+
+/// Image-sized vectors a run in tiles holds besides the optimizer's: the gradient gathered
+/// over the tiles.
+const TILED_IMAGE_VECTORS: f64 = 1.0;
+
+/// Estimated peak of a run whose network runs tile by tile with cores of `side` pixels in
+/// `mode`: one tile's pass (the estimate for an image the tile's size, margins included,
+/// with no history and no inputs), and what the whole image keeps meanwhile: the optimizer's
+/// vectors, the gradient gathered over the tiles, the content targets and the input images
+/// (on the host).
+pub fn estimate_tiled_peak_bytes(w: &Workload, pool: Pool, mode: MemoryMode, side: usize) -> f64 {
+    let (width, height) = w.size;
+    let input_side = side + 2 * nst_vgg::tiles::tile_halo(w.deepest);
+    let tile = Workload {
+        size: (input_side.min(width), input_side.min(height)),
+        history_vectors: 0,
+        input_pixels: 0,
+        ..*w
+    };
+    let image = 4.0 * (w.channels * width * height) as f64;
+    let inputs = match pool {
+        Pool::Host => INPUT_COPIES * 12.0 * w.input_pixels as f64,
+        Pool::Gpu { .. } => 0.0,
+    };
+    pool.estimate(&tile, mode)
+        + (w.history_vectors as f64 + OPTIMIZER_VECTORS + TILED_IMAGE_VECTORS) * image
+        + 4.0 * w.content_target_elems as f64
+        + inputs
 }
 
 /// Device memory a run on a GPU may use: `NST_GPU_MEMORY_LIMIT` if set, else what the device
@@ -325,15 +366,26 @@ fn parse_bytes(variable: &str, s: &str) -> Result<f64> {
     }
 }
 
-/// How the workload of `--size requested_side` fits `available` bytes: in the fastest mode
-/// that holds it; else, in the leanest mode, with the longest optimizer history that fits
-/// (down to the fewest vectors it can do with); else an error naming the estimate and the
-/// largest size that fits. `size_of(side)` gives the workload of `--size side`.
+/// How the workload of `--size requested_side` fits `available` bytes, trying what costs
+/// only time before what costs convergence, and the whole image before tiles:
+///
+/// 1. the whole image in the fastest mode that holds it;
+/// 2. the whole image in the leanest mode with the longest optimizer history that fits (down
+///    to the fewest vectors it can do with);
+/// 3. the network run tile by tile in the leanest mode, with the history asked for and then
+///    shorter ones, each with the largest tile core that fits (at least [`MIN_TILE_SIDE`]):
+///    the same result as the whole image, in more time;
+/// 4. else an error naming the estimate and the largest size that fits.
+///
+/// `size_of(side)` gives the workload of `--size side`.
 ///
 /// A shorter L-BFGS history costs some convergence, not time: at 256 px (the
 /// README example, 100 iterations a scale) the final loss was 0.7% higher with 20 pairs
 /// instead of 100, 1.5% with 10 and 2.6% with 5, and the pictures look alike. So it comes
-/// after the lean mode, which costs only time, and before refusing the size.
+/// after the lean mode, which costs only time, and before refusing the size. Tiles come last
+/// though they too cost only time: they are for sizes whose activations are far beyond the
+/// memory, where a few pairs fewer would not help, and they cost much more time than either
+/// (two forward passes and the margins' share, about twice the lean mode's time).
 pub fn check(
     requested_side: u32,
     available: f64,
@@ -341,50 +393,50 @@ pub fn check(
     size_of: impl Fn(u32) -> Workload,
 ) -> Result<Fit> {
     let requested = size_of(requested_side);
+    let leanest = *pool.modes().last().expect("every pool has a mode");
+    let with_history = |history_vectors| Workload {
+        history_vectors,
+        ..requested
+    };
+    let fit = |mode, vectors: usize, tile_side, estimate: f64| Fit {
+        mode,
+        shortened_history_vectors: (vectors < requested.history_vectors).then_some(vectors),
+        estimated_peak_bytes: estimate as u64,
+        tile_side,
+    };
     if let Some((mode, estimate)) = pool
         .modes()
         .iter()
         .map(|&mode| (mode, pool.estimate(&requested, mode)))
         .find(|&(_, estimate)| estimate <= available)
     {
-        return Ok(Fit {
-            mode,
-            shortened_history_vectors: None,
-            estimated_peak_bytes: estimate as u64,
-        });
+        return Ok(fit(mode, requested.history_vectors, None, estimate));
     }
-    let leanest = *pool.modes().last().expect("every pool has a mode");
-    let shortest = |w: &Workload| Workload {
-        history_vectors: w.fewest_history_vectors.min(w.history_vectors),
-        ..*w
-    };
     // L-BFGS's vectors come in pairs: from the longest history down, a pair at a time.
-    let shorter = (shortest(&requested).history_vectors..requested.history_vectors)
+    let shorter: Vec<usize> = (shortest(&requested).history_vectors..requested.history_vectors)
         .rev()
         .skip(1)
         .step_by(2)
-        .map(|history_vectors| {
-            let w = Workload {
-                history_vectors,
-                ..requested
-            };
-            (history_vectors, pool.estimate(&w, leanest))
-        })
-        .find(|&(_, estimate)| estimate <= available);
-    if let Some((vectors, estimate)) = shorter {
-        return Ok(Fit {
-            mode: leanest,
-            shortened_history_vectors: Some(vectors),
-            estimated_peak_bytes: estimate as u64,
-        });
+        .collect();
+    for &vectors in &shorter {
+        let estimate = pool.estimate(&with_history(vectors), leanest);
+        if estimate <= available {
+            return Ok(fit(leanest, vectors, None, estimate));
+        }
     }
-    let estimate_peak_bytes = |w: &Workload| pool.estimate(&shortest(w), leanest);
-    let need = estimate_peak_bytes(&requested);
+    for vectors in std::iter::once(requested.history_vectors).chain(shorter) {
+        let w = with_history(vectors);
+        if let Some((side, estimate)) = largest_tile(&w, pool, leanest, available) {
+            return Ok(fit(leanest, vectors, Some(side), estimate));
+        }
+    }
+    let least = |w: &Workload| least_memory(w, pool);
+    let need = least(&requested);
     // Largest side that fits (the estimate grows with the side).
     let (mut lo, mut hi) = (0u32, requested_side);
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if estimate_peak_bytes(&size_of(mid)) <= available {
+        if least(&size_of(mid)) <= available {
             lo = mid;
         } else {
             hi = mid;
@@ -410,6 +462,54 @@ pub fn check(
         readable(available)
     ))
     .into())
+}
+
+/// The workload with the fewest history vectors the optimizer can do with.
+fn shortest(w: &Workload) -> Workload {
+    Workload {
+        history_vectors: w.fewest_history_vectors.min(w.history_vectors),
+        ..*w
+    }
+}
+
+/// The least memory any plan for `w` needs: the leanest mode with the shortest history, on
+/// the whole image or in the smallest tiles.
+fn least_memory(w: &Workload, pool: Pool) -> f64 {
+    let leanest = *pool.modes().last().expect("every pool has a mode");
+    let w = shortest(w);
+    let whole = pool.estimate(&w, leanest);
+    whole.min(estimate_tiled_peak_bytes(&w, pool, leanest, MIN_TILE_SIDE))
+}
+
+/// The largest tile core (a multiple of the deepest layer's stride, from [`MIN_TILE_SIDE`] to
+/// just under the image's longer side: one tile is the whole image) whose run fits
+/// `available` in `mode`, with its estimate.
+fn largest_tile(
+    w: &Workload,
+    pool: Pool,
+    mode: MemoryMode,
+    available: f64,
+) -> Option<(usize, f64)> {
+    let stride = w.deepest.min_input_side();
+    let estimate = |k: usize| estimate_tiled_peak_bytes(w, pool, mode, k * stride);
+    let (lo, hi) = (
+        MIN_TILE_SIDE.div_ceil(stride),
+        (w.size.0.max(w.size.1) - 1) / stride,
+    );
+    if lo > hi || estimate(lo) > available {
+        return None;
+    }
+    // The estimate grows with the side: the last k whose estimate fits.
+    let (mut fits, mut too_big) = (lo, hi + 1);
+    while too_big - fits > 1 {
+        let mid = fits + (too_big - fits) / 2;
+        if estimate(mid) <= available {
+            fits = mid;
+        } else {
+            too_big = mid;
+        }
+    }
+    Some((fits * stride, estimate(fits)))
 }
 
 /// [`check`]'s refusal: the size cannot fit the memory in any mode, with the estimate, the
@@ -464,6 +564,8 @@ mod tests {
             fewest_history_vectors: history_vectors,
             // The bench's content and style images at the bench size.
             input_pixels: 2 * side as usize * side as usize,
+            // relu4_2: 512 channels at an eighth of the side.
+            content_target_elems: 512 * (side as usize / 8).pow(2),
         }
     }
 
@@ -508,36 +610,92 @@ mod tests {
             check(2048, lean, Pool::Host, square).unwrap().mode,
             MemoryMode::Lean
         );
-        assert!(check(2048, lean - 1.0, Pool::Host, square).is_err());
-        // A GPU has no lean mode.
+        // Less: the lean mode in tiles (this history cannot shrink).
+        let tiled = check(2048, lean - 1.0, Pool::Host, square).unwrap();
+        assert_eq!(
+            (tiled.mode, tiled.shortened_history_vectors),
+            (MemoryMode::Lean, None)
+        );
+        assert!(tiled.tile_side.is_some());
+        // A GPU has no lean mode: the fast one, whole or in tiles.
         let gpu = Pool::Gpu { cudnn: false };
         let need = estimate_gpu_peak_bytes(&square(2048), false);
-        assert_eq!(
-            check(2048, need, gpu, square).unwrap().mode,
-            MemoryMode::Fast
-        );
-        assert!(check(2048, need - 1.0, gpu, square).is_err());
+        let whole = check(2048, need, gpu, square).unwrap();
+        assert_eq!((whole.mode, whole.tile_side), (MemoryMode::Fast, None));
+        let tiled = check(2048, need - 1.0, gpu, square).unwrap();
+        assert_eq!(tiled.mode, MemoryMode::Fast);
+        assert!(tiled.tile_side.is_some());
+    }
+
+    /// The smallest tiles' estimate at `side`² (the least any plan of that size needs from
+    /// 416² up, where a tile is smaller than the image).
+    fn smallest_tiles(side: u32, pool: Pool, mode: MemoryMode) -> f64 {
+        estimate_tiled_peak_bytes(&square(side), pool, mode, MIN_TILE_SIDE)
     }
 
     #[test]
     fn suggests_the_largest_size_that_fits() {
-        // In the leanest mode.
-        let available = estimate_host_peak_bytes(&square(1000), MemoryMode::Lean) + 1.0;
-        let err = check(2048, available, Pool::Host, square)
+        // In the leanest mode, in the smallest tiles.
+        let available = smallest_tiles(3000, Pool::Host, MemoryMode::Lean) + 1.0;
+        let err = check(4096, available, Pool::Host, square)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("the largest --size that fits is about 1000"),
+            err.contains("the largest --size that fits is about 3000"),
             "{err}"
         );
-        assert!(check(1000, available, Pool::Host, square).is_ok());
+        assert!(err.contains(&readable(smallest_tiles(
+            4096,
+            Pool::Host,
+            MemoryMode::Lean
+        ))));
+        let fit = check(3000, available, Pool::Host, square).unwrap();
+        assert_eq!(fit.tile_side, Some(MIN_TILE_SIDE));
         let gpu = Pool::Gpu { cudnn: true };
-        let available = estimate_gpu_peak_bytes(&square(1500), true) + 1.0;
-        let err = check(4096, available, gpu, square).unwrap_err().to_string();
+        let available = smallest_tiles(5000, gpu, MemoryMode::Fast) + 1.0;
+        let err = check(8192, available, gpu, square).unwrap_err().to_string();
         assert!(
-            err.contains("of GPU memory") && err.contains("about 1500"),
+            err.contains("of GPU memory") && err.contains("about 5000"),
             "{err}"
         );
+        // Below 416², where one tile is the whole image, the whole image's estimate.
+        let available = estimate_host_peak_bytes(&square(300), MemoryMode::Lean) + 1.0;
+        let err = check(2048, available, Pool::Host, square)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("about 300"), "{err}");
+    }
+
+    /// Tiles fit where the whole image does not, with the largest core that fits: a
+    /// multiple of the deepest layer's stride; their estimate counts the whole image's
+    /// optimizer state and content targets besides one tile's pass.
+    #[test]
+    fn tiles_take_the_largest_core_that_fits() {
+        let w = square(8192);
+        let lean = |side| estimate_tiled_peak_bytes(&w, Pool::Host, MemoryMode::Lean, side);
+        // By hand: the whole image's part at 8192², 10 history vectors.
+        let image = 4.0 * 3.0 * 8192.0 * 8192.0;
+        let kept = (10.0 + 6.0 + 1.0) * image
+            + 4.0 * 512.0 * 1024.0 * 1024.0
+            + 2.0 * 12.0 * 2.0 * 8192.0 * 8192.0;
+        let tile = estimate_host_peak_bytes(
+            &Workload {
+                size: (1024 + 160, 1024 + 160),
+                history_vectors: 0,
+                input_pixels: 0,
+                ..w
+            },
+            MemoryMode::Lean,
+        );
+        assert_eq!(lean(1024), tile + kept);
+        let fit = check(8192, lean(1024) + 1.0, Pool::Host, square).unwrap();
+        assert_eq!(
+            (fit.tile_side, fit.estimated_peak_bytes),
+            (Some(1024), lean(1024) as u64)
+        );
+        let fit = check(8192, lean(1024) - 1.0, Pool::Host, square).unwrap();
+        assert_eq!(fit.tile_side, Some(1008));
+        assert!(check(8192, lean(MIN_TILE_SIDE) - 1.0, Pool::Host, square).is_err());
     }
 
     /// `nst --scales 1 --iters 1` at w×h on a GPU: a pair of history vectors at most, and no
@@ -550,6 +708,7 @@ mod tests {
             history_vectors: 2,
             fewest_history_vectors: 2,
             input_pixels: 0,
+            content_target_elems: 512 * (w / 8) * (h / 8),
         }
     }
 
@@ -586,7 +745,7 @@ mod tests {
     }
 
     /// Where no mode holds the history asked for, the leanest mode with the longest history
-    /// that fits, a pair (two vectors) at a time; below the fewest pairs, the size is refused.
+    /// that fits, a pair (two vectors) at a time; below the fewest pairs, tiles.
     #[test]
     fn shortens_the_history_only_where_no_mode_holds_it() {
         // 100 L-BFGS pairs asked for, 5 the fewest.
@@ -604,6 +763,7 @@ mod tests {
             mode: MemoryMode::Lean,
             shortened_history_vectors: None,
             estimated_peak_bytes: lean(200) as u64,
+            tile_side: None,
         };
         assert_eq!(fit(lean(200)).unwrap(), full);
         // Memory for 37.5 pairs: 37 of them.
@@ -611,13 +771,28 @@ mod tests {
             mode: MemoryMode::Lean,
             shortened_history_vectors: Some(74),
             estimated_peak_bytes: lean(74) as u64,
+            tile_side: None,
         };
         assert_eq!(fit(lean(75)).unwrap(), shorter);
         assert_eq!(fit(lean(74)).unwrap(), shorter);
         assert_eq!(fit(lean(10)).unwrap().shortened_history_vectors, Some(10));
-        let err = fit(lean(10) - 1.0).unwrap_err().to_string();
-        // The need named is the leanest's with the fewest pairs.
-        assert!(err.contains(&readable(lean(10))), "{err}");
+        // Below that, tiles, which leave room for more of the history than the whole
+        // image's 5 pairs.
+        let tiled = fit(lean(10) - 1.0).unwrap();
+        assert!(tiled.tile_side.is_some());
+        assert!(
+            tiled.shortened_history_vectors.is_some_and(|v| v > 10),
+            "{tiled:?}"
+        );
+        let smallest = |vectors| {
+            estimate_tiled_peak_bytes(&with(vectors), Pool::Host, MemoryMode::Lean, MIN_TILE_SIDE)
+        };
+        // The longest history that fits in tiles: a pair more fits no tile.
+        let v = tiled.shortened_history_vectors.unwrap();
+        assert!(smallest(v) <= lean(10) - 1.0 && smallest(v + 2) > lean(10) - 1.0);
+        let err = fit(smallest(10) - 1.0).unwrap_err().to_string();
+        // The need named is the least any plan needs: the smallest tiles, the fewest pairs.
+        assert!(err.contains(&readable(smallest(10))), "{err}");
         // On a GPU, the fast mode (its only one) with fewer pairs.
         let gpu = Pool::Gpu { cudnn: true };
         let need = estimate_gpu_peak_bytes(&with(50), true);
@@ -631,7 +806,7 @@ mod tests {
             fewest_history_vectors: 2,
             ..square_with_history(side, 2)
         };
-        let need = estimate_host_peak_bytes(&adam(2048), MemoryMode::Lean);
+        let need = estimate_tiled_peak_bytes(&adam(2048), Pool::Host, MemoryMode::Lean, 256);
         assert!(check(2048, need - 1.0, Pool::Host, adam).is_err());
     }
 

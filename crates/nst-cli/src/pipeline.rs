@@ -60,6 +60,8 @@ pub struct Outcome {
     pub peak_device_bytes: Option<u64>,
     /// How the run spent memory (chosen by the preflight to fit what is available).
     pub memory_mode: memory::MemoryMode,
+    /// The tile core side, where the network ran tile by tile to fit the memory.
+    pub tile_side: Option<usize>,
     /// The most (s, y) pairs L-BFGS kept (`None` with Adam).
     pub lbfgs_history: Option<usize>,
     /// The memory preflight's estimate of the peak (device memory on a GPU).
@@ -159,7 +161,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
             plan.deepest
         ));
     }
-    apply_memory_mode(plan.memory_mode(), progress);
+    apply_memory_mode(&plan, progress);
     let vgg = load_vgg(cfg, weights, &device)?;
     let prepared = Prepared::new(cfg, &images, plan.output);
     let history = lbfgs_pairs(prepared.content.channels, &plan);
@@ -192,6 +194,7 @@ pub fn run(cfg: &Config, progress: &mut dyn Progress, interrupt: &AtomicBool) ->
         device: device.to_string(),
         peak_device_bytes: device.peak_device_memory_bytes(),
         memory_mode: plan.memory_mode(),
+        tile_side: plan.tile_side(),
         // A scale of `iters` iterations makes at most `iters` pairs.
         lbfgs_history: (cfg.optimizer == OptimizerKind::Lbfgs)
             .then_some(history.min(cfg.iters as usize)),
@@ -295,11 +298,18 @@ fn checked_plan(
 
 /// Sets the allocator for the run's memory mode (every run sets it, so a server's lean job
 /// does not make the next one lean), and says when memory is tight.
-fn apply_memory_mode(mode: memory::MemoryMode, progress: &mut dyn Progress) {
-    let lean = mode == memory::MemoryMode::Lean;
+fn apply_memory_mode(plan: &ScalePlan, progress: &mut dyn Progress) {
+    let lean = plan.memory_mode() == memory::MemoryMode::Lean;
     nst_tensor::allocator::return_freed_memory_at_once(lean);
     nst_tensor::cpu_backend::keep_transformed_kernels(!lean);
-    if lean {
+    if let Some(side) = plan.tile_side() {
+        let (w, h) = plan.output;
+        let tiles = nst_vgg::tiles::tiles(plan.deepest, h, w, side).map_or(0, |t| t.len());
+        let margin = nst_vgg::tiles::tile_halo(plan.deepest);
+        progress.warning(&format!(
+            "memory is tight for this size: the network runs tile by tile where a scale is larger than a tile ({tiles} tiles at the final scale of up to {side} px a side, each with a {margin} px margin; the same result), about 2–3× the time per iteration"
+        ));
+    } else if lean {
         progress.warning(
             "memory is tight for this size: lean mode (relu1_1 recomputed, freed memory returned at once, convolution kernels transformed at every use), up to 1.8× the time per iteration",
         );
@@ -445,6 +455,12 @@ impl ScalePlan {
     /// Fast unless the preflight found that only the lean mode fits.
     fn memory_mode(&self) -> memory::MemoryMode {
         self.memory.map_or(memory::MemoryMode::Fast, |fit| fit.mode)
+    }
+
+    /// The tile core side where the preflight found that only tiles fit (see
+    /// `nst_loss::Objective::new_tiled`).
+    fn tile_side(&self) -> Option<usize> {
+        self.memory?.tile_side
     }
 
     /// Fewer L-BFGS pairs than the size allows, where the preflight found that only that
@@ -679,8 +695,11 @@ fn optimise(
         // sizes, and stop within one op): stop before the first evaluation, which takes as
         // long again. The best so far is the previous scale's result, or, at the first
         // scale, the start (what evaluating it first would have kept).
-        let objective = interruptible(interrupt, || {
-            Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone())
+        let objective = interruptible(interrupt, || match plan.tile_side() {
+            Some(side) => {
+                Objective::new_tiled(vgg, &content, &styles, &cfg.style_blend, spec.clone(), side)
+            }
+            None => Objective::new(vgg, &content, &styles, &cfg.style_blend, spec.clone()),
         })
         .map_err(anyhow::Error::from);
         let objective = match objective {
@@ -888,6 +907,11 @@ fn memory_preflight(
             }
             OptimizerKind::Adam => (2, 2),
         };
+        let content_target_elems = cfg
+            .content_layers
+            .iter()
+            .map(|&l| geometry::feature_elems(l, size.1, size.0))
+            .sum();
         memory::Workload {
             deepest: plan.deepest,
             size,
@@ -895,6 +919,7 @@ fn memory_preflight(
             history_vectors,
             fewest_history_vectors,
             input_pixels,
+            content_target_elems,
         }
     };
     memory::check(cfg.size, available, pool, workload)
@@ -1001,6 +1026,7 @@ fn write_report(cfg: &Config, outcome: &Outcome, interrupted: bool, path: &Path)
         peak_heap_bytes: heap_peak.as_ref().map(|(bytes, _)| *bytes),
         peak_heap_at: heap_peak.map(|(_, at)| at),
         memory_mode: outcome.memory_mode.name(),
+        tile_side: outcome.tile_side,
         lbfgs_history: outcome.lbfgs_history,
         estimated_peak_bytes: outcome.estimated_peak_bytes,
         settings: cfg,
@@ -1088,16 +1114,17 @@ mod tests {
             return;
         };
         // A 2048×1362 output: about 3.3 GiB on the GPU (im2col) even with 5 L-BFGS pairs,
-        // 4.7 GiB on the host in the fast mode.
+        // 4.7 GiB on the host in the fast mode, and over 1 GiB either way in the smallest
+        // tiles (the whole image's optimizer state and content targets).
         let sizes = InputSizes {
             content: (3000, 1995),
             styles: vec![(1024, 800)],
         };
         let (small_gpu, big_gpu) = (
-            memory(2.0 * GIB, 16.0 * GIB),
+            memory(0.75 * GIB, 16.0 * GIB),
             memory(16.0 * GIB, 16.0 * GIB),
         );
-        let small_both = memory(2.0 * GIB, 2.0 * GIB);
+        let small_both = memory(0.75 * GIB, 0.75 * GIB);
 
         let auto = config("auto", "2048");
         let mut said = Said::default();
@@ -1111,7 +1138,7 @@ mod tests {
         assert!(
             warning.starts_with("--size 2048 needs about")
                 && warning.contains("of GPU memory")
-                && warning.contains("but 2.0 GiB is available")
+                && warning.contains("but 0.8 GiB is available")
                 && warning.contains("--device auto runs it on the CPU instead"),
             "{warning}"
         );
@@ -1126,6 +1153,16 @@ mod tests {
             "{:?}",
             said.0
         );
+        said.0.clear();
+
+        // Where the GPU holds it in tiles, it stays there too.
+        let tiles_on_the_gpu = memory(2.0 * GIB, 16.0 * GIB);
+        let (device, plan) =
+            plan_on(&auto, chosen(&gpu), &sizes, &mut said, &tiles_on_the_gpu).unwrap();
+        assert!(!device.is_cpu(), "{:?}", said.0);
+        assert!(plan
+            .tile_side()
+            .is_some_and(|side| side >= memory::MIN_TILE_SIDE));
         said.0.clear();
 
         // Where neither holds it, the GPU's refusal stands.

@@ -8,7 +8,8 @@
 //!             "scales": [{"width": …, "height": …, "iterations": …, "total_s": …,
 //!                         "before_first_iter_s": …, "ms_per_iter_median": …}, …]},
 //!  "device": "…", "output": [w, h], "peak_rss_bytes": …, "peak_device_bytes": …,
-//!  "peak_heap_bytes": …, "peak_heap_at": "…", "memory_mode": "fast", "lbfgs_history": 100,
+//!  "peak_heap_bytes": …, "peak_heap_at": "…", "memory_mode": "fast", "tile_side": null,
+//!  "lbfgs_history": 100,
 //!  "estimated_peak_bytes": …, "settings": {…}}
 //! ```
 //! `trace[k]` is the loss at the k-th iterate of the final scale (`trace[0]` at its start), or
@@ -96,6 +97,10 @@ pub struct Report<'a> {
     /// "fast", or "lean" where the preflight found that only the lean mode fits the memory
     /// available (see `memory::MemoryMode`).
     pub memory_mode: &'static str,
+    /// The tile core side where the network ran tile by tile (absent otherwise): where the
+    /// preflight found that the whole image's activations fit in no mode (see
+    /// `memory::check`).
+    pub tile_side: Option<usize>,
     /// The most (s, y) pairs L-BFGS kept (absent with Adam): 100, or `--iters` if fewer;
     /// fewer at sizes where 100 would pass 2 GiB (down to 5), and fewer still (down to 5)
     /// where the preflight found that only a shorter history fits the memory (see

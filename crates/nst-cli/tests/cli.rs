@@ -349,6 +349,52 @@ fn memory_preflight_falls_back_to_the_lean_mode() {
     assert!(mean_and_finite(&out) > 20.0);
 }
 
+/// Memory for neither mode's whole-image pass at 768×511 (about 520 MiB lean) but for
+/// tiles (about 400 MiB in the smallest): the network runs tile by tile, the report names
+/// the tile side, and the loss at the start is the whole image's (a run with ample memory,
+/// side by side) up to summation order.
+#[test]
+fn memory_preflight_runs_the_network_in_tiles_where_only_tiles_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = |name: &str| {
+        let (out, report) = (
+            dir.path().join(format!("{name}.png")),
+            dir.path().join(name),
+        );
+        let args = with(
+            tiny(&out),
+            &["--size", "768", "--scales", "1", "--iters", "1"],
+        );
+        (with(args, &["--report", path_str(&report)]), out, report)
+    };
+    let run = |name: &str, limit: &str| {
+        let (args, out, report) = args(name);
+        let o = Command::new(NST)
+            .args(&args)
+            .env("NST_MEMORY_LIMIT", limit)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(mean_and_finite(&out) > 20.0);
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        r
+    };
+    let (tiled, whole) = (run("tiled", "440M"), run("whole", "8G"));
+    assert_eq!(tiled["memory_mode"], "lean");
+    let side = tiled["tile_side"].as_u64().unwrap();
+    assert!((256..768).contains(&side) && side % 16 == 0, "{side}");
+    assert!(whole["tile_side"].is_null());
+    let start = |r: &serde_json::Value| r["trace"][0]["total"].as_f64().unwrap();
+    let e = (start(&tiled) - start(&whole)).abs() / start(&whole);
+    assert!(
+        e <= 1e-6,
+        "{} tiled vs {} whole",
+        start(&tiled),
+        start(&whole)
+    );
+}
+
 /// Memory for the lean mode with 5 L-BFGS pairs but not with the 20 asked for (`--iters 20`
 /// at 192×128: 0.59 MB a pair): the run goes ahead with as many pairs as fit, and the report
 /// says how many. The limit is the need the refusal names (the lean mode's with 5 pairs)

@@ -226,7 +226,9 @@ impl<'a> Objective<'a> {
                 let layers = (&content_layers[..], &style_layers[..]);
                 Tiling::new(vgg, &rgb, content, layers, side)
             })
-            .transpose()?;
+            .transpose()?
+            // An image within one tile is evaluated whole: the same, in one pass.
+            .filter(|t| t.tiles.len() > 1);
         let (content_targets, style_targets) = no_grad(|| -> Result<_, ObjectiveError> {
             let content_targets = match tiling {
                 Some(_) => Vec::new(),

@@ -85,6 +85,20 @@ pub fn activation_elems(deepest: Layer, height: usize, width: usize) -> usize {
     total
 }
 
+/// Elements of `layer`'s own output for a batch of one `height × width` image (what a loss
+/// at that layer reads: a content target is this many values).
+pub fn feature_elems(layer: Layer, height: usize, width: usize) -> usize {
+    let (mut h, mut w, mut channels) = (height, width, 3);
+    for l in Layer::all().take(layer.index() + 1) {
+        match l.kind() {
+            LayerKind::Conv(i) => channels = CONV_CHANNELS[i].1,
+            LayerKind::Pool => (h, w) = (h / 2, w / 2),
+            LayerKind::Relu => {}
+        }
+    }
+    channels * h * w
+}
+
 /// FLOPs of one style-transfer iteration's convolutions: forward to `deepest` and the input
 /// gradient back through them (the same count again), counted as direct convolution, so
 /// rates compare like with like whatever algorithm ran.
@@ -139,6 +153,14 @@ mod tests {
         // relu2_1 at 8×6: conv1_1 and conv1_2 (64·48 each), pool1 (64·12), conv2_1 (128·12).
         let n = activation_elems(layer("relu2_1"), 8, 6);
         assert_eq!(n, 2 * 64 * 48 + 64 * 12 + 128 * 12);
+    }
+
+    #[test]
+    fn feature_sizes_match_a_hand_count() {
+        // relu4_2 at 100×75: 512 channels over 12×9 (three floor halvings).
+        assert_eq!(feature_elems(layer("relu4_2"), 100, 75), 512 * 12 * 9);
+        assert_eq!(feature_elems(layer("pool1"), 8, 6), 64 * 4 * 3);
+        assert_eq!(feature_elems(layer("conv1_1"), 8, 6), 64 * 48);
     }
 
     #[test]
