@@ -13,7 +13,8 @@
 # run on CUDA; the L-BFGS trace with cuDNN's algorithm choices logged, and without cuDNN;
 # compute-sanitizer memcheck on the kernel parity tests; nst on the README example with
 # --device cuda at tf32 (twice: the same bits?), fp32, tf32 searching for every shape's
-# algorithms, and tf32 with NHWC activations (the images and reports); one 4096² iteration
+# algorithms, and tf32 with NHWC activations (the images and reports); one 4096² iteration,
+# whole and in tiles
 # (peak GPU memory); the GPU time per operation (NST_CUDA_PROFILE=1, NCHW and NHWC); the
 # bench, ours against PyTorch on CUDA at 512², 1024² and 2048², ours again with NHWC
 # activations, PyTorch alone in NHWC, PyTorch's time per GPU kernel at 1024² (torch.profiler)
@@ -170,6 +171,34 @@ big_iteration() {
 
 step "one 4096² iteration on the GPU (peak memory)"
 big_iteration 4096
+
+step "the same 4096² iteration in tiles (NST_GPU_MEMORY_LIMIT=4G: the whole image, 9.2 GB, does not fit)"
+# The network tile by tile (nst_loss::Objective::new_tiled): the start's loss must be the
+# whole image's up to summation order (within 2e-3: both tf32, whose rounding moved a start
+# loss by 6.4e-4 in the emulator, with other cuDNN algorithms for the tiles' shapes); the
+# peak should be near the estimate, under 4 GiB (12 tiles of 1200 px by the emulator's
+# preflight).
+NST_GPU_MEMORY_LIMIT=4G timeout 240 "$BIN/nst" -c examples/content_chelsea.png \
+    -s examples/style_vangogh_starry_night.jpg -o "$OUT/logs/tiled_4096.png" \
+    --device cuda --size 4096 --scales 1 --iters 1 --report "$OUT/tiled_4096.json" \
+    >"$OUT/logs/tiled_4096.log" 2>&1
+echo "rc=$?"; grep -F "tile by tile" "$OUT/logs/tiled_4096.log"
+tail -1 "$OUT/logs/tiled_4096.log"
+"$PY" - "$OUT/big_4096.json" "$OUT/tiled_4096.json" 2>/dev/null <<'PY' ||
+import json, sys
+whole, tiled = (json.load(open(f)) for f in sys.argv[1:])
+a, b = whole["trace"][0]["total"], tiled["trace"][0]["total"]
+gib = 2**20
+print(f"tiles of {tiled['tile_side']} px: start loss {b:.7e}, whole {a:.7e}: "
+      f"{abs(a - b) / a:.1e} apart")
+print(f"peak GPU {tiled['peak_device_bytes'] / gib:.0f} MiB "
+      f"(estimated {tiled['estimated_peak_bytes'] / gib:.0f}); "
+      f"{tiled['timing']['ms_per_iter_median']:.0f} ms/iter, "
+      f"whole {whole['timing']['ms_per_iter_median']:.0f}")
+sys.exit(0 if abs(a - b) / a <= 2e-3 else 1)
+PY
+    { echo "the tiled start loss is not the whole image's, or no report"; status=1; }
+rm -f "$OUT/logs/tiled_4096.png"
 
 step "where the GPU time goes (NST_CUDA_PROFILE=1: each operation timed alone, 3 iterations)"
 # tf32 1024² is where nst is furthest from PyTorch: set it beside PyTorch's own profile at the

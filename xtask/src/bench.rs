@@ -20,7 +20,9 @@
 //!
 //! `--memory lean` runs ours in nst's lean memory mode (what `nst` picks where the fast one
 //! does not fit: relu1_1 recomputed, freed memory returned at once); the default is the fast
-//! one.
+//! one. `--tile N` runs our network tile by tile with cores of N px (what `nst` does where
+//! not even the lean mode fits; `nst_loss::Objective::new_tiled`), to measure what tiles
+//! cost in time and save in memory.
 //!
 //! The FLOP count is that of the convolutions: forward through conv5_1 plus the input
 //! gradient back through them (the same count again), counted as direct convolution even
@@ -110,7 +112,7 @@ fn time_on(
     size: usize,
     iters: usize,
     dump: Option<&Path>,
-    lean: bool,
+    (lean, tile): (bool, Option<usize>),
 ) -> Result<Measurement> {
     nst_tensor::allocator::return_freed_memory_at_once(lean);
     nst_tensor::cpu_backend::keep_transformed_kernels(!lean);
@@ -141,13 +143,11 @@ fn time_on(
             style_layers: vec![0.1, 0.2, 0.4, 0.2, 0.1],
         },
     };
-    let objective = Objective::new(
-        &vgg,
-        &content.to_tensor(&dev)?,
-        &[style.to_tensor(&dev)?],
-        &[1.0],
-        spec,
-    )?
+    let (content_t, styles) = (content.to_tensor(&dev)?, [style.to_tensor(&dev)?]);
+    let objective = match tile {
+        Some(side) => Objective::new_tiled(&vgg, &content_t, &styles, &[1.0], spec, side)?,
+        None => Objective::new(&vgg, &content_t, &styles, &[1.0], spec)?,
+    }
     .recomputing_first_layer(lean);
     let evaluate = |x: &Tensor| -> Result<Evaluation> {
         let v = objective.evaluate(x)?;
@@ -223,11 +223,11 @@ fn run_child(cmd: &mut Command) -> Result<Measurement, String> {
 }
 
 /// `xtask bench-worker --size N --iters K [--device cpu|cuda|cuda-emulated|cuda-emulated-library] [--precision fp32|tf32]
-/// [--layout nchw|nhwc] [--memory fast|lean] [--dump DIR]`: one measurement as a JSON line; with
+/// [--layout nchw|nhwc] [--memory fast|lean] [--tile N] [--dump DIR]`: one measurement as a JSON line; with
 /// `NST_CUDA_PROFILE=1`, also the GPU time per operation of the timed iterations on stderr.
 pub fn worker(args: &[String]) -> Result<()> {
     let (mut size, mut iters, mut dump, mut device) = (None, 5, None, Device::Cpu);
-    let mut lean = false;
+    let (mut lean, mut tile) = (false, None);
     let mut precision = Precision::Fp32;
     let mut layout = Layout::Nchw;
     let mut it = args.iter();
@@ -260,6 +260,7 @@ pub fn worker(args: &[String]) -> Result<()> {
             }
             "--layout" => layout = value()?.parse().map_err(anyhow::Error::msg)?,
             "--memory" => lean = parse_memory_mode(value()?)?,
+            "--tile" => tile = Some(value()?.parse()?),
             other => bail!("unknown bench-worker option {other}"),
         }
     }
@@ -272,7 +273,7 @@ pub fn worker(args: &[String]) -> Result<()> {
         size.context("--size is required")?,
         iters,
         dump.as_deref(),
-        lean,
+        (lean, tile),
     )?;
     println!("{}", measurement_json(&m));
     if let Some(table) = nst_tensor::cuda_backend::profile::report(40) {
@@ -315,6 +316,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut iters = 5;
     let (mut cpu, mut cuda) = (true, true);
     let mut memory = "fast".to_string();
+    let mut tile: Option<String> = None;
     let mut layout = Layout::Nchw;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -349,6 +351,13 @@ pub fn run(args: &[String]) -> Result<()> {
                 memory = it.next().context("--memory needs fast or lean")?.clone();
                 parse_memory_mode(&memory)?;
             }
+            "--tile" => {
+                let side: usize = it
+                    .next()
+                    .context("--tile needs a side in pixels")?
+                    .parse()?;
+                tile = Some(side.to_string());
+            }
             other => bail!("unknown bench option {other}"),
         }
     }
@@ -377,6 +386,9 @@ pub fn run(args: &[String]) -> Result<()> {
                 .args(["--layout", &layout.to_string()])
                 .args(["--size", &size.to_string(), "--iters", &iters.to_string()])
                 .args(["--memory", &memory]);
+            if let Some(side) = &tile {
+                cmd.args(["--tile", side]);
+            }
             if dump {
                 cmd.arg("--dump").arg(&dir);
             }

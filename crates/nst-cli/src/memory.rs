@@ -13,7 +13,8 @@
 //!
 //! **Two modes** ([`MemoryMode`]): the preflight picks the fast one where it fits, else the lean
 //! one, else the lean one with a shorter L-BFGS history (as many pairs as fit, down to the fewest;
-//! see [`check`]), else stops. Fast: the allocator keeps freed memory (no page faults in steady
+//! see [`check`]), else the lean one with the network run tile by tile
+//! ([`estimate_tiled_peak_bytes`]), else stops. Fast: the allocator keeps freed memory (no page faults in steady
 //! state), and the Winograd-transformed kernels of the convolutions small enough to profit are kept
 //! from one iteration to the next (to relu5_1: 406 MB at 512², 340 MB at 1024², 76 MB at 2048²,
 //! none at 4096²: `kernel_cache_bytes`). Lean: freed memory goes back to the OS at once, kernels
@@ -224,15 +225,20 @@ pub fn estimate_gpu_peak_bytes(w: &Workload, cudnn: bool) -> f64 {
 pub const MIN_TILE_SIDE: usize = 256;
 
 /// Image-sized vectors a run in tiles holds besides the optimizer's: the gradient gathered
-/// over the tiles.
-const TILED_IMAGE_VECTORS: f64 = 1.0;
+/// over the tiles, the scale's start (kept to fall back on) and the previous scale's result
+/// (a quarter to a half of an image), with a margin. The whole image's estimates need no
+/// such term: their constants were fitted to peaks that include these.
+const TILED_IMAGE_VECTORS: f64 = 3.0;
 
-/// Estimated peak of a run whose network runs tile by tile with cores of `side` pixels in
-/// `mode`: one tile's pass (the estimate for an image the tile's size, margins included,
-/// with no history and no inputs), and what the whole image keeps meanwhile: the optimizer's
-/// vectors, the gradient gathered over the tiles, the content targets and the input images
-/// (on the host).
-pub fn estimate_tiled_peak_bytes(w: &Workload, pool: Pool, mode: MemoryMode, side: usize) -> f64 {
+/// Estimated peak of a run whose network runs tile by tile with cores of `side` pixels (in
+/// the leanest mode: tiles are the last resort): one tile's pass, and what the whole image
+/// keeps meanwhile: the optimizer's vectors, the gradient gathered over the tiles, the
+/// content targets and the input images (on the host).
+///
+/// A tile's pass is that of an image the tile's size, margins included. On the host it keeps
+/// what the fast mode's pass keeps (`PER_ACTIVATION`: relu1_1 is not recomputed in tiles),
+/// over the lean mode's base (no kernel cache); on a GPU, the GPU's estimate.
+pub fn estimate_tiled_peak_bytes(w: &Workload, pool: Pool, side: usize) -> f64 {
     let (width, height) = w.size;
     let input_side = side + 2 * nst_vgg::tiles::tile_halo(w.deepest);
     let tile = Workload {
@@ -242,11 +248,18 @@ pub fn estimate_tiled_peak_bytes(w: &Workload, pool: Pool, mode: MemoryMode, sid
         ..*w
     };
     let image = 4.0 * (w.channels * width * height) as f64;
-    let inputs = match pool {
-        Pool::Host => INPUT_COPIES * 12.0 * w.input_pixels as f64,
-        Pool::Gpu { .. } => 0.0,
+    let (tile_pass, inputs) = match pool {
+        Pool::Host => {
+            let (tile_w, tile_h) = tile.size;
+            let activations = 4.0 * geometry::activation_elems(w.deepest, tile_h, tile_w) as f64;
+            let tile_image = 4.0 * (w.channels * tile_w * tile_h) as f64;
+            let pass =
+                LEAN_BASE_BYTES + PER_ACTIVATION * activations + OPTIMIZER_VECTORS * tile_image;
+            (pass, INPUT_COPIES * 12.0 * w.input_pixels as f64)
+        }
+        Pool::Gpu { cudnn } => (estimate_gpu_peak_bytes(&tile, cudnn), 0.0),
     };
-    pool.estimate(&tile, mode)
+    tile_pass
         + (w.history_vectors as f64 + OPTIMIZER_VECTORS + TILED_IMAGE_VECTORS) * image
         + 4.0 * w.content_target_elems as f64
         + inputs
@@ -282,7 +295,8 @@ impl Pool {
         }
     }
 
-    fn estimate(self, w: &Workload, mode: MemoryMode) -> f64 {
+    /// The estimated peak of `w` on the whole image in `mode`.
+    pub fn estimate(self, w: &Workload, mode: MemoryMode) -> f64 {
         match self {
             Pool::Host => estimate_host_peak_bytes(w, mode),
             Pool::Gpu { cudnn } => estimate_gpu_peak_bytes(w, cudnn),
@@ -385,7 +399,7 @@ fn parse_bytes(variable: &str, s: &str) -> Result<f64> {
 /// after the lean mode, which costs only time, and before refusing the size. Tiles come last
 /// though they too cost only time: they are for sizes whose activations are far beyond the
 /// memory, where a few pairs fewer would not help, and they cost much more time than either
-/// (two forward passes and the margins' share, about twice the lean mode's time).
+/// (two forward passes and the margins' share: about 3× the time per iteration at 1024²).
 pub fn check(
     requested_side: u32,
     available: f64,
@@ -426,7 +440,7 @@ pub fn check(
     }
     for vectors in std::iter::once(requested.history_vectors).chain(shorter) {
         let w = with_history(vectors);
-        if let Some((side, estimate)) = largest_tile(&w, pool, leanest, available) {
+        if let Some((side, estimate)) = largest_tile(&w, pool, available) {
             return Ok(fit(leanest, vectors, Some(side), estimate));
         }
     }
@@ -478,20 +492,15 @@ fn least_memory(w: &Workload, pool: Pool) -> f64 {
     let leanest = *pool.modes().last().expect("every pool has a mode");
     let w = shortest(w);
     let whole = pool.estimate(&w, leanest);
-    whole.min(estimate_tiled_peak_bytes(&w, pool, leanest, MIN_TILE_SIDE))
+    whole.min(estimate_tiled_peak_bytes(&w, pool, MIN_TILE_SIDE))
 }
 
 /// The largest tile core (a multiple of the deepest layer's stride, from [`MIN_TILE_SIDE`] to
 /// just under the image's longer side: one tile is the whole image) whose run fits
-/// `available` in `mode`, with its estimate.
-fn largest_tile(
-    w: &Workload,
-    pool: Pool,
-    mode: MemoryMode,
-    available: f64,
-) -> Option<(usize, f64)> {
+/// `available`, with its estimate.
+fn largest_tile(w: &Workload, pool: Pool, available: f64) -> Option<(usize, f64)> {
     let stride = w.deepest.min_input_side();
-    let estimate = |k: usize| estimate_tiled_peak_bytes(w, pool, mode, k * stride);
+    let estimate = |k: usize| estimate_tiled_peak_bytes(w, pool, k * stride);
     let (lo, hi) = (
         MIN_TILE_SIDE.div_ceil(stride),
         (w.size.0.max(w.size.1) - 1) / stride,
@@ -629,14 +638,14 @@ mod tests {
 
     /// The smallest tiles' estimate at `side`² (the least any plan of that size needs from
     /// 416² up, where a tile is smaller than the image).
-    fn smallest_tiles(side: u32, pool: Pool, mode: MemoryMode) -> f64 {
-        estimate_tiled_peak_bytes(&square(side), pool, mode, MIN_TILE_SIDE)
+    fn smallest_tiles(side: u32, pool: Pool) -> f64 {
+        estimate_tiled_peak_bytes(&square(side), pool, MIN_TILE_SIDE)
     }
 
     #[test]
     fn suggests_the_largest_size_that_fits() {
         // In the leanest mode, in the smallest tiles.
-        let available = smallest_tiles(3000, Pool::Host, MemoryMode::Lean) + 1.0;
+        let available = smallest_tiles(3000, Pool::Host) + 1.0;
         let err = check(4096, available, Pool::Host, square)
             .unwrap_err()
             .to_string();
@@ -644,15 +653,11 @@ mod tests {
             err.contains("the largest --size that fits is about 3000"),
             "{err}"
         );
-        assert!(err.contains(&readable(smallest_tiles(
-            4096,
-            Pool::Host,
-            MemoryMode::Lean
-        ))));
+        assert!(err.contains(&readable(smallest_tiles(4096, Pool::Host))));
         let fit = check(3000, available, Pool::Host, square).unwrap();
         assert_eq!(fit.tile_side, Some(MIN_TILE_SIDE));
         let gpu = Pool::Gpu { cudnn: true };
-        let available = smallest_tiles(5000, gpu, MemoryMode::Fast) + 1.0;
+        let available = smallest_tiles(5000, gpu) + 1.0;
         let err = check(8192, available, gpu, square).unwrap_err().to_string();
         assert!(
             err.contains("of GPU memory") && err.contains("about 5000"),
@@ -672,21 +677,18 @@ mod tests {
     #[test]
     fn tiles_take_the_largest_core_that_fits() {
         let w = square(8192);
-        let lean = |side| estimate_tiled_peak_bytes(&w, Pool::Host, MemoryMode::Lean, side);
-        // By hand: the whole image's part at 8192², 10 history vectors.
+        let lean = |side| estimate_tiled_peak_bytes(&w, Pool::Host, side);
+        // By hand: the whole image's part at 8192², 10 history vectors, 6 the optimizer's,
+        // 3 the tiles'; the content targets (relu4_2); the inputs, twice.
         let image = 4.0 * 3.0 * 8192.0 * 8192.0;
-        let kept = (10.0 + 6.0 + 1.0) * image
+        let kept = (10.0 + 6.0 + 3.0) * image
             + 4.0 * 512.0 * 1024.0 * 1024.0
             + 2.0 * 12.0 * 2.0 * 8192.0 * 8192.0;
-        let tile = estimate_host_peak_bytes(
-            &Workload {
-                size: (1024 + 160, 1024 + 160),
-                history_vectors: 0,
-                input_pixels: 0,
-                ..w
-            },
-            MemoryMode::Lean,
-        );
+        // One 1184² tile: the lean base, the fast mode's share of its activations, six
+        // tile-sized vectors.
+        let tile = LEAN_BASE_BYTES
+            + PER_ACTIVATION * 4.0 * geometry::activation_elems(w.deepest, 1184, 1184) as f64
+            + 6.0 * 4.0 * 3.0 * 1184.0 * 1184.0;
         assert_eq!(lean(1024), tile + kept);
         let fit = check(8192, lean(1024) + 1.0, Pool::Host, square).unwrap();
         assert_eq!(
@@ -784,9 +786,8 @@ mod tests {
             tiled.shortened_history_vectors.is_some_and(|v| v > 10),
             "{tiled:?}"
         );
-        let smallest = |vectors| {
-            estimate_tiled_peak_bytes(&with(vectors), Pool::Host, MemoryMode::Lean, MIN_TILE_SIDE)
-        };
+        let smallest =
+            |vectors| estimate_tiled_peak_bytes(&with(vectors), Pool::Host, MIN_TILE_SIDE);
         // The longest history that fits in tiles: a pair more fits no tile.
         let v = tiled.shortened_history_vectors.unwrap();
         assert!(smallest(v) <= lean(10) - 1.0 && smallest(v + 2) > lean(10) - 1.0);
@@ -806,7 +807,7 @@ mod tests {
             fewest_history_vectors: 2,
             ..square_with_history(side, 2)
         };
-        let need = estimate_tiled_peak_bytes(&adam(2048), Pool::Host, MemoryMode::Lean, 256);
+        let need = estimate_tiled_peak_bytes(&adam(2048), Pool::Host, MIN_TILE_SIDE);
         assert!(check(2048, need - 1.0, Pool::Host, adam).is_err());
     }
 

@@ -291,7 +291,8 @@ fn checked_plan(
 ) -> Result<ScalePlan> {
     let mut plan = ScalePlan::new(cfg, sizes)?;
     if let Some(available) = available {
-        plan.memory = Some(memory_preflight(cfg, sizes, &plan, available)?);
+        let (fit, whole_scales) = memory_preflight(cfg, sizes, &plan, available)?;
+        (plan.memory, plan.whole_scales) = (Some(fit), whole_scales);
     }
     Ok(plan)
 }
@@ -306,8 +307,12 @@ fn apply_memory_mode(plan: &ScalePlan, progress: &mut dyn Progress) {
         let (w, h) = plan.output;
         let tiles = nst_vgg::tiles::tiles(plan.deepest, h, w, side).map_or(0, |t| t.len());
         let margin = nst_vgg::tiles::tile_halo(plan.deepest);
+        let tiled_scales = match plan.scales.len() - plan.whole_scales {
+            1 => "the final scale".to_string(),
+            n => format!("the last {n} scales"),
+        };
         progress.warning(&format!(
-            "memory is tight for this size: the network runs tile by tile where a scale is larger than a tile ({tiles} tiles at the final scale of up to {side} px a side, each with a {margin} px margin; the same result), about 2–3× the time per iteration"
+            "memory is tight for this size: the network runs tile by tile at {tiled_scales} ({tiles} tiles of up to {side} px a side at the final scale, each with a margin of {margin} px; the same result), about 3× the time per iteration"
         ));
     } else if lean {
         progress.warning(
@@ -449,6 +454,9 @@ struct ScalePlan {
     /// What the memory preflight settled on (`None` where the memory available cannot be
     /// read, and the preflight does not run).
     memory: Option<memory::Fit>,
+    /// Where the final scale runs in tiles: how many scales, from the coarsest, the memory
+    /// holds whole (they run whole, in one pass instead of two).
+    whole_scales: usize,
 }
 
 impl ScalePlan {
@@ -457,10 +465,16 @@ impl ScalePlan {
         self.memory.map_or(memory::MemoryMode::Fast, |fit| fit.mode)
     }
 
-    /// The tile core side where the preflight found that only tiles fit (see
-    /// `nst_loss::Objective::new_tiled`).
+    /// The tile core side where the preflight found that only tiles fit the final scale
+    /// (see `nst_loss::Objective::new_tiled`).
     fn tile_side(&self) -> Option<usize> {
         self.memory?.tile_side
+    }
+
+    /// The tile core side at scale `scale` (1 = the coarsest): the final scale's, except at
+    /// the scales the memory holds whole.
+    fn tile_side_at(&self, scale: usize) -> Option<usize> {
+        self.tile_side().filter(|_| scale > self.whole_scales)
     }
 
     /// Fewer L-BFGS pairs than the size allows, where the preflight found that only that
@@ -496,6 +510,7 @@ impl ScalePlan {
             scales,
             deepest,
             memory: None,
+            whole_scales: 0,
         };
         for (si, &(w, h)) in plan.scales.iter().enumerate() {
             for (&style, path) in sizes.styles.iter().zip(&cfg.styles) {
@@ -695,7 +710,7 @@ fn optimise(
         // sizes, and stop within one op): stop before the first evaluation, which takes as
         // long again. The best so far is the previous scale's result, or, at the first
         // scale, the start (what evaluating it first would have kept).
-        let objective = interruptible(interrupt, || match plan.tile_side() {
+        let objective = interruptible(interrupt, || match plan.tile_side_at(scale) {
             Some(side) => {
                 Objective::new_tiled(vgg, &content, &styles, &cfg.style_blend, spec.clone(), side)
             }
@@ -718,6 +733,9 @@ fn optimise(
                 });
             }
         };
+        // This scale's inputs live on in the targets: free them before optimising (a run in
+        // tiles has room for one tile's activations, not for spare images).
+        drop((content, styles, content_planes));
         optimizer.reset();
         progress.scale_started(scale, plan.scales.len(), w, h, cfg.iters);
         let scale_started = Instant::now();
@@ -848,7 +866,7 @@ fn optimise(
         // last iterates, the optimizer's history: up to 2 GiB), then of the memory they leave
         // cached. Trimmed with them alive, as it was, the cache kept them all through the
         // next scale, in sizes that scale's larger tensors cannot reuse.
-        drop((run, objective, content, styles));
+        drop((run, objective));
         optimizer.reset();
         device.release_cached_memory();
     }
@@ -883,14 +901,14 @@ fn algorithm_search(cfg: &Config, device: &Device, final_scale: bool) -> (Device
 }
 
 /// Stage 3b: stop before optimising when the final scale cannot fit in memory, the host's or
-/// the GPU's (see
-/// [`crate::memory`]).
+/// the GPU's (see [`crate::memory`]). Where the final scale needs tiles, also how many scales
+/// from the coarsest fit whole, in the mode and with the history chosen.
 fn memory_preflight(
     cfg: &Config,
     sizes: &InputSizes,
     plan: &ScalePlan,
     (available, pool): (f64, memory::Pool),
-) -> Result<memory::Fit> {
+) -> Result<(memory::Fit, usize)> {
     let (content_w, content_h) = sizes.content;
     let input_pixels = sizes.pixels();
     let channels = if cfg.preserve_colors == ColorMode::Luminance {
@@ -898,8 +916,7 @@ fn memory_preflight(
     } else {
         3
     };
-    let workload = |side: u32| {
-        let size = fit_longest_side(content_w, content_h, side);
+    let workload_at = |size: (usize, usize)| {
         let (history_vectors, fewest_history_vectors) = match cfg.optimizer {
             OptimizerKind::Lbfgs => {
                 let pairs = lbfgs_history(channels, size).min(cfg.iters as usize);
@@ -922,7 +939,27 @@ fn memory_preflight(
             content_target_elems,
         }
     };
-    memory::check(cfg.size, available, pool, workload)
+    let workload = |side: u32| workload_at(fit_longest_side(content_w, content_h, side));
+    let fit = memory::check(cfg.size, available, pool, workload)?;
+    // The optimizer keeps the final scale's history at every scale.
+    let history_vectors = fit
+        .shortened_history_vectors
+        .unwrap_or(workload(cfg.size).history_vectors);
+    let whole_scales = match fit.tile_side {
+        None => plan.scales.len(),
+        Some(_) => plan
+            .scales
+            .iter()
+            .take_while(|&&size| {
+                let w = memory::Workload {
+                    history_vectors,
+                    ..workload_at(size)
+                };
+                pool.estimate(&w, fit.mode) <= available
+            })
+            .count(),
+    };
+    Ok((fit, whole_scales))
 }
 
 /// L-BFGS keeps as many (s, y) pairs as fit [`LBFGS_HISTORY_BYTES`] at this size
@@ -1104,6 +1141,35 @@ mod tests {
                 (gpu, memory::Pool::Gpu { cudnn: false })
             }))
         }
+    }
+
+    /// Where the final scale runs in tiles, the coarse scales that fit whole run whole: more
+    /// of them with more memory, never the final one.
+    #[test]
+    fn tiles_only_at_the_scales_that_do_not_fit_whole() {
+        let sizes = InputSizes {
+            content: (3000, 1995),
+            styles: vec![(1024, 800)],
+        };
+        let cfg = config("cpu", "2048");
+        let plan = |gib: f64| checked_plan(&cfg, &sizes, Some((gib * GIB, memory::Pool::Host)));
+        let (tight, roomier) = (plan(1.4).unwrap(), plan(2.2).unwrap());
+        for p in [&tight, &roomier] {
+            let last = p.scales.len();
+            assert!(p.tile_side().is_some(), "{:?}", p.memory);
+            assert_eq!(
+                (p.tile_side_at(1), p.tile_side_at(last)),
+                (None, p.tile_side())
+            );
+            assert!((1..last).contains(&p.whole_scales), "{}", p.whole_scales);
+        }
+        assert!(roomier.whole_scales > tight.whole_scales);
+        // With room for the whole image, every scale runs whole.
+        let ample = plan(64.0).unwrap();
+        assert_eq!(
+            (ample.tile_side(), ample.whole_scales),
+            (None, ample.scales.len())
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! # nst-cpu
 //!
 //! f32 compute kernels for neural style transfer on the CPU: 2-D convolution (forward and the
-//! three gradients), ReLU, 2×2 max/average pooling, matrix multiply, Gram matrices, elementwise
-//! ops and reductions, and a small symmetric 3×3 eigen solver for colour matching.
+//! three gradients), ReLU, 2×2 max/average pooling, windows copied between planes (tiles),
+//! matrix multiply, Gram matrices, elementwise ops and reductions, and a small symmetric 3×3
+//! eigen solver for colour matching.
 //!
 //! Every kernel works on plain contiguous slices in NCHW order and writes into an output the
 //! caller provides, so the layer above (`nst-tensor`) decides where memory lives. Kernels are

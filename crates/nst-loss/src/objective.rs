@@ -2,11 +2,12 @@
 //!
 //! `J(x) = α·Σ_content J_c + β·Σ_l w_l·J_s^l + γ·TV(x)`
 //!
-//! with the terms of this crate ([`crate::content_loss`], [`crate::style_layer_loss`], [`crate::tv_loss`]) taken
-//! on VGG-19 features of the image x (RGB, 0..255, `[1, 3, H, W]`). The targets — content
-//! features and the (blended) Ĝ of the style images — are computed once, when the objective
-//! is built; [`Objective::evaluate`] then gives J and ∂J/∂x from one forward and one backward
-//! pass, on the device of the network.
+//! with the terms of this crate ([`crate::content_loss`], [`crate::style_layer_loss`],
+//! [`crate::tv_loss`]) taken on VGG-19 features of the image x (RGB, 0..255, `[1, 3, H, W]`).
+//! The targets — content features and the (blended) Ĝ of the style images — are computed
+//! once, when the objective is built; [`Objective::evaluate`] then gives J and ∂J/∂x from one
+//! forward and one backward pass, on the device of the network (tile by tile, two forward
+//! passes and one backward pass over the tiles, for [`Objective::new_tiled`]).
 //!
 //! Single-channel images (luminance-only transfer) are replicated to RGB inside the objective
 //! by a fixed 1×1 convolution, so the gradient reaches the one channel.
@@ -159,10 +160,13 @@ impl<'a> Objective<'a> {
     /// targets and every evaluation go tile by tile, each tile a core of at most `core_side`
     /// pixels a side plus a halo covering its receptive field ([`nst_vgg::tiles`]), and give
     /// the whole image's J and ∂J/∂x up to summation order. Memory is then one tile's pass
-    /// (a `core_side + 160` square to relu5_1) plus the content targets; time is about that of
-    /// the whole image's forward pass more, plus the halos' share (see [`crate::tiled`]).
-    /// Style images are cut into tiles of the same side. Relu1_1's recomputation
-    /// ([`Objective::recomputing_first_layer`]) does not apply.
+    /// (a `core_side + 160` square to relu5_1) plus the content targets. Each evaluation runs
+    /// the network forward twice (a first pass adds the Gram matrices up over the tiles'
+    /// cores, and the style gradient then goes through the whole image's) and backward once,
+    /// over the tiles and their margins: about 3× the time of the whole image's evaluation
+    /// at 1024×681 on a CPU with cores of 448 px. Style images are cut into tiles of the same
+    /// side. An image that fits in one core is evaluated whole. Relu1_1's recomputation
+    /// ([`Objective::recomputing_first_layer`]) does not apply to tiles.
     pub fn new_tiled(
         vgg: &'a Vgg19,
         content: &Tensor,
@@ -272,7 +276,8 @@ impl<'a> Objective<'a> {
     /// full resolution, 4 GiB at 4096² — and alive through the memory peak, at the start of
     /// the backward pass. The price per evaluation: conv1_1 (3 input channels, the cheapest
     /// layer) twice more forward and once more backward, relu1_1's Gram matrix twice more —
-    /// about 8% of an iteration at 512². J and ∂J/∂x are the same up to rounding.
+    /// about 8% of an iteration at 512². J and ∂J/∂x are the same up to rounding. No effect
+    /// on a tiled objective ([`Objective::new_tiled`]), whose memory the tile side bounds.
     pub fn recomputing_first_layer(mut self, on: bool) -> Self {
         self.recompute_first_layer = on;
         self

@@ -18,16 +18,45 @@ pub fn tv_loss(image: &Tensor) -> Result<Tensor> {
             rhs: vec![1, 3, 2, 2],
         });
     }
-    let c = d[1];
+    let across = squared_differences(image, Neighbour::Right)?;
+    let down = squared_differences(image, Neighbour::Below)?;
+    across.add(&down)?.scale(1.0 / image.elem_count() as f32)
+}
+
+/// Which neighbour [`squared_differences`] takes.
+#[derive(Clone, Copy)]
+pub(crate) enum Neighbour {
+    /// `x[c, y, x+1] − x[c, y, x]`.
+    Right,
+    /// `x[c, y+1, x] − x[c, y, x]`.
+    Below,
+}
+
+/// `Σ (x[neighbour] − x)²` over the pairs inside an image `[1, C, H, W]` (a scalar; 0 where
+/// the image has no such pair): one half of [`tv_loss`] before its normaliser.
+pub(crate) fn squared_differences(image: &Tensor, neighbour: Neighbour) -> Result<Tensor> {
+    let (c, pairs) = match image.dims() {
+        &[_, c, h, w] => (c, (h > 1, w > 1)),
+        d => {
+            return Err(TensorError::ShapeMismatch {
+                op: "tv_loss",
+                lhs: d.to_vec(),
+                rhs: vec![1, 3, 2, 2],
+            })
+        }
+    };
+    let (kernel, any) = match neighbour {
+        Neighbour::Right => ([c, c, 1, 2], pairs.1),
+        Neighbour::Below => ([c, c, 2, 1], pairs.0),
+    };
+    if !any {
+        return Tensor::scalar(0.0, image.device());
+    }
     let mut k = vec![0.0; c * c * 2];
     for ch in 0..c {
         k[(ch * c + ch) * 2] = -1.0;
         k[(ch * c + ch) * 2 + 1] = 1.0;
     }
-    let dev = image.device();
-    let horizontal = Tensor::from_vec(k.clone(), &[c, c, 1, 2], dev)?;
-    let vertical = Tensor::from_vec(k, &[c, c, 2, 1], dev)?;
-    let dx = image.conv2d(&horizontal, None, 1, 0)?.square()?.sum()?;
-    let dy = image.conv2d(&vertical, None, 1, 0)?.square()?.sum()?;
-    dx.add(&dy)?.scale(1.0 / image.elem_count() as f32)
+    let k = Tensor::from_vec(k, &kernel, image.device())?;
+    image.conv2d(&k, None, 1, 0)?.square()?.sum()
 }

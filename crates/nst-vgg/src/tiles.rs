@@ -48,6 +48,10 @@ impl Tile {
     /// feature map. Empty where the core is narrower than the layer's stride.
     pub fn core_features(&self, layer: Layer) -> Rect {
         let d = layer.min_input_side();
+        debug_assert!(
+            self.input.top.is_multiple_of(d) && self.input.left.is_multiple_of(d),
+            "{layer} is deeper than the layer these tiles were made for"
+        );
         let along = |core_start: usize, core_len: usize, input_start: usize| {
             // Whole-image feature positions core_start/d .. (core_start + core_len)/d, floored
             // as the poolings floor; input_start is a multiple of d.
@@ -95,8 +99,8 @@ pub fn tile_halo(deepest: Layer) -> usize {
 
 /// Tiles covering a `height × width` image for features up to `deepest`, with cores of at
 /// most `core_side` pixels a side (rounded down to the deepest layer's stride, and at least
-/// one stride), as even as the stride allows. One tile (the whole image) where it fits in
-/// one core. Fails where the image is too small for `deepest`.
+/// one stride), as even as the stride allows and never empty. One tile (the whole image)
+/// where it fits in one core. Fails where the image is too small for `deepest`.
 pub fn tiles(
     deepest: Layer,
     height: usize,
@@ -105,16 +109,19 @@ pub fn tiles(
 ) -> Result<Vec<Tile>, VggError> {
     check_input_size(deepest, height, width)?;
     let stride = deepest.min_input_side();
-    let side = (core_side / stride).max(1) * stride;
+    let blocks_per_core = (core_side / stride).max(1);
     let halo = tile_halo(deepest);
     let spans = |len: usize| -> Vec<(usize, usize, usize, usize)> {
-        // Core boundaries at multiples of the stride, n cores as equal as they can be.
-        let n = len.div_ceil(side);
+        // The side in blocks of one stride (the last one may be partial), shared out as
+        // evenly as whole blocks allow among as few cores as hold at most `blocks_per_core`
+        // each: every core has at least one block, and at most `core_side` pixels.
+        let blocks = len.div_ceil(stride);
+        let n = blocks.div_ceil(blocks_per_core);
         let bound = |k: usize| {
             if k == n {
                 len
             } else {
-                (k * len / n) / stride * stride
+                k * blocks / n * stride
             }
         };
         (0..n)
@@ -206,6 +213,28 @@ mod tests {
             let below = t.input.top + t.input.height - bottom;
             assert!(below == 80 || t.input.top + t.input.height == h);
         }
+    }
+
+    #[test]
+    fn cores_are_never_empty_nor_over_the_side() {
+        let deepest = layer("relu5_1");
+        for (len, side) in [(17, 16), (17, 1), (511, 256), (1030, 1024), (4096, 1000)] {
+            let tiles = tiles(deepest, len, 16, side).unwrap();
+            let cores: Vec<usize> = tiles.iter().map(|t| t.core.height).collect();
+            let side = (side / 16).max(1) * 16;
+            assert!(
+                cores.iter().all(|&c| c > 0 && c <= side),
+                "{len} by {side}: {cores:?}"
+            );
+            assert_eq!(cores.iter().sum::<usize>(), len);
+        }
+        // 511 px by 256: two cores of 256 and 255 (16 and 15.9 blocks), not 240 and 271.
+        let cores: Vec<usize> = tiles(deepest, 511, 16, 256)
+            .unwrap()
+            .iter()
+            .map(|t| t.core.height)
+            .collect();
+        assert_eq!(cores, [256, 255]);
     }
 
     #[test]
