@@ -24,7 +24,7 @@
 mod content;
 pub mod objective;
 mod style;
-mod tiled;
+pub mod tiled;
 mod tv;
 
 pub use content::content_loss;

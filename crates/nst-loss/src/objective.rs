@@ -92,6 +92,10 @@ pub enum ObjectiveError {
     /// The layers and weights do not fit together.
     #[error("loss specification: {0}")]
     Spec(String),
+    /// An image of a shape the objective cannot take (not `[1, C, H, W]` with C = 1 or 3,
+    /// channels that differ between the images, another size than the content image's).
+    #[error("{0}")]
+    Image(String),
     /// The network failed (bad layer, device).
     #[error(transparent)]
     Vgg(#[from] VggError),
@@ -157,16 +161,23 @@ impl<'a> Objective<'a> {
     }
 
     /// [`Objective::new`] for images too large to run through the network at once: the
-    /// targets and every evaluation go tile by tile, each tile a core of at most `core_side`
-    /// pixels a side plus a halo covering its receptive field ([`nst_vgg::tiles`]), and give
-    /// the whole image's J and ∂J/∂x up to summation order. Memory is then one tile's pass
-    /// (a `core_side + 160` square to relu5_1) plus the content targets. Each evaluation runs
-    /// the network forward twice (a first pass adds the Gram matrices up over the tiles'
-    /// cores, and the style gradient then goes through the whole image's) and backward once,
-    /// over the tiles and their margins: about 3× the time of the whole image's evaluation
-    /// at 1024×681 on a CPU with cores of 448 px. Style images are cut into tiles of the same
-    /// side. An image that fits in one core is evaluated whole. Relu1_1's recomputation
-    /// ([`Objective::recomputing_first_layer`]) does not apply to tiles.
+    /// targets and every evaluation go tile by tile, and give the whole image's J and ∂J/∂x
+    /// up to summation order (how: [`crate::tiled`]).
+    ///
+    /// Each tile is a core plus a margin covering its receptive field, 80 px a side to relu5_1
+    /// ([`nst_vgg::tiles`]). Cores are whole blocks of the deepest layer's stride (16 px to
+    /// relu5_1), shared out evenly: at most `core_side` pixels a side, which is rounded down
+    /// to the stride and raised to one stride at least (so with 96 at 213×320, cores of 64 to
+    /// 80 px).
+    ///
+    /// Memory is then one tile's pass (a `core_side + 160` square to relu5_1) plus the
+    /// content targets. Time: each evaluation runs the network forward twice and backward
+    /// once over the tiles, margins included, so a tile of core c costs about
+    /// `1.4·(c + 160)²/c²` of its core's share of a whole evaluation. That is about 3× at
+    /// 1024×681 with cores of 448 px, and about 9× at 213×320 with cores of 96, where the
+    /// margins dominate: use cores of a few hundred pixels or more. Style images are cut into
+    /// tiles of the same side. An image that fits in one core is evaluated whole. Relu1_1's
+    /// recomputation ([`Objective::recomputing_first_layer`]) does not apply to tiles.
     pub fn new_tiled(
         vgg: &'a Vgg19,
         content: &Tensor,
@@ -203,7 +214,12 @@ impl<'a> Objective<'a> {
                 weights.style_layers.len()
             )));
         }
-        if styles.is_empty() || styles.len() != blend.len() {
+        if styles.is_empty() {
+            return Err(ObjectiveError::Spec(
+                "at least one style image is needed".into(),
+            ));
+        }
+        if styles.len() != blend.len() {
             return Err(ObjectiveError::Spec(format!(
                 "{} style images but {} blend weights",
                 styles.len(),
@@ -211,6 +227,10 @@ impl<'a> Objective<'a> {
             )));
         }
         check_weights(&weights, blend)?;
+        let channels = check_image("the content image", content, None)?;
+        for (i, style) in styles.iter().enumerate() {
+            check_image(&format!("style image {}", i + 1), style, Some(channels))?;
+        }
         // The image evaluated has the content's size, and goes through every layer.
         let deepest = content_layers.iter().chain(&style_layers).max();
         if let (Some(&deepest), &[_, _, height, width]) = (deepest, content.dims()) {
@@ -304,9 +324,16 @@ impl<'a> Objective<'a> {
 
     /// J and ∂J/∂x at image `x` (`[1, C, H, W]`, 0..255, the content image's size and
     /// channels).
+    ///
+    /// Records the gradient whatever the caller's mode, so it also works inside
+    /// [`nst_tensor::no_grad`].
     pub fn evaluate(&self, x: &Tensor) -> Result<ObjectiveValue, ObjectiveError> {
+        nst_tensor::with_grad(|| self.evaluate_recording(x))
+    }
+
+    fn evaluate_recording(&self, x: &Tensor) -> Result<ObjectiveValue, ObjectiveError> {
         if x.dims() != self.image_dims {
-            return Err(ObjectiveError::Spec(format!(
+            return Err(ObjectiveError::Image(format!(
                 "the image is {:?} but the objective was built for {:?} (its content image's shape: build one per size)",
                 x.dims(),
                 self.image_dims
@@ -383,6 +410,34 @@ impl<'a> Objective<'a> {
             style: js.to_scalar()? as f64,
             tv: tv.map_or(Ok(0.0), |t| t.to_scalar().map(f64::from))?,
         })
+    }
+}
+
+/// The channels of `image` if it is `[1, C, H, W]` with C = 1 or 3 (and C = `channels` where
+/// given: every image of an objective has the content image's), else why not.
+fn check_image(
+    what: &str,
+    image: &Tensor,
+    channels: Option<usize>,
+) -> Result<usize, ObjectiveError> {
+    let dims = image.dims();
+    match (dims, channels) {
+        (&[1, c @ (1 | 3), _, _], None) => Ok(c),
+        (&[1, c, _, _], Some(want)) if c == want => Ok(c),
+        (&[1, c @ (1 | 3), _, _], Some(want)) => Err(ObjectiveError::Image(format!(
+            "{what} has {c} channels but the content image has {want}: give every image the \
+             same (3 for RGB, 1 for luminance)"
+        ))),
+        _ => {
+            let hint = match *dims {
+                [_, _, _, 1 | 3] => " (channels last? the channels come second)",
+                [n, ..] if n != 1 => " (one image at a time)",
+                _ => "",
+            };
+            Err(ObjectiveError::Image(format!(
+                "{what} must be [1, C, H, W] with C = 1 or 3, got {dims:?}{hint}"
+            )))
+        }
     }
 }
 

@@ -388,3 +388,59 @@ fn objective_refuses_bad_weights_small_images_and_other_sizes() {
         "gram_hat: expects features [N, C, H, W], got [4, 3, 3]"
     );
 }
+
+/// Images the objective cannot take are refused when it is built, in words that say what is
+/// wrong (not a convolution's shape error, nor a panic), whole or tiled; and `evaluate`
+/// records its gradient even inside `no_grad`.
+#[test]
+fn objective_refuses_images_it_cannot_take() {
+    let dev = Device::Cpu;
+    let vgg = Vgg19::embedded(&dev, Pooling::Max).unwrap();
+    let image = |shape: &[usize]| Tensor::full(100.0, shape, &dev).unwrap();
+    let spec = || LossSpec {
+        content_layers: layers(&["relu2_1"]),
+        style_layers: layers(&["relu1_1"]),
+        weights: LossWeights {
+            content: 1.0,
+            style: 1.0,
+            tv: 0.0,
+            style_layers: vec![1.0],
+        },
+    };
+    let rgb = image(&[1, 3, 16, 16]);
+    let refused = |content: &Tensor, styles: &[Tensor], want: &str| {
+        let blend = vec![1.0; styles.len()];
+        for tiled in [false, true] {
+            let built = if tiled {
+                Objective::new_tiled(&vgg, content, styles, &blend, spec(), 16)
+            } else {
+                Objective::new(&vgg, content, styles, &blend, spec())
+            };
+            let err = built.err().expect("refused").to_string();
+            assert!(err.contains(want), "tiled {tiled}: {err}");
+        }
+    };
+    let rgb_style = std::slice::from_ref(&rgb);
+    refused(
+        &image(&[3, 16, 16]),
+        rgb_style,
+        "must be [1, C, H, W] with C = 1 or 3",
+    );
+    refused(&image(&[1, 16, 16, 3]), rgb_style, "(channels last?");
+    refused(&image(&[2, 3, 16, 16]), rgb_style, "(one image at a time)");
+    refused(&image(&[1, 4, 16, 16]), rgb_style, "got [1, 4, 16, 16]");
+    refused(
+        &rgb,
+        &[image(&[1, 1, 16, 16])],
+        "style image 1 has 1 channels",
+    );
+    refused(&rgb, &[], "at least one style image is needed");
+    let objective = Objective::new(&vgg, &rgb, rgb_style, &[1.0], spec()).unwrap();
+    let err = objective.evaluate(&image(&[1, 3, 16, 24])).err().unwrap();
+    assert!(
+        err.to_string().starts_with("the image is [1, 3, 16, 24]"),
+        "{err}"
+    );
+    let inside = nst_tensor::no_grad(|| objective.evaluate(&image(&[1, 3, 16, 16])));
+    assert_eq!(inside.unwrap().grad.dims(), [1, 3, 16, 16]);
+}

@@ -13,9 +13,10 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     with_recording(false, f)
 }
 
-/// Runs `f` with gradients recorded, whatever the caller's mode (a checkpoint's recomputation
-/// inside a backward pass).
-pub(crate) fn with_grad<R>(f: impl FnOnce() -> R) -> R {
+/// Runs `f` with gradients recorded, whatever the caller's mode (PyTorch's `enable_grad`): a
+/// checkpoint's recomputation inside a backward pass, or a function that always needs its
+/// gradient. Nests, and restores the previous state even if `f` panics.
+pub fn with_grad<R>(f: impl FnOnce() -> R) -> R {
     with_recording(true, f)
 }
 

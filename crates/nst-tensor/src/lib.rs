@@ -8,9 +8,10 @@
 //! - Autodiff: a leaf made with [`Tensor::variable`] requires a gradient. Every op whose input
 //!   requires one records itself on the *tape*; [`Tensor::backward`] walks the tape in reverse
 //!   creation order and returns [`Grads`] for every variable. Inside [`no_grad`] nothing is
-//!   recorded, so frozen weights and fixed targets cost nothing extra.
+//!   recorded, so frozen weights and fixed targets cost nothing extra; [`with_grad`] records
+//!   again inside it.
 //! - Ops: `conv2d` (optionally with a fused ReLU, [`Conv2dOptions`]), `relu`, `max_pool2d`,
-//!   `avg_pool2d`, `matmul`, `gram`, `reshape`, `transpose`, `add`, `sub`, `mul`, `scale`,
+//!   `avg_pool2d`, `matmul`, `gram`, `reshape`, `transpose`, `crop`, `add`, `sub`, `mul`, `scale`,
 //!   `square`, `sum`, `mean`, plus untracked vector helpers for optimizers (`dot`, `axpby`,
 //!   `abs_sum`, `adam_step`, …). Elementwise ops take operands of one shape (no
 //!   broadcasting): `scale` multiplies by a constant, and a learned scalar is a `[1, 1]`
@@ -86,7 +87,7 @@ pub mod test_utils;
 pub use backward::Grads;
 pub use device::{Device, Precision};
 pub use error::TensorError;
-pub use grad_mode::{is_grad_enabled, no_grad};
+pub use grad_mode::{is_grad_enabled, no_grad, with_grad};
 pub use interrupt::interruptible;
 pub use nst_params::{
     AdamParams, AlgorithmSearch, Conv2dParams, ConvAlgorithm, Layout, Pool2dParams,
