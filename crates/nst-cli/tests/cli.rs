@@ -361,10 +361,17 @@ fn memory_preflight_runs_the_network_in_tiles_where_only_tiles_fit() {
             dir.path().join(format!("{name}.png")),
             dir.path().join(name),
         );
-        let args = with(
-            tiny(&out),
-            &["--size", "768", "--scales", "1", "--iters", "1"],
-        );
+        let size = [
+            "--size",
+            "768",
+            "--style-size",
+            "256",
+            "--scales",
+            "1",
+            "--iters",
+            "1",
+        ];
+        let args = with(tiny(&out), &size);
         (with(args, &["--report", path_str(&report)]), out, report)
     };
     let run = |name: &str, limit: &str| {

@@ -245,14 +245,13 @@ impl<'a> Objective<'a> {
             "targets: VGG-19 on the content and style images",
             content.dims(),
         );
-        let tiling = core_side
-            .map(|side| {
+        let tiling = match core_side {
+            Some(side) => {
                 let layers = (&content_layers[..], &style_layers[..]);
-                Tiling::new(vgg, &rgb, content, layers, side)
-            })
-            .transpose()?
-            // An image within one tile is evaluated whole: the same, in one pass.
-            .filter(|t| t.tiles.len() > 1);
+                Tiling::new(vgg, &rgb, content, layers, side)?
+            }
+            None => None,
+        };
         let (content_targets, style_targets) = no_grad(|| -> Result<_, ObjectiveError> {
             let content_targets = match tiling {
                 Some(_) => Vec::new(),

@@ -34,7 +34,7 @@ pub(crate) type ToRgb<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor, TensorError>;
 /// What a tiled objective keeps besides the style targets: the tiles and, per tile, the
 /// content image's features over its core.
 pub(crate) struct Tiling {
-    pub(crate) tiles: Vec<Tile>,
+    tiles: Vec<Tile>,
     /// `content_targets[tile][content layer]`.
     content_targets: Vec<Vec<Tensor>>,
 }
@@ -145,16 +145,20 @@ fn tv_of_core(part: &Tensor, tile: &Tile, (h, w): (usize, usize)) -> Result<Tens
 
 impl Tiling {
     /// The tiles of the content image (and of every image evaluated, which has its size),
-    /// with the content image's features over each core.
+    /// with the content image's features over each core; `None` where the image fits in one
+    /// tile, and is better evaluated whole (the same, in one pass).
     pub(crate) fn new(
         vgg: &Vgg19,
         rgb: ToRgb,
         content: &Tensor,
         (content_layers, style_layers): (&[Layer], &[Layer]),
         core_side: usize,
-    ) -> Result<Self, ObjectiveError> {
+    ) -> Result<Option<Self>, ObjectiveError> {
         let all = [content_layers, style_layers].concat();
         let tiles = tiles_for(&all, height_width(content), core_side)?;
+        if tiles.len() == 1 {
+            return Ok(None);
+        }
         let content_targets = no_grad(|| {
             tiles
                 .iter()
@@ -169,10 +173,10 @@ impl Tiling {
                 })
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        Ok(Self {
+        Ok(Some(Self {
             tiles,
             content_targets,
-        })
+        }))
     }
 
     /// J and ∂J/∂x at `x`, tile by tile (see the module docs).
