@@ -941,23 +941,22 @@ fn memory_preflight(
     };
     let workload = |side: u32| workload_at(fit_longest_side(content_w, content_h, side));
     let fit = memory::check(cfg.size, available, pool, workload)?;
-    // The optimizer keeps the final scale's history at every scale.
-    let history_vectors = fit
-        .shortened_history_vectors
-        .unwrap_or(workload(cfg.size).history_vectors);
     let whole_scales = match fit.tile_side {
         None => plan.scales.len(),
-        Some(_) => plan
-            .scales
-            .iter()
-            .take_while(|&&size| {
+        Some(_) => {
+            // The optimizer keeps the final scale's history at every scale.
+            let history_vectors = fit
+                .shortened_history_vectors
+                .unwrap_or(workload(cfg.size).history_vectors);
+            let fits_whole = |&&size: &&(usize, usize)| {
                 let w = memory::Workload {
                     history_vectors,
                     ..workload_at(size)
                 };
                 pool.estimate(&w, fit.mode) <= available
-            })
-            .count(),
+            };
+            plan.scales.iter().take_while(fits_whole).count()
+        }
     };
     Ok((fit, whole_scales))
 }

@@ -125,7 +125,7 @@ pub(crate) fn gram_hats(
     grams_over(vgg, rgb, image, &tiles, layers)
 }
 
-/// `γ·TV` over a tile's core, normalised by the whole image's `C·H·W`: its pairs with the
+/// TV over a tile's core, normalised by the whole image's `C·H·W`: its pairs with the
 /// neighbour to the right and the one below, which lie in the tile (its margin, or the
 /// image's edge where there is no neighbour).
 fn tv_of_core(part: &Tensor, tile: &Tile, (h, w): (usize, usize)) -> Result<Tensor, TensorError> {
@@ -194,12 +194,15 @@ impl Tiling {
         // Pass 1: Ĝ_G over the whole image, J_s^l, and K_l.
         nst_tensor::memory_trace::set_phase("tiled: Gram matrices of the tiles", x.dims());
         let grams = grams_over(vgg, rgb, &x, &self.tiles, style_layers)?;
-        let mut style = 0.0;
+        // The terms' values stay on the device until every tile's work is queued: reading
+        // one back waits for the device, which would stall a GPU once per tile.
+        let (mut style_terms, mut content_terms, mut tv_terms) =
+            (Vec::new(), Vec::new(), Vec::new());
         let mut style_grads = Vec::with_capacity(grams.len());
         for ((g, target), &w_l) in grams.iter().zip(style_targets).zip(&weights.style_layers) {
             let c = g.dims()[0] as f32;
             let j = no_grad(|| g.squared_distance(target)?.scale(1.0 / (4.0 * c * c)))?;
-            style += w_l as f64 * j.to_scalar()? as f64;
+            style_terms.push((w_l, j));
             // K_l = ∂(β·w_l·J_s^l)/∂Ĝ_G = β·w_l·(Ĝ_G − Ĝ_S)/(2·C²): a constant.
             let k = no_grad(|| g.sub(target)?.scale(weights.style * w_l / (2.0 * c * c)))?;
             style_grads.push(k);
@@ -208,7 +211,6 @@ impl Tiling {
         // Pass 2: each tile's share of J, forward and backward.
         let layers = [content_layers, style_layers].concat();
         let mut grad = Tensor::zeros(x.dims(), x.device())?;
-        let (mut content, mut tv) = (0.0, 0.0);
         for (tile, targets) in self.tiles.iter().zip(&self.content_targets) {
             nst_tensor::memory_trace::set_phase("tiled: forward and backward of a tile", x.dims());
             let part = pixels_in(&x, tile.input)?.to_variable();
@@ -218,7 +220,7 @@ impl Tiling {
             for ((f, target), &layer) in content_feats.iter().zip(targets).zip(content_layers) {
                 let (c, positions) = whole_layer_size(f, layer, size);
                 let jc = content_loss_over(&core_of(f, tile, layer)?, target, c * positions)?;
-                content += jc.to_scalar()? as f64;
+                content_terms.push(jc.detach());
                 accumulate(&mut share, jc.scale(weights.content)?)?;
             }
             for ((f, k), &layer) in style_feats.iter().zip(&style_grads).zip(style_layers) {
@@ -229,7 +231,7 @@ impl Tiling {
             drop(feats);
             if weights.tv > 0.0 {
                 let t = tv_of_core(&part, tile, size)?;
-                tv += t.to_scalar()? as f64;
+                tv_terms.push(t.detach());
                 accumulate(&mut share, t.scale(weights.tv)?)?;
             }
             let share = share.expect("the objective has layers");
@@ -239,6 +241,16 @@ impl Tiling {
                 .ok_or(TensorError::NoGraph)?;
             grad = no_grad(|| grad.add_window(&part_grad, tile.input.top, tile.input.left))?;
         }
+        let mut style = 0.0;
+        for (w_l, j) in style_terms {
+            style += w_l as f64 * j.to_scalar()? as f64;
+        }
+        let sum = |terms: Vec<Tensor>| -> Result<f64, TensorError> {
+            terms
+                .iter()
+                .try_fold(0.0, |s, t| Ok(s + t.to_scalar()? as f64))
+        };
+        let (content, tv) = (sum(content_terms)?, sum(tv_terms)?);
         let w = weights;
         Ok(ObjectiveValue {
             total: w.content as f64 * content + w.style as f64 * style + w.tv as f64 * tv,
